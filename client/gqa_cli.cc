@@ -1,0 +1,141 @@
+// gqa-cli: send one generate request (or ask for model info) and stream the answer.
+#include <chrono>
+#include <iostream>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "gqa/v1/generation.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+#include "nlohmann/json.hpp"
+
+ABSL_FLAG(std::string, server, "localhost:50051", "gqa-server address");
+ABSL_FLAG(std::string, ids, "", "prompt token ids, comma-separated");
+ABSL_FLAG(std::string, text, "", "prompt text (needs a model with a tokenizer)");
+ABSL_FLAG(int, max_new_tokens, -1, "tokens to generate (unset: the server's default)");
+ABSL_FLAG(double, temperature, 0.0, "0 = greedy");
+ABSL_FLAG(double, top_p, 1.0, "nucleus sampling mass in (0, 1]");
+ABSL_FLAG(int, top_k, 0, "keep the k most likely tokens (0 = all)");
+ABSL_FLAG(int64_t, seed, -1, "sampling seed (-1: the server picks one)");
+ABSL_FLAG(std::string, stop_token_ids, "", "comma-separated token ids that end generation");
+ABSL_FLAG(bool, ignore_eos, false, "keep generating past EOS");
+ABSL_FLAG(std::string, request_id, "", "request id (the server makes one when empty)");
+ABSL_FLAG(bool, json, false, "print one JSON object per response message");
+ABSL_FLAG(bool, info, false, "print the model info and exit");
+ABSL_FLAG(double, timeout, 600, "deadline in seconds");
+
+namespace pb = gqa::v1;
+
+namespace {
+
+bool ParseIds(const std::string& text, google::protobuf::RepeatedField<uint32_t>* out) {
+  for (auto piece : absl::StrSplit(text, ',', absl::SkipEmpty())) {
+    uint32_t id;
+    if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(piece), &id)) return false;
+    out->Add(id);
+  }
+  return true;
+}
+
+int Fail(const grpc::Status& status) {
+  std::cerr << "gqa-cli: error " << status.error_code() << ": " << status.error_message() << "\n";
+  return 1;
+}
+
+nlohmann::json ToJson(const pb::GenerateResponse& r) {
+  nlohmann::json j = {
+      {"request_id", r.request_id()},
+      {"token_ids", std::vector<uint32_t>(r.token_ids().begin(), r.token_ids().end())}};
+  if (!r.text().empty()) j["text"] = r.text();
+  if (r.finish_reason() != pb::FINISH_REASON_UNSPECIFIED) {
+    j["finish_reason"] = pb::FinishReason_Name(r.finish_reason());
+    j["usage"] = {{"prompt_tokens", r.usage().prompt_tokens()},
+                  {"completion_tokens", r.usage().completion_tokens()},
+                  {"preemptions", r.usage().preemptions()}};
+    j["timing"] = {{"queue_seconds", r.timing().queue_seconds()},
+                   {"time_to_first_token_seconds", r.timing().time_to_first_token_seconds()},
+                   {"total_seconds", r.timing().total_seconds()}};
+    if (r.finish_reason() == pb::FINISH_REASON_STOP_TOKEN) j["matched_stop"] = r.matched_stop();
+  }
+  return j;
+}
+
+int PrintInfo(pb::Generation::Stub& stub) {
+  grpc::ClientContext context;
+  pb::ModelInfo info;
+  grpc::Status status = stub.GetModelInfo(&context, pb::GetModelInfoRequest(), &info);
+  if (!status.ok()) return Fail(status);
+  std::string json;
+  google::protobuf::util::MessageToJsonString(info, &json);
+  std::cout << json << "\n";
+  return 0;
+}
+
+pb::GenerateRequest BuildRequest(bool* ok) {
+  pb::GenerateRequest req;
+  req.set_request_id(absl::GetFlag(FLAGS_request_id));
+  *ok = true;
+  if (!absl::GetFlag(FLAGS_text).empty()) {
+    req.set_text(absl::GetFlag(FLAGS_text));
+  } else {
+    *ok = ParseIds(absl::GetFlag(FLAGS_ids), req.mutable_token_ids()->mutable_ids());
+  }
+  auto* s = req.mutable_sampling();
+  s->set_temperature(static_cast<float>(absl::GetFlag(FLAGS_temperature)));
+  s->set_top_p(static_cast<float>(absl::GetFlag(FLAGS_top_p)));
+  s->set_top_k(absl::GetFlag(FLAGS_top_k));
+  if (absl::GetFlag(FLAGS_seed) >= 0) s->set_seed(absl::GetFlag(FLAGS_seed));
+  auto* st = req.mutable_stopping();
+  if (absl::GetFlag(FLAGS_max_new_tokens) >= 0)
+    st->set_max_new_tokens(absl::GetFlag(FLAGS_max_new_tokens));
+  st->set_ignore_eos(absl::GetFlag(FLAGS_ignore_eos));
+  *ok = *ok && ParseIds(absl::GetFlag(FLAGS_stop_token_ids), st->mutable_stop_token_ids());
+  return req;
+}
+
+void PrintHuman(const pb::GenerateResponse& r) {
+  for (uint32_t id : r.token_ids()) std::cout << id << " " << std::flush;
+  if (r.finish_reason() == pb::FINISH_REASON_UNSPECIFIED) return;
+  const auto& u = r.usage();
+  const auto& t = r.timing();
+  std::cout << "\n[" << pb::FinishReason_Name(r.finish_reason()) << "] prompt " << u.prompt_tokens()
+            << " tokens, generated " << u.completion_tokens() << " tokens; queue "
+            << t.queue_seconds() * 1e3 << " ms, first token "
+            << t.time_to_first_token_seconds() * 1e3 << " ms, total " << t.total_seconds() * 1e3
+            << " ms" << (u.preemptions() ? " (preempted)" : "") << "\n";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("gqa-cli --ids 1,2,3 [--max_new_tokens N] [--json] | --info");
+  absl::ParseCommandLine(argc, argv);
+  auto channel =
+      grpc::CreateChannel(absl::GetFlag(FLAGS_server), grpc::InsecureChannelCredentials());
+  auto stub = pb::Generation::NewStub(channel);
+  if (absl::GetFlag(FLAGS_info)) return PrintInfo(*stub);
+
+  bool ok;
+  pb::GenerateRequest req = BuildRequest(&ok);
+  if (!ok) {
+    std::cerr << "gqa-cli: --ids and --stop_token_ids take comma-separated non-negative integers\n";
+    return 2;
+  }
+  grpc::ClientContext context;
+  context.set_deadline(
+      std::chrono::system_clock::now() +
+      std::chrono::milliseconds(static_cast<int64_t>(absl::GetFlag(FLAGS_timeout) * 1e3)));
+  auto reader = stub->Generate(&context, req);
+  pb::GenerateResponse response;
+  while (reader->Read(&response)) {
+    if (absl::GetFlag(FLAGS_json)) {
+      std::cout << ToJson(response).dump() << "\n" << std::flush;
+    } else {
+      PrintHuman(response);
+    }
+  }
+  grpc::Status status = reader->Finish();
+  return status.ok() ? 0 : Fail(status);
+}

@@ -1,0 +1,157 @@
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "gqa/kernels/cpu_ops.h"
+#include "parallel.h"
+
+namespace gqa::kernels::cpu {
+namespace {
+
+// Dot product with eight independent partial sums (vectorizes without -ffast-math); the order
+// depends only on k, never on the batch.
+inline float Dot(const float* a, const float* b, int k) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int i = 0;
+  for (; i + 8 <= k; i += 8) {
+    for (int j = 0; j < 8; ++j) acc[j] += a[i + j] * b[i + j];
+  }
+  float sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  for (; i < k; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+inline void NormalizeRow(const float* x, const float* weight, int dim, float eps, float* out) {
+  float sum_sq = 0.0f;
+  for (int i = 0; i < dim; ++i) sum_sq += x[i] * x[i];
+  const float inv_rms = 1.0f / std::sqrt(sum_sq / static_cast<float>(dim) + eps);
+  for (int i = 0; i < dim; ++i) out[i] = weight[i] * (x[i] * inv_rms);
+}
+
+}  // namespace
+
+void RmsNorm(const float* x, const float* weight, int rows, int dim, float eps, float* out) {
+  for (int r = 0; r < rows; ++r) {
+    NormalizeRow(x + static_cast<size_t>(r) * dim, weight, dim, eps,
+                 out + static_cast<size_t>(r) * dim);
+  }
+}
+
+void AddRmsNorm(const float* x, float* residual, const float* weight, int rows, int dim, float eps,
+                float* out) {
+  for (size_t i = 0; i < static_cast<size_t>(rows) * dim; ++i) residual[i] += x[i];
+  RmsNorm(residual, weight, rows, dim, eps, out);
+}
+
+void Matmul(const float* x, const float* w, const float* bias, int m, int n, int k, float* y) {
+  // Output columns are split across threads; each thread streams its rows of w once for all m.
+  ParallelFor(n, 16, [&](int64_t n_begin, int64_t n_end) {
+    for (int64_t j = n_begin; j < n_end; ++j) {
+      const float* w_row = w + j * k;
+      const float b = bias ? bias[j] : 0.0f;
+      for (int i = 0; i < m; ++i) {
+        y[static_cast<size_t>(i) * n + j] = Dot(x + static_cast<size_t>(i) * k, w_row, k) + b;
+      }
+    }
+  });
+}
+
+void ApplyRope(float* x, const int32_t* positions, const float* inv_freq, int tokens, int heads,
+               int head_dim) {
+  const int half = head_dim / 2;
+  std::vector<float> cos_v(half), sin_v(half);
+  for (int t = 0; t < tokens; ++t) {
+    for (int i = 0; i < half; ++i) {
+      const float angle = static_cast<float>(positions[t]) * inv_freq[i];
+      cos_v[i] = std::cos(angle);
+      sin_v[i] = std::sin(angle);
+    }
+    for (int h = 0; h < heads; ++h) {
+      float* v = x + (static_cast<size_t>(t) * heads + h) * head_dim;
+      for (int i = 0; i < half; ++i) {
+        const float x1 = v[i];
+        const float x2 = v[i + half];
+        v[i] = x1 * cos_v[i] - x2 * sin_v[i];
+        v[i + half] = x2 * cos_v[i] + x1 * sin_v[i];
+      }
+    }
+  }
+}
+
+void SiluMul(const float* gate, const float* up, int rows, int dim, float* out) {
+  for (size_t i = 0; i < static_cast<size_t>(rows) * dim; ++i) {
+    const float g = gate[i];
+    out[i] = (g / (1.0f + std::exp(-g))) * up[i];
+  }
+}
+
+void EmbeddingGather(const float* table, const int32_t* ids, int tokens, int hidden, float* out) {
+  for (int t = 0; t < tokens; ++t) {
+    std::copy_n(table + static_cast<size_t>(ids[t]) * hidden, hidden,
+                out + static_cast<size_t>(t) * hidden);
+  }
+}
+
+void PagedKvAppend(const float* k, const float* v, const int64_t* slots, int tokens,
+                   const PagedKvView<float>& cache) {
+  const int row = cache.num_kv_heads * cache.head_dim;
+  for (int t = 0; t < tokens; ++t) {
+    for (int h = 0; h < cache.num_kv_heads; ++h) {
+      const size_t dst = cache.Offset(slots[t], h);
+      const size_t src = static_cast<size_t>(t) * row + static_cast<size_t>(h) * cache.head_dim;
+      std::copy_n(k + src, cache.head_dim, cache.k + dst);
+      std::copy_n(v + src, cache.head_dim, cache.v + dst);
+    }
+  }
+}
+
+namespace {
+
+// One query head of one token against keys [0, num_keys) of sequence `seq`.
+void AttendOne(const float* q, const PagedKvView<float>& cache, int seq, int kv_head, int num_keys,
+               float scale, float* scores, float* out) {
+  const int d = cache.head_dim;
+  float max_score = -INFINITY;
+  for (int p = 0; p < num_keys; ++p) {
+    scores[p] = Dot(q, cache.k + cache.Offset(cache.Slot(seq, p), kv_head), d) * scale;
+    max_score = std::max(max_score, scores[p]);
+  }
+  float denom = 0.0f;
+  for (int p = 0; p < num_keys; ++p) {
+    scores[p] = std::exp(scores[p] - max_score);
+    denom += scores[p];
+  }
+  std::fill_n(out, d, 0.0f);
+  for (int p = 0; p < num_keys; ++p) {
+    const float* v = cache.v + cache.Offset(cache.Slot(seq, p), kv_head);
+    const float weight = scores[p] / denom;
+    for (int i = 0; i < d; ++i) out[i] += weight * v[i];
+  }
+}
+
+}  // namespace
+
+void PagedAttention(const float* q, const PagedKvView<float>& cache, const int32_t* query_start,
+                    const int32_t* context_lens, int num_seqs, int num_heads, float scale,
+                    float* out) {
+  const int group = num_heads / cache.num_kv_heads;
+  const int d = cache.head_dim;
+  const int num_tokens = query_start[num_seqs];
+  // Work item = (token, head); each owns one output row.
+  ParallelFor(static_cast<int64_t>(num_tokens) * num_heads, 8, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores;
+    int seq = 0;
+    for (int64_t item = begin; item < end; ++item) {
+      const int token = static_cast<int>(item / num_heads);
+      const int head = static_cast<int>(item % num_heads);
+      while (query_start[seq + 1] <= token) ++seq;
+      const int q_len = query_start[seq + 1] - query_start[seq];
+      const int position = context_lens[seq] - q_len + (token - query_start[seq]);
+      scores.resize(position + 1);
+      const size_t row = (static_cast<size_t>(token) * num_heads + head) * d;
+      AttendOne(q + row, cache, seq, head / group, position + 1, scale, scores.data(), out + row);
+    }
+  });
+}
+
+}  // namespace gqa::kernels::cpu

@@ -1,0 +1,73 @@
+// CPU reference implementations of the decoder's operations, in fp32.
+// They are the oracle the CUDA kernels are tested against and what the CPU backend runs.
+// Every output element is computed in a fixed order that does not depend on the batch, so a
+// sequence's results are bitwise identical alone, batched, prefilled or decoded token by token.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "gqa/kernels/paged_kv.h"
+
+namespace gqa::kernels::cpu {
+
+// Threads used by the parallel ops (Matmul, PagedAttention); 0 = hardware concurrency.
+void SetNumThreads(int num_threads);
+int NumThreads();
+
+// out = x / rms(x) * weight, per row.
+void RmsNorm(const float* x,       // [rows, dim]
+             const float* weight,  // [dim]
+             int rows, int dim, float eps,
+             float* out);  // [rows, dim]
+
+// residual += x; out = RmsNorm(residual).
+void AddRmsNorm(const float* x,       // [rows, dim]
+                float* residual,      // [rows, dim], updated in place
+                const float* weight,  // [dim]
+                int rows, int dim, float eps,
+                float* out);  // [rows, dim]
+
+// y = x @ w^T + bias (Hugging Face Linear layout).
+void Matmul(const float* x,     // [m, k]
+            const float* w,     // [n, k]
+            const float* bias,  // [n] or nullptr
+            int m, int n, int k,
+            float* y);  // [m, n]
+
+// Rotary embedding, rotate-half (GPT-NeoX / Hugging Face Llama) convention, in place.
+void ApplyRope(float* x,                  // [tokens, heads, head_dim]
+               const int32_t* positions,  // [tokens]
+               const float* inv_freq,     // [head_dim / 2]
+               int tokens, int heads, int head_dim);
+
+// out = silu(gate) * up.
+void SiluMul(const float* gate,  // [rows, dim]
+             const float* up,    // [rows, dim]
+             int rows, int dim,
+             float* out);  // [rows, dim]
+
+void EmbeddingGather(const float* table,  // [vocab, hidden]
+                     const int32_t* ids,  // [tokens]
+                     int tokens, int hidden,
+                     float* out);  // [tokens, hidden]
+
+// Writes each token's K and V into its slot.
+void PagedKvAppend(const float* k,        // [tokens, num_kv_heads, head_dim]
+                   const float* v,        // [tokens, num_kv_heads, head_dim]
+                   const int64_t* slots,  // [tokens]
+                   int tokens, const PagedKvView<float>& cache);
+
+// Causal grouped-query attention over the paged cache. Sequence s owns query rows
+// [query_start[s], query_start[s + 1]); its last query row sits at position context_lens[s] - 1
+// and the rows before it at the positions before that. Query head h reads KV head
+// h / (num_heads / num_kv_heads).
+void PagedAttention(const float* q,  // [tokens, num_heads, head_dim]
+                    const PagedKvView<float>& cache,
+                    const int32_t* query_start,   // [num_seqs + 1]
+                    const int32_t* context_lens,  // [num_seqs]
+                    int num_seqs, int num_heads, float scale,
+                    float* out);  // [tokens, num_heads, head_dim]
+
+}  // namespace gqa::kernels::cpu

@@ -1,0 +1,193 @@
+#include "backend/cpu/cpu_backend.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "gqa/kernels/cpu_ops.h"
+#include "gqa/kernels/rope.h"
+
+namespace gqa {
+namespace {
+
+namespace cpu = kernels::cpu;
+
+std::vector<float> ToFloat(const TensorView& t) {
+  std::vector<float> out(t.numel());
+  ConvertToFloat(t.dtype, t.data, out.size(), out.data());
+  return out;
+}
+
+const float* OrNull(const std::vector<float>& v) { return v.empty() ? nullptr : v.data(); }
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<CpuBackend>> CpuBackend::Create(const Checkpoint& checkpoint,
+                                                               int block_size, int num_blocks) {
+  const ModelConfig& c = checkpoint.config();
+  if (block_size <= 0 || num_blocks <= 0) {
+    return absl::InvalidArgumentError("KV cache needs a positive block size and block count");
+  }
+  auto backend = std::unique_ptr<CpuBackend>(new CpuBackend(c));
+  backend->spec_ =
+      KvCacheSpec{block_size, num_blocks, c.num_kv_heads, c.head_dim, c.num_layers, DType::kF32};
+  backend->inv_freq_ = kernels::RopeInverseFrequencies(c.rope_theta, c.head_dim, c.rope_scaling);
+  backend->LoadWeights(checkpoint);
+  return backend;
+}
+
+void CpuBackend::LoadWeights(const Checkpoint& ckpt) {
+  auto get = [&](const std::string& name) { return ToFloat(ckpt.Get(name)); };
+  auto get_if = [&](bool present, int l, const char* suffix) {
+    return present ? get(LayerTensorName(l, suffix)) : std::vector<float>{};
+  };
+  embed_ = get("model.embed_tokens.weight");
+  final_norm_ = get("model.norm.weight");
+  if (!config_.tie_word_embeddings) lm_head_ = get("lm_head.weight");
+  const size_t cache_elems = static_cast<size_t>(spec_.num_blocks) * spec_.num_kv_heads *
+                             spec_.block_size * spec_.head_dim;
+  layers_.resize(config_.num_layers);
+  for (int l = 0; l < config_.num_layers; ++l) {
+    Layer& L = layers_[l];
+    L.input_norm = get(LayerTensorName(l, "input_layernorm.weight"));
+    L.q = get(LayerTensorName(l, "self_attn.q_proj.weight"));
+    L.k = get(LayerTensorName(l, "self_attn.k_proj.weight"));
+    L.v = get(LayerTensorName(l, "self_attn.v_proj.weight"));
+    L.o = get(LayerTensorName(l, "self_attn.o_proj.weight"));
+    L.q_bias = get_if(config_.qkv_bias, l, "self_attn.q_proj.bias");
+    L.k_bias = get_if(config_.qkv_bias, l, "self_attn.k_proj.bias");
+    L.v_bias = get_if(config_.qkv_bias, l, "self_attn.v_proj.bias");
+    L.o_bias = get_if(config_.o_bias, l, "self_attn.o_proj.bias");
+    L.post_norm = get(LayerTensorName(l, "post_attention_layernorm.weight"));
+    L.gate = get(LayerTensorName(l, "mlp.gate_proj.weight"));
+    L.up = get(LayerTensorName(l, "mlp.up_proj.weight"));
+    L.down = get(LayerTensorName(l, "mlp.down_proj.weight"));
+    L.gate_bias = get_if(config_.mlp_bias, l, "mlp.gate_proj.bias");
+    L.up_bias = get_if(config_.mlp_bias, l, "mlp.up_proj.bias");
+    L.down_bias = get_if(config_.mlp_bias, l, "mlp.down_proj.bias");
+    L.k_cache.assign(cache_elems, 0.0f);
+    L.v_cache.assign(cache_elems, 0.0f);
+  }
+}
+
+CpuBackend::StepInputs CpuBackend::Flatten(std::span<const ForwardSeq> batch) const {
+  StepInputs in;
+  in.query_start.push_back(0);
+  for (const auto& s : batch) in.max_blocks = std::max(in.max_blocks, int(s.block_table.size()));
+  for (const auto& s : batch) {
+    const int n = static_cast<int>(s.tokens.size());
+    for (int i = 0; i < n; ++i) {
+      const int pos = s.start_pos + i;
+      in.token_ids.push_back(s.tokens[i]);
+      in.positions.push_back(pos);
+      const int block = s.block_table[pos / spec_.block_size];
+      in.slots.push_back(static_cast<int64_t>(block) * spec_.block_size + pos % spec_.block_size);
+    }
+    in.query_start.push_back(in.query_start.back() + n);
+    in.context_lens.push_back(s.start_pos + n);
+    in.block_tables.insert(in.block_tables.end(), s.block_table.begin(), s.block_table.end());
+    in.block_tables.resize(in.block_tables.size() + in.max_blocks - s.block_table.size(), -1);
+    if (s.wants_logits) in.logit_rows.push_back(in.query_start.back() - 1);
+  }
+  return in;
+}
+
+void CpuBackend::Attention(Layer& L, const StepInputs& in, Activations& act, int n) {
+  const ModelConfig& c = config_;
+  cpu::Matmul(act.normed.data(), L.q.data(), OrNull(L.q_bias), n, c.q_size(), c.hidden_size,
+              act.q.data());
+  cpu::Matmul(act.normed.data(), L.k.data(), OrNull(L.k_bias), n, c.kv_size(), c.hidden_size,
+              act.k.data());
+  cpu::Matmul(act.normed.data(), L.v.data(), OrNull(L.v_bias), n, c.kv_size(), c.hidden_size,
+              act.v.data());
+  cpu::ApplyRope(act.q.data(), in.positions.data(), inv_freq_.data(), n, c.num_heads, c.head_dim);
+  cpu::ApplyRope(act.k.data(), in.positions.data(), inv_freq_.data(), n, c.num_kv_heads,
+                 c.head_dim);
+  kernels::PagedKvView<float> cache{L.k_cache.data(), L.v_cache.data(), in.block_tables.data(),
+                                    in.max_blocks,    c.num_kv_heads,   spec_.block_size,
+                                    c.head_dim};
+  cpu::PagedKvAppend(act.k.data(), act.v.data(), in.slots.data(), n, cache);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  cpu::PagedAttention(act.q.data(), cache, in.query_start.data(), in.context_lens.data(),
+                      static_cast<int>(in.context_lens.size()), c.num_heads, scale,
+                      act.attn.data());
+  cpu::Matmul(act.attn.data(), L.o.data(), OrNull(L.o_bias), n, c.hidden_size, c.q_size(),
+              act.proj.data());
+}
+
+void CpuBackend::Mlp(const Layer& L, Activations& act, int n) {
+  const ModelConfig& c = config_;
+  cpu::Matmul(act.normed.data(), L.gate.data(), OrNull(L.gate_bias), n, c.intermediate_size,
+              c.hidden_size, act.gate.data());
+  cpu::Matmul(act.normed.data(), L.up.data(), OrNull(L.up_bias), n, c.intermediate_size,
+              c.hidden_size, act.up.data());
+  cpu::SiluMul(act.gate.data(), act.up.data(), n, c.intermediate_size, act.gate.data());
+  cpu::Matmul(act.gate.data(), L.down.data(), OrNull(L.down_bias), n, c.hidden_size,
+              c.intermediate_size, act.proj.data());
+}
+
+void CpuBackend::ComputeLogits(const StepInputs& in, const Activations& act) {
+  const int h = config_.hidden_size;
+  logit_rows_ = static_cast<int>(in.logit_rows.size());
+  std::vector<float> rows(static_cast<size_t>(logit_rows_) * h);
+  for (int r = 0; r < logit_rows_; ++r) {
+    std::copy_n(act.normed.data() + static_cast<size_t>(in.logit_rows[r]) * h, h,
+                rows.data() + static_cast<size_t>(r) * h);
+  }
+  logits_.resize(static_cast<size_t>(logit_rows_) * config_.vocab_size);
+  const float* head = config_.tie_word_embeddings ? embed_.data() : lm_head_.data();
+  cpu::Matmul(rows.data(), head, nullptr, logit_rows_, config_.vocab_size, h, logits_.data());
+}
+
+absl::Status CpuBackend::Forward(std::span<const ForwardSeq> batch) {
+  const ModelConfig& c = config_;
+  for (const auto& s : batch) {
+    const size_t needed = (s.start_pos + s.tokens.size() + spec_.block_size - 1) / spec_.block_size;
+    if (s.tokens.empty() || s.block_table.size() < needed) {
+      return absl::InternalError("forward batch: a sequence lacks tokens or cache blocks");
+    }
+  }
+  const StepInputs in = Flatten(batch);
+  const int n = static_cast<int>(in.token_ids.size());
+  Activations act;
+  act.residual.resize(static_cast<size_t>(n) * c.hidden_size);
+  act.normed.resize(act.residual.size());
+  act.proj.resize(act.residual.size());
+  act.q.resize(static_cast<size_t>(n) * c.q_size());
+  act.attn.resize(act.q.size());
+  act.k.resize(static_cast<size_t>(n) * c.kv_size());
+  act.v.resize(act.k.size());
+  act.gate.resize(static_cast<size_t>(n) * c.intermediate_size);
+  act.up.resize(act.gate.size());
+
+  cpu::EmbeddingGather(embed_.data(), in.token_ids.data(), n, c.hidden_size, act.residual.data());
+  cpu::RmsNorm(act.residual.data(), layers_[0].input_norm.data(), n, c.hidden_size, c.rms_norm_eps,
+               act.normed.data());
+  for (int l = 0; l < c.num_layers; ++l) {
+    Layer& L = layers_[l];
+    Attention(L, in, act, n);
+    cpu::AddRmsNorm(act.proj.data(), act.residual.data(), L.post_norm.data(), n, c.hidden_size,
+                    c.rms_norm_eps, act.normed.data());
+    Mlp(L, act, n);
+    const float* next_norm =
+        l + 1 < c.num_layers ? layers_[l + 1].input_norm.data() : final_norm_.data();
+    cpu::AddRmsNorm(act.proj.data(), act.residual.data(), next_norm, n, c.hidden_size,
+                    c.rms_norm_eps, act.normed.data());
+  }
+  ComputeLogits(in, act);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<int32_t>> CpuBackend::Sample(std::span<const SamplingRow> rows) {
+  if (static_cast<int>(rows.size()) != logit_rows_) {
+    return absl::InternalError(
+        absl::StrCat("sample: ", rows.size(), " rows for ", logit_rows_, " logit rows"));
+  }
+  std::vector<int32_t> tokens(rows.size());
+  const size_t vocab = config_.vocab_size;
+  for (size_t r = 0; r < rows.size(); ++r) {
+    tokens[r] = SampleToken(std::span<const float>(logits_.data() + r * vocab, vocab), rows[r]);
+  }
+  return tokens;
+}
+
+}  // namespace gqa

@@ -1,0 +1,60 @@
+// The CPU backend: fp32 arithmetic over F32/F16/BF16 weights (converted to fp32 once at load),
+// an fp32 paged KV cache, the kernels/cpu reference ops.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "backend/backend.h"
+#include "model/checkpoint.h"
+
+namespace gqa {
+
+class CpuBackend final : public Backend {
+ public:
+  static absl::StatusOr<std::unique_ptr<CpuBackend>> Create(const Checkpoint& checkpoint,
+                                                            int block_size, int num_blocks);
+
+  std::string_view name() const override { return "cpu"; }
+  const KvCacheSpec& kv_spec() const override { return spec_; }
+  absl::Status Forward(std::span<const ForwardSeq> batch) override;
+  absl::StatusOr<std::vector<int32_t>> Sample(std::span<const SamplingRow> rows) override;
+  absl::StatusOr<std::vector<float>> LogitsToHost() override { return logits_; }
+
+ private:
+  struct Layer {
+    std::vector<float> input_norm, q, k, v, o, q_bias, k_bias, v_bias, o_bias;
+    std::vector<float> post_norm, gate, up, down, gate_bias, up_bias, down_bias;
+    std::vector<float> k_cache, v_cache;  // [num_blocks, num_kv_heads, block_size, head_dim]
+  };
+  // Per-step inputs, flattened over the batch.
+  struct StepInputs {
+    std::vector<int32_t> token_ids, positions, query_start, context_lens, block_tables;
+    std::vector<int64_t> slots;
+    std::vector<int32_t> logit_rows;  // token rows whose logits are wanted
+    int max_blocks = 0;
+  };
+  // Activations for the step, sized for its token count.
+  struct Activations {
+    std::vector<float> residual, normed, q, k, v, attn, proj, gate, up;
+  };
+
+  explicit CpuBackend(const ModelConfig& config) : config_(config) {}
+  void LoadWeights(const Checkpoint& checkpoint);
+  StepInputs Flatten(std::span<const ForwardSeq> batch) const;
+  void Attention(Layer& layer, const StepInputs& in, Activations& act, int num_tokens);
+  void Mlp(const Layer& layer, Activations& act, int num_tokens);
+  void ComputeLogits(const StepInputs& in, const Activations& act);
+
+  ModelConfig config_;
+  KvCacheSpec spec_;
+  std::vector<float> inv_freq_;  // [head_dim / 2]
+  std::vector<float> embed_, final_norm_, lm_head_;
+  std::vector<Layer> layers_;
+  std::vector<float> logits_;  // [rows, vocab] of the last Forward
+  int logit_rows_ = 0;
+};
+
+}  // namespace gqa

@@ -1,0 +1,262 @@
+#include "engine/engine.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "metrics/engine_metrics.h"
+#include "spdlog/spdlog.h"
+
+namespace gqa {
+namespace {
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+bool Contains(const std::vector<int32_t>& ids, int32_t id) {
+  return std::find(ids.begin(), ids.end(), id) != ids.end();
+}
+
+}  // namespace
+
+const char* FinishReasonName(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kLength:
+      return "length";
+    case FinishReason::kEos:
+      return "eos";
+    case FinishReason::kStopToken:
+      return "stop_token";
+    case FinishReason::kStopString:
+      return "stop_string";
+    case FinishReason::kCancelled:
+      return "cancelled";
+  }
+  return "unknown";
+}
+
+Engine::Engine(const EngineConfig& config, std::unique_ptr<Backend> backend, EngineMetrics* metrics)
+    : config_(config),
+      backend_(std::move(backend)),
+      metrics_(metrics),
+      allocator_(backend_->kv_spec().num_blocks),
+      scheduler_(config.scheduler, &allocator_) {}
+
+Engine::~Engine() { StopThread(); }
+
+void Engine::Start() {
+  thread_ = std::thread([this] { Loop(); });
+}
+
+absl::StatusOr<uint64_t> Engine::Submit(Request request) {
+  if (absl::Status st = ValidateRequest(request, config_.limits); !st.ok()) return st;
+  const int64_t needed_tokens =
+      static_cast<int64_t>(request.prompt.size()) + request.stopping.max_new_tokens;
+  const int64_t needed_blocks = scheduler_.BlocksFor(static_cast<int>(needed_tokens));
+  if (needed_blocks > allocator_.num_total()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("stopping.max_new_tokens: the prompt plus max_new_tokens (", needed_tokens,
+                     " tokens) needs ", needed_blocks, " KV blocks but the cache has only ",
+                     allocator_.num_total()));
+  }
+  std::lock_guard lock(mu_);
+  if (!accepting_) return absl::UnavailableError("the server is draining; retry elsewhere");
+  const uint64_t id = next_id_++;
+  new_requests_.push_back(std::make_unique<Sequence>(std::move(request), id));
+  ++in_flight_;
+  wake_.notify_one();
+  return id;
+}
+
+void Engine::Cancel(uint64_t id) {
+  std::lock_guard lock(mu_);
+  cancellations_.push_back(id);
+  wake_.notify_one();
+}
+
+void Engine::Drain(std::chrono::milliseconds grace) {
+  std::unique_lock lock(mu_);
+  accepting_ = false;
+  if (!idle_.wait_for(lock, grace, [this] { return in_flight_ == 0; })) {
+    spdlog::warn("drain: {} requests still running after {} ms; cancelling them", in_flight_,
+                 grace.count());
+  }
+  lock.unlock();
+  StopThread();
+}
+
+void Engine::StopThread() {
+  {
+    std::lock_guard lock(mu_);
+    accepting_ = false;
+    stop_ = true;
+  }
+  wake_.notify_one();
+  if (thread_.joinable()) thread_.join();
+}
+
+bool Engine::TakeInbox() {
+  std::vector<std::unique_ptr<Sequence>> arrivals;
+  std::vector<uint64_t> cancels;
+  bool stopping;
+  {
+    std::unique_lock lock(mu_);
+    wake_.wait(lock, [this] {
+      return stop_ || !new_requests_.empty() || !cancellations_.empty() || !scheduler_.idle();
+    });
+    arrivals.swap(new_requests_);
+    cancels.swap(cancellations_);
+    stopping = stop_;
+  }
+  for (auto& seq : arrivals) scheduler_.Add(std::move(seq));
+  for (uint64_t id : cancels) Finish(id, FinishReason::kCancelled);
+  if (stopping) {
+    std::vector<uint64_t> remaining;
+    for (const auto& s : scheduler_.running()) remaining.push_back(s->id);
+    for (const auto& s : scheduler_.waiting()) remaining.push_back(s->id);
+    for (uint64_t id : remaining) Finish(id, FinishReason::kCancelled);
+  }
+  UpdateGauges();
+  return !stopping;
+}
+
+void Engine::Loop() {
+  while (TakeInbox()) {
+    if (!scheduler_.idle()) Step();
+  }
+}
+
+void Engine::Step() {
+  const Clock::time_point start = Clock::now();
+  SchedulerOutput out = scheduler_.Schedule();
+  if (metrics_) metrics_->preemptions->Inc(static_cast<double>(out.preempted.size()));
+  if (out.empty()) return;
+  std::vector<ForwardSeq> batch;
+  std::vector<SamplingRow> rows;
+  for (const ScheduledChunk& c : out.chunks) {
+    Sequence& s = *c.seq;
+    if (!s.first_scheduled) {
+      s.first_scheduled = start;
+      if (metrics_) {
+        metrics_->request_queue_time->Observe(Seconds(start - s.request.arrival));
+        metrics_->prompt_tokens->Inc(s.num_prompt_tokens);
+      }
+    }
+    batch.push_back({std::span<const int32_t>(s.tokens).subspan(s.num_computed, c.num_tokens),
+                     s.num_computed, s.blocks, c.samples()});
+    if (c.samples()) {
+      const SamplingParams& p = s.request.sampling;
+      rows.push_back(
+          {p.temperature, p.top_p, p.top_k, p.seed, static_cast<uint64_t>(s.num_generated())});
+    }
+  }
+  const StepPhase phase = out.phase();
+  absl::Status status = backend_->Forward(batch);
+  absl::StatusOr<std::vector<int32_t>> sampled =
+      status.ok() ? backend_->Sample(rows) : absl::StatusOr<std::vector<int32_t>>(status);
+  if (!sampled.ok()) return FailStep(out, sampled.status());
+  scheduler_.Commit(out);
+  size_t row = 0;
+  std::vector<uint64_t> finished;
+  for (const ScheduledChunk& c : out.chunks) {
+    if (c.seq->num_computed != c.seq->num_tokens()) continue;  // a prefill chunk, no sample
+    Sequence& s = *c.seq;
+    s.tokens.push_back((*sampled)[row++]);
+    int32_t matched = 0;
+    const auto finish = CheckFinish(s, &matched);
+    Emit(s, {s.tokens.back()}, finish, matched);
+    if (finish) finished.push_back(s.id);
+  }
+  for (uint64_t id : finished) scheduler_.Remove(id);
+  if (metrics_) {
+    metrics_->step_duration[static_cast<int>(phase)]->Observe(Seconds(Clock::now() - start));
+    metrics_->step_batch_size->Observe(static_cast<double>(out.chunks.size()));
+    metrics_->step_tokens->Observe(out.num_tokens);
+  }
+  if (!finished.empty()) {
+    std::lock_guard lock(mu_);
+    in_flight_ -= static_cast<int64_t>(finished.size());
+    if (in_flight_ == 0) idle_.notify_all();
+  }
+  UpdateGauges();
+}
+
+std::optional<FinishReason> Engine::CheckFinish(const Sequence& s, int32_t* matched_stop) const {
+  const int32_t token = s.tokens.back();
+  const StoppingParams& stop = s.request.stopping;
+  if (!stop.ignore_eos && Contains(config_.eos_token_ids, token)) return FinishReason::kEos;
+  if (Contains(stop.stop_token_ids, token)) {
+    *matched_stop = token;
+    return FinishReason::kStopToken;
+  }
+  if (s.num_generated() >= stop.max_new_tokens || s.num_tokens() >= config_.limits.max_model_len) {
+    return FinishReason::kLength;
+  }
+  return std::nullopt;
+}
+
+void Engine::Emit(Sequence& s, std::vector<int32_t> tokens, std::optional<FinishReason> finish,
+                  int32_t matched_stop) {
+  const Clock::time_point now = Clock::now();
+  if (!tokens.empty()) {
+    if (metrics_) {
+      metrics_->generation_tokens->Inc(static_cast<double>(tokens.size()));
+      if (s.last_token) metrics_->inter_token_latency->Observe(Seconds(now - *s.last_token));
+    }
+    if (!s.first_token) {
+      s.first_token = now;
+      if (metrics_) metrics_->time_to_first_token->Observe(Seconds(now - s.request.arrival));
+    }
+    s.last_token = now;
+  }
+  TokenEvent event;
+  event.new_tokens = std::move(tokens);
+  event.finish = finish;
+  event.matched_stop = matched_stop;
+  if (finish) {
+    event.prompt_tokens = s.num_prompt_tokens;
+    event.completion_tokens = s.num_generated();
+    event.preemptions = s.preemptions;
+    const auto arrival = s.request.arrival;
+    event.queue_seconds = Seconds(s.first_scheduled.value_or(now) - arrival);
+    event.time_to_first_token_seconds = s.first_token ? Seconds(*s.first_token - arrival) : 0.0;
+    event.total_seconds = Seconds(now - arrival);
+    if (metrics_) {
+      metrics_->requests_finished[static_cast<int>(*finish)]->Inc();
+      metrics_->e2e_request_latency->Observe(event.total_seconds);
+    }
+  }
+  if (s.request.sink) s.request.sink(std::move(event));
+}
+
+void Engine::Finish(uint64_t seq_id, FinishReason reason, int32_t matched_stop) {
+  std::unique_ptr<Sequence> seq = scheduler_.Remove(seq_id);
+  if (!seq) return;
+  Emit(*seq, {}, reason, matched_stop);
+  std::lock_guard lock(mu_);
+  if (--in_flight_ == 0) idle_.notify_all();
+}
+
+void Engine::FailStep(const SchedulerOutput& out, const absl::Status& status) {
+  spdlog::error("engine step failed: {}", status.ToString());
+  std::vector<uint64_t> ids;
+  for (const auto& c : out.chunks) ids.push_back(c.seq->id);
+  for (uint64_t id : ids) {
+    std::unique_ptr<Sequence> seq = scheduler_.Remove(id);
+    TokenEvent event;
+    event.finish = FinishReason::kCancelled;
+    event.error = std::string(status.message());
+    if (seq && seq->request.sink) seq->request.sink(std::move(event));
+    std::lock_guard lock(mu_);
+    if (--in_flight_ == 0) idle_.notify_all();
+  }
+  UpdateGauges();
+}
+
+void Engine::UpdateGauges() {
+  if (!metrics_) return;
+  metrics_->requests_running->Set(scheduler_.num_running());
+  metrics_->requests_waiting->Set(scheduler_.num_waiting());
+  const double total = allocator_.num_total();
+  metrics_->kv_cache_usage_ratio->Set(total > 0 ? 1.0 - allocator_.num_free() / total : 0.0);
+}
+
+}  // namespace gqa

@@ -1,0 +1,83 @@
+// The engine: one thread that owns the scheduler, the block allocator and the backend, and runs
+// steps (schedule, forward, sample, emit) while there is work. Other threads only Submit and
+// Cancel, which enqueue messages and never block on a step.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "backend/backend.h"
+#include "engine/block_allocator.h"
+#include "engine/scheduler.h"
+#include "engine/validation.h"
+
+namespace gqa {
+
+struct EngineMetrics;
+
+struct EngineConfig {
+  SchedulerConfig scheduler;
+  ModelLimits limits;
+  std::vector<int32_t> eos_token_ids;
+};
+
+class Engine {
+ public:
+  // metrics may be null.
+  Engine(const EngineConfig& config, std::unique_ptr<Backend> backend, EngineMetrics* metrics);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  void Start();
+  // Queues a request and returns its engine id. INVALID_ARGUMENT when it is malformed or can
+  // never fit in the KV pool; UNAVAILABLE once draining.
+  absl::StatusOr<uint64_t> Submit(Request request);
+  // Finishes the request with CANCELLED and frees its blocks at the next step. Unknown ids (e.g.
+  // already finished) are ignored.
+  void Cancel(uint64_t id);
+  // Stops accepting requests, waits up to `grace` for the admitted ones to finish, then cancels
+  // what is left and stops the engine thread.
+  void Drain(std::chrono::milliseconds grace);
+
+  const EngineConfig& config() const { return config_; }
+  const KvCacheSpec& kv_spec() const { return backend_->kv_spec(); }
+  std::string_view backend_name() const { return backend_->name(); }
+
+ private:
+  void Loop();
+  // Moves queued requests and cancellations into the scheduler; false once stopping.
+  bool TakeInbox();
+  void Step();
+  void Emit(Sequence& seq, std::vector<int32_t> tokens, std::optional<FinishReason> finish,
+            int32_t matched_stop = 0);
+  std::optional<FinishReason> CheckFinish(const Sequence& seq, int32_t* matched_stop) const;
+  void Finish(uint64_t seq_id, FinishReason reason, int32_t matched_stop = 0);
+  void FailStep(const SchedulerOutput& out, const absl::Status& status);
+  void UpdateGauges();
+  void StopThread();
+
+  EngineConfig config_;
+  std::unique_ptr<Backend> backend_;
+  EngineMetrics* metrics_;
+  BlockAllocator allocator_;
+  Scheduler scheduler_;  // engine thread only
+
+  std::mutex mu_;
+  std::condition_variable wake_;                         // work arrived or stop
+  std::condition_variable idle_;                         // the engine went idle
+  std::vector<std::unique_ptr<Sequence>> new_requests_;  // guarded by mu_
+  std::vector<uint64_t> cancellations_;                  // guarded by mu_
+  uint64_t next_id_ = 1;                                 // guarded by mu_
+  int64_t in_flight_ = 0;                                // guarded by mu_
+  bool accepting_ = true;                                // guarded by mu_
+  bool stop_ = false;                                    // guarded by mu_
+  std::thread thread_;
+};
+
+}  // namespace gqa

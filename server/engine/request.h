@@ -1,0 +1,59 @@
+// What a client asks for, and what the engine tells it back, independent of gRPC.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace gqa {
+
+using Clock = std::chrono::steady_clock;
+
+struct SamplingParams {
+  float temperature = 0.0f;  // 0 = greedy
+  float top_p = 1.0f;        // (0, 1]
+  int top_k = 0;             // 0 = whole vocabulary
+  uint64_t seed = 0;
+};
+
+struct StoppingParams {
+  int max_new_tokens = 0;  // >= 1 once the service has applied its default
+  std::vector<int32_t> stop_token_ids;
+  bool ignore_eos = false;
+};
+
+enum class FinishReason { kLength, kEos, kStopToken, kStopString, kCancelled };
+
+const char* FinishReasonName(FinishReason reason);  // "length", "eos", ... (metric labels)
+
+// One message to a request's client: new tokens, and on the last one the finish.
+struct TokenEvent {
+  std::vector<int32_t> new_tokens;
+  std::optional<FinishReason> finish;
+  int32_t matched_stop = 0;  // the stop token id for kStopToken
+  int prompt_tokens = 0;
+  int completion_tokens = 0;
+  int preemptions = 0;
+  double queue_seconds = 0;
+  double time_to_first_token_seconds = 0;
+  double total_seconds = 0;
+  // Set when the engine failed the request (the client gets INTERNAL with this message).
+  std::optional<std::string> error;
+};
+
+// Called on the engine thread; must not block.
+using EventSink = std::function<void(TokenEvent)>;
+
+struct Request {
+  std::string id;  // for logs and responses
+  std::vector<int32_t> prompt;
+  SamplingParams sampling;
+  StoppingParams stopping;
+  Clock::time_point arrival = Clock::now();
+  EventSink sink;
+};
+
+}  // namespace gqa

@@ -1,0 +1,72 @@
+#include "engine/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+namespace gqa {
+namespace {
+
+uint64_t Mix(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+int32_t Argmax(std::span<const float> logits) {
+  // First maximum wins ties, so the choice does not depend on anything but the values.
+  return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+}
+
+}  // namespace
+
+double UniformForStep(uint64_t seed, uint64_t step) {
+  const uint64_t bits = Mix(Mix(seed + 0x9e3779b97f4a7c15ull) ^ (step * 0xd1b54a32d192ed03ull));
+  return static_cast<double>(bits >> 11) * 0x1.0p-53;
+}
+
+int32_t SampleToken(std::span<const float> logits, const SamplingRow& params) {
+  if (params.temperature <= 0.0f || params.top_k == 1) return Argmax(logits);
+  const int vocab = static_cast<int>(logits.size());
+  std::vector<int32_t> order(vocab);
+  std::iota(order.begin(), order.end(), 0);
+  // Most likely first; equal logits by token id, so the order is fully determined.
+  auto more_likely = [&](int32_t a, int32_t b) {
+    return logits[a] != logits[b] ? logits[a] > logits[b] : a < b;
+  };
+  const int k = (params.top_k > 0 && params.top_k < vocab) ? params.top_k : vocab;
+  std::partial_sort(order.begin(), order.begin() + k, order.end(), more_likely);
+  order.resize(k);
+
+  std::vector<double> probs(k);
+  const double max_logit = logits[order[0]];
+  double total = 0.0;
+  for (int i = 0; i < k; ++i) {
+    probs[i] = std::exp((static_cast<double>(logits[order[i]]) - max_logit) / params.temperature);
+    total += probs[i];
+  }
+  // Nucleus: the smallest prefix whose mass reaches top_p.
+  int keep = k;
+  if (params.top_p > 0.0f && params.top_p < 1.0f) {
+    double mass = 0.0;
+    for (int i = 0; i < k; ++i) {
+      mass += probs[i] / total;
+      if (mass >= params.top_p) {
+        keep = i + 1;
+        break;
+      }
+    }
+  }
+  double kept_total = 0.0;
+  for (int i = 0; i < keep; ++i) kept_total += probs[i];
+  const double target = UniformForStep(params.seed, params.step) * kept_total;
+  double cumulative = 0.0;
+  for (int i = 0; i < keep; ++i) {
+    cumulative += probs[i];
+    if (target < cumulative) return order[i];
+  }
+  return order[keep - 1];
+}
+
+}  // namespace gqa

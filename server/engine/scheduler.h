@@ -1,0 +1,78 @@
+// Iteration-level continuous batching over a paged KV cache.
+//
+// Each step: every running sequence gets its next chunk (one token when decoding, the rest of
+// its prompt, up to the token budget, when prefilling), oldest admission first. A sequence that
+// needs a block when none is free preempts the most recently admitted running sequence (its
+// blocks are freed and it goes back to the front of the queue to be recomputed). Then, if
+// nothing was preempted, waiting sequences are admitted first come, first served while the
+// token budget, max_num_seqs and the free blocks allow.
+#pragma once
+
+#include <deque>
+#include <memory>
+#include <vector>
+
+#include "engine/block_allocator.h"
+#include "engine/sequence.h"
+
+namespace gqa {
+
+struct SchedulerConfig {
+  int block_size = 16;
+  int max_num_seqs = 256;
+  int max_num_batched_tokens = 2048;
+};
+
+// Compute tokens [seq->num_computed, seq->num_computed + num_tokens) of seq this step.
+struct ScheduledChunk {
+  Sequence* seq;
+  int num_tokens;
+  // True when the chunk reaches the sequence's last token, so a new token is sampled.
+  bool samples() const { return seq->num_computed + num_tokens == seq->num_tokens(); }
+};
+
+enum class StepPhase { kPrefill, kDecode, kMixed };
+const char* StepPhaseName(StepPhase phase);
+
+struct SchedulerOutput {
+  std::vector<ScheduledChunk> chunks;
+  std::vector<Sequence*> preempted;  // this step, in the order they were preempted
+  int num_tokens = 0;
+  bool empty() const { return chunks.empty(); }
+  StepPhase phase() const;
+};
+
+class Scheduler {
+ public:
+  Scheduler(const SchedulerConfig& config, BlockAllocator* allocator);
+
+  void Add(std::unique_ptr<Sequence> seq);
+  SchedulerOutput Schedule();
+  // Marks each chunk's tokens as computed (their K/V are now in the cache).
+  void Commit(const SchedulerOutput& out);
+  // Removes a sequence (finished or cancelled) wherever it is and frees its blocks.
+  std::unique_ptr<Sequence> Remove(uint64_t seq_id);
+  Sequence* Find(uint64_t seq_id);
+
+  int num_running() const { return static_cast<int>(running_.size()); }
+  int num_waiting() const { return static_cast<int>(waiting_.size()); }
+  bool idle() const { return running_.empty() && waiting_.empty(); }
+  const std::vector<std::unique_ptr<Sequence>>& running() const { return running_; }
+  const std::deque<std::unique_ptr<Sequence>>& waiting() const { return waiting_; }
+  int BlocksFor(int num_tokens) const;
+
+ private:
+  // Grows seq's block list to cover num_tokens; false when not enough blocks are free.
+  bool Reserve(Sequence& seq, int num_tokens);
+  void PreemptLast(SchedulerOutput& out);
+  bool ScheduleRunning(size_t index, int& budget, SchedulerOutput& out);
+  void AdmitWaiting(int& budget, SchedulerOutput& out);
+
+  SchedulerConfig config_;
+  BlockAllocator* allocator_;
+  std::vector<std::unique_ptr<Sequence>> running_;  // in admission order
+  std::deque<std::unique_ptr<Sequence>> waiting_;
+  uint64_t next_admission_ = 0;
+};
+
+}  // namespace gqa

@@ -1,0 +1,39 @@
+// A request inside the engine: its tokens, how many of them have K/V in the cache, its blocks.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "engine/request.h"
+
+namespace gqa {
+
+using BlockList = std::vector<int32_t>;
+
+struct Sequence {
+  explicit Sequence(Request r, uint64_t engine_id)
+      : request(std::move(r)),
+        id(engine_id),
+        tokens(request.prompt),
+        num_prompt_tokens(static_cast<int>(request.prompt.size())) {}
+
+  int num_tokens() const { return static_cast<int>(tokens.size()); }
+  int num_generated() const { return num_tokens() - num_prompt_tokens; }
+  // Tokens still to compute before the next token can be sampled.
+  int num_uncomputed() const { return num_tokens() - num_computed; }
+
+  Request request;
+  uint64_t id;                  // unique in this engine
+  std::vector<int32_t> tokens;  // prompt, then generated tokens
+  int num_prompt_tokens;
+  int num_computed = 0;          // tokens whose K/V are in the cache
+  BlockList blocks;              // the cache blocks holding positions [0, num_computed)
+  uint64_t admission_order = 0;  // larger = admitted later (preempted first)
+  int preemptions = 0;
+  std::optional<Clock::time_point> first_scheduled;
+  std::optional<Clock::time_point> first_token;
+  std::optional<Clock::time_point> last_token;
+};
+
+}  // namespace gqa

@@ -1,0 +1,72 @@
+// gqa-server: flags -> ServerConfig -> RunServer.
+#include <iostream>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "server.h"
+#include "spdlog/spdlog.h"
+
+ABSL_FLAG(std::string, model, "", "Hugging Face model directory (config.json + safetensors)");
+ABSL_FLAG(std::string, load_format, "auto",
+          "auto (safetensors) or dummy (random weights from config.json alone)");
+ABSL_FLAG(uint64_t, dummy_seed, 0, "seed of --load_format=dummy weights");
+ABSL_FLAG(std::string, backend, "cpu", "compute backend: cpu");
+ABSL_FLAG(std::string, host, "0.0.0.0", "address to listen on (gRPC and metrics)");
+ABSL_FLAG(int, port, 50051, "gRPC port (0 picks a free one)");
+ABSL_FLAG(int, metrics_port, 9090, "HTTP port for /metrics and /healthz (0 picks a free one)");
+ABSL_FLAG(std::string, port_file, "", "write '<grpc port> <metrics port>' here once serving");
+ABSL_FLAG(int, block_size, 16, "tokens per KV cache block");
+ABSL_FLAG(std::string, kv_cache_memory, "1GiB", "memory for the KV cache pool, e.g. 512MiB");
+ABSL_FLAG(int, num_kv_blocks, 0, "KV blocks in the pool (overrides --kv_cache_memory)");
+ABSL_FLAG(int, max_num_seqs, 256, "most sequences in one engine step");
+ABSL_FLAG(int, max_num_batched_tokens, 2048, "most tokens computed in one engine step");
+ABSL_FLAG(int, max_model_len, 0, "longest prompt + generation (0: the model's maximum)");
+ABSL_FLAG(int, default_max_new_tokens, 256, "max_new_tokens when a request does not set it");
+ABSL_FLAG(int, cpu_threads, 0, "threads of the CPU backend (0: all cores)");
+ABSL_FLAG(int, drain_grace_seconds, 30, "on SIGTERM, how long running requests may finish");
+ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn, error");
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("gqa-server --model DIR [flags]: serve a Llama-family model");
+  absl::ParseCommandLine(argc, argv);
+  spdlog::set_level(spdlog::level::from_str(absl::GetFlag(FLAGS_log_level)));
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+
+  gqa::ServerConfig config;
+  config.model_dir = absl::GetFlag(FLAGS_model);
+  const std::string format = absl::GetFlag(FLAGS_load_format);
+  if (config.model_dir.empty()) {
+    std::cerr << "gqa-server: --model DIR is required\n";
+    return 2;
+  }
+  if (format != "auto" && format != "safetensors" && format != "dummy") {
+    std::cerr << "gqa-server: --load_format must be auto or dummy\n";
+    return 2;
+  }
+  config.load_format = format == "dummy" ? gqa::LoadFormat::kDummy : gqa::LoadFormat::kSafetensors;
+  config.dummy_seed = absl::GetFlag(FLAGS_dummy_seed);
+  config.backend = absl::GetFlag(FLAGS_backend);
+  config.host = absl::GetFlag(FLAGS_host);
+  config.port = absl::GetFlag(FLAGS_port);
+  config.metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  config.port_file = absl::GetFlag(FLAGS_port_file);
+  config.block_size = absl::GetFlag(FLAGS_block_size);
+  if (!gqa::ParseByteSize(absl::GetFlag(FLAGS_kv_cache_memory), &config.kv_cache_bytes)) {
+    std::cerr << "gqa-server: --kv_cache_memory: expected a size like 512MiB or 2GiB\n";
+    return 2;
+  }
+  config.num_kv_blocks = absl::GetFlag(FLAGS_num_kv_blocks);
+  config.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs);
+  config.max_num_batched_tokens = absl::GetFlag(FLAGS_max_num_batched_tokens);
+  config.max_model_len = absl::GetFlag(FLAGS_max_model_len);
+  config.default_max_new_tokens = absl::GetFlag(FLAGS_default_max_new_tokens);
+  config.cpu_threads = absl::GetFlag(FLAGS_cpu_threads);
+  config.drain_grace_seconds = absl::GetFlag(FLAGS_drain_grace_seconds);
+  if (config.block_size < 1 || config.max_num_seqs < 1 || config.max_num_batched_tokens < 1) {
+    std::cerr << "gqa-server: --block_size, --max_num_seqs and --max_num_batched_tokens must be "
+                 ">= 1\n";
+    return 2;
+  }
+  return gqa::RunServer(config);
+}

@@ -1,0 +1,41 @@
+// The metrics the engine exports, registered once under their public names.
+#pragma once
+
+#include <array>
+#include <string>
+
+#include "engine/request.h"
+#include "engine/scheduler.h"
+#include "metrics/registry.h"
+
+namespace gqa {
+
+struct ModelConfig;
+struct KvCacheSpec;
+
+struct EngineMetrics {
+  explicit EngineMetrics(MetricsRegistry& registry);
+  // gqa_model_info{...} 1 and gqa_kv_cache_blocks_total.
+  void SetModelInfo(const ModelConfig& config, const KvCacheSpec& kv, const std::string& backend);
+
+  Histogram* time_to_first_token;
+  Histogram* inter_token_latency;
+  Histogram* e2e_request_latency;
+  Histogram* request_queue_time;
+  std::array<Histogram*, 3> step_duration;  // by StepPhase
+  Histogram* step_batch_size;
+  Histogram* step_tokens;
+  Gauge* requests_running;
+  Gauge* requests_waiting;
+  Gauge* kv_cache_usage_ratio;
+  Gauge* kv_cache_blocks_total;
+  Counter* prompt_tokens;
+  Counter* generation_tokens;
+  Counter* preemptions;
+  std::array<Counter*, 5> requests_finished;  // by FinishReason
+
+ private:
+  MetricsRegistry& registry_;
+};
+
+}  // namespace gqa

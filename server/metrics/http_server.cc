@@ -1,0 +1,43 @@
+#include "metrics/http_server.h"
+
+#include "absl/strings/str_cat.h"
+#include "httplib.h"
+#include "metrics/registry.h"
+
+namespace gqa {
+
+MetricsHttpServer::MetricsHttpServer(const MetricsRegistry* registry,
+                                     std::function<bool()> is_serving)
+    : registry_(registry),
+      is_serving_(std::move(is_serving)),
+      server_(std::make_unique<httplib::Server>()) {
+  server_->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+    res.set_content(registry_->RenderText(), "text/plain; version=0.0.4; charset=utf-8");
+  });
+  server_->Get("/healthz", [this](const httplib::Request&, httplib::Response& res) {
+    const bool serving = is_serving_();
+    res.status = serving ? 200 : 503;
+    res.set_content(serving ? "ok\n" : "not serving\n", "text/plain");
+  });
+}
+
+MetricsHttpServer::~MetricsHttpServer() { Stop(); }
+
+absl::StatusOr<int> MetricsHttpServer::Start(const std::string& host, int port) {
+  const int bound =
+      port == 0 ? server_->bind_to_any_port(host) : (server_->bind_to_port(host, port) ? port : -1);
+  if (bound < 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen for metrics on ", host, ":", port));
+  }
+  thread_ = std::thread([this] { server_->listen_after_bind(); });
+  return bound;
+}
+
+void MetricsHttpServer::Stop() {
+  if (thread_.joinable()) {
+    server_->stop();
+    thread_.join();
+  }
+}
+
+}  // namespace gqa

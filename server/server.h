@@ -1,0 +1,37 @@
+// Startup and shutdown of the whole server: load, build the engine, serve, drain on SIGTERM.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "model/checkpoint.h"
+
+namespace gqa {
+
+struct ServerConfig {
+  std::string model_dir;
+  LoadFormat load_format = LoadFormat::kSafetensors;
+  uint64_t dummy_seed = 0;
+  std::string backend = "cpu";
+  std::string host = "0.0.0.0";
+  int port = 50051;
+  int metrics_port = 9090;
+  std::string port_file;  // written once serving: "<grpc port> <metrics port>"
+  int block_size = 16;
+  uint64_t kv_cache_bytes = 1ull << 30;
+  int num_kv_blocks = 0;  // overrides kv_cache_bytes when > 0
+  int max_num_seqs = 256;
+  int max_num_batched_tokens = 2048;
+  int max_model_len = 0;  // 0: the model's max_position_embeddings
+  int default_max_new_tokens = 256;
+  int cpu_threads = 0;
+  int drain_grace_seconds = 30;
+};
+
+// Parses "1073741824", "512MiB", "2GiB", "100MB".
+bool ParseByteSize(const std::string& text, uint64_t* bytes);
+
+// Runs until SIGTERM or SIGINT; returns the process exit code. Startup failures print one line.
+int RunServer(const ServerConfig& config);
+
+}  // namespace gqa

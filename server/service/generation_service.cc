@@ -1,0 +1,278 @@
+#include "service/generation_service.h"
+
+#include <memory>
+#include <mutex>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "service/status_conversion.h"
+
+namespace gqa {
+namespace {
+
+namespace pb = gqa::v1;
+
+pb::FinishReason ToProto(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kLength:
+      return pb::FINISH_REASON_LENGTH;
+    case FinishReason::kEos:
+      return pb::FINISH_REASON_EOS;
+    case FinishReason::kStopToken:
+      return pb::FINISH_REASON_STOP_TOKEN;
+    case FinishReason::kStopString:
+      return pb::FINISH_REASON_STOP_STRING;
+    case FinishReason::kCancelled:
+      return pb::FINISH_REASON_CANCELLED;
+  }
+  return pb::FINISH_REASON_UNSPECIFIED;
+}
+
+// Streams one request's events. Owned jointly by gRPC (until OnDone) and the engine's sink
+// (until the sequence is gone), so neither side can outlive the other's use of it. State changes
+// happen under mu_; the gRPC calls they decide on (StartWrite, Finish) happen after unlocking.
+class GenerateReactor : public grpc::ServerWriteReactor<pb::GenerateResponse>,
+                        public std::enable_shared_from_this<GenerateReactor> {
+ public:
+  GenerateReactor(Engine* engine, std::string request_id)
+      : engine_(engine), request_id_(std::move(request_id)) {}
+
+  void Start(Request request) {
+    self_ = shared_from_this();
+    request.sink = [reactor = self_](TokenEvent event) { reactor->OnEvent(std::move(event)); };
+    absl::StatusOr<uint64_t> id = engine_->Submit(std::move(request));
+    if (!id.ok()) return Reject(ToGrpcStatus(id.status()));
+    bool cancel_now;
+    {
+      std::lock_guard lock(mu_);
+      engine_id_ = *id;
+      submitted_ = true;
+      cancel_now = broken_;
+    }
+    if (cancel_now) engine_->Cancel(*id);
+  }
+
+  // Finishes the call at once with an error (bad input, draining).
+  void Reject(const grpc::Status& status) {
+    self_ = shared_from_this();
+    {
+      std::lock_guard lock(mu_);
+      if (finished_) return;
+      finished_ = true;
+    }
+    Finish(status);
+  }
+
+  void OnWriteDone(bool ok) override {
+    Action action;
+    {
+      std::lock_guard lock(mu_);
+      writing_ = false;
+      if (!ok) broken_ = true;
+      action = NextAction();
+    }
+    if (!ok) CancelInEngine();
+    Run(action);
+  }
+
+  void OnCancel() override {
+    Action action;
+    {
+      std::lock_guard lock(mu_);
+      broken_ = true;
+      action = NextAction();
+    }
+    CancelInEngine();
+    Run(action);
+  }
+
+  void OnDone() override {
+    std::shared_ptr<GenerateReactor> last_ref;
+    std::lock_guard lock(mu_);
+    last_ref.swap(self_);  // released after the lock: the engine's sink may hold the last one
+  }
+
+ private:
+  enum class Action { kNone, kWrite, kFinish };
+
+  // Engine thread: merge the event into the pending message and write if the stream is free.
+  void OnEvent(TokenEvent event) {
+    Action action;
+    {
+      std::lock_guard lock(mu_);
+      for (int32_t t : event.new_tokens) pending_.add_token_ids(static_cast<uint32_t>(t));
+      if (event.error) {
+        final_status_ = grpc::Status(grpc::StatusCode::INTERNAL, *event.error);
+      } else if (event.finish) {
+        SetFinal(event);
+      }
+      final_received_ = event.finish.has_value() || event.error.has_value();
+      action = NextAction();
+    }
+    Run(action);
+  }
+
+  void SetFinal(const TokenEvent& event) {
+    pending_.set_finish_reason(ToProto(*event.finish));
+    pending_.set_matched_stop(static_cast<uint32_t>(event.matched_stop));
+    auto* usage = pending_.mutable_usage();
+    usage->set_prompt_tokens(event.prompt_tokens);
+    usage->set_completion_tokens(event.completion_tokens);
+    usage->set_preemptions(event.preemptions);
+    auto* timing = pending_.mutable_timing();
+    timing->set_queue_seconds(event.queue_seconds);
+    timing->set_time_to_first_token_seconds(event.time_to_first_token_seconds);
+    timing->set_total_seconds(event.total_seconds);
+    final_pending_ = true;
+  }
+
+  // Decides the next gRPC operation; called with mu_ held.
+  Action NextAction() {
+    if (writing_ || finished_) return Action::kNone;
+    if (broken_) {
+      final_status_ = grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");
+      finished_ = true;
+      return Action::kFinish;
+    }
+    if (pending_.token_ids_size() > 0 || final_pending_) {
+      in_flight_ = std::move(pending_);
+      pending_.Clear();
+      in_flight_.set_request_id(request_id_);
+      final_pending_ = false;
+      writing_ = true;
+      return Action::kWrite;
+    }
+    if (final_received_) {
+      finished_ = true;
+      return Action::kFinish;
+    }
+    return Action::kNone;
+  }
+
+  void Run(Action action) {
+    if (action == Action::kWrite) StartWrite(&in_flight_);
+    if (action == Action::kFinish) Finish(final_status_);
+  }
+
+  void CancelInEngine() {
+    uint64_t id;
+    {
+      std::lock_guard lock(mu_);
+      if (!submitted_) return;
+      id = engine_id_;
+    }
+    engine_->Cancel(id);
+  }
+
+  Engine* engine_;
+  const std::string request_id_;
+  std::shared_ptr<GenerateReactor> self_;  // released in OnDone
+
+  std::mutex mu_;
+  uint64_t engine_id_ = 0;
+  bool submitted_ = false;
+  bool broken_ = false;  // cancelled or a write failed: no more writes
+  bool writing_ = false;
+  bool final_received_ = false;
+  bool final_pending_ = false;  // pending_ carries the final message
+  bool finished_ = false;
+  grpc::Status final_status_ = grpc::Status::OK;
+  pb::GenerateResponse pending_;
+  pb::GenerateResponse in_flight_;
+};
+
+uint64_t RandomSeed() {
+  static std::mutex mu;
+  static std::mt19937_64 rng{std::random_device{}()};
+  std::lock_guard lock(mu);
+  return rng();
+}
+
+}  // namespace
+
+GenerationService::GenerationService(Engine* engine, ServiceInfo info)
+    : engine_(engine), info_(std::move(info)) {}
+
+absl::StatusOr<Request> GenerationService::ToRequest(const pb::GenerateRequest& proto) const {
+  Request r;
+  r.id = proto.request_id().empty()
+             ? absl::StrCat("gen-", next_request_number_.load(), "-", RandomSeed() % 1000000)
+             : proto.request_id();
+  switch (proto.prompt_case()) {
+    case pb::GenerateRequest::kText:
+      return absl::InvalidArgumentError(
+          "prompt.text: this model has no tokenizer loaded; send prompt.token_ids");
+    case pb::GenerateRequest::kTokenIds:
+      r.prompt.assign(proto.token_ids().ids().begin(), proto.token_ids().ids().end());
+      break;
+    default:
+      return absl::InvalidArgumentError("prompt: set prompt.token_ids (or prompt.text)");
+  }
+  const auto& s = proto.sampling();
+  r.sampling.temperature = s.temperature();
+  r.sampling.top_p = s.top_p() == 0.0f ? 1.0f : s.top_p();
+  r.sampling.top_k = s.top_k();
+  r.sampling.seed = s.has_seed() ? s.seed() : RandomSeed();
+  const auto& st = proto.stopping();
+  if (st.stop_size() > 0) {
+    return absl::InvalidArgumentError(
+        "stopping.stop: stop strings need a tokenizer, which this "
+        "model does not have; use stopping.stop_token_ids");
+  }
+  const int max_len = engine_->config().limits.max_model_len;
+  if (st.has_max_new_tokens()) {
+    r.stopping.max_new_tokens = static_cast<int>(std::min<uint32_t>(st.max_new_tokens(), 1u << 30));
+  } else {
+    r.stopping.max_new_tokens = std::max(
+        1, std::min(info_.default_max_new_tokens, max_len - static_cast<int>(r.prompt.size())));
+  }
+  r.stopping.stop_token_ids.assign(st.stop_token_ids().begin(), st.stop_token_ids().end());
+  r.stopping.ignore_eos = st.ignore_eos();
+  return r;
+}
+
+grpc::ServerWriteReactor<pb::GenerateResponse>* GenerationService::Generate(
+    grpc::CallbackServerContext* /*context*/, const pb::GenerateRequest* proto) {
+  next_request_number_.fetch_add(1);
+  absl::StatusOr<Request> request = ToRequest(*proto);
+  if (request.ok() && !accepting_.load()) {
+    request = absl::UnavailableError("the server is draining; retry elsewhere");
+  }
+  auto reactor = std::make_shared<GenerateReactor>(engine_, request.ok() ? request->id : "");
+  if (request.ok()) {
+    reactor->Start(*std::move(request));
+  } else {
+    reactor->Reject(ToGrpcStatus(request.status()));
+  }
+  return reactor.get();
+}
+
+grpc::ServerUnaryReactor* GenerationService::GetModelInfo(grpc::CallbackServerContext* context,
+                                                          const pb::GetModelInfoRequest*,
+                                                          pb::ModelInfo* info) {
+  const ModelConfig& c = info_.config;
+  const KvCacheSpec& kv = engine_->kv_spec();
+  info->set_architecture(c.architecture_name);
+  info->set_num_layers(c.num_layers);
+  info->set_num_attention_heads(c.num_heads);
+  info->set_num_key_value_heads(c.num_kv_heads);
+  info->set_group_size(c.group_size());
+  info->set_head_dim(c.head_dim);
+  info->set_hidden_size(c.hidden_size);
+  info->set_intermediate_size(c.intermediate_size);
+  info->set_vocab_size(c.vocab_size);
+  info->set_max_model_len(engine_->config().limits.max_model_len);
+  info->set_dtype(std::string(DTypeTorchName(c.dtype)));
+  info->set_kv_block_size(kv.block_size);
+  info->set_kv_blocks_total(kv.num_blocks);
+  info->set_kv_token_capacity(kv.token_capacity());
+  info->set_backend(std::string(engine_->backend_name()));
+  info->set_model_path(info_.model_path);
+  for (int id : c.eos_token_ids) info->add_eos_token_ids(id);
+  info->set_has_tokenizer(false);
+  auto* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+}  // namespace gqa

@@ -1,0 +1,42 @@
+// gqa.v1.Generation over the gRPC callback API. Reactors only convert, enqueue into the engine
+// and write what the engine sends back; they never block.
+#pragma once
+
+#include <atomic>
+#include <string>
+
+#include "engine/engine.h"
+#include "gqa/v1/generation.grpc.pb.h"
+#include "model/config.h"
+
+namespace gqa {
+
+struct ServiceInfo {
+  ModelConfig config;
+  std::string model_path;
+  int default_max_new_tokens = 256;
+};
+
+class GenerationService final : public gqa::v1::Generation::CallbackService {
+ public:
+  GenerationService(Engine* engine, ServiceInfo info);
+
+  // New Generate calls get UNAVAILABLE from now on.
+  void StopAccepting() { accepting_.store(false); }
+
+  grpc::ServerWriteReactor<gqa::v1::GenerateResponse>* Generate(
+      grpc::CallbackServerContext* context, const gqa::v1::GenerateRequest* request) override;
+  grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
+                                         const gqa::v1::GetModelInfoRequest* request,
+                                         gqa::v1::ModelInfo* response) override;
+
+ private:
+  absl::StatusOr<Request> ToRequest(const gqa::v1::GenerateRequest& proto) const;
+
+  Engine* engine_;
+  ServiceInfo info_;
+  std::atomic<bool> accepting_{true};
+  std::atomic<uint64_t> next_request_number_{1};
+};
+
+}  // namespace gqa
