@@ -1,0 +1,367 @@
+// Black-box tests of the built gqa-server binary over gRPC on loopback.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <fstream>
+#include <map>
+#include <random>
+#include <thread>
+
+#include "common/test_checkpoint.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+#include "server_process.h"
+
+namespace gqa::testing {
+namespace {
+
+namespace pb = gqa::v1;
+
+struct Outcome {
+  grpc::Status status;
+  std::vector<pb::GenerateResponse> messages;
+  std::vector<uint32_t> tokens;
+  const pb::GenerateResponse& final_message() const { return messages.back(); }
+};
+
+Outcome Generate(pb::Generation::Stub& stub, const pb::GenerateRequest& request) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  Outcome out;
+  auto reader = stub.Generate(&context, request);
+  pb::GenerateResponse r;
+  while (reader->Read(&r)) {
+    out.tokens.insert(out.tokens.end(), r.token_ids().begin(), r.token_ids().end());
+    out.messages.push_back(r);
+  }
+  out.status = reader->Finish();
+  return out;
+}
+
+pb::GenerateRequest MakeRequest(int prompt_len, int max_new, uint32_t salt = 0) {
+  pb::GenerateRequest req;
+  for (int i = 0; i < prompt_len; ++i)
+    req.mutable_token_ids()->add_ids(2 + (i * 11 + salt * 7) % 120);
+  req.mutable_stopping()->set_max_new_tokens(max_new);
+  req.mutable_stopping()->set_ignore_eos(true);
+  return req;
+}
+
+grpc::health::v1::HealthCheckResponse::ServingStatus Health(const std::string& address) {
+  auto stub = grpc::health::v1::Health::NewStub(
+      grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  grpc::health::v1::HealthCheckResponse response;
+  if (!stub->Check(&context, {}, &response).ok())
+    return grpc::health::v1::HealthCheckResponse::UNKNOWN;
+  return response.status();
+}
+
+class ServerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    model_ = new TempDir();
+    WriteRandomCheckpoint(model_->path(), TinyConfig(2), std::random_device{}());
+    server_ = new ServerProcess(model_->path(), {});
+    ASSERT_TRUE(server_->started()) << server_->Log();
+  }
+  static void TearDownTestSuite() {
+    delete server_;
+    delete model_;
+  }
+  void SetUp() override { ASSERT_TRUE(server_->started()); }
+
+  static TempDir* model_;
+  static ServerProcess* server_;
+};
+TempDir* ServerTest::model_ = nullptr;
+ServerProcess* ServerTest::server_ = nullptr;
+
+TEST_F(ServerTest, StreamsTokensThenOneFinalMessage) {
+  auto stub = server_->Stub();
+  auto req = MakeRequest(5, 12);
+  req.set_request_id("my-request");
+  Outcome out = Generate(*stub, req);
+  ASSERT_TRUE(out.status.ok()) << out.status.error_message();
+  ASSERT_GE(out.messages.size(), 2u);
+  EXPECT_EQ(out.tokens.size(), 12u);
+  for (size_t i = 0; i < out.messages.size(); ++i) {
+    EXPECT_EQ(out.messages[i].request_id(), "my-request");
+    const bool last = i + 1 == out.messages.size();
+    EXPECT_EQ(out.messages[i].finish_reason() != pb::FINISH_REASON_UNSPECIFIED, last) << i;
+  }
+  const auto& f = out.final_message();
+  EXPECT_EQ(f.finish_reason(), pb::FINISH_REASON_LENGTH);
+  EXPECT_EQ(f.usage().prompt_tokens(), 5u);
+  EXPECT_EQ(f.usage().completion_tokens(), 12u);
+  EXPECT_GT(f.timing().total_seconds(), 0.0);
+  EXPECT_LE(f.timing().time_to_first_token_seconds(), f.timing().total_seconds());
+  EXPECT_LE(f.timing().queue_seconds(), f.timing().time_to_first_token_seconds());
+}
+
+TEST_F(ServerTest, ConcurrentRequestsMatchTheirOutputsAlone) {
+  auto stub = server_->Stub();
+  const int n = 20;
+  std::vector<pb::GenerateRequest> requests;
+  std::vector<std::vector<uint32_t>> alone(n), batched(n);
+  for (int i = 0; i < n; ++i) {
+    requests.push_back(MakeRequest(1 + 4 * i, 4 + (i * 5) % 17, i));
+    if (i % 3 == 1) {
+      requests[i].mutable_sampling()->set_temperature(0.9f);
+      requests[i].mutable_sampling()->set_top_p(0.9f);
+      requests[i].mutable_sampling()->set_seed(1000 + i);
+    }
+    Outcome out = Generate(*stub, requests[i]);
+    ASSERT_TRUE(out.status.ok()) << out.status.error_message();
+    alone[i] = out.tokens;
+  }
+  std::vector<std::thread> threads;
+  std::vector<grpc::Status> statuses(n);
+  for (int i = 0; i < n; ++i) {
+    threads.emplace_back([&, i] {
+      Outcome out = Generate(*stub, requests[i]);
+      statuses[i] = out.status;
+      batched[i] = out.tokens;
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < n; ++i) {
+    EXPECT_TRUE(statuses[i].ok()) << i;
+    EXPECT_EQ(batched[i].size(), requests[i].stopping().max_new_tokens()) << i;
+    EXPECT_EQ(batched[i], alone[i]) << "request " << i;
+  }
+  // The engine batched them: some step ran more than one sequence.
+  EXPECT_GT(server_->Metric("gqa_step_batch_size_bucket{le=\"1\"}"), 0);
+  EXPECT_LT(server_->Metric("gqa_step_batch_size_bucket{le=\"1\"}"),
+            server_->Metric("gqa_step_batch_size_count"));
+}
+
+TEST_F(ServerTest, PreemptionUnderASmallPoolKeepsOutputsIdentical) {
+  ServerProcess small(model_->path(), {"--num_kv_blocks=10", "--block_size=8"});  // 80 tokens
+  ASSERT_TRUE(small.started()) << small.Log();
+  auto big_stub = server_->Stub();
+  auto small_stub = small.Stub();
+  const int n = 16;
+  std::vector<pb::GenerateRequest> requests;
+  std::vector<std::vector<uint32_t>> expected(n), got(n);
+  for (int i = 0; i < n; ++i) {
+    requests.push_back(MakeRequest(6 + 2 * i, 24, 100 + i));
+    if (i % 2) {
+      requests[i].mutable_sampling()->set_temperature(1.0f);
+      requests[i].mutable_sampling()->set_seed(i);
+    }
+    Outcome out = Generate(*big_stub, requests[i]);
+    ASSERT_TRUE(out.status.ok());
+    expected[i] = out.tokens;
+  }
+  std::vector<std::thread> threads;
+  std::vector<uint32_t> preemptions(n);
+  for (int i = 0; i < n; ++i) {
+    threads.emplace_back([&, i] {
+      Outcome out = Generate(*small_stub, requests[i]);
+      got[i] = out.tokens;
+      if (!out.messages.empty()) preemptions[i] = out.final_message().usage().preemptions();
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < n; ++i) EXPECT_EQ(got[i], expected[i]) << "request " << i;
+  EXPECT_GT(small.Metric("gqa_preemptions_total"), 0) << "the pool was meant to be too small";
+  EXPECT_GT(std::accumulate(preemptions.begin(), preemptions.end(), 0u), 0u);
+  EXPECT_EQ(small.Metric("gqa_requests_finished_total{finish_reason=\"length\"}"), n);
+  EXPECT_EQ(small.Metric("gqa_kv_cache_usage_ratio"), 0);
+}
+
+TEST_F(ServerTest, CancellationFreesBlocks) {
+  auto stub = server_->Stub();
+  const double cancelled_before =
+      server_->Metric("gqa_requests_finished_total{finish_reason=\"cancelled\"}");
+  grpc::ClientContext context;
+  auto reader = stub->Generate(&context, MakeRequest(8, 480));
+  pb::GenerateResponse r;
+  ASSERT_TRUE(reader->Read(&r));
+  EXPECT_GT(server_->Metric("gqa_kv_cache_usage_ratio"), 0);
+  context.TryCancel();
+  while (reader->Read(&r)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (server_->Metric("gqa_requests_running") != 0 &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_EQ(server_->Metric("gqa_requests_running"), 0);
+  EXPECT_EQ(server_->Metric("gqa_kv_cache_usage_ratio"), 0);
+  EXPECT_EQ(server_->Metric("gqa_requests_finished_total{finish_reason=\"cancelled\"}"),
+            cancelled_before + 1);
+}
+
+TEST_F(ServerTest, BadInputGetsInvalidArgumentNamingTheField) {
+  auto stub = server_->Stub();
+  std::vector<std::pair<pb::GenerateRequest, std::string>> cases;
+  auto add = [&](std::string field, auto edit) {
+    pb::GenerateRequest req = MakeRequest(4, 8);
+    edit(req);
+    cases.emplace_back(req, field);
+  };
+  add("prompt.token_ids", [](auto& r) { r.mutable_token_ids()->clear_ids(); });
+  add("prompt", [](auto& r) { r.clear_prompt(); });
+  add("prompt.token_ids[2]", [](auto& r) { r.mutable_token_ids()->set_ids(2, 128); });
+  add("prompt.token_ids[0]", [](auto& r) { r.mutable_token_ids()->set_ids(0, 4000000000u); });
+  add("prompt.text", [](auto& r) { r.set_text("hello"); });
+  add("stopping.max_new_tokens", [](auto& r) { r.mutable_stopping()->set_max_new_tokens(0); });
+  add("stopping.max_new_tokens", [](auto& r) { r.mutable_stopping()->set_max_new_tokens(509); });
+  add("stopping.stop", [](auto& r) { r.mutable_stopping()->add_stop("\n"); });
+  add("stopping.stop_token_ids[0]", [](auto& r) { r.mutable_stopping()->add_stop_token_ids(999); });
+  add("sampling.temperature", [](auto& r) { r.mutable_sampling()->set_temperature(-1.0f); });
+  add("sampling.temperature", [](auto& r) { r.mutable_sampling()->set_temperature(NAN); });
+  add("sampling.top_p", [](auto& r) { r.mutable_sampling()->set_top_p(1.5f); });
+  add("sampling.top_p", [](auto& r) { r.mutable_sampling()->set_top_p(-0.2f); });
+  add("sampling.top_k", [](auto& r) { r.mutable_sampling()->set_top_k(-3); });
+  for (const auto& [req, field] : cases) {
+    Outcome out = Generate(*stub, req);
+    EXPECT_EQ(out.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << field;
+    EXPECT_EQ(out.status.error_message().rfind(field, 0), 0u)
+        << field << ": " << out.status.error_message();
+    EXPECT_TRUE(out.messages.empty());
+  }
+  Outcome ok = Generate(*stub, MakeRequest(4, 3));
+  EXPECT_TRUE(ok.status.ok()) << "the server stopped serving after bad input";
+}
+
+TEST_F(ServerTest, PromptThatCanNeverFitTheCacheIsRefused) {
+  ServerProcess small(model_->path(), {"--num_kv_blocks=4", "--block_size=16"});  // 64 tokens
+  ASSERT_TRUE(small.started()) << small.Log();
+  Outcome out = Generate(*small.Stub(), MakeRequest(40, 40));
+  EXPECT_EQ(out.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(out.status.error_message().find("KV blocks"), std::string::npos);
+  EXPECT_TRUE(Generate(*small.Stub(), MakeRequest(40, 20)).status.ok());
+}
+
+TEST_F(ServerTest, StopTokenAndEos) {
+  auto stub = server_->Stub();
+  Outcome probe = Generate(*stub, MakeRequest(6, 10, 3));
+  ASSERT_EQ(probe.tokens.size(), 10u);
+  auto req = MakeRequest(6, 10, 3);
+  req.mutable_stopping()->add_stop_token_ids(probe.tokens[4]);
+  Outcome stopped = Generate(*stub, req);
+  const auto first = std::find(probe.tokens.begin(), probe.tokens.end(), probe.tokens[4]);
+  EXPECT_EQ(stopped.tokens, std::vector<uint32_t>(probe.tokens.begin(), first + 1));
+  EXPECT_EQ(stopped.final_message().finish_reason(), pb::FINISH_REASON_STOP_TOKEN);
+  EXPECT_EQ(stopped.final_message().matched_stop(), probe.tokens[4]);
+}
+
+TEST_F(ServerTest, ModelInfo) {
+  auto stub = server_->Stub();
+  grpc::ClientContext context;
+  pb::ModelInfo info;
+  ASSERT_TRUE(stub->GetModelInfo(&context, {}, &info).ok());
+  EXPECT_EQ(info.architecture(), "LlamaForCausalLM");
+  EXPECT_EQ(info.num_attention_heads(), 8u);
+  EXPECT_EQ(info.num_key_value_heads(), 2u);
+  EXPECT_EQ(info.group_size(), 4u);
+  EXPECT_EQ(info.head_dim(), 8u);
+  EXPECT_EQ(info.vocab_size(), 128u);
+  EXPECT_EQ(info.max_model_len(), 512u);
+  EXPECT_EQ(info.kv_block_size(), 16u);
+  EXPECT_GT(info.kv_blocks_total(), 0u);
+  EXPECT_EQ(info.backend(), "cpu");
+  EXPECT_EQ(info.dtype(), "float32");
+}
+
+TEST_F(ServerTest, HealthReflectionAndMetricsAnswer) {
+  EXPECT_EQ(Health(server_->address()), grpc::health::v1::HealthCheckResponse::SERVING);
+  EXPECT_EQ(server_->HttpGet("/healthz").first, 200);
+
+  auto reflection = grpc::reflection::v1alpha::ServerReflection::NewStub(
+      grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  auto stream = reflection->ServerReflectionInfo(&context);
+  grpc::reflection::v1alpha::ServerReflectionRequest req;
+  req.set_list_services("");
+  ASSERT_TRUE(stream->Write(req));
+  grpc::reflection::v1alpha::ServerReflectionResponse resp;
+  ASSERT_TRUE(stream->Read(&resp));
+  std::vector<std::string> services;
+  for (const auto& s : resp.list_services_response().service()) services.push_back(s.name());
+  EXPECT_NE(std::find(services.begin(), services.end(), "gqa.v1.Generation"), services.end());
+  stream->WritesDone();
+  while (stream->Read(&resp)) {
+  }
+  EXPECT_TRUE(stream->Finish().ok());
+
+  Generate(*server_->Stub(), MakeRequest(3, 3));
+  const std::string text = server_->HttpGet("/metrics").second;
+  for (const char* name :
+       {"gqa_time_to_first_token_seconds_bucket", "gqa_inter_token_latency_seconds_bucket",
+        "gqa_e2e_request_latency_seconds_bucket", "gqa_request_queue_time_seconds_bucket",
+        "gqa_step_duration_seconds_bucket{phase=\"prefill\",le=\"0.0001\"}",
+        "gqa_step_duration_seconds_bucket{phase=\"decode\"", "gqa_step_batch_size_bucket",
+        "gqa_requests_running", "gqa_requests_waiting", "gqa_kv_cache_usage_ratio",
+        "gqa_kv_cache_blocks_total", "gqa_prompt_tokens_total", "gqa_generation_tokens_total",
+        "gqa_preemptions_total", "gqa_requests_finished_total{finish_reason=\"length\"}",
+        "gqa_model_info{", "num_key_value_heads=\"2\"", "group_size=\"4\""}) {
+    EXPECT_NE(text.find(name), std::string::npos) << name;
+  }
+  EXPECT_GT(server_->Metric("gqa_step_duration_seconds_count{phase=\"decode\"}"), 0);
+}
+
+TEST_F(ServerTest, CliStreamsJson) {
+  auto [code, output] = RunCommand({GQA_CLI_BIN, "--server=" + server_->address(), "--ids=3,4,5",
+                                    "--max_new_tokens=4", "--ignore_eos", "--json"});
+  EXPECT_EQ(code, 0) << output;
+  EXPECT_NE(output.find("\"finish_reason\":\"FINISH_REASON_LENGTH\""), std::string::npos) << output;
+  EXPECT_NE(output.find("\"completion_tokens\":4"), std::string::npos) << output;
+  auto [bad_code, bad_output] =
+      RunCommand({GQA_CLI_BIN, "--server=" + server_->address(), "--ids=3,999"});
+  EXPECT_NE(bad_code, 0);
+  EXPECT_NE(bad_output.find("prompt.token_ids[1]"), std::string::npos) << bad_output;
+}
+
+TEST(ServerLifecycleTest, SigtermDrainsRunningRequestsAndRefusesNewOnes) {
+  TempDir model;
+  ModelConfig config = TinyConfig(2);
+  config.num_layers = 8;  // slow enough that the request is still running when SIGTERM lands
+  config.hidden_size = 512;
+  config.intermediate_size = 1024;
+  config.head_dim = 64;
+  WriteRandomCheckpoint(model.path(), config);
+  ServerProcess server(model.path(), {"--cpu_threads=1"});
+  ASSERT_TRUE(server.started()) << server.Log();
+  auto stub = server.Stub();
+  grpc::ClientContext context;
+  auto reader = stub->Generate(&context, MakeRequest(8, 300));
+  pb::GenerateResponse r;
+  ASSERT_TRUE(reader->Read(&r));
+  kill(server.pid(), SIGTERM);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (server.HttpGet("/healthz").first != 503 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_EQ(server.HttpGet("/healthz").first, 503);
+  EXPECT_EQ(Health(server.address()), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+  Outcome late = Generate(*stub, MakeRequest(4, 4));
+  EXPECT_EQ(late.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  size_t tokens = r.token_ids_size();
+  while (reader->Read(&r)) tokens += r.token_ids_size();
+  EXPECT_TRUE(reader->Finish().ok());
+  EXPECT_EQ(tokens, 300u) << "the running request was cut short";
+  EXPECT_EQ(r.finish_reason(), pb::FINISH_REASON_LENGTH);
+  EXPECT_EQ(server.Terminate(), 0) << server.Log();
+}
+
+TEST(ServerLifecycleTest, BrokenCheckpointStopsStartupWithOneLineNamingTheFile) {
+  TempDir model;
+  WriteRandomCheckpoint(model.path(), TinyConfig(2));
+  const auto file = model.path() / "model.safetensors";
+  std::filesystem::resize_file(file, std::filesystem::file_size(file) - 64);
+  auto [code, output] = RunCommand(
+      {GQA_SERVER_BIN, "--model=" + model.path().string(), "--port=0", "--metrics_port=0"});
+  EXPECT_NE(code, 0);
+  EXPECT_NE(output.find(file.string()), std::string::npos) << output;
+  EXPECT_EQ(std::count(output.begin(), output.end(), '\n'), 1) << output;
+}
+
+}  // namespace
+}  // namespace gqa::testing

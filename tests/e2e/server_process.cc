@@ -1,0 +1,133 @@
+#include "server_process.h"
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "grpcpp/grpcpp.h"
+#include "httplib.h"
+
+namespace gqa::testing {
+namespace {
+
+std::string ReadFile(const std::filesystem::path& p) {
+  std::ifstream in(p);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+pid_t Spawn(const std::vector<std::string>& argv, const std::filesystem::path& log) {
+  const pid_t pid = fork();
+  if (pid == 0) {
+    FILE* out = std::fopen(log.c_str(), "w");
+    if (out) {
+      dup2(fileno(out), 1);
+      dup2(fileno(out), 2);
+    }
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    execv(args[0], args.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+std::filesystem::path TempPath(const std::string& stem) {
+  std::random_device rd;
+  return std::filesystem::temp_directory_path() /
+         (stem + std::to_string(rd()) + std::to_string(rd()));
+}
+
+}  // namespace
+
+ServerProcess::ServerProcess(const std::filesystem::path& model_dir,
+                             const std::vector<std::string>& extra_args)
+    : log_path_(TempPath("gqa-server-log-")), port_path_(TempPath("gqa-server-ports-")) {
+  std::vector<std::string> argv = {
+      GQA_SERVER_BIN,     "--model=" + model_dir.string(),      "--host=127.0.0.1", "--port=0",
+      "--metrics_port=0", "--port_file=" + port_path_.string(), "--cpu_threads=2"};
+  argv.insert(argv.end(), extra_args.begin(), extra_args.end());
+  pid_ = Spawn(argv, log_path_);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (std::chrono::steady_clock::now() < deadline) {
+    std::ifstream ports(port_path_);
+    if (ports >> grpc_port_ >> metrics_port_) break;
+    grpc_port_ = 0;
+    int status;
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+ServerProcess::~ServerProcess() {
+  if (pid_ > 0) {
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+  }
+  std::error_code ec;
+  std::filesystem::remove(log_path_, ec);
+  std::filesystem::remove(port_path_, ec);
+}
+
+std::unique_ptr<gqa::v1::Generation::Stub> ServerProcess::Stub() const {
+  return gqa::v1::Generation::NewStub(
+      grpc::CreateChannel(address(), grpc::InsecureChannelCredentials()));
+}
+
+std::pair<int, std::string> ServerProcess::HttpGet(const std::string& path) const {
+  httplib::Client client("127.0.0.1", metrics_port_);
+  auto res = client.Get(path);
+  if (!res) return {0, ""};
+  return {res->status, res->body};
+}
+
+double ServerProcess::Metric(const std::string& name_and_labels) const {
+  std::istringstream text(HttpGet("/metrics").second);
+  std::string line;
+  while (std::getline(text, line)) {
+    if (line.rfind(name_and_labels + " ", 0) == 0) {
+      return std::stod(line.substr(name_and_labels.size() + 1));
+    }
+  }
+  return -1;
+}
+
+int ServerProcess::Terminate(int timeout_seconds) {
+  if (pid_ <= 0) return -1;
+  kill(pid_, SIGTERM);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_seconds);
+  while (std::chrono::steady_clock::now() < deadline) {
+    int status;
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return -1;
+}
+
+std::string ServerProcess::Log() const { return ReadFile(log_path_); }
+
+std::pair<int, std::string> RunCommand(const std::vector<std::string>& argv) {
+  const auto log = TempPath("gqa-cmd-");
+  const pid_t pid = Spawn(argv, log);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  std::string out = ReadFile(log);
+  std::filesystem::remove(log);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+}  // namespace gqa::testing

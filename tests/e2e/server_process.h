@@ -1,0 +1,45 @@
+// Starts the built gqa-server binary on free loopback ports and stops it.
+#pragma once
+
+#include <sys/types.h>
+
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gqa/v1/generation.grpc.pb.h"
+
+namespace gqa::testing {
+
+class ServerProcess {
+ public:
+  // Starts `gqa-server --model model_dir <extra_args>` and waits until it serves.
+  ServerProcess(const std::filesystem::path& model_dir, const std::vector<std::string>& extra_args);
+  ~ServerProcess();
+
+  bool started() const { return grpc_port_ > 0; }
+  std::string address() const { return "127.0.0.1:" + std::to_string(grpc_port_); }
+  int metrics_port() const { return metrics_port_; }
+  std::unique_ptr<gqa::v1::Generation::Stub> Stub() const;
+  // GET http://127.0.0.1:<metrics port><path>; returns {status, body}.
+  std::pair<int, std::string> HttpGet(const std::string& path) const;
+  // The value of a metric line "name{labels} value" (exact prefix before the value), or -1.
+  double Metric(const std::string& name_and_labels) const;
+  // Sends SIGTERM; returns the exit code (or -1 on a crash or a timeout).
+  int Terminate(int timeout_seconds = 60);
+  std::string Log() const;
+  pid_t pid() const { return pid_; }
+
+ private:
+  pid_t pid_ = -1;
+  int grpc_port_ = 0;
+  int metrics_port_ = 0;
+  std::filesystem::path log_path_;
+  std::filesystem::path port_path_;
+};
+
+// Runs a command to completion; returns its exit code and merged output.
+std::pair<int, std::string> RunCommand(const std::vector<std::string>& argv);
+
+}  // namespace gqa::testing
