@@ -155,26 +155,36 @@ void Engine::Step() {
   if (!sampled.ok()) return FailStep(out, sampled.status());
   scheduler_.Commit(out);
   size_t row = 0;
-  std::vector<uint64_t> finished;
+  struct Finished {
+    uint64_t id;
+    FinishReason reason;
+    int32_t matched_stop;
+  };
+  std::vector<Finished> finished;
   for (const ScheduledChunk& c : out.chunks) {
     if (c.seq->num_computed != c.seq->num_tokens()) continue;  // a prefill chunk, no sample
     Sequence& s = *c.seq;
     s.tokens.push_back((*sampled)[row++]);
     int32_t matched = 0;
-    const auto finish = CheckFinish(s, &matched);
-    Emit(s, {s.tokens.back()}, finish, matched);
-    if (finish) finished.push_back(s.id);
+    if (const auto finish = CheckFinish(s, &matched)) {
+      finished.push_back({s.id, *finish, matched});
+    } else {
+      Emit(s, {s.tokens.back()}, std::nullopt);
+    }
   }
-  for (uint64_t id : finished) scheduler_.Remove(id);
   if (metrics_) {
     metrics_->step_duration[static_cast<int>(phase)]->Observe(Seconds(Clock::now() - start));
     metrics_->step_batch_size->Observe(static_cast<double>(out.chunks.size()));
     metrics_->step_tokens->Observe(out.num_tokens);
   }
-  if (!finished.empty()) {
+  // Free finished sequences' blocks before telling their clients, so that what a client sees
+  // after its final message (metrics, capacity) already counts them as gone.
+  for (const Finished& f : finished) {
+    std::unique_ptr<Sequence> seq = scheduler_.Remove(f.id);
+    UpdateGauges();
+    Emit(*seq, {seq->tokens.back()}, f.reason, f.matched_stop);
     std::lock_guard lock(mu_);
-    in_flight_ -= static_cast<int64_t>(finished.size());
-    if (in_flight_ == 0) idle_.notify_all();
+    if (--in_flight_ == 0) idle_.notify_all();
   }
   UpdateGauges();
 }
@@ -230,6 +240,7 @@ void Engine::Emit(Sequence& s, std::vector<int32_t> tokens, std::optional<Finish
 void Engine::Finish(uint64_t seq_id, FinishReason reason, int32_t matched_stop) {
   std::unique_ptr<Sequence> seq = scheduler_.Remove(seq_id);
   if (!seq) return;
+  UpdateGauges();
   Emit(*seq, {}, reason, matched_stop);
   std::lock_guard lock(mu_);
   if (--in_flight_ == 0) idle_.notify_all();

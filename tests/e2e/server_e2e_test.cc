@@ -178,7 +178,7 @@ TEST_F(ServerTest, CancellationFreesBlocks) {
   const double cancelled_before =
       server_->Metric("gqa_requests_finished_total{finish_reason=\"cancelled\"}");
   grpc::ClientContext context;
-  auto reader = stub->Generate(&context, MakeRequest(8, 480));
+  auto reader = stub->Generate(&context, MakeRequest(8, 500));
   pb::GenerateResponse r;
   ASSERT_TRUE(reader->Read(&r));
   EXPECT_GT(server_->Metric("gqa_kv_cache_usage_ratio"), 0);

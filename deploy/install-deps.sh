@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs what gqa-serve needs to build and test on Debian 12, if it is missing:
+# Debian's packages (compilers, gRPC, Protobuf, Abseil, spdlog, GoogleTest, nlohmann-json,
+# cpp-httplib, Debian's CPU PyTorch) and, with --python, a virtual environment in .venv with
+# transformers and safetensors for the parity tests. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(
+  build-essential cmake ninja-build ccache pkg-config git curl
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libabsl-dev libspdlog-dev libgtest-dev nlohmann-json3-dev libcpp-httplib-dev
+)
+PYTHON_PACKAGES=(python3 python3-venv python3-pip python3-torch)
+
+want_python=0
+[ "${1:-}" = "--python" ] && want_python=1
+[ $want_python = 1 ] && PACKAGES+=("${PYTHON_PACKAGES[@]}")
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing: ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if [ $want_python = 1 ]; then
+  # Debian's python3-torch is CPU-only and lives in the system interpreter's site-packages.
+  if [ ! -x .venv/bin/python ]; then
+    /usr/bin/python3 -m venv --system-site-packages .venv
+  fi
+  if ! .venv/bin/python -c "import torch, transformers, safetensors" 2>/dev/null; then
+    echo "== installing the parity tests' Python packages into .venv"
+    .venv/bin/pip install -q -r tests/parity/requirements.txt
+  fi
+fi
