@@ -10,6 +10,12 @@
 #include <cstddef>
 #include <cstdint>
 
+#if defined(__CUDACC__)
+#define GQA_HOST_DEVICE __host__ __device__
+#else
+#define GQA_HOST_DEVICE
+#endif
+
 namespace gqa::kernels {
 
 template <typename T>
@@ -23,14 +29,14 @@ struct PagedKvView {
   int32_t head_dim = 0;
 
   // Element offset of (slot index, kv head) in k or v.
-  constexpr size_t Offset(int64_t slot, int32_t kv_head) const {
+  GQA_HOST_DEVICE constexpr size_t Offset(int64_t slot, int32_t kv_head) const {
     const int64_t block = slot / block_size;
     const int64_t in_block = slot % block_size;
     return static_cast<size_t>(((block * num_kv_heads + kv_head) * block_size + in_block) *
                                head_dim);
   }
   // Slot index of position `pos` of sequence `seq`.
-  constexpr int64_t Slot(int32_t seq, int32_t pos) const {
+  GQA_HOST_DEVICE constexpr int64_t Slot(int32_t seq, int32_t pos) const {
     const int32_t block =
         block_tables[static_cast<size_t>(seq) * max_blocks_per_seq + pos / block_size];
     return static_cast<int64_t>(block) * block_size + pos % block_size;

@@ -1,0 +1,265 @@
+// gqa-bench kernels: times the paged decode attention kernel on the GPU and prints each shape
+// beside its bandwidth floor (K/V bytes / measured copy bandwidth) and beside PyTorch's
+// scaled_dot_product_attention (enable_gqa=True, and with K/V repeated per query head), which a
+// Python script measures on the same device in the same run.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gqa/kernels/paged_attention_cuda.h"
+
+namespace {
+
+using gqa::kernels::PagedKvView;
+using T = __nv_bfloat16;
+
+#define CHECK_CUDA(expr)                                                                    \
+  do {                                                                                      \
+    cudaError_t err_ = (expr);                                                              \
+    if (err_ != cudaSuccess) {                                                              \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr,                   \
+                   cudaGetErrorString(err_));                                               \
+      std::exit(1);                                                                         \
+    }                                                                                       \
+  } while (0)
+
+constexpr int kHeads = 32;
+constexpr int kHeadDim = 128;
+constexpr int kBlockSize = 16;
+constexpr size_t kRotateBytes = 512ull << 20;  // > 8x the L2 of a Hopper card
+
+__global__ void FillRandom(T* data, size_t n, uint64_t seed) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+       i += size_t(gridDim.x) * blockDim.x) {
+    uint64_t z = (i + seed) * 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 31)) * 0xbf58476d1ce4e5b9ull;
+    data[i] = __float2bfloat16(float(int64_t(z >> 40) - (1 << 23)) / float(1 << 23));
+  }
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Device-to-device copy bandwidth, counting bytes read plus written.
+double CopyBandwidth() {
+  const size_t bytes = 2ull << 30;
+  void *a, *b;
+  CHECK_CUDA(cudaMalloc(&a, bytes));
+  CHECK_CUDA(cudaMalloc(&b, bytes));
+  CHECK_CUDA(cudaMemset(a, 1, bytes));
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  std::vector<double> times;
+  for (int i = 0; i < 23; ++i) {
+    cudaEventRecord(start);
+    CHECK_CUDA(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice));
+    cudaEventRecord(stop);
+    cudaEventSynchronize(stop);
+    float ms;
+    cudaEventElapsedTime(&ms, start, stop);
+    if (i >= 3) times.push_back(ms * 1e-3);
+  }
+  cudaFree(a);
+  cudaFree(b);
+  return 2.0 * bytes / Median(times);
+}
+
+struct Shape {
+  int kv_heads, batch, context;
+};
+
+// One copy of a shape's inputs; several copies rotate so that timings do not come from L2.
+struct Instance {
+  T *k, *v, *q, *out;
+  int32_t *tables, *lens;
+  void* workspace;
+};
+
+// Returns the eager median (us per call) and sets *graph_us to the graph-replay time per call.
+double TimeDecode(const Shape& s, int sm_count, double* kv_bytes, int* splits, double* graph_us) {
+  const int blocks_per_seq = (s.context + kBlockSize - 1) / kBlockSize;
+  const int num_blocks = s.batch * blocks_per_seq;
+  const size_t pool = size_t(num_blocks) * s.kv_heads * kBlockSize * kHeadDim;
+  *kv_bytes = 2.0 * s.batch * s.context * s.kv_heads * kHeadDim * sizeof(T);
+  const auto choice = gqa::kernels::SelectDecodeKernel(kHeads, s.kv_heads, kHeadDim, kBlockSize,
+                                                       s.batch, s.context, sm_count);
+  *splits = choice.num_splits;
+  const int copies = int(std::clamp<double>(std::ceil(kRotateBytes / *kv_bytes), 1, 64));
+  std::vector<int32_t> tables(num_blocks);
+  std::iota(tables.begin(), tables.end(), 0);
+  std::shuffle(tables.begin(), tables.end(), std::mt19937(7));  // non-contiguous blocks
+  std::vector<int32_t> lens(s.batch, s.context);
+  const size_t q_elems = size_t(s.batch) * kHeads * kHeadDim;
+  const size_t ws = gqa::kernels::cuda::DecodeWorkspaceBytes(s.batch, kHeads, kHeadDim,
+                                                              choice.num_splits);
+  std::vector<Instance> inst(copies);
+  for (int c = 0; c < copies; ++c) {
+    Instance& in = inst[c];
+    CHECK_CUDA(cudaMalloc(&in.k, pool * sizeof(T)));
+    CHECK_CUDA(cudaMalloc(&in.v, pool * sizeof(T)));
+    CHECK_CUDA(cudaMalloc(&in.q, q_elems * sizeof(T)));
+    CHECK_CUDA(cudaMalloc(&in.out, q_elems * sizeof(T)));
+    CHECK_CUDA(cudaMalloc(&in.tables, tables.size() * 4));
+    CHECK_CUDA(cudaMalloc(&in.lens, lens.size() * 4));
+    CHECK_CUDA(cudaMalloc(&in.workspace, std::max<size_t>(ws, 16)));
+    FillRandom<<<1024, 256>>>(in.k, pool, 1 + c);
+    FillRandom<<<1024, 256>>>(in.v, pool, 2 + c);
+    FillRandom<<<1024, 256>>>(in.q, q_elems, 3 + c);
+    CHECK_CUDA(cudaMemcpy(in.tables, tables.data(), tables.size() * 4, cudaMemcpyHostToDevice));
+    CHECK_CUDA(cudaMemcpy(in.lens, lens.data(), lens.size() * 4, cudaMemcpyHostToDevice));
+  }
+  auto launch = [&](int c, cudaStream_t stream) {
+    const Instance& in = inst[c];
+    gqa::kernels::cuda::DecodeAttentionArgs<T> args;
+    args.q = in.q;
+    args.out = in.out;
+    args.cache = PagedKvView<T>{in.k, in.v, in.tables, blocks_per_seq, s.kv_heads, kBlockSize,
+                                kHeadDim};
+    args.context_lens = in.lens;
+    args.num_seqs = s.batch;
+    args.num_heads = kHeads;
+    args.scale = 1.0f / std::sqrt(float(kHeadDim));
+    args.workspace = in.workspace;
+    CHECK_CUDA(gqa::kernels::cuda::PagedDecodeAttention<T>(args, choice, stream));
+  };
+  cudaStream_t stream;
+  CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  for (int i = 0; i < 10; ++i) launch(i % copies, stream);
+  CHECK_CUDA(cudaStreamSynchronize(stream));
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  auto elapsed_us = [&] {
+    cudaEventSynchronize(stop);
+    float ms;
+    cudaEventElapsedTime(&ms, start, stop);
+    return ms * 1e3;
+  };
+  // Eager: one call between two events, host launch cost included.
+  std::vector<double> eager;
+  for (int i = 0; i < 200; ++i) {
+    cudaEventRecord(start, stream);
+    launch(i % copies, stream);
+    cudaEventRecord(stop, stream);
+    eager.push_back(elapsed_us());
+  }
+  // Graph: kGraphCalls calls captured once and replayed, as a server's decode step would be.
+  constexpr int kGraphCalls = 20;
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  CHECK_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  for (int i = 0; i < kGraphCalls; ++i) launch(i % copies, stream);
+  CHECK_CUDA(cudaStreamEndCapture(stream, &graph));
+  CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+  CHECK_CUDA(cudaGraphLaunch(exec, stream));
+  std::vector<double> replay;
+  for (int i = 0; i < 30; ++i) {
+    cudaEventRecord(start, stream);
+    CHECK_CUDA(cudaGraphLaunch(exec, stream));
+    cudaEventRecord(stop, stream);
+    replay.push_back(elapsed_us() / kGraphCalls);
+  }
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
+  *graph_us = Median(replay);
+  for (auto& in : inst) {
+    cudaFree(in.k);
+    cudaFree(in.v);
+    cudaFree(in.q);
+    cudaFree(in.out);
+    cudaFree(in.tables);
+    cudaFree(in.lens);
+    cudaFree(in.workspace);
+  }
+  return Median(eager);
+}
+
+struct PeerTimes {
+  double sdpa_eager = NAN, sdpa_graph = NAN, naive_eager = NAN, naive_graph = NAN;
+};
+
+// Runs the PyTorch peer script; returns "kv batch context" -> its timings (us per call).
+std::map<std::string, PeerTimes> RunPeer(const std::string& command,
+                                         const std::vector<Shape>& shapes) {
+  std::string args;
+  for (const auto& s : shapes) {
+    args += " " + std::to_string(s.kv_heads) + "," + std::to_string(s.batch) + "," +
+            std::to_string(s.context);
+  }
+  std::map<std::string, PeerTimes> result;
+  FILE* pipe = popen((command + args).c_str(), "r");
+  if (!pipe) return result;
+  int kv, batch, context;
+  PeerTimes t;
+  while (std::fscanf(pipe, "%d %d %d %lf %lf %lf %lf", &kv, &batch, &context, &t.sdpa_eager,
+                     &t.sdpa_graph, &t.naive_eager, &t.naive_graph) == 7) {
+    result[std::to_string(kv) + " " + std::to_string(batch) + " " + std::to_string(context)] = t;
+  }
+  pclose(pipe);
+  return result;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || std::string(argv[1]) != "kernels") {
+    std::fprintf(stderr, "usage: gqa-bench kernels [--peer 'python3 client/bench/sdpa_peer.py']\n");
+    return 2;
+  }
+  std::string peer;
+  for (int i = 2; i + 1 < argc; ++i) {
+    if (std::string(argv[i]) == "--peer") peer = argv[i + 1];
+  }
+  cudaDeviceProp prop;
+  CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
+  const double bandwidth = CopyBandwidth();
+  std::printf("device: %s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount,
+              prop.l2CacheSize >> 20);
+  std::printf("device-to-device copy: %.0f GB/s (bytes read + written)\n", bandwidth / 1e9);
+  std::printf("decode attention, bf16, %d query heads, head_dim %d, KV block %d, median of 200, "
+              "inputs rotated past L2\n\n", kHeads, kHeadDim, kBlockSize);
+
+  std::vector<Shape> shapes;
+  for (int kv : {32, 8, 1}) {
+    for (auto [b, c] : std::vector<std::pair<int, int>>{{1, 4096}, {1, 32768}, {8, 4096},
+                                                        {32, 4096}, {64, 2048}}) {
+      shapes.push_back({kv, b, c});
+    }
+  }
+  for (int kv : {1, 2, 4, 16}) shapes.push_back({kv, 32, 8192});  // the sweep over KV heads
+  for (int kv : {8, 32}) shapes.push_back({kv, 32, 8192});
+  const auto peers = peer.empty() ? std::map<std::string, PeerTimes>{} : RunPeer(peer, shapes);
+
+  std::printf("eager: one call between two events (host launch included); graph: per call of 20 "
+              "calls captured in a CUDA graph and replayed\n");
+  std::printf("%3s %5s %6s %6s | %8s %8s %8s %7s | %8s %8s %8s | %7s %7s\n", "kv", "batch",
+              "ctx", "splits", "eager_us", "graph_us", "floor_us", "of_copy", "sdpa_eg",
+              "sdpa_gr", "naive_gr", "vs_sdpa", "eager");
+  for (const auto& s : shapes) {
+    double bytes, graph_us;
+    int splits;
+    const double eager_us = TimeDecode(s, prop.multiProcessorCount, &bytes, &splits, &graph_us);
+    const double floor_us = bytes / bandwidth * 1e6;
+    const auto it = peers.find(std::to_string(s.kv_heads) + " " + std::to_string(s.batch) + " " +
+                               std::to_string(s.context));
+    const PeerTimes p = it != peers.end() ? it->second : PeerTimes{};
+    std::printf("%3d %5d %6d %6d | %8.1f %8.1f %8.1f %6.0f%% | %8.1f %8.1f %8.1f | %6.2fx %6.2fx\n",
+                s.kv_heads, s.batch, s.context, splits, eager_us, graph_us, floor_us,
+                100.0 * floor_us / graph_us, p.sdpa_eager, p.sdpa_graph, p.naive_graph,
+                p.sdpa_graph / graph_us, p.sdpa_eager / eager_us);
+  }
+  return 0;
+}

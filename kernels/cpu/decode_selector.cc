@@ -1,0 +1,52 @@
+#include "gqa/kernels/decode_selector.h"
+
+#include <algorithm>
+
+namespace gqa::kernels {
+namespace {
+
+constexpr int kCtasPerSm = 3;        // what the kernel's shared memory allows
+constexpr int kWaves = 4;            // enough blocks that the last wave's tail costs little
+constexpr int kMinTilesPerSplit = 8;  // two 16-token tiles for each of the 4 warps
+
+DecodeKernelChoice Unsupported(std::string reason) {
+  DecodeKernelChoice c;
+  c.reason = std::move(reason);
+  return c;
+}
+
+int CeilDiv(int a, int b) { return (a + b - 1) / b; }
+
+}  // namespace
+
+DecodeKernelChoice SelectDecodeKernel(int num_heads, int num_kv_heads, int head_dim,
+                                      int block_size, int num_seqs, int max_context_len,
+                                      int sm_count, int num_splits_override) {
+  if (num_kv_heads <= 0 || num_heads % num_kv_heads != 0) {
+    return Unsupported("num_attention_heads must be a multiple of num_key_value_heads");
+  }
+  const int group = num_heads / num_kv_heads;
+  if (group > 32) return Unsupported("query heads per KV head (group size) above 32");
+  if (head_dim != 64 && head_dim != 128) return Unsupported("head_dim other than 64 or 128");
+  if (block_size % kDecodeTileTokens != 0) {
+    return Unsupported("KV block size that is not a multiple of 16");
+  }
+  DecodeKernelChoice c;
+  c.supported = true;
+  c.head_dim = head_dim;
+  c.query_tiles = group <= 16 ? 1 : 2;
+  const int tiles = std::max(1, CeilDiv(max_context_len, kDecodeTileTokens));
+  int splits = num_splits_override;
+  if (splits <= 0) {
+    const int base = std::max(1, num_seqs * num_kv_heads);
+    splits = CeilDiv(std::max(1, sm_count) * kCtasPerSm * kWaves, base);
+    splits = std::min(splits, std::max(1, tiles / kMinTilesPerSplit));
+  }
+  splits = std::clamp(splits, 1, std::min(tiles, kDecodeMaxSplits));
+  const int split_tiles = CeilDiv(tiles, splits);
+  c.num_splits = CeilDiv(tiles, split_tiles);
+  c.split_tokens = split_tiles * kDecodeTileTokens;
+  return c;
+}
+
+}  // namespace gqa::kernels

@@ -1,0 +1,484 @@
+// Grouped-query decode attention over the paged KV cache (one query token per sequence).
+//
+// Grid: (split, KV head, sequence). Block: 4 warps. The block loads the group's query rows
+// (group = num_heads / num_kv_heads, padded to 16 or 32 rows) into shared memory once; each warp
+// then streams its own 16-token tiles of K and V (a tile lies inside one cache block, so it is
+// 16 contiguous rows of head_dim) through a 3-stage cp.async pipeline into warp-private shared
+// memory, and runs S = Q.K^T and O += P.V on tensor cores with an online softmax in fp32. Each
+// K/V byte is read from DRAM once for the whole group. The warps' partial results are merged in
+// shared memory; with several splits, a second kernel merges the splits by log-sum-exp.
+#include <cfloat>
+#include <cstdint>
+
+#include "gqa/kernels/paged_attention_cuda.h"
+
+namespace gqa::kernels::cuda {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kTile = kDecodeTileTokens;  // tokens per pipeline stage
+constexpr int kStages = 3;
+constexpr float kLog2e = 1.4426950408889634f;
+
+// Shared-memory row stride in elements: 16 bytes of padding keeps ldmatrix conflict-free.
+template <int D>
+constexpr int kRow = D + 8;
+
+// ---------------------------------------------------------------- PTX wrappers
+
+__device__ __forceinline__ uint32_t SmemAddress(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte async copy; when !valid the destination is zero-filled and nothing is read.
+__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool valid) {
+  const int src_bytes = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(SmemAddress(smem)),
+               "l"(gmem), "r"(src_bytes));
+}
+__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], const void* smem) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(SmemAddress(smem)));
+}
+__device__ __forceinline__ void LdMatrixX4Trans(uint32_t (&r)[4], const void* smem) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(SmemAddress(smem)));
+}
+
+// d += a (16x16, row) * b (16x8, col); fp32 accumulate.
+template <typename T>
+__device__ __forceinline__ void Mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                    uint32_t b1);
+template <>
+__device__ __forceinline__ void Mma<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4],
+                                                   uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <>
+__device__ __forceinline__ void Mma<__half>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                            uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two floats as a packed pair of T (lo in the low half).
+template <typename T>
+__device__ __forceinline__ uint32_t Pack(float lo, float hi);
+template <>
+__device__ __forceinline__ uint32_t Pack<__nv_bfloat16>(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+template <>
+__device__ __forceinline__ uint32_t Pack<__half>(float lo, float hi) {
+  __half2 v = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+template <typename T>
+__device__ __forceinline__ T FromFloat(float x);
+template <>
+__device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+template <>
+__device__ __forceinline__ __half FromFloat<__half>(float x) {
+  return __float2half_rn(x);
+}
+
+// ---------------------------------------------------------------- shared memory layout
+
+template <int D, int QT>
+struct Smem {
+  static constexpr int kRows = 16 * QT;                                  // query rows
+  static constexpr size_t kQueryBytes = size_t(kRows) * kRow<D> * 2;    // [kRows][kRow]
+  static constexpr size_t kStageElems = size_t(2) * kTile * kRow<D>;    // K then V tile
+  static constexpr size_t kPipeBytes = size_t(kWarps) * kStages * kStageElems * 2;
+  // Per warp: running max and sum per row, then its unnormalized output rows (fp32).
+  static constexpr size_t kMergeFloatsPerWarp = size_t(2) * kRows + size_t(kRows) * D;
+  static constexpr size_t kMergeBytes = kWarps * kMergeFloatsPerWarp * 4;
+  static constexpr size_t kBytes = kQueryBytes + (kPipeBytes > kMergeBytes ? kPipeBytes
+                                                                           : kMergeBytes);
+};
+
+// ---------------------------------------------------------------- per-warp attention state
+
+template <int D, int QT>
+struct WarpState {
+  float out[QT][D / 8][4];  // unnormalized O rows (g, g + 8) of each 16-row query tile
+  float max[QT][2];         // running max (log2 domain) of rows g and g + 8
+  float sum[QT][2];         // running sum of exp2, this thread's columns only
+
+  __device__ void Init() {
+#pragma unroll
+    for (int mt = 0; mt < QT; ++mt) {
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) out[mt][dt][e] = 0.0f;
+      }
+      max[mt][0] = max[mt][1] = -INFINITY;
+      sum[mt][0] = sum[mt][1] = 0.0f;
+    }
+  }
+};
+
+// Issues the async copies of one 16-token tile of K and V into a warp's stage buffer.
+template <typename T, int D>
+__device__ __forceinline__ void LoadTile(const PagedKvView<T>& cache, int seq, int kv_head,
+                                         int tok0, int end, T* stage, int lane) {
+  const int block = cache.block_tables[size_t(seq) * cache.max_blocks_per_seq +
+                                       tok0 / cache.block_size];
+  const size_t base = cache.Offset(int64_t(block) * cache.block_size + tok0 % cache.block_size,
+                                   kv_head);
+  T* k_tile = stage;
+  T* v_tile = stage + kTile * kRow<D>;
+  constexpr int kChunksPerRow = D / 8;
+#pragma unroll
+  for (int c = lane; c < kTile * kChunksPerRow; c += 32) {
+    const int t = c / kChunksPerRow;
+    const int col = (c % kChunksPerRow) * 8;
+    const bool valid = tok0 + t < end;
+    const size_t src = base + size_t(t) * D + col;
+    CpAsync16(k_tile + t * kRow<D> + col, cache.k + src, valid);
+    CpAsync16(v_tile + t * kRow<D> + col, cache.v + src, valid);
+  }
+}
+
+// One tile: S = Q.K^T (masked, scaled to log2 units), online softmax, O += P.V.
+template <typename T, int D, int QT>
+__device__ __forceinline__ void AttendTile(const T* q_smem, const T* stage, int tok0, int end,
+                                           float scale_log2, WarpState<D, QT>& st, int lane) {
+  const T* k_tile = stage;
+  const T* v_tile = stage + kTile * kRow<D>;
+  const int tig = lane % 4;
+  float s[QT][2][4];
+#pragma unroll
+  for (int mt = 0; mt < QT; ++mt) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) s[mt][i / 4][i % 4] = 0.0f;
+  }
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    uint32_t kb[4];  // B fragments: tokens 0-7 (k lo, k hi), tokens 8-15 (k lo, k hi)
+    LdMatrixX4(kb, k_tile + ((lane % 8) + (lane / 16) * 8) * kRow<D> + kk * 16 +
+                       ((lane / 8) % 2) * 8);
+#pragma unroll
+    for (int mt = 0; mt < QT; ++mt) {
+      uint32_t qa[4];
+      LdMatrixX4(qa, q_smem + (mt * 16 + lane % 16) * kRow<D> + kk * 16 + (lane / 16) * 8);
+      Mma<T>(s[mt][0], qa, kb[0], kb[1]);
+      Mma<T>(s[mt][1], qa, kb[2], kb[3]);
+    }
+  }
+  uint32_t pa[QT][4];
+#pragma unroll
+  for (int mt = 0; mt < QT; ++mt) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {  // row g, then row g + 8
+      float tile_max = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const bool valid = tok0 + nt * 8 + 2 * tig + e < end;
+          float& v = s[mt][nt][r * 2 + e];
+          v = valid ? v * scale_log2 : -INFINITY;
+          tile_max = fmaxf(tile_max, v);
+        }
+      }
+      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+      const float new_max = fmaxf(st.max[mt][r], tile_max);
+      const float base = new_max == -INFINITY ? 0.0f : new_max;
+      const float alpha = exp2f(st.max[mt][r] - base);
+      float tile_sum = 0.0f;
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& v = s[mt][nt][r * 2 + e];
+          v = exp2f(v - base);
+          tile_sum += v;
+        }
+      }
+      st.sum[mt][r] = st.sum[mt][r] * alpha + tile_sum;
+      st.max[mt][r] = new_max;
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt) {
+        st.out[mt][dt][r * 2] *= alpha;
+        st.out[mt][dt][r * 2 + 1] *= alpha;
+      }
+    }
+    // The accumulator layout of two n8 tiles is the A layout of one k16 step.
+    pa[mt][0] = Pack<T>(s[mt][0][0], s[mt][0][1]);
+    pa[mt][1] = Pack<T>(s[mt][0][2], s[mt][0][3]);
+    pa[mt][2] = Pack<T>(s[mt][1][0], s[mt][1][1]);
+    pa[mt][3] = Pack<T>(s[mt][1][2], s[mt][1][3]);
+  }
+#pragma unroll
+  for (int dp = 0; dp < D / 16; ++dp) {
+    uint32_t vb[4];  // B fragments for d tiles 2dp and 2dp+1 (tokens lo, tokens hi)
+    LdMatrixX4Trans(vb, v_tile + ((lane % 8) + ((lane / 8) % 2) * 8) * kRow<D> + dp * 16 +
+                            (lane / 16) * 8);
+#pragma unroll
+    for (int mt = 0; mt < QT; ++mt) {
+      Mma<T>(st.out[mt][2 * dp], pa[mt], vb[0], vb[1]);
+      Mma<T>(st.out[mt][2 * dp + 1], pa[mt], vb[2], vb[3]);
+    }
+  }
+}
+
+// Writes one warp's state to shared memory for the block-wide merge.
+template <int D, int QT>
+__device__ __forceinline__ void StoreWarpState(WarpState<D, QT>& st, float* merge, int lane) {
+  constexpr int kRows = 16 * QT;
+  float* row_max = merge;
+  float* row_sum = merge + kRows;
+  float* out = merge + 2 * kRows;
+  const int g = lane / 4, tig = lane % 4;
+#pragma unroll
+  for (int mt = 0; mt < QT; ++mt) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float total = st.sum[mt][r];
+      total += __shfl_xor_sync(0xffffffffu, total, 1);
+      total += __shfl_xor_sync(0xffffffffu, total, 2);
+      const int row = mt * 16 + g + r * 8;
+      if (tig == 0) {
+        row_max[row] = st.max[mt][r];
+        row_sum[row] = total;
+      }
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt) {
+        out[row * D + dt * 8 + 2 * tig] = st.out[mt][dt][r * 2];
+        out[row * D + dt * 8 + 2 * tig + 1] = st.out[mt][dt][r * 2 + 1];
+      }
+    }
+  }
+}
+
+template <typename T, int D, int QT>
+__global__ void __launch_bounds__(kThreads)
+    DecodeKernel(DecodeAttentionArgs<T> args, int group, int split_tokens, int num_splits,
+                 float* partial_out,   // [num_seqs, num_heads, num_splits, D]
+                 float* partial_lse) { // [num_seqs, num_heads, num_splits], log2 units
+  using Layout = Smem<D, QT>;
+  constexpr int kRows = Layout::kRows;
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* q_smem = reinterpret_cast<T*>(smem);                              // [kRows][kRow<D>]
+  T* pipe = reinterpret_cast<T*>(smem + Layout::kQueryBytes);          // per warp, per stage
+  float* merge = reinterpret_cast<float*>(smem + Layout::kQueryBytes);  // reuses the pipe
+
+  const int split = blockIdx.x, kv_head = blockIdx.y, seq = blockIdx.z;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int len = args.context_lens[seq];
+  const int begin = split * split_tokens;
+  const int end = min(len, begin + split_tokens);
+  const int head0 = kv_head * group;
+
+  const T* q = args.q + (size_t(seq) * args.num_heads + head0) * D;
+  for (int i = threadIdx.x; i < kRows * D / 8; i += kThreads) {
+    const int row = i / (D / 8), col = (i % (D / 8)) * 8;
+    uint4 value = make_uint4(0, 0, 0, 0);
+    if (row < group) value = *reinterpret_cast<const uint4*>(q + row * D + col);
+    *reinterpret_cast<uint4*>(q_smem + row * kRow<D> + col) = value;
+  }
+  __syncthreads();
+
+  WarpState<D, QT> st;
+  st.Init();
+  const int num_tiles = begin < end ? (end - begin + kTile - 1) / kTile : 0;
+  const int my_tiles = num_tiles > warp ? (num_tiles - warp + kWarps - 1) / kWarps : 0;
+  T* stages = pipe + size_t(warp) * kStages * Layout::kStageElems;
+  const float scale_log2 = args.scale * kLog2e;
+#pragma unroll
+  for (int j = 0; j < kStages - 1; ++j) {
+    if (j < my_tiles) {
+      LoadTile<T, D>(args.cache, seq, kv_head, begin + (warp + j * kWarps) * kTile, end,
+                     stages + j * Layout::kStageElems, lane);
+    }
+    CpAsyncCommit();
+  }
+  for (int j = 0; j < my_tiles; ++j) {
+    const int ahead = j + kStages - 1;
+    if (ahead < my_tiles) {
+      LoadTile<T, D>(args.cache, seq, kv_head, begin + (warp + ahead * kWarps) * kTile, end,
+                     stages + (ahead % kStages) * Layout::kStageElems, lane);
+    }
+    CpAsyncCommit();
+    CpAsyncWait<kStages - 1>();
+    __syncwarp();
+    AttendTile<T, D, QT>(q_smem, stages + (j % kStages) * Layout::kStageElems,
+                         begin + (warp + j * kWarps) * kTile, end, scale_log2, st, lane);
+    __syncwarp();
+  }
+  CpAsyncWait<0>();
+  __syncthreads();  // every warp is done with the pipe buffers: reuse them for the merge
+  StoreWarpState<D, QT>(st, merge + warp * Layout::kMergeFloatsPerWarp, lane);
+  __syncthreads();
+
+  for (int i = threadIdx.x; i < group * D; i += kThreads) {
+    const int row = i / D, d = i % D;
+    float global_max = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      global_max = fmaxf(global_max, merge[w * Layout::kMergeFloatsPerWarp + row]);
+    }
+    const float base = global_max == -INFINITY ? 0.0f : global_max;
+    float total = 0.0f, acc = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      const float* m = merge + w * Layout::kMergeFloatsPerWarp;
+      const float weight = exp2f(m[row] - base);
+      total += m[kRows + row] * weight;
+      acc += m[2 * kRows + row * D + d] * weight;
+    }
+    const float value = total > 0.0f ? acc / total : 0.0f;
+    const size_t head = size_t(seq) * args.num_heads + head0 + row;
+    if (num_splits == 1) {
+      args.out[head * D + d] = FromFloat<T>(value);
+    } else {
+      partial_out[(head * num_splits + split) * D + d] = value;
+      if (d == 0) {
+        partial_lse[head * num_splits + split] = total > 0.0f ? base + log2f(total) : -INFINITY;
+      }
+    }
+  }
+}
+
+// Combines the splits of each (sequence, head): out = sum_s 2^(lse_s - lse) * out_s.
+template <typename T, int D>
+__global__ void __launch_bounds__(D)
+    MergeSplitsKernel(const float* partial_out,  // [num_seqs, num_heads, num_splits, D]
+                      const float* partial_lse,  // [num_seqs, num_heads, num_splits]
+                      int num_heads, int num_splits,
+                      T* out) {  // [num_seqs, num_heads, D]
+  const size_t head = size_t(blockIdx.y) * num_heads + blockIdx.x;
+  const int d = threadIdx.x;
+  const float* lse = partial_lse + head * num_splits;
+  float max_lse = -INFINITY;
+  for (int s = 0; s < num_splits; ++s) max_lse = fmaxf(max_lse, lse[s]);
+  float total = 0.0f, acc = 0.0f;
+  for (int s = 0; s < num_splits; ++s) {
+    if (lse[s] == -INFINITY) continue;
+    const float w = exp2f(lse[s] - max_lse);
+    total += w;
+    acc += w * partial_out[(head * num_splits + s) * D + d];
+  }
+  out[head * D + d] = FromFloat<T>(total > 0.0f ? acc / total : 0.0f);
+}
+
+template <typename T, int D, int QT>
+cudaError_t LaunchDecode(const DecodeAttentionArgs<T>& args, const DecodeKernelChoice& choice,
+                         cudaStream_t stream) {
+  constexpr size_t kSmem = Smem<D, QT>::kBytes;
+  static const cudaError_t attribute_status = cudaFuncSetAttribute(
+      DecodeKernel<T, D, QT>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem));
+  if (attribute_status != cudaSuccess) return attribute_status;
+  const int num_kv_heads = args.cache.num_kv_heads;
+  const int group = args.num_heads / num_kv_heads;
+  float* partial_out = static_cast<float*>(args.workspace);
+  float* partial_lse =
+      partial_out ? partial_out + size_t(args.num_seqs) * args.num_heads * choice.num_splits * D
+                  : nullptr;
+  if (choice.num_splits > 1 && partial_out == nullptr) return cudaErrorInvalidValue;
+  const dim3 grid(choice.num_splits, num_kv_heads, args.num_seqs);
+  DecodeKernel<T, D, QT><<<grid, kThreads, kSmem, stream>>>(args, group, choice.split_tokens,
+                                                             choice.num_splits, partial_out,
+                                                             partial_lse);
+  if (choice.num_splits > 1) {
+    MergeSplitsKernel<T, D><<<dim3(args.num_heads, args.num_seqs), D, 0, stream>>>(
+        partial_out, partial_lse, args.num_heads, choice.num_splits, args.out);
+  }
+  return cudaGetLastError();
+}
+
+template <typename T, int D>
+__global__ void AppendKernel(const T* k, const T* v, const int64_t* slots, int num_tokens,
+                             PagedKvView<T> cache) {
+  constexpr int kChunks = D / 8;  // 16-byte chunks per head row
+  const int per_token = cache.num_kv_heads * kChunks;
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= int64_t(num_tokens) * per_token) return;
+  const int token = int(i / per_token);
+  const int head = int(i % per_token) / kChunks;
+  const int col = int(i % kChunks) * 8;
+  const int64_t slot = slots[token];
+  if (slot < 0) return;  // padding
+  const size_t src = (size_t(token) * cache.num_kv_heads + head) * D + col;
+  const size_t dst = cache.Offset(slot, head) + col;
+  *reinterpret_cast<uint4*>(cache.k + dst) = *reinterpret_cast<const uint4*>(k + src);
+  *reinterpret_cast<uint4*>(cache.v + dst) = *reinterpret_cast<const uint4*>(v + src);
+}
+
+}  // namespace
+
+size_t DecodeWorkspaceBytes(int num_seqs, int num_heads, int head_dim, int num_splits) {
+  if (num_splits <= 1) return 0;
+  const size_t rows = size_t(num_seqs) * num_heads * num_splits;
+  return rows * (head_dim + 1) * sizeof(float);
+}
+
+template <typename T>
+cudaError_t PagedDecodeAttention(const DecodeAttentionArgs<T>& args,
+                                 const DecodeKernelChoice& choice, cudaStream_t stream) {
+  if (!choice.supported || args.num_seqs <= 0) return cudaErrorInvalidValue;
+  if (choice.head_dim == 64) {
+    return choice.query_tiles == 1 ? LaunchDecode<T, 64, 1>(args, choice, stream)
+                                   : LaunchDecode<T, 64, 2>(args, choice, stream);
+  }
+  if (choice.head_dim == 128) {
+    return choice.query_tiles == 1 ? LaunchDecode<T, 128, 1>(args, choice, stream)
+                                   : LaunchDecode<T, 128, 2>(args, choice, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+template <typename T>
+cudaError_t PagedKvAppend(const T* k, const T* v, const int64_t* slots, int num_tokens,
+                          const PagedKvView<T>& cache, cudaStream_t stream) {
+  if (num_tokens <= 0) return cudaSuccess;
+  const int64_t chunks = int64_t(num_tokens) * cache.num_kv_heads * (cache.head_dim / 8);
+  const int threads = 256;
+  const unsigned blocks = unsigned((chunks + threads - 1) / threads);
+  switch (cache.head_dim) {
+    case 64:
+      AppendKernel<T, 64><<<blocks, threads, 0, stream>>>(k, v, slots, num_tokens, cache);
+      break;
+    case 128:
+      AppendKernel<T, 128><<<blocks, threads, 0, stream>>>(k, v, slots, num_tokens, cache);
+      break;
+    default:
+      return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+template cudaError_t PagedDecodeAttention<__nv_bfloat16>(const DecodeAttentionArgs<__nv_bfloat16>&,
+                                                         const DecodeKernelChoice&, cudaStream_t);
+template cudaError_t PagedDecodeAttention<__half>(const DecodeAttentionArgs<__half>&,
+                                                  const DecodeKernelChoice&, cudaStream_t);
+template cudaError_t PagedKvAppend<__nv_bfloat16>(const __nv_bfloat16*, const __nv_bfloat16*,
+                                                  const int64_t*, int,
+                                                  const PagedKvView<__nv_bfloat16>&, cudaStream_t);
+template cudaError_t PagedKvAppend<__half>(const __half*, const __half*, const int64_t*, int,
+                                           const PagedKvView<__half>&, cudaStream_t);
+
+}  // namespace gqa::kernels::cuda

@@ -1,0 +1,50 @@
+// CUDA paged KV append and grouped-query decode attention: host launchers.
+//
+// Decode attention computes one query token per sequence against its whole paged context.
+// One thread block per (split, KV head, sequence) holds the whole group of query heads that
+// share the KV head (group size = num_heads / num_kv_heads), so each K/V byte leaves DRAM once
+// per step. The context is cut into `num_splits` ranges for parallelism at small batch; the
+// partial results are merged with their log-sum-exp. Scores and softmax are fp32; Q.K^T and
+// P.V run on tensor cores (mma.sync m16n8k16, bf16 or fp16 in, fp32 accumulate).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "gqa/kernels/decode_selector.h"
+#include "gqa/kernels/paged_kv.h"
+
+namespace gqa::kernels::cuda {
+
+// Bytes of fp32 scratch the split merge needs: partial outputs and their log-sum-exps.
+size_t DecodeWorkspaceBytes(int num_seqs, int num_heads, int head_dim, int num_splits);
+
+template <typename T>
+struct DecodeAttentionArgs {
+  const T* q = nullptr;                 // [num_seqs, num_heads, head_dim]
+  T* out = nullptr;                     // [num_seqs, num_heads, head_dim]
+  PagedKvView<T> cache;                 // k, v: [num_blocks, num_kv_heads, block_size, head_dim]
+  const int32_t* context_lens = nullptr;  // [num_seqs], each >= 1, device memory
+  int num_seqs = 0;
+  int num_heads = 0;
+  float scale = 0.0f;                   // usually 1 / sqrt(head_dim)
+  void* workspace = nullptr;            // DecodeWorkspaceBytes(...) bytes, when num_splits > 1
+};
+
+// Launches the kernel `choice` names (from SelectDecodeKernel for the same shape).
+template <typename T>
+cudaError_t PagedDecodeAttention(const DecodeAttentionArgs<T>& args,
+                                 const DecodeKernelChoice& choice, cudaStream_t stream);
+
+// Writes each token's K and V into its slot of the paged cache.
+template <typename T>
+cudaError_t PagedKvAppend(const T* k,          // [num_tokens, num_kv_heads, head_dim]
+                          const T* v,          // [num_tokens, num_kv_heads, head_dim]
+                          const int64_t* slots,  // [num_tokens], device memory
+                          int num_tokens, const PagedKvView<T>& cache, cudaStream_t stream);
+
+}  // namespace gqa::kernels::cuda

@@ -1,0 +1,255 @@
+// The CUDA paged KV append and decode attention against the CPU reference (kernels/cpu), on
+// fresh random inputs each run, with outputs poisoned before each launch. Skips with a visible
+// message where no GPU exists.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "gqa/kernels/cpu_ops.h"
+#include "gqa/kernels/paged_attention_cuda.h"
+
+namespace gqa::kernels::cuda {
+namespace {
+
+#define CUDA_OK(expr) ASSERT_EQ((expr), cudaSuccess) << cudaGetErrorString(cudaGetLastError())
+
+bool HaveGpu() {
+  int count = 0;
+  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
+}
+
+#define REQUIRE_GPU()                                                           \
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device on this machine: GPU test skipped"
+
+template <typename T>
+T ToT(float x);
+template <>
+__nv_bfloat16 ToT(float x) { return __float2bfloat16_rn(x); }
+template <>
+__half ToT(float x) { return __float2half_rn(x); }
+template <typename T>
+float ToFloat(T x) {
+  return static_cast<float>(x);
+}
+
+template <typename T>
+double Tolerance();
+template <>
+double Tolerance<__nv_bfloat16>() { return 1e-2; }
+template <>
+double Tolerance<__half>() { return 2e-3; }
+
+std::mt19937& Rng() {
+  static std::mt19937 rng(std::random_device{}());
+  return rng;
+}
+
+// A device buffer freed on scope exit.
+template <typename T>
+struct DeviceBuffer {
+  explicit DeviceBuffer(size_t n) : size(n) { cudaMalloc(&ptr, std::max<size_t>(n, 1) * sizeof(T)); }
+  ~DeviceBuffer() { cudaFree(ptr); }
+  void Upload(const std::vector<T>& host) {
+    cudaMemcpy(ptr, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice);
+  }
+  std::vector<T> Download() const {
+    std::vector<T> host(size);
+    cudaMemcpy(host.data(), ptr, size * sizeof(T), cudaMemcpyDeviceToHost);
+    return host;
+  }
+  T* ptr = nullptr;
+  size_t size;
+};
+
+struct Shape {
+  int num_heads, num_kv_heads, head_dim, block_size;
+  std::vector<int> lens;  // context length of each sequence
+  int num_splits = 0;     // 0: the selector's choice
+};
+
+std::string Describe(const Shape& s) {
+  std::string lens;
+  for (size_t i = 0; i < std::min<size_t>(s.lens.size(), 6); ++i) lens += std::to_string(s.lens[i]) + " ";
+  return "heads " + std::to_string(s.num_heads) + " kv " + std::to_string(s.num_kv_heads) +
+         " d " + std::to_string(s.head_dim) + " block " + std::to_string(s.block_size) +
+         " seqs " + std::to_string(s.lens.size()) + " lens " + lens + "splits " +
+         std::to_string(s.num_splits);
+}
+
+template <typename T>
+void CheckDecode(const Shape& shape) {
+  SCOPED_TRACE(Describe(shape));
+  const int num_seqs = static_cast<int>(shape.lens.size());
+  const int kvh = shape.num_kv_heads, d = shape.head_dim, bs = shape.block_size;
+  const int row = kvh * d;
+  std::vector<int> blocks_of(num_seqs);
+  int total_blocks = 0, max_blocks = 0, max_len = 0, total_tokens = 0;
+  for (int s = 0; s < num_seqs; ++s) {
+    blocks_of[s] = (shape.lens[s] + bs - 1) / bs;
+    total_blocks += blocks_of[s];
+    max_blocks = std::max(max_blocks, blocks_of[s]);
+    max_len = std::max(max_len, shape.lens[s]);
+    total_tokens += shape.lens[s];
+  }
+  // Shuffled block ids with as many spare blocks between them, so tables are not contiguous.
+  const int pool_blocks = 2 * total_blocks;
+  std::vector<int32_t> ids(pool_blocks);
+  std::iota(ids.begin(), ids.end(), 0);
+  std::shuffle(ids.begin(), ids.end(), Rng());
+  std::vector<int32_t> tables(size_t(num_seqs) * max_blocks, 0);
+  for (int s = 0, next = 0; s < num_seqs; ++s) {
+    for (int b = 0; b < blocks_of[s]; ++b) tables[size_t(s) * max_blocks + b] = ids[next++];
+  }
+  auto slot_of = [&](int s, int p) {
+    return int64_t(tables[size_t(s) * max_blocks + p / bs]) * bs + p % bs;
+  };
+
+  // Fresh K/V for every token, written by the append kernel into a NaN-poisoned pool.
+  std::normal_distribution<float> normal;
+  std::vector<T> new_k(size_t(total_tokens) * row), new_v(new_k.size());
+  for (auto& x : new_k) x = ToT<T>(normal(Rng()));
+  for (auto& x : new_v) x = ToT<T>(normal(Rng()));
+  std::vector<int64_t> slots;
+  for (int s = 0; s < num_seqs; ++s) {
+    for (int p = 0; p < shape.lens[s]; ++p) slots.push_back(slot_of(s, p));
+  }
+  const size_t pool_elems = size_t(pool_blocks) * kvh * bs * d;
+  DeviceBuffer<T> k_pool(pool_elems), v_pool(pool_elems);
+  DeviceBuffer<T> k_new(new_k.size()), v_new(new_v.size());
+  DeviceBuffer<int64_t> slot_buf(slots.size());
+  DeviceBuffer<int32_t> table_buf(tables.size()), len_buf(num_seqs);
+  CUDA_OK(cudaMemset(k_pool.ptr, 0xff, pool_elems * sizeof(T)));  // NaN in bf16 and fp16
+  CUDA_OK(cudaMemset(v_pool.ptr, 0xff, pool_elems * sizeof(T)));
+  k_new.Upload(new_k);
+  v_new.Upload(new_v);
+  slot_buf.Upload(slots);
+  table_buf.Upload(tables);
+  len_buf.Upload(std::vector<int32_t>(shape.lens.begin(), shape.lens.end()));
+  PagedKvView<T> cache{k_pool.ptr, v_pool.ptr, table_buf.ptr, max_blocks, kvh, bs, d};
+  CUDA_OK(PagedKvAppend<T>(k_new.ptr, v_new.ptr, slot_buf.ptr, total_tokens, cache, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+
+  // The append placed every value exactly where the CPU layout says.
+  const std::vector<T> k_host = k_pool.Download(), v_host = v_pool.Download();
+  std::vector<float> k_ref(pool_elems, 0.0f), v_ref(pool_elems, 0.0f);
+  PagedKvView<float> ref_view{k_ref.data(), v_ref.data(), tables.data(), max_blocks, kvh, bs, d};
+  std::vector<float> new_k_f(new_k.size()), new_v_f(new_v.size());
+  for (size_t i = 0; i < new_k.size(); ++i) new_k_f[i] = ToFloat(new_k[i]);
+  for (size_t i = 0; i < new_v.size(); ++i) new_v_f[i] = ToFloat(new_v[i]);
+  cpu::PagedKvAppend(new_k_f.data(), new_v_f.data(), slots.data(), total_tokens, ref_view);
+  size_t misplaced = 0;
+  for (size_t t = 0; t < slots.size(); ++t) {
+    for (int h = 0; h < kvh; ++h) {
+      const size_t off = ref_view.Offset(slots[t], h);
+      for (int e = 0; e < d; ++e) {
+        misplaced += ToFloat(k_host[off + e]) != k_ref[off + e];
+        misplaced += ToFloat(v_host[off + e]) != v_ref[off + e];
+      }
+    }
+  }
+  ASSERT_EQ(misplaced, 0u) << "append wrote values to the wrong slots";
+
+  std::vector<T> q(size_t(num_seqs) * shape.num_heads * d);
+  for (auto& x : q) x = ToT<T>(normal(Rng()));
+  DeviceBuffer<T> q_buf(q.size()), out_buf(q.size());
+  q_buf.Upload(q);
+  CUDA_OK(cudaMemset(out_buf.ptr, 0xff, q.size() * sizeof(T)));  // poisoned
+
+  int sm_count = 0;
+  CUDA_OK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, 0));
+  const DecodeKernelChoice choice =
+      SelectDecodeKernel(shape.num_heads, kvh, d, bs, num_seqs, max_len, sm_count,
+                         shape.num_splits);
+  ASSERT_TRUE(choice.supported) << choice.reason;
+  if (shape.num_splits > 0) {
+    EXPECT_EQ(choice.num_splits, std::min(shape.num_splits, (max_len + 15) / 16));
+  }
+  DeviceBuffer<unsigned char> workspace(
+      DecodeWorkspaceBytes(num_seqs, shape.num_heads, d, choice.num_splits));
+  DecodeAttentionArgs<T> args;
+  args.q = q_buf.ptr;
+  args.out = out_buf.ptr;
+  args.cache = cache;
+  args.context_lens = len_buf.ptr;
+  args.num_seqs = num_seqs;
+  args.num_heads = shape.num_heads;
+  args.scale = 1.0f / std::sqrt(float(d));
+  args.workspace = workspace.ptr;
+  CUDA_OK(PagedDecodeAttention<T>(args, choice, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  const std::vector<T> out = out_buf.Download();
+
+  std::vector<float> q_f(q.size()), ref(q.size());
+  for (size_t i = 0; i < q.size(); ++i) q_f[i] = ToFloat(q[i]);
+  std::vector<int32_t> query_start(num_seqs + 1);
+  std::iota(query_start.begin(), query_start.end(), 0);
+  cpu::PagedAttention(q_f.data(), ref_view, query_start.data(), shape.lens.data(), num_seqs,
+                      shape.num_heads, args.scale, ref.data());
+  double num = 0, den = 0;
+  size_t non_finite = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double o = ToFloat(out[i]);
+    non_finite += !std::isfinite(o);
+    num += (o - ref[i]) * (o - ref[i]);
+    den += double(ref[i]) * ref[i];
+  }
+  EXPECT_EQ(non_finite, 0u) << "outputs left unwritten or NaN";
+  EXPECT_LT(std::sqrt(num / den), Tolerance<T>()) << "splits " << choice.num_splits;
+}
+
+std::vector<int> Ragged(int n, int max_len) {
+  std::uniform_int_distribution<int> dist(1, max_len);
+  std::vector<int> lens(n);
+  for (auto& l : lens) l = dist(Rng());
+  return lens;
+}
+
+template <typename T>
+void EveryGroupSize(int head_dim) {
+  for (int kv_heads : {32, 16, 8, 4, 2, 1}) {  // group sizes 1, 2, 4, 8, 16, 32
+    CheckDecode<T>({32, kv_heads, head_dim, 16, {1, 15, 16, 17, 33, 100}});
+    CheckDecode<T>({32, kv_heads, head_dim, 16, {4097}});
+    CheckDecode<T>({32, kv_heads, head_dim, 16, {4097, 17}, /*num_splits=*/1});
+    CheckDecode<T>({32, kv_heads, head_dim, 16, {4097, 300, 1}, /*num_splits=*/7});
+    CheckDecode<T>({32, kv_heads, head_dim, 32, Ragged(9, 700)});
+  }
+}
+
+TEST(DecodeAttentionCuda, Bf16EveryGroupSizeHeadDim128) {
+  REQUIRE_GPU();
+  EveryGroupSize<__nv_bfloat16>(128);
+}
+TEST(DecodeAttentionCuda, Bf16EveryGroupSizeHeadDim64) {
+  REQUIRE_GPU();
+  EveryGroupSize<__nv_bfloat16>(64);
+}
+TEST(DecodeAttentionCuda, Fp16EveryGroupSize) {
+  REQUIRE_GPU();
+  EveryGroupSize<__half>(128);
+  EveryGroupSize<__half>(64);
+}
+
+TEST(DecodeAttentionCuda, OddGroupsAndLargeBatches) {
+  REQUIRE_GPU();
+  CheckDecode<__nv_bfloat16>({12, 4, 128, 16, Ragged(256, 300)});  // group 3, batch 256
+  CheckDecode<__nv_bfloat16>({28, 4, 128, 16, Ragged(64, 2000)});  // group 7
+  CheckDecode<__nv_bfloat16>({24, 1, 64, 16, Ragged(33, 5000)});   // group 24: two row tiles
+  CheckDecode<__half>({32, 8, 128, 64, Ragged(128, 600)});
+}
+
+// Small enough for compute-sanitizer memcheck and racecheck.
+TEST(DecodeAttentionCuda, SmallForSanitizers) {
+  REQUIRE_GPU();
+  CheckDecode<__nv_bfloat16>({8, 2, 128, 16, {1, 17, 40}, /*num_splits=*/2});
+  CheckDecode<__nv_bfloat16>({32, 1, 64, 16, {33}});
+}
+
+}  // namespace
+}  // namespace gqa::kernels::cuda
