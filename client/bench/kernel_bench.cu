@@ -220,8 +220,14 @@ int main(int argc, char** argv) {
     return 2;
   }
   std::string peer;
+  std::vector<Shape> only;  // --only kv,batch,context (repeatable): just these shapes
   for (int i = 2; i + 1 < argc; ++i) {
     if (std::string(argv[i]) == "--peer") peer = argv[i + 1];
+    Shape s;
+    if (std::string(argv[i]) == "--only" &&
+        std::sscanf(argv[i + 1], "%d,%d,%d", &s.kv_heads, &s.batch, &s.context) == 3) {
+      only.push_back(s);
+    }
   }
   cudaDeviceProp prop;
   CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
@@ -241,6 +247,7 @@ int main(int argc, char** argv) {
   }
   for (int kv : {1, 2, 4, 16}) shapes.push_back({kv, 32, 8192});  // the sweep over KV heads
   for (int kv : {8, 32}) shapes.push_back({kv, 32, 8192});
+  if (!only.empty()) shapes = only;
   const auto peers = peer.empty() ? std::map<std::string, PeerTimes>{} : RunPeer(peer, shapes);
 
   std::printf("eager: one call between two events (host launch included); graph: per call of 20 "

@@ -40,7 +40,10 @@ DecodeKernelChoice SelectDecodeKernel(int num_heads, int num_kv_heads, int head_
   if (splits <= 0) {
     const int base = std::max(1, num_seqs * num_kv_heads);
     splits = CeilDiv(std::max(1, sm_count) * kCtasPerSm * kWaves, base);
-    splits = std::min(splits, std::max(1, tiles / kMinTilesPerSplit));
+    // Each split writes group x head_dim fp32 partial outputs that the merge reads back; at
+    // least `group` tiles per split keeps that traffic under 1/8 of the split's K/V bytes.
+    const int min_tiles = std::max(kMinTilesPerSplit, group);
+    splits = std::min(splits, std::max(1, tiles / min_tiles));
   }
   splits = std::clamp(splits, 1, std::min(tiles, kDecodeMaxSplits));
   const int split_tiles = CeilDiv(tiles, splits);

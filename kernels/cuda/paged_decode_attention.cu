@@ -139,14 +139,14 @@ struct WarpState {
   }
 };
 
-// Issues the async copies of one 16-token tile of K and V into a warp's stage buffer.
+// Issues the async copies of one 16-token tile of K and V (which lies in cache block `block`)
+// into a warp's stage buffer.
 template <typename T, int D>
-__device__ __forceinline__ void LoadTile(const PagedKvView<T>& cache, int seq, int kv_head,
+__device__ __forceinline__ void LoadTile(const PagedKvView<T>& cache, int block, int kv_head,
                                          int tok0, int end, T* stage, int lane) {
-  const int block = cache.block_tables[size_t(seq) * cache.max_blocks_per_seq +
-                                       tok0 / cache.block_size];
-  const size_t base = cache.Offset(int64_t(block) * cache.block_size + tok0 % cache.block_size,
-                                   kv_head);
+  const size_t base =
+      ((size_t(block) * cache.num_kv_heads + kv_head) * cache.block_size + tok0 % cache.block_size) *
+      D;
   T* k_tile = stage;
   T* v_tile = stage + kTile * kRow<D>;
   constexpr int kChunksPerRow = D / 8;
@@ -159,6 +159,16 @@ __device__ __forceinline__ void LoadTile(const PagedKvView<T>& cache, int seq, i
     CpAsync16(k_tile + t * kRow<D> + col, cache.k + src, valid);
     CpAsync16(v_tile + t * kRow<D> + col, cache.v + src, valid);
   }
+}
+
+// The cache block of each of a warp's next 32 tiles, one per lane: a warp's tiles are
+// warp, warp + kWarps, ... of the split; lane i holds the block of its (first + i)-th tile.
+__device__ __forceinline__ int PrefetchBlocks(const int32_t* table_row, int block_size,
+                                              int begin, int warp, int first, int my_tiles,
+                                              int lane) {
+  const int j = first + lane;
+  if (j >= my_tiles) return 0;
+  return table_row[(begin + (warp + j * kWarps) * kTile) / block_size];
 }
 
 // One tile: S = Q.K^T (masked, scaled to log2 units), online softmax, O += P.V.
@@ -293,35 +303,40 @@ __global__ void __launch_bounds__(kThreads)
   const int end = min(len, begin + split_tokens);
   const int head0 = kv_head * group;
 
+  const int num_tiles = begin < end ? (end - begin + kTile - 1) / kTile : 0;
+  const int my_tiles = num_tiles > warp ? (num_tiles - warp + kWarps - 1) / kWarps : 0;
+  T* stages = pipe + size_t(warp) * kStages * Layout::kStageElems;
+  const int32_t* table_row = args.cache.block_tables + size_t(seq) * args.cache.max_blocks_per_seq;
+  const int bs = args.cache.block_size;
+  int blocks = PrefetchBlocks(table_row, bs, begin, warp, 0, my_tiles, lane);
+  auto load = [&](int j) {  // the warp's j-th tile into stage j % kStages
+    if ((j & 31) == 0 && j > 0) blocks = PrefetchBlocks(table_row, bs, begin, warp, j, my_tiles, lane);
+    const int block = __shfl_sync(0xffffffffu, blocks, j & 31);
+    LoadTile<T, D>(args.cache, block, kv_head, begin + (warp + j * kWarps) * kTile, end,
+                   stages + (j % kStages) * Layout::kStageElems, lane);
+  };
+#pragma unroll
+  for (int j = 0; j < kStages - 1; ++j) {
+    if (j < my_tiles) load(j);
+    CpAsyncCommit();
+  }
+  // The group's query rows, zero past the group, fetched while the first tiles are in flight.
   const T* q = args.q + (size_t(seq) * args.num_heads + head0) * D;
   for (int i = threadIdx.x; i < kRows * D / 8; i += kThreads) {
     const int row = i / (D / 8), col = (i % (D / 8)) * 8;
-    uint4 value = make_uint4(0, 0, 0, 0);
-    if (row < group) value = *reinterpret_cast<const uint4*>(q + row * D + col);
-    *reinterpret_cast<uint4*>(q_smem + row * kRow<D> + col) = value;
+    CpAsync16(q_smem + row * kRow<D> + col, q + (row < group ? row * D + col : 0), row < group);
   }
+  CpAsyncCommit();
+  CpAsyncWait<0>();
   __syncthreads();
 
   WarpState<D, QT> st;
   st.Init();
-  const int num_tiles = begin < end ? (end - begin + kTile - 1) / kTile : 0;
-  const int my_tiles = num_tiles > warp ? (num_tiles - warp + kWarps - 1) / kWarps : 0;
-  T* stages = pipe + size_t(warp) * kStages * Layout::kStageElems;
   const float scale_log2 = args.scale * kLog2e;
-#pragma unroll
-  for (int j = 0; j < kStages - 1; ++j) {
-    if (j < my_tiles) {
-      LoadTile<T, D>(args.cache, seq, kv_head, begin + (warp + j * kWarps) * kTile, end,
-                     stages + j * Layout::kStageElems, lane);
-    }
-    CpAsyncCommit();
-  }
   for (int j = 0; j < my_tiles; ++j) {
     const int ahead = j + kStages - 1;
-    if (ahead < my_tiles) {
-      LoadTile<T, D>(args.cache, seq, kv_head, begin + (warp + ahead * kWarps) * kTile, end,
-                     stages + (ahead % kStages) * Layout::kStageElems, lane);
-    }
+    // Tiles 0 .. kStages-2 already landed with the query above.
+    if (ahead < my_tiles) load(ahead);
     CpAsyncCommit();
     CpAsyncWait<kStages - 1>();
     __syncwarp();
@@ -363,24 +378,43 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Combines the splits of each (sequence, head): out = sum_s 2^(lse_s - lse) * out_s.
+// Combines the splits of each (sequence, head): out = sum_s 2^(lse_s - lse) * out_s / sum.
+// The block's threads read the split weights in parallel, then each thread sums its column.
 template <typename T, int D>
 __global__ void __launch_bounds__(D)
     MergeSplitsKernel(const float* partial_out,  // [num_seqs, num_heads, num_splits, D]
                       const float* partial_lse,  // [num_seqs, num_heads, num_splits]
                       int num_heads, int num_splits,
                       T* out) {  // [num_seqs, num_heads, D]
+  __shared__ float weight[kDecodeMaxSplits];
+  __shared__ float warp_max[D / 32];
   const size_t head = size_t(blockIdx.y) * num_heads + blockIdx.x;
-  const int d = threadIdx.x;
+  const int d = threadIdx.x, lane = d % 32, warp = d / 32;
   const float* lse = partial_lse + head * num_splits;
+  float local_max = -INFINITY;
+  for (int s = d; s < num_splits; s += D) {
+    weight[s] = lse[s];
+    local_max = fmaxf(local_max, lse[s]);
+  }
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) {
+    local_max = fmaxf(local_max, __shfl_xor_sync(0xffffffffu, local_max, offset));
+  }
+  if (lane == 0) warp_max[warp] = local_max;
+  __syncthreads();
   float max_lse = -INFINITY;
-  for (int s = 0; s < num_splits; ++s) max_lse = fmaxf(max_lse, lse[s]);
+#pragma unroll
+  for (int w = 0; w < D / 32; ++w) max_lse = fmaxf(max_lse, warp_max[w]);
+  for (int s = d; s < num_splits; s += D) {
+    weight[s] = weight[s] == -INFINITY ? 0.0f : exp2f(weight[s] - max_lse);
+  }
+  __syncthreads();
+  const float* column = partial_out + head * num_splits * D + d;
   float total = 0.0f, acc = 0.0f;
+#pragma unroll 8
   for (int s = 0; s < num_splits; ++s) {
-    if (lse[s] == -INFINITY) continue;
-    const float w = exp2f(lse[s] - max_lse);
-    total += w;
-    acc += w * partial_out[(head * num_splits + s) * D + d];
+    total += weight[s];
+    acc += weight[s] * column[size_t(s) * D];
   }
   out[head * D + d] = FromFloat<T>(total > 0.0f ? acc / total : 0.0f);
 }

@@ -1,0 +1,43 @@
+#include "gqa/kernels/decode_selector.h"
+
+#include <gtest/gtest.h>
+
+namespace gqa::kernels {
+namespace {
+
+TEST(DecodeSelectorTest, RefusesWhatNoKernelRuns) {
+  EXPECT_FALSE(SelectDecodeKernel(64, 1, 128, 16, 1, 100, 132).supported);  // group 64
+  EXPECT_FALSE(SelectDecodeKernel(32, 8, 96, 16, 1, 100, 132).supported);   // head_dim 96
+  EXPECT_FALSE(SelectDecodeKernel(32, 8, 128, 8, 1, 100, 132).supported);   // block 8
+  EXPECT_FALSE(SelectDecodeKernel(30, 8, 128, 16, 1, 100, 132).supported);  // 30 % 8
+  const auto ok = SelectDecodeKernel(32, 8, 128, 16, 1, 100, 132);
+  EXPECT_TRUE(ok.supported) << ok.reason;
+  EXPECT_EQ(ok.query_tiles, 1);
+  EXPECT_EQ(SelectDecodeKernel(32, 1, 64, 32, 1, 100, 132).query_tiles, 2);
+}
+
+TEST(DecodeSelectorTest, SplitsCoverTheContextInWholeTiles) {
+  for (int len : {1, 15, 16, 17, 4097, 32768}) {
+    for (int kv : {32, 8, 1}) {
+      for (int batch : {1, 8, 64}) {
+        const auto c = SelectDecodeKernel(32, kv, 128, 16, batch, len, 132);
+        ASSERT_TRUE(c.supported);
+        EXPECT_EQ(c.split_tokens % 16, 0);
+        EXPECT_GE(c.num_splits * c.split_tokens, len);
+        EXPECT_LT((c.num_splits - 1) * c.split_tokens, len) << "an empty split";
+        EXPECT_LE(c.num_splits, kDecodeMaxSplits);
+        // At least `group` tiles per split unless the context is shorter than that.
+        if (c.num_splits > 1) EXPECT_GE(c.split_tokens / 16, std::max(8, 32 / kv));
+      }
+    }
+  }
+}
+
+TEST(DecodeSelectorTest, SmallBatchLongContextSplitsLargeBatchDoesNot) {
+  EXPECT_GT(SelectDecodeKernel(32, 8, 128, 16, 1, 32768, 132).num_splits, 16);
+  EXPECT_EQ(SelectDecodeKernel(32, 32, 128, 16, 256, 512, 132).num_splits, 1);
+  EXPECT_EQ(SelectDecodeKernel(32, 8, 128, 16, 1, 4096, 132, /*override=*/5).num_splits, 5);
+}
+
+}  // namespace
+}  // namespace gqa::kernels
