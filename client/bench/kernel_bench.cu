@@ -88,13 +88,15 @@ struct Instance {
 };
 
 // Returns the eager median (us per call) and sets *graph_us to the graph-replay time per call.
-double TimeDecode(const Shape& s, int sm_count, double* kv_bytes, int* splits, double* graph_us) {
+double TimeDecode(const Shape& s, int sm_count, double* kv_bytes, int* splits, double* graph_us,
+                  int splits_override = 0) {
   const int blocks_per_seq = (s.context + kBlockSize - 1) / kBlockSize;
   const int num_blocks = s.batch * blocks_per_seq;
   const size_t pool = size_t(num_blocks) * s.kv_heads * kBlockSize * kHeadDim;
   *kv_bytes = 2.0 * s.batch * s.context * s.kv_heads * kHeadDim * sizeof(T);
   const auto choice = gqa::kernels::SelectDecodeKernel(kHeads, s.kv_heads, kHeadDim, kBlockSize,
-                                                       s.batch, s.context, sm_count);
+                                                       s.batch, s.context, sm_count,
+                                                       splits_override);
   *splits = choice.num_splits;
   const int copies = int(std::clamp<double>(std::ceil(kRotateBytes / *kv_bytes), 1, 64));
   std::vector<int32_t> tables(num_blocks);
@@ -114,6 +116,7 @@ double TimeDecode(const Shape& s, int sm_count, double* kv_bytes, int* splits, d
     CHECK_CUDA(cudaMalloc(&in.tables, tables.size() * 4));
     CHECK_CUDA(cudaMalloc(&in.lens, lens.size() * 4));
     CHECK_CUDA(cudaMalloc(&in.workspace, std::max<size_t>(ws, 16)));
+    CHECK_CUDA(cudaMemset(in.workspace, 0, std::max<size_t>(ws, 16)));
     FillRandom<<<1024, 256>>>(in.k, pool, 1 + c);
     FillRandom<<<1024, 256>>>(in.v, pool, 2 + c);
     FillRandom<<<1024, 256>>>(in.q, q_elems, 3 + c);
@@ -248,6 +251,22 @@ int main(int argc, char** argv) {
   for (int kv : {1, 2, 4, 16}) shapes.push_back({kv, 32, 8192});  // the sweep over KV heads
   for (int kv : {8, 32}) shapes.push_back({kv, 32, 8192});
   if (!only.empty()) shapes = only;
+  bool sweep_splits = false;
+  for (int i = 2; i < argc; ++i) sweep_splits |= std::string(argv[i]) == "--sweep-splits";
+  if (sweep_splits) {  // graph time per call for forced split counts: tunes the selector
+    for (const auto& s : shapes) {
+      std::printf("kv %d batch %d ctx %d:", s.kv_heads, s.batch, s.context);
+      for (int forced : {1, 2, 4, 8, 16, 32, 64, 128}) {
+        if (forced * 16 > s.context) break;
+        double bytes, graph_us;
+        int splits;
+        TimeDecode(s, prop.multiProcessorCount, &bytes, &splits, &graph_us, forced);
+        std::printf("  %d:%.1f", splits, graph_us);
+      }
+      std::printf("\n");
+    }
+    return 0;
+  }
   const auto peers = peer.empty() ? std::map<std::string, PeerTimes>{} : RunPeer(peer, shapes);
 
   std::printf("eager: one call between two events (host launch included); graph: per call of 20 "

@@ -5,8 +5,7 @@
 namespace gqa::kernels {
 namespace {
 
-constexpr int kCtasPerSm = 3;        // what the kernel's shared memory allows
-constexpr int kWaves = 4;            // enough blocks that the last wave's tail costs little
+constexpr int kCtasPerSm = 2;        // what the kernel's 109 KB of shared memory allows
 constexpr int kMinTilesPerSplit = 8;  // two 16-token tiles for each of the 4 warps
 
 DecodeKernelChoice Unsupported(std::string reason) {
@@ -39,7 +38,9 @@ DecodeKernelChoice SelectDecodeKernel(int num_heads, int num_kv_heads, int head_
   int splits = num_splits_override;
   if (splits <= 0) {
     const int base = std::max(1, num_seqs * num_kv_heads);
-    splits = CeilDiv(std::max(1, sm_count) * kCtasPerSm * kWaves, base);
+    // One wave of blocks: measured on an H200, more splits cost more in the merge than they
+    // gain in parallelism (kernels/BENCHMARKS.md).
+    splits = CeilDiv(std::max(1, sm_count) * kCtasPerSm, base);
     // Each split writes group x head_dim fp32 partial outputs that the merge reads back; at
     // least `group` tiles per split keeps that traffic under 1/8 of the split's K/V bytes.
     const int min_tiles = std::max(kMinTilesPerSplit, group);

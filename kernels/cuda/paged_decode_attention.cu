@@ -147,17 +147,21 @@ __device__ __forceinline__ void LoadTile(const PagedKvView<T>& cache, int block,
   const size_t base =
       ((size_t(block) * cache.num_kv_heads + kv_head) * cache.block_size + tok0 % cache.block_size) *
       D;
-  T* k_tile = stage;
-  T* v_tile = stage + kTile * kRow<D>;
-  constexpr int kChunksPerRow = D / 8;
+  // Lane l copies 16-byte column chunk (l % kLanesPerRow) of rows l / kLanesPerRow,
+  // + kRowsPerPass, ...: one address computation, then constant strides.
+  constexpr int kLanesPerRow = D / 8;
+  constexpr int kRowsPerPass = 32 / kLanesPerRow;
+  const int row = lane / kLanesPerRow;
+  const int col = (lane % kLanesPerRow) * 8;
+  const T* k_src = cache.k + base + size_t(row) * D + col;
+  const T* v_src = cache.v + base + size_t(row) * D + col;
+  T* k_dst = stage + row * kRow<D> + col;
+  T* v_dst = k_dst + kTile * kRow<D>;
 #pragma unroll
-  for (int c = lane; c < kTile * kChunksPerRow; c += 32) {
-    const int t = c / kChunksPerRow;
-    const int col = (c % kChunksPerRow) * 8;
-    const bool valid = tok0 + t < end;
-    const size_t src = base + size_t(t) * D + col;
-    CpAsync16(k_tile + t * kRow<D> + col, cache.k + src, valid);
-    CpAsync16(v_tile + t * kRow<D> + col, cache.v + src, valid);
+  for (int pass = 0; pass < kTile / kRowsPerPass; ++pass) {
+    const bool valid = tok0 + row + pass * kRowsPerPass < end;
+    CpAsync16(k_dst + pass * kRowsPerPass * kRow<D>, k_src + pass * kRowsPerPass * D, valid);
+    CpAsync16(v_dst + pass * kRowsPerPass * kRow<D>, v_src + pass * kRowsPerPass * D, valid);
   }
 }
 
@@ -198,8 +202,11 @@ __device__ __forceinline__ void AttendTile(const T* q_smem, const T* stage, int 
     }
   }
   uint32_t pa[QT][4];
+  const bool partial_tile = tok0 + kTile > end;  // uniform across the warp
 #pragma unroll
   for (int mt = 0; mt < QT; ++mt) {
+    bool max_moved = false;
+    float alphas[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {  // row g, then row g + 8
       float tile_max = -INFINITY;
@@ -207,9 +214,9 @@ __device__ __forceinline__ void AttendTile(const T* q_smem, const T* stage, int 
       for (int nt = 0; nt < 2; ++nt) {
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          const bool valid = tok0 + nt * 8 + 2 * tig + e < end;
           float& v = s[mt][nt][r * 2 + e];
-          v = valid ? v * scale_log2 : -INFINITY;
+          v *= scale_log2;
+          if (partial_tile && tok0 + nt * 8 + 2 * tig + e >= end) v = -INFINITY;
           tile_max = fmaxf(tile_max, v);
         }
       }
@@ -230,10 +237,15 @@ __device__ __forceinline__ void AttendTile(const T* q_smem, const T* stage, int 
       }
       st.sum[mt][r] = st.sum[mt][r] * alpha + tile_sum;
       st.max[mt][r] = new_max;
+      alphas[r] = alpha;
+      max_moved |= alpha != 1.0f;
+    }
+    // Once the running max settles, whole tiles pass without rescaling the output.
+    if (__any_sync(0xffffffffu, max_moved)) {
 #pragma unroll
       for (int dt = 0; dt < D / 8; ++dt) {
-        st.out[mt][dt][r * 2] *= alpha;
-        st.out[mt][dt][r * 2 + 1] *= alpha;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) st.out[mt][dt][e] *= alphas[e / 2];
       }
     }
     // The accumulator layout of two n8 tiles is the A layout of one k16 step.
@@ -429,9 +441,8 @@ cudaError_t LaunchDecode(const DecodeAttentionArgs<T>& args, const DecodeKernelC
   const int num_kv_heads = args.cache.num_kv_heads;
   const int group = args.num_heads / num_kv_heads;
   float* partial_out = static_cast<float*>(args.workspace);
-  float* partial_lse =
-      partial_out ? partial_out + size_t(args.num_seqs) * args.num_heads * choice.num_splits * D
-                  : nullptr;
+  const size_t rows = size_t(args.num_seqs) * args.num_heads * choice.num_splits;
+  float* partial_lse = partial_out ? partial_out + rows * D : nullptr;
   if (choice.num_splits > 1 && partial_out == nullptr) return cudaErrorInvalidValue;
   const dim3 grid(choice.num_splits, num_kv_heads, args.num_seqs);
   DecodeKernel<T, D, QT><<<grid, kThreads, kSmem, stream>>>(args, group, choice.split_tokens,

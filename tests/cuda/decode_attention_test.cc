@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -182,9 +183,20 @@ void CheckDecode(const Shape& shape) {
   args.num_heads = shape.num_heads;
   args.scale = 1.0f / std::sqrt(float(d));
   args.workspace = workspace.ptr;
+  CUDA_OK(cudaMemset(workspace.ptr, 0, workspace.size));  // once; launches leave it zeroed
+  CUDA_OK(PagedDecodeAttention<T>(args, choice, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  const std::vector<T> first = out_buf.Download();
+  // A second launch on the same workspace must give the same result (the split counters reset).
+  CUDA_OK(cudaMemset(out_buf.ptr, 0xff, q.size() * sizeof(T)));
   CUDA_OK(PagedDecodeAttention<T>(args, choice, nullptr));
   CUDA_OK(cudaDeviceSynchronize());
   const std::vector<T> out = out_buf.Download();
+  size_t differ = 0;
+  for (size_t i = 0; i < out.size(); ++i) {
+    differ += std::memcmp(&out[i], &first[i], sizeof(T)) != 0;
+  }
+  EXPECT_EQ(differ, 0u) << "a second launch on the same workspace differs";
 
   std::vector<float> q_f(q.size()), ref(q.size());
   for (size_t i = 0; i < q.size(); ++i) q_f[i] = ToFloat(q[i]);
