@@ -17,6 +17,13 @@
 
 #include "gqa/kernels/paged_attention_cuda.h"
 
+#ifdef GQA_DECODE_TRACE
+namespace gqa::kernels::cuda {
+cudaError_t DecodeTraceReset();
+cudaError_t DecodeTraceRead(unsigned long long* out8);
+}  // namespace gqa::kernels::cuda
+#endif
+
 namespace {
 
 using gqa::kernels::PagedKvView;
@@ -36,6 +43,7 @@ constexpr int kHeads = 32;
 constexpr int kHeadDim = 128;
 constexpr int kBlockSize = 16;
 constexpr size_t kRotateBytes = 512ull << 20;  // > 8x the L2 of a Hopper card
+bool g_contiguous = false;  // --contiguous: blocks in order (no paging scatter)
 
 __global__ void FillRandom(T* data, size_t n, uint64_t seed) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
@@ -101,7 +109,7 @@ double TimeDecode(const Shape& s, int sm_count, double* kv_bytes, int* splits, d
   const int copies = int(std::clamp<double>(std::ceil(kRotateBytes / *kv_bytes), 1, 64));
   std::vector<int32_t> tables(num_blocks);
   std::iota(tables.begin(), tables.end(), 0);
-  std::shuffle(tables.begin(), tables.end(), std::mt19937(7));  // non-contiguous blocks
+  if (!g_contiguous) std::shuffle(tables.begin(), tables.end(), std::mt19937(7));  // scattered
   std::vector<int32_t> lens(s.batch, s.context);
   const size_t q_elems = size_t(s.batch) * kHeads * kHeadDim;
   const size_t ws = gqa::kernels::cuda::DecodeWorkspaceBytes(s.batch, kHeads, kHeadDim,
@@ -150,6 +158,20 @@ double TimeDecode(const Shape& s, int sm_count, double* kv_bytes, int* splits, d
     cudaEventElapsedTime(&ms, start, stop);
     return ms * 1e3;
   };
+#ifdef GQA_DECODE_TRACE
+  for (int rep = 0; rep < 3; ++rep) {
+    CHECK_CUDA(gqa::kernels::cuda::DecodeTraceReset());
+    launch(rep % copies, stream);
+    CHECK_CUDA(cudaStreamSynchronize(stream));
+    unsigned long long t[8];
+    CHECK_CUDA(gqa::kernels::cuda::DecodeTraceRead(t));
+    std::printf("trace kv %d batch %d ctx %d splits %d: block0 prologue %.2f us, loop %.2f us, "
+                "epilogue %.2f us; all blocks %.2f us; merge kernel starts +%.2f us, lasts %.2f us\n",
+                s.kv_heads, s.batch, s.context, choice.num_splits, (t[1] - t[0]) * 1e-3,
+                (t[2] - t[1]) * 1e-3, (t[3] - t[2]) * 1e-3, (t[5] - t[4]) * 1e-3,
+                t[7] ? (t[6] - t[5]) * 1e-3 : 0.0, t[7] ? (t[7] - t[6]) * 1e-3 : 0.0);
+  }
+#endif
   // Eager: one call between two events, host launch cost included.
   std::vector<double> eager;
   for (int i = 0; i < 200; ++i) {
@@ -238,8 +260,9 @@ int main(int argc, char** argv) {
   std::printf("device: %s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount,
               prop.l2CacheSize >> 20);
   std::printf("device-to-device copy: %.0f GB/s (bytes read + written)\n", bandwidth / 1e9);
-  std::printf("decode attention, bf16, %d query heads, head_dim %d, KV block %d, median of 200, "
-              "inputs rotated past L2\n\n", kHeads, kHeadDim, kBlockSize);
+  std::printf("decode attention, bf16, %d query heads, head_dim %d, KV block %d (%s), median of "
+              "200, inputs rotated past L2\n\n", kHeads, kHeadDim, kBlockSize,
+              g_contiguous ? "blocks in order" : "blocks shuffled");
 
   std::vector<Shape> shapes;
   for (int kv : {32, 8, 1}) {
@@ -252,7 +275,10 @@ int main(int argc, char** argv) {
   for (int kv : {8, 32}) shapes.push_back({kv, 32, 8192});
   if (!only.empty()) shapes = only;
   bool sweep_splits = false;
-  for (int i = 2; i < argc; ++i) sweep_splits |= std::string(argv[i]) == "--sweep-splits";
+  for (int i = 2; i < argc; ++i) {
+    sweep_splits |= std::string(argv[i]) == "--sweep-splits";
+    g_contiguous |= std::string(argv[i]) == "--contiguous";
+  }
   if (sweep_splits) {  // graph time per call for forced split counts: tunes the selector
     for (const auto& s : shapes) {
       std::printf("kv %d batch %d ctx %d:", s.kv_heads, s.batch, s.context);

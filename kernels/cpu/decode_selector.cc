@@ -40,7 +40,7 @@ DecodeKernelChoice SelectDecodeKernel(int num_heads, int num_kv_heads, int head_
     const int base = std::max(1, num_seqs * num_kv_heads);
     // One wave of blocks: measured on an H200, more splits cost more in the merge than they
     // gain in parallelism (kernels/BENCHMARKS.md).
-    splits = CeilDiv(std::max(1, sm_count) * kCtasPerSm, base);
+    splits = std::max(1, std::max(1, sm_count) * kCtasPerSm / base);
     // Each split writes group x head_dim fp32 partial outputs that the merge reads back; at
     // least `group` tiles per split keeps that traffic under 1/8 of the split's K/V bytes.
     const int min_tiles = std::max(kMinTilesPerSplit, group);

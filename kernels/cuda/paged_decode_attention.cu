@@ -25,6 +25,33 @@ constexpr float kLog2e = 1.4426950408889634f;
 template <int D>
 constexpr int kRow = D + 8;
 
+// ---------------------------------------------------------------- optional phase trace
+// Built with -DGQA_DECODE_TRACE, block (0, 0, 0) records the global timer at each phase and every
+// block widens [first start, last end]; gqa-bench --trace prints them. Off in normal builds.
+#ifdef GQA_DECODE_TRACE
+__device__ unsigned long long g_trace[8];
+__device__ __forceinline__ unsigned long long GlobalTimer() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
+  return t;
+}
+#define TRACE_POINT(i)                                                      \
+  do {                                                                      \
+    if (threadIdx.x == 0 && blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0) \
+      g_trace[i] = GlobalTimer();                                           \
+  } while (0)
+#define TRACE_SPAN(lo, hi)                                                  \
+  do {                                                                      \
+    if (threadIdx.x == 0) atomicMin(&g_trace[lo], GlobalTimer());           \
+    __syncthreads();                                                        \
+    if (threadIdx.x == 0) atomicMax(&g_trace[hi], GlobalTimer());           \
+  } while (0)
+#else
+#define TRACE_POINT(i) \
+  do {                 \
+  } while (0)
+#endif
+
 // ---------------------------------------------------------------- PTX wrappers
 
 __device__ __forceinline__ uint32_t SmemAddress(const void* p) {
@@ -112,7 +139,9 @@ struct Smem {
   static constexpr size_t kPipeBytes = size_t(kWarps) * kStages * kStageElems * 2;
   // Per warp: running max and sum per row, then its unnormalized output rows (fp32).
   static constexpr size_t kMergeFloatsPerWarp = size_t(2) * kRows + size_t(kRows) * D;
-  static constexpr size_t kMergeBytes = kWarps * kMergeFloatsPerWarp * 4;
+  // Then each warp's weight per row and each row's log-sum-exp.
+  static constexpr size_t kMergeBytes =
+      (kWarps * kMergeFloatsPerWarp + size_t(kWarps) * kRows + kRows) * 4;
   static constexpr size_t kBytes = kQueryBytes + (kPipeBytes > kMergeBytes ? kPipeBytes
                                                                            : kMergeBytes);
 };
@@ -308,6 +337,15 @@ __global__ void __launch_bounds__(kThreads)
   T* pipe = reinterpret_cast<T*>(smem + Layout::kQueryBytes);          // per warp, per stage
   float* merge = reinterpret_cast<float*>(smem + Layout::kQueryBytes);  // reuses the pipe
 
+  TRACE_POINT(0);
+  // Let the merge kernel (launched with programmatic stream serialization) get scheduled now;
+  // it waits in griddepcontrol.wait until this grid has finished and its writes are visible.
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+#ifdef GQA_DECODE_TRACE
+  if (threadIdx.x == 0) atomicMin(&g_trace[4], GlobalTimer());
+#endif
   const int split = blockIdx.x, kv_head = blockIdx.y, seq = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int len = args.context_lens[seq];
@@ -327,27 +365,27 @@ __global__ void __launch_bounds__(kThreads)
     LoadTile<T, D>(args.cache, block, kv_head, begin + (warp + j * kWarps) * kTile, end,
                    stages + (j % kStages) * Layout::kStageElems, lane);
   };
-#pragma unroll
-  for (int j = 0; j < kStages - 1; ++j) {
-    if (j < my_tiles) load(j);
-    CpAsyncCommit();
-  }
-  // The group's query rows, zero past the group, fetched while the first tiles are in flight.
+  // The group's query rows (zero past the group), then the first tiles: kStages async groups.
   const T* q = args.q + (size_t(seq) * args.num_heads + head0) * D;
   for (int i = threadIdx.x; i < kRows * D / 8; i += kThreads) {
     const int row = i / (D / 8), col = (i % (D / 8)) * 8;
     CpAsync16(q_smem + row * kRow<D> + col, q + (row < group ? row * D + col : 0), row < group);
   }
   CpAsyncCommit();
-  CpAsyncWait<0>();
+#pragma unroll
+  for (int j = 0; j < kStages - 1; ++j) {
+    if (j < my_tiles) load(j);
+    CpAsyncCommit();
+  }
+  CpAsyncWait<kStages - 2>();  // the query and the first tile; later tiles stay in flight
   __syncthreads();
+  TRACE_POINT(1);
 
   WarpState<D, QT> st;
   st.Init();
   const float scale_log2 = args.scale * kLog2e;
   for (int j = 0; j < my_tiles; ++j) {
     const int ahead = j + kStages - 1;
-    // Tiles 0 .. kStages-2 already landed with the query above.
     if (ahead < my_tiles) load(ahead);
     CpAsyncCommit();
     CpAsyncWait<kStages - 1>();
@@ -358,36 +396,53 @@ __global__ void __launch_bounds__(kThreads)
   }
   CpAsyncWait<0>();
   __syncthreads();  // every warp is done with the pipe buffers: reuse them for the merge
+  TRACE_POINT(2);
   StoreWarpState<D, QT>(st, merge + warp * Layout::kMergeFloatsPerWarp, lane);
   __syncthreads();
 
-  for (int i = threadIdx.x; i < group * D; i += kThreads) {
-    const int row = i / D, d = i % D;
+  // Per row: the combined max, each warp's weight and the log-sum-exp, computed once.
+  float* warp_weight = merge + kWarps * Layout::kMergeFloatsPerWarp;  // [kWarps][kRows]
+  float* row_lse = warp_weight + kWarps * kRows;                      // [kRows]
+  for (int row = threadIdx.x; row < group; row += kThreads) {
     float global_max = -INFINITY;
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) {
       global_max = fmaxf(global_max, merge[w * Layout::kMergeFloatsPerWarp + row]);
     }
     const float base = global_max == -INFINITY ? 0.0f : global_max;
-    float total = 0.0f, acc = 0.0f;
+    float scale[kWarps], total = 0.0f;
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) {
       const float* m = merge + w * Layout::kMergeFloatsPerWarp;
-      const float weight = exp2f(m[row] - base);
-      total += m[kRows + row] * weight;
-      acc += m[2 * kRows + row * D + d] * weight;
+      scale[w] = exp2f(m[row] - base);
+      total += m[kRows + row] * scale[w];
     }
-    const float value = total > 0.0f ? acc / total : 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) warp_weight[w * kRows + row] = total > 0.0f ? scale[w] / total : 0.0f;
+    row_lse[row] = total > 0.0f ? base + log2f(total) : -INFINITY;
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < group * D; i += kThreads) {
+    const int row = i / D, d = i % D;
+    float value = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      value += merge[w * Layout::kMergeFloatsPerWarp + 2 * kRows + row * D + d] *
+               warp_weight[w * kRows + row];
+    }
     const size_t head = size_t(seq) * args.num_heads + head0 + row;
     if (num_splits == 1) {
       args.out[head * D + d] = FromFloat<T>(value);
     } else {
       partial_out[(head * num_splits + split) * D + d] = value;
-      if (d == 0) {
-        partial_lse[head * num_splits + split] = total > 0.0f ? base + log2f(total) : -INFINITY;
-      }
+      if (d == 0) partial_lse[head * num_splits + split] = row_lse[row];
     }
   }
+  TRACE_POINT(3);
+#ifdef GQA_DECODE_TRACE
+  __syncthreads();
+  if (threadIdx.x == 0) atomicMax(&g_trace[5], GlobalTimer());
+#endif
 }
 
 // Combines the splits of each (sequence, head): out = sum_s 2^(lse_s - lse) * out_s / sum.
@@ -400,6 +455,12 @@ __global__ void __launch_bounds__(D)
                       T* out) {  // [num_seqs, num_heads, D]
   __shared__ float weight[kDecodeMaxSplits];
   __shared__ float warp_max[D / 32];
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");  // the decode grid's partials are complete
+#endif
+#ifdef GQA_DECODE_TRACE
+  if (threadIdx.x == 0) atomicMin(&g_trace[6], GlobalTimer());
+#endif
   const size_t head = size_t(blockIdx.y) * num_heads + blockIdx.x;
   const int d = threadIdx.x, lane = d % 32, warp = d / 32;
   const float* lse = partial_lse + head * num_splits;
@@ -429,6 +490,10 @@ __global__ void __launch_bounds__(D)
     acc += weight[s] * column[size_t(s) * D];
   }
   out[head * D + d] = FromFloat<T>(total > 0.0f ? acc / total : 0.0f);
+#ifdef GQA_DECODE_TRACE
+  __syncthreads();
+  if (threadIdx.x == 0) atomicMax(&g_trace[7], GlobalTimer());
+#endif
 }
 
 template <typename T, int D, int QT>
@@ -448,11 +513,21 @@ cudaError_t LaunchDecode(const DecodeAttentionArgs<T>& args, const DecodeKernelC
   DecodeKernel<T, D, QT><<<grid, kThreads, kSmem, stream>>>(args, group, choice.split_tokens,
                                                              choice.num_splits, partial_out,
                                                              partial_lse);
-  if (choice.num_splits > 1) {
-    MergeSplitsKernel<T, D><<<dim3(args.num_heads, args.num_seqs), D, 0, stream>>>(
-        partial_out, partial_lse, args.num_heads, choice.num_splits, args.out);
-  }
-  return cudaGetLastError();
+  if (choice.num_splits == 1) return cudaGetLastError();
+  // Programmatic dependent launch (Hopper): the merge grid is scheduled while the decode grid
+  // runs and starts the moment it completes, instead of after a full launch gap.
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(args.num_heads, args.num_seqs);
+  config.blockDim = dim3(D);
+  config.stream = stream;
+  cudaLaunchAttribute attribute;
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  return cudaLaunchKernelEx(&config, MergeSplitsKernel<T, D>, static_cast<const float*>(partial_out),
+                            static_cast<const float*>(partial_lse), args.num_heads,
+                            choice.num_splits, args.out);
 }
 
 template <typename T, int D>
@@ -474,6 +549,17 @@ __global__ void AppendKernel(const T* k, const T* v, const int64_t* slots, int n
 }
 
 }  // namespace
+
+#ifdef GQA_DECODE_TRACE
+// Resets the trace before a launch and reads it after (see g_trace).
+cudaError_t DecodeTraceReset() {
+  unsigned long long init[8] = {0, 0, 0, 0, ~0ull, 0, ~0ull, 0};
+  return cudaMemcpyToSymbol(g_trace, init, sizeof init);
+}
+cudaError_t DecodeTraceRead(unsigned long long* out8) {
+  return cudaMemcpyFromSymbol(out8, g_trace, 8 * sizeof(unsigned long long));
+}
+#endif
 
 size_t DecodeWorkspaceBytes(int num_seqs, int num_heads, int head_dim, int num_splits) {
   if (num_splits <= 1) return 0;
