@@ -41,9 +41,11 @@ DecodeKernelChoice SelectDecodeKernel(int num_heads, int num_kv_heads, int head_
     // One wave of blocks: measured on an H200, more splits cost more in the merge than they
     // gain in parallelism (kernels/BENCHMARKS.md).
     splits = std::max(1, std::max(1, sm_count) * kCtasPerSm / base);
-    // Each split writes group x head_dim fp32 partial outputs that the merge reads back; at
-    // least `group` tiles per split keeps that traffic under 1/8 of the split's K/V bytes.
-    const int min_tiles = std::max(kMinTilesPerSplit, group);
+    // Each split writes group x head_dim fp32 partial outputs that the merge reads back. When
+    // the batch alone nearly fills the GPU, at least `group` tiles per split keeps that traffic
+    // under 1/8 of the split's K/V bytes; when it does not, latency matters more than traffic.
+    const bool bandwidth_bound = base * kMinTilesPerSplit >= std::max(1, sm_count) * kCtasPerSm;
+    const int min_tiles = bandwidth_bound ? std::max(kMinTilesPerSplit, group) : kMinTilesPerSplit;
     splits = std::min(splits, std::max(1, tiles / min_tiles));
   }
   splits = std::clamp(splits, 1, std::min(tiles, kDecodeMaxSplits));
