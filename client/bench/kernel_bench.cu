@@ -29,21 +29,21 @@ namespace {
 using gqa::kernels::PagedKvView;
 using T = __nv_bfloat16;
 
-#define CHECK_CUDA(expr)                                                                    \
-  do {                                                                                      \
-    cudaError_t err_ = (expr);                                                              \
-    if (err_ != cudaSuccess) {                                                              \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr,                   \
-                   cudaGetErrorString(err_));                                               \
-      std::exit(1);                                                                         \
-    }                                                                                       \
+#define CHECK_CUDA(expr)                                                 \
+  do {                                                                   \
+    cudaError_t err_ = (expr);                                           \
+    if (err_ != cudaSuccess) {                                           \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, \
+                   cudaGetErrorString(err_));                            \
+      std::exit(1);                                                      \
+    }                                                                    \
   } while (0)
 
 constexpr int kHeads = 32;
 constexpr int kHeadDim = 128;
 constexpr int kBlockSize = 16;
 constexpr size_t kRotateBytes = 512ull << 20;  // > 8x the L2 of a Hopper card
-bool g_contiguous = false;  // --contiguous: blocks in order (no paging scatter)
+bool g_contiguous = false;                     // --contiguous: blocks in order (no paging scatter)
 
 __global__ void FillRandom(T* data, size_t n, uint64_t seed) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
@@ -102,9 +102,8 @@ double TimeDecode(const Shape& s, int sm_count, double* kv_bytes, int* splits, d
   const int num_blocks = s.batch * blocks_per_seq;
   const size_t pool = size_t(num_blocks) * s.kv_heads * kBlockSize * kHeadDim;
   *kv_bytes = 2.0 * s.batch * s.context * s.kv_heads * kHeadDim * sizeof(T);
-  const auto choice = gqa::kernels::SelectDecodeKernel(kHeads, s.kv_heads, kHeadDim, kBlockSize,
-                                                       s.batch, s.context, sm_count,
-                                                       splits_override);
+  const auto choice = gqa::kernels::SelectDecodeKernel(
+      kHeads, s.kv_heads, kHeadDim, kBlockSize, s.batch, s.context, sm_count, splits_override);
   *splits = choice.num_splits;
   const int copies = int(std::clamp<double>(std::ceil(kRotateBytes / *kv_bytes), 1, 64));
   std::vector<int32_t> tables(num_blocks);
@@ -112,8 +111,8 @@ double TimeDecode(const Shape& s, int sm_count, double* kv_bytes, int* splits, d
   if (!g_contiguous) std::shuffle(tables.begin(), tables.end(), std::mt19937(7));  // scattered
   std::vector<int32_t> lens(s.batch, s.context);
   const size_t q_elems = size_t(s.batch) * kHeads * kHeadDim;
-  const size_t ws = gqa::kernels::cuda::DecodeWorkspaceBytes(s.batch, kHeads, kHeadDim,
-                                                              choice.num_splits);
+  const size_t ws =
+      gqa::kernels::cuda::DecodeWorkspaceBytes(s.batch, kHeads, kHeadDim, choice.num_splits);
   std::vector<Instance> inst(copies);
   for (int c = 0; c < copies; ++c) {
     Instance& in = inst[c];
@@ -136,8 +135,8 @@ double TimeDecode(const Shape& s, int sm_count, double* kv_bytes, int* splits, d
     gqa::kernels::cuda::DecodeAttentionArgs<T> args;
     args.q = in.q;
     args.out = in.out;
-    args.cache = PagedKvView<T>{in.k, in.v, in.tables, blocks_per_seq, s.kv_heads, kBlockSize,
-                                kHeadDim};
+    args.cache =
+        PagedKvView<T>{in.k, in.v, in.tables, blocks_per_seq, s.kv_heads, kBlockSize, kHeadDim};
     args.context_lens = in.lens;
     args.num_seqs = s.batch;
     args.num_heads = kHeads;
@@ -165,11 +164,12 @@ double TimeDecode(const Shape& s, int sm_count, double* kv_bytes, int* splits, d
     CHECK_CUDA(cudaStreamSynchronize(stream));
     unsigned long long t[8];
     CHECK_CUDA(gqa::kernels::cuda::DecodeTraceRead(t));
-    std::printf("trace kv %d batch %d ctx %d splits %d: block0 prologue %.2f us, loop %.2f us, "
-                "epilogue %.2f us; all blocks %.2f us; merge kernel starts +%.2f us, lasts %.2f us\n",
-                s.kv_heads, s.batch, s.context, choice.num_splits, (t[1] - t[0]) * 1e-3,
-                (t[2] - t[1]) * 1e-3, (t[3] - t[2]) * 1e-3, (t[5] - t[4]) * 1e-3,
-                t[7] ? (t[6] - t[5]) * 1e-3 : 0.0, t[7] ? (t[7] - t[6]) * 1e-3 : 0.0);
+    std::printf(
+        "trace kv %d batch %d ctx %d splits %d: block0 prologue %.2f us, loop %.2f us, "
+        "epilogue %.2f us; all blocks %.2f us; merge kernel starts +%.2f us, lasts %.2f us\n",
+        s.kv_heads, s.batch, s.context, choice.num_splits, (t[1] - t[0]) * 1e-3,
+        (t[2] - t[1]) * 1e-3, (t[3] - t[2]) * 1e-3, (t[5] - t[4]) * 1e-3,
+        t[7] ? (t[6] - t[5]) * 1e-3 : 0.0, t[7] ? (t[7] - t[6]) * 1e-3 : 0.0);
   }
 #endif
   // Eager: one call between two events, host launch cost included.
@@ -260,14 +260,15 @@ int main(int argc, char** argv) {
   std::printf("device: %s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount,
               prop.l2CacheSize >> 20);
   std::printf("device-to-device copy: %.0f GB/s (bytes read + written)\n", bandwidth / 1e9);
-  std::printf("decode attention, bf16, %d query heads, head_dim %d, KV block %d (%s), median of "
-              "200, inputs rotated past L2\n\n", kHeads, kHeadDim, kBlockSize,
-              g_contiguous ? "blocks in order" : "blocks shuffled");
+  std::printf(
+      "decode attention, bf16, %d query heads, head_dim %d, KV block %d (%s), median of "
+      "200, inputs rotated past L2\n\n",
+      kHeads, kHeadDim, kBlockSize, g_contiguous ? "blocks in order" : "blocks shuffled");
 
   std::vector<Shape> shapes;
   for (int kv : {32, 8, 1}) {
-    for (auto [b, c] : std::vector<std::pair<int, int>>{{1, 4096}, {1, 32768}, {8, 4096},
-                                                        {32, 4096}, {64, 2048}}) {
+    for (auto [b, c] : std::vector<std::pair<int, int>>{
+             {1, 4096}, {1, 32768}, {8, 4096}, {32, 4096}, {64, 2048}}) {
       shapes.push_back({kv, b, c});
     }
   }
@@ -295,11 +296,12 @@ int main(int argc, char** argv) {
   }
   const auto peers = peer.empty() ? std::map<std::string, PeerTimes>{} : RunPeer(peer, shapes);
 
-  std::printf("eager: one call between two events (host launch included); graph: per call of 20 "
-              "calls captured in a CUDA graph and replayed\n");
-  std::printf("%3s %5s %6s %6s | %8s %8s %8s %7s | %8s %8s %8s | %7s %7s\n", "kv", "batch",
-              "ctx", "splits", "eager_us", "graph_us", "floor_us", "of_copy", "sdpa_eg",
-              "sdpa_gr", "naive_gr", "vs_sdpa", "eager");
+  std::printf(
+      "eager: one call between two events (host launch included); graph: per call of 20 "
+      "calls captured in a CUDA graph and replayed\n");
+  std::printf("%3s %5s %6s %6s | %8s %8s %8s %7s | %8s %8s %8s | %7s %7s\n", "kv", "batch", "ctx",
+              "splits", "eager_us", "graph_us", "floor_us", "of_copy", "sdpa_eg", "sdpa_gr",
+              "naive_gr", "vs_sdpa", "eager");
   for (const auto& s : shapes) {
     double bytes, graph_us;
     int splits;

@@ -5,7 +5,7 @@
 namespace gqa::kernels {
 namespace {
 
-constexpr int kCtasPerSm = 2;        // what the kernel's 109 KB of shared memory allows
+constexpr int kCtasPerSm = 2;         // what the kernel's 109 KB of shared memory allows
 constexpr int kMinTilesPerSplit = 8;  // two 16-token tiles for each of the 4 warps
 
 DecodeKernelChoice Unsupported(std::string reason) {
@@ -18,9 +18,9 @@ int CeilDiv(int a, int b) { return (a + b - 1) / b; }
 
 }  // namespace
 
-DecodeKernelChoice SelectDecodeKernel(int num_heads, int num_kv_heads, int head_dim,
-                                      int block_size, int num_seqs, int max_context_len,
-                                      int sm_count, int num_splits_override) {
+DecodeKernelChoice SelectDecodeKernel(int num_heads, int num_kv_heads, int head_dim, int block_size,
+                                      int num_seqs, int max_context_len, int sm_count,
+                                      int num_splits_override) {
   if (num_kv_heads <= 0 || num_heads % num_kv_heads != 0) {
     return Unsupported("num_attention_heads must be a multiple of num_key_value_heads");
   }

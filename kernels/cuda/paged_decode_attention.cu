@@ -35,16 +35,16 @@ __device__ __forceinline__ unsigned long long GlobalTimer() {
   asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
   return t;
 }
-#define TRACE_POINT(i)                                                      \
-  do {                                                                      \
+#define TRACE_POINT(i)                                                             \
+  do {                                                                             \
     if (threadIdx.x == 0 && blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0) \
-      g_trace[i] = GlobalTimer();                                           \
+      g_trace[i] = GlobalTimer();                                                  \
   } while (0)
-#define TRACE_SPAN(lo, hi)                                                  \
-  do {                                                                      \
-    if (threadIdx.x == 0) atomicMin(&g_trace[lo], GlobalTimer());           \
-    __syncthreads();                                                        \
-    if (threadIdx.x == 0) atomicMax(&g_trace[hi], GlobalTimer());           \
+#define TRACE_SPAN(lo, hi)                                        \
+  do {                                                            \
+    if (threadIdx.x == 0) atomicMin(&g_trace[lo], GlobalTimer()); \
+    __syncthreads();                                              \
+    if (threadIdx.x == 0) atomicMax(&g_trace[hi], GlobalTimer()); \
   } while (0)
 #else
 #define TRACE_POINT(i) \
@@ -133,17 +133,17 @@ __device__ __forceinline__ __half FromFloat<__half>(float x) {
 
 template <int D, int QT>
 struct Smem {
-  static constexpr int kRows = 16 * QT;                                  // query rows
-  static constexpr size_t kQueryBytes = size_t(kRows) * kRow<D> * 2;    // [kRows][kRow]
-  static constexpr size_t kStageElems = size_t(2) * kTile * kRow<D>;    // K then V tile
+  static constexpr int kRows = 16 * QT;                               // query rows
+  static constexpr size_t kQueryBytes = size_t(kRows) * kRow<D> * 2;  // [kRows][kRow]
+  static constexpr size_t kStageElems = size_t(2) * kTile * kRow<D>;  // K then V tile
   static constexpr size_t kPipeBytes = size_t(kWarps) * kStages * kStageElems * 2;
   // Per warp: running max and sum per row, then its unnormalized output rows (fp32).
   static constexpr size_t kMergeFloatsPerWarp = size_t(2) * kRows + size_t(kRows) * D;
   // Then each warp's weight per row and each row's log-sum-exp.
   static constexpr size_t kMergeBytes =
       (kWarps * kMergeFloatsPerWarp + size_t(kWarps) * kRows + kRows) * 4;
-  static constexpr size_t kBytes = kQueryBytes + (kPipeBytes > kMergeBytes ? kPipeBytes
-                                                                           : kMergeBytes);
+  static constexpr size_t kBytes =
+      kQueryBytes + (kPipeBytes > kMergeBytes ? kPipeBytes : kMergeBytes);
 };
 
 // ---------------------------------------------------------------- per-warp attention state
@@ -173,9 +173,9 @@ struct WarpState {
 template <typename T, int D>
 __device__ __forceinline__ void LoadTile(const PagedKvView<T>& cache, int block, int kv_head,
                                          int tok0, int end, T* stage, int lane) {
-  const size_t base =
-      ((size_t(block) * cache.num_kv_heads + kv_head) * cache.block_size + tok0 % cache.block_size) *
-      D;
+  const size_t base = ((size_t(block) * cache.num_kv_heads + kv_head) * cache.block_size +
+                       tok0 % cache.block_size) *
+                      D;
   // Lane l copies 16-byte column chunk (l % kLanesPerRow) of rows l / kLanesPerRow,
   // + kRowsPerPass, ...: one address computation, then constant strides.
   constexpr int kLanesPerRow = D / 8;
@@ -196,9 +196,8 @@ __device__ __forceinline__ void LoadTile(const PagedKvView<T>& cache, int block,
 
 // The cache block of each of a warp's next 32 tiles, one per lane: a warp's tiles are
 // warp, warp + kWarps, ... of the split; lane i holds the block of its (first + i)-th tile.
-__device__ __forceinline__ int PrefetchBlocks(const int32_t* table_row, int block_size,
-                                              int begin, int warp, int first, int my_tiles,
-                                              int lane) {
+__device__ __forceinline__ int PrefetchBlocks(const int32_t* table_row, int block_size, int begin,
+                                              int warp, int first, int my_tiles, int lane) {
   const int j = first + lane;
   if (j >= my_tiles) return 0;
   return table_row[(begin + (warp + j * kWarps) * kTile) / block_size];
@@ -220,8 +219,8 @@ __device__ __forceinline__ void AttendTile(const T* q_smem, const T* stage, int 
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {
     uint32_t kb[4];  // B fragments: tokens 0-7 (k lo, k hi), tokens 8-15 (k lo, k hi)
-    LdMatrixX4(kb, k_tile + ((lane % 8) + (lane / 16) * 8) * kRow<D> + kk * 16 +
-                       ((lane / 8) % 2) * 8);
+    LdMatrixX4(kb,
+               k_tile + ((lane % 8) + (lane / 16) * 8) * kRow<D> + kk * 16 + ((lane / 8) % 2) * 8);
 #pragma unroll
     for (int mt = 0; mt < QT; ++mt) {
       uint32_t qa[4];
@@ -286,8 +285,8 @@ __device__ __forceinline__ void AttendTile(const T* q_smem, const T* stage, int 
 #pragma unroll
   for (int dp = 0; dp < D / 16; ++dp) {
     uint32_t vb[4];  // B fragments for d tiles 2dp and 2dp+1 (tokens lo, tokens hi)
-    LdMatrixX4Trans(vb, v_tile + ((lane % 8) + ((lane / 8) % 2) * 8) * kRow<D> + dp * 16 +
-                            (lane / 16) * 8);
+    LdMatrixX4Trans(
+        vb, v_tile + ((lane % 8) + ((lane / 8) % 2) * 8) * kRow<D> + dp * 16 + (lane / 16) * 8);
 #pragma unroll
     for (int mt = 0; mt < QT; ++mt) {
       Mma<T>(st.out[mt][2 * dp], pa[mt], vb[0], vb[1]);
@@ -328,13 +327,13 @@ __device__ __forceinline__ void StoreWarpState(WarpState<D, QT>& st, float* merg
 template <typename T, int D, int QT>
 __global__ void __launch_bounds__(kThreads)
     DecodeKernel(DecodeAttentionArgs<T> args, int group, int split_tokens, int num_splits,
-                 float* partial_out,   // [num_seqs, num_heads, num_splits, D]
-                 float* partial_lse) { // [num_seqs, num_heads, num_splits], log2 units
+                 float* partial_out,    // [num_seqs, num_heads, num_splits, D]
+                 float* partial_lse) {  // [num_seqs, num_heads, num_splits], log2 units
   using Layout = Smem<D, QT>;
   constexpr int kRows = Layout::kRows;
   extern __shared__ __align__(16) unsigned char smem[];
-  T* q_smem = reinterpret_cast<T*>(smem);                              // [kRows][kRow<D>]
-  T* pipe = reinterpret_cast<T*>(smem + Layout::kQueryBytes);          // per warp, per stage
+  T* q_smem = reinterpret_cast<T*>(smem);                               // [kRows][kRow<D>]
+  T* pipe = reinterpret_cast<T*>(smem + Layout::kQueryBytes);           // per warp, per stage
   float* merge = reinterpret_cast<float*>(smem + Layout::kQueryBytes);  // reuses the pipe
 
   TRACE_POINT(0);
@@ -360,7 +359,8 @@ __global__ void __launch_bounds__(kThreads)
   const int bs = args.cache.block_size;
   int blocks = PrefetchBlocks(table_row, bs, begin, warp, 0, my_tiles, lane);
   auto load = [&](int j) {  // the warp's j-th tile into stage j % kStages
-    if ((j & 31) == 0 && j > 0) blocks = PrefetchBlocks(table_row, bs, begin, warp, j, my_tiles, lane);
+    if ((j & 31) == 0 && j > 0)
+      blocks = PrefetchBlocks(table_row, bs, begin, warp, j, my_tiles, lane);
     const int block = __shfl_sync(0xffffffffu, blocks, j & 31);
     LoadTile<T, D>(args.cache, block, kv_head, begin + (warp + j * kWarps) * kTile, end,
                    stages + (j % kStages) * Layout::kStageElems, lane);
@@ -418,7 +418,8 @@ __global__ void __launch_bounds__(kThreads)
       total += m[kRows + row] * scale[w];
     }
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) warp_weight[w * kRows + row] = total > 0.0f ? scale[w] / total : 0.0f;
+    for (int w = 0; w < kWarps; ++w)
+      warp_weight[w * kRows + row] = total > 0.0f ? scale[w] / total : 0.0f;
     row_lse[row] = total > 0.0f ? base + log2f(total) : -INFINITY;
   }
   __syncthreads();
@@ -510,9 +511,8 @@ cudaError_t LaunchDecode(const DecodeAttentionArgs<T>& args, const DecodeKernelC
   float* partial_lse = partial_out ? partial_out + rows * D : nullptr;
   if (choice.num_splits > 1 && partial_out == nullptr) return cudaErrorInvalidValue;
   const dim3 grid(choice.num_splits, num_kv_heads, args.num_seqs);
-  DecodeKernel<T, D, QT><<<grid, kThreads, kSmem, stream>>>(args, group, choice.split_tokens,
-                                                             choice.num_splits, partial_out,
-                                                             partial_lse);
+  DecodeKernel<T, D, QT><<<grid, kThreads, kSmem, stream>>>(
+      args, group, choice.split_tokens, choice.num_splits, partial_out, partial_lse);
   if (choice.num_splits == 1) return cudaGetLastError();
   // Programmatic dependent launch (Hopper): the merge grid is scheduled while the decode grid
   // runs and starts the moment it completes, instead of after a full launch gap.
@@ -525,9 +525,9 @@ cudaError_t LaunchDecode(const DecodeAttentionArgs<T>& args, const DecodeKernelC
   attribute.val.programmaticStreamSerializationAllowed = 1;
   config.attrs = &attribute;
   config.numAttrs = 1;
-  return cudaLaunchKernelEx(&config, MergeSplitsKernel<T, D>, static_cast<const float*>(partial_out),
-                            static_cast<const float*>(partial_lse), args.num_heads,
-                            choice.num_splits, args.out);
+  return cudaLaunchKernelEx(
+      &config, MergeSplitsKernel<T, D>, static_cast<const float*>(partial_out),
+      static_cast<const float*>(partial_lse), args.num_heads, choice.num_splits, args.out);
 }
 
 template <typename T, int D>

@@ -26,15 +26,19 @@ bool HaveGpu() {
   return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
 }
 
-#define REQUIRE_GPU()                                                           \
+#define REQUIRE_GPU() \
   if (!HaveGpu()) GTEST_SKIP() << "no CUDA device on this machine: GPU test skipped"
 
 template <typename T>
 T ToT(float x);
 template <>
-__nv_bfloat16 ToT(float x) { return __float2bfloat16_rn(x); }
+__nv_bfloat16 ToT(float x) {
+  return __float2bfloat16_rn(x);
+}
 template <>
-__half ToT(float x) { return __float2half_rn(x); }
+__half ToT(float x) {
+  return __float2half_rn(x);
+}
 template <typename T>
 float ToFloat(T x) {
   return static_cast<float>(x);
@@ -43,9 +47,13 @@ float ToFloat(T x) {
 template <typename T>
 double Tolerance();
 template <>
-double Tolerance<__nv_bfloat16>() { return 1e-2; }
+double Tolerance<__nv_bfloat16>() {
+  return 1e-2;
+}
 template <>
-double Tolerance<__half>() { return 2e-3; }
+double Tolerance<__half>() {
+  return 2e-3;
+}
 
 std::mt19937& Rng() {
   static std::mt19937 rng(std::random_device{}());
@@ -55,7 +63,9 @@ std::mt19937& Rng() {
 // A device buffer freed on scope exit.
 template <typename T>
 struct DeviceBuffer {
-  explicit DeviceBuffer(size_t n) : size(n) { cudaMalloc(&ptr, std::max<size_t>(n, 1) * sizeof(T)); }
+  explicit DeviceBuffer(size_t n) : size(n) {
+    cudaMalloc(&ptr, std::max<size_t>(n, 1) * sizeof(T));
+  }
   ~DeviceBuffer() { cudaFree(ptr); }
   void Upload(const std::vector<T>& host) {
     cudaMemcpy(ptr, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice);
@@ -77,11 +87,11 @@ struct Shape {
 
 std::string Describe(const Shape& s) {
   std::string lens;
-  for (size_t i = 0; i < std::min<size_t>(s.lens.size(), 6); ++i) lens += std::to_string(s.lens[i]) + " ";
-  return "heads " + std::to_string(s.num_heads) + " kv " + std::to_string(s.num_kv_heads) +
-         " d " + std::to_string(s.head_dim) + " block " + std::to_string(s.block_size) +
-         " seqs " + std::to_string(s.lens.size()) + " lens " + lens + "splits " +
-         std::to_string(s.num_splits);
+  for (size_t i = 0; i < std::min<size_t>(s.lens.size(), 6); ++i)
+    lens += std::to_string(s.lens[i]) + " ";
+  return "heads " + std::to_string(s.num_heads) + " kv " + std::to_string(s.num_kv_heads) + " d " +
+         std::to_string(s.head_dim) + " block " + std::to_string(s.block_size) + " seqs " +
+         std::to_string(s.lens.size()) + " lens " + lens + "splits " + std::to_string(s.num_splits);
 }
 
 template <typename T>
@@ -165,9 +175,8 @@ void CheckDecode(const Shape& shape) {
 
   int sm_count = 0;
   CUDA_OK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, 0));
-  const DecodeKernelChoice choice =
-      SelectDecodeKernel(shape.num_heads, kvh, d, bs, num_seqs, max_len, sm_count,
-                         shape.num_splits);
+  const DecodeKernelChoice choice = SelectDecodeKernel(shape.num_heads, kvh, d, bs, num_seqs,
+                                                       max_len, sm_count, shape.num_splits);
   ASSERT_TRUE(choice.supported) << choice.reason;
   if (shape.num_splits > 0) {
     EXPECT_EQ(choice.num_splits, std::min(shape.num_splits, (max_len + 15) / 16));

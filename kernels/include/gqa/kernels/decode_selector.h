@@ -8,11 +8,11 @@ namespace gqa::kernels {
 
 struct DecodeKernelChoice {
   bool supported = false;
-  std::string reason;     // why not, when unsupported
-  int head_dim = 0;       // compile-time head dim: 64 or 128
-  int query_tiles = 0;    // 16-row tiles holding the query group: 1 (group <= 16) or 2 (<= 32)
-  int num_splits = 1;     // context ranges per (sequence, KV head), merged by log-sum-exp
-  int split_tokens = 0;   // tokens per split, a multiple of 16
+  std::string reason;    // why not, when unsupported
+  int head_dim = 0;      // compile-time head dim: 64 or 128
+  int query_tiles = 0;   // 16-row tiles holding the query group: 1 (group <= 16) or 2 (<= 32)
+  int num_splits = 1;    // context ranges per (sequence, KV head), merged by log-sum-exp
+  int split_tokens = 0;  // tokens per split, a multiple of 16
 };
 
 constexpr int kDecodeTileTokens = 16;
@@ -20,8 +20,8 @@ constexpr int kDecodeMaxSplits = 128;
 
 // num_splits_override > 0 forces the split count (tests); 0 picks one that fills `sm_count`
 // multiprocessors with at least two 16-token tiles per warp.
-DecodeKernelChoice SelectDecodeKernel(int num_heads, int num_kv_heads, int head_dim,
-                                      int block_size, int num_seqs, int max_context_len,
-                                      int sm_count, int num_splits_override = 0);
+DecodeKernelChoice SelectDecodeKernel(int num_heads, int num_kv_heads, int head_dim, int block_size,
+                                      int num_seqs, int max_context_len, int sm_count,
+                                      int num_splits_override = 0);
 
 }  // namespace gqa::kernels

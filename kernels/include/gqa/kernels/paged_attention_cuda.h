@@ -25,14 +25,14 @@ size_t DecodeWorkspaceBytes(int num_seqs, int num_heads, int head_dim, int num_s
 
 template <typename T>
 struct DecodeAttentionArgs {
-  const T* q = nullptr;                 // [num_seqs, num_heads, head_dim]
-  T* out = nullptr;                     // [num_seqs, num_heads, head_dim]
-  PagedKvView<T> cache;                 // k, v: [num_blocks, num_kv_heads, block_size, head_dim]
+  const T* q = nullptr;                   // [num_seqs, num_heads, head_dim]
+  T* out = nullptr;                       // [num_seqs, num_heads, head_dim]
+  PagedKvView<T> cache;                   // k, v: [num_blocks, num_kv_heads, block_size, head_dim]
   const int32_t* context_lens = nullptr;  // [num_seqs], each >= 1, device memory
   int num_seqs = 0;
   int num_heads = 0;
-  float scale = 0.0f;                   // usually 1 / sqrt(head_dim)
-  void* workspace = nullptr;            // DecodeWorkspaceBytes(...) bytes, when num_splits > 1
+  float scale = 0.0f;         // usually 1 / sqrt(head_dim)
+  void* workspace = nullptr;  // DecodeWorkspaceBytes(...) bytes, when num_splits > 1
 };
 
 // Launches the kernel `choice` names (from SelectDecodeKernel for the same shape).
@@ -42,8 +42,8 @@ cudaError_t PagedDecodeAttention(const DecodeAttentionArgs<T>& args,
 
 // Writes each token's K and V into its slot of the paged cache.
 template <typename T>
-cudaError_t PagedKvAppend(const T* k,          // [num_tokens, num_kv_heads, head_dim]
-                          const T* v,          // [num_tokens, num_kv_heads, head_dim]
+cudaError_t PagedKvAppend(const T* k,            // [num_tokens, num_kv_heads, head_dim]
+                          const T* v,            // [num_tokens, num_kv_heads, head_dim]
                           const int64_t* slots,  // [num_tokens], device memory
                           int num_tokens, const PagedKvView<T>& cache, cudaStream_t stream);
 
