@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "gqa/kernels/paged_attention_cuda.h"
+#include "vec.cuh"
 
 namespace gqa::kernels::cuda {
 namespace {
@@ -116,17 +117,6 @@ template <>
 __device__ __forceinline__ uint32_t Pack<__half>(float lo, float hi) {
   __half2 v = __floats2half2_rn(lo, hi);
   return *reinterpret_cast<uint32_t*>(&v);
-}
-
-template <typename T>
-__device__ __forceinline__ T FromFloat(float x);
-template <>
-__device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float x) {
-  return __float2bfloat16_rn(x);
-}
-template <>
-__device__ __forceinline__ __half FromFloat<__half>(float x) {
-  return __float2half_rn(x);
 }
 
 // ---------------------------------------------------------------- shared memory layout

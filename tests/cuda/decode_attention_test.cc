@@ -15,69 +15,10 @@
 
 #include "gqa/kernels/cpu_ops.h"
 #include "gqa/kernels/paged_attention_cuda.h"
+#include "cuda_test_util.h"
 
 namespace gqa::kernels::cuda {
 namespace {
-
-#define CUDA_OK(expr) ASSERT_EQ((expr), cudaSuccess) << cudaGetErrorString(cudaGetLastError())
-
-bool HaveGpu() {
-  int count = 0;
-  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
-}
-
-#define REQUIRE_GPU() \
-  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device on this machine: GPU test skipped"
-
-template <typename T>
-T ToT(float x);
-template <>
-__nv_bfloat16 ToT(float x) {
-  return __float2bfloat16_rn(x);
-}
-template <>
-__half ToT(float x) {
-  return __float2half_rn(x);
-}
-template <typename T>
-float ToFloat(T x) {
-  return static_cast<float>(x);
-}
-
-template <typename T>
-double Tolerance();
-template <>
-double Tolerance<__nv_bfloat16>() {
-  return 1e-2;
-}
-template <>
-double Tolerance<__half>() {
-  return 2e-3;
-}
-
-std::mt19937& Rng() {
-  static std::mt19937 rng(std::random_device{}());
-  return rng;
-}
-
-// A device buffer freed on scope exit.
-template <typename T>
-struct DeviceBuffer {
-  explicit DeviceBuffer(size_t n) : size(n) {
-    cudaMalloc(&ptr, std::max<size_t>(n, 1) * sizeof(T));
-  }
-  ~DeviceBuffer() { cudaFree(ptr); }
-  void Upload(const std::vector<T>& host) {
-    cudaMemcpy(ptr, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice);
-  }
-  std::vector<T> Download() const {
-    std::vector<T> host(size);
-    cudaMemcpy(host.data(), ptr, size * sizeof(T), cudaMemcpyDeviceToHost);
-    return host;
-  }
-  T* ptr = nullptr;
-  size_t size;
-};
 
 struct Shape {
   int num_heads, num_kv_heads, head_dim, block_size;

@@ -1,34 +1,23 @@
-#include "engine/sampler.h"
-
+// The CPU sampler: the reference for the GPU sampler and what the CPU backend runs.
 #include <algorithm>
 #include <cmath>
 #include <numeric>
 #include <vector>
 
-namespace gqa {
+#include "gqa/kernels/sampling.h"
+
+namespace gqa::kernels::cpu {
 namespace {
 
-uint64_t Mix(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
-int32_t Argmax(std::span<const float> logits) {
+int32_t Argmax(const float* logits, int vocab) {
   // First maximum wins ties, so the choice does not depend on anything but the values.
-  return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+  return static_cast<int32_t>(std::max_element(logits, logits + vocab) - logits);
 }
 
 }  // namespace
 
-double UniformForStep(uint64_t seed, uint64_t step) {
-  const uint64_t bits = Mix(Mix(seed + 0x9e3779b97f4a7c15ull) ^ (step * 0xd1b54a32d192ed03ull));
-  return static_cast<double>(bits >> 11) * 0x1.0p-53;
-}
-
-int32_t SampleToken(std::span<const float> logits, const SamplingRow& params) {
-  if (params.temperature <= 0.0f || params.top_k == 1) return Argmax(logits);
-  const int vocab = static_cast<int>(logits.size());
+int32_t SampleToken(const float* logits, int vocab, const SamplingRow& params) {
+  if (params.temperature <= 0.0f || params.top_k == 1) return Argmax(logits, vocab);
   std::vector<int32_t> order(vocab);
   std::iota(order.begin(), order.end(), 0);
   // Most likely first; equal logits by token id, so the order is fully determined.
@@ -69,4 +58,4 @@ int32_t SampleToken(std::span<const float> logits, const SamplingRow& params) {
   return order[keep - 1];
 }
 
-}  // namespace gqa
+}  // namespace gqa::kernels::cpu

@@ -1,0 +1,147 @@
+// RMSNorm with the residual add, rotary embedding, SwiGLU and the embedding gather.
+// 16-byte vector accesses where the shape allows; fp32 arithmetic.
+#include <cstdint>
+
+#include "gqa/kernels/elementwise_cuda.h"
+#include "vec.cuh"
+
+namespace gqa::kernels::cuda {
+namespace {
+
+constexpr int kNormThreads = 256;
+
+__device__ __forceinline__ float BlockSum(float v, float* scratch) {  // scratch: [32]
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < int(blockDim.x / 32) ? scratch[lane] : 0.0f;
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// One block per row.
+template <typename T>
+__global__ void __launch_bounds__(kNormThreads)
+    AddRmsNormKernel(const T* x, T* residual, const T* weight, int dim, float eps, T* out) {
+  __shared__ float scratch[32];
+  const size_t row = size_t(blockIdx.x) * dim;
+  float sum_sq = 0.0f;
+  for (int c = threadIdx.x * 8; c < dim; c += kNormThreads * 8) {
+    Vec8<T> r = Vec8<T>::Load(residual + row + c);
+    if (x != nullptr) {
+      const Vec8<T> a = Vec8<T>::Load(x + row + c);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) r.Set(e, r.Get(e) + a.Get(e));  // rounds to T, like the model
+      r.Store(residual + row + c);
+    }
+#pragma unroll
+    for (int e = 0; e < 8; ++e) sum_sq += r.Get(e) * r.Get(e);
+  }
+  const float inv_rms = rsqrtf(BlockSum(sum_sq, scratch) / float(dim) + eps);
+  for (int c = threadIdx.x * 8; c < dim; c += kNormThreads * 8) {
+    const Vec8<T> r = Vec8<T>::Load(residual + row + c);  // this thread's own write above
+    const Vec8<T> w = Vec8<T>::Load(weight + c);
+    Vec8<T> o;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) o.Set(e, w.Get(e) * (r.Get(e) * inv_rms));
+    o.Store(out + row + c);
+  }
+}
+
+// One thread per (token, head, rotation pair); q heads first, then k heads.
+template <typename T>
+__global__ void RopeKernel(T* q, T* k, const int32_t* positions, const float* inv_freq,
+                           int tokens, int num_heads, int num_kv_heads, int head_dim) {
+  const int half = head_dim / 2;
+  const int heads = num_heads + num_kv_heads;
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= int64_t(tokens) * heads * half) return;
+  const int pair = int(i % half);
+  const int head = int((i / half) % heads);
+  const int token = int(i / (int64_t(half) * heads));
+  T* v = head < num_heads ? q + (size_t(token) * num_heads + head) * head_dim
+                          : k + (size_t(token) * num_kv_heads + head - num_heads) * head_dim;
+  float sin_a, cos_a;
+  sincosf(float(positions[token]) * inv_freq[pair], &sin_a, &cos_a);  // precise: large angles
+  const float x1 = ToFloat(v[pair]), x2 = ToFloat(v[pair + half]);
+  v[pair] = FromFloat<T>(x1 * cos_a - x2 * sin_a);
+  v[pair + half] = FromFloat<T>(x2 * cos_a + x1 * sin_a);
+}
+
+template <typename T>
+__global__ void SiluMulKernel(const T* gate, const T* up, int rows, int dim, int in_stride,
+                              T* out) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= int64_t(rows) * dim) return;
+  const int64_t row = i / dim, col = i % dim;
+  const float g = ToFloat(gate[row * in_stride + col]);
+  out[i] = FromFloat<T>(g / (1.0f + __expf(-g)) * ToFloat(up[row * in_stride + col]));
+}
+
+template <typename T>
+__global__ void EmbeddingKernel(const T* table, const int32_t* ids, int tokens, int hidden,
+                                T* out) {
+  const int chunks = hidden / 8;
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= int64_t(tokens) * chunks) return;
+  const int token = int(i / chunks), c = int(i % chunks) * 8;
+  Vec8<T>::Load(table + size_t(ids[token]) * hidden + c).Store(out + size_t(token) * hidden + c);
+}
+
+unsigned Blocks(int64_t n, int threads) { return unsigned((n + threads - 1) / threads); }
+
+}  // namespace
+
+template <typename T>
+cudaError_t AddRmsNorm(const T* x, T* residual, const T* weight, int rows, int dim, float eps,
+                       T* out, cudaStream_t stream) {
+  if (dim % 8 != 0) return cudaErrorInvalidValue;
+  if (rows == 0) return cudaSuccess;
+  AddRmsNormKernel<T><<<rows, kNormThreads, 0, stream>>>(x, residual, weight, dim, eps, out);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t ApplyRope(T* q, T* k, const int32_t* positions, const float* inv_freq, int tokens,
+                      int num_heads, int num_kv_heads, int head_dim, cudaStream_t stream) {
+  const int64_t n = int64_t(tokens) * (num_heads + num_kv_heads) * (head_dim / 2);
+  if (n == 0) return cudaSuccess;
+  RopeKernel<T><<<Blocks(n, 256), 256, 0, stream>>>(q, k, positions, inv_freq, tokens, num_heads,
+                                                    num_kv_heads, head_dim);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t SiluMul(const T* gate, const T* up, int rows, int dim, int in_stride, T* out,
+                    cudaStream_t stream) {
+  const int64_t n = int64_t(rows) * dim;
+  if (n == 0) return cudaSuccess;
+  SiluMulKernel<T><<<Blocks(n, 256), 256, 0, stream>>>(gate, up, rows, dim, in_stride, out);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t EmbeddingGather(const T* table, const int32_t* ids, int tokens, int hidden, T* out,
+                            cudaStream_t stream) {
+  if (hidden % 8 != 0) return cudaErrorInvalidValue;
+  const int64_t n = int64_t(tokens) * (hidden / 8);
+  if (n == 0) return cudaSuccess;
+  EmbeddingKernel<T><<<Blocks(n, 256), 256, 0, stream>>>(table, ids, tokens, hidden, out);
+  return cudaGetLastError();
+}
+
+#define GQA_INSTANTIATE(T)                                                                    \
+  template cudaError_t AddRmsNorm<T>(const T*, T*, const T*, int, int, float, T*,             \
+                                     cudaStream_t);                                           \
+  template cudaError_t ApplyRope<T>(T*, T*, const int32_t*, const float*, int, int, int, int, \
+                                    cudaStream_t);                                            \
+  template cudaError_t SiluMul<T>(const T*, const T*, int, int, int, T*, cudaStream_t);       \
+  template cudaError_t EmbeddingGather<T>(const T*, const int32_t*, int, int, T*, cudaStream_t);
+GQA_INSTANTIATE(__nv_bfloat16)
+GQA_INSTANTIATE(__half)
+#undef GQA_INSTANTIATE
+
+}  // namespace gqa::kernels::cuda

@@ -1,0 +1,41 @@
+// Conversions and 8-element (16-byte) vectors of bf16 / fp16 for the CUDA kernels.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+namespace gqa::kernels::cuda {
+
+__device__ __forceinline__ float ToFloat(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float ToFloat(__half x) { return __half2float(x); }
+
+template <typename T>
+__device__ __forceinline__ T FromFloat(float x);
+template <>
+__device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+template <>
+__device__ __forceinline__ __half FromFloat<__half>(float x) {
+  return __float2half_rn(x);
+}
+
+// Eight T in one 16-byte register group. Load/Store need 16-byte aligned addresses.
+template <typename T>
+struct Vec8 {
+  uint4 raw;
+  __device__ __forceinline__ static Vec8 Load(const T* p) {
+    return Vec8{*reinterpret_cast<const uint4*>(p)};
+  }
+  __device__ __forceinline__ void Store(T* p) const { *reinterpret_cast<uint4*>(p) = raw; }
+  __device__ __forceinline__ float Get(int i) const {
+    return ToFloat(reinterpret_cast<const T*>(&raw)[i]);
+  }
+  __device__ __forceinline__ void Set(int i, float v) {
+    reinterpret_cast<T*>(&raw)[i] = FromFloat<T>(v);
+  }
+};
+
+}  // namespace gqa::kernels::cuda

@@ -1,0 +1,25 @@
+// Token sampling on the GPU, so full logits never cross to the host.
+//
+// Per row: greedy (argmax, lowest id on ties) when temperature is 0 or top_k is 1; otherwise
+// softmax(logits / temperature) restricted to the top_k most likely tokens, then to the
+// smallest most-likely set whose mass reaches top_p, sampled by inverse CDF in most-likely-first
+// order with the draw UniformForStep(seed, step) -- the same rule as the CPU sampler. Tokens are
+// ranked by (logit, lower id first) as one 64-bit key, and the cutoffs are found by radix select
+// over those keys with fixed-point weights, so the result is deterministic.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "gqa/kernels/sampling.h"
+
+namespace gqa::kernels::cuda {
+
+cudaError_t SampleTokens(const float* logits,       // [rows, vocab]
+                         const SamplingRow* params,  // [rows], device memory
+                         int rows, int vocab,
+                         int32_t* tokens,  // [rows]
+                         cudaStream_t stream);
+
+}  // namespace gqa::kernels::cuda
