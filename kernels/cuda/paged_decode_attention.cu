@@ -11,20 +11,14 @@
 #include <cstdint>
 
 #include "gqa/kernels/paged_attention_cuda.h"
+#include "attention_tile.cuh"
 #include "vec.cuh"
 
 namespace gqa::kernels::cuda {
 namespace {
 
-constexpr int kWarps = 4;
-constexpr int kThreads = kWarps * 32;
-constexpr int kTile = kDecodeTileTokens;  // tokens per pipeline stage
-constexpr int kStages = 3;
-constexpr float kLog2e = 1.4426950408889634f;
-
-// Shared-memory row stride in elements: 16 bytes of padding keeps ldmatrix conflict-free.
-template <int D>
-constexpr int kRow = D + 8;
+using namespace attention;  // NOLINT: the shared tile building blocks
+static_assert(kTile == kDecodeTileTokens, "the selector splits in whole tiles");
 
 // ---------------------------------------------------------------- optional phase trace
 // Built with -DGQA_DECODE_TRACE, block (0, 0, 0) records the global timer at each phase and every
@@ -53,72 +47,6 @@ __device__ __forceinline__ unsigned long long GlobalTimer() {
   } while (0)
 #endif
 
-// ---------------------------------------------------------------- PTX wrappers
-
-__device__ __forceinline__ uint32_t SmemAddress(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte async copy; when !valid the destination is zero-filled and nothing is read.
-__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool valid) {
-  const int src_bytes = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(SmemAddress(smem)),
-               "l"(gmem), "r"(src_bytes));
-}
-__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void CpAsyncWait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-__device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], const void* smem) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(SmemAddress(smem)));
-}
-__device__ __forceinline__ void LdMatrixX4Trans(uint32_t (&r)[4], const void* smem) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(SmemAddress(smem)));
-}
-
-// d += a (16x16, row) * b (16x8, col); fp32 accumulate.
-template <typename T>
-__device__ __forceinline__ void Mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                    uint32_t b1);
-template <>
-__device__ __forceinline__ void Mma<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4],
-                                                   uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-template <>
-__device__ __forceinline__ void Mma<__half>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                            uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// Two floats as a packed pair of T (lo in the low half).
-template <typename T>
-__device__ __forceinline__ uint32_t Pack(float lo, float hi);
-template <>
-__device__ __forceinline__ uint32_t Pack<__nv_bfloat16>(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&v);
-}
-template <>
-__device__ __forceinline__ uint32_t Pack<__half>(float lo, float hi) {
-  __half2 v = __floats2half2_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&v);
-}
-
 // ---------------------------------------------------------------- shared memory layout
 
 template <int D, int QT>
@@ -136,54 +64,6 @@ struct Smem {
       kQueryBytes + (kPipeBytes > kMergeBytes ? kPipeBytes : kMergeBytes);
 };
 
-// ---------------------------------------------------------------- per-warp attention state
-
-template <int D, int QT>
-struct WarpState {
-  float out[QT][D / 8][4];  // unnormalized O rows (g, g + 8) of each 16-row query tile
-  float max[QT][2];         // running max (log2 domain) of rows g and g + 8
-  float sum[QT][2];         // running sum of exp2, this thread's columns only
-
-  __device__ void Init() {
-#pragma unroll
-    for (int mt = 0; mt < QT; ++mt) {
-#pragma unroll
-      for (int dt = 0; dt < D / 8; ++dt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) out[mt][dt][e] = 0.0f;
-      }
-      max[mt][0] = max[mt][1] = -INFINITY;
-      sum[mt][0] = sum[mt][1] = 0.0f;
-    }
-  }
-};
-
-// Issues the async copies of one 16-token tile of K and V (which lies in cache block `block`)
-// into a warp's stage buffer.
-template <typename T, int D>
-__device__ __forceinline__ void LoadTile(const PagedKvView<T>& cache, int block, int kv_head,
-                                         int tok0, int end, T* stage, int lane) {
-  const size_t base = ((size_t(block) * cache.num_kv_heads + kv_head) * cache.block_size +
-                       tok0 % cache.block_size) *
-                      D;
-  // Lane l copies 16-byte column chunk (l % kLanesPerRow) of rows l / kLanesPerRow,
-  // + kRowsPerPass, ...: one address computation, then constant strides.
-  constexpr int kLanesPerRow = D / 8;
-  constexpr int kRowsPerPass = 32 / kLanesPerRow;
-  const int row = lane / kLanesPerRow;
-  const int col = (lane % kLanesPerRow) * 8;
-  const T* k_src = cache.k + base + size_t(row) * D + col;
-  const T* v_src = cache.v + base + size_t(row) * D + col;
-  T* k_dst = stage + row * kRow<D> + col;
-  T* v_dst = k_dst + kTile * kRow<D>;
-#pragma unroll
-  for (int pass = 0; pass < kTile / kRowsPerPass; ++pass) {
-    const bool valid = tok0 + row + pass * kRowsPerPass < end;
-    CpAsync16(k_dst + pass * kRowsPerPass * kRow<D>, k_src + pass * kRowsPerPass * D, valid);
-    CpAsync16(v_dst + pass * kRowsPerPass * kRow<D>, v_src + pass * kRowsPerPass * D, valid);
-  }
-}
-
 // The cache block of each of a warp's next 32 tiles, one per lane: a warp's tiles are
 // warp, warp + kWarps, ... of the split; lane i holds the block of its (first + i)-th tile.
 __device__ __forceinline__ int PrefetchBlocks(const int32_t* table_row, int block_size, int begin,
@@ -191,127 +71,6 @@ __device__ __forceinline__ int PrefetchBlocks(const int32_t* table_row, int bloc
   const int j = first + lane;
   if (j >= my_tiles) return 0;
   return table_row[(begin + (warp + j * kWarps) * kTile) / block_size];
-}
-
-// One tile: S = Q.K^T (masked, scaled to log2 units), online softmax, O += P.V.
-template <typename T, int D, int QT>
-__device__ __forceinline__ void AttendTile(const T* q_smem, const T* stage, int tok0, int end,
-                                           float scale_log2, WarpState<D, QT>& st, int lane) {
-  const T* k_tile = stage;
-  const T* v_tile = stage + kTile * kRow<D>;
-  const int tig = lane % 4;
-  float s[QT][2][4];
-#pragma unroll
-  for (int mt = 0; mt < QT; ++mt) {
-#pragma unroll
-    for (int i = 0; i < 8; ++i) s[mt][i / 4][i % 4] = 0.0f;
-  }
-#pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk) {
-    uint32_t kb[4];  // B fragments: tokens 0-7 (k lo, k hi), tokens 8-15 (k lo, k hi)
-    LdMatrixX4(kb,
-               k_tile + ((lane % 8) + (lane / 16) * 8) * kRow<D> + kk * 16 + ((lane / 8) % 2) * 8);
-#pragma unroll
-    for (int mt = 0; mt < QT; ++mt) {
-      uint32_t qa[4];
-      LdMatrixX4(qa, q_smem + (mt * 16 + lane % 16) * kRow<D> + kk * 16 + (lane / 16) * 8);
-      Mma<T>(s[mt][0], qa, kb[0], kb[1]);
-      Mma<T>(s[mt][1], qa, kb[2], kb[3]);
-    }
-  }
-  uint32_t pa[QT][4];
-  const bool partial_tile = tok0 + kTile > end;  // uniform across the warp
-#pragma unroll
-  for (int mt = 0; mt < QT; ++mt) {
-    bool max_moved = false;
-    float alphas[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {  // row g, then row g + 8
-      float tile_max = -INFINITY;
-#pragma unroll
-      for (int nt = 0; nt < 2; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float& v = s[mt][nt][r * 2 + e];
-          v *= scale_log2;
-          if (partial_tile && tok0 + nt * 8 + 2 * tig + e >= end) v = -INFINITY;
-          tile_max = fmaxf(tile_max, v);
-        }
-      }
-      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
-      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
-      const float new_max = fmaxf(st.max[mt][r], tile_max);
-      const float base = new_max == -INFINITY ? 0.0f : new_max;
-      const float alpha = exp2f(st.max[mt][r] - base);
-      float tile_sum = 0.0f;
-#pragma unroll
-      for (int nt = 0; nt < 2; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float& v = s[mt][nt][r * 2 + e];
-          v = exp2f(v - base);
-          tile_sum += v;
-        }
-      }
-      st.sum[mt][r] = st.sum[mt][r] * alpha + tile_sum;
-      st.max[mt][r] = new_max;
-      alphas[r] = alpha;
-      max_moved |= alpha != 1.0f;
-    }
-    // Once the running max settles, whole tiles pass without rescaling the output.
-    if (__any_sync(0xffffffffu, max_moved)) {
-#pragma unroll
-      for (int dt = 0; dt < D / 8; ++dt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) st.out[mt][dt][e] *= alphas[e / 2];
-      }
-    }
-    // The accumulator layout of two n8 tiles is the A layout of one k16 step.
-    pa[mt][0] = Pack<T>(s[mt][0][0], s[mt][0][1]);
-    pa[mt][1] = Pack<T>(s[mt][0][2], s[mt][0][3]);
-    pa[mt][2] = Pack<T>(s[mt][1][0], s[mt][1][1]);
-    pa[mt][3] = Pack<T>(s[mt][1][2], s[mt][1][3]);
-  }
-#pragma unroll
-  for (int dp = 0; dp < D / 16; ++dp) {
-    uint32_t vb[4];  // B fragments for d tiles 2dp and 2dp+1 (tokens lo, tokens hi)
-    LdMatrixX4Trans(
-        vb, v_tile + ((lane % 8) + ((lane / 8) % 2) * 8) * kRow<D> + dp * 16 + (lane / 16) * 8);
-#pragma unroll
-    for (int mt = 0; mt < QT; ++mt) {
-      Mma<T>(st.out[mt][2 * dp], pa[mt], vb[0], vb[1]);
-      Mma<T>(st.out[mt][2 * dp + 1], pa[mt], vb[2], vb[3]);
-    }
-  }
-}
-
-// Writes one warp's state to shared memory for the block-wide merge.
-template <int D, int QT>
-__device__ __forceinline__ void StoreWarpState(WarpState<D, QT>& st, float* merge, int lane) {
-  constexpr int kRows = 16 * QT;
-  float* row_max = merge;
-  float* row_sum = merge + kRows;
-  float* out = merge + 2 * kRows;
-  const int g = lane / 4, tig = lane % 4;
-#pragma unroll
-  for (int mt = 0; mt < QT; ++mt) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float total = st.sum[mt][r];
-      total += __shfl_xor_sync(0xffffffffu, total, 1);
-      total += __shfl_xor_sync(0xffffffffu, total, 2);
-      const int row = mt * 16 + g + r * 8;
-      if (tig == 0) {
-        row_max[row] = st.max[mt][r];
-        row_sum[row] = total;
-      }
-#pragma unroll
-      for (int dt = 0; dt < D / 8; ++dt) {
-        out[row * D + dt * 8 + 2 * tig] = st.out[mt][dt][r * 2];
-        out[row * D + dt * 8 + 2 * tig + 1] = st.out[mt][dt][r * 2 + 1];
-      }
-    }
-  }
 }
 
 template <typename T, int D, int QT>
@@ -374,14 +133,18 @@ __global__ void __launch_bounds__(kThreads)
   WarpState<D, QT> st;
   st.Init();
   const float scale_log2 = args.scale * kLog2e;
+  int limit[QT][2];  // every query row sees keys up to the split's end
+#pragma unroll
+  for (int mt = 0; mt < QT; ++mt) limit[mt][0] = limit[mt][1] = end;
   for (int j = 0; j < my_tiles; ++j) {
     const int ahead = j + kStages - 1;
     if (ahead < my_tiles) load(ahead);
     CpAsyncCommit();
     CpAsyncWait<kStages - 1>();
     __syncwarp();
-    AttendTile<T, D, QT>(q_smem, stages + (j % kStages) * Layout::kStageElems,
-                         begin + (warp + j * kWarps) * kTile, end, scale_log2, st, lane);
+    const int tok0 = begin + (warp + j * kWarps) * kTile;
+    AttendTile<T, D, QT>(q_smem, stages + (j % kStages) * Layout::kStageElems, tok0, limit,
+                         tok0 + kTile > end, scale_log2, st, lane);
     __syncwarp();
   }
   CpAsyncWait<0>();

@@ -40,6 +40,29 @@ template <typename T>
 cudaError_t PagedDecodeAttention(const DecodeAttentionArgs<T>& args,
                                  const DecodeKernelChoice& choice, cudaStream_t stream);
 
+template <typename T>
+struct PrefillAttentionArgs {
+  const T* q = nullptr;                   // [num_tokens, num_heads, head_dim]
+  T* out = nullptr;                       // [num_tokens, num_heads, head_dim]
+  PagedKvView<T> cache;                   // holds every sequence's keys up to its context_len
+  const int32_t* query_start = nullptr;   // [num_seqs + 1], device memory
+  const int32_t* context_lens = nullptr;  // [num_seqs], device memory
+  int num_seqs = 0;
+  int num_heads = 0;
+  int max_query_len = 0;  // the longest query_start[s + 1] - query_start[s]
+  float scale = 0.0f;
+};
+
+// Causal grouped-query attention of several query tokens per sequence over the paged cache
+// (prefill, chunked prefill, a prompt that extends cached tokens). Sequence s's queries are the
+// last query_start[s + 1] - query_start[s] positions of its context_lens[s]; each attends to
+// the keys at and before its own position. FlashAttention-style: a block takes 64 (query token,
+// group head) rows of one KV head, its warps 16 rows each, and streams 16-key tiles through
+// shared memory with an online softmax on tensor cores; no score matrix is ever stored.
+// head_dim 64 or 128; group size up to 64.
+template <typename T>
+cudaError_t PagedPrefillAttention(const PrefillAttentionArgs<T>& args, cudaStream_t stream);
+
 // Writes each token's K and V into its slot of the paged cache.
 template <typename T>
 cudaError_t PagedKvAppend(const T* k,            // [num_tokens, num_kv_heads, head_dim]

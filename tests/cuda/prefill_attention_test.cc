@@ -1,0 +1,114 @@
+// The CUDA causal prefill attention against the CPU reference (cpu::PagedAttention), on fresh
+// random inputs with NaN-poisoned cache pools and outputs.
+#include <gtest/gtest.h>
+
+#include <numeric>
+
+#include "cuda_test_util.h"
+#include "gqa/kernels/cpu_ops.h"
+#include "gqa/kernels/paged_attention_cuda.h"
+
+namespace gqa::kernels::cuda {
+namespace {
+
+struct PrefillShape {
+  int num_heads, num_kv_heads, head_dim, block_size;
+  std::vector<int> query_lens;  // new tokens per sequence
+  std::vector<int> cached;      // tokens already in the cache before them
+};
+
+template <typename T>
+void CheckPrefill(const PrefillShape& shape) {
+  SCOPED_TRACE(testing::Message() << "heads " << shape.num_heads << " kv " << shape.num_kv_heads
+                                  << " d " << shape.head_dim << " block " << shape.block_size
+                                  << " seqs " << shape.query_lens.size());
+  const int num_seqs = int(shape.query_lens.size());
+  const int kvh = shape.num_kv_heads, d = shape.head_dim, bs = shape.block_size;
+  std::vector<int32_t> lens(num_seqs), query_start(num_seqs + 1, 0);
+  int max_blocks = 0, total_blocks = 0, max_q = 0;
+  for (int s = 0; s < num_seqs; ++s) {
+    lens[s] = shape.query_lens[s] + shape.cached[s];
+    query_start[s + 1] = query_start[s] + shape.query_lens[s];
+    max_blocks = std::max(max_blocks, (lens[s] + bs - 1) / bs);
+    total_blocks += (lens[s] + bs - 1) / bs;
+    max_q = std::max(max_q, shape.query_lens[s]);
+  }
+  const int pool_blocks = 2 * total_blocks;
+  std::vector<int32_t> ids(pool_blocks);
+  std::iota(ids.begin(), ids.end(), 0);
+  std::shuffle(ids.begin(), ids.end(), Rng());
+  std::vector<int32_t> tables(size_t(num_seqs) * max_blocks, 0);
+  for (int s = 0, next = 0; s < num_seqs; ++s) {
+    for (int b = 0; b < (lens[s] + bs - 1) / bs; ++b) tables[size_t(s) * max_blocks + b] = ids[next++];
+  }
+  // Random K/V in every slot of the pool; slots past a sequence's length hold NaN.
+  const size_t pool = size_t(pool_blocks) * kvh * bs * d;
+  auto k_host = RandomVector<T>(pool), v_host = RandomVector<T>(pool);
+  std::vector<float> k_ref = ToFloats(k_host), v_ref = ToFloats(v_host);
+  PagedKvView<float> ref_view{k_ref.data(), v_ref.data(), tables.data(), max_blocks, kvh, bs, d};
+  for (int s = 0; s < num_seqs; ++s) {
+    for (int p = lens[s]; p < (lens[s] + bs - 1) / bs * bs; ++p) {
+      for (int h = 0; h < kvh; ++h) {
+        const size_t off = ref_view.Offset(ref_view.Slot(s, p), h);
+        for (int e = 0; e < d; ++e) k_host[off + e] = v_host[off + e] = ToT<T>(NAN);
+      }
+    }
+  }
+  const int tokens = query_start.back();
+  const auto q = RandomVector<T>(size_t(tokens) * shape.num_heads * d);
+  DeviceBuffer<T> k_d(pool), v_d(pool), q_d(q.size()), out_d(q.size());
+  DeviceBuffer<int32_t> table_d(tables.size()), lens_d(num_seqs), start_d(num_seqs + 1);
+  k_d.Upload(k_host);
+  v_d.Upload(v_host);
+  q_d.Upload(q);
+  table_d.Upload(tables);
+  lens_d.Upload(lens);
+  start_d.Upload(query_start);
+  CUDA_OK(cudaMemset(out_d.ptr, 0xff, q.size() * sizeof(T)));
+  PrefillAttentionArgs<T> args;
+  args.q = q_d.ptr;
+  args.out = out_d.ptr;
+  args.cache = PagedKvView<T>{k_d.ptr, v_d.ptr, table_d.ptr, max_blocks, kvh, bs, d};
+  args.query_start = start_d.ptr;
+  args.context_lens = lens_d.ptr;
+  args.num_seqs = num_seqs;
+  args.num_heads = shape.num_heads;
+  args.max_query_len = max_q;
+  args.scale = 1.0f / std::sqrt(float(d));
+  CUDA_OK(PagedPrefillAttention<T>(args, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  std::vector<float> ref(q.size());
+  cpu::PagedAttention(ToFloats(q).data(), ref_view, query_start.data(), lens.data(), num_seqs,
+                      shape.num_heads, args.scale, ref.data());
+  EXPECT_LT(RelativeError(out_d.Download(), ref), Tolerance<T>());
+}
+
+template <typename T>
+void EveryGroupSize(int head_dim) {
+  for (int kv_heads : {32, 16, 8, 4, 2, 1}) {
+    CheckPrefill<T>({32, kv_heads, head_dim, 16, {1, 15, 16, 17, 100}, {0, 0, 0, 0, 0}});
+    CheckPrefill<T>({32, kv_heads, head_dim, 32, {33, 7, 64}, {5, 40, 0}});  // chunked prefill
+  }
+}
+
+TEST(PrefillAttentionCuda, Bf16EveryGroupSizeHeadDim128) {
+  REQUIRE_GPU();
+  EveryGroupSize<__nv_bfloat16>(128);
+}
+TEST(PrefillAttentionCuda, Bf16AndFp16HeadDim64) {
+  REQUIRE_GPU();
+  EveryGroupSize<__nv_bfloat16>(64);
+  EveryGroupSize<__half>(64);
+}
+TEST(PrefillAttentionCuda, LongPromptAndOddGroup) {
+  REQUIRE_GPU();
+  CheckPrefill<__nv_bfloat16>({8, 2, 128, 16, {1030}, {3}});
+  CheckPrefill<__half>({12, 4, 128, 16, {300, 1, 77}, {0, 500, 16}});  // group 3
+}
+TEST(PrefillAttentionCuda, SmallForSanitizers) {
+  REQUIRE_GPU();
+  CheckPrefill<__nv_bfloat16>({8, 2, 64, 16, {20, 3}, {4, 0}});
+}
+
+}  // namespace
+}  // namespace gqa::kernels::cuda
