@@ -2,6 +2,7 @@
 // beside its bandwidth floor (K/V bytes / measured copy bandwidth) and beside PyTorch's
 // scaled_dot_product_attention (enable_gqa=True, and with K/V repeated per query head), which a
 // Python script measures on the same device in the same run.
+#include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -237,11 +238,150 @@ std::map<std::string, PeerTimes> RunPeer(const std::string& command,
   return result;
 }
 
+// bf16 matrix-product rate through cuBLAS (8192^3, random data): the compute ceiling.
+double MatmulRate() {
+  const int n = 8192;
+  T *a, *b, *c;
+  CHECK_CUDA(cudaMalloc(&a, size_t(n) * n * sizeof(T)));
+  CHECK_CUDA(cudaMalloc(&b, size_t(n) * n * sizeof(T)));
+  CHECK_CUDA(cudaMalloc(&c, size_t(n) * n * sizeof(T)));
+  FillRandom<<<1024, 256>>>(a, size_t(n) * n, 11);
+  FillRandom<<<1024, 256>>>(b, size_t(n) * n, 12);
+  cublasHandle_t handle;
+  cublasCreate(&handle);
+  const float one = 1.0f, zero = 0.0f;
+  auto gemm = [&] {
+    cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, a, CUDA_R_16BF, n, b, CUDA_R_16BF,
+                 n, &zero, c, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  };
+  for (int i = 0; i < 3; ++i) gemm();
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  std::vector<double> times;
+  for (int i = 0; i < 10; ++i) {
+    cudaEventRecord(start);
+    gemm();
+    cudaEventRecord(stop);
+    cudaEventSynchronize(stop);
+    float ms;
+    cudaEventElapsedTime(&ms, start, stop);
+    times.push_back(ms * 1e-3);
+  }
+  cublasDestroy(handle);
+  cudaFree(a);
+  cudaFree(b);
+  cudaFree(c);
+  return 2.0 * n * n * double(n) / Median(times);
+}
+
+// Causal prefill of `batch` prompts of `len` tokens; returns the graph-replay us per call.
+double TimePrefill(int kv_heads, int batch, int len) {
+  const int blocks_per_seq = (len + kBlockSize - 1) / kBlockSize;
+  const size_t pool = size_t(batch) * blocks_per_seq * kv_heads * kBlockSize * kHeadDim;
+  const size_t q_elems = size_t(batch) * len * kHeads * kHeadDim;
+  T *k, *v, *q, *out;
+  int32_t *tables, *lens, *starts;
+  CHECK_CUDA(cudaMalloc(&k, pool * sizeof(T)));
+  CHECK_CUDA(cudaMalloc(&v, pool * sizeof(T)));
+  CHECK_CUDA(cudaMalloc(&q, q_elems * sizeof(T)));
+  CHECK_CUDA(cudaMalloc(&out, q_elems * sizeof(T)));
+  FillRandom<<<1024, 256>>>(k, pool, 21);
+  FillRandom<<<1024, 256>>>(v, pool, 22);
+  FillRandom<<<1024, 256>>>(q, q_elems, 23);
+  std::vector<int32_t> table(size_t(batch) * blocks_per_seq), len_v(batch, len), start_v(batch + 1);
+  std::iota(table.begin(), table.end(), 0);
+  std::shuffle(table.begin(), table.end(), std::mt19937(9));
+  for (int s = 0; s <= batch; ++s) start_v[s] = s * len;
+  CHECK_CUDA(cudaMalloc(&tables, table.size() * 4));
+  CHECK_CUDA(cudaMalloc(&lens, batch * 4));
+  CHECK_CUDA(cudaMalloc(&starts, (batch + 1) * 4));
+  CHECK_CUDA(cudaMemcpy(tables, table.data(), table.size() * 4, cudaMemcpyHostToDevice));
+  CHECK_CUDA(cudaMemcpy(lens, len_v.data(), batch * 4, cudaMemcpyHostToDevice));
+  CHECK_CUDA(cudaMemcpy(starts, start_v.data(), (batch + 1) * 4, cudaMemcpyHostToDevice));
+  gqa::kernels::cuda::PrefillAttentionArgs<T> args;
+  args.q = q;
+  args.out = out;
+  args.cache = PagedKvView<T>{k, v, tables, blocks_per_seq, kv_heads, kBlockSize, kHeadDim};
+  args.query_start = starts;
+  args.context_lens = lens;
+  args.num_seqs = batch;
+  args.num_heads = kHeads;
+  args.max_query_len = len;
+  args.scale = 1.0f / std::sqrt(float(kHeadDim));
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  for (int i = 0; i < 3; ++i)
+    CHECK_CUDA(gqa::kernels::cuda::PagedPrefillAttention<T>(args, nullptr));
+  std::vector<double> times;
+  for (int i = 0; i < 20; ++i) {
+    cudaEventRecord(start);
+    CHECK_CUDA(gqa::kernels::cuda::PagedPrefillAttention<T>(args, nullptr));
+    cudaEventRecord(stop);
+    cudaEventSynchronize(stop);
+    float ms;
+    cudaEventElapsedTime(&ms, start, stop);
+    times.push_back(ms * 1e3);
+  }
+  for (void* p :
+       {(void*)k, (void*)v, (void*)q, (void*)out, (void*)tables, (void*)lens, (void*)starts}) {
+    cudaFree(p);
+  }
+  return Median(times);
+}
+
+// Runs the PyTorch peer in prefill mode: "kv batch len" -> causal SDPA us.
+std::map<std::string, double> RunPrefillPeer(const std::string& command,
+                                             const std::vector<Shape>& shapes) {
+  std::string args = " --prefill";
+  for (const auto& s : shapes) {
+    args += " " + std::to_string(s.kv_heads) + "," + std::to_string(s.batch) + "," +
+            std::to_string(s.context);
+  }
+  std::map<std::string, double> result;
+  FILE* pipe = popen((command + args).c_str(), "r");
+  if (!pipe) return result;
+  int kv, batch, len;
+  double us;
+  while (std::fscanf(pipe, "%d %d %d %lf", &kv, &batch, &len, &us) == 4) {
+    result[std::to_string(kv) + " " + std::to_string(batch) + " " + std::to_string(len)] = us;
+  }
+  pclose(pipe);
+  return result;
+}
+
+void PrefillTable(const std::string& peer) {
+  const double rate = MatmulRate();
+  std::printf(
+      "\nprefill attention (causal), bf16, %d query heads, head_dim %d, KV block %d; "
+      "cuBLAS bf16 8192^3: %.0f TFLOP/s\n",
+      kHeads, kHeadDim, kBlockSize, rate / 1e12);
+  std::vector<Shape> shapes = {
+      {32, 1, 4096}, {8, 1, 4096}, {1, 1, 4096}, {8, 4, 2048}, {8, 1, 16384}};
+  const auto peers = peer.empty() ? std::map<std::string, double>{} : RunPrefillPeer(peer, shapes);
+  std::printf("%3s %5s %6s | %9s %9s %8s %7s | %9s %7s\n", "kv", "batch", "len", "ours_us",
+              "floor_us", "TFLOP/s", "of_gemm", "sdpa_us", "vs_sdpa");
+  for (const auto& s : shapes) {
+    // Q.K^T and P.V over the causal half: 2 x 2 x len^2 / 2 x head_dim flops per head.
+    const double flops = 2.0 * s.batch * kHeads * double(s.context) * s.context * kHeadDim;
+    const double us = TimePrefill(s.kv_heads, s.batch, s.context);
+    const auto it = peers.find(std::to_string(s.kv_heads) + " " + std::to_string(s.batch) + " " +
+                               std::to_string(s.context));
+    const double sdpa = it != peers.end() ? it->second : NAN;
+    std::printf("%3d %5d %6d | %9.1f %9.1f %8.0f %6.0f%% | %9.1f %6.2fx\n", s.kv_heads, s.batch,
+                s.context, us, flops / rate * 1e6, flops / us / 1e6,
+                100.0 * flops / rate / us * 1e6, sdpa, sdpa / us);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc < 2 || std::string(argv[1]) != "kernels") {
-    std::fprintf(stderr, "usage: gqa-bench kernels [--peer 'python3 client/bench/sdpa_peer.py']\n");
+    std::fprintf(stderr,
+                 "usage: gqa-bench kernels [--peer 'python3 client/bench/sdpa_peer.py'] "
+                 "[--prefill] [--only kv,batch,ctx]... [--sweep-splits] [--contiguous]\n");
     return 2;
   }
   std::string peer;
@@ -299,9 +439,9 @@ int main(int argc, char** argv) {
   std::printf(
       "eager: one call between two events (host launch included); graph: per call of 20 "
       "calls captured in a CUDA graph and replayed\n");
-  std::printf("%3s %5s %6s %6s | %8s %8s %8s %7s | %8s %8s %8s | %7s %7s\n", "kv", "batch", "ctx",
-              "splits", "eager_us", "graph_us", "floor_us", "of_copy", "sdpa_eg", "sdpa_gr",
-              "naive_gr", "vs_sdpa", "eager");
+  std::printf("%3s %5s %6s %6s | %8s %8s %8s %6s %7s | %8s %8s %8s | %7s %7s\n", "kv", "batch",
+              "ctx", "splits", "eager_us", "graph_us", "floor_us", "GB/s", "of_copy", "sdpa_eg",
+              "sdpa_gr", "naive_gr", "vs_sdpa", "eager");
   for (const auto& s : shapes) {
     double bytes, graph_us;
     int splits;
@@ -310,10 +450,14 @@ int main(int argc, char** argv) {
     const auto it = peers.find(std::to_string(s.kv_heads) + " " + std::to_string(s.batch) + " " +
                                std::to_string(s.context));
     const PeerTimes p = it != peers.end() ? it->second : PeerTimes{};
-    std::printf("%3d %5d %6d %6d | %8.1f %8.1f %8.1f %6.0f%% | %8.1f %8.1f %8.1f | %6.2fx %6.2fx\n",
-                s.kv_heads, s.batch, s.context, splits, eager_us, graph_us, floor_us,
-                100.0 * floor_us / graph_us, p.sdpa_eager, p.sdpa_graph, p.naive_graph,
-                p.sdpa_graph / graph_us, p.sdpa_eager / eager_us);
+    std::printf(
+        "%3d %5d %6d %6d | %8.1f %8.1f %8.1f %6.0f %6.0f%% | %8.1f %8.1f %8.1f | %6.2fx %6.2fx\n",
+        s.kv_heads, s.batch, s.context, splits, eager_us, graph_us, floor_us,
+        bytes / graph_us / 1e3, 100.0 * floor_us / graph_us, p.sdpa_eager, p.sdpa_graph,
+        p.naive_graph, p.sdpa_graph / graph_us, p.sdpa_eager / eager_us);
   }
+  bool prefill = false;
+  for (int i = 2; i < argc; ++i) prefill |= std::string(argv[i]) == "--prefill";
+  if (prefill) PrefillTable(peer);
   return 0;
 }

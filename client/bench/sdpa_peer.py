@@ -82,7 +82,22 @@ def measure(kv, batch, context):
     return sdpa, naive_times
 
 
+def measure_prefill(kv, batch, length):
+    """Causal SDPA over one prompt per sequence (eager median, us)."""
+    dev, dt = "cuda", torch.bfloat16
+    q = torch.randn(batch, HEADS, length, HEAD_DIM, device=dev, dtype=dt)
+    k = torch.randn(batch, kv, length, HEAD_DIM, device=dev, dtype=dt)
+    v = torch.randn(batch, kv, length, HEAD_DIM, device=dev, dtype=dt)
+    return median_us(lambda c: F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                              enable_gqa=True), 1)
+
+
 def main():
+    if sys.argv[1:2] == ["--prefill"]:
+        for arg in sys.argv[2:]:
+            kv, batch, length = map(int, arg.split(","))
+            print(f"{kv} {batch} {length} {measure_prefill(kv, batch, length):.2f}", flush=True)
+        return
     for arg in sys.argv[1:]:
         kv, batch, context = map(int, arg.split(","))
         sdpa, naive = measure(kv, batch, context)

@@ -142,8 +142,8 @@ template <typename T, int D, int QT>
 // limit[mt][r]: keys at positions >= limit are masked for row g (r = 0) or g + 8 (r = 1) of query
 // tile mt; `mask` (uniform across the warp) says whether any key of this tile needs it.
 __device__ __forceinline__ void AttendTile(const T* q_smem, const T* stage, int tok0,
-                                           const int (&limit)[QT][2], bool mask,
-                                           float scale_log2, WarpState<D, QT>& st, int lane) {
+                                           const int (&limit)[QT][2], bool mask, float scale_log2,
+                                           WarpState<D, QT>& st, int lane) {
   const T* k_tile = stage;
   const T* v_tile = stage + kTile * kRow<D>;
   const int tig = lane % 4;

@@ -53,8 +53,8 @@ __global__ void __launch_bounds__(kNormThreads)
 
 // One thread per (token, head, rotation pair); q heads first, then k heads.
 template <typename T>
-__global__ void RopeKernel(T* q, T* k, const int32_t* positions, const float* inv_freq,
-                           int tokens, int num_heads, int num_kv_heads, int head_dim) {
+__global__ void RopeKernel(T* q, T* k, const int32_t* positions, const float* inv_freq, int tokens,
+                           int num_heads, int num_kv_heads, int head_dim) {
   const int half = head_dim / 2;
   const int heads = num_heads + num_kv_heads;
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -133,12 +133,11 @@ cudaError_t EmbeddingGather(const T* table, const int32_t* ids, int tokens, int 
   return cudaGetLastError();
 }
 
-#define GQA_INSTANTIATE(T)                                                                    \
-  template cudaError_t AddRmsNorm<T>(const T*, T*, const T*, int, int, float, T*,             \
-                                     cudaStream_t);                                           \
-  template cudaError_t ApplyRope<T>(T*, T*, const int32_t*, const float*, int, int, int, int, \
-                                    cudaStream_t);                                            \
-  template cudaError_t SiluMul<T>(const T*, const T*, int, int, int, T*, cudaStream_t);       \
+#define GQA_INSTANTIATE(T)                                                                       \
+  template cudaError_t AddRmsNorm<T>(const T*, T*, const T*, int, int, float, T*, cudaStream_t); \
+  template cudaError_t ApplyRope<T>(T*, T*, const int32_t*, const float*, int, int, int, int,    \
+                                    cudaStream_t);                                               \
+  template cudaError_t SiluMul<T>(const T*, const T*, int, int, int, T*, cudaStream_t);          \
   template cudaError_t EmbeddingGather<T>(const T*, const int32_t*, int, int, T*, cudaStream_t);
 GQA_INSTANTIATE(__nv_bfloat16)
 GQA_INSTANTIATE(__half)

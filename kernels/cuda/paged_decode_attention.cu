@@ -10,8 +10,8 @@
 #include <cfloat>
 #include <cstdint>
 
-#include "gqa/kernels/paged_attention_cuda.h"
 #include "attention_tile.cuh"
+#include "gqa/kernels/paged_attention_cuda.h"
 #include "vec.cuh"
 
 namespace gqa::kernels::cuda {

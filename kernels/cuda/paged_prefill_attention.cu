@@ -29,9 +29,9 @@ struct PrefillSmem {
 template <typename T, int D>
 __device__ __forceinline__ void LoadTileBlock(const PagedKvView<T>& cache, int block, int kv_head,
                                               int tok0, int end, T* stage) {
-  const size_t base =
-      ((size_t(block) * cache.num_kv_heads + kv_head) * cache.block_size + tok0 % cache.block_size) *
-      D;
+  const size_t base = ((size_t(block) * cache.num_kv_heads + kv_head) * cache.block_size +
+                       tok0 % cache.block_size) *
+                      D;
   constexpr int kChunks = kTile * D / 8;
   for (int c = threadIdx.x; c < kChunks; c += kThreads) {
     const int t = c / (D / 8), col = (c % (D / 8)) * 8;
@@ -61,9 +61,10 @@ __global__ void __launch_bounds__(kThreads) PrefillKernel(PrefillAttentionArgs<T
   for (int i = threadIdx.x; i < kRowsPerBlock * D / 8; i += kThreads) {
     const int r = row0 + i / (D / 8), col = (i % (D / 8)) * 8;
     const bool valid = r < rows;
-    const size_t src = valid ? (size_t(q_begin + r / group) * args.num_heads + kv_head * group +
-                                r % group) * D + col
-                             : 0;
+    const size_t src =
+        valid
+            ? (size_t(q_begin + r / group) * args.num_heads + kv_head * group + r % group) * D + col
+            : 0;
     CpAsync16(q_smem + (i / (D / 8)) * kRow<D> + col, args.q + src, valid);
   }
   CpAsyncCommit();
@@ -102,9 +103,9 @@ __global__ void __launch_bounds__(kThreads) PrefillKernel(PrefillAttentionArgs<T
     __syncthreads();
     const int tok0 = j * kTile;
     if (tok0 < warp_max) {  // some row of this warp sees a key of the tile
-      AttendTile<T, D, 1>(q_smem + warp * 16 * kRow<D>, stages + (j % kStages) *
-                          PrefillSmem<D>::kStageElems, tok0, limit, tok0 + kTile > warp_min,
-                          scale_log2, st, lane);
+      AttendTile<T, D, 1>(q_smem + warp * 16 * kRow<D>,
+                          stages + (j % kStages) * PrefillSmem<D>::kStageElems, tok0, limit,
+                          tok0 + kTile > warp_min, scale_log2, st, lane);
     }
     __syncthreads();  // the stage is refilled next iteration
   }
@@ -119,8 +120,8 @@ __global__ void __launch_bounds__(kThreads) PrefillKernel(PrefillAttentionArgs<T
     const int row = row0 + warp * 16 + g + r * 8;
     if (row >= rows) continue;
     const float inv = total > 0.0f ? 1.0f / total : 0.0f;
-    T* dst = args.out + (size_t(q_begin + row / group) * args.num_heads + kv_head * group +
-                         row % group) * D;
+    T* dst = args.out +
+             (size_t(q_begin + row / group) * args.num_heads + kv_head * group + row % group) * D;
 #pragma unroll
     for (int dt = 0; dt < D / 8; ++dt) {
       *reinterpret_cast<uint32_t*>(dst + dt * 8 + 2 * tig) =

@@ -73,7 +73,6 @@ struct DeviceBuffer {
   size_t size;
 };
 
-
 // Relative L2 error ||out - ref|| / ||ref||; NaN when any output is not finite.
 template <typename T>
 double RelativeError(const std::vector<T>& out, const std::vector<float>& ref) {

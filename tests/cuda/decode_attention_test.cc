@@ -13,9 +13,9 @@
 #include <random>
 #include <vector>
 
+#include "cuda_test_util.h"
 #include "gqa/kernels/cpu_ops.h"
 #include "gqa/kernels/paged_attention_cuda.h"
-#include "cuda_test_util.h"
 
 namespace gqa::kernels::cuda {
 namespace {

@@ -57,8 +57,8 @@ void CheckRope(int tokens, int heads, int kv_heads, int head_dim, RopeScalingTyp
   k_d.Upload(k);
   pos_d.Upload(positions);
   freq_d.Upload(inv_freq);
-  CUDA_OK(ApplyRope<T>(q_d.ptr, k_d.ptr, pos_d.ptr, freq_d.ptr, tokens, heads, kv_heads,
-                       head_dim, nullptr));
+  CUDA_OK(ApplyRope<T>(q_d.ptr, k_d.ptr, pos_d.ptr, freq_d.ptr, tokens, heads, kv_heads, head_dim,
+                       nullptr));
   CUDA_OK(cudaDeviceSynchronize());
   auto q_ref = ToFloats(q), k_ref = ToFloats(k);
   cpu::ApplyRope(q_ref.data(), positions.data(), inv_freq.data(), tokens, heads, head_dim);

@@ -39,7 +39,8 @@ void CheckPrefill(const PrefillShape& shape) {
   std::shuffle(ids.begin(), ids.end(), Rng());
   std::vector<int32_t> tables(size_t(num_seqs) * max_blocks, 0);
   for (int s = 0, next = 0; s < num_seqs; ++s) {
-    for (int b = 0; b < (lens[s] + bs - 1) / bs; ++b) tables[size_t(s) * max_blocks + b] = ids[next++];
+    for (int b = 0; b < (lens[s] + bs - 1) / bs; ++b)
+      tables[size_t(s) * max_blocks + b] = ids[next++];
   }
   // Random K/V in every slot of the pool; slots past a sequence's length hold NaN.
   const size_t pool = size_t(pool_blocks) * kvh * bs * d;

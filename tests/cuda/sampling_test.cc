@@ -11,8 +11,8 @@ namespace gqa::kernels::cuda {
 namespace {
 
 // Samples every row on the GPU.
-std::vector<int32_t> GpuSample(const std::vector<float>& logits, const std::vector<SamplingRow>& rows,
-                               int vocab) {
+std::vector<int32_t> GpuSample(const std::vector<float>& logits,
+                               const std::vector<SamplingRow>& rows, int vocab) {
   DeviceBuffer<float> logits_d(logits.size());
   DeviceBuffer<SamplingRow> rows_d(rows.size());
   DeviceBuffer<int32_t> tokens_d(rows.size());

@@ -16,7 +16,7 @@
 
 namespace gqa::kernels::cuda {
 
-cudaError_t SampleTokens(const float* logits,       // [rows, vocab]
+cudaError_t SampleTokens(const float* logits,        // [rows, vocab]
                          const SamplingRow* params,  // [rows], device memory
                          int rows, int vocab,
                          int32_t* tokens,  // [rows]
