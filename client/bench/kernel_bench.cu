@@ -60,6 +60,28 @@ double Median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
+// Median seconds of `reps` runs of fn on `stream`, each between two CUDA events, after `warmup`.
+template <typename Fn>
+double MedianSeconds(Fn&& fn, int warmup, int reps, cudaStream_t stream = nullptr) {
+  for (int i = 0; i < warmup; ++i) fn(i);
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  std::vector<double> times;
+  for (int i = 0; i < reps; ++i) {
+    cudaEventRecord(start, stream);
+    fn(i);
+    cudaEventRecord(stop, stream);
+    cudaEventSynchronize(stop);
+    float ms;
+    cudaEventElapsedTime(&ms, start, stop);
+    times.push_back(ms * 1e-3);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return Median(times);
+}
+
 // Device-to-device copy bandwidth, counting bytes read plus written.
 double CopyBandwidth() {
   const size_t bytes = 2ull << 30;
@@ -67,22 +89,11 @@ double CopyBandwidth() {
   CHECK_CUDA(cudaMalloc(&a, bytes));
   CHECK_CUDA(cudaMalloc(&b, bytes));
   CHECK_CUDA(cudaMemset(a, 1, bytes));
-  cudaEvent_t start, stop;
-  cudaEventCreate(&start);
-  cudaEventCreate(&stop);
-  std::vector<double> times;
-  for (int i = 0; i < 23; ++i) {
-    cudaEventRecord(start);
-    CHECK_CUDA(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice));
-    cudaEventRecord(stop);
-    cudaEventSynchronize(stop);
-    float ms;
-    cudaEventElapsedTime(&ms, start, stop);
-    if (i >= 3) times.push_back(ms * 1e-3);
-  }
+  const double seconds = MedianSeconds(
+      [&](int) { CHECK_CUDA(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice)); }, 3, 20);
   cudaFree(a);
   cudaFree(b);
-  return 2.0 * bytes / Median(times);
+  return 2.0 * bytes / seconds;
 }
 
 struct Shape {
@@ -149,15 +160,6 @@ double TimeDecode(const Shape& s, int sm_count, double* kv_bytes, int* splits, d
   CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   for (int i = 0; i < 10; ++i) launch(i % copies, stream);
   CHECK_CUDA(cudaStreamSynchronize(stream));
-  cudaEvent_t start, stop;
-  cudaEventCreate(&start);
-  cudaEventCreate(&stop);
-  auto elapsed_us = [&] {
-    cudaEventSynchronize(stop);
-    float ms;
-    cudaEventElapsedTime(&ms, start, stop);
-    return ms * 1e3;
-  };
 #ifdef GQA_DECODE_TRACE
   for (int rep = 0; rep < 3; ++rep) {
     CHECK_CUDA(gqa::kernels::cuda::DecodeTraceReset());
@@ -174,13 +176,8 @@ double TimeDecode(const Shape& s, int sm_count, double* kv_bytes, int* splits, d
   }
 #endif
   // Eager: one call between two events, host launch cost included.
-  std::vector<double> eager;
-  for (int i = 0; i < 200; ++i) {
-    cudaEventRecord(start, stream);
-    launch(i % copies, stream);
-    cudaEventRecord(stop, stream);
-    eager.push_back(elapsed_us());
-  }
+  const double eager_us =
+      1e6 * MedianSeconds([&](int i) { launch(i % copies, stream); }, 0, 200, stream);
   // Graph: kGraphCalls calls captured once and replayed, as a server's decode step would be.
   constexpr int kGraphCalls = 20;
   cudaGraph_t graph;
@@ -190,17 +187,11 @@ double TimeDecode(const Shape& s, int sm_count, double* kv_bytes, int* splits, d
   CHECK_CUDA(cudaStreamEndCapture(stream, &graph));
   CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
   CHECK_CUDA(cudaGraphLaunch(exec, stream));
-  std::vector<double> replay;
-  for (int i = 0; i < 30; ++i) {
-    cudaEventRecord(start, stream);
-    CHECK_CUDA(cudaGraphLaunch(exec, stream));
-    cudaEventRecord(stop, stream);
-    replay.push_back(elapsed_us() / kGraphCalls);
-  }
+  *graph_us = 1e6 / kGraphCalls *
+              MedianSeconds([&](int) { CHECK_CUDA(cudaGraphLaunch(exec, stream)); }, 1, 30, stream);
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
   cudaStreamDestroy(stream);
-  *graph_us = Median(replay);
   for (auto& in : inst) {
     cudaFree(in.k);
     cudaFree(in.v);
@@ -210,7 +201,7 @@ double TimeDecode(const Shape& s, int sm_count, double* kv_bytes, int* splits, d
     cudaFree(in.lens);
     cudaFree(in.workspace);
   }
-  return Median(eager);
+  return eager_us;
 }
 
 struct PeerTimes {
@@ -254,25 +245,12 @@ double MatmulRate() {
     cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, a, CUDA_R_16BF, n, b, CUDA_R_16BF,
                  n, &zero, c, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
   };
-  for (int i = 0; i < 3; ++i) gemm();
-  cudaEvent_t start, stop;
-  cudaEventCreate(&start);
-  cudaEventCreate(&stop);
-  std::vector<double> times;
-  for (int i = 0; i < 10; ++i) {
-    cudaEventRecord(start);
-    gemm();
-    cudaEventRecord(stop);
-    cudaEventSynchronize(stop);
-    float ms;
-    cudaEventElapsedTime(&ms, start, stop);
-    times.push_back(ms * 1e-3);
-  }
+  const double seconds = MedianSeconds([&](int) { gemm(); }, 3, 10);
   cublasDestroy(handle);
   cudaFree(a);
   cudaFree(b);
   cudaFree(c);
-  return 2.0 * n * n * double(n) / Median(times);
+  return 2.0 * n * n * double(n) / seconds;
 }
 
 // Causal prefill of `batch` prompts of `len` tokens; returns the graph-replay us per call.
@@ -309,26 +287,13 @@ double TimePrefill(int kv_heads, int batch, int len) {
   args.num_heads = kHeads;
   args.max_query_len = len;
   args.scale = 1.0f / std::sqrt(float(kHeadDim));
-  cudaEvent_t start, stop;
-  cudaEventCreate(&start);
-  cudaEventCreate(&stop);
-  for (int i = 0; i < 3; ++i)
-    CHECK_CUDA(gqa::kernels::cuda::PagedPrefillAttention<T>(args, nullptr));
-  std::vector<double> times;
-  for (int i = 0; i < 20; ++i) {
-    cudaEventRecord(start);
-    CHECK_CUDA(gqa::kernels::cuda::PagedPrefillAttention<T>(args, nullptr));
-    cudaEventRecord(stop);
-    cudaEventSynchronize(stop);
-    float ms;
-    cudaEventElapsedTime(&ms, start, stop);
-    times.push_back(ms * 1e3);
-  }
+  const double seconds = MedianSeconds(
+      [&](int) { CHECK_CUDA(gqa::kernels::cuda::PagedPrefillAttention<T>(args, nullptr)); }, 3, 20);
   for (void* p :
        {(void*)k, (void*)v, (void*)q, (void*)out, (void*)tables, (void*)lens, (void*)starts}) {
     cudaFree(p);
   }
-  return Median(times);
+  return seconds * 1e6;
 }
 
 // Runs the PyTorch peer in prefill mode: "kv batch len" -> causal SDPA us.

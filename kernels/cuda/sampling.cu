@@ -23,30 +23,14 @@ __device__ __forceinline__ uint64_t Key(float logit, int id) {
   return (uint64_t(bits) << 32) | (0xffffffffu - uint32_t(id));
 }
 
-// Block-wide reductions; scratch holds 32 entries.
-__device__ float BlockMax(float v, float* scratch) {
-#pragma unroll
-  for (int o = 16; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
-  __syncthreads();
-  v = threadIdx.x < blockDim.x / 32 ? scratch[threadIdx.x] : -FLT_MAX;
-  if (threadIdx.x < 32) {
-#pragma unroll
-    for (int o = 16; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    if (threadIdx.x == 0) scratch[0] = v;
-  }
-  __syncthreads();
-  v = scratch[0];
-  __syncthreads();
-  return v;
-}
-
-__device__ uint64_t BlockMaxKey(uint64_t v, uint64_t* scratch) {
+// Block-wide maximum; `lowest` is the identity, scratch holds 32 entries.
+template <typename V>
+__device__ V BlockMax(V v, V lowest, V* scratch) {
 #pragma unroll
   for (int o = 16; o > 0; o /= 2) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
   if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
   __syncthreads();
-  v = threadIdx.x < blockDim.x / 32 ? scratch[threadIdx.x] : 0;
+  v = threadIdx.x < blockDim.x / 32 ? scratch[threadIdx.x] : lowest;
   if (threadIdx.x < 32) {
 #pragma unroll
     for (int o = 16; o > 0; o /= 2) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
@@ -137,14 +121,14 @@ __global__ void __launch_bounds__(kThreads)
   RowView row{logits + size_t(blockIdx.x) * vocab, vocab, 0.0f, 0.0f, 0};
   uint64_t best = 0;
   for (int i = threadIdx.x; i < vocab; i += blockDim.x) best = max(best, Key(row.logits[i], i));
-  best = BlockMaxKey(best, kscratch);
+  best = BlockMax<uint64_t>(best, 0, kscratch);
   if (p.temperature <= 0.0f || p.top_k == 1) {
     if (threadIdx.x == 0) tokens[blockIdx.x] = int32_t(0xffffffffu - uint32_t(best));
     return;
   }
   float local_max = -FLT_MAX;
   for (int i = threadIdx.x; i < vocab; i += blockDim.x) local_max = fmaxf(local_max, row.logits[i]);
-  row.max_logit = BlockMax(local_max, fscratch);
+  row.max_logit = BlockMax<float>(local_max, -FLT_MAX, fscratch);
   row.inv_temperature = 1.0f / p.temperature;
   uint64_t unused;
   if (p.top_k > 0 && p.top_k < vocab) {
