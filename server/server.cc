@@ -95,6 +95,28 @@ void BlockSignals() {
   pthread_sigmask(SIG_BLOCK, &set, nullptr);  // inherited by every thread started after this
 }
 
+// The model, the engine and what the service needs, built after the ports are open.
+struct LoadedModel {
+  ModelConfig config;
+  std::unique_ptr<Engine> engine;
+};
+
+absl::StatusOr<LoadedModel> LoadModel(const ServerConfig& sc, EngineMetrics& metrics) {
+  auto ckpt = Checkpoint::Load(sc.model_dir, sc.load_format, sc.dummy_seed);
+  if (!ckpt.ok()) return ckpt.status();
+  LoadedModel model{(*ckpt)->config(), nullptr};
+  auto backend = MakeBackend(sc, **ckpt);
+  if (!backend.ok()) return backend.status();
+  metrics.SetModelInfo(model.config, (*backend)->kv_spec(), sc.backend);
+  EngineConfig engine_config;
+  engine_config.scheduler = {sc.block_size, sc.max_num_seqs, sc.max_num_batched_tokens};
+  engine_config.limits = {model.config.vocab_size, MaxModelLen(sc, model.config)};
+  engine_config.eos_token_ids.assign(model.config.eos_token_ids.begin(),
+                                     model.config.eos_token_ids.end());
+  model.engine = std::make_unique<Engine>(engine_config, std::move(*backend), &metrics);
+  return model;  // the checkpoint goes: the CPU backend holds its own fp32 copy of the weights
+}
+
 }  // namespace
 
 bool ParseByteSize(const std::string& text, uint64_t* bytes) {
@@ -126,28 +148,16 @@ bool ParseByteSize(const std::string& text, uint64_t* bytes) {
 
 int RunServer(const ServerConfig& sc) {
   BlockSignals();
-  auto ckpt = Checkpoint::Load(sc.model_dir, sc.load_format, sc.dummy_seed);
-  if (!ckpt.ok()) return Fail(std::string(ckpt.status().message()));
-  const ModelConfig config = (*ckpt)->config();  // a copy: the checkpoint is released below
-  auto backend = MakeBackend(sc, **ckpt);
-  if (!backend.ok()) return Fail(std::string(backend.status().message()));
-
   MetricsRegistry registry;
   EngineMetrics metrics(registry);
-  metrics.SetModelInfo(config, (*backend)->kv_spec(), sc.backend);
-  EngineConfig engine_config;
-  engine_config.scheduler = {sc.block_size, sc.max_num_seqs, sc.max_num_batched_tokens};
-  engine_config.limits = {config.vocab_size, MaxModelLen(sc, config)};
-  engine_config.eos_token_ids.assign(config.eos_token_ids.begin(), config.eos_token_ids.end());
-  Engine engine(engine_config, std::move(*backend), &metrics);
-  ckpt->reset();  // the CPU backend holds its own fp32 copy of the weights
-
-  GenerationService service(&engine, {config, sc.model_dir, sc.default_max_new_tokens});
   std::atomic<bool> serving{false};
   MetricsHttpServer http(&registry, [&serving] { return serving.load(); });
   auto metrics_port = http.Start(sc.host, sc.metrics_port);
   if (!metrics_port.ok()) return Fail(std::string(metrics_port.status().message()));
 
+  // Listen first, so that health checks see NOT_SERVING (not a refused connection) while the
+  // model loads; Generate answers UNAVAILABLE until then.
+  GenerationService service;
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -159,13 +169,23 @@ int RunServer(const ServerConfig& sc) {
   if (!server || grpc_port == 0) {
     return Fail(absl::StrCat("cannot listen for gRPC on ", sc.host, ":", sc.port));
   }
+  server->GetHealthCheckService()->SetServingStatus(false);
+
+  absl::StatusOr<LoadedModel> model = LoadModel(sc, metrics);
+  if (!model.ok()) {
+    server->Shutdown();
+    return Fail(std::string(model.status().message()));
+  }
+  Engine& engine = *model->engine;
   engine.Start();
+  service.Attach(&engine, {model->config, sc.model_dir, sc.default_max_new_tokens});
   server->GetHealthCheckService()->SetServingStatus(true);
   serving.store(true);
-  LogLoaded(sc, config, engine.kv_spec(), engine_config.limits.max_model_len, grpc_port,
+  LogLoaded(sc, model->config, engine.kv_spec(), engine.config().limits.max_model_len, grpc_port,
             *metrics_port);
-  if (!sc.port_file.empty())
+  if (!sc.port_file.empty()) {
     std::ofstream(sc.port_file) << grpc_port << " " << *metrics_port << "\n";
+  }
 
   const int signal = WaitForSignal();
   spdlog::info("{}: draining (grace {} s)", signal == SIGTERM ? "SIGTERM" : "SIGINT",

@@ -190,10 +190,13 @@ uint64_t RandomSeed() {
 
 }  // namespace
 
-GenerationService::GenerationService(Engine* engine, ServiceInfo info)
-    : engine_(engine), info_(std::move(info)) {}
+void GenerationService::Attach(Engine* engine, ServiceInfo info) {
+  info_ = std::move(info);
+  engine_.store(engine, std::memory_order_release);
+}
 
-absl::StatusOr<Request> GenerationService::ToRequest(const pb::GenerateRequest& proto) const {
+absl::StatusOr<Request> GenerationService::ToRequest(const pb::GenerateRequest& proto,
+                                                     const Engine& engine) const {
   Request r;
   r.id = proto.request_id().empty()
              ? absl::StrCat("gen-", next_request_number_.load(), "-", RandomSeed() % 1000000)
@@ -219,7 +222,7 @@ absl::StatusOr<Request> GenerationService::ToRequest(const pb::GenerateRequest& 
         "stopping.stop: stop strings need a tokenizer, which this "
         "model does not have; use stopping.stop_token_ids");
   }
-  const int max_len = engine_->config().limits.max_model_len;
+  const int max_len = engine.config().limits.max_model_len;
   if (st.has_max_new_tokens()) {
     r.stopping.max_new_tokens = static_cast<int>(std::min<uint32_t>(st.max_new_tokens(), 1u << 30));
   } else {
@@ -234,11 +237,14 @@ absl::StatusOr<Request> GenerationService::ToRequest(const pb::GenerateRequest& 
 grpc::ServerWriteReactor<pb::GenerateResponse>* GenerationService::Generate(
     grpc::CallbackServerContext* /*context*/, const pb::GenerateRequest* proto) {
   next_request_number_.fetch_add(1);
-  absl::StatusOr<Request> request = ToRequest(*proto);
+  Engine* engine = engine_.load(std::memory_order_acquire);
+  absl::StatusOr<Request> request =
+      engine ? ToRequest(*proto, *engine)
+             : absl::UnavailableError("the model is still loading; retry shortly");
   if (request.ok() && !accepting_.load()) {
     request = absl::UnavailableError("the server is draining; retry elsewhere");
   }
-  auto reactor = std::make_shared<GenerateReactor>(engine_, request.ok() ? request->id : "");
+  auto reactor = std::make_shared<GenerateReactor>(engine, request.ok() ? request->id : "");
   if (request.ok()) {
     reactor->Start(*std::move(request));
   } else {
@@ -250,8 +256,14 @@ grpc::ServerWriteReactor<pb::GenerateResponse>* GenerationService::Generate(
 grpc::ServerUnaryReactor* GenerationService::GetModelInfo(grpc::CallbackServerContext* context,
                                                           const pb::GetModelInfoRequest*,
                                                           pb::ModelInfo* info) {
+  auto* reactor = context->DefaultReactor();
+  const Engine* engine = engine_.load(std::memory_order_acquire);
+  if (engine == nullptr) {
+    reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the model is still loading"));
+    return reactor;
+  }
   const ModelConfig& c = info_.config;
-  const KvCacheSpec& kv = engine_->kv_spec();
+  const KvCacheSpec& kv = engine->kv_spec();
   info->set_architecture(c.architecture_name);
   info->set_num_layers(c.num_layers);
   info->set_num_attention_heads(c.num_heads);
@@ -261,16 +273,15 @@ grpc::ServerUnaryReactor* GenerationService::GetModelInfo(grpc::CallbackServerCo
   info->set_hidden_size(c.hidden_size);
   info->set_intermediate_size(c.intermediate_size);
   info->set_vocab_size(c.vocab_size);
-  info->set_max_model_len(engine_->config().limits.max_model_len);
+  info->set_max_model_len(engine->config().limits.max_model_len);
   info->set_dtype(std::string(DTypeTorchName(c.dtype)));
   info->set_kv_block_size(kv.block_size);
   info->set_kv_blocks_total(kv.num_blocks);
   info->set_kv_token_capacity(kv.token_capacity());
-  info->set_backend(std::string(engine_->backend_name()));
+  info->set_backend(std::string(engine->backend_name()));
   info->set_model_path(info_.model_path);
   for (int id : c.eos_token_ids) info->add_eos_token_ids(id);
   info->set_has_tokenizer(false);
-  auto* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }

@@ -19,7 +19,10 @@ struct ServiceInfo {
 
 class GenerationService final : public gqa::v1::Generation::CallbackService {
  public:
-  GenerationService(Engine* engine, ServiceInfo info);
+  // Serves from the start; calls get UNAVAILABLE until Attach gives it a loaded model.
+  GenerationService() = default;
+  // Publishes the engine (which must outlive the service's calls) and what it serves.
+  void Attach(Engine* engine, ServiceInfo info);
 
   // New Generate calls get UNAVAILABLE from now on.
   void StopAccepting() { accepting_.store(false); }
@@ -31,10 +34,11 @@ class GenerationService final : public gqa::v1::Generation::CallbackService {
                                          gqa::v1::ModelInfo* response) override;
 
  private:
-  absl::StatusOr<Request> ToRequest(const gqa::v1::GenerateRequest& proto) const;
+  absl::StatusOr<Request> ToRequest(const gqa::v1::GenerateRequest& proto,
+                                    const Engine& engine) const;
 
-  Engine* engine_;
-  ServiceInfo info_;
+  ServiceInfo info_;                      // written once, before engine_ is published
+  std::atomic<Engine*> engine_{nullptr};  // null while the model loads
   std::atomic<bool> accepting_{true};
   std::atomic<uint64_t> next_request_number_{1};
 };
