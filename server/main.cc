@@ -4,6 +4,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "common/byte_size.h"
 #include "server.h"
 #include "spdlog/spdlog.h"
 

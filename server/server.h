@@ -28,9 +28,6 @@ struct ServerConfig {
   int drain_grace_seconds = 30;
 };
 
-// Parses "1073741824", "512MiB", "2GiB", "100MB".
-bool ParseByteSize(const std::string& text, uint64_t* bytes);
-
 // Runs until SIGTERM or SIGINT; returns the process exit code. Startup failures print one line.
 int RunServer(const ServerConfig& config);
 

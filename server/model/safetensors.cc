@@ -79,6 +79,14 @@ int64_t TensorView::numel() const {
   return n;
 }
 
+void ReleaseMappedPages(const TensorView& view) {
+  if (view.data == nullptr || view.nbytes == 0) return;
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(view.data) & ~(page - 1);
+  const uintptr_t end = reinterpret_cast<uintptr_t>(view.data) + view.nbytes;
+  ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);  // advisory
+}
+
 std::string ShapeToString(const std::vector<int64_t>& shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
 }
@@ -151,31 +159,66 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
   return result;
 }
 
-absl::Status WriteSafetensors(const std::filesystem::path& path,
-                              const std::vector<TensorToWrite>& tensors,
-                              const std::map<std::string, std::string>& metadata) {
+size_t TensorHeader::nbytes() const {
+  size_t n = DTypeSize(dtype);
+  for (int64_t d : shape) n *= static_cast<size_t>(d);
+  return n;
+}
+
+absl::StatusOr<std::unique_ptr<SafetensorsStreamWriter>> SafetensorsStreamWriter::Create(
+    const std::filesystem::path& path, std::vector<TensorHeader> tensors,
+    const std::map<std::string, std::string>& metadata) {
   json header = json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   uint64_t offset = 0;
   for (const auto& t : tensors) {
     header[t.name] = {{"dtype", std::string(DTypeName(t.dtype))},
                       {"shape", t.shape},
-                      {"data_offsets", {offset, offset + t.nbytes}}};
-    offset += t.nbytes;
+                      {"data_offsets", {offset, offset + t.nbytes()}}};
+    offset += t.nbytes();
   }
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) return absl::InternalError(absl::StrCat(path.string(), ": cannot create"));
+  auto writer = std::unique_ptr<SafetensorsStreamWriter>(new SafetensorsStreamWriter());
+  writer->path_ = path;
+  writer->tensors_ = std::move(tensors);
+  writer->out_.open(path, std::ios::binary | std::ios::trunc);
+  if (!writer->out_) return absl::InternalError(absl::StrCat(path.string(), ": cannot create"));
   const uint64_t header_len = text.size();
-  out.write(reinterpret_cast<const char*>(&header_len), 8);
-  out.write(text.data(), static_cast<std::streamsize>(text.size()));
-  for (const auto& t : tensors) {
-    out.write(static_cast<const char*>(t.data), static_cast<std::streamsize>(t.nbytes));
+  writer->out_.write(reinterpret_cast<const char*>(&header_len), 8);
+  writer->out_.write(text.data(), static_cast<std::streamsize>(text.size()));
+  return writer;
+}
+
+absl::Status SafetensorsStreamWriter::Append(const void* data, size_t nbytes) {
+  if (next_ >= tensors_.size() || tensors_[next_].nbytes() != nbytes) {
+    return absl::InternalError(
+        absl::StrCat(path_.string(), ": tensor ", next_, " does not match the header"));
   }
-  out.close();
-  if (!out) return absl::InternalError(absl::StrCat(path.string(), ": write failed"));
+  ++next_;
+  out_.write(static_cast<const char*>(data), static_cast<std::streamsize>(nbytes));
+  if (!out_) return absl::InternalError(absl::StrCat(path_.string(), ": write failed"));
   return absl::OkStatus();
+}
+
+absl::Status SafetensorsStreamWriter::Close() {
+  if (next_ != tensors_.size()) {
+    return absl::InternalError(
+        absl::StrCat(path_.string(), ": ", tensors_.size() - next_, " tensors never written"));
+  }
+  out_.close();
+  if (!out_) return absl::InternalError(absl::StrCat(path_.string(), ": write failed"));
+  return absl::OkStatus();
+}
+
+absl::Status WriteSafetensors(const std::filesystem::path& path,
+                              const std::vector<TensorToWrite>& tensors,
+                              const std::map<std::string, std::string>& metadata) {
+  std::vector<TensorHeader> headers;
+  for (const auto& t : tensors) headers.push_back({t.name, t.dtype, t.shape});
+  ASSIGN_OR_RETURN(auto writer, SafetensorsStreamWriter::Create(path, headers, metadata));
+  for (const auto& t : tensors) RETURN_IF_ERROR(writer->Append(t.data, t.nbytes));
+  return writer->Close();
 }
 
 }  // namespace gqa

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <string>
@@ -26,6 +27,10 @@ struct TensorView {
 };
 
 std::string ShapeToString(const std::vector<int64_t>& shape);
+
+// Tells the kernel a memory-mapped tensor's pages are not needed for now (they are re-read from
+// the file if touched again), so streaming through a large checkpoint keeps memory flat.
+void ReleaseMappedPages(const TensorView& view);
 
 // A read-only memory mapping of a whole file; unmapped on destruction.
 class MappedFile {
@@ -69,6 +74,34 @@ struct TensorToWrite {
   std::vector<int64_t> shape;
   const void* data;
   size_t nbytes;
+};
+
+// Name, dtype and shape of a tensor a streaming writer will receive.
+struct TensorHeader {
+  std::string name;
+  DType dtype;
+  std::vector<int64_t> shape;
+  size_t nbytes() const;
+};
+
+// Writes a safetensors file tensor by tensor: the header (all shapes known up front), then each
+// tensor's bytes in header order, so only one tensor need be in memory at a time.
+class SafetensorsStreamWriter {
+ public:
+  static absl::StatusOr<std::unique_ptr<SafetensorsStreamWriter>> Create(
+      const std::filesystem::path& path, std::vector<TensorHeader> tensors,
+      const std::map<std::string, std::string>& metadata);
+  // The next tensor's bytes; exactly its nbytes().
+  absl::Status Append(const void* data, size_t nbytes);
+  // Checks every tensor arrived and flushes.
+  absl::Status Close();
+
+ private:
+  SafetensorsStreamWriter() = default;
+  std::filesystem::path path_;
+  std::vector<TensorHeader> tensors_;
+  size_t next_ = 0;
+  std::ofstream out_;
 };
 
 // Writes a safetensors file (tensors in the given order, header padded to 8 bytes).

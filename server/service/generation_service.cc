@@ -282,6 +282,7 @@ grpc::ServerUnaryReactor* GenerationService::GetModelInfo(grpc::CallbackServerCo
   info->set_model_path(info_.model_path);
   for (int id : c.eos_token_ids) info->add_eos_token_ids(id);
   info->set_has_tokenizer(false);
+  info->set_converted_from_kv_heads(c.converted_from_kv_heads.value_or(0));
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }
