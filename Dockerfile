@@ -14,13 +14,13 @@ COPY server server
 COPY client client
 COPY tests tests
 RUN cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DGQA_CUDA=OFF -DGQA_BUILD_TESTS=OFF \
- && cmake --build build --target gqa-server gqa-cli gqa-make-checkpoint demo-model
+ && cmake --build build --target gqa-server gqa-cli gqa-convert gqa-make-checkpoint demo-model
 
 FROM debian:12-slim
 RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
       libgrpc++1.51 libgrpc29 libprotobuf32 libspdlog1.10 libcpp-httplib0.11 \
       libabsl20220623 ca-certificates && rm -rf /var/lib/apt/lists/*
-COPY --from=build /src/build/server/gqa-server /src/build/client/gqa-cli \
+COPY --from=build /src/build/server/gqa-server /src/build/client/gqa-cli /src/build/server/gqa-convert \
      /src/build/server/gqa-make-checkpoint /usr/local/bin/
 COPY --from=build /src/build/demo-model /opt/gqa/demo-model
 EXPOSE 50051 9090
