@@ -4,9 +4,11 @@
 #include <pcre2.h>
 
 #include <algorithm>
+#include <array>
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <queue>
 #include <sstream>
 #include <unordered_map>
 
@@ -167,7 +169,8 @@ struct Tokenizer::Impl {
     std::string content;
     int32_t id;
   };
-  std::vector<Added> added;  // longest first
+  std::vector<Added> added;                                    // longest first
+  std::array<std::vector<uint32_t>, 256> added_by_first_byte;  // indices into added
   std::vector<Step> normalizer, pre_tokenizer;
   std::vector<DecodeStep> decoder;
   std::optional<int32_t> bos_id;  // prepended by EncodePrompt
@@ -355,6 +358,9 @@ absl::Status Tokenizer::Impl::LoadAddedTokens(const json& tokens) {
   std::stable_sort(added.begin(), added.end(), [](const Added& a, const Added& b) {
     return a.content.size() > b.content.size();
   });
+  for (uint32_t i = 0; i < added.size(); ++i) {
+    if (!added[i].content.empty()) added_by_first_byte[uint8_t(added[i].content[0])].push_back(i);
+  }
   return absl::OkStatus();
 }
 
@@ -446,23 +452,50 @@ std::vector<int32_t> Tokenizer::Impl::BpeWord(const std::string& word) const {
     }
     pos += len;
   }
-  // Merge the lowest-ranked adjacent pair (leftmost on ties) until none is in the merges.
-  while (symbols.size() > 1) {
-    int32_t best_rank = INT32_MAX, merged = 0;
-    size_t best = 0;
-    for (size_t i = 0; i + 1 < symbols.size(); ++i) {
-      auto it = merges.find(PairKey(symbols[i], symbols[i + 1]));
-      if (it != merges.end() && it->second.first < best_rank) {
-        best_rank = it->second.first;
-        merged = it->second.second;
-        best = i;
-      }
-    }
-    if (best_rank == INT32_MAX) break;
-    symbols[best] = merged;
-    symbols.erase(symbols.begin() + best + 1);
+  // Merge the lowest-ranked adjacent pair, leftmost on ties, until no pair is in the merges:
+  // a min-heap of candidate pairs over a linked list of symbols, O(n log n) for long words.
+  const int n = static_cast<int>(symbols.size());
+  if (n < 2) return symbols;
+  std::vector<int> prev(n), next(n);
+  for (int i = 0; i < n; ++i) {
+    prev[i] = i - 1;
+    next[i] = i + 1 < n ? i + 1 : -1;
   }
-  return symbols;
+  struct Candidate {
+    int32_t rank;
+    int left;  // position of the left symbol; smaller = further left
+    int32_t left_id, right_id;
+    bool operator>(const Candidate& o) const {
+      return rank != o.rank ? rank > o.rank : left > o.left;
+    }
+  };
+  std::priority_queue<Candidate, std::vector<Candidate>, std::greater<>> heap;
+  auto push = [&](int left) {
+    const int right = left >= 0 ? next[left] : -1;
+    if (left < 0 || right < 0) return;
+    auto it = merges.find(PairKey(symbols[left], symbols[right]));
+    if (it != merges.end()) heap.push({it->second.first, left, symbols[left], symbols[right]});
+  };
+  for (int i = 0; i + 1 < n; ++i) push(i);
+  while (!heap.empty()) {
+    const Candidate c = heap.top();
+    heap.pop();
+    const int right = next[c.left];
+    // Stale: either symbol changed since this pair was queued.
+    if (symbols[c.left] != c.left_id || right < 0 || symbols[right] != c.right_id ||
+        symbols[c.left] == -1) {
+      continue;
+    }
+    symbols[c.left] = merges.at(PairKey(c.left_id, c.right_id)).second;
+    symbols[right] = -1;
+    next[c.left] = next[right];
+    if (next[right] >= 0) prev[next[right]] = c.left;
+    push(prev[c.left]);
+    push(c.left);
+  }
+  std::vector<int32_t> merged;
+  for (int i = 0; i >= 0; i = next[i]) merged.push_back(symbols[i]);
+  return merged;
 }
 
 void Tokenizer::Impl::EncodeWord(const std::string& word, std::vector<int32_t>& ids) const {
@@ -544,9 +577,9 @@ std::vector<int32_t> Tokenizer::Encode(std::string_view text) const {
   bool first = true;
   while (pos < text.size()) {
     const Impl::Added* hit = nullptr;
-    for (const auto& a : added) {  // longest first
-      if (!a.content.empty() && text.compare(pos, a.content.size(), a.content) == 0) {
-        hit = &a;
+    for (uint32_t i : impl_->added_by_first_byte[uint8_t(text[pos])]) {  // longest first
+      if (text.compare(pos, added[i].content.size(), added[i].content) == 0) {
+        hit = &added[i];
         break;
       }
     }
