@@ -13,7 +13,8 @@
 
 ABSL_FLAG(std::string, server, "localhost:50051", "gqa-server address");
 ABSL_FLAG(std::string, ids, "", "prompt token ids, comma-separated");
-ABSL_FLAG(std::string, text, "", "prompt text (needs a model with a tokenizer)");
+ABSL_FLAG(std::string, text, "", "prompt text (needs a model with a tokenizer.json)");
+ABSL_FLAG(std::vector<std::string>, stop, {}, "stop strings, comma-separated");
 ABSL_FLAG(int, max_new_tokens, -1, "tokens to generate (unset: the server's default)");
 ABSL_FLAG(double, temperature, 0.0, "0 = greedy");
 ABSL_FLAG(double, top_p, 1.0, "nucleus sampling mass in (0, 1]");
@@ -57,7 +58,10 @@ nlohmann::json ToJson(const pb::GenerateResponse& r) {
     j["timing"] = {{"queue_seconds", r.timing().queue_seconds()},
                    {"time_to_first_token_seconds", r.timing().time_to_first_token_seconds()},
                    {"total_seconds", r.timing().total_seconds()}};
-    if (r.finish_reason() == pb::FINISH_REASON_STOP_TOKEN) j["matched_stop"] = r.matched_stop();
+    if (r.finish_reason() == pb::FINISH_REASON_STOP_TOKEN ||
+        r.finish_reason() == pb::FINISH_REASON_STOP_STRING) {
+      j["matched_stop"] = r.matched_stop();
+    }
   }
   return j;
 }
@@ -92,12 +96,22 @@ pb::GenerateRequest BuildRequest(bool* ok) {
     st->set_max_new_tokens(absl::GetFlag(FLAGS_max_new_tokens));
   st->set_ignore_eos(absl::GetFlag(FLAGS_ignore_eos));
   *ok = *ok && ParseIds(absl::GetFlag(FLAGS_stop_token_ids), st->mutable_stop_token_ids());
+  for (const std::string& stop : absl::GetFlag(FLAGS_stop)) st->add_stop(stop);
   return req;
 }
 
-void PrintHuman(const pb::GenerateResponse& r) {
-  for (uint32_t id : r.token_ids()) std::cout << id << " " << std::flush;
+// Streams the text as it arrives; a model without a tokenizer sends none, so then the token ids
+// are printed instead.
+void PrintHuman(const pb::GenerateResponse& r, std::vector<uint32_t>& ids, bool& printed_text) {
+  ids.insert(ids.end(), r.token_ids().begin(), r.token_ids().end());
+  if (!r.text().empty()) {
+    std::cout << r.text() << std::flush;
+    printed_text = true;
+  }
   if (r.finish_reason() == pb::FINISH_REASON_UNSPECIFIED) return;
+  if (!printed_text) {
+    for (uint32_t id : ids) std::cout << id << " ";
+  }
   const auto& u = r.usage();
   const auto& t = r.timing();
   std::cout << "\n[" << pb::FinishReason_Name(r.finish_reason()) << "] prompt " << u.prompt_tokens()
@@ -110,7 +124,8 @@ void PrintHuman(const pb::GenerateResponse& r) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("gqa-cli --ids 1,2,3 [--max_new_tokens N] [--json] | --info");
+  absl::SetProgramUsageMessage(
+      "gqa-cli --text \"Hello\" | --ids 1,2,3 [--max_new_tokens N] [--stop s] [--json] | --info");
   absl::ParseCommandLine(argc, argv);
   auto channel =
       grpc::CreateChannel(absl::GetFlag(FLAGS_server), grpc::InsecureChannelCredentials());
@@ -129,11 +144,13 @@ int main(int argc, char** argv) {
       std::chrono::milliseconds(static_cast<int64_t>(absl::GetFlag(FLAGS_timeout) * 1e3)));
   auto reader = stub->Generate(&context, req);
   pb::GenerateResponse response;
+  std::vector<uint32_t> ids;
+  bool printed_text = false;
   while (reader->Read(&response)) {
     if (absl::GetFlag(FLAGS_json)) {
       std::cout << ToJson(response).dump() << "\n" << std::flush;
     } else {
-      PrintHuman(response);
+      PrintHuman(response, ids, printed_text);
     }
   }
   grpc::Status status = reader->Finish();

@@ -17,6 +17,7 @@
 #include "metrics/http_server.h"
 #include "service/generation_service.h"
 #include "spdlog/spdlog.h"
+#include "tokenizer/tokenizer.h"
 
 namespace gqa {
 namespace {
@@ -98,13 +99,19 @@ void BlockSignals() {
 // The model, the engine and what the service needs, built after the ports are open.
 struct LoadedModel {
   ModelConfig config;
+  std::unique_ptr<Tokenizer> tokenizer;  // when the model directory has tokenizer.json
   std::unique_ptr<Engine> engine;
 };
 
 absl::StatusOr<LoadedModel> LoadModel(const ServerConfig& sc, EngineMetrics& metrics) {
   auto ckpt = Checkpoint::Load(sc.model_dir, sc.load_format, sc.dummy_seed);
   if (!ckpt.ok()) return ckpt.status();
-  LoadedModel model{(*ckpt)->config(), nullptr};
+  LoadedModel model{(*ckpt)->config(), nullptr, nullptr};
+  if (std::filesystem::exists(std::filesystem::path(sc.model_dir) / "tokenizer.json")) {
+    auto tokenizer = Tokenizer::Load(sc.model_dir);
+    if (!tokenizer.ok()) return tokenizer.status();
+    model.tokenizer = std::move(*tokenizer);
+  }
   auto backend = MakeBackend(sc, **ckpt);
   if (!backend.ok()) return backend.status();
   metrics.SetModelInfo(model.config, (*backend)->kv_spec(), sc.backend);
@@ -113,6 +120,7 @@ absl::StatusOr<LoadedModel> LoadModel(const ServerConfig& sc, EngineMetrics& met
   engine_config.limits = {model.config.vocab_size, MaxModelLen(sc, model.config)};
   engine_config.eos_token_ids.assign(model.config.eos_token_ids.begin(),
                                      model.config.eos_token_ids.end());
+  engine_config.tokenizer = model.tokenizer.get();
   model.engine = std::make_unique<Engine>(engine_config, std::move(*backend), &metrics);
   return model;  // the checkpoint goes: the CPU backend holds its own fp32 copy of the weights
 }
@@ -151,7 +159,8 @@ int RunServer(const ServerConfig& sc) {
   }
   Engine& engine = *model->engine;
   engine.Start();
-  service.Attach(&engine, {model->config, sc.model_dir, sc.default_max_new_tokens});
+  service.Attach(&engine,
+                 {model->config, sc.model_dir, sc.default_max_new_tokens, model->tokenizer.get()});
   server->GetHealthCheckService()->SetServingStatus(true);
   serving.store(true);
   LogLoaded(sc, model->config, engine.kv_spec(), engine.config().limits.max_model_len, grpc_port,

@@ -57,10 +57,17 @@ absl::StatusOr<uint64_t> Engine::Submit(Request request) {
                      " tokens) needs ", needed_blocks, " KV blocks but the cache has only ",
                      allocator_.num_total()));
   }
+  if (!request.stopping.stop_strings.empty() && config_.tokenizer == nullptr) {
+    return absl::InvalidArgumentError("stopping.stop: stop strings need a tokenizer");
+  }
+  std::vector<std::string> stops = request.stopping.stop_strings;
   std::lock_guard lock(mu_);
   if (!accepting_) return absl::UnavailableError("the server is draining; retry elsewhere");
   const uint64_t id = next_id_++;
-  new_requests_.push_back(std::make_unique<Sequence>(std::move(request), id));
+  auto seq = std::make_unique<Sequence>(std::move(request), id);
+  if (config_.tokenizer)
+    seq->text = std::make_unique<TextStream>(config_.tokenizer, std::move(stops));
+  new_requests_.push_back(std::move(seq));
   ++in_flight_;
   wake_.notify_one();
   return id;
@@ -166,10 +173,16 @@ void Engine::Step() {
     Sequence& s = *c.seq;
     s.tokens.push_back((*sampled)[row++]);
     int32_t matched = 0;
-    if (const auto finish = CheckFinish(s, &matched)) {
-      finished.push_back({s.id, *finish, matched});
+    std::optional<int> stop_string;
+    if (s.text) s.pending_text = s.text->Add(s.tokens.back(), &stop_string);
+    if (stop_string) {
+      finished.push_back({s.id, FinishReason::kStopString, *stop_string});
+    } else if (const auto finish = CheckFinish(s, &matched)) {
+      if (s.text) s.pending_text += s.text->Flush(&stop_string);
+      finished.push_back({s.id, stop_string ? FinishReason::kStopString : *finish,
+                          stop_string ? *stop_string : matched});
     } else {
-      Emit(s, {s.tokens.back()}, std::nullopt);
+      Emit(s, {s.tokens.back()}, std::move(s.pending_text), std::nullopt);
     }
   }
   if (metrics_) {
@@ -182,7 +195,7 @@ void Engine::Step() {
   for (const Finished& f : finished) {
     std::unique_ptr<Sequence> seq = scheduler_.Remove(f.id);
     UpdateGauges();
-    Emit(*seq, {seq->tokens.back()}, f.reason, f.matched_stop);
+    Emit(*seq, {seq->tokens.back()}, std::move(seq->pending_text), f.reason, f.matched_stop);
     std::lock_guard lock(mu_);
     if (--in_flight_ == 0) idle_.notify_all();
   }
@@ -203,8 +216,8 @@ std::optional<FinishReason> Engine::CheckFinish(const Sequence& s, int32_t* matc
   return std::nullopt;
 }
 
-void Engine::Emit(Sequence& s, std::vector<int32_t> tokens, std::optional<FinishReason> finish,
-                  int32_t matched_stop) {
+void Engine::Emit(Sequence& s, std::vector<int32_t> tokens, std::string text,
+                  std::optional<FinishReason> finish, int32_t matched_stop) {
   const Clock::time_point now = Clock::now();
   if (!tokens.empty()) {
     if (metrics_) {
@@ -219,6 +232,7 @@ void Engine::Emit(Sequence& s, std::vector<int32_t> tokens, std::optional<Finish
   }
   TokenEvent event;
   event.new_tokens = std::move(tokens);
+  event.text = std::move(text);
   event.finish = finish;
   event.matched_stop = matched_stop;
   if (finish) {
@@ -241,7 +255,7 @@ void Engine::Finish(uint64_t seq_id, FinishReason reason, int32_t matched_stop) 
   std::unique_ptr<Sequence> seq = scheduler_.Remove(seq_id);
   if (!seq) return;
   UpdateGauges();
-  Emit(*seq, {}, reason, matched_stop);
+  Emit(*seq, {}, "", reason, matched_stop);
   std::lock_guard lock(mu_);
   if (--in_flight_ == 0) idle_.notify_all();
 }

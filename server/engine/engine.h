@@ -24,6 +24,7 @@ struct EngineConfig {
   SchedulerConfig scheduler;
   ModelLimits limits;
   std::vector<int32_t> eos_token_ids;
+  const Tokenizer* tokenizer = nullptr;  // text for each event, stop strings; may be null
 };
 
 class Engine {
@@ -54,8 +55,8 @@ class Engine {
   // Moves queued requests and cancellations into the scheduler; false once stopping.
   bool TakeInbox();
   void Step();
-  void Emit(Sequence& seq, std::vector<int32_t> tokens, std::optional<FinishReason> finish,
-            int32_t matched_stop = 0);
+  void Emit(Sequence& seq, std::vector<int32_t> tokens, std::string text,
+            std::optional<FinishReason> finish, int32_t matched_stop = 0);
   std::optional<FinishReason> CheckFinish(const Sequence& seq, int32_t* matched_stop) const;
   void Finish(uint64_t seq_id, FinishReason reason, int32_t matched_stop = 0);
   void FailStep(const SchedulerOutput& out, const absl::Status& status);

@@ -23,6 +23,7 @@ struct StoppingParams {
   int max_new_tokens = 0;  // >= 1 once the service has applied its default
   std::vector<int32_t> stop_token_ids;
   bool ignore_eos = false;
+  std::vector<std::string> stop_strings;  // need a tokenizer
 };
 
 enum class FinishReason { kLength, kEos, kStopToken, kStopString, kCancelled };
@@ -32,8 +33,9 @@ const char* FinishReasonName(FinishReason reason);  // "length", "eos", ... (met
 // One message to a request's client: new tokens, and on the last one the finish.
 struct TokenEvent {
   std::vector<int32_t> new_tokens;
+  std::string text;  // the new tokens' text, when the engine has a tokenizer
   std::optional<FinishReason> finish;
-  int32_t matched_stop = 0;  // the stop token id for kStopToken
+  int32_t matched_stop = 0;  // kStopToken: the token id; kStopString: index into stop_strings
   int prompt_tokens = 0;
   int completion_tokens = 0;
   int preemptions = 0;

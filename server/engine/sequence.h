@@ -2,10 +2,12 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <vector>
 
 #include "engine/request.h"
+#include "engine/text_stream.h"
 
 namespace gqa {
 
@@ -34,6 +36,8 @@ struct Sequence {
   std::optional<Clock::time_point> first_scheduled;
   std::optional<Clock::time_point> first_token;
   std::optional<Clock::time_point> last_token;
+  std::unique_ptr<TextStream> text;  // when the engine has a tokenizer
+  std::string pending_text;          // this step's text, until it is emitted
 };
 
 }  // namespace gqa

@@ -101,6 +101,7 @@ class GenerateReactor : public grpc::ServerWriteReactor<pb::GenerateResponse>,
     {
       std::lock_guard lock(mu_);
       for (int32_t t : event.new_tokens) pending_.add_token_ids(static_cast<uint32_t>(t));
+      pending_.mutable_text()->append(event.text);
       if (event.error) {
         final_status_ = grpc::Status(grpc::StatusCode::INTERNAL, *event.error);
       } else if (event.finish) {
@@ -134,7 +135,7 @@ class GenerateReactor : public grpc::ServerWriteReactor<pb::GenerateResponse>,
       finished_ = true;
       return Action::kFinish;
     }
-    if (pending_.token_ids_size() > 0 || final_pending_) {
+    if (pending_.token_ids_size() > 0 || !pending_.text().empty() || final_pending_) {
       in_flight_ = std::move(pending_);
       pending_.Clear();
       in_flight_.set_request_id(request_id_);
@@ -203,8 +204,14 @@ absl::StatusOr<Request> GenerationService::ToRequest(const pb::GenerateRequest& 
              : proto.request_id();
   switch (proto.prompt_case()) {
     case pb::GenerateRequest::kText:
-      return absl::InvalidArgumentError(
-          "prompt.text: this model has no tokenizer loaded; send prompt.token_ids");
+      if (info_.tokenizer == nullptr) {
+        return absl::InvalidArgumentError(
+            "prompt.text: this model has no tokenizer.json; send prompt.token_ids");
+      }
+      if (proto.text().empty())
+        return absl::InvalidArgumentError("prompt.text: the prompt is empty");
+      r.prompt = info_.tokenizer->EncodePrompt(proto.text());
+      break;
     case pb::GenerateRequest::kTokenIds:
       r.prompt.assign(proto.token_ids().ids().begin(), proto.token_ids().ids().end());
       break;
@@ -217,11 +224,17 @@ absl::StatusOr<Request> GenerationService::ToRequest(const pb::GenerateRequest& 
   r.sampling.top_k = s.top_k();
   r.sampling.seed = s.has_seed() ? s.seed() : RandomSeed();
   const auto& st = proto.stopping();
-  if (st.stop_size() > 0) {
+  if (st.stop_size() > 0 && info_.tokenizer == nullptr) {
     return absl::InvalidArgumentError(
-        "stopping.stop: stop strings need a tokenizer, which this "
-        "model does not have; use stopping.stop_token_ids");
+        "stopping.stop: stop strings need a tokenizer, which this model does not have; use "
+        "stopping.stop_token_ids");
   }
+  for (int i = 0; i < st.stop_size(); ++i) {
+    if (st.stop(i).empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("stopping.stop[", i, "]: empty string"));
+    }
+  }
+  r.stopping.stop_strings.assign(st.stop().begin(), st.stop().end());
   const int max_len = engine.config().limits.max_model_len;
   if (st.has_max_new_tokens()) {
     r.stopping.max_new_tokens = static_cast<int>(std::min<uint32_t>(st.max_new_tokens(), 1u << 30));
@@ -281,7 +294,7 @@ grpc::ServerUnaryReactor* GenerationService::GetModelInfo(grpc::CallbackServerCo
   info->set_backend(std::string(engine->backend_name()));
   info->set_model_path(info_.model_path);
   for (int id : c.eos_token_ids) info->add_eos_token_ids(id);
-  info->set_has_tokenizer(false);
+  info->set_has_tokenizer(info_.tokenizer != nullptr);
   info->set_converted_from_kv_heads(c.converted_from_kv_heads.value_or(0));
   reactor->Finish(grpc::Status::OK);
   return reactor;

@@ -8,6 +8,7 @@
 #include "engine/engine.h"
 #include "gqa/v1/generation.grpc.pb.h"
 #include "model/config.h"
+#include "tokenizer/tokenizer.h"
 
 namespace gqa {
 
@@ -15,6 +16,7 @@ struct ServiceInfo {
   ModelConfig config;
   std::string model_path;
   int default_max_new_tokens = 256;
+  const Tokenizer* tokenizer = nullptr;  // text prompts and stop strings need one
 };
 
 class GenerationService final : public gqa::v1::Generation::CallbackService {

@@ -171,6 +171,7 @@ struct Tokenizer::Impl {
   };
   std::vector<Added> added;                                    // longest first
   std::array<std::vector<uint32_t>, 256> added_by_first_byte;  // indices into added
+  std::vector<bool> special;                                   // by id
   std::vector<Step> normalizer, pre_tokenizer;
   std::vector<DecodeStep> decoder;
   std::optional<int32_t> bos_id;  // prepended by EncodePrompt
@@ -354,6 +355,10 @@ absl::Status Tokenizer::Impl::LoadAddedTokens(const json& tokens) {
     added.push_back({content, id});
     if (id >= static_cast<int32_t>(id_to_token.size())) id_to_token.resize(id + 1);
     id_to_token[id] = content;
+    if (t.value("special", false)) {
+      if (id >= static_cast<int32_t>(special.size())) special.resize(id + 1);
+      special[id] = true;
+    }
   }
   std::stable_sort(added.begin(), added.end(), [](const Added& a, const Added& b) {
     return a.content.size() > b.content.size();
@@ -665,6 +670,10 @@ std::optional<int32_t> Tokenizer::TokenId(std::string_view token) const {
   }
   if (auto it = impl_->vocab.find(std::string(token)); it != impl_->vocab.end()) return it->second;
   return std::nullopt;
+}
+
+bool Tokenizer::IsSpecial(int32_t id) const {
+  return id >= 0 && id < static_cast<int32_t>(impl_->special.size()) && impl_->special[id];
 }
 
 int Tokenizer::vocab_size() const { return static_cast<int>(impl_->id_to_token.size()); }

@@ -37,6 +37,8 @@ class Tokenizer {
   // U+FFFD the way `tokenizers` does.
   std::string Decode(const std::vector<int32_t>& ids) const;
   std::optional<int32_t> TokenId(std::string_view token) const;
+  // Added tokens marked special (BOS, EOS, ...): left out of generated text.
+  bool IsSpecial(int32_t id) const;
   int vocab_size() const;
 
  private:

@@ -8,6 +8,7 @@
 #include "model/checkpoint.h"
 #include "model/checkpoint_writer.h"
 #include "nlohmann/json.hpp"
+#include "tokenizer/train_bpe.h"
 
 ABSL_FLAG(std::string, out, "", "output directory");
 ABSL_FLAG(std::string, arch, "llama", "llama, mistral or qwen2");
@@ -28,6 +29,9 @@ ABSL_FLAG(int, eos, 1, "eos_token_id (-1: none)");
 ABSL_FLAG(int, bos, 0, "bos_token_id (-1: none)");
 ABSL_FLAG(uint64_t, seed, 0, "random seed");
 ABSL_FLAG(uint64_t, max_shard_bytes, 0, "shard the weights into files of at most this size");
+ABSL_FLAG(bool, tokenizer, false,
+          "also write a byte-level BPE tokenizer.json trained on a built-in text (<s> = 0, "
+          "</s> = 1)");
 
 namespace {
 
@@ -101,6 +105,13 @@ int main(int argc, char** argv) {
       !st.ok()) {
     std::cerr << "gqa-make-checkpoint: " << st.message() << "\n";
     return 1;
+  }
+  if (absl::GetFlag(FLAGS_tokenizer)) {
+    if (auto st = gqa::WriteTrainedTokenizer(absl::GetFlag(FLAGS_out), config.vocab_size);
+        !st.ok()) {
+      std::cerr << "gqa-make-checkpoint: " << st.message() << "\n";
+      return 1;
+    }
   }
   return 0;
 }

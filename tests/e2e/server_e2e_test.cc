@@ -12,6 +12,8 @@
 #include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "server_process.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/train_bpe.h"
 
 namespace gqa::testing {
 namespace {
@@ -317,6 +319,104 @@ TEST_F(ServerTest, CliStreamsJson) {
       RunCommand({GQA_CLI_BIN, "--server=" + server_->address(), "--ids=3,999"});
   EXPECT_NE(bad_code, 0);
   EXPECT_NE(bad_output.find("prompt.token_ids[1]"), std::string::npos) << bad_output;
+}
+
+// A model with a tokenizer.json: text in, text out, stop strings.
+class TextServerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    model_ = new TempDir();
+    ModelConfig config = TinyConfig(2);
+    config.vocab_size = 400;
+    WriteRandomCheckpoint(model_->path(), config, std::random_device{}());
+    ASSERT_TRUE(WriteTrainedTokenizer(model_->path(), config.vocab_size).ok());
+    tokenizer_ = Tokenizer::Load(model_->path())->release();
+    server_ = new ServerProcess(model_->path(), {});
+    ASSERT_TRUE(server_->started()) << server_->Log();
+  }
+  static void TearDownTestSuite() {
+    delete server_;
+    delete tokenizer_;
+    delete model_;
+  }
+  static pb::GenerateRequest TextRequest(const std::string& text, int max_new, uint64_t seed) {
+    pb::GenerateRequest req;
+    req.set_text(text);
+    req.mutable_stopping()->set_max_new_tokens(max_new);
+    req.mutable_stopping()->set_ignore_eos(true);
+    req.mutable_sampling()->set_temperature(1.0f);
+    req.mutable_sampling()->set_seed(seed);
+    return req;
+  }
+  static std::string Text(const Outcome& out) {
+    std::string text;
+    for (const auto& m : out.messages) text += m.text();
+    return text;
+  }
+
+  static TempDir* model_;
+  static Tokenizer* tokenizer_;
+  static ServerProcess* server_;
+};
+TempDir* TextServerTest::model_ = nullptr;
+Tokenizer* TextServerTest::tokenizer_ = nullptr;
+ServerProcess* TextServerTest::server_ = nullptr;
+
+TEST_F(TextServerTest, TextPromptStreamsTextThatDecodesTheTokens) {
+  auto stub = server_->Stub();
+  const std::string prompt = "Once upon a time, the model said: héllo 😀";
+  Outcome out = Generate(*stub, TextRequest(prompt, 40, 11));
+  ASSERT_TRUE(out.status.ok()) << out.status.error_message();
+  EXPECT_EQ(out.final_message().usage().prompt_tokens(), tokenizer_->EncodePrompt(prompt).size());
+  std::vector<int32_t> generated;
+  for (uint32_t id : out.tokens) {
+    if (!tokenizer_->IsSpecial(int32_t(id))) generated.push_back(int32_t(id));
+  }
+  EXPECT_EQ(Text(out), tokenizer_->Decode(generated));
+  grpc::ClientContext context;
+  pb::ModelInfo info;
+  ASSERT_TRUE(stub->GetModelInfo(&context, {}, &info).ok());
+  EXPECT_TRUE(info.has_tokenizer());
+}
+
+TEST_F(TextServerTest, StopStringEndsTheTextBeforeItAcrossChunks) {
+  auto stub = server_->Stub();
+  // Find a seed whose text is long enough to cut a stop string from its middle.
+  std::string full;
+  uint64_t seed = 0;
+  for (seed = 1; seed < 50 && full.size() < 12; ++seed) {
+    full = Text(Generate(*stub, TextRequest("The quick brown fox", 48, seed)));
+  }
+  --seed;
+  ASSERT_GE(full.size(), 12u) << "no seed gave enough text";
+  // A stop string of 3 bytes from the middle, on character boundaries.
+  size_t begin = full.size() / 2;
+  while (begin > 0 && (uint8_t(full[begin]) & 0xC0) == 0x80) --begin;
+  size_t end = begin + 1;
+  while (end < full.size() && (end - begin < 3 || (uint8_t(full[end]) & 0xC0) == 0x80)) ++end;
+  const std::string stop = full.substr(begin, end - begin);
+  const size_t first = full.find(stop);
+  auto req = TextRequest("The quick brown fox", 48, seed);
+  req.mutable_stopping()->add_stop("never appears \x01");
+  req.mutable_stopping()->add_stop(stop);
+  Outcome out = Generate(*stub, req);
+  ASSERT_TRUE(out.status.ok());
+  EXPECT_EQ(out.final_message().finish_reason(), pb::FINISH_REASON_STOP_STRING);
+  EXPECT_EQ(out.final_message().matched_stop(), 1u);
+  EXPECT_EQ(Text(out), full.substr(0, first)) << "stop " << stop;
+  EXPECT_EQ(Text(out).find(stop), std::string::npos);
+}
+
+TEST_F(TextServerTest, EmptyTextAndEmptyStopAreInvalid) {
+  auto stub = server_->Stub();
+  Outcome empty = Generate(*stub, TextRequest("", 4, 1));
+  EXPECT_EQ(empty.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(empty.status.error_message().rfind("prompt.text", 0), 0u);
+  auto req = TextRequest("hi", 4, 1);
+  req.mutable_stopping()->add_stop("");
+  Outcome bad_stop = Generate(*stub, req);
+  EXPECT_EQ(bad_stop.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(bad_stop.status.error_message().rfind("stopping.stop[0]", 0), 0u);
 }
 
 TEST(ServerLifecycleTest, SigtermDrainsRunningRequestsAndRefusesNewOnes) {
