@@ -25,8 +25,9 @@ echo
 echo "== gqa-cli --info"
 build/client/gqa-cli --server "localhost:$port" --info
 echo
-echo "== gqa-cli --ids 1,15,27,300 --max_new_tokens 32 --temperature 0.8 --seed 42"
-build/client/gqa-cli --server "localhost:$port" --ids 1,15,27,300 --max_new_tokens 32 \
+echo "== gqa-cli --text \"Once upon a time\" --max_new_tokens 32 --temperature 0.8 --seed 42"
+echo "   (random weights: the text is gibberish, but it is text, streamed as it is generated)"
+build/client/gqa-cli --server "localhost:$port" --text "Once upon a time" --max_new_tokens 32 \
   --temperature 0.8 --seed 42 --ignore_eos
 echo
 echo "== metrics: curl -s localhost:$metrics_port/metrics | grep gqa_step_duration_seconds_count"
@@ -37,5 +38,5 @@ if [ "${1:-}" = "--no-serve" ]; then
 else
   echo
   echo "gqa-server (pid $server_pid) keeps serving on localhost:$port; metrics on :$metrics_port."
-  echo "Try: build/client/gqa-cli --ids 5,6,7 --max_new_tokens 16.  Stop it: kill $server_pid"
+  echo "Try: build/client/gqa-cli --text \"Hello\" --max_new_tokens 16.  Stop it: kill $server_pid"
 fi
