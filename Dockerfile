@@ -5,7 +5,7 @@ FROM debian:12 AS build
 RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
       build-essential cmake ninja-build pkg-config libgrpc++-dev protobuf-compiler-grpc \
       libprotobuf-dev protobuf-compiler libabsl-dev libspdlog-dev libgtest-dev nlohmann-json3-dev \
-      libcpp-httplib-dev libpcre2-dev ca-certificates && rm -rf /var/lib/apt/lists/*
+      libcpp-httplib-dev libpcre2-dev libutf8proc-dev ca-certificates && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY CMakeLists.txt ./
 COPY proto proto
@@ -19,7 +19,7 @@ RUN cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DGQA_CUDA=OFF -DGQA
 FROM debian:12-slim
 RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
       libgrpc++1.51 libgrpc29 libprotobuf32 libspdlog1.10 libcpp-httplib0.11 \
-      libabsl20220623 libpcre2-8-0 ca-certificates && rm -rf /var/lib/apt/lists/*
+      libabsl20220623 libpcre2-8-0 libutf8proc2 ca-certificates && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/build/server/gqa-server /src/build/client/gqa-cli /src/build/server/gqa-convert \
      /src/build/server/gqa-make-checkpoint /usr/local/bin/
 COPY --from=build /src/build/demo-model /opt/gqa/demo-model

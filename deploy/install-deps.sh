@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git curl
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libabsl-dev libspdlog-dev libgtest-dev nlohmann-json3-dev libcpp-httplib-dev libpcre2-dev
+  libabsl-dev libspdlog-dev libgtest-dev nlohmann-json3-dev libcpp-httplib-dev libpcre2-dev libutf8proc-dev
 )
 PYTHON_PACKAGES=(python3 python3-venv python3-pip python3-torch)
 

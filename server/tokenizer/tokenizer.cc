@@ -2,6 +2,7 @@
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
+#include <utf8proc.h>
 
 #include <algorithm>
 #include <array>
@@ -78,7 +79,8 @@ enum class SplitBehavior { kIsolated, kRemoved, kMergedWithPrevious, kMergedWith
 
 // One normalizer or pre-tokenizer step.
 struct Step {
-  enum class Kind { kPrepend, kReplace, kSplit, kByteLevel, kMetaspace } kind;
+  enum class Kind { kPrepend, kReplace, kUnicode, kSplit, kByteLevel, kMetaspace } kind;
+  int unicode_options = 0;       // kUnicode: utf8proc flags for NFC, NFD, NFKC or NFKD
   std::string a, b;              // Prepend: a; Replace: a -> b; Metaspace: a = replacement
   std::shared_ptr<Regex> regex;  // Replace (regex pattern), Split, ByteLevel (use_regex)
   SplitBehavior behavior = SplitBehavior::kIsolated;
@@ -106,6 +108,18 @@ std::string ReplaceAll(std::string_view s, std::string_view from, std::string_vi
   }
   out.append(s.substr(pos));
   return out;
+}
+
+// NFC/NFD/NFKC/NFKD through utf8proc; invalid UTF-8 is left as it is.
+std::string UnicodeNormalize(const std::string& text, int options) {
+  utf8proc_uint8_t* out = nullptr;
+  const utf8proc_ssize_t n = utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(text.data()),
+                                          static_cast<utf8proc_ssize_t>(text.size()), &out,
+                                          static_cast<utf8proc_option_t>(options));
+  if (n < 0) return text;
+  std::string result(reinterpret_cast<char*>(out), static_cast<size_t>(n));
+  std::free(out);
+  return result;
 }
 
 // Splits pieces around the regex's matches.
@@ -275,6 +289,11 @@ absl::Status Tokenizer::Impl::LoadSteps(const json& spec, bool normalizer_side,
       ASSIGN_OR_RETURN(step.regex,
                        Regex::Compile(pattern.at("Regex").get<std::string>(), false, source));
     }
+  } else if (normalizer_side &&
+             (type == "NFC" || type == "NFD" || type == "NFKC" || type == "NFKD")) {
+    step.kind = Step::Kind::kUnicode;
+    step.unicode_options = UTF8PROC_STABLE | (type[2] == 'K' ? UTF8PROC_COMPAT : 0) |
+                           (type.back() == 'C' ? UTF8PROC_COMPOSE : UTF8PROC_DECOMPOSE);
   } else if (!normalizer_side && type == "Split") {
     step.kind = Step::Kind::kSplit;
     if (spec.value("invert", false)) return Unsupported(source, "Split with invert");
@@ -385,6 +404,8 @@ std::vector<std::string> Tokenizer::Impl::PreTokenize(std::string text, bool fir
     if (text.empty()) break;
     if (s.kind == Step::Kind::kPrepend) {
       text = s.a + text;
+    } else if (s.kind == Step::Kind::kUnicode) {
+      text = UnicodeNormalize(text, s.unicode_options);
     } else if (s.regex) {
       std::string out;
       size_t last = 0;

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Builds tokenizer fixtures with Hugging Face `tokenizers` and the expected encodings.
 
-Writes into OUT_DIR: byte_level/tokenizer.json (GPT-2 / Llama 3 / Qwen2 style: Split regex +
-ByteLevel pre-tokenizer, ByteLevel decoder, ignore_merges), sentencepiece/tokenizer.json
+Writes into OUT_DIR: byte_level/tokenizer.json (GPT-2 / Llama 3 style: Split regex +
+ByteLevel pre-tokenizer, ByteLevel decoder, ignore_merges), byte_level_nfc (the same behind
+Qwen2's NFC normalizer), sentencepiece/tokenizer.json
 (Llama 2 / Mistral style: Prepend + Replace normalizer, byte_fallback, Replace/ByteFallback/
 Fuse/Strip decoders), metaspace/tokenizer.json (Metaspace pre-tokenizer and decoder), each
 trained on corpus.txt with added special tokens, plus cases.json: texts (the corpus lines,
@@ -32,6 +33,13 @@ def byte_level(corpus):
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
     tok.train_from_iterator(corpus, trainer)
+    return tok
+
+
+def byte_level_nfc(corpus):
+    """Qwen2's layout: an NFC normalizer in front of the byte-level pipeline."""
+    tok = byte_level(corpus)
+    tok.normalizer = normalizers.NFC()
     return tok
 
 
@@ -79,8 +87,8 @@ def main():
     corpus = (HERE / "corpus.txt").read_text(encoding="utf-8").splitlines()
     texts = corpus + ["\n".join(corpus)] + random_texts(rng, 200) + ["", " ", "  leading", "a<s>b"]
     cases = {"texts": texts}
-    for name, build in (("byte_level", byte_level), ("sentencepiece", sentencepiece),
-                        ("metaspace", metaspace)):
+    for name, build in (("byte_level", byte_level), ("byte_level_nfc", byte_level_nfc),
+                        ("sentencepiece", sentencepiece), ("metaspace", metaspace)):
         tok = build(corpus * 3)
         (out / name).mkdir(parents=True, exist_ok=True)
         tok.save(str(out / name / "tokenizer.json"))
