@@ -720,7 +720,12 @@ std::string IncrementalDetokenizer::Flush() {
       tokenizer_->Decode(std::vector<int32_t>(ids_.begin() + prefix_, ids_.end()));
   read_ = ids_.size();
   prefix_ = read_;
-  return after.size() > before.size() ? after.substr(before.size()) : "";
+  if (after.compare(0, before.size(), before) != 0) {
+    // A trailing incomplete byte-fallback character turned its whole byte run into U+FFFD;
+    // what was sent stands, and the unfinished tail shows as one replacement character.
+    return "\xEF\xBF\xBD";
+  }
+  return after.substr(before.size());
 }
 
 }  // namespace gqa

@@ -28,8 +28,10 @@ int RunCases(const gqa::Tokenizer& tokenizer, const std::string& path) {
     std::string streamed;
     for (int32_t id : ids) streamed += stream.Add({id});
     streamed += stream.Flush();
-    // Streaming any prefix, then flushing, gives that prefix's full decode (every prefix of short
-    // texts, 32 spread over long ones).
+    // Streaming any prefix that ends on a whole character, then flushing, gives that prefix's
+    // full decode (every prefix of short texts, 32 spread over long ones). A prefix that ends
+    // inside a byte-fallback character is skipped: `tokenizers` then turns the whole byte run,
+    // already complete characters included, into U+FFFD, which no stream can take back.
     bool prefixes_ok = true;
     const size_t step = ids.size() <= 128 ? 1 : ids.size() / 32;
     for (size_t k = 1; k <= ids.size() && prefixes_ok; k += step) {
@@ -37,7 +39,9 @@ int RunCases(const gqa::Tokenizer& tokenizer, const std::string& path) {
       std::string text;
       for (size_t i = 0; i < k; ++i) text += partial.Add({ids[i]});
       text += partial.Flush();
-      prefixes_ok = text == tokenizer.Decode(std::vector<int32_t>(ids.begin(), ids.begin() + k));
+      const std::string full = tokenizer.Decode(std::vector<int32_t>(ids.begin(), ids.begin() + k));
+      if (full.size() >= 3 && full.compare(full.size() - 3, 3, "\xEF\xBF\xBD") == 0) continue;
+      prefixes_ok = text == full;
     }
     out.push_back({{"ids", ids},
                    {"decoded", tokenizer.Decode(ids)},
