@@ -175,30 +175,6 @@ TEST_F(ServerTest, PreemptionUnderASmallPoolKeepsOutputsIdentical) {
   EXPECT_EQ(small.Metric("gqa_kv_cache_usage_ratio"), 0);
 }
 
-TEST_F(ServerTest, CancellationFreesBlocks) {
-  auto stub = server_->Stub();
-  const double cancelled_before =
-      server_->Metric("gqa_requests_finished_total{finish_reason=\"cancelled\"}");
-  grpc::ClientContext context;
-  auto reader = stub->Generate(&context, MakeRequest(8, 500));
-  pb::GenerateResponse r;
-  ASSERT_TRUE(reader->Read(&r));
-  EXPECT_GT(server_->Metric("gqa_kv_cache_usage_ratio"), 0);
-  context.TryCancel();
-  while (reader->Read(&r)) {
-  }
-  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (server_->Metric("gqa_requests_running") != 0 &&
-         std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  EXPECT_EQ(server_->Metric("gqa_requests_running"), 0);
-  EXPECT_EQ(server_->Metric("gqa_kv_cache_usage_ratio"), 0);
-  EXPECT_EQ(server_->Metric("gqa_requests_finished_total{finish_reason=\"cancelled\"}"),
-            cancelled_before + 1);
-}
-
 TEST_F(ServerTest, BadInputGetsInvalidArgumentNamingTheField) {
   auto stub = server_->Stub();
   std::vector<std::pair<pb::GenerateRequest, std::string>> cases;
@@ -419,14 +395,48 @@ TEST_F(TextServerTest, EmptyTextAndEmptyStopAreInvalid) {
   EXPECT_EQ(bad_stop.status.error_message().rfind("stopping.stop[0]", 0), 0u);
 }
 
-TEST(ServerLifecycleTest, SigtermDrainsRunningRequestsAndRefusesNewOnes) {
-  TempDir model;
+// A model slow enough on one CPU thread (milliseconds per token) that a long request is still
+// running when the test acts on it.
+void WriteSlowModel(const std::filesystem::path& dir) {
   ModelConfig config = TinyConfig(2);
-  config.num_layers = 8;  // slow enough that the request is still running when SIGTERM lands
+  config.num_layers = 8;
   config.hidden_size = 512;
   config.intermediate_size = 1024;
   config.head_dim = 64;
-  WriteRandomCheckpoint(model.path(), config);
+  WriteRandomCheckpoint(dir, config);
+}
+
+TEST(ServerLifecycleTest, CancellationFreesBlocks) {
+  TempDir model;
+  WriteSlowModel(model.path());
+  ServerProcess server(model.path(), {"--cpu_threads=1"});
+  ASSERT_TRUE(server.started()) << server.Log();
+  auto stub = server.Stub();
+  const double cancelled_before =
+      server.Metric("gqa_requests_finished_total{finish_reason=\"cancelled\"}");
+  grpc::ClientContext context;
+  auto reader = stub->Generate(&context, MakeRequest(8, 500));
+  pb::GenerateResponse r;
+  ASSERT_TRUE(reader->Read(&r));
+  EXPECT_GT(server.Metric("gqa_kv_cache_usage_ratio"), 0);
+  context.TryCancel();
+  while (reader->Read(&r)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (server.Metric("gqa_requests_running") != 0 &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_EQ(server.Metric("gqa_requests_running"), 0);
+  EXPECT_EQ(server.Metric("gqa_kv_cache_usage_ratio"), 0);
+  EXPECT_EQ(server.Metric("gqa_requests_finished_total{finish_reason=\"cancelled\"}"),
+            cancelled_before + 1);
+}
+
+TEST(ServerLifecycleTest, SigtermDrainsRunningRequestsAndRefusesNewOnes) {
+  TempDir model;
+  WriteSlowModel(model.path());
   ServerProcess server(model.path(), {"--cpu_threads=1"});
   ASSERT_TRUE(server.started()) << server.Log();
   auto stub = server.Stub();
