@@ -60,13 +60,14 @@ absl::StatusOr<uint64_t> Engine::Submit(Request request) {
   if (!request.stopping.stop_strings.empty() && config_.tokenizer == nullptr) {
     return absl::InvalidArgumentError("stopping.stop: stop strings need a tokenizer");
   }
-  std::vector<std::string> stops = request.stopping.stop_strings;
   std::lock_guard lock(mu_);
   if (!accepting_) return absl::UnavailableError("the server is draining; retry elsewhere");
   const uint64_t id = next_id_++;
   auto seq = std::make_unique<Sequence>(std::move(request), id);
-  if (config_.tokenizer)
-    seq->text = std::make_unique<TextStream>(config_.tokenizer, std::move(stops));
+  if (config_.tokenizer) {
+    seq->text = std::make_unique<TextStream>(config_.tokenizer,
+                                             std::move(seq->request.stopping.stop_strings));
+  }
   new_requests_.push_back(std::move(seq));
   ++in_flight_;
   wake_.notify_one();

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <random>
 #include <vector>
 
@@ -99,6 +100,34 @@ std::vector<float> ToFloats(const std::vector<T>& v) {
   std::vector<float> f(v.size());
   for (size_t i = 0; i < v.size(); ++i) f[i] = ToFloat(v[i]);
   return f;
+}
+
+// Block tables for sequences of the given lengths: shuffled block ids drawn from a pool twice
+// as large as needed, so no table is contiguous. [num_seqs, max_blocks], unused entries 0.
+struct ShuffledTables {
+  std::vector<int32_t> tables;
+  int max_blocks = 0;
+  int pool_blocks = 0;
+};
+
+inline ShuffledTables MakeShuffledTables(const std::vector<int32_t>& lens, int block_size) {
+  ShuffledTables t;
+  int total = 0;
+  for (int len : lens) {
+    total += (len + block_size - 1) / block_size;
+    t.max_blocks = std::max(t.max_blocks, (len + block_size - 1) / block_size);
+  }
+  t.pool_blocks = 2 * total;
+  std::vector<int32_t> ids(t.pool_blocks);
+  std::iota(ids.begin(), ids.end(), 0);
+  std::shuffle(ids.begin(), ids.end(), Rng());
+  t.tables.assign(lens.size() * t.max_blocks, 0);
+  for (size_t s = 0, next = 0; s < lens.size(); ++s) {
+    for (int b = 0; b < (lens[s] + block_size - 1) / block_size; ++b) {
+      t.tables[s * t.max_blocks + b] = ids[next++];
+    }
+  }
+  return t;
 }
 
 }  // namespace gqa::kernels::cuda

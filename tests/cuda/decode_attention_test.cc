@@ -41,24 +41,10 @@ void CheckDecode(const Shape& shape) {
   const int num_seqs = static_cast<int>(shape.lens.size());
   const int kvh = shape.num_kv_heads, d = shape.head_dim, bs = shape.block_size;
   const int row = kvh * d;
-  std::vector<int> blocks_of(num_seqs);
-  int total_blocks = 0, max_blocks = 0, max_len = 0, total_tokens = 0;
-  for (int s = 0; s < num_seqs; ++s) {
-    blocks_of[s] = (shape.lens[s] + bs - 1) / bs;
-    total_blocks += blocks_of[s];
-    max_blocks = std::max(max_blocks, blocks_of[s]);
-    max_len = std::max(max_len, shape.lens[s]);
-    total_tokens += shape.lens[s];
-  }
-  // Shuffled block ids with as many spare blocks between them, so tables are not contiguous.
-  const int pool_blocks = 2 * total_blocks;
-  std::vector<int32_t> ids(pool_blocks);
-  std::iota(ids.begin(), ids.end(), 0);
-  std::shuffle(ids.begin(), ids.end(), Rng());
-  std::vector<int32_t> tables(size_t(num_seqs) * max_blocks, 0);
-  for (int s = 0, next = 0; s < num_seqs; ++s) {
-    for (int b = 0; b < blocks_of[s]; ++b) tables[size_t(s) * max_blocks + b] = ids[next++];
-  }
+  const int max_len = *std::max_element(shape.lens.begin(), shape.lens.end());
+  const int total_tokens = std::accumulate(shape.lens.begin(), shape.lens.end(), 0);
+  auto [tables, max_blocks, pool_blocks] =
+      MakeShuffledTables(std::vector<int32_t>(shape.lens.begin(), shape.lens.end()), bs);
   auto slot_of = [&](int s, int p) {
     return int64_t(tables[size_t(s) * max_blocks + p / bs]) * bs + p % bs;
   };

@@ -25,23 +25,13 @@ void CheckPrefill(const PrefillShape& shape) {
   const int num_seqs = int(shape.query_lens.size());
   const int kvh = shape.num_kv_heads, d = shape.head_dim, bs = shape.block_size;
   std::vector<int32_t> lens(num_seqs), query_start(num_seqs + 1, 0);
-  int max_blocks = 0, total_blocks = 0, max_q = 0;
+  int max_q = 0;
   for (int s = 0; s < num_seqs; ++s) {
     lens[s] = shape.query_lens[s] + shape.cached[s];
     query_start[s + 1] = query_start[s] + shape.query_lens[s];
-    max_blocks = std::max(max_blocks, (lens[s] + bs - 1) / bs);
-    total_blocks += (lens[s] + bs - 1) / bs;
     max_q = std::max(max_q, shape.query_lens[s]);
   }
-  const int pool_blocks = 2 * total_blocks;
-  std::vector<int32_t> ids(pool_blocks);
-  std::iota(ids.begin(), ids.end(), 0);
-  std::shuffle(ids.begin(), ids.end(), Rng());
-  std::vector<int32_t> tables(size_t(num_seqs) * max_blocks, 0);
-  for (int s = 0, next = 0; s < num_seqs; ++s) {
-    for (int b = 0; b < (lens[s] + bs - 1) / bs; ++b)
-      tables[size_t(s) * max_blocks + b] = ids[next++];
-  }
+  auto [tables, max_blocks, pool_blocks] = MakeShuffledTables(lens, bs);
   // Random K/V in every slot of the pool; slots past a sequence's length hold NaN.
   const size_t pool = size_t(pool_blocks) * kvh * bs * d;
   auto k_host = RandomVector<T>(pool), v_host = RandomVector<T>(pool);
