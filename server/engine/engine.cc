@@ -136,6 +136,9 @@ void Engine::Step() {
   const Clock::time_point start = Clock::now();
   SchedulerOutput out = scheduler_.Schedule();
   if (metrics_) metrics_->preemptions->Inc(static_cast<double>(out.preempted.size()));
+  // The step's blocks are allocated now: a client that reads this step's token must already see
+  // them in the gauges.
+  UpdateGauges();
   if (out.empty()) return;
   std::vector<ForwardSeq> batch;
   std::vector<SamplingRow> rows;
