@@ -111,11 +111,12 @@ struct WarpState {
   }
 };
 
-// Issues the async copies of one 16-token tile of K and V (which lies in cache block `block`)
-// into a warp's stage buffer.
-template <typename T, int D>
+// Issues this warp's share of the async copies of one 16-token tile of K and V (which lies in
+// cache block `block`) into a stage buffer: warp `part` of the kParts warps that share the stage
+// copies rows part * 16 / kParts ... .
+template <typename T, int D, int kParts = 1>
 __device__ __forceinline__ void LoadTile(const PagedKvView<T>& cache, int block, int kv_head,
-                                         int tok0, int end, T* stage, int lane) {
+                                         int tok0, int end, T* stage, int lane, int part = 0) {
   const size_t base = ((size_t(block) * cache.num_kv_heads + kv_head) * cache.block_size +
                        tok0 % cache.block_size) *
                       D;
@@ -123,14 +124,15 @@ __device__ __forceinline__ void LoadTile(const PagedKvView<T>& cache, int block,
   // + kRowsPerPass, ...: one address computation, then constant strides.
   constexpr int kLanesPerRow = D / 8;
   constexpr int kRowsPerPass = 32 / kLanesPerRow;
-  const int row = lane / kLanesPerRow;
+  constexpr int kPasses = kTile / kRowsPerPass / kParts;
+  const int row = part * kPasses * kRowsPerPass + lane / kLanesPerRow;
   const int col = (lane % kLanesPerRow) * 8;
   const T* k_src = cache.k + base + size_t(row) * D + col;
   const T* v_src = cache.v + base + size_t(row) * D + col;
   T* k_dst = stage + row * kRow<D> + col;
   T* v_dst = k_dst + kTile * kRow<D>;
 #pragma unroll
-  for (int pass = 0; pass < kTile / kRowsPerPass; ++pass) {
+  for (int pass = 0; pass < kPasses; ++pass) {
     const bool valid = tok0 + row + pass * kRowsPerPass < end;
     CpAsync16(k_dst + pass * kRowsPerPass * kRow<D>, k_src + pass * kRowsPerPass * D, valid);
     CpAsync16(v_dst + pass * kRowsPerPass * kRow<D>, v_src + pass * kRowsPerPass * D, valid);
@@ -231,10 +233,11 @@ __device__ __forceinline__ void AttendTile(const T* q_smem, const T* stage, int 
   }
 }
 
-// Writes one warp's state to shared memory for the block-wide merge.
-template <int D, int QT>
-__device__ __forceinline__ void StoreWarpState(WarpState<D, QT>& st, float* merge, int lane) {
-  constexpr int kRows = 16 * QT;
+// Writes one warp's state (query rows first_row ... first_row + 16 * QT - 1) into a merge region
+// of kRows rows: [kRows] running max, [kRows] sum, [kRows][D] unnormalized output, all fp32.
+template <int D, int QT, int kRows>
+__device__ __forceinline__ void StoreWarpState(WarpState<D, QT>& st, float* merge, int first_row,
+                                               int lane) {
   float* row_max = merge;
   float* row_sum = merge + kRows;
   float* out = merge + 2 * kRows;
@@ -246,7 +249,7 @@ __device__ __forceinline__ void StoreWarpState(WarpState<D, QT>& st, float* merg
       float total = st.sum[mt][r];
       total += __shfl_xor_sync(0xffffffffu, total, 1);
       total += __shfl_xor_sync(0xffffffffu, total, 2);
-      const int row = mt * 16 + g + r * 8;
+      const int row = first_row + mt * 16 + g + r * 8;
       if (tig == 0) {
         row_max[row] = st.max[mt][r];
         row_sum[row] = total;

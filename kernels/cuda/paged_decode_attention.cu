@@ -1,12 +1,14 @@
 // Grouped-query decode attention over the paged KV cache (one query token per sequence).
 //
 // Grid: (split, KV head, sequence). Block: 4 warps. The block loads the group's query rows
-// (group = num_heads / num_kv_heads, padded to 16 or 32 rows) into shared memory once; each warp
-// then streams its own 16-token tiles of K and V (a tile lies inside one cache block, so it is
-// 16 contiguous rows of head_dim) through a 3-stage cp.async pipeline into warp-private shared
-// memory, and runs S = Q.K^T and O += P.V on tensor cores with an online softmax in fp32. Each
-// K/V byte is read from DRAM once for the whole group. The warps' partial results are merged in
-// shared memory; with several splits, a second kernel merges the splits by log-sum-exp.
+// (group = num_heads / num_kv_heads, padded to 16 or 32 rows) into shared memory once. The warps
+// form teams, one warp per 16-row query tile (4 teams of 1 for groups up to 16, 2 teams of 2
+// above); each team streams its own 16-token tiles of K and V (a tile lies inside one cache
+// block, so it is 16 contiguous rows of head_dim) through a 3-stage cp.async pipeline into
+// team-private shared memory, and each warp runs S = Q.K^T and O += P.V for its query tile on
+// tensor cores with an online softmax in fp32. Each K/V byte is read from DRAM once for the whole
+// group. The teams' partial results are merged in shared memory; with several splits, a second
+// kernel merges the splits by log-sum-exp.
 #include <cfloat>
 #include <cstdint>
 
@@ -51,28 +53,33 @@ __device__ __forceinline__ unsigned long long GlobalTimer() {
 
 template <int D, int QT>
 struct Smem {
-  static constexpr int kRows = 16 * QT;                               // query rows
+  static constexpr int kRows = 16 * QT;       // query rows
+  static constexpr int kTeams = kWarps / QT;  // pipelines: QT warps share each one
   static constexpr size_t kQueryBytes = size_t(kRows) * kRow<D> * 2;  // [kRows][kRow]
   static constexpr size_t kStageElems = size_t(2) * kTile * kRow<D>;  // K then V tile
-  static constexpr size_t kPipeBytes = size_t(kWarps) * kStages * kStageElems * 2;
-  // Per warp: running max and sum per row, then its unnormalized output rows (fp32).
-  static constexpr size_t kMergeFloatsPerWarp = size_t(2) * kRows + size_t(kRows) * D;
-  // Then each warp's weight per row and each row's log-sum-exp.
+  static constexpr size_t kPipeBytes = size_t(kTeams) * kStages * kStageElems * 2;
+  // Per team: running max and sum per row, then its unnormalized output rows (fp32).
+  static constexpr size_t kMergeFloatsPerTeam = size_t(2) * kRows + size_t(kRows) * D;
+  // Then each team's weight per row and each row's log-sum-exp.
   static constexpr size_t kMergeBytes =
-      (kWarps * kMergeFloatsPerWarp + size_t(kWarps) * kRows + kRows) * 4;
+      (kTeams * kMergeFloatsPerTeam + size_t(kTeams) * kRows + kRows) * 4;
   static constexpr size_t kBytes =
       kQueryBytes + (kPipeBytes > kMergeBytes ? kPipeBytes : kMergeBytes);
 };
 
-// The cache block of each of a warp's next 32 tiles, one per lane: a warp's tiles are
-// warp, warp + kWarps, ... of the split; lane i holds the block of its (first + i)-th tile.
+// The cache block of each of a team's next 32 tiles, one per lane: a team's tiles are
+// team, team + teams, ... of the split; lane i holds the block of its (first + i)-th tile.
 __device__ __forceinline__ int PrefetchBlocks(const int32_t* table_row, int block_size, int begin,
-                                              int warp, int first, int my_tiles, int lane) {
+                                              int team, int teams, int first, int my_tiles,
+                                              int lane) {
   const int j = first + lane;
   if (j >= my_tiles) return 0;
-  return table_row[(begin + (warp + j * kWarps) * kTile) / block_size];
+  return table_row[(begin + (team + j * teams) * kTile) / block_size];
 }
 
+// QT is the number of 16-row query tiles (group <= 16: 1, else 2). The block's 4 warps form
+// kWarps / QT teams; the QT warps of a team share one K/V pipeline and each attends with its own
+// query tile, so a group of 32 costs each warp the work of a group of 16.
 template <typename T, int D, int QT>
 __global__ void __launch_bounds__(kThreads)
     DecodeKernel(DecodeAttentionArgs<T> args, int group, int split_tokens, int num_splits,
@@ -80,9 +87,10 @@ __global__ void __launch_bounds__(kThreads)
                  float* partial_lse) {  // [num_seqs, num_heads, num_splits], log2 units
   using Layout = Smem<D, QT>;
   constexpr int kRows = Layout::kRows;
+  constexpr int kTeams = Layout::kTeams;
   extern __shared__ __align__(16) unsigned char smem[];
   T* q_smem = reinterpret_cast<T*>(smem);                               // [kRows][kRow<D>]
-  T* pipe = reinterpret_cast<T*>(smem + Layout::kQueryBytes);           // per warp, per stage
+  T* pipe = reinterpret_cast<T*>(smem + Layout::kQueryBytes);           // per team, per stage
   float* merge = reinterpret_cast<float*>(smem + Layout::kQueryBytes);  // reuses the pipe
 
   TRACE_POINT(0);
@@ -96,23 +104,25 @@ __global__ void __launch_bounds__(kThreads)
 #endif
   const int split = blockIdx.x, kv_head = blockIdx.y, seq = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int team = warp / QT, query_tile = warp % QT;
   const int len = args.context_lens[seq];
   const int begin = split * split_tokens;
   const int end = min(len, begin + split_tokens);
   const int head0 = kv_head * group;
 
   const int num_tiles = begin < end ? (end - begin + kTile - 1) / kTile : 0;
-  const int my_tiles = num_tiles > warp ? (num_tiles - warp + kWarps - 1) / kWarps : 0;
-  T* stages = pipe + size_t(warp) * kStages * Layout::kStageElems;
+  const int my_tiles = num_tiles > team ? (num_tiles - team + kTeams - 1) / kTeams : 0;
+  T* stages = pipe + size_t(team) * kStages * Layout::kStageElems;
   const int32_t* table_row = args.cache.block_tables + size_t(seq) * args.cache.max_blocks_per_seq;
   const int bs = args.cache.block_size;
-  int blocks = PrefetchBlocks(table_row, bs, begin, warp, 0, my_tiles, lane);
-  auto load = [&](int j) {  // the warp's j-th tile into stage j % kStages
+  auto tile_start = [&](int j) { return begin + (team + j * kTeams) * kTile; };
+  int blocks = PrefetchBlocks(table_row, bs, begin, team, kTeams, 0, my_tiles, lane);
+  auto load = [&](int j) {  // this warp's share of the team's j-th tile into stage j % kStages
     if ((j & 31) == 0 && j > 0)
-      blocks = PrefetchBlocks(table_row, bs, begin, warp, j, my_tiles, lane);
+      blocks = PrefetchBlocks(table_row, bs, begin, team, kTeams, j, my_tiles, lane);
     const int block = __shfl_sync(0xffffffffu, blocks, j & 31);
-    LoadTile<T, D>(args.cache, block, kv_head, begin + (warp + j * kWarps) * kTile, end,
-                   stages + (j % kStages) * Layout::kStageElems, lane);
+    LoadTile<T, D, QT>(args.cache, block, kv_head, tile_start(j), end,
+                       stages + (j % kStages) * Layout::kStageElems, lane, query_tile);
   };
   // The group's query rows (zero past the group), then the first tiles: kStages async groups.
   const T* q = args.q + (size_t(seq) * args.num_heads + head0) * D;
@@ -130,49 +140,63 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
   TRACE_POINT(1);
 
-  WarpState<D, QT> st;
+  WarpState<D, 1> st;
   st.Init();
   const float scale_log2 = args.scale * kLog2e;
-  int limit[QT][2];  // every query row sees keys up to the split's end
-#pragma unroll
-  for (int mt = 0; mt < QT; ++mt) limit[mt][0] = limit[mt][1] = end;
-  for (int j = 0; j < my_tiles; ++j) {
+  const int limit[1][2] = {{end, end}};  // every query row sees keys up to the split's end
+  const T* my_query = q_smem + query_tile * 16 * kRow<D>;
+  // A single warp (QT = 1) runs its own pipeline. Teams of QT warps meet at a block barrier each
+  // tile (every warp runs team 0's count of iterations, the most): it makes every warp's share
+  // of tile j visible to its partners, and says that all are past tile j - 1, whose stage the
+  // next load refills.
+  const int iterations = QT == 1 ? my_tiles : (num_tiles + kTeams - 1) / kTeams;
+  for (int j = 0; j < iterations; ++j) {
     const int ahead = j + kStages - 1;
-    if (ahead < my_tiles) load(ahead);
-    CpAsyncCommit();
-    CpAsyncWait<kStages - 1>();
-    __syncwarp();
-    const int tok0 = begin + (warp + j * kWarps) * kTile;
-    AttendTile<T, D, QT>(q_smem, stages + (j % kStages) * Layout::kStageElems, tok0, limit,
-                         tok0 + kTile > end, scale_log2, st, lane);
-    __syncwarp();
+    if constexpr (QT == 1) {
+      if (ahead < my_tiles) load(ahead);
+      CpAsyncCommit();
+      CpAsyncWait<kStages - 1>();
+      __syncwarp();
+    } else {
+      CpAsyncWait<kStages - 2>();
+      __syncthreads();
+      if (ahead < my_tiles) load(ahead);
+      CpAsyncCommit();
+    }
+    if (j < my_tiles) {
+      const int tok0 = tile_start(j);
+      AttendTile<T, D, 1>(my_query, stages + (j % kStages) * Layout::kStageElems, tok0, limit,
+                          tok0 + kTile > end, scale_log2, st, lane);
+    }
+    if constexpr (QT == 1) __syncwarp();
   }
   CpAsyncWait<0>();
   __syncthreads();  // every warp is done with the pipe buffers: reuse them for the merge
   TRACE_POINT(2);
-  StoreWarpState<D, QT>(st, merge + warp * Layout::kMergeFloatsPerWarp, lane);
+  StoreWarpState<D, 1, kRows>(st, merge + team * Layout::kMergeFloatsPerTeam, query_tile * 16,
+                              lane);
   __syncthreads();
 
-  // Per row: the combined max, each warp's weight and the log-sum-exp, computed once.
-  float* warp_weight = merge + kWarps * Layout::kMergeFloatsPerWarp;  // [kWarps][kRows]
-  float* row_lse = warp_weight + kWarps * kRows;                      // [kRows]
+  // Per row: the combined max, each team's weight and the log-sum-exp, computed once.
+  float* team_weight = merge + kTeams * Layout::kMergeFloatsPerTeam;  // [kTeams][kRows]
+  float* row_lse = team_weight + kTeams * kRows;                      // [kRows]
   for (int row = threadIdx.x; row < group; row += kThreads) {
     float global_max = -INFINITY;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) {
-      global_max = fmaxf(global_max, merge[w * Layout::kMergeFloatsPerWarp + row]);
+    for (int t = 0; t < kTeams; ++t) {
+      global_max = fmaxf(global_max, merge[t * Layout::kMergeFloatsPerTeam + row]);
     }
     const float base = global_max == -INFINITY ? 0.0f : global_max;
-    float scale[kWarps], total = 0.0f;
+    float scale[kTeams], total = 0.0f;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) {
-      const float* m = merge + w * Layout::kMergeFloatsPerWarp;
-      scale[w] = exp2f(m[row] - base);
-      total += m[kRows + row] * scale[w];
+    for (int t = 0; t < kTeams; ++t) {
+      const float* m = merge + t * Layout::kMergeFloatsPerTeam;
+      scale[t] = exp2f(m[row] - base);
+      total += m[kRows + row] * scale[t];
     }
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w)
-      warp_weight[w * kRows + row] = total > 0.0f ? scale[w] / total : 0.0f;
+    for (int t = 0; t < kTeams; ++t)
+      team_weight[t * kRows + row] = total > 0.0f ? scale[t] / total : 0.0f;
     row_lse[row] = total > 0.0f ? base + log2f(total) : -INFINITY;
   }
   __syncthreads();
@@ -180,9 +204,9 @@ __global__ void __launch_bounds__(kThreads)
     const int row = i / D, d = i % D;
     float value = 0.0f;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) {
-      value += merge[w * Layout::kMergeFloatsPerWarp + 2 * kRows + row * D + d] *
-               warp_weight[w * kRows + row];
+    for (int t = 0; t < kTeams; ++t) {
+      value += merge[t * Layout::kMergeFloatsPerTeam + 2 * kRows + row * D + d] *
+               team_weight[t * kRows + row];
     }
     const size_t head = size_t(seq) * args.num_heads + head0 + row;
     if (num_splits == 1) {

@@ -197,6 +197,7 @@ TEST(DecodeAttentionCuda, SmallForSanitizers) {
   REQUIRE_GPU();
   CheckDecode<__nv_bfloat16>({8, 2, 128, 16, {1, 17, 40}, /*num_splits=*/2});
   CheckDecode<__nv_bfloat16>({32, 1, 64, 16, {33}});
+  CheckDecode<__nv_bfloat16>({32, 1, 128, 16, {200, 5}, /*num_splits=*/2});  // teams of 2
 }
 
 }  // namespace
