@@ -45,15 +45,15 @@ int NumKvBlocks(const ServerConfig& sc, const ModelConfig& c) {
 }
 
 absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(const ServerConfig& sc,
-                                                     const Checkpoint& ckpt) {
+                                                     std::shared_ptr<const Checkpoint> ckpt) {
   if (sc.backend != "cpu") {
     return absl::InvalidArgumentError(
         absl::StrCat("--backend=", sc.backend, ": this build has only the cpu backend"));
   }
   kernels::cpu::SetNumThreads(sc.cpu_threads);
-  const int blocks = NumKvBlocks(sc, ckpt.config());
+  const int blocks = NumKvBlocks(sc, ckpt->config());
   if (blocks < 1) return absl::InvalidArgumentError("--kv-cache-memory holds not even one block");
-  auto backend = CpuBackend::Create(ckpt, sc.block_size, blocks);
+  auto backend = CpuBackend::Create(std::move(ckpt), sc.block_size, blocks);
   if (!backend.ok()) return backend.status();
   return std::unique_ptr<Backend>(std::move(*backend));
 }
@@ -112,7 +112,7 @@ absl::StatusOr<LoadedModel> LoadModel(const ServerConfig& sc, EngineMetrics& met
     if (!tokenizer.ok()) return tokenizer.status();
     model.tokenizer = std::move(*tokenizer);
   }
-  auto backend = MakeBackend(sc, **ckpt);
+  auto backend = MakeBackend(sc, std::move(*ckpt));
   if (!backend.ok()) return backend.status();
   metrics.SetModelInfo(model.config, (*backend)->kv_spec(), sc.backend);
   EngineConfig engine_config;
@@ -122,7 +122,7 @@ absl::StatusOr<LoadedModel> LoadModel(const ServerConfig& sc, EngineMetrics& met
                                      model.config.eos_token_ids.end());
   engine_config.tokenizer = model.tokenizer.get();
   model.engine = std::make_unique<Engine>(engine_config, std::move(*backend), &metrics);
-  return model;  // the checkpoint goes: the CPU backend holds its own fp32 copy of the weights
+  return model;  // the backend keeps the checkpoint: it reads the mapped weights in place
 }
 
 }  // namespace

@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <vector>
 
@@ -8,17 +9,61 @@
 namespace gqa::kernels::cpu {
 namespace {
 
+// Stored weight elements, widened to fp32 exactly; written without branches so that the dot
+// product below still vectorizes.
+struct Half {
+  uint16_t bits;
+};
+struct BFloat16 {
+  uint16_t bits;
+};
+inline float Widen(float v) { return v; }
+inline float Widen(BFloat16 v) { return std::bit_cast<float>(uint32_t{v.bits} << 16); }
+inline float Widen(Half v) {
+  // Shift exponent and mantissa into place, then rebias the exponent by multiplying by 2^112
+  // (exact, and it also scales the half's subnormals into fp32 normals). Exponent 31 (inf, NaN)
+  // becomes 255.
+  const uint32_t magnitude = uint32_t{v.bits & 0x7fffu} << 13;
+  uint32_t bits = std::bit_cast<uint32_t>(std::bit_cast<float>(magnitude) * 0x1p112f);
+  bits |= (v.bits & 0x7c00u) == 0x7c00u ? 0x7f800000u : 0u;
+  return std::bit_cast<float>(bits | (uint32_t{v.bits & 0x8000u} << 16));
+}
+
 // Dot product with eight independent partial sums (vectorizes without -ffast-math); the order
-// depends only on k, never on the batch.
-inline float Dot(const float* a, const float* b, int k) {
+// depends only on k, never on the batch or the weights' stored type.
+template <typename W>
+inline float Dot(const float* a, const W* b, int k) {
   float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int i = 0;
   for (; i + 8 <= k; i += 8) {
-    for (int j = 0; j < 8; ++j) acc[j] += a[i + j] * b[i + j];
+    for (int j = 0; j < 8; ++j) acc[j] += a[i + j] * Widen(b[i + j]);
   }
   float sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-  for (; i < k; ++i) sum += a[i] * b[i];
+  for (; i < k; ++i) sum += a[i] * Widen(b[i]);
   return sum;
+}
+
+template <typename W>
+void MatmulAs(const float* x, const W* w, const float* bias, int m, int n, int k, float* y) {
+  // Output columns are split across threads; each thread streams its rows of w once for all m.
+  ParallelFor(n, 16, [&](int64_t n_begin, int64_t n_end) {
+    for (int64_t j = n_begin; j < n_end; ++j) {
+      const W* w_row = w + j * k;
+      const float b = bias ? bias[j] : 0.0f;
+      for (int i = 0; i < m; ++i) {
+        y[static_cast<size_t>(i) * n + j] = Dot(x + static_cast<size_t>(i) * k, w_row, k) + b;
+      }
+    }
+  });
+}
+
+template <typename W>
+void GatherAs(const W* table, const int32_t* ids, int tokens, int hidden, float* out) {
+  for (int t = 0; t < tokens; ++t) {
+    const W* row = table + static_cast<size_t>(ids[t]) * hidden;
+    float* dst = out + static_cast<size_t>(t) * hidden;
+    for (int i = 0; i < hidden; ++i) dst[i] = Widen(row[i]);
+  }
 }
 
 inline void NormalizeRow(const float* x, const float* weight, int dim, float eps, float* out) {
@@ -43,17 +88,17 @@ void AddRmsNorm(const float* x, float* residual, const float* weight, int rows, 
   RmsNorm(residual, weight, rows, dim, eps, out);
 }
 
-void Matmul(const float* x, const float* w, const float* bias, int m, int n, int k, float* y) {
-  // Output columns are split across threads; each thread streams its rows of w once for all m.
-  ParallelFor(n, 16, [&](int64_t n_begin, int64_t n_end) {
-    for (int64_t j = n_begin; j < n_end; ++j) {
-      const float* w_row = w + j * k;
-      const float b = bias ? bias[j] : 0.0f;
-      for (int i = 0; i < m; ++i) {
-        y[static_cast<size_t>(i) * n + j] = Dot(x + static_cast<size_t>(i) * k, w_row, k) + b;
-      }
-    }
-  });
+float HalfToFloat(uint16_t h) { return Widen(Half{h}); }
+
+void Matmul(const float* x, WeightView w, const float* bias, int m, int n, int k, float* y) {
+  switch (w.type) {
+    case WeightType::kF32:
+      return MatmulAs(x, static_cast<const float*>(w.data), bias, m, n, k, y);
+    case WeightType::kF16:
+      return MatmulAs(x, static_cast<const Half*>(w.data), bias, m, n, k, y);
+    case WeightType::kBF16:
+      return MatmulAs(x, static_cast<const BFloat16*>(w.data), bias, m, n, k, y);
+  }
 }
 
 void ApplyRope(float* x, const int32_t* positions, const float* inv_freq, int tokens, int heads,
@@ -85,10 +130,14 @@ void SiluMul(const float* gate, const float* up, int rows, int dim, float* out) 
   }
 }
 
-void EmbeddingGather(const float* table, const int32_t* ids, int tokens, int hidden, float* out) {
-  for (int t = 0; t < tokens; ++t) {
-    std::copy_n(table + static_cast<size_t>(ids[t]) * hidden, hidden,
-                out + static_cast<size_t>(t) * hidden);
+void EmbeddingGather(WeightView table, const int32_t* ids, int tokens, int hidden, float* out) {
+  switch (table.type) {
+    case WeightType::kF32:
+      return GatherAs(static_cast<const float*>(table.data), ids, tokens, hidden, out);
+    case WeightType::kF16:
+      return GatherAs(static_cast<const Half*>(table.data), ids, tokens, hidden, out);
+    case WeightType::kBF16:
+      return GatherAs(static_cast<const BFloat16*>(table.data), ids, tokens, hidden, out);
   }
 }
 

@@ -62,7 +62,7 @@ int main(int argc, char** argv) {
     prompt.push_back(id);
   }
   const int bs = absl::GetFlag(FLAGS_block_size);
-  auto backend = gqa::CpuBackend::Create(**ckpt, bs, kNumBlocks);
+  auto backend = gqa::CpuBackend::Create(std::move(*ckpt), bs, kNumBlocks);
   if (!backend.ok() || prompt.empty()) return 2;
   int next_block = kNumBlocks - 1;
   nlohmann::json out;

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <numeric>
 #include <random>
@@ -9,6 +10,7 @@
 
 #include "gqa/kernels/cpu_ops.h"
 #include "gqa/kernels/rope.h"
+#include "model/dtype.h"
 
 namespace gqa::kernels::cpu {
 namespace {
@@ -159,6 +161,47 @@ TEST(CpuOpsTest, MatmulWithBias) {
     }
   }
   EXPECT_LT(RelativeError(y, ref), 1e-6);
+}
+
+TEST(CpuOpsTest, HalfToFloatMatchesTheReferenceOnEveryBitPattern) {
+  for (uint32_t h = 0; h <= 0xffff; ++h) {
+    const float got = HalfToFloat(static_cast<uint16_t>(h));
+    const float want = gqa::HalfToFloat(static_cast<uint16_t>(h));  // frexp/ldexp, independent
+    if (std::isnan(want)) {
+      EXPECT_TRUE(std::isnan(got)) << std::hex << h;
+    } else {
+      EXPECT_EQ(std::bit_cast<uint32_t>(got), std::bit_cast<uint32_t>(want)) << std::hex << h;
+    }
+  }
+}
+
+// F16 and BF16 weights used in place give bitwise the results of their fp32 values.
+TEST(CpuOpsTest, MatmulAndGatherOnStoredWeightsEqualTheirFp32Values) {
+  const int m = 3, n = 21, k = 37;  // k not a multiple of 8: the tail runs too
+  auto x = Random(m * k), b = Random(n);
+  auto w = Random(n * k);
+  for (int i = 0; i < 8; ++i) w[i] *= 1e-6f;  // F16 subnormals
+  std::vector<uint16_t> half(w.size()), bf16(w.size());
+  std::vector<float> half_values(w.size()), bf16_values(w.size());
+  for (size_t i = 0; i < w.size(); ++i) {
+    half[i] = gqa::FloatToHalf(w[i]);
+    bf16[i] = gqa::FloatToBFloat16(w[i]);
+    half_values[i] = gqa::HalfToFloat(half[i]);
+    bf16_values[i] = gqa::BFloat16ToFloat(bf16[i]);
+  }
+  const std::vector<int32_t> ids = {4, 0, 20, 4};
+  for (auto [stored, values] :
+       {std::pair{WeightView{half.data(), WeightType::kF16}, &half_values},
+        std::pair{WeightView{bf16.data(), WeightType::kBF16}, &bf16_values}}) {
+    std::vector<float> y(m * n), ref(m * n);
+    Matmul(x.data(), stored, b.data(), m, n, k, y.data());
+    Matmul(x.data(), values->data(), b.data(), m, n, k, ref.data());
+    EXPECT_EQ(y, ref);
+    std::vector<float> rows(ids.size() * k), ref_rows(ids.size() * k);
+    EmbeddingGather(stored, ids.data(), static_cast<int>(ids.size()), k, rows.data());
+    EmbeddingGather(values->data(), ids.data(), static_cast<int>(ids.size()), k, ref_rows.data());
+    EXPECT_EQ(rows, ref_rows);
+  }
 }
 
 TEST(CpuOpsTest, RopeRotatesHalvesAndPreservesNorm) {

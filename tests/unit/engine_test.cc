@@ -62,7 +62,7 @@ class EngineTest : public ::testing::Test {
   }
 
   std::unique_ptr<Engine> MakeEngine(int num_blocks, EngineMetrics* metrics = nullptr) {
-    auto backend = CpuBackend::Create(*ckpt_, /*block_size=*/4, num_blocks);
+    auto backend = CpuBackend::Create(ckpt_, /*block_size=*/4, num_blocks);
     EngineConfig config;
     config.scheduler = {4, 64, 256};
     config.limits = {ckpt_->config().vocab_size, 512};
@@ -85,7 +85,7 @@ class EngineTest : public ::testing::Test {
   }
 
   testing::TempDir dir_;
-  std::unique_ptr<Checkpoint> ckpt_;
+  std::shared_ptr<const Checkpoint> ckpt_;
 };
 
 TEST_F(EngineTest, OutputsAreTheSameAloneBatchedAndPreempted) {

@@ -19,48 +19,81 @@ std::vector<float> ToFloat(const TensorView& t) {
 
 const float* OrNull(const std::vector<float>& v) { return v.empty() ? nullptr : v.data(); }
 
+kernels::cpu::WeightType WeightTypeOf(DType dtype) {
+  switch (dtype) {
+    case DType::kF16:
+      return kernels::cpu::WeightType::kF16;
+    case DType::kBF16:
+      return kernels::cpu::WeightType::kBF16;
+    case DType::kF32:
+      break;
+  }
+  return kernels::cpu::WeightType::kF32;
+}
+
+// Reads one byte of every page, so that a mapped tensor is in memory before the first request
+// instead of faulting in during it.
+void TouchPages(const TensorView& t) {
+  constexpr size_t kPage = 4096;
+  volatile std::byte sink{};
+  for (size_t offset = 0; offset < t.nbytes; offset += kPage) sink = t.data[offset];
+  (void)sink;
+}
+
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<CpuBackend>> CpuBackend::Create(const Checkpoint& checkpoint,
-                                                               int block_size, int num_blocks) {
-  const ModelConfig& c = checkpoint.config();
+absl::StatusOr<std::unique_ptr<CpuBackend>> CpuBackend::Create(
+    std::shared_ptr<const Checkpoint> checkpoint, int block_size, int num_blocks) {
   if (block_size <= 0 || num_blocks <= 0) {
     return absl::InvalidArgumentError("KV cache needs a positive block size and block count");
   }
-  auto backend = std::unique_ptr<CpuBackend>(new CpuBackend(c));
+  auto backend = std::unique_ptr<CpuBackend>(new CpuBackend(std::move(checkpoint)));
+  const ModelConfig& c = backend->config_;
   backend->spec_ =
       KvCacheSpec{block_size, num_blocks, c.num_kv_heads, c.head_dim, c.num_layers, DType::kF32};
   backend->inv_freq_ = kernels::RopeInverseFrequencies(c.rope_theta, c.head_dim, c.rope_scaling);
-  backend->LoadWeights(checkpoint);
+  backend->LoadWeights();
   return backend;
 }
 
-void CpuBackend::LoadWeights(const Checkpoint& ckpt) {
+CpuBackend::WeightView CpuBackend::Matrix(const std::string& name) {
+  const TensorView& t = checkpoint_->Get(name);
+  if (reinterpret_cast<uintptr_t>(t.data) % DTypeSize(t.dtype) != 0) {
+    widened_.push_back(ToFloat(t));
+    return {widened_.back().data(), kernels::cpu::WeightType::kF32};
+  }
+  TouchPages(t);
+  return {t.data, WeightTypeOf(t.dtype)};
+}
+
+void CpuBackend::LoadWeights() {
+  const Checkpoint& ckpt = *checkpoint_;
   auto get = [&](const std::string& name) { return ToFloat(ckpt.Get(name)); };
   auto get_if = [&](bool present, int l, const char* suffix) {
     return present ? get(LayerTensorName(l, suffix)) : std::vector<float>{};
   };
-  embed_ = get("model.embed_tokens.weight");
+  auto matrix = [&](int l, const char* suffix) { return Matrix(LayerTensorName(l, suffix)); };
+  embed_ = Matrix("model.embed_tokens.weight");
   final_norm_ = get("model.norm.weight");
-  if (!config_.tie_word_embeddings) lm_head_ = get("lm_head.weight");
+  lm_head_ = config_.tie_word_embeddings ? embed_ : Matrix("lm_head.weight");
   const size_t cache_elems = static_cast<size_t>(spec_.num_blocks) * spec_.num_kv_heads *
                              spec_.block_size * spec_.head_dim;
   layers_.resize(config_.num_layers);
   for (int l = 0; l < config_.num_layers; ++l) {
     Layer& L = layers_[l];
     L.input_norm = get(LayerTensorName(l, "input_layernorm.weight"));
-    L.q = get(LayerTensorName(l, "self_attn.q_proj.weight"));
-    L.k = get(LayerTensorName(l, "self_attn.k_proj.weight"));
-    L.v = get(LayerTensorName(l, "self_attn.v_proj.weight"));
-    L.o = get(LayerTensorName(l, "self_attn.o_proj.weight"));
+    L.q = matrix(l, "self_attn.q_proj.weight");
+    L.k = matrix(l, "self_attn.k_proj.weight");
+    L.v = matrix(l, "self_attn.v_proj.weight");
+    L.o = matrix(l, "self_attn.o_proj.weight");
     L.q_bias = get_if(config_.qkv_bias, l, "self_attn.q_proj.bias");
     L.k_bias = get_if(config_.qkv_bias, l, "self_attn.k_proj.bias");
     L.v_bias = get_if(config_.qkv_bias, l, "self_attn.v_proj.bias");
     L.o_bias = get_if(config_.o_bias, l, "self_attn.o_proj.bias");
     L.post_norm = get(LayerTensorName(l, "post_attention_layernorm.weight"));
-    L.gate = get(LayerTensorName(l, "mlp.gate_proj.weight"));
-    L.up = get(LayerTensorName(l, "mlp.up_proj.weight"));
-    L.down = get(LayerTensorName(l, "mlp.down_proj.weight"));
+    L.gate = matrix(l, "mlp.gate_proj.weight");
+    L.up = matrix(l, "mlp.up_proj.weight");
+    L.down = matrix(l, "mlp.down_proj.weight");
     L.gate_bias = get_if(config_.mlp_bias, l, "mlp.gate_proj.bias");
     L.up_bias = get_if(config_.mlp_bias, l, "mlp.up_proj.bias");
     L.down_bias = get_if(config_.mlp_bias, l, "mlp.down_proj.bias");
@@ -93,11 +126,10 @@ CpuBackend::StepInputs CpuBackend::Flatten(std::span<const ForwardSeq> batch) co
 
 void CpuBackend::Attention(Layer& L, const StepInputs& in, Activations& act, int n) {
   const ModelConfig& c = config_;
-  cpu::Matmul(act.normed.data(), L.q.data(), OrNull(L.q_bias), n, c.q_size(), c.hidden_size,
-              act.q.data());
-  cpu::Matmul(act.normed.data(), L.k.data(), OrNull(L.k_bias), n, c.kv_size(), c.hidden_size,
+  cpu::Matmul(act.normed.data(), L.q, OrNull(L.q_bias), n, c.q_size(), c.hidden_size, act.q.data());
+  cpu::Matmul(act.normed.data(), L.k, OrNull(L.k_bias), n, c.kv_size(), c.hidden_size,
               act.k.data());
-  cpu::Matmul(act.normed.data(), L.v.data(), OrNull(L.v_bias), n, c.kv_size(), c.hidden_size,
+  cpu::Matmul(act.normed.data(), L.v, OrNull(L.v_bias), n, c.kv_size(), c.hidden_size,
               act.v.data());
   cpu::ApplyRope(act.q.data(), in.positions.data(), inv_freq_.data(), n, c.num_heads, c.head_dim);
   cpu::ApplyRope(act.k.data(), in.positions.data(), inv_freq_.data(), n, c.num_kv_heads,
@@ -110,19 +142,19 @@ void CpuBackend::Attention(Layer& L, const StepInputs& in, Activations& act, int
   cpu::PagedAttention(act.q.data(), cache, in.query_start.data(), in.context_lens.data(),
                       static_cast<int>(in.context_lens.size()), c.num_heads, scale,
                       act.attn.data());
-  cpu::Matmul(act.attn.data(), L.o.data(), OrNull(L.o_bias), n, c.hidden_size, c.q_size(),
+  cpu::Matmul(act.attn.data(), L.o, OrNull(L.o_bias), n, c.hidden_size, c.q_size(),
               act.proj.data());
 }
 
 void CpuBackend::Mlp(const Layer& L, Activations& act, int n) {
   const ModelConfig& c = config_;
-  cpu::Matmul(act.normed.data(), L.gate.data(), OrNull(L.gate_bias), n, c.intermediate_size,
-              c.hidden_size, act.gate.data());
-  cpu::Matmul(act.normed.data(), L.up.data(), OrNull(L.up_bias), n, c.intermediate_size,
-              c.hidden_size, act.up.data());
+  cpu::Matmul(act.normed.data(), L.gate, OrNull(L.gate_bias), n, c.intermediate_size, c.hidden_size,
+              act.gate.data());
+  cpu::Matmul(act.normed.data(), L.up, OrNull(L.up_bias), n, c.intermediate_size, c.hidden_size,
+              act.up.data());
   cpu::SiluMul(act.gate.data(), act.up.data(), n, c.intermediate_size, act.gate.data());
-  cpu::Matmul(act.gate.data(), L.down.data(), OrNull(L.down_bias), n, c.hidden_size,
-              c.intermediate_size, act.proj.data());
+  cpu::Matmul(act.gate.data(), L.down, OrNull(L.down_bias), n, c.hidden_size, c.intermediate_size,
+              act.proj.data());
 }
 
 void CpuBackend::ComputeLogits(const StepInputs& in, const Activations& act) {
@@ -134,8 +166,7 @@ void CpuBackend::ComputeLogits(const StepInputs& in, const Activations& act) {
                 rows.data() + static_cast<size_t>(r) * h);
   }
   logits_.resize(static_cast<size_t>(logit_rows_) * config_.vocab_size);
-  const float* head = config_.tie_word_embeddings ? embed_.data() : lm_head_.data();
-  cpu::Matmul(rows.data(), head, nullptr, logit_rows_, config_.vocab_size, h, logits_.data());
+  cpu::Matmul(rows.data(), lm_head_, nullptr, logit_rows_, config_.vocab_size, h, logits_.data());
 }
 
 absl::Status CpuBackend::Forward(std::span<const ForwardSeq> batch) {
@@ -159,7 +190,7 @@ absl::Status CpuBackend::Forward(std::span<const ForwardSeq> batch) {
   act.gate.resize(static_cast<size_t>(n) * c.intermediate_size);
   act.up.resize(act.gate.size());
 
-  cpu::EmbeddingGather(embed_.data(), in.token_ids.data(), n, c.hidden_size, act.residual.data());
+  cpu::EmbeddingGather(embed_, in.token_ids.data(), n, c.hidden_size, act.residual.data());
   cpu::RmsNorm(act.residual.data(), layers_[0].input_norm.data(), n, c.hidden_size, c.rms_norm_eps,
                act.normed.data());
   for (int l = 0; l < c.num_layers; ++l) {

@@ -1,5 +1,7 @@
-// The CPU backend: fp32 arithmetic over F32/F16/BF16 weights (converted to fp32 once at load),
-// an fp32 paged KV cache, the kernels/cpu reference ops.
+// The CPU backend: fp32 arithmetic over F32/F16/BF16 weights, an fp32 paged KV cache, the
+// kernels/cpu reference ops. The weight matrices are used in place, memory-mapped from the
+// checkpoint at their stored size (the ops widen each element to fp32 as they read it); only the
+// norm weights and biases are copied to fp32.
 #pragma once
 
 #include <memory>
@@ -8,14 +10,16 @@
 
 #include "absl/status/statusor.h"
 #include "backend/backend.h"
+#include "gqa/kernels/cpu_ops.h"
 #include "model/checkpoint.h"
 
 namespace gqa {
 
 class CpuBackend final : public Backend {
  public:
-  static absl::StatusOr<std::unique_ptr<CpuBackend>> Create(const Checkpoint& checkpoint,
-                                                            int block_size, int num_blocks);
+  // Keeps `checkpoint` (its mapped files) for as long as the backend lives.
+  static absl::StatusOr<std::unique_ptr<CpuBackend>> Create(
+      std::shared_ptr<const Checkpoint> checkpoint, int block_size, int num_blocks);
 
   std::string_view name() const override { return "cpu"; }
   const KvCacheSpec& kv_spec() const override { return spec_; }
@@ -24,9 +28,11 @@ class CpuBackend final : public Backend {
   absl::StatusOr<std::vector<float>> LogitsToHost() override { return logits_; }
 
  private:
+  using WeightView = kernels::cpu::WeightView;
   struct Layer {
-    std::vector<float> input_norm, q, k, v, o, q_bias, k_bias, v_bias, o_bias;
-    std::vector<float> post_norm, gate, up, down, gate_bias, up_bias, down_bias;
+    WeightView q, k, v, o, gate, up, down;  // [out_features, in_features] as stored
+    std::vector<float> input_norm, post_norm;
+    std::vector<float> q_bias, k_bias, v_bias, o_bias, gate_bias, up_bias, down_bias;
     std::vector<float> k_cache, v_cache;  // [num_blocks, num_kv_heads, block_size, head_dim]
   };
   // Per-step inputs, flattened over the batch.
@@ -41,17 +47,22 @@ class CpuBackend final : public Backend {
     std::vector<float> residual, normed, q, k, v, attn, proj, gate, up;
   };
 
-  explicit CpuBackend(const ModelConfig& config) : config_(config) {}
-  void LoadWeights(const Checkpoint& checkpoint);
+  explicit CpuBackend(std::shared_ptr<const Checkpoint> checkpoint)
+      : checkpoint_(std::move(checkpoint)), config_(checkpoint_->config()) {}
+  void LoadWeights();
+  WeightView Matrix(const std::string& name);
   StepInputs Flatten(std::span<const ForwardSeq> batch) const;
   void Attention(Layer& layer, const StepInputs& in, Activations& act, int num_tokens);
   void Mlp(const Layer& layer, Activations& act, int num_tokens);
   void ComputeLogits(const StepInputs& in, const Activations& act);
 
+  std::shared_ptr<const Checkpoint> checkpoint_;  // owns the mapped weight matrices
   ModelConfig config_;
   KvCacheSpec spec_;
   std::vector<float> inv_freq_;  // [head_dim / 2]
-  std::vector<float> embed_, final_norm_, lm_head_;
+  WeightView embed_, lm_head_;   // [vocab, hidden]
+  std::vector<float> final_norm_;
+  std::vector<std::vector<float>> widened_;  // fp32 copies of matrices too misaligned to map
   std::vector<Layer> layers_;
   std::vector<float> logits_;  // [rows, vocab] of the last Forward
   int logit_rows_ = 0;

@@ -29,12 +29,28 @@ void AddRmsNorm(const float* x,       // [rows, dim]
                 int rows, int dim, float eps,
                 float* out);  // [rows, dim]
 
+// A weight matrix as the checkpoint stores it. The ops widen each element to fp32 as they read
+// it (exactly: every F16 and BF16 value is an fp32 value), so a backend can use memory-mapped
+// weights in place at their stored size and get the same results as from an fp32 copy.
+enum class WeightType { kF32, kF16, kBF16 };
+struct WeightView {
+  const void* data = nullptr;  // [rows, cols] of `type`, aligned to the element size
+  WeightType type = WeightType::kF32;
+};
+
+// The fp32 value of an IEEE half (subnormals, infinities and NaNs included).
+float HalfToFloat(uint16_t h);
+
 // y = x @ w^T + bias (Hugging Face Linear layout).
 void Matmul(const float* x,     // [m, k]
-            const float* w,     // [n, k]
+            WeightView w,       // [n, k]
             const float* bias,  // [n] or nullptr
             int m, int n, int k,
             float* y);  // [m, n]
+inline void Matmul(const float* x, const float* w, const float* bias, int m, int n, int k,
+                   float* y) {
+  Matmul(x, WeightView{w, WeightType::kF32}, bias, m, n, k, y);
+}
 
 // Rotary embedding, rotate-half (GPT-NeoX / Hugging Face Llama) convention, in place.
 void ApplyRope(float* x,                  // [tokens, heads, head_dim]
@@ -48,10 +64,14 @@ void SiluMul(const float* gate,  // [rows, dim]
              int rows, int dim,
              float* out);  // [rows, dim]
 
-void EmbeddingGather(const float* table,  // [vocab, hidden]
+void EmbeddingGather(WeightView table,    // [vocab, hidden]
                      const int32_t* ids,  // [tokens]
                      int tokens, int hidden,
                      float* out);  // [tokens, hidden]
+inline void EmbeddingGather(const float* table, const int32_t* ids, int tokens, int hidden,
+                            float* out) {
+  EmbeddingGather(WeightView{table, WeightType::kF32}, ids, tokens, hidden, out);
+}
 
 // Writes each token's K and V into its slot.
 void PagedKvAppend(const float* k,        // [tokens, num_kv_heads, head_dim]
