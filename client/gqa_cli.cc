@@ -4,6 +4,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "common/dashed_flags.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
@@ -126,6 +127,7 @@ void PrintHuman(const pb::GenerateResponse& r, std::vector<uint32_t>& ids, bool&
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "gqa-cli --text \"Hello\" | --ids 1,2,3 [--max_new_tokens N] [--stop s] [--json] | --info");
+  gqa::AcceptDashedFlags(argc, argv);
   absl::ParseCommandLine(argc, argv);
   auto channel =
       grpc::CreateChannel(absl::GetFlag(FLAGS_server), grpc::InsecureChannelCredentials());

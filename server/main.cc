@@ -3,6 +3,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "common/dashed_flags.h"
 #include "absl/flags/usage.h"
 #include "common/byte_size.h"
 #include "server.h"
@@ -30,6 +31,7 @@ ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn, error");
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("gqa-server --model DIR [flags]: serve a Llama-family model");
+  gqa::AcceptDashedFlags(argc, argv);
   absl::ParseCommandLine(argc, argv);
   spdlog::set_level(spdlog::level::from_str(absl::GetFlag(FLAGS_log_level)));
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");

@@ -7,6 +7,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "common/dashed_flags.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "backend/cpu/cpu_backend.h"
@@ -49,6 +50,7 @@ int Argmax(const std::vector<float>& v) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  gqa::AcceptDashedFlags(argc, argv);
   absl::ParseCommandLine(argc, argv);
   auto ckpt = gqa::Checkpoint::Load(absl::GetFlag(FLAGS_model), gqa::LoadFormat::kSafetensors);
   if (!ckpt.ok()) {

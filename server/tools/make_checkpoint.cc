@@ -4,6 +4,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "common/dashed_flags.h"
 #include "absl/flags/usage.h"
 #include "model/checkpoint.h"
 #include "model/checkpoint_writer.h"
@@ -72,6 +73,7 @@ gqa::ModelConfig ConfigFromFlags() {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("gqa-make-checkpoint --out DIR [shape flags]");
+  gqa::AcceptDashedFlags(argc, argv);
   absl::ParseCommandLine(argc, argv);
   if (absl::GetFlag(FLAGS_out).empty()) {
     std::cerr << "gqa-make-checkpoint: --out is required\n";
