@@ -29,7 +29,7 @@ int Fail(const std::string& message) {
 
 int MaxModelLen(const ServerConfig& sc, const ModelConfig& c) {
   int len = sc.max_model_len > 0 ? sc.max_model_len : c.max_position_embeddings;
-  if (c.sliding_window && *c.sliding_window < len) {
+  if (c.sliding_window && c.attention_window() == 0 && *c.sliding_window < len) {
     spdlog::info("max_model_len capped at the sliding window, {} tokens", *c.sliding_window);
     len = *c.sliding_window;
   }

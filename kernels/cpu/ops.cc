@@ -156,22 +156,22 @@ void PagedKvAppend(const float* k, const float* v, const int64_t* slots, int tok
 
 namespace {
 
-// One query head of one token against keys [0, num_keys) of sequence `seq`.
-void AttendOne(const float* q, const PagedKvView<float>& cache, int seq, int kv_head, int num_keys,
-               float scale, float* scores, float* out) {
+// One query head of one token against keys [first_key, num_keys) of sequence `seq`.
+void AttendOne(const float* q, const PagedKvView<float>& cache, int seq, int kv_head, int first_key,
+               int num_keys, float scale, float* scores, float* out) {
   const int d = cache.head_dim;
   float max_score = -INFINITY;
-  for (int p = 0; p < num_keys; ++p) {
+  for (int p = first_key; p < num_keys; ++p) {
     scores[p] = Dot(q, cache.k + cache.Offset(cache.Slot(seq, p), kv_head), d) * scale;
     max_score = std::max(max_score, scores[p]);
   }
   float denom = 0.0f;
-  for (int p = 0; p < num_keys; ++p) {
+  for (int p = first_key; p < num_keys; ++p) {
     scores[p] = std::exp(scores[p] - max_score);
     denom += scores[p];
   }
   std::fill_n(out, d, 0.0f);
-  for (int p = 0; p < num_keys; ++p) {
+  for (int p = first_key; p < num_keys; ++p) {
     const float* v = cache.v + cache.Offset(cache.Slot(seq, p), kv_head);
     const float weight = scores[p] / denom;
     for (int i = 0; i < d; ++i) out[i] += weight * v[i];
@@ -182,7 +182,7 @@ void AttendOne(const float* q, const PagedKvView<float>& cache, int seq, int kv_
 
 void PagedAttention(const float* q, const PagedKvView<float>& cache, const int32_t* query_start,
                     const int32_t* context_lens, int num_seqs, int num_heads, float scale,
-                    float* out) {
+                    float* out, int sliding_window) {
   const int group = num_heads / cache.num_kv_heads;
   const int d = cache.head_dim;
   const int num_tokens = query_start[num_seqs];
@@ -198,7 +198,9 @@ void PagedAttention(const float* q, const PagedKvView<float>& cache, const int32
       const int position = context_lens[seq] - q_len + (token - query_start[seq]);
       scores.resize(position + 1);
       const size_t row = (static_cast<size_t>(token) * num_heads + head) * d;
-      AttendOne(q + row, cache, seq, head / group, position + 1, scale, scores.data(), out + row);
+      const int first_key = sliding_window > 0 ? std::max(0, position + 1 - sliding_window) : 0;
+      AttendOne(q + row, cache, seq, head / group, first_key, position + 1, scale, scores.data(),
+                out + row);
     }
   });
 }

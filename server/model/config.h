@@ -35,7 +35,7 @@ struct ModelConfig {
   bool qkv_bias = false;              // Qwen2, or Llama's attention_bias
   bool o_bias = false;                // Llama's attention_bias
   bool mlp_bias = false;              // Llama's mlp_bias
-  std::optional<int> sliding_window;  // Mistral; limits the usable context
+  std::optional<int> sliding_window;  // Mistral, or Qwen2 with use_sliding_window
   DType dtype = DType::kBF16;         // torch_dtype
   std::optional<int> bos_token_id;
   std::vector<int> eos_token_ids;
@@ -43,6 +43,12 @@ struct ModelConfig {
   std::optional<int> converted_from_kv_heads;
 
   int group_size() const { return num_heads / num_kv_heads; }
+  // Keys before the query that attention sees, in every layer (0: all). Mistral's sliding window
+  // applies to every layer. Qwen2's (only in layers from max_window_layers up) is not
+  // implemented: the server caps such a model's max_model_len at the window instead.
+  int attention_window() const {
+    return architecture == Architecture::kMistral && sliding_window ? *sliding_window : 0;
+  }
   int q_size() const { return num_heads * head_dim; }
   int kv_size() const { return num_kv_heads * head_dim; }
 };

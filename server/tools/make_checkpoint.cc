@@ -4,8 +4,8 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
-#include "common/dashed_flags.h"
 #include "absl/flags/usage.h"
+#include "common/dashed_flags.h"
 #include "model/checkpoint.h"
 #include "model/checkpoint_writer.h"
 #include "nlohmann/json.hpp"
@@ -26,6 +26,7 @@ ABSL_FLAG(bool, tie, false, "tie_word_embeddings");
 ABSL_FLAG(bool, attention_bias, false, "Llama attention_bias (q, k, v, o biases)");
 ABSL_FLAG(std::string, rope_scaling, "none", "none, linear or llama3");
 ABSL_FLAG(double, rope_theta, 10000.0, "rope_theta");
+ABSL_FLAG(int, sliding_window, 0, "Mistral sliding_window (0: none)");
 ABSL_FLAG(int, eos, 1, "eos_token_id (-1: none)");
 ABSL_FLAG(int, bos, 0, "bos_token_id (-1: none)");
 ABSL_FLAG(uint64_t, seed, 0, "random seed");
@@ -64,6 +65,8 @@ gqa::ModelConfig ConfigFromFlags() {
   if (scaling == "llama3") {
     c.rope_scaling = {gqa::kernels::RopeScalingType::kLlama3, 8.0f, 1.0f, 4.0f, 64};
   }
+  if (absl::GetFlag(FLAGS_sliding_window) > 0)
+    c.sliding_window = absl::GetFlag(FLAGS_sliding_window);
   if (absl::GetFlag(FLAGS_bos) >= 0) c.bos_token_id = absl::GetFlag(FLAGS_bos);
   if (absl::GetFlag(FLAGS_eos) >= 0) c.eos_token_ids = {absl::GetFlag(FLAGS_eos)};
   return c;

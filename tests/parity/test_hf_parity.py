@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Parity of the CPU backend with Hugging Face transformers on random tiny checkpoints.
 
-For each shape (MHA, GQA, MQA; F32, F16, BF16; Llama, Qwen2 with biases, Mistral; llama3 rope
-scaling; tied embeddings) this writes a random checkpoint with gqa-make-checkpoint, runs our
+For each shape (MHA, GQA, MQA; F32, F16, BF16; Llama, Qwen2 with biases, Mistral with and without
+a sliding window; llama3 rope scaling; tied embeddings) this writes a random checkpoint with gqa-make-checkpoint, runs our
 backend through gqa-forward, runs transformers' model on the same directory in fp32, and checks:
   - the logits at every prompt position (fed one token per decode step over the paged cache),
   - the logits of the last prompt token after a chunked prefill,
@@ -37,6 +37,9 @@ CASES = [
     ("llama-linear-rope-f32", ["--heads=8", "--kv_heads=4", "--rope_scaling=linear",
                                "--dtype=f32"]),
     ("mistral-gqa-bf16", ["--arch=mistral", "--heads=8", "--kv_heads=2", "--dtype=bf16"]),
+    # A window shorter than every prompt: positions past it see only the last 7 keys.
+    ("mistral-window-7-f32", ["--arch=mistral", "--heads=8", "--kv_heads=2", "--dtype=f32",
+                              "--sliding_window=7"]),
 ]
 
 

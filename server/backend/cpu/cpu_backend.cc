@@ -140,8 +140,8 @@ void CpuBackend::Attention(Layer& L, const StepInputs& in, Activations& act, int
   cpu::PagedKvAppend(act.k.data(), act.v.data(), in.slots.data(), n, cache);
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   cpu::PagedAttention(act.q.data(), cache, in.query_start.data(), in.context_lens.data(),
-                      static_cast<int>(in.context_lens.size()), c.num_heads, scale,
-                      act.attn.data());
+                      static_cast<int>(in.context_lens.size()), c.num_heads, scale, act.attn.data(),
+                      c.attention_window());
   cpu::Matmul(act.attn.data(), L.o, OrNull(L.o_bias), n, c.hidden_size, c.q_size(),
               act.proj.data());
 }

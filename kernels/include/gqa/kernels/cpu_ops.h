@@ -82,12 +82,14 @@ void PagedKvAppend(const float* k,        // [tokens, num_kv_heads, head_dim]
 // Causal grouped-query attention over the paged cache. Sequence s owns query rows
 // [query_start[s], query_start[s + 1]); its last query row sits at position context_lens[s] - 1
 // and the rows before it at the positions before that. Query head h reads KV head
-// h / (num_heads / num_kv_heads).
+// h / (num_heads / num_kv_heads). With sliding_window > 0 (Mistral), the query at position p
+// sees only keys p - sliding_window + 1 ... p (Hugging Face's mask).
 void PagedAttention(const float* q,  // [tokens, num_heads, head_dim]
                     const PagedKvView<float>& cache,
                     const int32_t* query_start,   // [num_seqs + 1]
                     const int32_t* context_lens,  // [num_seqs]
                     int num_seqs, int num_heads, float scale,
-                    float* out);  // [tokens, num_heads, head_dim]
+                    float* out,  // [tokens, num_heads, head_dim]
+                    int sliding_window = 0);
 
 }  // namespace gqa::kernels::cpu
