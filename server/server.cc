@@ -151,6 +151,8 @@ int RunServer(const ServerConfig& sc) {
     return Fail(absl::StrCat("cannot listen for gRPC on ", sc.host, ":", sc.port));
   }
   server->GetHealthCheckService()->SetServingStatus(false);
+  spdlog::info("listening: grpc :{}, metrics :{}; loading {}", grpc_port, *metrics_port,
+               sc.model_dir);
 
   absl::StatusOr<LoadedModel> model = LoadModel(sc, metrics);
   if (!model.ok()) {

@@ -461,6 +461,35 @@ TEST(ServerLifecycleTest, SigtermDrainsRunningRequestsAndRefusesNewOnes) {
   EXPECT_EQ(server.Terminate(), 0) << server.Log();
 }
 
+// Random weights for a model big enough that generating them takes about a second: the window
+// in which the server listens but has no model yet.
+void WriteSlowLoadingConfig(const std::filesystem::path& dir) {
+  std::ofstream(dir / "config.json") << R"({"architectures": ["LlamaForCausalLM"],
+    "hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 12,
+    "num_attention_heads": 16, "num_key_value_heads": 4, "vocab_size": 32000,
+    "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "torch_dtype": "bfloat16"})";
+}
+
+TEST(ServerLifecycleTest, NotServingWhileTheModelLoadsThenServing) {
+  TempDir model;
+  WriteSlowLoadingConfig(model.path());
+  ServerProcess server(model.path(), {"--load_format=dummy", "--kv_cache_memory=64MiB"},
+                       ServerProcess::Until::kListening);
+  ASSERT_TRUE(server.started()) << server.Log();
+  EXPECT_EQ(Health(server.address()), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+  EXPECT_EQ(server.HttpGet("/healthz").first, 503);
+  Outcome early = Generate(*server.Stub(), MakeRequest(4, 4));
+  EXPECT_EQ(early.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(server.Log().find("serving "), std::string::npos)
+      << "the model loaded before the checks ran: they proved nothing";
+  ASSERT_TRUE(server.WaitUntilServing()) << server.Log();
+  EXPECT_EQ(Health(server.address()), grpc::health::v1::HealthCheckResponse::SERVING);
+  EXPECT_EQ(server.HttpGet("/healthz").first, 200);
+  Outcome late = Generate(*server.Stub(), MakeRequest(4, 4));
+  EXPECT_TRUE(late.status.ok()) << late.status.error_message();
+  EXPECT_EQ(late.tokens.size(), 4u);
+}
+
 TEST(ServerLifecycleTest, BrokenCheckpointStopsStartupWithOneLineNamingTheFile) {
   TempDir model;
   WriteRandomCheckpoint(model.path(), TinyConfig(2));

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <fstream>
 #include <random>
+#include <regex>
 #include <sstream>
 #include <thread>
 
@@ -49,25 +50,48 @@ std::filesystem::path TempPath(const std::string& stem) {
 }  // namespace
 
 ServerProcess::ServerProcess(const std::filesystem::path& model_dir,
-                             const std::vector<std::string>& extra_args)
+                             const std::vector<std::string>& extra_args, Until until)
     : log_path_(TempPath("gqa-server-log-")), port_path_(TempPath("gqa-server-ports-")) {
   std::vector<std::string> argv = {
       GQA_SERVER_BIN,     "--model=" + model_dir.string(),      "--host=127.0.0.1", "--port=0",
       "--metrics_port=0", "--port_file=" + port_path_.string(), "--cpu_threads=2"};
   argv.insert(argv.end(), extra_args.begin(), extra_args.end());
   pid_ = Spawn(argv, log_path_);
+  if (until == Until::kServing) {
+    WaitUntilServing();
+    return;
+  }
+  // The server logs "listening: grpc :<port>, metrics :<port>; loading ..." before it loads.
+  const std::regex listening("listening: grpc :([0-9]+), metrics :([0-9]+)");
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (std::chrono::steady_clock::now() < deadline) {
-    std::ifstream ports(port_path_);
-    if (ports >> grpc_port_ >> metrics_port_) break;
-    grpc_port_ = 0;
-    int status;
-    if (waitpid(pid_, &status, WNOHANG) == pid_) {
-      pid_ = -1;
-      break;
+  while (std::chrono::steady_clock::now() < deadline && pid_ > 0) {
+    std::smatch m;
+    const std::string log = ReadFile(log_path_);
+    if (std::regex_search(log, m, listening)) {
+      grpc_port_ = std::stoi(m[1]);
+      metrics_port_ = std::stoi(m[2]);
+      return;
     }
+    if (waitpid(pid_, nullptr, WNOHANG) == pid_) pid_ = -1;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+}
+
+bool ServerProcess::WaitUntilServing(int timeout_seconds) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_seconds);
+  while (std::chrono::steady_clock::now() < deadline && pid_ > 0) {
+    std::ifstream ports(port_path_);
+    int grpc_port = 0, metrics_port = 0;
+    if (ports >> grpc_port >> metrics_port) {
+      grpc_port_ = grpc_port;
+      metrics_port_ = metrics_port;
+      return true;
+    }
+    int status;
+    if (waitpid(pid_, &status, WNOHANG) == pid_) pid_ = -1;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
+  return false;
 }
 
 ServerProcess::~ServerProcess() {

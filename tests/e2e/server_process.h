@@ -14,11 +14,16 @@ namespace gqa::testing {
 
 class ServerProcess {
  public:
-  // Starts `gqa-server --model model_dir <extra_args>` and waits until it serves.
-  ServerProcess(const std::filesystem::path& model_dir, const std::vector<std::string>& extra_args);
+  enum class Until { kServing, kListening };
+  // Starts `gqa-server --model model_dir <extra_args>` and waits until it serves (or, with
+  // kListening, only until its ports are open, while the model may still be loading).
+  ServerProcess(const std::filesystem::path& model_dir, const std::vector<std::string>& extra_args,
+                Until until = Until::kServing);
   ~ServerProcess();
 
   bool started() const { return grpc_port_ > 0; }
+  // Waits until the server writes its port file, i.e. serves; false on a timeout or an exit.
+  bool WaitUntilServing(int timeout_seconds = 60);
   std::string address() const { return "127.0.0.1:" + std::to_string(grpc_port_); }
   int metrics_port() const { return metrics_port_; }
   std::unique_ptr<gqa::v1::Generation::Stub> Stub() const;
