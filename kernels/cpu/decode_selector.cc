@@ -5,8 +5,14 @@
 namespace gqa::kernels {
 namespace {
 
-constexpr int kCtasPerSm = 2;         // what the kernel's 109 KB of shared memory allows
 constexpr int kMinTilesPerSplit = 8;  // two 16-token tiles for each of the 4 warps
+
+// How many blocks per SM one wave of the decode kernel should hold. Up to 16 query rows (one
+// 16-row tile): 2, what 109 KB of shared memory allows at head_dim 128 (H200 split sweep, step 7
+// of kernels/BENCHMARKS.md). Above (32 rows): 1, though 3 would fit: each split then writes twice
+// the partial outputs, and the H100 split sweep of step 13 found ~1 block per SM fastest at every
+// MQA shape it tried.
+int BlocksPerSm(int query_tiles) { return query_tiles == 1 ? 2 : 1; }
 
 DecodeKernelChoice Unsupported(std::string reason) {
   DecodeKernelChoice c;
@@ -40,11 +46,12 @@ DecodeKernelChoice SelectDecodeKernel(int num_heads, int num_kv_heads, int head_
     const int base = std::max(1, num_seqs * num_kv_heads);
     // One wave of blocks: measured on an H200, more splits cost more in the merge than they
     // gain in parallelism (kernels/BENCHMARKS.md).
-    splits = std::max(1, std::max(1, sm_count) * kCtasPerSm / base);
+    const int slots = std::max(1, sm_count) * BlocksPerSm(c.query_tiles);
+    splits = std::max(1, slots / base);
     // Each split writes group x head_dim fp32 partial outputs that the merge reads back. When
     // the batch alone nearly fills the GPU, at least `group` tiles per split keeps that traffic
     // under 1/8 of the split's K/V bytes; when it does not, latency matters more than traffic.
-    const bool bandwidth_bound = base * kMinTilesPerSplit >= std::max(1, sm_count) * kCtasPerSm;
+    const bool bandwidth_bound = base * kMinTilesPerSplit >= slots;
     const int min_tiles = bandwidth_bound ? std::max(kMinTilesPerSplit, group) : kMinTilesPerSplit;
     splits = std::min(splits, std::max(1, tiles / min_tiles));
   }

@@ -69,12 +69,13 @@ struct Smem {
 
 // The cache block of each of a team's next 32 tiles, one per lane: a team's tiles are
 // team, team + teams, ... of the split; lane i holds the block of its (first + i)-th tile.
-__device__ __forceinline__ int PrefetchBlocks(const int32_t* table_row, int block_size, int begin,
-                                              int team, int teams, int first, int my_tiles,
-                                              int lane) {
-  const int j = first + lane;
-  if (j >= my_tiles) return 0;
-  return table_row[(begin + (team + j * teams) * kTile) / block_size];
+// Bounded by the table's row length only, not the sequence's, so that it need not wait for the
+// context length: entries past the sequence are read but never used.
+__device__ __forceinline__ int PrefetchBlocks(const int32_t* table_row, int max_blocks,
+                                              int block_size, int begin, int team, int teams,
+                                              int first, int lane) {
+  const int entry = (begin + (team + (first + lane) * teams) * kTile) / block_size;
+  return entry < max_blocks ? table_row[entry] : 0;
 }
 
 // QT is the number of 16-row query tiles (group <= 16: 1, else 2). The block's 4 warps form
@@ -105,32 +106,34 @@ __global__ void __launch_bounds__(kThreads)
   const int split = blockIdx.x, kv_head = blockIdx.y, seq = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int team = warp / QT, query_tile = warp % QT;
-  const int len = args.context_lens[seq];
   const int begin = split * split_tokens;
-  const int end = min(len, begin + split_tokens);
   const int head0 = kv_head * group;
-
-  const int num_tiles = begin < end ? (end - begin + kTile - 1) / kTile : 0;
-  const int my_tiles = num_tiles > team ? (num_tiles - team + kTeams - 1) / kTeams : 0;
-  T* stages = pipe + size_t(team) * kStages * Layout::kStageElems;
-  const int32_t* table_row = args.cache.block_tables + size_t(seq) * args.cache.max_blocks_per_seq;
-  const int bs = args.cache.block_size;
-  auto tile_start = [&](int j) { return begin + (team + j * kTeams) * kTile; };
-  int blocks = PrefetchBlocks(table_row, bs, begin, team, kTeams, 0, my_tiles, lane);
-  auto load = [&](int j) {  // this warp's share of the team's j-th tile into stage j % kStages
-    if ((j & 31) == 0 && j > 0)
-      blocks = PrefetchBlocks(table_row, bs, begin, team, kTeams, j, my_tiles, lane);
-    const int block = __shfl_sync(0xffffffffu, blocks, j & 31);
-    LoadTile<T, D, QT>(args.cache, block, kv_head, tile_start(j), end,
-                       stages + (j % kStages) * Layout::kStageElems, lane, query_tile);
-  };
-  // The group's query rows (zero past the group), then the first tiles: kStages async groups.
+  // Three independent reads in flight at once: the group's query rows (zero past the group;
+  // the first async group), the first block ids, the context length.
   const T* q = args.q + (size_t(seq) * args.num_heads + head0) * D;
   for (int i = threadIdx.x; i < kRows * D / 8; i += kThreads) {
     const int row = i / (D / 8), col = (i % (D / 8)) * 8;
     CpAsync16(q_smem + row * kRow<D> + col, q + (row < group ? row * D + col : 0), row < group);
   }
   CpAsyncCommit();
+  const int32_t* table_row = args.cache.block_tables + size_t(seq) * args.cache.max_blocks_per_seq;
+  const int max_blocks = args.cache.max_blocks_per_seq, bs = args.cache.block_size;
+  int blocks = PrefetchBlocks(table_row, max_blocks, bs, begin, team, kTeams, 0, lane);
+  const int len = args.context_lens[seq];
+  const int end = min(len, begin + split_tokens);
+
+  const int num_tiles = begin < end ? (end - begin + kTile - 1) / kTile : 0;
+  const int my_tiles = num_tiles > team ? (num_tiles - team + kTeams - 1) / kTeams : 0;
+  T* stages = pipe + size_t(team) * kStages * Layout::kStageElems;
+  auto tile_start = [&](int j) { return begin + (team + j * kTeams) * kTile; };
+  auto load = [&](int j) {  // this warp's share of the team's j-th tile into stage j % kStages
+    if ((j & 31) == 0 && j > 0)
+      blocks = PrefetchBlocks(table_row, max_blocks, bs, begin, team, kTeams, j, lane);
+    const int block = __shfl_sync(0xffffffffu, blocks, j & 31);
+    LoadTile<T, D, QT>(args.cache, block, kv_head, tile_start(j), end,
+                       stages + (j % kStages) * Layout::kStageElems, lane, query_tile);
+  };
+  // Then the first tiles: kStages async groups in all.
 #pragma unroll
   for (int j = 0; j < kStages - 1; ++j) {
     if (j < my_tiles) load(j);
