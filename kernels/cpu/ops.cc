@@ -3,6 +3,10 @@
 #include <cmath>
 #include <vector>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "gqa/kernels/cpu_ops.h"
 #include "parallel.h"
 
@@ -29,29 +33,94 @@ inline float Widen(Half v) {
   return std::bit_cast<float>(bits | (uint32_t{v.bits & 0x8000u} << 16));
 }
 
-// Dot product with eight independent partial sums (vectorizes without -ffast-math); the order
-// depends only on k, never on the batch or the weights' stored type.
+#if defined(__SSE2__)
+// Eight stored weight elements as two vectors of fp32.
+template <typename W>
+inline void Widen8(const W* b, __m128& lo, __m128& hi) {
+  float w[8];
+  for (int j = 0; j < 8; ++j) w[j] = Widen(b[j]);
+  lo = _mm_loadu_ps(w);
+  hi = _mm_loadu_ps(w + 4);
+}
+inline void Widen8(const BFloat16* b, __m128& lo, __m128& hi) {
+  // A bf16 is the high half of its fp32: interleave zeros below each one.
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b));
+  lo = _mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), v));
+  hi = _mm_castsi128_ps(_mm_unpackhi_epi16(_mm_setzero_si128(), v));
+}
+#endif
+
+// Dot products of kRows rows of x (row stride `stride`) with one weight row. Each row keeps
+// eight independent partial sums (element i goes to sum i % 8, a multiply then an add) combined
+// in one fixed order, then the tail: the order depends only on k, never on the batch, the row
+// block or the weights' stored type. Each weight element is widened once for all rows.
+template <int kRows, typename W>
+inline void DotRows(const float* x, size_t stride, const W* b, int k, float* out) {
+  float acc[kRows][8];
+  int i = 0;
+#if defined(__SSE2__)
+  __m128 lo[kRows], hi[kRows];
+  for (int r = 0; r < kRows; ++r) lo[r] = hi[r] = _mm_setzero_ps();
+  for (; i + 8 <= k; i += 8) {
+    __m128 w_lo, w_hi;
+    Widen8(b + i, w_lo, w_hi);
+    for (int r = 0; r < kRows; ++r) {
+      const float* xr = x + r * stride + i;
+      lo[r] = _mm_add_ps(lo[r], _mm_mul_ps(_mm_loadu_ps(xr), w_lo));
+      hi[r] = _mm_add_ps(hi[r], _mm_mul_ps(_mm_loadu_ps(xr + 4), w_hi));
+    }
+  }
+  for (int r = 0; r < kRows; ++r) {
+    _mm_storeu_ps(acc[r], lo[r]);
+    _mm_storeu_ps(acc[r] + 4, hi[r]);
+  }
+#else
+  for (int r = 0; r < kRows; ++r) std::fill_n(acc[r], 8, 0.0f);
+  for (; i + 8 <= k; i += 8) {
+    for (int r = 0; r < kRows; ++r) {
+      for (int j = 0; j < 8; ++j) acc[r][j] += x[r * stride + i + j] * Widen(b[i + j]);
+    }
+  }
+#endif
+  for (int r = 0; r < kRows; ++r) {
+    const float* a = acc[r];
+    float sum = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    for (int e = i; e < k; ++e) sum += x[r * stride + e] * Widen(b[e]);
+    out[r] = sum;
+  }
+}
+
 template <typename W>
 inline float Dot(const float* a, const W* b, int k) {
-  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int i = 0;
-  for (; i + 8 <= k; i += 8) {
-    for (int j = 0; j < 8; ++j) acc[j] += a[i + j] * Widen(b[i + j]);
-  }
-  float sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-  for (; i < k; ++i) sum += a[i] * Widen(b[i]);
-  return sum;
+  float out;
+  DotRows<1>(a, 0, b, k, &out);
+  return out;
 }
 
 template <typename W>
 void MatmulAs(const float* x, const W* w, const float* bias, int m, int n, int k, float* y) {
-  // Output columns are split across threads; each thread streams its rows of w once for all m.
+  // Output columns are split across threads. A thread takes its columns kColumnBlock at a time
+  // (their weight rows stay in cache) and runs every row of x past them, four rows at once.
+  constexpr int64_t kColumnBlock = 32;
+  constexpr int kRowBlock = 4;
   ParallelFor(n, 16, [&](int64_t n_begin, int64_t n_end) {
-    for (int64_t j = n_begin; j < n_end; ++j) {
-      const W* w_row = w + j * k;
-      const float b = bias ? bias[j] : 0.0f;
-      for (int i = 0; i < m; ++i) {
-        y[static_cast<size_t>(i) * n + j] = Dot(x + static_cast<size_t>(i) * k, w_row, k) + b;
+    for (int64_t j0 = n_begin; j0 < n_end; j0 += kColumnBlock) {
+      const int64_t j1 = std::min(n_end, j0 + kColumnBlock);
+      int i = 0;
+      for (; i + kRowBlock <= m; i += kRowBlock) {
+        for (int64_t j = j0; j < j1; ++j) {
+          float dots[kRowBlock];
+          DotRows<kRowBlock>(x + static_cast<size_t>(i) * k, k, w + j * k, k, dots);
+          for (int r = 0; r < kRowBlock; ++r) {
+            y[static_cast<size_t>(i + r) * n + j] = dots[r] + (bias ? bias[j] : 0.0f);
+          }
+        }
+      }
+      for (; i < m; ++i) {
+        for (int64_t j = j0; j < j1; ++j) {
+          y[static_cast<size_t>(i) * n + j] =
+              Dot(x + static_cast<size_t>(i) * k, w + j * k, k) + (bias ? bias[j] : 0.0f);
+        }
       }
     }
   });
