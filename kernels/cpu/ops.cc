@@ -131,7 +131,16 @@ void GatherAs(const W* table, const int32_t* ids, int tokens, int hidden, float*
   for (int t = 0; t < tokens; ++t) {
     const W* row = table + static_cast<size_t>(ids[t]) * hidden;
     float* dst = out + static_cast<size_t>(t) * hidden;
-    for (int i = 0; i < hidden; ++i) dst[i] = Widen(row[i]);
+    int i = 0;
+#if defined(__SSE2__)
+    for (; i + 8 <= hidden; i += 8) {
+      __m128 lo, hi;
+      Widen8(row + i, lo, hi);
+      _mm_storeu_ps(dst + i, lo);
+      _mm_storeu_ps(dst + i + 4, hi);
+    }
+#endif
+    for (; i < hidden; ++i) dst[i] = Widen(row[i]);
   }
 }
 

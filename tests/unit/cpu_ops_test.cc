@@ -175,6 +175,24 @@ TEST(CpuOpsTest, HalfToFloatMatchesTheReferenceOnEveryBitPattern) {
   }
 }
 
+// The vector path (eight at a time) too: every half as one embedding row.
+TEST(CpuOpsTest, GatheringEveryHalfWidensItExactly) {
+  std::vector<uint16_t> table(1 << 16);
+  std::iota(table.begin(), table.end(), 0);
+  std::vector<float> row(table.size());
+  const int32_t id = 0;
+  EmbeddingGather(WeightView{table.data(), WeightType::kF16}, &id, 1, int(table.size()),
+                  row.data());
+  for (uint32_t h = 0; h <= 0xffff; ++h) {
+    const float want = gqa::HalfToFloat(static_cast<uint16_t>(h));
+    if (std::isnan(want)) {
+      EXPECT_TRUE(std::isnan(row[h])) << std::hex << h;
+    } else {
+      EXPECT_EQ(std::bit_cast<uint32_t>(row[h]), std::bit_cast<uint32_t>(want)) << std::hex << h;
+    }
+  }
+}
+
 // F16 and BF16 weights used in place give bitwise the results of their fp32 values.
 TEST(CpuOpsTest, MatmulAndGatherOnStoredWeightsEqualTheirFp32Values) {
   const int m = 3, n = 21, k = 37;  // k not a multiple of 8: the tail runs too
