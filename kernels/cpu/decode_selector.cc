@@ -5,7 +5,7 @@
 namespace gqa::kernels {
 namespace {
 
-constexpr int kMinTilesPerSplit = 8;  // two 16-token tiles for each of the 4 warps
+constexpr int kMinTilesPerSplit = 8;  // two 16-token tiles for each of 4 pipelines (4 for 2)
 
 // How many blocks per SM one wave of the decode kernel should hold. Up to 16 query rows (one
 // 16-row tile): 2, what 109 KB of shared memory allows at head_dim 128 (H200 split sweep, step 7
