@@ -3,6 +3,7 @@
 #include <signal.h>
 
 #include <fstream>
+#include <functional>
 #include <map>
 #include <random>
 #include <ranges>
@@ -407,11 +408,31 @@ void WriteSlowModel(const std::filesystem::path& dir) {
   WriteRandomCheckpoint(dir, config);
 }
 
-TEST(ServerLifecycleTest, CancellationFreesBlocks) {
-  TempDir model;
-  WriteSlowModel(model.path());
-  ServerProcess server(model.path(), {"--cpu_threads=1"});
-  ASSERT_TRUE(server.started()) << server.Log();
+// Polls `done` every 5 ms for up to 10 s; returns its last answer.
+bool WaitUntil(const std::function<bool()>& done) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!done() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return done();
+}
+
+// A server on the slow model, one CPU thread.
+class SlowServerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    WriteSlowModel(model_.path());
+    server_ =
+        std::make_unique<ServerProcess>(model_.path(), std::vector<std::string>{"--cpu_threads=1"});
+    ASSERT_TRUE(server_->started()) << server_->Log();
+  }
+
+  TempDir model_;
+  std::unique_ptr<ServerProcess> server_;
+};
+
+TEST_F(SlowServerTest, CancellationFreesBlocks) {
+  ServerProcess& server = *server_;
   auto stub = server.Stub();
   const double cancelled_before =
       server.Metric("gqa_requests_finished_total{finish_reason=\"cancelled\"}");
@@ -424,33 +445,21 @@ TEST(ServerLifecycleTest, CancellationFreesBlocks) {
   while (reader->Read(&r)) {
   }
   EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (server.Metric("gqa_requests_running") != 0 &&
-         std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  EXPECT_EQ(server.Metric("gqa_requests_running"), 0);
+  EXPECT_TRUE(WaitUntil([&] { return server.Metric("gqa_requests_running") == 0; }));
   EXPECT_EQ(server.Metric("gqa_kv_cache_usage_ratio"), 0);
   EXPECT_EQ(server.Metric("gqa_requests_finished_total{finish_reason=\"cancelled\"}"),
             cancelled_before + 1);
 }
 
-TEST(ServerLifecycleTest, SigtermDrainsRunningRequestsAndRefusesNewOnes) {
-  TempDir model;
-  WriteSlowModel(model.path());
-  ServerProcess server(model.path(), {"--cpu_threads=1"});
-  ASSERT_TRUE(server.started()) << server.Log();
+TEST_F(SlowServerTest, SigtermDrainsRunningRequestsAndRefusesNewOnes) {
+  ServerProcess& server = *server_;
   auto stub = server.Stub();
   grpc::ClientContext context;
   auto reader = stub->Generate(&context, MakeRequest(8, 300));
   pb::GenerateResponse r;
   ASSERT_TRUE(reader->Read(&r));
   kill(server.pid(), SIGTERM);
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (server.HttpGet("/healthz").first != 503 && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  EXPECT_EQ(server.HttpGet("/healthz").first, 503);
+  EXPECT_TRUE(WaitUntil([&] { return server.HttpGet("/healthz").first == 503; }));
   EXPECT_EQ(Health(server.address()), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
   Outcome late = Generate(*stub, MakeRequest(4, 4));
   EXPECT_EQ(late.status.error_code(), grpc::StatusCode::UNAVAILABLE);
