@@ -5,7 +5,7 @@
 namespace gqa::kernels {
 namespace {
 
-constexpr int kMinTilesPerSplit = 8;  // two 16-token tiles for each of 4 pipelines (4 for 2)
+constexpr int kMinTilesPerSplit = kDecodeMinSplitTiles;
 
 // How many blocks per SM one wave of the decode kernel should hold. Up to 16 query rows (one
 // 16-row tile): 2, what 109 KB of shared memory allows at head_dim 128 (H200 split sweep, step 7
@@ -59,6 +59,15 @@ DecodeKernelChoice SelectDecodeKernel(int num_heads, int num_kv_heads, int head_
   const int split_tiles = CeilDiv(tiles, splits);
   c.num_splits = CeilDiv(tiles, split_tiles);
   c.split_tokens = split_tiles * kDecodeTileTokens;
+  return c;
+}
+
+DecodeKernelChoice SelectFixedGridDecodeKernel(int num_heads, int num_kv_heads, int head_dim,
+                                               int block_size, int num_seqs, int max_context_len,
+                                               int sm_count) {
+  DecodeKernelChoice c = SelectDecodeKernel(num_heads, num_kv_heads, head_dim, block_size,
+                                            num_seqs, max_context_len, sm_count);
+  c.split_tokens = 0;
   return c;
 }
 

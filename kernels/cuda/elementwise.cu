@@ -1,5 +1,6 @@
 // RMSNorm with the residual add, rotary embedding, SwiGLU and the embedding gather.
 // 16-byte vector accesses where the shape allows; fp32 arithmetic.
+#include <algorithm>
 #include <cstdint>
 
 #include "gqa/kernels/elementwise_cuda.h"
@@ -91,6 +92,18 @@ __global__ void EmbeddingKernel(const T* table, const int32_t* ids, int tokens, 
   Vec8<T>::Load(table + size_t(ids[token]) * hidden + c).Store(out + size_t(token) * hidden + c);
 }
 
+template <typename T>
+__global__ void FillUniformKernel(T* p, size_t n, float lo, float hi, uint64_t seed) {
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += size_t(gridDim.x) * blockDim.x) {
+    uint64_t z = seed * 0x9e3779b97f4a7c15ull + i;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    p[i] = FromFloat<T>(lo + (hi - lo) * float(z >> 40) * 0x1.0p-24f);
+  }
+}
+
 unsigned Blocks(int64_t n, int threads) { return unsigned((n + threads - 1) / threads); }
 
 }  // namespace
@@ -133,12 +146,21 @@ cudaError_t EmbeddingGather(const T* table, const int32_t* ids, int tokens, int 
   return cudaGetLastError();
 }
 
+template <typename T>
+cudaError_t FillUniform(T* p, size_t n, float lo, float hi, uint64_t seed, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  const unsigned blocks = unsigned(std::min<size_t>((n + 255) / 256, 65536));
+  FillUniformKernel<T><<<blocks, 256, 0, stream>>>(p, n, lo, hi, seed);
+  return cudaGetLastError();
+}
+
 #define GQA_INSTANTIATE(T)                                                                       \
   template cudaError_t AddRmsNorm<T>(const T*, T*, const T*, int, int, float, T*, cudaStream_t); \
   template cudaError_t ApplyRope<T>(T*, T*, const int32_t*, const float*, int, int, int, int,    \
                                     cudaStream_t);                                               \
   template cudaError_t SiluMul<T>(const T*, const T*, int, int, int, T*, cudaStream_t);          \
-  template cudaError_t EmbeddingGather<T>(const T*, const int32_t*, int, int, T*, cudaStream_t);
+  template cudaError_t EmbeddingGather<T>(const T*, const int32_t*, int, int, T*, cudaStream_t); \
+  template cudaError_t FillUniform<T>(T*, size_t, float, float, uint64_t, cudaStream_t);
 GQA_INSTANTIATE(__nv_bfloat16)
 GQA_INSTANTIATE(__half)
 #undef GQA_INSTANTIATE

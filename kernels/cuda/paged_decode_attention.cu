@@ -78,6 +78,13 @@ __device__ __forceinline__ int PrefetchBlocks(const int32_t* table_row, int max_
   return entry < max_blocks ? table_row[entry] : 0;
 }
 
+// Tokens per split when a sequence cuts its own context of `len` tokens into at most
+// `num_splits` ranges of whole tiles, each at least kDecodeMinSplitTiles tiles long.
+__device__ __forceinline__ int SequenceSplitTokens(int len, int num_splits) {
+  const int tiles = (len + kTile - 1) / kTile;
+  return max(kDecodeMinSplitTiles, (tiles + num_splits - 1) / num_splits) * kTile;
+}
+
 // QT is the number of 16-row query tiles (group <= 16: 1, else 2). The block's 4 warps form
 // kWarps / QT teams; the QT warps of a team share one K/V pipeline and each attends with its own
 // query tile, so a group of 32 costs each warp the work of a group of 16.
@@ -106,21 +113,44 @@ __global__ void __launch_bounds__(kThreads)
   const int split = blockIdx.x, kv_head = blockIdx.y, seq = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int team = warp / QT, query_tile = warp % QT;
-  const int begin = split * split_tokens;
   const int head0 = kv_head * group;
-  // Three independent reads in flight at once: the group's query rows (zero past the group;
-  // the first async group), the first block ids, the context length.
   const T* q = args.q + (size_t(seq) * args.num_heads + head0) * D;
-  for (int i = threadIdx.x; i < kRows * D / 8; i += kThreads) {
-    const int row = i / (D / 8), col = (i % (D / 8)) * 8;
-    CpAsync16(q_smem + row * kRow<D> + col, q + (row < group ? row * D + col : 0), row < group);
-  }
-  CpAsyncCommit();
+  auto load_query = [&] {  // the group's query rows, zero past the group: one async group
+    for (int i = threadIdx.x; i < kRows * D / 8; i += kThreads) {
+      const int row = i / (D / 8), col = (i % (D / 8)) * 8;
+      CpAsync16(q_smem + row * kRow<D> + col, q + (row < group ? row * D + col : 0), row < group);
+    }
+    CpAsyncCommit();
+  };
   const int32_t* table_row = args.cache.block_tables + size_t(seq) * args.cache.max_blocks_per_seq;
   const int max_blocks = args.cache.max_blocks_per_seq, bs = args.cache.block_size;
-  int blocks = PrefetchBlocks(table_row, max_blocks, bs, begin, team, kTeams, 0, lane);
-  const int len = args.context_lens[seq];
-  const int end = min(len, begin + split_tokens);
+  int begin, end, blocks, len;
+  if (split_tokens > 0) {
+    // Three independent reads in flight at once: the query rows, the first block ids, the
+    // context length.
+    begin = split * split_tokens;
+    load_query();
+    blocks = PrefetchBlocks(table_row, max_blocks, bs, begin, team, kTeams, 0, lane);
+    len = args.context_lens[seq];
+    end = min(len, begin + split_tokens);
+  } else {
+    // Per-sequence splits: the length decides the split size, and the splits past the end
+    // only mark themselves empty for the merge.
+    len = args.context_lens[seq];
+    const int tokens = SequenceSplitTokens(len, num_splits);
+    begin = split * tokens;
+    if (split > 0 && begin >= len) {
+      for (int i = threadIdx.x; i < group * D; i += kThreads) {
+        const size_t head = size_t(seq) * args.num_heads + head0 + i / D;
+        partial_out[(head * num_splits + split) * D + i % D] = 0.0f;
+        if (i % D == 0) partial_lse[head * num_splits + split] = -INFINITY;
+      }
+      return;
+    }
+    load_query();
+    blocks = PrefetchBlocks(table_row, max_blocks, bs, begin, team, kTeams, 0, lane);
+    end = min(len, begin + tokens);
+  }
 
   const int num_tiles = begin < end ? (end - begin + kTile - 1) / kTile : 0;
   const int my_tiles = num_tiles > team ? (num_tiles - team + kTeams - 1) / kTeams : 0;

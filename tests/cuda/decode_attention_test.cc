@@ -24,6 +24,9 @@ struct Shape {
   int num_heads, num_kv_heads, head_dim, block_size;
   std::vector<int> lens;  // context length of each sequence
   int num_splits = 0;     // 0: the selector's choice
+  // Per-sequence splits on a grid fixed for contexts up to 8192 tokens (what CUDA graphs run);
+  // num_splits > 0 then overrides the grid's split count.
+  bool fixed_grid = false;
 };
 
 std::string Describe(const Shape& s) {
@@ -32,7 +35,8 @@ std::string Describe(const Shape& s) {
     lens += std::to_string(s.lens[i]) + " ";
   return "heads " + std::to_string(s.num_heads) + " kv " + std::to_string(s.num_kv_heads) + " d " +
          std::to_string(s.head_dim) + " block " + std::to_string(s.block_size) + " seqs " +
-         std::to_string(s.lens.size()) + " lens " + lens + "splits " + std::to_string(s.num_splits);
+         std::to_string(s.lens.size()) + " lens " + lens + "splits " + std::to_string(s.num_splits) +
+         (s.fixed_grid ? " fixed grid" : "");
 }
 
 template <typename T>
@@ -102,10 +106,16 @@ void CheckDecode(const Shape& shape) {
 
   int sm_count = 0;
   CUDA_OK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, 0));
-  const DecodeKernelChoice choice = SelectDecodeKernel(shape.num_heads, kvh, d, bs, num_seqs,
-                                                       max_len, sm_count, shape.num_splits);
+  DecodeKernelChoice choice;
+  if (shape.fixed_grid) {
+    choice = SelectFixedGridDecodeKernel(shape.num_heads, kvh, d, bs, num_seqs, 8192, sm_count);
+    if (shape.num_splits > 0) choice.num_splits = shape.num_splits;
+  } else {
+    choice = SelectDecodeKernel(shape.num_heads, kvh, d, bs, num_seqs, max_len, sm_count,
+                                shape.num_splits);
+  }
   ASSERT_TRUE(choice.supported) << choice.reason;
-  if (shape.num_splits > 0) {
+  if (shape.num_splits > 0 && !shape.fixed_grid) {
     EXPECT_EQ(choice.num_splits, std::min(shape.num_splits, (max_len + 15) / 16));
   }
   DeviceBuffer<unsigned char> workspace(
@@ -167,6 +177,9 @@ void EveryGroupSize(int head_dim) {
     CheckDecode<T>({32, kv_heads, head_dim, 16, {4097, 17}, /*num_splits=*/1});
     CheckDecode<T>({32, kv_heads, head_dim, 16, {4097, 300, 1}, /*num_splits=*/7});
     CheckDecode<T>({32, kv_heads, head_dim, 32, Ragged(9, 700)});
+    CheckDecode<T>({32, kv_heads, head_dim, 16, {1, 15, 129, 4097, 300}, 0, true});
+    CheckDecode<T>({32, kv_heads, head_dim, 16, {1, 2, 5000, 17}, /*num_splits=*/40, true});
+    CheckDecode<T>({32, kv_heads, head_dim, 16, {3, 8000}, /*num_splits=*/1, true});
   }
 }
 
@@ -198,6 +211,7 @@ TEST(DecodeAttentionCuda, SmallForSanitizers) {
   CheckDecode<__nv_bfloat16>({8, 2, 128, 16, {1, 17, 40}, /*num_splits=*/2});
   CheckDecode<__nv_bfloat16>({32, 1, 64, 16, {33}});
   CheckDecode<__nv_bfloat16>({32, 1, 128, 16, {200, 5}, /*num_splits=*/2});  // teams of 2
+  CheckDecode<__nv_bfloat16>({8, 2, 128, 16, {1, 300}, /*num_splits=*/4, true});
 }
 
 }  // namespace

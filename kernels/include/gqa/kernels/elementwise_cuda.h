@@ -45,4 +45,10 @@ cudaError_t EmbeddingGather(const T* table,      // [vocab, hidden]
                             T* out,  // [tokens, hidden]
                             cudaStream_t stream);
 
+// p[i] = lo + (hi - lo) * u_i with u_i in [0, 1) hashed from (seed, i): random weights for
+// benchmarks of big shapes, made on the GPU.
+template <typename T>
+cudaError_t FillUniform(T* p,  // [n]
+                        size_t n, float lo, float hi, uint64_t seed, cudaStream_t stream);
+
 }  // namespace gqa::kernels::cuda

@@ -70,4 +70,17 @@ cudaError_t PagedKvAppend(const T* k,            // [num_tokens, num_kv_heads, h
                           const int64_t* slots,  // [num_tokens], device memory
                           int num_tokens, const PagedKvView<T>& cache, cudaStream_t stream);
 
+// Splits a fused Q|K|V projection row by row: applies the rotate-half rotary embedding
+// (angle = positions[t] * inv_freq[i], as ApplyRope) to the query and key heads, writes the
+// queries to q_out and the keys and values to their slots of the cache (slot < 0: padding,
+// skipped).
+template <typename T>
+cudaError_t QkvRopeAppend(const T* qkv,  // [num_tokens, num_heads + 2 * num_kv_heads, head_dim]
+                          const int32_t* positions,  // [num_tokens], device memory
+                          const float* inv_freq,     // [head_dim / 2], device memory
+                          const int64_t* slots,      // [num_tokens], device memory
+                          int num_tokens, int num_heads,
+                          T* q_out,  // [num_tokens, num_heads, head_dim]
+                          const PagedKvView<T>& cache, cudaStream_t stream);
+
 }  // namespace gqa::kernels::cuda

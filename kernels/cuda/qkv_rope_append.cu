@@ -1,0 +1,70 @@
+// The fused QKV projection's split: rotary embedding of the query and key heads, the queries
+// into their own buffer, the keys and values into their slots of the paged cache. One pass over
+// the projection instead of a rope pass and an append pass.
+#include <cstdint>
+
+#include "gqa/kernels/paged_attention_cuda.h"
+#include "vec.cuh"
+
+namespace gqa::kernels::cuda {
+namespace {
+
+// One thread per (token, head, rotation pair) over query heads, then key heads, then value heads.
+template <typename T>
+__global__ void QkvRopeAppendKernel(const T* qkv, const int32_t* positions, const float* inv_freq,
+                                    const int64_t* slots, int tokens, int num_heads, T* q_out,
+                                    PagedKvView<T> cache) {
+  const int d = cache.head_dim, half = d / 2, kv_heads = cache.num_kv_heads;
+  const int heads = num_heads + 2 * kv_heads;
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= int64_t(tokens) * heads * half) return;
+  const int pair = int(i % half);
+  const int head = int((i / half) % heads);
+  const int token = int(i / (int64_t(half) * heads));
+  const T* in = qkv + (size_t(token) * heads + head) * d;
+  float x1 = ToFloat(in[pair]), x2 = ToFloat(in[pair + half]);
+  if (head < num_heads + kv_heads) {
+    float sin_a, cos_a;
+    sincosf(float(positions[token]) * inv_freq[pair], &sin_a, &cos_a);  // precise: large angles
+    const float r1 = x1 * cos_a - x2 * sin_a, r2 = x2 * cos_a + x1 * sin_a;
+    x1 = r1;
+    x2 = r2;
+  }
+  T* dst;
+  if (head < num_heads) {
+    dst = q_out + (size_t(token) * num_heads + head) * d;
+  } else {
+    const int64_t slot = slots[token];
+    if (slot < 0) return;  // padding
+    const bool is_key = head < num_heads + kv_heads;
+    const int kv_head = is_key ? head - num_heads : head - num_heads - kv_heads;
+    dst = (is_key ? cache.k : cache.v) + cache.Offset(slot, kv_head);
+  }
+  dst[pair] = FromFloat<T>(x1);
+  dst[pair + half] = FromFloat<T>(x2);
+}
+
+}  // namespace
+
+template <typename T>
+cudaError_t QkvRopeAppend(const T* qkv, const int32_t* positions, const float* inv_freq,
+                          const int64_t* slots, int num_tokens, int num_heads, T* q_out,
+                          const PagedKvView<T>& cache, cudaStream_t stream) {
+  if (cache.head_dim % 2 != 0) return cudaErrorInvalidValue;
+  const int64_t n =
+      int64_t(num_tokens) * (num_heads + 2 * cache.num_kv_heads) * (cache.head_dim / 2);
+  if (n == 0) return cudaSuccess;
+  const int threads = 256;
+  QkvRopeAppendKernel<T><<<unsigned((n + threads - 1) / threads), threads, 0, stream>>>(
+      qkv, positions, inv_freq, slots, num_tokens, num_heads, q_out, cache);
+  return cudaGetLastError();
+}
+
+#define GQA_INSTANTIATE(T)                                                                      \
+  template cudaError_t QkvRopeAppend<T>(const T*, const int32_t*, const float*, const int64_t*, \
+                                        int, int, T*, const PagedKvView<T>&, cudaStream_t);
+GQA_INSTANTIATE(__nv_bfloat16)
+GQA_INSTANTIATE(__half)
+#undef GQA_INSTANTIATE
+
+}  // namespace gqa::kernels::cuda
