@@ -13,13 +13,24 @@ ABSL_FLAG(std::string, model, "", "Hugging Face model directory (config.json + s
 ABSL_FLAG(std::string, load_format, "auto",
           "auto (safetensors) or dummy (random weights from config.json alone)");
 ABSL_FLAG(uint64_t, dummy_seed, 0, "seed of --load_format=dummy weights");
-ABSL_FLAG(std::string, backend, "cpu", "compute backend: cpu");
+ABSL_FLAG(std::string, backend, "auto",
+          "compute backend: auto (cuda when a GPU is visible and the build has CUDA), cpu, cuda");
+ABSL_FLAG(std::string, dtype, "auto",
+          "GPU weights and activations: auto (the checkpoint's 16-bit type; bfloat16 for F32 "
+          "checkpoints), bfloat16, float16");
+ABSL_FLAG(double, gpu_memory_utilization, 0.9,
+          "share of the GPU's memory for weights, activations and the KV cache");
+ABSL_FLAG(bool, enforce_eager, false, "GPU: launch every step's kernels, no CUDA graphs");
+ABSL_FLAG(bool, deterministic, false,
+          "GPU: a request's output does not depend on what is batched with it");
 ABSL_FLAG(std::string, host, "0.0.0.0", "address to listen on (gRPC and metrics)");
 ABSL_FLAG(int, port, 50051, "gRPC port (0 picks a free one)");
 ABSL_FLAG(int, metrics_port, 9090, "HTTP port for /metrics and /healthz (0 picks a free one)");
 ABSL_FLAG(std::string, port_file, "", "write '<grpc port> <metrics port>' here once serving");
 ABSL_FLAG(int, block_size, 16, "tokens per KV cache block");
-ABSL_FLAG(std::string, kv_cache_memory, "1GiB", "memory for the KV cache pool, e.g. 512MiB");
+ABSL_FLAG(std::string, kv_cache_memory, "",
+          "memory for the KV cache pool, e.g. 512MiB (default: 1GiB on the CPU; on a GPU what "
+          "--gpu_memory_utilization leaves)");
 ABSL_FLAG(int, num_kv_blocks, 0, "KV blocks in the pool (overrides --kv_cache_memory)");
 ABSL_FLAG(int, max_num_seqs, 256, "most sequences in one engine step");
 ABSL_FLAG(int, max_num_batched_tokens, 2048, "most tokens computed in one engine step");
@@ -55,7 +66,16 @@ int main(int argc, char** argv) {
   config.metrics_port = absl::GetFlag(FLAGS_metrics_port);
   config.port_file = absl::GetFlag(FLAGS_port_file);
   config.block_size = absl::GetFlag(FLAGS_block_size);
-  if (!gqa::ParseByteSize(absl::GetFlag(FLAGS_kv_cache_memory), &config.kv_cache_bytes)) {
+  config.dtype = absl::GetFlag(FLAGS_dtype);
+  config.gpu_memory_utilization = absl::GetFlag(FLAGS_gpu_memory_utilization);
+  config.enforce_eager = absl::GetFlag(FLAGS_enforce_eager);
+  config.deterministic = absl::GetFlag(FLAGS_deterministic);
+  if (!(config.gpu_memory_utilization > 0.0 && config.gpu_memory_utilization <= 1.0)) {
+    std::cerr << "gqa-server: --gpu_memory_utilization must be in (0, 1]\n";
+    return 2;
+  }
+  if (const std::string kv = absl::GetFlag(FLAGS_kv_cache_memory);
+      !kv.empty() && !gqa::ParseByteSize(kv, &config.kv_cache_bytes)) {
     std::cerr << "gqa-server: --kv_cache_memory: expected a size like 512MiB or 2GiB\n";
     return 2;
   }

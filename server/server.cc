@@ -3,13 +3,15 @@
 #include <signal.h>
 
 #include <cctype>
+#include <cstdlib>
+#include <functional>
 #include <fstream>
 #include <memory>
 
 #include "absl/strings/str_cat.h"
-#include "backend/cpu/cpu_backend.h"
+#include "backend/factory.h"
+#include "common/status_macros.h"
 #include "engine/engine.h"
-#include "gqa/kernels/cpu_ops.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/server_builder.h"
@@ -27,49 +29,51 @@ int Fail(const std::string& message) {
   return 1;
 }
 
-int MaxModelLen(const ServerConfig& sc, const ModelConfig& c) {
+// The longest sequence served. A sliding window that the backend does not apply caps it at the
+// window (where every key is inside the window anyway).
+int MaxModelLen(const ServerConfig& sc, const ModelConfig& c, BackendKind kind) {
   int len = sc.max_model_len > 0 ? sc.max_model_len : c.max_position_embeddings;
-  if (c.sliding_window && c.attention_window() == 0 && *c.sliding_window < len) {
+  const bool window_applied = c.attention_window() > 0 && kind == BackendKind::kCpu;
+  if (c.sliding_window && !window_applied && *c.sliding_window < len) {
     spdlog::info("max_model_len capped at the sliding window, {} tokens", *c.sliding_window);
     len = *c.sliding_window;
   }
   return len;
 }
 
-int NumKvBlocks(const ServerConfig& sc, const ModelConfig& c) {
-  if (sc.num_kv_blocks > 0) return sc.num_kv_blocks;
-  // The CPU backend keeps its cache in fp32.
-  const KvCacheSpec probe{sc.block_size, 0, c.num_kv_heads, c.head_dim, c.num_layers, DType::kF32};
-  return static_cast<int>(
-      std::min<uint64_t>(sc.kv_cache_bytes / probe.bytes_per_block(), 1u << 30));
+BackendOptions MakeBackendOptions(const ServerConfig& sc, BackendKind kind, int max_model_len) {
+  BackendOptions o;
+  o.kind = kind;
+  o.dtype = sc.dtype;
+  o.block_size = sc.block_size;
+  o.kv_cache_bytes = sc.kv_cache_bytes;
+  o.num_kv_blocks = sc.num_kv_blocks;
+  o.gpu_memory_utilization = sc.gpu_memory_utilization;
+  o.max_num_seqs = sc.max_num_seqs;
+  o.max_num_batched_tokens = sc.max_num_batched_tokens;
+  o.max_model_len = max_model_len;
+  o.enforce_eager = sc.enforce_eager;
+  o.deterministic = sc.deterministic;
+  o.cpu_threads = sc.cpu_threads;
+  return o;
 }
 
-absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(const ServerConfig& sc,
-                                                     std::shared_ptr<const Checkpoint> ckpt) {
-  if (sc.backend != "cpu") {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--backend=", sc.backend, ": this build has only the cpu backend"));
-  }
-  kernels::cpu::SetNumThreads(sc.cpu_threads);
-  const int blocks = NumKvBlocks(sc, ckpt->config());
-  if (blocks < 1) return absl::InvalidArgumentError("--kv-cache-memory holds not even one block");
-  auto backend = CpuBackend::Create(std::move(ckpt), sc.block_size, blocks);
-  if (!backend.ok()) return backend.status();
-  return std::unique_ptr<Backend>(std::move(*backend));
-}
-
-void LogLoaded(const ServerConfig& sc, const ModelConfig& c, const KvCacheSpec& kv,
+void LogLoaded(const ServerConfig& sc, const ModelConfig& c, const Backend& backend,
                int max_model_len, int grpc_port, int metrics_port) {
+  const KvCacheSpec& kv = backend.kv_spec();
   const uint64_t capacity = kv.token_capacity();
   const uint64_t blocks_per_seq = (max_model_len + kv.block_size - 1) / kv.block_size;
   spdlog::info(
       "serving {} ({}): {} layers, {} heads, {} kv heads (group {}), head_dim {}, {}; "
-      "kv cache {} blocks x {} tokens = {} tokens ({:.1f} MiB, {} max-length sequences of {}); "
-      "backend {}; grpc :{}, metrics :{}",
+      "kv cache {} blocks x {} tokens = {} tokens ({:.1f} MiB {}, {} max-length sequences of {}); "
+      "backend {} on {}; grpc :{}, metrics :{}",
       sc.model_dir, c.architecture_name, c.num_layers, c.num_heads, c.num_kv_heads, c.group_size(),
       c.head_dim, DTypeTorchName(c.dtype), kv.num_blocks, kv.block_size, capacity,
-      kv.total_bytes() / 1048576.0, kv.num_blocks / blocks_per_seq, max_model_len, sc.backend,
-      grpc_port, metrics_port);
+      kv.total_bytes() / 1048576.0, DTypeTorchName(kv.dtype), kv.num_blocks / blocks_per_seq,
+      max_model_len, backend.name(), backend.device_name(), grpc_port, metrics_port);
+  for (const auto& [kind, bytes] : backend.memory_by_kind()) {
+    spdlog::info("gpu memory: {} {:.1f} MiB", kind, bytes / 1048576.0);
+  }
   if (capacity < static_cast<uint64_t>(max_model_len)) {
     spdlog::warn(
         "the KV cache holds fewer tokens ({}) than max_model_len ({}): longer requests "
@@ -103,7 +107,8 @@ struct LoadedModel {
   std::unique_ptr<Engine> engine;
 };
 
-absl::StatusOr<LoadedModel> LoadModel(const ServerConfig& sc, EngineMetrics& metrics) {
+absl::StatusOr<LoadedModel> LoadModel(const ServerConfig& sc, BackendKind kind,
+                                      EngineMetrics& metrics, std::function<void()> on_broken) {
   auto ckpt = Checkpoint::Load(sc.model_dir, sc.load_format, sc.dummy_seed);
   if (!ckpt.ok()) return ckpt.status();
   LoadedModel model{(*ckpt)->config(), nullptr, nullptr};
@@ -112,23 +117,31 @@ absl::StatusOr<LoadedModel> LoadModel(const ServerConfig& sc, EngineMetrics& met
     if (!tokenizer.ok()) return tokenizer.status();
     model.tokenizer = std::move(*tokenizer);
   }
-  auto backend = MakeBackend(sc, std::move(*ckpt));
+  const int max_model_len = MaxModelLen(sc, model.config, kind);
+  auto backend = CreateBackend(MakeBackendOptions(sc, kind, max_model_len), std::move(*ckpt));
   if (!backend.ok()) return backend.status();
-  metrics.SetModelInfo(model.config, (*backend)->kv_spec(), sc.backend);
+  const Backend& b = **backend;
+  metrics.SetModelInfo(model.config, b.kv_spec(), std::string(b.name()), b.device_name(),
+                       b.memory_by_kind());
   EngineConfig engine_config;
   engine_config.scheduler = {sc.block_size, sc.max_num_seqs, sc.max_num_batched_tokens};
-  engine_config.limits = {model.config.vocab_size, MaxModelLen(sc, model.config)};
+  engine_config.limits = {model.config.vocab_size, max_model_len};
   engine_config.eos_token_ids.assign(model.config.eos_token_ids.begin(),
                                      model.config.eos_token_ids.end());
   engine_config.tokenizer = model.tokenizer.get();
+  engine_config.on_backend_broken = std::move(on_broken);
   model.engine = std::make_unique<Engine>(engine_config, std::move(*backend), &metrics);
-  return model;  // the backend keeps the checkpoint: it reads the mapped weights in place
+  return model;  // the CPU backend keeps the checkpoint: it reads the mapped weights in place
 }
 
 }  // namespace
 
 int RunServer(const ServerConfig& sc) {
   BlockSignals();
+  absl::StatusOr<BackendKind> kind = ParseBackendKind(sc.backend);
+  std::string device;
+  if (kind.ok()) kind = ResolveBackendKind(*kind, &device);
+  if (!kind.ok()) return Fail(std::string(kind.status().message()));
   MetricsRegistry registry;
   EngineMetrics metrics(registry);
   std::atomic<bool> serving{false};
@@ -151,10 +164,18 @@ int RunServer(const ServerConfig& sc) {
     return Fail(absl::StrCat("cannot listen for gRPC on ", sc.host, ":", sc.port));
   }
   server->GetHealthCheckService()->SetServingStatus(false);
-  spdlog::info("listening: grpc :{}, metrics :{}; loading {}", grpc_port, *metrics_port,
-               sc.model_dir);
+  spdlog::info("listening: grpc :{}, metrics :{}; loading {} for the {} backend on {}", grpc_port,
+               *metrics_port, sc.model_dir, BackendKindName(*kind), device);
 
-  absl::StatusOr<LoadedModel> model = LoadModel(sc, metrics);
+  // A device error that the GPU cannot recover from: stop answering and exit, so that an
+  // orchestrator restarts the process.
+  auto on_broken = [&serving, &server] {
+    serving.store(false);
+    server->GetHealthCheckService()->SetServingStatus(false);
+    spdlog::critical("the GPU is in an unrecoverable error state: exiting");
+    std::_Exit(3);
+  };
+  absl::StatusOr<LoadedModel> model = LoadModel(sc, *kind, metrics, on_broken);
   if (!model.ok()) {
     server->Shutdown();
     return Fail(std::string(model.status().message()));
@@ -165,7 +186,7 @@ int RunServer(const ServerConfig& sc) {
                  {model->config, sc.model_dir, sc.default_max_new_tokens, model->tokenizer.get()});
   server->GetHealthCheckService()->SetServingStatus(true);
   serving.store(true);
-  LogLoaded(sc, model->config, engine.kv_spec(), engine.config().limits.max_model_len, grpc_port,
+  LogLoaded(sc, model->config, engine.backend(), engine.config().limits.max_model_len, grpc_port,
             *metrics_port);
   if (!sc.port_file.empty()) {
     std::ofstream(sc.port_file) << grpc_port << " " << *metrics_port << "\n";

@@ -12,13 +12,17 @@ struct ServerConfig {
   std::string model_dir;
   LoadFormat load_format = LoadFormat::kSafetensors;
   uint64_t dummy_seed = 0;
-  std::string backend = "cpu";
+  std::string backend = "auto";  // auto, cpu, cuda
+  std::string dtype = "auto";    // GPU: auto, bfloat16, float16
+  double gpu_memory_utilization = 0.9;
+  bool enforce_eager = false;
+  bool deterministic = false;
   std::string host = "0.0.0.0";
   int port = 50051;
   int metrics_port = 9090;
   std::string port_file;  // written once serving: "<grpc port> <metrics port>"
   int block_size = 16;
-  uint64_t kv_cache_bytes = 1ull << 30;
+  uint64_t kv_cache_bytes = 0;  // 0: the backend's default
   int num_kv_blocks = 0;  // overrides kv_cache_bytes when > 0
   int max_num_seqs = 256;
   int max_num_batched_tokens = 2048;

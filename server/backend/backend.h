@@ -4,7 +4,9 @@
 
 #include <cstdint>
 #include <span>
+#include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -26,7 +28,15 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string_view name() const = 0;
+  // What it computes on, e.g. "NVIDIA H100 80GB HBM3", for the startup line and model info.
+  virtual std::string device_name() const = 0;
+  // The KV pool; its dtype is the backend's activation dtype.
   virtual const KvCacheSpec& kv_spec() const = 0;
+  // Device memory by kind (weights, kv, workspace, graphs), in bytes; empty on the CPU.
+  virtual std::vector<std::pair<std::string, uint64_t>> memory_by_kind() const { return {}; }
+  // True after an error that leaves the device unusable: the process should exit and be
+  // restarted. Every later step fails.
+  virtual bool broken() const { return false; }
 
   // Appends every token's K/V to the cache and computes the logits of the sequences that want
   // them (kept inside the backend: on the GPU they never cross to the host).

@@ -278,6 +278,7 @@ void Engine::FailStep(const SchedulerOutput& out, const absl::Status& status) {
     if (--in_flight_ == 0) idle_.notify_all();
   }
   UpdateGauges();
+  if (backend_->broken() && config_.on_backend_broken) config_.on_backend_broken();
 }
 
 void Engine::UpdateGauges() {

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -25,6 +26,9 @@ struct EngineConfig {
   ModelLimits limits;
   std::vector<int32_t> eos_token_ids;
   const Tokenizer* tokenizer = nullptr;  // text for each event, stop strings; may be null
+  // Called on the engine thread after a failed step left the backend unusable (a sticky GPU
+  // error); the server stops serving and exits. May be empty.
+  std::function<void()> on_backend_broken;
 };
 
 class Engine {
@@ -49,6 +53,7 @@ class Engine {
   const EngineConfig& config() const { return config_; }
   const KvCacheSpec& kv_spec() const { return backend_->kv_spec(); }
   std::string_view backend_name() const { return backend_->name(); }
+  const Backend& backend() const { return *backend_; }
 
  private:
   void Loop();

@@ -41,7 +41,8 @@ EngineMetrics::EngineMetrics(MetricsRegistry& r) : registry_(r) {
 }
 
 void EngineMetrics::SetModelInfo(const ModelConfig& c, const KvCacheSpec& kv,
-                                 const std::string& backend) {
+                                 const std::string& backend, const std::string& device,
+                                 const std::vector<std::pair<std::string, uint64_t>>& memory) {
   auto s = [](auto v) { return std::to_string(v); };
   registry_
       .AddGauge("gqa_model_info", "The loaded model (value is always 1).",
@@ -56,9 +57,17 @@ void EngineMetrics::SetModelInfo(const ModelConfig& c, const KvCacheSpec& kv,
                  {"kv_block_size", s(kv.block_size)},
                  {"converted_from_kv_heads",
                   c.converted_from_kv_heads ? s(*c.converted_from_kv_heads) : ""},
-                 {"backend", backend}})
+                 {"backend", backend},
+                 {"device", device},
+                 {"compute_dtype", std::string(DTypeTorchName(kv.dtype))}})
       ->Set(1);
   kv_cache_blocks_total->Set(kv.num_blocks);
+  for (const auto& [kind, bytes] : memory) {
+    registry_
+        .AddGauge("gqa_gpu_memory_bytes", "GPU memory the backend holds, by kind.",
+                  {{"kind", kind}})
+        ->Set(static_cast<double>(bytes));
+  }
 }
 
 }  // namespace gqa

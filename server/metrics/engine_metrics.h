@@ -2,7 +2,10 @@
 #pragma once
 
 #include <array>
+#include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "engine/request.h"
 #include "engine/scheduler.h"
@@ -15,8 +18,10 @@ struct KvCacheSpec;
 
 struct EngineMetrics {
   explicit EngineMetrics(MetricsRegistry& registry);
-  // gqa_model_info{...} 1 and gqa_kv_cache_blocks_total.
-  void SetModelInfo(const ModelConfig& config, const KvCacheSpec& kv, const std::string& backend);
+  // gqa_model_info{...} 1, gqa_kv_cache_blocks_total and gqa_gpu_memory_bytes{kind}.
+  void SetModelInfo(const ModelConfig& config, const KvCacheSpec& kv, const std::string& backend,
+                    const std::string& device = "cpu",
+                    const std::vector<std::pair<std::string, uint64_t>>& memory_by_kind = {});
 
   Histogram* time_to_first_token;
   Histogram* inter_token_latency;

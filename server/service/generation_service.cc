@@ -292,6 +292,8 @@ grpc::ServerUnaryReactor* GenerationService::GetModelInfo(grpc::CallbackServerCo
   info->set_kv_blocks_total(kv.num_blocks);
   info->set_kv_token_capacity(kv.token_capacity());
   info->set_backend(std::string(engine->backend_name()));
+  info->set_device(engine->backend().device_name());
+  info->set_compute_dtype(std::string(DTypeTorchName(kv.dtype)));
   info->set_model_path(info_.model_path);
   for (int id : c.eos_token_ids) info->add_eos_token_ids(id);
   info->set_has_tokenizer(info_.tokenizer != nullptr);

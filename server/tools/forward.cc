@@ -1,7 +1,9 @@
-// gqa-forward: runs the CPU backend directly on one prompt and prints JSON for parity checks:
+// gqa-forward: runs a backend (--backend cpu|cuda) directly on one prompt and prints JSON for
+// parity checks:
 //   prefill_logits:  logits of the last prompt token, prompt computed in chunks of --chunk
 //   position_logits: logits at every prompt position, the prompt fed one token per step
 //   greedy:          --generate greedy tokens after the prompt, one decode step each
+#include <algorithm>
 #include <iostream>
 #include <numeric>
 
@@ -10,7 +12,7 @@
 #include "common/dashed_flags.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
-#include "backend/cpu/cpu_backend.h"
+#include "backend/factory.h"
 #include "nlohmann/json.hpp"
 
 ABSL_FLAG(std::string, model, "", "model directory");
@@ -18,6 +20,9 @@ ABSL_FLAG(std::string, ids, "", "comma-separated prompt token ids");
 ABSL_FLAG(int, chunk, 0, "prefill chunk size (0: whole prompt at once)");
 ABSL_FLAG(int, generate, 8, "greedy tokens to generate");
 ABSL_FLAG(int, block_size, 16, "KV block size");
+ABSL_FLAG(std::string, backend, "cpu", "cpu, cuda or auto");
+ABSL_FLAG(std::string, dtype, "auto", "CUDA: auto, bfloat16 or float16");
+ABSL_FLAG(bool, enforce_eager, false, "CUDA: no graphs");
 
 namespace {
 
@@ -64,8 +69,28 @@ int main(int argc, char** argv) {
     prompt.push_back(id);
   }
   const int bs = absl::GetFlag(FLAGS_block_size);
-  auto backend = gqa::CpuBackend::Create(std::move(*ckpt), bs, kNumBlocks);
-  if (!backend.ok() || prompt.empty()) return 2;
+  auto kind = gqa::ParseBackendKind(absl::GetFlag(FLAGS_backend));
+  std::string device;
+  if (kind.ok()) kind = gqa::ResolveBackendKind(*kind, &device);
+  if (!kind.ok()) {
+    std::cerr << kind.status().message() << "\n";
+    return 2;
+  }
+  gqa::BackendOptions options;
+  options.kind = *kind;
+  options.dtype = absl::GetFlag(FLAGS_dtype);
+  options.block_size = bs;
+  options.num_kv_blocks = kNumBlocks;
+  options.max_num_seqs = 1;
+  options.max_num_batched_tokens = std::max<int>(2048, prompt.size());
+  options.max_model_len = kNumBlocks * bs;
+  options.enforce_eager = absl::GetFlag(FLAGS_enforce_eager);
+  auto backend = gqa::CreateBackend(options, std::move(*ckpt));
+  if (!backend.ok()) {
+    std::cerr << backend.status().message() << "\n";
+    return 2;
+  }
+  if (prompt.empty()) return 2;
   int next_block = kNumBlocks - 1;
   nlohmann::json out;
 

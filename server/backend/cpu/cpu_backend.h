@@ -22,6 +22,7 @@ class CpuBackend final : public Backend {
       std::shared_ptr<const Checkpoint> checkpoint, int block_size, int num_blocks);
 
   std::string_view name() const override { return "cpu"; }
+  std::string device_name() const override { return "cpu"; }
   const KvCacheSpec& kv_spec() const override { return spec_; }
   absl::Status Forward(std::span<const ForwardSeq> batch) override;
   absl::StatusOr<std::vector<int32_t>> Sample(std::span<const SamplingRow> rows) override;

@@ -1,0 +1,481 @@
+#include "backend/cuda/cuda_backend.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "backend/cuda/device.h"
+#include "backend/cuda/gemm.h"
+#include "backend/cuda/step_inputs.h"
+#include "backend/cuda/weights.h"
+#include "common/status_macros.h"
+#include "gqa/kernels/decode_selector.h"
+#include "gqa/kernels/elementwise_cuda.h"
+#include "gqa/kernels/paged_attention_cuda.h"
+#include "gqa/kernels/rope.h"
+#include "gqa/kernels/sampling_cuda.h"
+#include "spdlog/spdlog.h"
+
+namespace gqa {
+namespace {
+
+namespace k = kernels::cuda;
+using cuda::BufferCarver;
+using cuda::DeviceMemory;
+using cuda::StepShape;
+
+constexpr uint64_t kGraphReserveBytes = 256ull << 20;  // left free for graphs and the allocator
+
+// Activations for the largest step: [max_tokens, ...] rows, logits for max_seqs rows.
+template <typename T>
+struct Activations {
+  T* residual;       // [max_tokens, hidden]
+  T* normed;         // [max_tokens, hidden]
+  T* qkv;            // [max_tokens, q_size + 2 kv_size]
+  T* q;              // [max_tokens, num_heads, head_dim]
+  T* attn;           // [max_tokens, num_heads, head_dim]
+  T* proj;           // [max_tokens, hidden]
+  T* gate_up;        // [max_tokens, 2 intermediate]
+  T* mlp;            // [max_tokens, intermediate]
+  T* logit_hidden;   // [max_seqs, hidden]
+  float* logits;     // [max_seqs, vocab]
+  int32_t* sampled;  // [max_seqs]
+  float* inv_freq;   // [head_dim / 2]
+  void* decode_workspace;
+};
+
+// The graph capture sizes: 1, 2, 4, 8, then multiples of 8 up to max_num_seqs.
+std::vector<int> CaptureSizes(int max_seqs) {
+  std::vector<int> sizes;
+  for (int b : {1, 2, 4}) {
+    if (b < max_seqs) sizes.push_back(b);
+  }
+  for (int b = 8; b < max_seqs; b += 8) sizes.push_back(b);
+  sizes.push_back(max_seqs);
+  return sizes;
+}
+
+template <typename T>
+class CudaBackend final : public Backend {
+ public:
+  static absl::StatusOr<std::unique_ptr<Backend>> Create(const CudaBackendOptions& options,
+                                                         const ModelConfig& config,
+                                                         const Checkpoint* checkpoint);
+  std::string_view name() const override { return "cuda"; }
+  std::string device_name() const override { return device_->name(); }
+  const KvCacheSpec& kv_spec() const override { return spec_; }
+  std::vector<std::pair<std::string, uint64_t>> memory_by_kind() const override {
+    return {{"weights", weights_.bytes()},
+            {"kv", kv_memory_.bytes()},
+            {"workspace", activation_memory_.bytes() + cuda::CudaDevice::kCublasWorkspaceBytes},
+            {"graphs", graph_bytes_}};
+  }
+  bool broken() const override { return broken_; }
+  absl::Status Forward(std::span<const ForwardSeq> batch) override;
+  absl::StatusOr<std::vector<int32_t>> Sample(std::span<const SamplingRow> rows) override;
+  absl::StatusOr<std::vector<float>> LogitsToHost() override;
+
+ private:
+  CudaBackend(const CudaBackendOptions& options, const ModelConfig& config)
+      : options_(options), config_(config) {}
+  absl::Status Init(const Checkpoint* checkpoint);
+  absl::Status AllocateActivations();
+  absl::Status AllocateKvCache();
+  absl::Status CaptureGraphs();
+  int MaxDecodeWorkspaceRows() const;
+  kernels::DecodeKernelChoice DecodeChoice(int num_seqs) const;
+  // Every kernel of one step, in order, on the device stream.
+  absl::Status Launch(const StepShape& shape);
+  absl::Status Layer(int l, const StepShape& shape);
+  absl::Status Attention(int l, const StepShape& shape);
+  kernels::PagedKvView<T> Cache(int l) const;
+  // Records a failed CUDA call; a sticky error marks the backend broken.
+  absl::Status Check(absl::Status status);
+
+  CudaBackendOptions options_;
+  ModelConfig config_;
+  KvCacheSpec spec_;
+  std::unique_ptr<cuda::CudaDevice> device_;
+  cuda::DeviceWeights weights_;
+  std::unique_ptr<cuda::Gemm> gemm_;
+  cuda::StepInputs inputs_;
+  DeviceMemory activation_memory_, kv_memory_;
+  Activations<T> act_{};
+  T* kv_base_ = nullptr;  // [layers][k, v][num_blocks, kv_heads, block_size, head_dim]
+  int max_tokens_ = 0;
+  std::map<int, cudaGraphExec_t> graphs_;  // by padded batch size
+  uint64_t graph_bytes_ = 0;
+  int logit_rows_ = 0;
+  bool broken_ = false;
+};
+
+template <typename T>
+absl::Status CudaBackend<T>::Check(absl::Status status) {
+  if (status.ok()) return status;
+  const cudaError_t error = cudaPeekAtLastError();
+  if (cuda::IsStickyCudaError(error) ||
+      cuda::IsStickyCudaError(cudaStreamQuery(device_->stream()))) {
+    broken_ = true;
+  }
+  return status;
+}
+
+template <typename T>
+int CudaBackend<T>::MaxDecodeWorkspaceRows() const {
+  int rows = 0;
+  for (int b = 1; b <= options_.max_num_seqs; ++b) {
+    rows = std::max(rows, b * DecodeChoice(b).num_splits);
+  }
+  return rows;
+}
+
+template <typename T>
+kernels::DecodeKernelChoice CudaBackend<T>::DecodeChoice(int num_seqs) const {
+  // Deterministic: the same splits whatever the batch, so they depend on the length alone.
+  return kernels::SelectFixedGridDecodeKernel(
+      config_.num_heads, config_.num_kv_heads, config_.head_dim, spec_.block_size,
+      options_.deterministic ? 1 : num_seqs, options_.max_model_len, device_->sm_count());
+}
+
+template <typename T>
+absl::Status CudaBackend<T>::AllocateActivations() {
+  const ModelConfig& c = config_;
+  const size_t t = max_tokens_, s = options_.max_num_seqs, h = c.hidden_size;
+  const size_t workspace =
+      k::DecodeWorkspaceBytes(MaxDecodeWorkspaceRows(), c.num_heads, c.head_dim, 1) * 2 + 256;
+  auto carve = [&](void* base) {
+    BufferCarver b(base);
+    act_.residual = b.Take<T>(t * h);
+    act_.normed = b.Take<T>(t * h);
+    act_.qkv = b.Take<T>(t * (c.q_size() + 2 * c.kv_size()));
+    act_.q = b.Take<T>(t * c.q_size());
+    act_.attn = b.Take<T>(t * c.q_size());
+    act_.proj = b.Take<T>(t * h);
+    act_.gate_up = b.Take<T>(t * 2 * c.intermediate_size);
+    act_.mlp = b.Take<T>(t * c.intermediate_size);
+    act_.logit_hidden = b.Take<T>(s * h);
+    act_.logits = b.Take<float>(s * c.vocab_size);
+    act_.sampled = b.Take<int32_t>(s);
+    act_.inv_freq = b.Take<float>(c.head_dim / 2);
+    act_.decode_workspace = b.Take<std::byte>(workspace);
+    return b.bytes();
+  };
+  auto memory = DeviceMemory::Allocate(carve(nullptr), "activations");
+  if (!memory.ok()) return memory.status();
+  activation_memory_ = std::move(*memory);
+  carve(activation_memory_.get());
+  const auto inv_freq = kernels::RopeInverseFrequencies(c.rope_theta, c.head_dim, c.rope_scaling);
+  GQA_CUDA_RETURN_IF_ERROR(cudaMemcpy(act_.inv_freq, inv_freq.data(),
+                                      inv_freq.size() * sizeof(float), cudaMemcpyHostToDevice));
+  return absl::OkStatus();
+}
+
+template <typename T>
+absl::Status CudaBackend<T>::AllocateKvCache() {
+  KvCacheSpec probe = spec_;
+  probe.num_blocks = 1;
+  int64_t blocks = options_.num_kv_blocks;
+  if (blocks <= 0 && options_.kv_cache_bytes > 0) {
+    blocks = options_.kv_cache_bytes / probe.bytes_per_block();
+  } else if (blocks <= 0) {
+    size_t free = 0, total = 0;
+    GQA_CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free, &total));
+    const double budget = options_.gpu_memory_utilization * double(total) - double(total - free) -
+                          double(kGraphReserveBytes);
+    blocks = budget > 0 ? int64_t(budget / probe.bytes_per_block()) : 0;
+    if (blocks < 1) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("the model does not fit on ", device_->name(), ": weights ",
+                       weights_.bytes() / 1073741824.0, " GiB and activations ",
+                       activation_memory_.bytes() / 1073741824.0,
+                       " GiB leave no room for a KV cache within ", "--gpu_memory_utilization ",
+                       options_.gpu_memory_utilization, " of ", total / 1073741824.0, " GiB"));
+    }
+  }
+  blocks = std::min<int64_t>(blocks, (int64_t(1) << 31) / spec_.block_size - 1);
+  if (blocks < 1) return absl::InvalidArgumentError("the KV cache holds not even one block");
+  spec_.num_blocks = static_cast<int>(blocks);
+  auto memory = DeviceMemory::Allocate(spec_.total_bytes(), "the KV cache");
+  if (!memory.ok()) return memory.status();
+  kv_memory_ = std::move(*memory);
+  kv_base_ = static_cast<T*>(kv_memory_.get());
+  GQA_CUDA_RETURN_IF_ERROR(cudaMemset(kv_memory_.get(), 0, kv_memory_.bytes()));
+  return absl::OkStatus();
+}
+
+template <typename T>
+kernels::PagedKvView<T> CudaBackend<T>::Cache(int l) const {
+  const size_t per_pool =
+      size_t(spec_.num_blocks) * spec_.num_kv_heads * spec_.block_size * spec_.head_dim;
+  T* k_pool = kv_base_ + size_t(2 * l) * per_pool;
+  return {k_pool,
+          k_pool + per_pool,
+          inputs_.device_block_tables(),
+          inputs_.capacity().max_blocks_per_seq,
+          spec_.num_kv_heads,
+          spec_.block_size,
+          spec_.head_dim};
+}
+
+template <typename T>
+absl::Status CudaBackend<T>::Attention(int l, const StepShape& shape) {
+  const ModelConfig& c = config_;
+  const cuda::StepArrays& in = inputs_.device();
+  const kernels::PagedKvView<T> cache = Cache(l);
+  cudaStream_t stream = device_->stream();
+  GQA_CUDA_RETURN_IF_ERROR(k::QkvRopeAppend<T>(act_.qkv, in.positions, act_.inv_freq, in.slots,
+                                               shape.num_tokens, c.num_heads, act_.q, cache,
+                                               stream));
+  const float scale = 1.0f / std::sqrt(float(c.head_dim));
+  if (shape.num_decode > 0) {
+    k::DecodeAttentionArgs<T> args;
+    args.q = act_.q;
+    args.out = act_.attn;
+    args.cache = cache;
+    args.context_lens = in.context_lens;
+    args.num_seqs = shape.num_decode;
+    args.num_heads = c.num_heads;
+    args.scale = scale;
+    args.workspace = act_.decode_workspace;
+    GQA_CUDA_RETURN_IF_ERROR(
+        k::PagedDecodeAttention<T>(args, DecodeChoice(shape.num_decode), stream));
+  }
+  const int prefill_seqs = shape.num_seqs - shape.num_decode;
+  if (prefill_seqs > 0) {
+    const size_t first = size_t(shape.num_decode) * c.q_size();  // decode rows come first
+    k::PrefillAttentionArgs<T> args;
+    args.q = act_.q + first;
+    args.out = act_.attn + first;
+    args.cache = cache;
+    args.cache.block_tables += size_t(shape.num_decode) * cache.max_blocks_per_seq;
+    args.query_start = in.prefill_query_start;
+    args.context_lens = in.context_lens + shape.num_decode;
+    args.num_seqs = prefill_seqs;
+    args.num_heads = c.num_heads;
+    args.max_query_len = shape.max_query_len;
+    args.scale = scale;
+    GQA_CUDA_RETURN_IF_ERROR(k::PagedPrefillAttention<T>(args, stream));
+  }
+  return absl::OkStatus();
+}
+
+template <typename T>
+absl::Status CudaBackend<T>::Layer(int l, const StepShape& shape) {
+  const ModelConfig& c = config_;
+  const cuda::LayerWeights& w = weights_.layer(l);
+  const int n = shape.num_tokens, h = c.hidden_size, inter = c.intermediate_size;
+  cudaStream_t stream = device_->stream();
+  RETURN_IF_ERROR(
+      gemm_->Run(act_.normed, w.qkv, w.qkv_bias, n, c.q_size() + 2 * c.kv_size(), h, act_.qkv));
+  RETURN_IF_ERROR(Attention(l, shape));
+  RETURN_IF_ERROR(gemm_->Run(act_.attn, w.o, w.o_bias, n, h, c.q_size(), act_.proj));
+  GQA_CUDA_RETURN_IF_ERROR(k::AddRmsNorm<T>(act_.proj, act_.residual,
+                                            static_cast<const T*>(w.post_norm), n, h,
+                                            c.rms_norm_eps, act_.normed, stream));
+  RETURN_IF_ERROR(
+      gemm_->Run(act_.normed, w.gate_up, w.gate_up_bias, n, 2 * inter, h, act_.gate_up));
+  GQA_CUDA_RETURN_IF_ERROR(
+      k::SiluMul<T>(act_.gate_up, act_.gate_up + inter, n, inter, 2 * inter, act_.mlp, stream));
+  RETURN_IF_ERROR(gemm_->Run(act_.mlp, w.down, w.down_bias, n, h, inter, act_.proj));
+  const void* next_norm =
+      l + 1 < c.num_layers ? weights_.layer(l + 1).input_norm : weights_.final_norm();
+  GQA_CUDA_RETURN_IF_ERROR(k::AddRmsNorm<T>(act_.proj, act_.residual,
+                                            static_cast<const T*>(next_norm), n, h, c.rms_norm_eps,
+                                            act_.normed, stream));
+  return absl::OkStatus();
+}
+
+template <typename T>
+absl::Status CudaBackend<T>::Launch(const StepShape& shape) {
+  const ModelConfig& c = config_;
+  const cuda::StepArrays& in = inputs_.device();
+  cudaStream_t stream = device_->stream();
+  const int n = shape.num_tokens, h = c.hidden_size;
+  GQA_CUDA_RETURN_IF_ERROR(k::EmbeddingGather<T>(static_cast<const T*>(weights_.embed()),
+                                                 in.token_ids, n, h, act_.residual, stream));
+  GQA_CUDA_RETURN_IF_ERROR(k::AddRmsNorm<T>(nullptr, act_.residual,
+                                            static_cast<const T*>(weights_.layer(0).input_norm), n,
+                                            h, c.rms_norm_eps, act_.normed, stream));
+  for (int l = 0; l < c.num_layers; ++l) RETURN_IF_ERROR(Layer(l, shape));
+  // The wanted rows only, then the vocabulary projection in fp32.
+  GQA_CUDA_RETURN_IF_ERROR(k::EmbeddingGather<T>(act_.normed, in.logit_rows, shape.num_logit_rows,
+                                                 h, act_.logit_hidden, stream));
+  return gemm_->Run(act_.logit_hidden, weights_.lm_head(), nullptr, shape.num_logit_rows,
+                    c.vocab_size, h, act_.logits, /*fp32_out=*/true);
+}
+
+template <typename T>
+absl::Status CudaBackend<T>::CaptureGraphs() {
+  const auto start = std::chrono::steady_clock::now();
+  size_t free_before = 0, free_after = 0, total = 0;
+  GQA_CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free_before, &total));
+  std::vector<int32_t> token{0}, table{0};
+  cudaStream_t stream = device_->stream();
+  for (int size : CaptureSizes(options_.max_num_seqs)) {
+    // Inert rows only: the padding rows write nothing to the cache.
+    auto shape = inputs_.Pack({}, spec_.block_size, spec_.num_blocks, size);
+    if (!shape.ok()) return shape.status();
+    RETURN_IF_ERROR(inputs_.Upload(*shape, stream));
+    RETURN_IF_ERROR(Launch(*shape));  // warm-up: makes the cuBLAS plans outside the capture
+    GQA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+    cudaGraph_t graph = nullptr;
+    GQA_CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    const absl::Status launched = Launch(*shape);
+    const cudaError_t ended = cudaStreamEndCapture(stream, &graph);
+    RETURN_IF_ERROR(launched);
+    GQA_CUDA_RETURN_IF_ERROR(ended);
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t instantiated = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    GQA_CUDA_RETURN_IF_ERROR(instantiated);
+    graphs_[size] = exec;
+  }
+  GQA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+  GQA_CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free_after, &total));
+  graph_bytes_ = free_before > free_after ? free_before - free_after : 0;
+  spdlog::info("captured {} decode graphs (batch 1..{}) in {:.2f} s, {:.1f} MiB", graphs_.size(),
+               options_.max_num_seqs,
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
+               graph_bytes_ / 1048576.0);
+  return absl::OkStatus();
+}
+
+template <typename T>
+absl::Status CudaBackend<T>::Init(const Checkpoint* checkpoint) {
+  const ModelConfig& c = config_;
+  const kernels::DecodeKernelChoice support = kernels::SelectDecodeKernel(
+      c.num_heads, c.num_kv_heads, c.head_dim, options_.block_size, 1, 1, 1);
+  if (!support.supported) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the CUDA backend cannot serve this model: ", support.reason));
+  }
+  if (c.hidden_size % 8 != 0) {
+    return absl::InvalidArgumentError("the CUDA backend needs hidden_size to be a multiple of 8");
+  }
+  ASSIGN_OR_RETURN(device_, cuda::CudaDevice::Open(options_.device_index));
+  if (checkpoint) {
+    ASSIGN_OR_RETURN(weights_,
+                     cuda::DeviceWeights::Upload(*checkpoint, options_.dtype, {}, *device_));
+  } else {
+    ASSIGN_OR_RETURN(
+        weights_, cuda::DeviceWeights::Random(c, options_.dtype, options_.random_seed, *device_));
+  }
+  max_tokens_ = std::max(options_.max_num_batched_tokens, options_.max_num_seqs);
+  spec_ =
+      KvCacheSpec{options_.block_size, 0, c.num_kv_heads, c.head_dim, c.num_layers, options_.dtype};
+  const int max_blocks = (options_.max_model_len + spec_.block_size - 1) / spec_.block_size;
+  ASSIGN_OR_RETURN(inputs_, cuda::StepInputs::Create(
+                                {max_tokens_, options_.max_num_seqs, std::max(1, max_blocks)}));
+  gemm_ = std::make_unique<cuda::Gemm>(
+      device_.get(), options_.dtype == DType::kBF16 ? CUDA_R_16BF : CUDA_R_16F,
+      options_.deterministic ? cuda::GemmMode::kBatchInvariant : cuda::GemmMode::kFastest,
+      max_tokens_);
+  RETURN_IF_ERROR(AllocateActivations());
+  RETURN_IF_ERROR(AllocateKvCache());
+  if (!options_.enforce_eager) RETURN_IF_ERROR(CaptureGraphs());
+  return absl::OkStatus();
+}
+
+template <typename T>
+absl::StatusOr<std::unique_ptr<Backend>> CudaBackend<T>::Create(const CudaBackendOptions& options,
+                                                                const ModelConfig& config,
+                                                                const Checkpoint* checkpoint) {
+  auto backend = std::unique_ptr<CudaBackend<T>>(new CudaBackend<T>(options, config));
+  RETURN_IF_ERROR(backend->Init(checkpoint));
+  return std::unique_ptr<Backend>(std::move(backend));
+}
+
+template <typename T>
+absl::Status CudaBackend<T>::Forward(std::span<const ForwardSeq> batch) {
+  if (broken_) return absl::InternalError("the GPU is in an unrecoverable error state");
+  bool all_decode = !batch.empty();
+  for (const ForwardSeq& s : batch) all_decode &= s.tokens.size() == 1 && s.wants_logits;
+  int padded = 0;
+  if (all_decode && !graphs_.empty()) {
+    auto it = graphs_.lower_bound(static_cast<int>(batch.size()));
+    if (it != graphs_.end()) padded = it->first;
+  }
+  auto shape = inputs_.Pack(batch, spec_.block_size, spec_.num_blocks, padded);
+  if (!shape.ok()) return shape.status();
+  RETURN_IF_ERROR(Check(inputs_.Upload(*shape, device_->stream())));
+  logit_rows_ = static_cast<int>(std::count_if(batch.begin(), batch.end(),
+                                               [](const ForwardSeq& s) { return s.wants_logits; }));
+  if (padded > 0) {
+    return Check(cuda::CudaStatus(cudaGraphLaunch(graphs_.at(padded), device_->stream()),
+                                  "cudaGraphLaunch"));
+  }
+  return Check(Launch(*shape));
+}
+
+template <typename T>
+absl::StatusOr<std::vector<int32_t>> CudaBackend<T>::Sample(std::span<const SamplingRow> rows) {
+  if (static_cast<int>(rows.size()) != logit_rows_) {
+    return absl::InternalError(
+        absl::StrCat("sample: ", rows.size(), " rows for ", logit_rows_, " logit rows"));
+  }
+  const int n = logit_rows_;
+  std::copy(rows.begin(), rows.end(), inputs_.host().sampling);
+  cudaStream_t stream = device_->stream();
+  RETURN_IF_ERROR(Check(inputs_.UploadSampling(n, stream)));
+  RETURN_IF_ERROR(Check(cuda::CudaStatus(k::SampleTokens(act_.logits, inputs_.device().sampling, n,
+                                                         config_.vocab_size, act_.sampled, stream),
+                                         "SampleTokens")));
+  std::vector<int32_t> tokens(n);
+  // The one device-to-host copy of the step (pageable: 4 bytes per sequence).
+  RETURN_IF_ERROR(
+      Check(cuda::CudaStatus(cudaMemcpyAsync(tokens.data(), act_.sampled, n * sizeof(int32_t),
+                                             cudaMemcpyDeviceToHost, stream),
+                             "copy sampled tokens")));
+  RETURN_IF_ERROR(Check(cuda::CudaStatus(cudaStreamSynchronize(stream), "decode step")));
+  return tokens;
+}
+
+template <typename T>
+absl::StatusOr<std::vector<float>> CudaBackend<T>::LogitsToHost() {
+  std::vector<float> logits(size_t(logit_rows_) * config_.vocab_size);
+  RETURN_IF_ERROR(Check(
+      cuda::CudaStatus(cudaMemcpyAsync(logits.data(), act_.logits, logits.size() * sizeof(float),
+                                       cudaMemcpyDeviceToHost, device_->stream()),
+                       "copy logits")));
+  RETURN_IF_ERROR(
+      Check(cuda::CudaStatus(cudaStreamSynchronize(device_->stream()), "forward step")));
+  return logits;
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> Create(const CudaBackendOptions& options,
+                                                const ModelConfig& config,
+                                                const Checkpoint* checkpoint) {
+  switch (options.dtype) {
+    case DType::kBF16:
+      return CudaBackend<__nv_bfloat16>::Create(options, config, checkpoint);
+    case DType::kF16:
+      return CudaBackend<__half>::Create(options, config, checkpoint);
+    case DType::kF32:
+      break;
+  }
+  return absl::InvalidArgumentError("the CUDA backend serves bfloat16 or float16, not float32");
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(
+    const CudaBackendOptions& options, std::shared_ptr<const Checkpoint> checkpoint) {
+  // The weights are copied to the GPU: the checkpoint's mapped files can go afterwards.
+  return Create(options, checkpoint->config(), checkpoint.get());
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackendWithRandomWeights(
+    const CudaBackendOptions& options, const ModelConfig& config) {
+  return Create(options, config, nullptr);
+}
+
+absl::StatusOr<std::string> CudaDeviceName(int device_index) {
+  if (device_index != 0) return absl::UnimplementedError("only GPU 0 is used");
+  return cuda::FirstGpuName();
+}
+
+}  // namespace gqa

@@ -1,0 +1,55 @@
+// The decoder's matrix products through cuBLASLt: y = x @ w^T (+ bias), Hugging Face Linear
+// layout, bf16 or fp16 in, T or fp32 out, fp32 accumulation. One plan (descriptors and the
+// algorithm cuBLASLt's heuristic picks) per shape, made the first time the shape is seen
+// (at warm-up and graph capture) and reused after.
+#pragma once
+
+#include <cublasLt.h>
+#include <library_types.h>
+
+#include <map>
+#include <memory>
+#include <tuple>
+
+#include "absl/status/status.h"
+#include "backend/cuda/device.h"
+
+namespace gqa::cuda {
+
+enum class GemmMode {
+  kFastest,        // the heuristic's first algorithm for each shape
+  kBatchInvariant  // no split-K, and one algorithm per (n, k) for every m: a row's result does
+                   // not depend on how many rows are batched with it (--deterministic)
+};
+
+class Gemm {
+ public:
+  // io_type: CUDA_R_16BF or CUDA_R_16F. max_m: the most rows any call has (kBatchInvariant
+  // picks each (n, k)'s algorithm at that size).
+  Gemm(const CudaDevice* device, cudaDataType_t io_type, GemmMode mode, int max_m);
+  ~Gemm();
+  Gemm(const Gemm&) = delete;
+  Gemm& operator=(const Gemm&) = delete;
+
+  // y[m, n] = x[m, k] @ w[n, k]^T + bias[n]; y is io_type, or fp32 with fp32_out.
+  absl::Status Run(const void* x,     // [m, k]
+                   const void* w,     // [n, k]
+                   const void* bias,  // [n] or nullptr
+                   int m, int n, int k,
+                   void* y,  // [m, n]
+                   bool fp32_out = false);
+
+ private:
+  struct Plan;
+  using Key = std::tuple<int, int, int, bool, bool>;  // m, n, k, bias, fp32_out
+  absl::StatusOr<Plan*> GetPlan(const Key& key);
+  absl::StatusOr<cublasLtMatmulAlgo_t> PickAlgorithm(Plan& plan, const Key& key);
+
+  const CudaDevice* device_;
+  cudaDataType_t io_type_;
+  GemmMode mode_;
+  int max_m_;
+  std::map<Key, std::unique_ptr<Plan>> plans_;
+};
+
+}  // namespace gqa::cuda

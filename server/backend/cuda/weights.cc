@@ -1,0 +1,174 @@
+#include "backend/cuda/weights.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cstring>
+#include <functional>
+
+#include "absl/strings/str_cat.h"
+#include "gqa/kernels/elementwise_cuda.h"
+#include "spdlog/spdlog.h"
+
+namespace gqa::cuda {
+namespace {
+
+constexpr size_t kStagingBytes = 64ull << 20;
+
+// One weight tensor's destination and where its values come from.
+struct Piece {
+  std::string name;  // checkpoint tensor name
+  void* dst;         // device address
+};
+
+// Converts n elements of src_dtype to dst_dtype (F16 or BF16) at dst.
+void ConvertElements(DType src_dtype, const std::byte* src, size_t n, DType dst_dtype, void* dst,
+                     std::vector<float>& scratch) {
+  if (src_dtype == dst_dtype) {
+    std::memcpy(dst, src, n * DTypeSize(dst_dtype));
+    return;
+  }
+  scratch.resize(n);
+  ConvertToFloat(src_dtype, src, n, scratch.data());
+  ConvertFromFloat(dst_dtype, scratch.data(), n, dst);
+}
+
+}  // namespace
+
+size_t DeviceWeights::Carve(const ModelConfig& c, void* base) {
+  BufferCarver carve(base);
+  const size_t e = DTypeSize(dtype_);
+  auto take = [&](size_t elems) -> const void* { return carve.Take<std::byte>(elems * e); };
+  const size_t h = c.hidden_size, qkv = c.q_size() + 2 * c.kv_size(), inter = c.intermediate_size;
+  embed_ = take(size_t(c.vocab_size) * h);
+  layers_.assign(c.num_layers, {});
+  for (LayerWeights& L : layers_) {
+    L.input_norm = take(h);
+    L.qkv = take(qkv * h);
+    if (c.qkv_bias) L.qkv_bias = take(qkv);
+    L.o = take(h * c.q_size());
+    if (c.o_bias) L.o_bias = take(h);
+    L.post_norm = take(h);
+    L.gate_up = take(2 * inter * h);
+    if (c.mlp_bias) L.gate_up_bias = take(2 * inter);
+    L.down = take(h * inter);
+    if (c.mlp_bias) L.down_bias = take(h);
+  }
+  norm_ = take(h);
+  lm_head_ = c.tie_word_embeddings ? embed_ : take(size_t(c.vocab_size) * h);
+  return carve.bytes();
+}
+
+absl::StatusOr<DeviceWeights> DeviceWeights::Upload(const Checkpoint& ckpt, DType dtype,
+                                                    Shard shard, const CudaDevice& device) {
+  if (shard.world_size != 1) {
+    return absl::UnimplementedError("tensor parallelism (world size above 1) is not implemented");
+  }
+  const ModelConfig& c = ckpt.config();
+  DeviceWeights w;
+  w.dtype_ = dtype;
+  auto memory = DeviceMemory::Allocate(w.Carve(c, nullptr), "the model weights");
+  if (!memory.ok()) return memory.status();
+  w.memory_ = std::move(*memory);
+  w.Carve(c, w.memory_.get());
+
+  // Every checkpoint tensor and its place; fused matrices are their parts back to back.
+  const size_t e = DTypeSize(dtype);
+  auto at = [&](const void* p, size_t elems) {
+    return static_cast<std::byte*>(const_cast<void*>(p)) + elems * e;
+  };
+  std::vector<Piece> pieces = {{"model.embed_tokens.weight", at(w.embed_, 0)},
+                               {"model.norm.weight", at(w.norm_, 0)}};
+  if (!c.tie_word_embeddings) pieces.push_back({"lm_head.weight", at(w.lm_head_, 0)});
+  const size_t h = c.hidden_size, q = c.q_size(), kv = c.kv_size(), inter = c.intermediate_size;
+  for (int l = 0; l < c.num_layers; ++l) {
+    const LayerWeights& L = w.layers_[l];
+    auto add = [&](const char* suffix, void* dst) {
+      pieces.push_back({LayerTensorName(l, suffix), dst});
+    };
+    add("input_layernorm.weight", at(L.input_norm, 0));
+    add("self_attn.q_proj.weight", at(L.qkv, 0));
+    add("self_attn.k_proj.weight", at(L.qkv, q * h));
+    add("self_attn.v_proj.weight", at(L.qkv, (q + kv) * h));
+    if (c.qkv_bias) {
+      add("self_attn.q_proj.bias", at(L.qkv_bias, 0));
+      add("self_attn.k_proj.bias", at(L.qkv_bias, q));
+      add("self_attn.v_proj.bias", at(L.qkv_bias, q + kv));
+    }
+    add("self_attn.o_proj.weight", at(L.o, 0));
+    if (c.o_bias) add("self_attn.o_proj.bias", at(L.o_bias, 0));
+    add("post_attention_layernorm.weight", at(L.post_norm, 0));
+    add("mlp.gate_proj.weight", at(L.gate_up, 0));
+    add("mlp.up_proj.weight", at(L.gate_up, inter * h));
+    add("mlp.down_proj.weight", at(L.down, 0));
+    if (c.mlp_bias) {
+      add("mlp.gate_proj.bias", at(L.gate_up_bias, 0));
+      add("mlp.up_proj.bias", at(L.gate_up_bias, inter));
+      add("mlp.down_proj.bias", at(L.down_bias, 0));
+    }
+  }
+
+  auto staging = PinnedMemory::Allocate(kStagingBytes);
+  if (!staging.ok()) return staging.status();
+  std::vector<float> scratch;
+  const size_t per_chunk = kStagingBytes / e;
+  const bool verbose = w.bytes() > (1ull << 30);
+  size_t done_bytes = 0, next_report = w.bytes() / 10;
+  for (const Piece& piece : pieces) {
+    const TensorView& t = ckpt.Get(piece.name);
+    const size_t n = static_cast<size_t>(t.numel());
+    for (size_t first = 0; first < n; first += per_chunk) {
+      const size_t count = std::min(per_chunk, n - first);
+      ConvertElements(t.dtype, t.data + first * DTypeSize(t.dtype), count, dtype, staging->get(),
+                      scratch);
+      GQA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(static_cast<std::byte*>(piece.dst) + first * e,
+                                               staging->get(), count * e, cudaMemcpyHostToDevice,
+                                               device.stream()));
+      GQA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(device.stream()));
+    }
+    done_bytes += n * e;
+    if (verbose && done_bytes >= next_report) {
+      spdlog::info("uploading weights: {:.1f} of {:.1f} GiB", done_bytes / 1073741824.0,
+                   w.bytes() / 1073741824.0);
+      next_report += w.bytes() / 10;
+    }
+  }
+  return w;
+}
+
+absl::StatusOr<DeviceWeights> DeviceWeights::Random(const ModelConfig& c, DType dtype,
+                                                    uint64_t seed, const CudaDevice& device) {
+  DeviceWeights w;
+  w.dtype_ = dtype;
+  auto memory = DeviceMemory::Allocate(w.Carve(c, nullptr), "the model weights");
+  if (!memory.ok()) return memory.status();
+  w.memory_ = std::move(*memory);
+  w.Carve(c, w.memory_.get());
+  // Everything uniform first, then the norms set to 1 and the biases to 0.
+  const size_t e = DTypeSize(dtype);
+  cudaStream_t s = device.stream();
+  auto fill = [&](const void* p, size_t n, float lo, float hi) {
+    void* dst = const_cast<void*>(p);
+    return dtype == DType::kBF16
+               ? kernels::cuda::FillUniform(static_cast<__nv_bfloat16*>(dst), n, lo, hi, seed++, s)
+               : kernels::cuda::FillUniform(static_cast<__half*>(dst), n, lo, hi, seed++, s);
+  };
+  GQA_CUDA_RETURN_IF_ERROR(fill(w.memory_.get(), w.bytes() / e, -0.02f, 0.02f));
+  const size_t h = c.hidden_size, qkv = c.q_size() + 2 * c.kv_size();
+  GQA_CUDA_RETURN_IF_ERROR(fill(w.norm_, h, 1.0f, 1.0f));
+  for (const LayerWeights& L : w.layers_) {
+    GQA_CUDA_RETURN_IF_ERROR(fill(L.input_norm, h, 1.0f, 1.0f));
+    GQA_CUDA_RETURN_IF_ERROR(fill(L.post_norm, h, 1.0f, 1.0f));
+    if (L.qkv_bias) GQA_CUDA_RETURN_IF_ERROR(fill(L.qkv_bias, qkv, 0.0f, 0.0f));
+    if (L.o_bias) GQA_CUDA_RETURN_IF_ERROR(fill(L.o_bias, h, 0.0f, 0.0f));
+    if (L.gate_up_bias) {
+      GQA_CUDA_RETURN_IF_ERROR(fill(L.gate_up_bias, 2 * c.intermediate_size, 0.0f, 0.0f));
+    }
+    if (L.down_bias) GQA_CUDA_RETURN_IF_ERROR(fill(L.down_bias, h, 0.0f, 0.0f));
+  }
+  GQA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(s));
+  return w;
+}
+
+}  // namespace gqa::cuda
