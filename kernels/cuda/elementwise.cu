@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "gqa/kernels/elementwise_cuda.h"
+#include "pdl.cuh"
 #include "vec.cuh"
 
 namespace gqa::kernels::cuda {
@@ -28,6 +29,8 @@ template <typename T>
 __global__ void __launch_bounds__(kNormThreads)
     AddRmsNormKernel(const T* x, T* residual, const T* weight, int dim, float eps, T* out) {
   __shared__ float scratch[32];
+  WaitForPrevious();  // x and residual come from the kernels before
+  AllowNext();        // the next product may start streaming its weights
   const size_t row = size_t(blockIdx.x) * dim;
   float sum_sq = 0.0f;
   for (int c = threadIdx.x * 8; c < dim; c += kNormThreads * 8) {
@@ -113,8 +116,8 @@ cudaError_t AddRmsNorm(const T* x, T* residual, const T* weight, int rows, int d
                        T* out, cudaStream_t stream) {
   if (dim % 8 != 0) return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
-  AddRmsNormKernel<T><<<rows, kNormThreads, 0, stream>>>(x, residual, weight, dim, eps, out);
-  return cudaGetLastError();
+  return LaunchAfterPrevious(AddRmsNormKernel<T>, dim3(rows), dim3(kNormThreads), 0, stream, x,
+                             residual, weight, dim, eps, out);
 }
 
 template <typename T>

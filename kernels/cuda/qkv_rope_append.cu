@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "gqa/kernels/paged_attention_cuda.h"
+#include "pdl.cuh"
 #include "vec.cuh"
 
 namespace gqa::kernels::cuda {
@@ -14,6 +15,8 @@ template <typename T>
 __global__ void QkvRopeAppendKernel(const T* qkv, const int32_t* positions, const float* inv_freq,
                                     const int64_t* slots, int tokens, int num_heads, T* q_out,
                                     PagedKvView<T> cache) {
+  WaitForPrevious();  // qkv comes from the projection before
+  AllowNext();
   const int d = cache.head_dim, half = d / 2, kv_heads = cache.num_kv_heads;
   const int heads = num_heads + 2 * kv_heads;
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -55,9 +58,9 @@ cudaError_t QkvRopeAppend(const T* qkv, const int32_t* positions, const float* i
       int64_t(num_tokens) * (num_heads + 2 * cache.num_kv_heads) * (cache.head_dim / 2);
   if (n == 0) return cudaSuccess;
   const int threads = 256;
-  QkvRopeAppendKernel<T><<<unsigned((n + threads - 1) / threads), threads, 0, stream>>>(
-      qkv, positions, inv_freq, slots, num_tokens, num_heads, q_out, cache);
-  return cudaGetLastError();
+  return LaunchAfterPrevious(QkvRopeAppendKernel<T>, dim3(unsigned((n + threads - 1) / threads)),
+                             dim3(threads), 0, stream, qkv, positions, inv_freq, slots, num_tokens,
+                             num_heads, q_out, cache);
 }
 
 #define GQA_INSTANTIATE(T)                                                                      \
