@@ -9,11 +9,12 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
-#include "common/dashed_flags.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "backend/factory.h"
+#include "common/dashed_flags.h"
 #include "nlohmann/json.hpp"
+#include "spdlog/spdlog.h"
 
 ABSL_FLAG(std::string, model, "", "model directory");
 ABSL_FLAG(std::string, ids, "", "comma-separated prompt token ids");
@@ -57,6 +58,7 @@ int Argmax(const std::vector<float>& v) {
 int main(int argc, char** argv) {
   gqa::AcceptDashedFlags(argc, argv);
   absl::ParseCommandLine(argc, argv);
+  spdlog::set_level(spdlog::level::warn);  // stdout carries only the JSON
   auto ckpt = gqa::Checkpoint::Load(absl::GetFlag(FLAGS_model), gqa::LoadFormat::kSafetensors);
   if (!ckpt.ok()) {
     std::cerr << ckpt.status().message() << "\n";

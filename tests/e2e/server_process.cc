@@ -1,10 +1,13 @@
 #include "server_process.h"
 
+#include "common/test_checkpoint.h"
+
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <fstream>
 #include <random>
 #include <regex>
@@ -49,12 +52,45 @@ std::filesystem::path TempPath(const std::string& stem) {
 
 }  // namespace
 
+std::string ServerBin() {
+  const char* bin = std::getenv("GQA_SERVER_BIN");
+  return bin ? bin : GQA_SERVER_BIN;
+}
+
+std::string CliBin() {
+  const char* bin = std::getenv("GQA_CLI_BIN");
+  return bin ? bin : GQA_CLI_BIN;
+}
+
+std::string E2eBackend() {
+  const char* backend = std::getenv("GQA_E2E_BACKEND");
+  return backend ? backend : "cpu";
+}
+
+ModelConfig E2eConfig(int num_kv_heads) {
+  ModelConfig c = TinyConfig(num_kv_heads);
+  if (E2eBackend() != "cpu") {
+    c.hidden_size = 512;
+    c.intermediate_size = 1024;
+    c.head_dim = 64;
+  }
+  return c;
+}
+
 ServerProcess::ServerProcess(const std::filesystem::path& model_dir,
                              const std::vector<std::string>& extra_args, Until until)
     : log_path_(TempPath("gqa-server-log-")), port_path_(TempPath("gqa-server-ports-")) {
   std::vector<std::string> argv = {
-      GQA_SERVER_BIN,     "--model=" + model_dir.string(),      "--host=127.0.0.1", "--port=0",
+      ServerBin(),        "--model=" + model_dir.string(),      "--host=127.0.0.1", "--port=0",
       "--metrics_port=0", "--port_file=" + port_path_.string(), "--cpu_threads=2"};
+  // The CPU backend unless GQA_E2E_BACKEND names another (cuda on the GPU machine), which then
+  // runs in deterministic mode (the tests assert outputs identical alone and batched) with a
+  // small pool, so that several servers share the GPU.
+  argv.push_back("--backend=" + E2eBackend());
+  if (E2eBackend() != "cpu") {
+    argv.push_back("--deterministic");
+    argv.push_back("--kv_cache_memory=256MiB");
+  }
   argv.insert(argv.end(), extra_args.begin(), extra_args.end());
   pid_ = Spawn(argv, log_path_);
   if (until == Until::kServing) {

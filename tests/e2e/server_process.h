@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "gqa/v1/generation.grpc.pb.h"
+#include "model/config.h"
 
 namespace gqa::testing {
 
@@ -43,6 +44,18 @@ class ServerProcess {
   std::filesystem::path log_path_;
   std::filesystem::path port_path_;
 };
+
+// The binaries under test: this build's, or $GQA_SERVER_BIN / $GQA_CLI_BIN (a packed copy on
+// the GPU machine).
+std::string ServerBin();
+std::string CliBin();
+
+// The backend the tests run against: $GQA_E2E_BACKEND, or cpu.
+std::string E2eBackend();
+
+// The tests' small model: TinyConfig, with head_dim 64 (hidden 512) against the CUDA backend,
+// whose kernels start there.
+ModelConfig E2eConfig(int num_kv_heads);
 
 // Runs a command to completion; returns its exit code and merged output.
 std::pair<int, std::string> RunCommand(const std::vector<std::string>& argv);

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <type_traits>
 
 #include "absl/strings/str_cat.h"
 #include "backend/cuda/device.h"
@@ -18,6 +19,7 @@
 #include "gqa/kernels/paged_attention_cuda.h"
 #include "gqa/kernels/rope.h"
 #include "gqa/kernels/sampling_cuda.h"
+#include "gqa/kernels/skinny_gemm_cuda.h"
 #include "spdlog/spdlog.h"
 
 namespace gqa {
@@ -92,6 +94,10 @@ class CudaBackend final : public Backend {
   absl::Status Launch(const StepShape& shape);
   absl::Status Layer(int l, const StepShape& shape);
   absl::Status Attention(int l, const StepShape& shape);
+  // y[m, n] = x[m, k] @ w^T + bias; with kSiluGateUp, x = silu(gate) * up of gate_up rows.
+  template <typename Out>
+  absl::Status Linear(const T* input, k::SkinnyInput kind, const void* w, const void* bias, int m,
+                      int n, int k, Out* y);
   kernels::PagedKvView<T> Cache(int l) const;
   // Records a failed CUDA call; a sticky error marks the backend broken.
   absl::Status Check(absl::Status status);
@@ -107,6 +113,7 @@ class CudaBackend final : public Backend {
   Activations<T> act_{};
   T* kv_base_ = nullptr;  // [layers][k, v][num_blocks, kv_heads, block_size, head_dim]
   int max_tokens_ = 0;
+  int skinny_max_rows_ = 0;
   std::map<int, cudaGraphExec_t> graphs_;  // by padded batch size
   uint64_t graph_bytes_ = 0;
   int logit_rows_ = 0;
@@ -145,8 +152,9 @@ template <typename T>
 absl::Status CudaBackend<T>::AllocateActivations() {
   const ModelConfig& c = config_;
   const size_t t = max_tokens_, s = options_.max_num_seqs, h = c.hidden_size;
+  // Split partials for the most (sequence x split) rows any batch size asks for.
   const size_t workspace =
-      k::DecodeWorkspaceBytes(MaxDecodeWorkspaceRows(), c.num_heads, c.head_dim, 1) * 2 + 256;
+      k::DecodeWorkspaceBytes(/*num_seqs=*/1, c.num_heads, c.head_dim, MaxDecodeWorkspaceRows());
   auto carve = [&](void* base) {
     BufferCarver b(base);
     act_.residual = b.Take<T>(t * h);
@@ -264,23 +272,43 @@ absl::Status CudaBackend<T>::Attention(int l, const StepShape& shape) {
 }
 
 template <typename T>
+template <typename Out>
+absl::Status CudaBackend<T>::Linear(const T* input, k::SkinnyInput kind, const void* w,
+                                    const void* bias, int m, int n, int k, Out* y) {
+  const bool silu = kind == k::SkinnyInput::kSiluGateUp;
+  const int stride = silu ? 2 * k : k;
+  if (m <= skinny_max_rows_) {
+    return cuda::CudaStatus(
+        k::SkinnyGemm<T, Out>(input, stride, kind, static_cast<const T*>(w),
+                              static_cast<const T*>(bias), m, n, k, y, device_->stream()),
+        "SkinnyGemm");
+  }
+  if (silu) {
+    GQA_CUDA_RETURN_IF_ERROR(
+        k::SiluMul<T>(input, input + k, m, k, stride, act_.mlp, device_->stream()));
+    input = act_.mlp;
+  }
+  return gemm_->Run(input, w, bias, m, n, k, y, std::is_same_v<Out, float>);
+}
+
+template <typename T>
 absl::Status CudaBackend<T>::Layer(int l, const StepShape& shape) {
   const ModelConfig& c = config_;
   const cuda::LayerWeights& w = weights_.layer(l);
   const int n = shape.num_tokens, h = c.hidden_size, inter = c.intermediate_size;
   cudaStream_t stream = device_->stream();
+  constexpr auto kPlain = k::SkinnyInput::kPlain;
   RETURN_IF_ERROR(
-      gemm_->Run(act_.normed, w.qkv, w.qkv_bias, n, c.q_size() + 2 * c.kv_size(), h, act_.qkv));
+      Linear(act_.normed, kPlain, w.qkv, w.qkv_bias, n, c.q_size() + 2 * c.kv_size(), h, act_.qkv));
   RETURN_IF_ERROR(Attention(l, shape));
-  RETURN_IF_ERROR(gemm_->Run(act_.attn, w.o, w.o_bias, n, h, c.q_size(), act_.proj));
+  RETURN_IF_ERROR(Linear(act_.attn, kPlain, w.o, w.o_bias, n, h, c.q_size(), act_.proj));
   GQA_CUDA_RETURN_IF_ERROR(k::AddRmsNorm<T>(act_.proj, act_.residual,
                                             static_cast<const T*>(w.post_norm), n, h,
                                             c.rms_norm_eps, act_.normed, stream));
   RETURN_IF_ERROR(
-      gemm_->Run(act_.normed, w.gate_up, w.gate_up_bias, n, 2 * inter, h, act_.gate_up));
-  GQA_CUDA_RETURN_IF_ERROR(
-      k::SiluMul<T>(act_.gate_up, act_.gate_up + inter, n, inter, 2 * inter, act_.mlp, stream));
-  RETURN_IF_ERROR(gemm_->Run(act_.mlp, w.down, w.down_bias, n, h, inter, act_.proj));
+      Linear(act_.normed, kPlain, w.gate_up, w.gate_up_bias, n, 2 * inter, h, act_.gate_up));
+  RETURN_IF_ERROR(Linear(act_.gate_up, k::SkinnyInput::kSiluGateUp, w.down, w.down_bias, n, h,
+                         inter, act_.proj));
   const void* next_norm =
       l + 1 < c.num_layers ? weights_.layer(l + 1).input_norm : weights_.final_norm();
   GQA_CUDA_RETURN_IF_ERROR(k::AddRmsNorm<T>(act_.proj, act_.residual,
@@ -304,8 +332,8 @@ absl::Status CudaBackend<T>::Launch(const StepShape& shape) {
   // The wanted rows only, then the vocabulary projection in fp32.
   GQA_CUDA_RETURN_IF_ERROR(k::EmbeddingGather<T>(act_.normed, in.logit_rows, shape.num_logit_rows,
                                                  h, act_.logit_hidden, stream));
-  return gemm_->Run(act_.logit_hidden, weights_.lm_head(), nullptr, shape.num_logit_rows,
-                    c.vocab_size, h, act_.logits, /*fp32_out=*/true);
+  return Linear(act_.logit_hidden, k::SkinnyInput::kPlain, weights_.lm_head(), nullptr,
+                shape.num_logit_rows, c.vocab_size, h, act_.logits);
 }
 
 template <typename T>
@@ -365,6 +393,9 @@ absl::Status CudaBackend<T>::Init(const Checkpoint* checkpoint) {
         weights_, cuda::DeviceWeights::Random(c, options_.dtype, options_.random_seed, *device_));
   }
   max_tokens_ = std::max(options_.max_num_batched_tokens, options_.max_num_seqs);
+  skinny_max_rows_ = options_.deterministic
+                         ? 0
+                         : std::clamp(options_.skinny_gemm_max_rows, 0, k::kSkinnyGemmMaxRows);
   spec_ =
       KvCacheSpec{options_.block_size, 0, c.num_kv_heads, c.head_dim, c.num_layers, options_.dtype};
   const int max_blocks = (options_.max_model_len + spec_.block_size - 1) / spec_.block_size;
@@ -373,10 +404,13 @@ absl::Status CudaBackend<T>::Init(const Checkpoint* checkpoint) {
   gemm_ = std::make_unique<cuda::Gemm>(
       device_.get(), options_.dtype == DType::kBF16 ? CUDA_R_16BF : CUDA_R_16F,
       options_.deterministic ? cuda::GemmMode::kBatchInvariant : cuda::GemmMode::kFastest,
-      max_tokens_);
+      max_tokens_, /*tune_max_m=*/options_.max_num_seqs);
   RETURN_IF_ERROR(AllocateActivations());
   RETURN_IF_ERROR(AllocateKvCache());
-  if (!options_.enforce_eager) RETURN_IF_ERROR(CaptureGraphs());
+  if (!options_.enforce_eager) {
+    RETURN_IF_ERROR(CaptureGraphs());
+    gemm_->FinishTuning();
+  }
   return absl::OkStatus();
 }
 

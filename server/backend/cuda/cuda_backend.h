@@ -27,10 +27,12 @@ struct CudaBackendOptions {
   int max_num_seqs = 256;
   int max_num_batched_tokens = 2048;
   int max_model_len = 4096;
-  bool enforce_eager = false;   // no CUDA graphs
-  bool deterministic = false;   // a sequence's results do not depend on its batch
-  bool random_weights = false;  // ignore the checkpoint's tensors: random weights on the GPU
-  uint64_t random_seed = 0;
+  bool enforce_eager = false;  // no CUDA graphs
+  bool deterministic = false;  // a sequence's results do not depend on its batch
+  // Products of up to this many rows run our skinny GEMM kernel instead of cuBLAS (not in
+  // deterministic mode, where every product goes through one cuBLAS algorithm per shape).
+  int skinny_gemm_max_rows = 1;
+  uint64_t random_seed = 0;  // CreateCudaBackendWithRandomWeights
 };
 
 // Loads `checkpoint` onto GPU `options.device_index`. Fails with one clear message when no GPU

@@ -10,6 +10,7 @@
 #include <map>
 #include <memory>
 #include <tuple>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "backend/cuda/device.h"
@@ -25,8 +26,10 @@ enum class GemmMode {
 class Gemm {
  public:
   // io_type: CUDA_R_16BF or CUDA_R_16F. max_m: the most rows any call has (kBatchInvariant
-  // picks each (n, k)'s algorithm at that size).
-  Gemm(const CudaDevice* device, cudaDataType_t io_type, GemmMode mode, int max_m);
+  // picks each (n, k)'s algorithm at that size). Shapes of up to tune_max_m rows (decode steps,
+  // seen first at warm-up) time the heuristic's candidates, with L2 flushed before each run as
+  // a decode step finds it, and keep the fastest.
+  Gemm(const CudaDevice* device, cudaDataType_t io_type, GemmMode mode, int max_m, int tune_max_m);
   ~Gemm();
   Gemm(const Gemm&) = delete;
   Gemm& operator=(const Gemm&) = delete;
@@ -38,17 +41,31 @@ class Gemm {
                    int m, int n, int k,
                    void* y,  // [m, n]
                    bool fp32_out = false);
+  // Releases what tuning needed, once the decode shapes are tuned (after graph capture).
+  void FinishTuning() { flush_ = DeviceMemory(); }
 
  private:
   struct Plan;
   using Key = std::tuple<int, int, int, bool, bool>;  // m, n, k, bias, fp32_out
-  absl::StatusOr<Plan*> GetPlan(const Key& key);
-  absl::StatusOr<cublasLtMatmulAlgo_t> PickAlgorithm(Plan& plan, const Key& key);
+  struct Operands {
+    const void *x, *w, *bias;
+    void* y;
+  };
+  absl::StatusOr<Plan*> GetPlan(const Key& key, const Operands& operands);
+  absl::StatusOr<cublasLtMatmulAlgo_t> PickAlgorithm(Plan& plan, const Key& key,
+                                                     const Operands& operands);
+  // The fastest of `candidates` on these operands (microseconds, median of a few runs).
+  absl::StatusOr<cublasLtMatmulAlgo_t> Fastest(Plan& plan,
+                                               const std::vector<cublasLtMatmulAlgo_t>& candidates,
+                                               const Operands& operands);
+  absl::Status Launch(const Plan& plan, const cublasLtMatmulAlgo_t& algo, const Operands& operands);
 
   const CudaDevice* device_;
   cudaDataType_t io_type_;
   GemmMode mode_;
   int max_m_;
+  int tune_max_m_;
+  DeviceMemory flush_;  // written between timed runs to push the weights out of L2
   std::map<Key, std::unique_ptr<Plan>> plans_;
 };
 
