@@ -342,7 +342,7 @@ void PrefillTable(const std::string& peer) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int KernelBenchMain(int argc, char** argv) {
   if (argc < 2 || std::string(argv[1]) != "kernels") {
     std::fprintf(stderr,
                  "usage: gqa-bench kernels [--peer 'python3 client/bench/sdpa_peer.py'] "

@@ -1,0 +1,284 @@
+// gqa-bench decode: whole-model decode steps of the CUDA backend on Llama-3.2-1B- and
+// Llama-3.1-8B-shaped models with random weights, each printed beside its bandwidth floor
+// ((weight bytes + K/V bytes read) / the device-to-device copy bandwidth measured in the same
+// run) and beside a PyTorch peer measured on the same GPU by client/bench/decode_peer.py.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "backend/cuda/cuda_backend.h"
+#include "model/config.h"
+
+namespace gqa {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct Row {
+  std::string model;  // "1b" or "8b"
+  int kv_heads, batch, context;
+};
+
+ModelConfig ModelShape(const std::string& model, int kv_heads) {
+  ModelConfig c;
+  c.architecture_name = "LlamaForCausalLM";
+  c.vocab_size = 128256;
+  c.num_heads = 32;
+  c.num_kv_heads = kv_heads;
+  c.rms_norm_eps = 1e-5f;
+  c.rope_theta = 500000.0f;
+  c.max_position_embeddings = 131072;
+  if (model == "1b") {
+    c.num_layers = 16, c.hidden_size = 2048, c.head_dim = 64, c.intermediate_size = 8192;
+    c.tie_word_embeddings = true;
+  } else {
+    c.num_layers = 32, c.hidden_size = 4096, c.head_dim = 128, c.intermediate_size = 14336;
+  }
+  return c;
+}
+
+// Bytes one decode step must read: every weight matrix once (the embedding table only through
+// the lm_head) plus the K/V of every sequence's context, bf16.
+double FloorBytes(const ModelConfig& c, int batch, int context) {
+  const double h = c.hidden_size, q = c.q_size(), kv = c.kv_size(), inter = c.intermediate_size;
+  const double layer = h * (q + 2 * kv) + q * h + 2 * inter * h + inter * h + 2 * h;
+  const double weights = c.num_layers * layer + double(c.vocab_size) * h + h;
+  const double kv_bytes = double(batch) * context * 2 * c.num_layers * kv;
+  return 2 * (weights + kv_bytes);
+}
+
+double CopyBandwidth() {  // bytes read + written per second, device to device
+  const size_t bytes = 2ull << 30;
+  void *a = nullptr, *b = nullptr;
+  cudaMalloc(&a, bytes);
+  cudaMalloc(&b, bytes);
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  std::vector<double> times;
+  for (int i = 0; i < 12; ++i) {
+    cudaEventRecord(start);
+    cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice);
+    cudaEventRecord(stop);
+    cudaEventSynchronize(stop);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, start, stop);
+    if (i >= 2) times.push_back(ms);
+  }
+  cudaFree(a);
+  cudaFree(b);
+  std::sort(times.begin(), times.end());
+  return 2.0 * bytes / (times[times.size() / 2] * 1e-3);
+}
+
+[[noreturn]] void Die(const absl::Status& status) {
+  std::fprintf(stderr, "gqa-bench decode: %s\n", std::string(status.message()).c_str());
+  std::fflush(stdout);
+  std::exit(1);
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+struct Timing {
+  double step_ms = NAN;    // Forward + Sample, one after the other (what the engine does)
+  double device_ms = NAN;  // Forward only, queued back to back: the GPU's own time per step
+  bool fits = false;
+};
+
+// Decode steps of `batch` sequences at `context` tokens each, blocks interleaved across them.
+Timing TimeDecode(Backend& backend, int batch, int context, int steps) {
+  const KvCacheSpec& kv = backend.kv_spec();
+  const int blocks_per_seq = (context + kv.block_size - 1) / kv.block_size;
+  Timing t;
+  if (int64_t(batch) * blocks_per_seq > kv.num_blocks) return t;
+  t.fits = true;
+  std::vector<std::vector<int32_t>> tables(batch);
+  for (int s = 0; s < batch; ++s) {
+    for (int b = 0; b < blocks_per_seq; ++b) tables[s].push_back(b * batch + s);
+  }
+  std::vector<int32_t> token(batch, 1);
+  std::vector<ForwardSeq> seqs;
+  for (int s = 0; s < batch; ++s) {
+    seqs.push_back({std::span<const int32_t>(&token[s], 1), context - 1, tables[s], true});
+  }
+  std::vector<SamplingRow> rows(batch);
+  auto step = [&] {
+    absl::Status st = backend.Forward(seqs);
+    if (st.ok()) st = backend.Sample(rows).status();
+    if (!st.ok()) Die(st);
+  };
+  for (int i = 0; i < 5; ++i) step();
+  std::vector<double> ms;
+  for (int i = 0; i < steps; ++i) {
+    const auto start = Clock::now();
+    step();
+    ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - start).count());
+  }
+  t.step_ms = Median(ms);
+  std::vector<double> queued;
+  for (int r = 0; r < 5; ++r) {
+    const auto start = Clock::now();
+    for (int i = 0; i < 10; ++i) {
+      if (absl::Status st = backend.Forward(seqs); !st.ok()) Die(st);
+    }
+    if (auto logits = backend.LogitsToHost(); !logits.ok()) Die(logits.status());
+    queued.push_back(std::chrono::duration<double, std::milli>(Clock::now() - start).count() / 10);
+  }
+  t.device_ms = Median(queued);
+  return t;
+}
+
+double TimePrefill(Backend& backend, int length) {
+  const KvCacheSpec& kv = backend.kv_spec();
+  std::vector<int32_t> tokens(length), table((length + kv.block_size - 1) / kv.block_size);
+  for (int i = 0; i < length; ++i) tokens[i] = (i * 7919) % 128000;
+  std::iota(table.begin(), table.end(), 0);
+  const ForwardSeq seq{tokens, 0, table, true};
+  const SamplingRow row;
+  std::vector<double> ms;
+  for (int i = 0; i < 13; ++i) {
+    const auto start = Clock::now();
+    absl::Status st = backend.Forward({&seq, 1});
+    if (st.ok()) st = backend.Sample({&row, 1}).status();
+    if (!st.ok()) Die(st);
+    if (i >= 3)
+      ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - start).count());
+  }
+  return length / (Median(ms) * 1e-3);
+}
+
+// "MODEL KV BATCH CTX" -> ms per step from the PyTorch peer.
+std::map<std::string, double> RunPeer(const std::string& command, const std::vector<Row>& rows,
+                                      double* prefill_tokens_per_s) {
+  std::string args = " decode";
+  for (const Row& r : rows) {
+    args += " " + r.model + ":" + std::to_string(r.kv_heads) + ":" + std::to_string(r.batch) + ":" +
+            std::to_string(r.context);
+  }
+  std::map<std::string, double> result;
+  auto read = [&](const std::string& cmd) {
+    FILE* pipe = popen(cmd.c_str(), "r");
+    if (!pipe) return;
+    char kind[32], model[8];
+    int kv, batch, ctx;
+    double value;
+    while (std::fscanf(pipe, "%31s %7s %d %d", kind, model, &kv, &batch) == 4) {
+      const std::string k = kind;
+      if (k == "decode" && std::fscanf(pipe, "%d %lf", &ctx, &value) == 2) {
+        result[std::string(model) + " " + std::to_string(kv) + " " + std::to_string(batch) + " " +
+               std::to_string(ctx)] = value;
+      } else if (k == "prefill" && std::fscanf(pipe, "%lf", &value) == 1) {
+        *prefill_tokens_per_s = value;
+      } else if (std::fscanf(pipe, "%lf", &value) != 1) {
+        break;
+      }
+    }
+    pclose(pipe);
+  };
+  read(command + args);
+  read(command + " prefill 1b:8:2048");
+  return result;
+}
+
+}  // namespace
+
+int DecodeBenchMain(int argc, char** argv) {
+  std::string peer;
+  std::vector<Row> only;
+  bool eager = false;
+  int steps = 50;
+  int skinny_max_rows = CudaBackendOptions().skinny_gemm_max_rows;
+  for (int i = 2; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--peer" && i + 1 < argc) peer = argv[++i];
+    if (arg == "--steps" && i + 1 < argc) steps = std::atoi(argv[++i]);
+    if (arg == "--eager") eager = true;
+    if (arg == "--skinny_max_rows" && i + 1 < argc) skinny_max_rows = std::atoi(argv[++i]);
+    char model[8];
+    Row r;
+    if (arg == "--only" && i + 1 < argc &&
+        std::sscanf(argv[++i], "%7[^:]:%d:%d:%d", model, &r.kv_heads, &r.batch, &r.context) == 4) {
+      r.model = model;
+      only.push_back(r);
+    }
+  }
+  std::vector<Row> rows;
+  for (const std::string model : {"1b", "8b"}) {
+    for (int kv : {32, 8, 1}) {
+      for (int batch : {1, 8, 64}) {
+        const int b = model == "8b" && kv == 32 && batch == 64 ? 32 : batch;
+        for (int ctx : {512, 2048, 8192}) rows.push_back({model, kv, b, ctx});
+      }
+    }
+  }
+  if (!only.empty()) rows = only;
+  cudaDeviceProp prop{};
+  cudaGetDeviceProperties(&prop, 0);
+  const double bandwidth = CopyBandwidth();
+  std::printf("device: %s; device-to-device copy %.0f GB/s (read + written)\n", prop.name,
+              bandwidth / 1e9);
+  double peer_prefill = NAN;
+  const auto peers =
+      peer.empty() ? std::map<std::string, double>{} : RunPeer(peer, rows, &peer_prefill);
+  std::printf(
+      "decode steps, bf16, random weights, %s; step = Forward + Sample (wall clock, "
+      "median of %d); device = Forward queued back to back\n",
+      eager ? "eager" : "CUDA graphs", steps);
+  std::printf("%5s %3s %5s %5s | %8s %8s %8s %7s %9s | %8s %7s %7s\n", "model", "kv", "batch",
+              "ctx", "step_ms", "dev_ms", "floor_ms", "of_flr", "tok/s", "peer_ms", "pr_flr",
+              "vs_peer");
+  std::map<std::pair<std::string, int>, std::vector<Row>> groups;
+  for (const Row& r : rows) groups[{r.model, r.kv_heads}].push_back(r);
+  double prefill = NAN;
+  for (const auto& [key, group] : groups) {
+    const ModelConfig config = ModelShape(key.first, key.second);
+    CudaBackendOptions o;
+    o.max_num_seqs = 64;
+    o.max_num_batched_tokens = 2048;
+    o.max_model_len = 8192 + 64;
+    o.enforce_eager = eager;
+    o.skinny_gemm_max_rows = skinny_max_rows;
+    auto backend = CreateCudaBackendWithRandomWeights(o, config);
+    if (!backend.ok()) {
+      std::printf("%5s %3d: %s\n", key.first.c_str(), key.second,
+                  std::string(backend.status().message()).c_str());
+      continue;
+    }
+    for (const Row& r : group) {
+      const Timing t = TimeDecode(**backend, r.batch, r.context, steps);
+      if (!t.fits) {
+        std::printf("%5s %3d %5d %5d | does not fit in the KV pool\n", r.model.c_str(), r.kv_heads,
+                    r.batch, r.context);
+        continue;
+      }
+      const double floor_ms = FloorBytes(config, r.batch, r.context) / bandwidth * 1e3;
+      const auto it = peers.find(r.model + " " + std::to_string(r.kv_heads) + " " +
+                                 std::to_string(r.batch) + " " + std::to_string(r.context));
+      const double peer_ms = it != peers.end() ? it->second : NAN;
+      std::printf("%5s %3d %5d %5d | %8.3f %8.3f %8.3f %6.1f%% %9.0f | %8.3f %6.1f%% %6.2fx\n",
+                  r.model.c_str(), r.kv_heads, r.batch, r.context, t.step_ms, t.device_ms, floor_ms,
+                  100 * floor_ms / t.step_ms, r.batch / t.step_ms * 1e3, peer_ms,
+                  100 * floor_ms / peer_ms, peer_ms / t.step_ms);
+      std::fflush(stdout);
+    }
+    if (key == std::make_pair(std::string("1b"), 8)) prefill = TimePrefill(**backend, 2048);
+  }
+  if (!std::isnan(prefill)) {
+    std::printf("prefill, 1b shape, 8 kv heads, one 2048-token prompt: %.0f tokens/s (peer %.0f)\n",
+                prefill, peer_prefill);
+  }
+  return 0;
+}
+
+}  // namespace gqa
