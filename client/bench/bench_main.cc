@@ -1,21 +1,26 @@
 // gqa-bench: GPU benchmarks, each against its bandwidth floor and a PyTorch peer.
 //   gqa-bench kernels ...  decode attention and prefill attention kernels (kernel_bench.cu)
 //   gqa-bench decode ...   whole-model decode steps of the CUDA backend (decode_bench.cc)
+//   gqa-bench engine ...   the engine's own cost between decode steps (decode_bench.cc)
 #include <cstdio>
 #include <string>
 
 int KernelBenchMain(int argc, char** argv);
 namespace gqa {
 int DecodeBenchMain(int argc, char** argv);
-}
+int EngineBenchMain(int argc, char** argv);
+}  // namespace gqa
 
 int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "";
   if (mode == "kernels") return KernelBenchMain(argc, argv);
   if (mode == "decode") return gqa::DecodeBenchMain(argc, argv);
+  if (mode == "engine") return gqa::EngineBenchMain(argc, argv);
   std::fprintf(stderr,
                "usage: gqa-bench kernels [--peer CMD] [--prefill] [--only kv,batch,ctx]...\n"
                "       gqa-bench decode [--peer 'python3 client/bench/decode_peer.py'] "
-               "[--only MODEL:KV:BATCH:CTX]... [--steps N] [--eager] [--skinny_max_rows N]\n");
+               "[--only MODEL:KV:BATCH:CTX]... [--steps N] [--eager] [--deterministic] "
+               "[--skinny_max_rows N]\n"
+               "       gqa-bench engine [--batch 64] [--prompt 2048] [--new_tokens 192]\n");
   return 2;
 }

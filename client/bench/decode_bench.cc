@@ -7,14 +7,18 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <mutex>
 #include <numeric>
 #include <string>
 #include <vector>
 
 #include "backend/cuda/cuda_backend.h"
+#include "engine/engine.h"
+#include "metrics/engine_metrics.h"
 #include "model/config.h"
 
 namespace gqa {
@@ -191,12 +195,105 @@ std::map<std::string, double> RunPeer(const std::string& command, const std::vec
   return result;
 }
 
+// Token arrival times of every request of an engine run.
+class Arrivals {
+ public:
+  EventSink SinkFor(int request) {
+    return [this, request](TokenEvent e) {
+      std::lock_guard lock(mu_);
+      for (size_t i = 0; i < e.new_tokens.size(); ++i) times_[request].push_back(Clock::now());
+      if (e.finish) {
+        ++finished_;
+        done_.notify_all();
+      }
+    };
+  }
+  void WaitFor(int n) {
+    std::unique_lock lock(mu_);
+    done_.wait(lock, [&] { return finished_ >= n; });
+  }
+  // Median over requests of each one's median interval between consecutive tokens, skipping the
+  // first `skip` tokens.
+  double MedianIntervalMs(int skip) {
+    std::lock_guard lock(mu_);
+    std::vector<double> medians;
+    for (const auto& [request, times] : times_) {
+      std::vector<double> gaps;
+      for (size_t i = skip + 1; i < times.size(); ++i) {
+        gaps.push_back(std::chrono::duration<double, std::milli>(times[i] - times[i - 1]).count());
+      }
+      if (!gaps.empty()) medians.push_back(Median(gaps));
+    }
+    return Median(medians);
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable done_;
+  std::map<int, std::vector<Clock::time_point>> times_;
+  int finished_ = 0;
+};
+
 }  // namespace
+
+// gqa-bench engine: the whole engine (scheduler, backend, sampling, events) decoding `batch`
+// requests at once, against the backend's own decode step at the same shape: how much the
+// engine's host work between steps adds to a step.
+int EngineBenchMain(int argc, char** argv) {
+  int batch = 64, prompt = 2048, new_tokens = 192;
+  for (int i = 2; i + 1 < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--batch") batch = std::atoi(argv[++i]);
+    if (arg == "--prompt") prompt = std::atoi(argv[++i]);
+    if (arg == "--new_tokens") new_tokens = std::atoi(argv[++i]);
+  }
+  const ModelConfig config = ModelShape("1b", 8);
+  CudaBackendOptions o;
+  o.max_num_seqs = batch;
+  o.max_num_batched_tokens = 2048;
+  o.max_model_len = prompt + new_tokens + 16;
+  o.kv_cache_bytes =
+      uint64_t(batch) * (prompt + new_tokens + 16) * 2 * config.num_layers * config.kv_size() * 2;
+  auto backend = CreateCudaBackendWithRandomWeights(o, config);
+  if (!backend.ok()) Die(backend.status());
+  // The backend alone at the mean context of the decode phase.
+  const Timing alone = TimeDecode(**backend, batch, prompt + new_tokens / 2, 50);
+  MetricsRegistry registry;
+  EngineMetrics metrics(registry);
+  EngineConfig ec;
+  ec.scheduler = {o.block_size, batch, o.max_num_batched_tokens};
+  ec.limits = {config.vocab_size, o.max_model_len};
+  Engine engine(ec, std::move(*backend), &metrics);
+  engine.Start();
+  Arrivals arrivals;
+  for (int r = 0; r < batch; ++r) {
+    Request request;
+    request.id = std::to_string(r);
+    for (int t = 0; t < prompt; ++t) request.prompt.push_back((r * 7919 + t * 131) % 128000);
+    request.stopping.max_new_tokens = new_tokens;
+    request.stopping.ignore_eos = true;
+    request.sink = arrivals.SinkFor(r);
+    if (auto id = engine.Submit(std::move(request)); !id.ok()) Die(id.status());
+  }
+  arrivals.WaitFor(batch);
+  // The second half of each request's tokens: every request is decoding by then (the prompts
+  // prefill one per step, so the first requests decode beside the last prefills for a while).
+  const double engine_ms = arrivals.MedianIntervalMs(/*skip=*/new_tokens / 2);
+  const Histogram* decode = metrics.step_duration[static_cast<int>(StepPhase::kDecode)];
+  std::printf(
+      "engine, 1b shape, 8 kv heads, %d requests of %d prompt + %d new tokens: %.3f ms between "
+      "a request's tokens (median); engine decode step %.3f ms (mean of %llu); backend alone "
+      "%.3f ms per step at context %d: the engine adds %.1f%%\n",
+      batch, prompt, new_tokens, engine_ms, decode->sum() / decode->count() * 1e3,
+      static_cast<unsigned long long>(decode->count()), alone.step_ms, prompt + new_tokens / 2,
+      100 * (engine_ms / alone.step_ms - 1));
+  return 0;
+}
 
 int DecodeBenchMain(int argc, char** argv) {
   std::string peer;
   std::vector<Row> only;
-  bool eager = false;
+  bool eager = false, deterministic = false;
   int steps = 50;
   int skinny_max_rows = CudaBackendOptions().skinny_gemm_max_rows;
   for (int i = 2; i < argc; ++i) {
@@ -204,6 +301,7 @@ int DecodeBenchMain(int argc, char** argv) {
     if (arg == "--peer" && i + 1 < argc) peer = argv[++i];
     if (arg == "--steps" && i + 1 < argc) steps = std::atoi(argv[++i]);
     if (arg == "--eager") eager = true;
+    if (arg == "--deterministic") deterministic = true;
     if (arg == "--skinny_max_rows" && i + 1 < argc) skinny_max_rows = std::atoi(argv[++i]);
     char model[8];
     Row r;
@@ -248,6 +346,7 @@ int DecodeBenchMain(int argc, char** argv) {
     o.max_num_batched_tokens = 2048;
     o.max_model_len = 8192 + 64;
     o.enforce_eager = eager;
+    o.deterministic = deterministic;
     o.skinny_gemm_max_rows = skinny_max_rows;
     auto backend = CreateCudaBackendWithRandomWeights(o, config);
     if (!backend.ok()) {

@@ -8,6 +8,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -50,8 +52,16 @@ inline double Tolerance<__half>() {
   return 2e-3;
 }
 
+// The tests' random source: seeded from $GQA_TEST_SEED to replay a failure, else at random;
+// the seed is printed once so that any failure can be replayed.
 inline std::mt19937& Rng() {
-  static std::mt19937 rng(std::random_device{}());
+  static std::mt19937 rng([] {
+    const char* env = std::getenv("GQA_TEST_SEED");
+    const unsigned seed =
+        env ? static_cast<unsigned>(std::strtoul(env, nullptr, 10)) : std::random_device{}();
+    std::printf("random seed %u (replay with GQA_TEST_SEED=%u)\n", seed, seed);
+    return seed;
+  }());
   return rng;
 }
 
@@ -59,16 +69,20 @@ inline std::mt19937& Rng() {
 template <typename T>
 struct DeviceBuffer {
   explicit DeviceBuffer(size_t n) : size(n) {
-    cudaMalloc(&ptr, std::max<size_t>(n, 1) * sizeof(T));
+    Check(cudaMalloc(&ptr, std::max<size_t>(n, 1) * sizeof(T)), "cudaMalloc");
   }
   ~DeviceBuffer() { cudaFree(ptr); }
   void Upload(const std::vector<T>& host) {
-    cudaMemcpy(ptr, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice);
+    Check(cudaMemcpy(ptr, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice), "upload");
   }
   std::vector<T> Download() const {
     std::vector<T> host(size);
-    cudaMemcpy(host.data(), ptr, size * sizeof(T), cudaMemcpyDeviceToHost);
+    Check(cudaMemcpy(host.data(), ptr, size * sizeof(T), cudaMemcpyDeviceToHost), "download");
     return host;
+  }
+  // A failed allocation or copy (or an earlier kernel's error it reports) fails the test.
+  static void Check(cudaError_t e, const char* what) {
+    if (e != cudaSuccess) ADD_FAILURE() << "test buffer " << what << ": " << cudaGetErrorString(e);
   }
   T* ptr = nullptr;
   size_t size;

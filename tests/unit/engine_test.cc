@@ -1,8 +1,11 @@
-// The engine with the CPU backend on a tiny random checkpoint, in process.
+// The engine with the CPU backend on a tiny random checkpoint, in process; and with a fake
+// backend whose steps fail on demand.
 #include "engine/engine.h"
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <map>
 #include <mutex>
@@ -23,6 +26,7 @@ class Collector {
       std::lock_guard lock(mu_);
       auto& r = results_[id];
       r.tokens.insert(r.tokens.end(), e.new_tokens.begin(), e.new_tokens.end());
+      if (e.error) r.error = *e.error;
       if (e.finish) {
         r.finish = *e.finish;
         r.preemptions = e.preemptions;
@@ -39,6 +43,7 @@ class Collector {
     std::vector<int32_t> tokens;
     std::optional<FinishReason> finish;
     int preemptions = 0;
+    std::optional<std::string> error;
   };
   std::map<std::string, Result> results() {
     std::lock_guard lock(mu_);
@@ -177,6 +182,105 @@ TEST_F(EngineTest, DrainFinishesRunningRequestsAndRefusesNewOnes) {
   EXPECT_EQ(c.results()["a"].finish, FinishReason::kLength);
   EXPECT_EQ(engine->Submit(MakeRequest("late", 5, 3, 0, 0.0f, c)).status().code(),
             absl::StatusCode::kUnavailable);
+}
+
+// A backend that samples token 5 for every row and fails the steps it is told to; a failure
+// may leave it broken (a sticky device error).
+class FakeBackend final : public Backend {
+ public:
+  FakeBackend(std::vector<int> failing_steps, bool sticky)
+      : failing_steps_(std::move(failing_steps)), sticky_(sticky) {
+    spec_.block_size = 4;
+    spec_.num_blocks = 64;
+    spec_.num_kv_heads = 1;
+    spec_.head_dim = 8;
+    spec_.num_layers = 1;
+  }
+  std::string_view name() const override { return "fake"; }
+  std::string device_name() const override { return "fake"; }
+  const KvCacheSpec& kv_spec() const override { return spec_; }
+  bool broken() const override { return broken_; }
+  absl::Status Forward(std::span<const ForwardSeq> batch) override {
+    ++step_;
+    if (std::find(failing_steps_.begin(), failing_steps_.end(), step_) != failing_steps_.end()) {
+      broken_ = sticky_;
+      return absl::InternalError("injected device failure");
+    }
+    rows_ = static_cast<int>(std::count_if(batch.begin(), batch.end(),
+                                           [](const ForwardSeq& s) { return s.wants_logits; }));
+    return absl::OkStatus();
+  }
+  absl::StatusOr<std::vector<int32_t>> Sample(std::span<const SamplingRow> rows) override {
+    if (static_cast<int>(rows.size()) != rows_) return absl::InternalError("row count");
+    return std::vector<int32_t>(rows.size(), 5);
+  }
+  absl::StatusOr<std::vector<float>> LogitsToHost() override { return std::vector<float>{}; }
+
+ private:
+  KvCacheSpec spec_;
+  std::vector<int> failing_steps_;
+  bool sticky_;
+  bool broken_ = false;
+  int step_ = 0;
+  int rows_ = 0;
+};
+
+std::unique_ptr<Engine> FakeEngine(std::unique_ptr<Backend> backend, EngineMetrics* metrics,
+                                   std::function<void()> on_broken = {}) {
+  EngineConfig config;
+  config.scheduler = {4, 64, 256};
+  config.limits = {128, 512};
+  config.on_backend_broken = std::move(on_broken);
+  auto engine = std::make_unique<Engine>(config, std::move(backend), metrics);
+  engine->Start();
+  return engine;
+}
+
+Request FakeRequest(const std::string& id, int max_new, Collector& c) {
+  Request r;
+  r.id = id;
+  r.prompt = {1, 2, 3};
+  r.stopping.max_new_tokens = max_new;
+  r.stopping.ignore_eos = true;
+  r.sink = c.SinkFor(id);
+  return r;
+}
+
+TEST(EngineFailureTest, AFailedStepFailsItsRequestsAndTheEngineServesOn) {
+  MetricsRegistry registry;
+  EngineMetrics metrics(registry);
+  std::atomic<bool> broken_called{false};
+  // Step 3 fails: both requests are in it (prefilled together at step 1, decoding since).
+  auto engine = FakeEngine(std::make_unique<FakeBackend>(std::vector<int>{3}, false), &metrics,
+                           [&] { broken_called = true; });
+  Collector c;
+  ASSERT_TRUE(engine->Submit(FakeRequest("a", 10, c)).ok());
+  ASSERT_TRUE(engine->Submit(FakeRequest("b", 10, c)).ok());
+  c.WaitFor(2);
+  for (const char* id : {"a", "b"}) {
+    const auto r = c.results()[id];
+    EXPECT_EQ(r.error, "injected device failure") << id;
+    EXPECT_LT(r.tokens.size(), 10u) << id;
+  }
+  EXPECT_EQ(metrics.kv_cache_usage_ratio->value(), 0.0) << "the failed requests' blocks are free";
+  EXPECT_EQ(metrics.requests_running->value(), 0.0);
+  // Not a sticky failure: the engine keeps serving.
+  ASSERT_TRUE(engine->Submit(FakeRequest("after", 4, c)).ok());
+  c.WaitFor(3);
+  EXPECT_EQ(c.results()["after"].tokens, std::vector<int32_t>(4, 5));
+  EXPECT_EQ(c.results()["after"].finish, FinishReason::kLength);
+  EXPECT_FALSE(broken_called.load());
+}
+
+TEST(EngineFailureTest, AStickyFailureCallsOnBackendBroken) {
+  std::atomic<int> broken_calls{0};
+  auto engine = FakeEngine(std::make_unique<FakeBackend>(std::vector<int>{2}, true), nullptr,
+                           [&] { ++broken_calls; });
+  Collector c;
+  ASSERT_TRUE(engine->Submit(FakeRequest("a", 10, c)).ok());
+  c.WaitFor(1);
+  EXPECT_EQ(c.results()["a"].error, "injected device failure");
+  EXPECT_EQ(broken_calls.load(), 1);
 }
 
 }  // namespace
