@@ -149,6 +149,11 @@ cudaError_t EmbeddingGather(const T* table, const int32_t* ids, int tokens, int 
   return cudaGetLastError();
 }
 
+cudaError_t CheckKernelsRunHere() {
+  cudaFuncAttributes attributes;
+  return cudaFuncGetAttributes(&attributes, EmbeddingKernel<__nv_bfloat16>);
+}
+
 template <typename T>
 cudaError_t FillUniform(T* p, size_t n, float lo, float hi, uint64_t seed, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;

@@ -3,6 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "backend/cpu/cpu_backend.h"
 #include "gqa/kernels/cpu_ops.h"
+#include "spdlog/spdlog.h"
 #if GQA_WITH_CUDA
 #include "backend/cuda/cuda_backend.h"
 #endif
@@ -63,6 +64,7 @@ absl::StatusOr<BackendKind> ResolveBackendKind(BackendKind kind, std::string* de
   if (kind == BackendKind::kCuda) {
     return absl::FailedPreconditionError(absl::StrCat("--backend=cuda: ", gpu.status().message()));
   }
+  spdlog::debug("--backend=auto: the CPU backend ({})", std::string(gpu.status().message()));
 #else
   if (kind == BackendKind::kCuda) {
     return absl::FailedPreconditionError(

@@ -266,18 +266,20 @@ void Engine::Finish(uint64_t seq_id, FinishReason reason, int32_t matched_stop) 
 
 void Engine::FailStep(const SchedulerOutput& out, const absl::Status& status) {
   spdlog::error("engine step failed: {}", status.ToString());
-  std::vector<uint64_t> ids;
-  for (const auto& c : out.chunks) ids.push_back(c.seq->id);
-  for (uint64_t id : ids) {
-    std::unique_ptr<Sequence> seq = scheduler_.Remove(id);
+  // Free every failed sequence's blocks before telling any client, as a finished step does.
+  std::vector<std::unique_ptr<Sequence>> failed;
+  for (const auto& c : out.chunks) {
+    if (auto seq = scheduler_.Remove(c.seq->id)) failed.push_back(std::move(seq));
+  }
+  UpdateGauges();
+  for (auto& seq : failed) {
     TokenEvent event;
     event.finish = FinishReason::kCancelled;
     event.error = std::string(status.message());
-    if (seq && seq->request.sink) seq->request.sink(std::move(event));
+    if (seq->request.sink) seq->request.sink(std::move(event));
     std::lock_guard lock(mu_);
     if (--in_flight_ == 0) idle_.notify_all();
   }
-  UpdateGauges();
   if (backend_->broken() && config_.on_backend_broken) config_.on_backend_broken();
 }
 

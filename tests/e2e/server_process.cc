@@ -64,7 +64,7 @@ std::string CliBin() {
 
 std::string E2eBackend() {
   const char* backend = std::getenv("GQA_E2E_BACKEND");
-  return backend ? backend : "cpu";
+  return backend && *backend ? backend : "cpu";
 }
 
 ModelConfig E2eConfig(int num_kv_heads) {

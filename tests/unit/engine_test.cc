@@ -231,9 +231,7 @@ std::unique_ptr<Engine> FakeEngine(std::unique_ptr<Backend> backend, EngineMetri
   config.scheduler = {4, 64, 256};
   config.limits = {128, 512};
   config.on_backend_broken = std::move(on_broken);
-  auto engine = std::make_unique<Engine>(config, std::move(backend), metrics);
-  engine->Start();
-  return engine;
+  return std::make_unique<Engine>(config, std::move(backend), metrics);  // not started yet
 }
 
 Request FakeRequest(const std::string& id, int max_new, Collector& c) {
@@ -256,6 +254,7 @@ TEST(EngineFailureTest, AFailedStepFailsItsRequestsAndTheEngineServesOn) {
   Collector c;
   ASSERT_TRUE(engine->Submit(FakeRequest("a", 10, c)).ok());
   ASSERT_TRUE(engine->Submit(FakeRequest("b", 10, c)).ok());
+  engine->Start();  // both requests are waiting: they share every step
   c.WaitFor(2);
   for (const char* id : {"a", "b"}) {
     const auto r = c.results()[id];
@@ -278,8 +277,14 @@ TEST(EngineFailureTest, AStickyFailureCallsOnBackendBroken) {
                            [&] { ++broken_calls; });
   Collector c;
   ASSERT_TRUE(engine->Submit(FakeRequest("a", 10, c)).ok());
+  engine->Start();
   c.WaitFor(1);
   EXPECT_EQ(c.results()["a"].error, "injected device failure");
+  // Called after the clients were told (the server exits in it).
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (broken_calls.load() == 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
   EXPECT_EQ(broken_calls.load(), 1);
 }
 

@@ -80,6 +80,10 @@ class CudaBackend final : public Backend {
   absl::Status Forward(std::span<const ForwardSeq> batch) override;
   absl::StatusOr<std::vector<int32_t>> Sample(std::span<const SamplingRow> rows) override;
   absl::StatusOr<std::vector<float>> LogitsToHost() override;
+  ~CudaBackend() override {
+    if (device_) cudaStreamSynchronize(device_->stream());
+    for (auto& [size, exec] : graphs_) cudaGraphExecDestroy(exec);
+  }
 
  private:
   CudaBackend(const CudaBackendOptions& options, const ModelConfig& config)
@@ -127,6 +131,8 @@ absl::Status CudaBackend<T>::Check(absl::Status status) {
   if (cuda::IsStickyCudaError(error) ||
       cuda::IsStickyCudaError(cudaStreamQuery(device_->stream()))) {
     broken_ = true;
+  } else {
+    cudaGetLastError();  // not sticky: clear it, so the next step does not report it again
   }
   return status;
 }
@@ -177,8 +183,11 @@ absl::Status CudaBackend<T>::AllocateActivations() {
   activation_memory_ = std::move(*memory);
   carve(activation_memory_.get());
   const auto inv_freq = kernels::RopeInverseFrequencies(c.rope_theta, c.head_dim, c.rope_scaling);
-  GQA_CUDA_RETURN_IF_ERROR(cudaMemcpy(act_.inv_freq, inv_freq.data(),
-                                      inv_freq.size() * sizeof(float), cudaMemcpyHostToDevice));
+  // On the device's stream (non-blocking: the legacy default stream would not order it).
+  GQA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(act_.inv_freq, inv_freq.data(),
+                                           inv_freq.size() * sizeof(float), cudaMemcpyHostToDevice,
+                                           device_->stream()));
+  GQA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(device_->stream()));
   return absl::OkStatus();
 }
 
@@ -211,7 +220,9 @@ absl::Status CudaBackend<T>::AllocateKvCache() {
   if (!memory.ok()) return memory.status();
   kv_memory_ = std::move(*memory);
   kv_base_ = static_cast<T*>(kv_memory_.get());
-  GQA_CUDA_RETURN_IF_ERROR(cudaMemset(kv_memory_.get(), 0, kv_memory_.bytes()));
+  GQA_CUDA_RETURN_IF_ERROR(
+      cudaMemsetAsync(kv_memory_.get(), 0, kv_memory_.bytes(), device_->stream()));
+  GQA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(device_->stream()));
   return absl::OkStatus();
 }
 
@@ -277,7 +288,9 @@ absl::Status CudaBackend<T>::Linear(const T* input, k::SkinnyInput kind, const v
                                     const void* bias, int m, int n, int k, Out* y) {
   const bool silu = kind == k::SkinnyInput::kSiluGateUp;
   const int stride = silu ? 2 * k : k;
-  if (m <= skinny_max_rows_) {
+  // The skinny kernel stages up to 8 rows of x in shared memory.
+  const bool skinny_fits = size_t(k::kSkinnyGemmMaxRows) * k * sizeof(T) <= 200 * 1024;
+  if (m <= skinny_max_rows_ && skinny_fits) {
     return cuda::CudaStatus(
         k::SkinnyGemm<T, Out>(input, stride, kind, static_cast<const T*>(w),
                               static_cast<const T*>(bias), m, n, k, y, device_->stream()),
@@ -381,8 +394,9 @@ absl::Status CudaBackend<T>::Init(const Checkpoint* checkpoint) {
     return absl::InvalidArgumentError(
         absl::StrCat("the CUDA backend cannot serve this model: ", support.reason));
   }
-  if (c.hidden_size % 8 != 0) {
-    return absl::InvalidArgumentError("the CUDA backend needs hidden_size to be a multiple of 8");
+  if (c.hidden_size % 8 != 0 || c.intermediate_size % 8 != 0) {
+    return absl::InvalidArgumentError(
+        "the CUDA backend needs hidden_size and intermediate_size to be multiples of 8");
   }
   ASSIGN_OR_RETURN(device_, cuda::CudaDevice::Open(options_.device_index));
   if (checkpoint) {
@@ -404,13 +418,11 @@ absl::Status CudaBackend<T>::Init(const Checkpoint* checkpoint) {
   gemm_ = std::make_unique<cuda::Gemm>(
       device_.get(), options_.dtype == DType::kBF16 ? CUDA_R_16BF : CUDA_R_16F,
       options_.deterministic ? cuda::GemmMode::kBatchInvariant : cuda::GemmMode::kFastest,
-      max_tokens_, /*tune_max_m=*/options_.max_num_seqs);
+      /*invariant_m=*/options_.max_num_seqs, /*tune_max_m=*/options_.max_num_seqs);
   RETURN_IF_ERROR(AllocateActivations());
   RETURN_IF_ERROR(AllocateKvCache());
-  if (!options_.enforce_eager) {
-    RETURN_IF_ERROR(CaptureGraphs());
-    gemm_->FinishTuning();
-  }
+  if (!options_.enforce_eager) RETURN_IF_ERROR(CaptureGraphs());
+  gemm_->FinishTuning();  // no timing runs inside a serving step
   return absl::OkStatus();
 }
 

@@ -3,6 +3,8 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "gqa/kernels/elementwise_cuda.h"
 
 namespace gqa::cuda {
 
@@ -28,6 +30,8 @@ bool IsStickyCudaError(cudaError_t error) {
     case cudaErrorInvalidPc:
     case cudaErrorAssert:
     case cudaErrorECCUncorrectable:
+    case cudaErrorLaunchTimeout:
+    case cudaErrorContained:
     case cudaErrorDevicesUnavailable:
     case cudaErrorUnknown:
       return true;
@@ -83,6 +87,31 @@ PinnedMemory::~PinnedMemory() {
   if (ptr_) cudaFreeHost(ptr_);
 }
 
+namespace {
+
+// An error naming the GPU when this build's kernels were not compiled for its architecture.
+absl::Status CheckDeviceRunsOurKernels(int index) {
+  cudaDeviceProp prop{};
+  GQA_CUDA_RETURN_IF_ERROR(cudaGetDeviceProperties(&prop, index));
+  GQA_CUDA_RETURN_IF_ERROR(cudaSetDevice(index));
+  if (const cudaError_t e = kernels::cuda::CheckKernelsRunHere(); e != cudaSuccess) {
+    cudaGetLastError();  // not sticky
+    return absl::FailedPreconditionError(
+        absl::StrCat("GPU ", prop.name, " (compute capability ", prop.major, ".", prop.minor,
+                     ") cannot run this build's kernels (", cudaGetErrorString(e),
+                     "): rebuild with -DCMAKE_CUDA_ARCHITECTURES naming its architecture"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<CudaEvent> CudaEvent::Create() {
+  CudaEvent e;
+  GQA_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&e.event_, cudaEventDisableTiming));
+  return e;
+}
+
 absl::StatusOr<std::unique_ptr<CudaDevice>> CudaDevice::Open(int index) {
   auto device = std::unique_ptr<CudaDevice>(new CudaDevice());
   device->index_ = index;
@@ -97,6 +126,7 @@ absl::StatusOr<std::unique_ptr<CudaDevice>> CudaDevice::Open(int index) {
         absl::StrCat("GPU ", prop.name, " has compute capability ", prop.major, ".", prop.minor,
                      "; the CUDA backend needs 8.0 or newer (bf16 tensor cores)"));
   }
+  RETURN_IF_ERROR(CheckDeviceRunsOurKernels(index));
   GQA_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&device->stream_, cudaStreamNonBlocking));
   GQA_CUBLAS_RETURN_IF_ERROR(cublasLtCreate(&device->cublaslt_));
   auto workspace = DeviceMemory::Allocate(kCublasWorkspaceBytes, "the cuBLAS workspace");
@@ -121,9 +151,11 @@ absl::StatusOr<std::string> FirstGpuName() {
   int count = 0;
   const cudaError_t e = cudaGetDeviceCount(&count);
   if (e != cudaSuccess || count == 0) {
+    cudaGetLastError();
     return absl::FailedPreconditionError(absl::StrCat(
         "no CUDA GPU is visible (", e == cudaSuccess ? "0 devices" : cudaGetErrorString(e), ")"));
   }
+  RETURN_IF_ERROR(CheckDeviceRunsOurKernels(0));
   cudaDeviceProp prop{};
   GQA_CUDA_RETURN_IF_ERROR(cudaGetDeviceProperties(&prop, 0));
   return std::string(prop.name);

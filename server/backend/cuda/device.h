@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -63,6 +64,28 @@ class PinnedMemory {
  private:
   void* ptr_ = nullptr;
   size_t bytes_ = 0;
+};
+
+// A CUDA event (timing disabled), destroyed by the destructor. Move-only.
+class CudaEvent {
+ public:
+  CudaEvent() = default;
+  static absl::StatusOr<CudaEvent> Create();
+  CudaEvent(CudaEvent&& other) noexcept : event_(std::exchange(other.event_, nullptr)) {}
+  CudaEvent& operator=(CudaEvent&& other) noexcept {
+    if (this != &other) {
+      if (event_) cudaEventDestroy(event_);
+      event_ = std::exchange(other.event_, nullptr);
+    }
+    return *this;
+  }
+  ~CudaEvent() {
+    if (event_) cudaEventDestroy(event_);
+  }
+  cudaEvent_t get() const { return event_; }
+
+ private:
+  cudaEvent_t event_ = nullptr;
 };
 
 // Carves aligned sub-buffers out of one allocation: first a sizing pass (base null), then the

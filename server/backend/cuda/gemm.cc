@@ -44,9 +44,13 @@ int SplitK(const cublasLtMatmulAlgo_t& algo) {
 
 }  // namespace
 
-Gemm::Gemm(const CudaDevice* device, cudaDataType_t io_type, GemmMode mode, int max_m,
+Gemm::Gemm(const CudaDevice* device, cudaDataType_t io_type, GemmMode mode, int invariant_m,
            int tune_max_m)
-    : device_(device), io_type_(io_type), mode_(mode), max_m_(max_m), tune_max_m_(tune_max_m) {}
+    : device_(device),
+      io_type_(io_type),
+      mode_(mode),
+      invariant_m_(invariant_m),
+      tune_max_m_(tune_max_m) {}
 
 Gemm::~Gemm() = default;
 
@@ -94,6 +98,7 @@ absl::StatusOr<cublasLtMatmulAlgo_t> Gemm::Fastest(
   cudaEventDestroy(start);
   cudaEventDestroy(stop);
   GQA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+  if (best_us == INFINITY) return absl::InternalError("no cuBLASLt candidate ran");
   return best;
 }
 
@@ -105,8 +110,8 @@ absl::StatusOr<cublasLtMatmulAlgo_t> Gemm::PickAlgorithm(Plan& plan, const Key& 
   const uint64_t workspace = CudaDevice::kCublasWorkspaceBytes;
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace,
                                        sizeof workspace);
-  // Batch-invariant mode asks at the largest m and keeps that algorithm for every m.
-  const int ask_m = mode_ == GemmMode::kBatchInvariant ? max_m_ : m;
+  // Batch-invariant mode asks at invariant_m and keeps that algorithm for every m.
+  const int ask_m = mode_ == GemmMode::kBatchInvariant ? invariant_m_ : m;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
   absl::Status st = MakeLayouts(io_type_, fp32_out, ask_m, n, k, &a, &b, &d);
   std::vector<cublasLtMatmulHeuristicResult_t> results(16);
@@ -124,7 +129,8 @@ absl::StatusOr<cublasLtMatmulAlgo_t> Gemm::PickAlgorithm(Plan& plan, const Key& 
   if (!st.ok()) return st;
   cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
   cudaStreamIsCapturing(device_->stream(), &capturing);
-  if (mode_ == GemmMode::kFastest && m <= tune_max_m_ && capturing == cudaStreamCaptureStatusNone) {
+  if (mode_ == GemmMode::kFastest && tuning_ && m <= tune_max_m_ &&
+      capturing == cudaStreamCaptureStatusNone) {
     std::vector<cublasLtMatmulAlgo_t> candidates;
     for (int i = 0; i < found; ++i) {
       if (results[i].state == CUBLAS_STATUS_SUCCESS) candidates.push_back(results[i].algo);

@@ -18,18 +18,20 @@
 namespace gqa::cuda {
 
 enum class GemmMode {
-  kFastest,        // the heuristic's first algorithm for each shape
+  kFastest,        // per shape: the fastest heuristic candidate (decode shapes) or the first
   kBatchInvariant  // no split-K, and one algorithm per (n, k) for every m: a row's result does
                    // not depend on how many rows are batched with it (--deterministic)
 };
 
 class Gemm {
  public:
-  // io_type: CUDA_R_16BF or CUDA_R_16F. max_m: the most rows any call has (kBatchInvariant
-  // picks each (n, k)'s algorithm at that size). Shapes of up to tune_max_m rows (decode steps,
-  // seen first at warm-up) time the heuristic's candidates, with L2 flushed before each run as
-  // a decode step finds it, and keep the fastest.
-  Gemm(const CudaDevice* device, cudaDataType_t io_type, GemmMode mode, int max_m, int tune_max_m);
+  // io_type: CUDA_R_16BF or CUDA_R_16F. kBatchInvariant picks each (n, k)'s algorithm for
+  // invariant_m rows (the largest decode batch: decode steps dominate) and runs every row count
+  // with it. Shapes of up to tune_max_m rows (decode steps, seen first at warm-up) time the
+  // heuristic's candidates, with L2 flushed before each run as a decode step finds it, and keep
+  // the fastest.
+  Gemm(const CudaDevice* device, cudaDataType_t io_type, GemmMode mode, int invariant_m,
+       int tune_max_m);
   ~Gemm();
   Gemm(const Gemm&) = delete;
   Gemm& operator=(const Gemm&) = delete;
@@ -41,8 +43,12 @@ class Gemm {
                    int m, int n, int k,
                    void* y,  // [m, n]
                    bool fp32_out = false);
-  // Releases what tuning needed, once the decode shapes are tuned (after graph capture).
-  void FinishTuning() { flush_ = DeviceMemory(); }
+  // Ends tuning (after warm-up and graph capture: never inside a serving step) and releases
+  // what it needed. Shapes first seen later take the heuristic's first algorithm.
+  void FinishTuning() {
+    tuning_ = false;
+    flush_ = DeviceMemory();
+  }
 
  private:
   struct Plan;
@@ -63,8 +69,9 @@ class Gemm {
   const CudaDevice* device_;
   cudaDataType_t io_type_;
   GemmMode mode_;
-  int max_m_;
+  int invariant_m_;
   int tune_max_m_;
+  bool tuning_ = true;
   DeviceMemory flush_;  // written between timed runs to push the weights out of L2
   std::map<Key, std::unique_ptr<Plan>> plans_;
 };

@@ -4,6 +4,7 @@
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 
 namespace gqa::cuda {
 
@@ -24,9 +25,9 @@ absl::StatusOr<StepInputs> StepInputs::Create(const StepCapacity& capacity) {
   StepInputs in;
   in.capacity_ = capacity;
   StepArrays sizing;
-  in.arrays_bytes_ = in.Carve(sizing, nullptr);
+  const size_t arrays_total = in.Carve(sizing, nullptr);
   const size_t table_bytes = size_t(capacity.max_seqs) * capacity.max_blocks_per_seq * 4;
-  const size_t total = (in.arrays_bytes_ + 255) / 256 * 256 + table_bytes;
+  const size_t total = (arrays_total + 255) / 256 * 256 + table_bytes;
   auto host = PinnedMemory::Allocate(total);
   if (!host.ok()) return host.status();
   auto device = DeviceMemory::Allocate(total, "the step inputs");
@@ -35,7 +36,12 @@ absl::StatusOr<StepInputs> StepInputs::Create(const StepCapacity& capacity) {
   in.device_memory_ = std::move(*device);
   in.Carve(in.host_, in.host_memory_.get());
   in.Carve(in.device_, in.device_memory_.get());
-  const size_t tables_at = (in.arrays_bytes_ + 255) / 256 * 256;
+  // Upload copies everything before `sampling` (carved last; Sample fills it while a step's
+  // inputs may still be in flight, and copies it itself).
+  in.arrays_bytes_ = reinterpret_cast<const std::byte*>(in.host_.sampling) -
+                     static_cast<const std::byte*>(in.host_memory_.get());
+  const size_t tables_at = (arrays_total + 255) / 256 * 256;
+  ASSIGN_OR_RETURN(in.uploaded_, CudaEvent::Create());
   in.host_tables_ =
       reinterpret_cast<int32_t*>(static_cast<std::byte*>(in.host_memory_.get()) + tables_at);
   in.device_tables_ =
@@ -45,6 +51,9 @@ absl::StatusOr<StepInputs> StepInputs::Create(const StepCapacity& capacity) {
 
 absl::StatusOr<StepShape> StepInputs::Pack(std::span<const ForwardSeq> batch, int block_size,
                                            int num_blocks, int padded_seqs) {
+  // The previous step's copies must have read the staging area before it is rewritten (a
+  // failed step, or Forwards queued back to back, leave them in flight).
+  GQA_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(uploaded_.get()));
   const int n = static_cast<int>(batch.size());
   StepShape shape;
   if (n > capacity_.max_seqs || padded_seqs > capacity_.max_seqs) {
@@ -137,6 +146,7 @@ absl::Status StepInputs::Upload(const StepShape& shape, cudaStream_t stream) {
   GQA_CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(
       device_tables_, size_t(capacity_.max_blocks_per_seq) * sizeof(int32_t), host_tables_, width,
       width, shape.num_seqs, cudaMemcpyHostToDevice, stream));
+  GQA_CUDA_RETURN_IF_ERROR(cudaEventRecord(uploaded_.get(), stream));
   return absl::OkStatus();
 }
 

@@ -48,7 +48,8 @@ class StepInputs {
   static absl::StatusOr<StepInputs> Create(const StepCapacity& capacity);
 
   // Fills the host side for `batch`, padded to `padded_seqs` decode rows (graph replay) when it
-  // is larger than the batch. Checks the batch against the capacity and `num_blocks`.
+  // is larger than the batch. Checks the batch against the capacity and `num_blocks`. Waits
+  // first for the previous Upload's copies to have read the staging area.
   absl::StatusOr<StepShape> Pack(std::span<const ForwardSeq> batch, int block_size, int num_blocks,
                                  int padded_seqs);
   // Copies the packed step to the device (asynchronous on `stream`).
@@ -68,7 +69,8 @@ class StepInputs {
   PinnedMemory host_memory_;
   DeviceMemory device_memory_;
   StepArrays host_, device_;
-  size_t arrays_bytes_ = 0;           // the scalar arrays' span, copied whole
+  size_t arrays_bytes_ = 0;           // the step arrays before `sampling`, copied whole
+  CudaEvent uploaded_;                // recorded after each Upload's copies
   int32_t* host_tables_ = nullptr;    // [max_seqs, table_width_] packed
   int32_t* device_tables_ = nullptr;  // [max_seqs, max_blocks_per_seq]
   int table_width_ = 0;               // this step's packed width

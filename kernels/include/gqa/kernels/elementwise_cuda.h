@@ -45,6 +45,10 @@ cudaError_t EmbeddingGather(const T* table,      // [vocab, hidden]
                             T* out,  // [tokens, hidden]
                             cudaStream_t stream);
 
+// cudaSuccess when this build's kernels can run on the current GPU; an error (usually
+// cudaErrorNoKernelImageForDevice) when they were not compiled for its architecture.
+cudaError_t CheckKernelsRunHere();
+
 // p[i] = lo + (hi - lo) * u_i with u_i in [0, 1) hashed from (seed, i): random weights for
 // benchmarks of big shapes, made on the GPU.
 template <typename T>
