@@ -415,10 +415,13 @@ absl::Status CudaBackend<T>::Init(const Checkpoint* checkpoint) {
   const int max_blocks = (options_.max_model_len + spec_.block_size - 1) / spec_.block_size;
   ASSIGN_OR_RETURN(inputs_, cuda::StepInputs::Create(
                                 {max_tokens_, options_.max_num_seqs, std::max(1, max_blocks)}));
+  cuda::GemmOptions gemm;
+  gemm.mode = options_.deterministic ? cuda::GemmMode::kBatchInvariant : cuda::GemmMode::kFastest;
+  gemm.invariant_m = options_.max_num_seqs;
+  gemm.fallback_m = max_tokens_;
+  gemm.tune_max_m = options_.max_num_seqs;
   gemm_ = std::make_unique<cuda::Gemm>(
-      device_.get(), options_.dtype == DType::kBF16 ? CUDA_R_16BF : CUDA_R_16F,
-      options_.deterministic ? cuda::GemmMode::kBatchInvariant : cuda::GemmMode::kFastest,
-      /*invariant_m=*/options_.max_num_seqs, /*tune_max_m=*/options_.max_num_seqs);
+      device_.get(), options_.dtype == DType::kBF16 ? CUDA_R_16BF : CUDA_R_16F, gemm);
   RETURN_IF_ERROR(AllocateActivations());
   RETURN_IF_ERROR(AllocateKvCache());
   if (!options_.enforce_eager) RETURN_IF_ERROR(CaptureGraphs());

@@ -44,13 +44,8 @@ int SplitK(const cublasLtMatmulAlgo_t& algo) {
 
 }  // namespace
 
-Gemm::Gemm(const CudaDevice* device, cudaDataType_t io_type, GemmMode mode, int invariant_m,
-           int tune_max_m)
-    : device_(device),
-      io_type_(io_type),
-      mode_(mode),
-      invariant_m_(invariant_m),
-      tune_max_m_(tune_max_m) {}
+Gemm::Gemm(const CudaDevice* device, cudaDataType_t io_type, const GemmOptions& options)
+    : device_(device), io_type_(io_type), options_(options) {}
 
 Gemm::~Gemm() = default;
 
@@ -102,18 +97,15 @@ absl::StatusOr<cublasLtMatmulAlgo_t> Gemm::Fastest(
   return best;
 }
 
-absl::StatusOr<cublasLtMatmulAlgo_t> Gemm::PickAlgorithm(Plan& plan, const Key& key,
-                                                         const Operands& operands) {
-  const auto [m, n, k, bias, fp32_out] = key;
+absl::StatusOr<std::vector<cublasLtMatmulAlgo_t>> Gemm::Candidates(const Plan& plan, int m, int n,
+                                                                   int k, bool fp32_out) const {
   cublasLtMatmulPreference_t pref = nullptr;
   GQA_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulPreferenceCreate(&pref));
   const uint64_t workspace = CudaDevice::kCublasWorkspaceBytes;
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace,
                                        sizeof workspace);
-  // Batch-invariant mode asks at invariant_m and keeps that algorithm for every m.
-  const int ask_m = mode_ == GemmMode::kBatchInvariant ? invariant_m_ : m;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
-  absl::Status st = MakeLayouts(io_type_, fp32_out, ask_m, n, k, &a, &b, &d);
+  absl::Status st = MakeLayouts(io_type_, fp32_out, m, n, k, &a, &b, &d);
   std::vector<cublasLtMatmulHeuristicResult_t> results(16);
   int found = 0;
   if (st.ok()) {
@@ -127,32 +119,58 @@ absl::StatusOr<cublasLtMatmulAlgo_t> Gemm::PickAlgorithm(Plan& plan, const Key& 
   if (b) cublasLtMatrixLayoutDestroy(b);
   if (d) cublasLtMatrixLayoutDestroy(d);
   if (!st.ok()) return st;
+  std::vector<cublasLtMatmulAlgo_t> candidates;
+  for (int i = 0; i < found; ++i) {
+    if (results[i].state == CUBLAS_STATUS_SUCCESS) candidates.push_back(results[i].algo);
+  }
+  return candidates;
+}
+
+bool Gemm::Runs(const Plan& plan, const cublasLtMatmulAlgo_t& algo) const {
+  cublasLtMatmulHeuristicResult_t check{};
+  return cublasLtMatmulAlgoCheck(device_->cublaslt(), plan.op, plan.a, plan.b, plan.d, plan.d,
+                                 &algo, &check) == CUBLAS_STATUS_SUCCESS;
+}
+
+// Batch-invariant mode: one algorithm per (n, k, bias, output type), without split-K, chosen
+// the first time the product is seen, from the heuristic's candidates at invariant_m rows (at
+// fallback_m rows when none of those qualifies); every later row count runs it or fails loudly.
+absl::StatusOr<cublasLtMatmulAlgo_t> Gemm::InvariantAlgorithm(const Plan& plan, const Key& key) {
+  const auto [m, n, k, bias, fp32_out] = key;
+  const InvariantKey product{n, k, bias, fp32_out};
+  if (auto it = invariant_algos_.find(product); it != invariant_algos_.end()) {
+    if (Runs(plan, it->second)) return it->second;
+    return absl::InternalError(absl::StrCat("--deterministic: cuBLASLt's algorithm for the ", n,
+                                            "x", k, " product does not run ", m, " rows"));
+  }
+  for (const int ask_m : {options_.invariant_m, options_.fallback_m}) {
+    ASSIGN_OR_RETURN(const auto candidates, Candidates(plan, ask_m, n, k, fp32_out));
+    for (const cublasLtMatmulAlgo_t& algo : candidates) {
+      if (SplitK(algo) > 1 || !Runs(plan, algo)) continue;
+      invariant_algos_.emplace(product, algo);
+      return algo;
+    }
+  }
+  return absl::InternalError(absl::StrCat("--deterministic: cuBLASLt has no algorithm without ",
+                                          "split-K for the ", n, "x", k, " product"));
+}
+
+absl::StatusOr<cublasLtMatmulAlgo_t> Gemm::PickAlgorithm(Plan& plan, const Key& key,
+                                                         const Operands& operands) {
+  if (options_.mode == GemmMode::kBatchInvariant) return InvariantAlgorithm(plan, key);
+  const auto [m, n, k, bias, fp32_out] = key;
+  ASSIGN_OR_RETURN(const auto candidates, Candidates(plan, m, n, k, fp32_out));
+  if (candidates.empty()) {
+    return absl::InternalError(
+        absl::StrCat("cuBLASLt has no algorithm for a ", m, "x", n, "x", k, " product"));
+  }
   cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
   cudaStreamIsCapturing(device_->stream(), &capturing);
-  if (mode_ == GemmMode::kFastest && tuning_ && m <= tune_max_m_ &&
-      capturing == cudaStreamCaptureStatusNone) {
-    std::vector<cublasLtMatmulAlgo_t> candidates;
-    for (int i = 0; i < found; ++i) {
-      if (results[i].state == CUBLAS_STATUS_SUCCESS) candidates.push_back(results[i].algo);
-    }
-    if (!candidates.empty()) {
-      auto fastest = Fastest(plan, candidates, operands);
-      if (fastest.ok()) return *fastest;  // else (no memory to flush L2) the heuristic's pick
-    }
+  if (tuning_ && m <= options_.tune_max_m && capturing == cudaStreamCaptureStatusNone) {
+    auto fastest = Fastest(plan, candidates, operands);
+    if (fastest.ok()) return *fastest;  // else (no memory to flush L2) the heuristic's pick
   }
-  for (int i = 0; i < found; ++i) {
-    if (results[i].state != CUBLAS_STATUS_SUCCESS) continue;
-    if (mode_ == GemmMode::kFastest) return results[i].algo;
-    if (SplitK(results[i].algo) > 1) continue;
-    cublasLtMatmulHeuristicResult_t check{};
-    if (cublasLtMatmulAlgoCheck(device_->cublaslt(), plan.op, plan.a, plan.b, plan.d, plan.d,
-                                &results[i].algo, &check) == CUBLAS_STATUS_SUCCESS) {
-      return results[i].algo;
-    }
-  }
-  return absl::InternalError(
-      absl::StrCat("cuBLASLt has no algorithm for a ", m, "x", n, "x", k, " product",
-                   mode_ == GemmMode::kBatchInvariant ? " without split-K" : ""));
+  return candidates.front();
 }
 
 absl::StatusOr<Gemm::Plan*> Gemm::GetPlan(const Key& key, const Operands& operands) {

@@ -23,15 +23,23 @@ enum class GemmMode {
                    // not depend on how many rows are batched with it (--deterministic)
 };
 
-class Gemm {
- public:
-  // io_type: CUDA_R_16BF or CUDA_R_16F. kBatchInvariant picks each (n, k)'s algorithm for
-  // invariant_m rows (the largest decode batch: decode steps dominate) and runs every row count
-  // with it. Shapes of up to tune_max_m rows (decode steps, seen first at warm-up) time the
+struct GemmOptions {
+  GemmMode mode = GemmMode::kFastest;
+  // kBatchInvariant: each product's algorithm comes from the heuristic's candidates for
+  // invariant_m rows (the largest decode batch: decode steps dominate), or fallback_m rows when
+  // none of those runs without split-K.
+  int invariant_m = 1;
+  int fallback_m = 1;
+  // kFastest: shapes of up to tune_max_m rows (decode steps, first seen at warm-up) time the
   // heuristic's candidates, with L2 flushed before each run as a decode step finds it, and keep
   // the fastest.
-  Gemm(const CudaDevice* device, cudaDataType_t io_type, GemmMode mode, int invariant_m,
-       int tune_max_m);
+  int tune_max_m = 0;
+};
+
+class Gemm {
+ public:
+  // io_type: CUDA_R_16BF or CUDA_R_16F.
+  Gemm(const CudaDevice* device, cudaDataType_t io_type, const GemmOptions& options);
   ~Gemm();
   Gemm(const Gemm&) = delete;
   Gemm& operator=(const Gemm&) = delete;
@@ -57,7 +65,13 @@ class Gemm {
     const void *x, *w, *bias;
     void* y;
   };
+  using InvariantKey = std::tuple<int, int, bool, bool>;  // n, k, bias, fp32_out
   absl::StatusOr<Plan*> GetPlan(const Key& key, const Operands& operands);
+  // The heuristic's algorithms for `plan`'s product at m rows, best first.
+  absl::StatusOr<std::vector<cublasLtMatmulAlgo_t>> Candidates(const Plan& plan, int m, int n,
+                                                               int k, bool fp32_out) const;
+  bool Runs(const Plan& plan, const cublasLtMatmulAlgo_t& algo) const;
+  absl::StatusOr<cublasLtMatmulAlgo_t> InvariantAlgorithm(const Plan& plan, const Key& key);
   absl::StatusOr<cublasLtMatmulAlgo_t> PickAlgorithm(Plan& plan, const Key& key,
                                                      const Operands& operands);
   // The fastest of `candidates` on these operands (microseconds, median of a few runs).
@@ -68,11 +82,10 @@ class Gemm {
 
   const CudaDevice* device_;
   cudaDataType_t io_type_;
-  GemmMode mode_;
-  int invariant_m_;
-  int tune_max_m_;
+  GemmOptions options_;
   bool tuning_ = true;
   DeviceMemory flush_;  // written between timed runs to push the weights out of L2
+  std::map<InvariantKey, cublasLtMatmulAlgo_t> invariant_algos_;
   std::map<Key, std::unique_ptr<Plan>> plans_;
 };
 
