@@ -117,7 +117,7 @@ __global__ void __launch_bounds__(kThreads)
   const int head0 = kv_head * group;
   const T* q = args.q + (size_t(seq) * args.num_heads + head0) * D;
   auto load_query = [&] {  // the group's query rows, zero past the group: one async group
-    WaitForPrevious();      // the queries and the cache come from the kernels before
+    WaitForPrevious();     // the queries and the cache come from the kernels before
     for (int i = threadIdx.x; i < kRows * D / 8; i += kThreads) {
       const int row = i / (D / 8), col = (i % (D / 8)) * 8;
       CpAsync16(q_smem + row * kRow<D> + col, q + (row < group ? row * D + col : 0), row < group);
@@ -315,9 +315,8 @@ template <typename T, int D, int QT>
 cudaError_t LaunchDecode(const DecodeAttentionArgs<T>& args, const DecodeKernelChoice& choice,
                          cudaStream_t stream) {
   constexpr size_t kSmem = Smem<D, QT>::kBytes;
-  static const cudaError_t attribute_status = cudaFuncSetAttribute(
-      DecodeKernel<T, D, QT>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem));
-  if (attribute_status != cudaSuccess) return attribute_status;
+  if (const cudaError_t e = AllowDynamicSmem<DecodeKernel<T, D, QT>>(int(kSmem)); e != cudaSuccess)
+    return e;
   const int num_kv_heads = args.cache.num_kv_heads;
   const int group = args.num_heads / num_kv_heads;
   float* partial_out = static_cast<float*>(args.workspace);

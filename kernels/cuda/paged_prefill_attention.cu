@@ -9,6 +9,7 @@
 
 #include "attention_tile.cuh"
 #include "gqa/kernels/paged_attention_cuda.h"
+#include "pdl.cuh"
 
 namespace gqa::kernels::cuda {
 namespace {
@@ -133,9 +134,8 @@ __global__ void __launch_bounds__(kThreads) PrefillKernel(PrefillAttentionArgs<T
 template <typename T, int D>
 cudaError_t LaunchPrefill(const PrefillAttentionArgs<T>& args, cudaStream_t stream) {
   constexpr size_t kSmem = PrefillSmem<D>::kBytes;
-  static const cudaError_t attribute_status = cudaFuncSetAttribute(
-      PrefillKernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem));
-  if (attribute_status != cudaSuccess) return attribute_status;
+  if (const cudaError_t e = AllowDynamicSmem<PrefillKernel<T, D>>(int(kSmem)); e != cudaSuccess)
+    return e;
   const int group = args.num_heads / args.cache.num_kv_heads;
   const int row_tiles = (args.max_query_len * group + kRowsPerBlock - 1) / kRowsPerBlock;
   const dim3 grid(row_tiles, args.cache.num_kv_heads, args.num_seqs);

@@ -139,9 +139,7 @@ cudaError_t Launch(const T* input, int input_stride, SkinnyInput kind, const T* 
                    int m, int n, int k, Out* y, cudaStream_t stream) {
   const size_t smem = size_t(M) * k * sizeof(T);
   if (smem > 48 * 1024) {
-    // Once per process and device is enough; repeating it is cheap and keeps no global state.
-    const cudaError_t e = cudaFuncSetAttribute(
-        SkinnyGemmKernel<T, Out, M>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    const cudaError_t e = AllowDynamicSmem<SkinnyGemmKernel<T, Out, M>>(int(smem));
     if (e != cudaSuccess) return e;
   }
   const unsigned blocks = unsigned((n + kRowsPerBlock - 1) / kRowsPerBlock);

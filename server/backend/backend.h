@@ -11,9 +11,11 @@
 
 #include "absl/status/statusor.h"
 #include "backend/kv_cache_spec.h"
-#include "engine/sampler.h"
+#include "gqa/kernels/sampling.h"
 
 namespace gqa {
+
+using kernels::SamplingRow;
 
 // One sequence's chunk in a step: tokens at positions [start_pos, start_pos + tokens.size()),
 // whose K/V go to the cache and whose queries attend to positions [0, their own].

@@ -216,7 +216,8 @@ absl::StatusOr<std::vector<int32_t>> CpuBackend::Sample(std::span<const Sampling
   std::vector<int32_t> tokens(rows.size());
   const size_t vocab = config_.vocab_size;
   for (size_t r = 0; r < rows.size(); ++r) {
-    tokens[r] = SampleToken(std::span<const float>(logits_.data() + r * vocab, vocab), rows[r]);
+    tokens[r] =
+        kernels::cpu::SampleToken(logits_.data() + r * vocab, static_cast<int>(vocab), rows[r]);
   }
   return tokens;
 }
