@@ -332,18 +332,10 @@ cudaError_t LaunchDecode(const DecodeAttentionArgs<T>& args, const DecodeKernelC
   if (choice.num_splits == 1) return cudaGetLastError();
   // Programmatic dependent launch (Hopper): the merge grid is scheduled while the decode grid
   // runs and starts the moment it completes, instead of after a full launch gap.
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(args.num_heads, args.num_seqs);
-  config.blockDim = dim3(D);
-  config.stream = stream;
-  cudaLaunchAttribute attribute;
-  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = &attribute;
-  config.numAttrs = 1;
-  return cudaLaunchKernelEx(
-      &config, MergeSplitsKernel<T, D>, static_cast<const float*>(partial_out),
-      static_cast<const float*>(partial_lse), args.num_heads, choice.num_splits, args.out);
+  return LaunchAfterPrevious(MergeSplitsKernel<T, D>, dim3(args.num_heads, args.num_seqs), dim3(D),
+                             0, stream, static_cast<const float*>(partial_out),
+                             static_cast<const float*>(partial_lse), args.num_heads,
+                             choice.num_splits, args.out);
 }
 
 template <typename T, int D>

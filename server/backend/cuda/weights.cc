@@ -8,6 +8,7 @@
 #include <functional>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 #include "gqa/kernels/elementwise_cuda.h"
 #include "spdlog/spdlog.h"
 
@@ -60,18 +61,21 @@ size_t DeviceWeights::Carve(const ModelConfig& c, void* base) {
   return carve.bytes();
 }
 
+absl::StatusOr<DeviceWeights> DeviceWeights::Allocate(const ModelConfig& c, DType dtype) {
+  DeviceWeights w;
+  w.dtype_ = dtype;
+  ASSIGN_OR_RETURN(w.memory_, DeviceMemory::Allocate(w.Carve(c, nullptr), "the model weights"));
+  w.Carve(c, w.memory_.get());
+  return w;
+}
+
 absl::StatusOr<DeviceWeights> DeviceWeights::Upload(const Checkpoint& ckpt, DType dtype,
                                                     Shard shard, const CudaDevice& device) {
   if (shard.world_size != 1) {
     return absl::UnimplementedError("tensor parallelism (world size above 1) is not implemented");
   }
   const ModelConfig& c = ckpt.config();
-  DeviceWeights w;
-  w.dtype_ = dtype;
-  auto memory = DeviceMemory::Allocate(w.Carve(c, nullptr), "the model weights");
-  if (!memory.ok()) return memory.status();
-  w.memory_ = std::move(*memory);
-  w.Carve(c, w.memory_.get());
+  ASSIGN_OR_RETURN(DeviceWeights w, Allocate(c, dtype));
 
   // Every checkpoint tensor and its place; fused matrices are their parts back to back.
   const size_t e = DTypeSize(dtype);
@@ -139,12 +143,7 @@ absl::StatusOr<DeviceWeights> DeviceWeights::Upload(const Checkpoint& ckpt, DTyp
 
 absl::StatusOr<DeviceWeights> DeviceWeights::Random(const ModelConfig& c, DType dtype,
                                                     uint64_t seed, const CudaDevice& device) {
-  DeviceWeights w;
-  w.dtype_ = dtype;
-  auto memory = DeviceMemory::Allocate(w.Carve(c, nullptr), "the model weights");
-  if (!memory.ok()) return memory.status();
-  w.memory_ = std::move(*memory);
-  w.Carve(c, w.memory_.get());
+  ASSIGN_OR_RETURN(DeviceWeights w, Allocate(c, dtype));
   // Everything uniform first, then the norms set to 1 and the biases to 0.
   const size_t e = DTypeSize(dtype);
   cudaStream_t s = device.stream();

@@ -51,6 +51,8 @@ class DeviceWeights {
   const void* lm_head() const { return lm_head_; }  // [vocab, hidden], embed() when tied
 
  private:
+  // The allocation for `config`'s weights, with every pointer carved out of it.
+  static absl::StatusOr<DeviceWeights> Allocate(const ModelConfig& config, DType dtype);
   // Carves the pointers for `config` out of base (null: sizing pass); returns the bytes.
   size_t Carve(const ModelConfig& config, void* base);
 
