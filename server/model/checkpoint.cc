@@ -8,6 +8,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "model/tensor_names.h"
 #include "nlohmann/json.hpp"
 
 namespace gqa {
@@ -36,8 +37,9 @@ std::pair<float, float> InitRange(const TensorSpec& spec, const ModelConfig& c) 
   const float sqrt3 = std::sqrt(3.0f);
   if (absl::EndsWith(spec.name, "norm.weight")) return {1.0f, 0.2f};
   if (absl::EndsWith(spec.name, ".bias")) return {0.0f, 0.2f * sqrt3};
-  if (spec.name == "model.embed_tokens.weight") return {0.0f, sqrt3};
-  if (spec.name == "lm_head.weight") return {0.0f, 3.0f / std::sqrt(float(c.hidden_size)) * sqrt3};
+  if (spec.name == tensor_names::kEmbed) return {0.0f, sqrt3};
+  if (spec.name == tensor_names::kLmHead)
+    return {0.0f, 3.0f / std::sqrt(float(c.hidden_size)) * sqrt3};
   const float fan_in = static_cast<float>(spec.shape.back());
   return {0.0f, sqrt3 / std::sqrt(fan_in)};
 }
@@ -50,34 +52,34 @@ std::string LayerTensorName(int layer, const char* suffix) {
 
 std::vector<TensorSpec> ExpectedTensors(const ModelConfig& c) {
   const int64_t h = c.hidden_size, q = c.q_size(), kv = c.kv_size(), inter = c.intermediate_size;
-  std::vector<TensorSpec> specs = {{"model.embed_tokens.weight", {c.vocab_size, h}}};
+  std::vector<TensorSpec> specs = {{tensor_names::kEmbed, {c.vocab_size, h}}};
   for (int l = 0; l < c.num_layers; ++l) {
     auto add = [&](const char* suffix, std::vector<int64_t> shape) {
       specs.push_back({LayerTensorName(l, suffix), std::move(shape)});
     };
-    add("input_layernorm.weight", {h});
-    add("self_attn.q_proj.weight", {q, h});
-    add("self_attn.k_proj.weight", {kv, h});
-    add("self_attn.v_proj.weight", {kv, h});
-    add("self_attn.o_proj.weight", {h, q});
+    add(tensor_names::kInputNorm, {h});
+    add(tensor_names::kQ, {q, h});
+    add(tensor_names::kK, {kv, h});
+    add(tensor_names::kV, {kv, h});
+    add(tensor_names::kO, {h, q});
     if (c.qkv_bias) {
-      add("self_attn.q_proj.bias", {q});
-      add("self_attn.k_proj.bias", {kv});
-      add("self_attn.v_proj.bias", {kv});
+      add(tensor_names::kQBias, {q});
+      add(tensor_names::kKBias, {kv});
+      add(tensor_names::kVBias, {kv});
     }
-    if (c.o_bias) add("self_attn.o_proj.bias", {h});
-    add("post_attention_layernorm.weight", {h});
-    add("mlp.gate_proj.weight", {inter, h});
-    add("mlp.up_proj.weight", {inter, h});
-    add("mlp.down_proj.weight", {h, inter});
+    if (c.o_bias) add(tensor_names::kOBias, {h});
+    add(tensor_names::kPostNorm, {h});
+    add(tensor_names::kGate, {inter, h});
+    add(tensor_names::kUp, {inter, h});
+    add(tensor_names::kDown, {h, inter});
     if (c.mlp_bias) {
-      add("mlp.gate_proj.bias", {inter});
-      add("mlp.up_proj.bias", {inter});
-      add("mlp.down_proj.bias", {h});
+      add(tensor_names::kGateBias, {inter});
+      add(tensor_names::kUpBias, {inter});
+      add(tensor_names::kDownBias, {h});
     }
   }
-  specs.push_back({"model.norm.weight", {h}});
-  if (!c.tie_word_embeddings) specs.push_back({"lm_head.weight", {c.vocab_size, h}});
+  specs.push_back({tensor_names::kFinalNorm, {h}});
+  if (!c.tie_word_embeddings) specs.push_back({tensor_names::kLmHead, {c.vocab_size, h}});
   return specs;
 }
 
@@ -210,7 +212,7 @@ absl::Status Checkpoint::CheckTensors() const {
   }
   for (const auto& [name, view] : tensors_) {
     // Tied checkpoints sometimes still carry lm_head.weight; Hugging Face ignores it too.
-    if (config_.tie_word_embeddings && name == "lm_head.weight") continue;
+    if (config_.tie_word_embeddings && name == tensor_names::kLmHead) continue;
     if (!expected.contains(name)) {
       return absl::InvalidArgumentError(
           absl::StrCat(tensor_file_.at(name), ": unexpected tensor \"", name, "\""));

@@ -11,6 +11,7 @@
 #include "common/status_macros.h"
 #include "model/checkpoint.h"
 #include "model/checkpoint_writer.h"
+#include "model/tensor_names.h"
 #include "nlohmann/json.hpp"
 
 namespace gqa {
@@ -29,8 +30,8 @@ constexpr const char* kCopiedFiles[] = {"generation_config.json",
                                         "added_tokens.json"};
 
 bool IsPooled(const std::string& name) {
-  for (const char* suffix : {"self_attn.k_proj.weight", "self_attn.v_proj.weight",
-                             "self_attn.k_proj.bias", "self_attn.v_proj.bias"}) {
+  for (const char* suffix :
+       {tensor_names::kK, tensor_names::kV, tensor_names::kKBias, tensor_names::kVBias}) {
     if (absl::EndsWith(name, suffix)) return true;
   }
   return false;

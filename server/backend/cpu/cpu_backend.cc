@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "gqa/kernels/cpu_ops.h"
 #include "gqa/kernels/rope.h"
+#include "model/tensor_names.h"
 
 namespace gqa {
 namespace {
@@ -73,30 +74,30 @@ void CpuBackend::LoadWeights() {
     return present ? get(LayerTensorName(l, suffix)) : std::vector<float>{};
   };
   auto matrix = [&](int l, const char* suffix) { return Matrix(LayerTensorName(l, suffix)); };
-  embed_ = Matrix("model.embed_tokens.weight");
-  final_norm_ = get("model.norm.weight");
-  lm_head_ = config_.tie_word_embeddings ? embed_ : Matrix("lm_head.weight");
+  embed_ = Matrix(tensor_names::kEmbed);
+  final_norm_ = get(tensor_names::kFinalNorm);
+  lm_head_ = config_.tie_word_embeddings ? embed_ : Matrix(tensor_names::kLmHead);
   const size_t cache_elems = static_cast<size_t>(spec_.num_blocks) * spec_.num_kv_heads *
                              spec_.block_size * spec_.head_dim;
   layers_.resize(config_.num_layers);
   for (int l = 0; l < config_.num_layers; ++l) {
     Layer& L = layers_[l];
-    L.input_norm = get(LayerTensorName(l, "input_layernorm.weight"));
-    L.q = matrix(l, "self_attn.q_proj.weight");
-    L.k = matrix(l, "self_attn.k_proj.weight");
-    L.v = matrix(l, "self_attn.v_proj.weight");
-    L.o = matrix(l, "self_attn.o_proj.weight");
-    L.q_bias = get_if(config_.qkv_bias, l, "self_attn.q_proj.bias");
-    L.k_bias = get_if(config_.qkv_bias, l, "self_attn.k_proj.bias");
-    L.v_bias = get_if(config_.qkv_bias, l, "self_attn.v_proj.bias");
-    L.o_bias = get_if(config_.o_bias, l, "self_attn.o_proj.bias");
-    L.post_norm = get(LayerTensorName(l, "post_attention_layernorm.weight"));
-    L.gate = matrix(l, "mlp.gate_proj.weight");
-    L.up = matrix(l, "mlp.up_proj.weight");
-    L.down = matrix(l, "mlp.down_proj.weight");
-    L.gate_bias = get_if(config_.mlp_bias, l, "mlp.gate_proj.bias");
-    L.up_bias = get_if(config_.mlp_bias, l, "mlp.up_proj.bias");
-    L.down_bias = get_if(config_.mlp_bias, l, "mlp.down_proj.bias");
+    L.input_norm = get(LayerTensorName(l, tensor_names::kInputNorm));
+    L.q = matrix(l, tensor_names::kQ);
+    L.k = matrix(l, tensor_names::kK);
+    L.v = matrix(l, tensor_names::kV);
+    L.o = matrix(l, tensor_names::kO);
+    L.q_bias = get_if(config_.qkv_bias, l, tensor_names::kQBias);
+    L.k_bias = get_if(config_.qkv_bias, l, tensor_names::kKBias);
+    L.v_bias = get_if(config_.qkv_bias, l, tensor_names::kVBias);
+    L.o_bias = get_if(config_.o_bias, l, tensor_names::kOBias);
+    L.post_norm = get(LayerTensorName(l, tensor_names::kPostNorm));
+    L.gate = matrix(l, tensor_names::kGate);
+    L.up = matrix(l, tensor_names::kUp);
+    L.down = matrix(l, tensor_names::kDown);
+    L.gate_bias = get_if(config_.mlp_bias, l, tensor_names::kGateBias);
+    L.up_bias = get_if(config_.mlp_bias, l, tensor_names::kUpBias);
+    L.down_bias = get_if(config_.mlp_bias, l, tensor_names::kDownBias);
     L.k_cache.assign(cache_elems, 0.0f);
     L.v_cache.assign(cache_elems, 0.0f);
   }

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "gqa/kernels/elementwise_cuda.h"
+#include "model/tensor_names.h"
 #include "spdlog/spdlog.h"
 
 namespace gqa::cuda {
@@ -82,34 +83,34 @@ absl::StatusOr<DeviceWeights> DeviceWeights::Upload(const Checkpoint& ckpt, DTyp
   auto at = [&](const void* p, size_t elems) {
     return static_cast<std::byte*>(const_cast<void*>(p)) + elems * e;
   };
-  std::vector<Piece> pieces = {{"model.embed_tokens.weight", at(w.embed_, 0)},
-                               {"model.norm.weight", at(w.norm_, 0)}};
-  if (!c.tie_word_embeddings) pieces.push_back({"lm_head.weight", at(w.lm_head_, 0)});
+  std::vector<Piece> pieces = {{tensor_names::kEmbed, at(w.embed_, 0)},
+                               {tensor_names::kFinalNorm, at(w.norm_, 0)}};
+  if (!c.tie_word_embeddings) pieces.push_back({tensor_names::kLmHead, at(w.lm_head_, 0)});
   const size_t h = c.hidden_size, q = c.q_size(), kv = c.kv_size(), inter = c.intermediate_size;
   for (int l = 0; l < c.num_layers; ++l) {
     const LayerWeights& L = w.layers_[l];
     auto add = [&](const char* suffix, void* dst) {
       pieces.push_back({LayerTensorName(l, suffix), dst});
     };
-    add("input_layernorm.weight", at(L.input_norm, 0));
-    add("self_attn.q_proj.weight", at(L.qkv, 0));
-    add("self_attn.k_proj.weight", at(L.qkv, q * h));
-    add("self_attn.v_proj.weight", at(L.qkv, (q + kv) * h));
+    add(tensor_names::kInputNorm, at(L.input_norm, 0));
+    add(tensor_names::kQ, at(L.qkv, 0));
+    add(tensor_names::kK, at(L.qkv, q * h));
+    add(tensor_names::kV, at(L.qkv, (q + kv) * h));
     if (c.qkv_bias) {
-      add("self_attn.q_proj.bias", at(L.qkv_bias, 0));
-      add("self_attn.k_proj.bias", at(L.qkv_bias, q));
-      add("self_attn.v_proj.bias", at(L.qkv_bias, q + kv));
+      add(tensor_names::kQBias, at(L.qkv_bias, 0));
+      add(tensor_names::kKBias, at(L.qkv_bias, q));
+      add(tensor_names::kVBias, at(L.qkv_bias, q + kv));
     }
-    add("self_attn.o_proj.weight", at(L.o, 0));
-    if (c.o_bias) add("self_attn.o_proj.bias", at(L.o_bias, 0));
-    add("post_attention_layernorm.weight", at(L.post_norm, 0));
-    add("mlp.gate_proj.weight", at(L.gate_up, 0));
-    add("mlp.up_proj.weight", at(L.gate_up, inter * h));
-    add("mlp.down_proj.weight", at(L.down, 0));
+    add(tensor_names::kO, at(L.o, 0));
+    if (c.o_bias) add(tensor_names::kOBias, at(L.o_bias, 0));
+    add(tensor_names::kPostNorm, at(L.post_norm, 0));
+    add(tensor_names::kGate, at(L.gate_up, 0));
+    add(tensor_names::kUp, at(L.gate_up, inter * h));
+    add(tensor_names::kDown, at(L.down, 0));
     if (c.mlp_bias) {
-      add("mlp.gate_proj.bias", at(L.gate_up_bias, 0));
-      add("mlp.up_proj.bias", at(L.gate_up_bias, inter));
-      add("mlp.down_proj.bias", at(L.down_bias, 0));
+      add(tensor_names::kGateBias, at(L.gate_up_bias, 0));
+      add(tensor_names::kUpBias, at(L.gate_up_bias, inter));
+      add(tensor_names::kDownBias, at(L.down_bias, 0));
     }
   }
 
