@@ -4,8 +4,8 @@
 
 #include <cctype>
 #include <cstdlib>
-#include <functional>
 #include <fstream>
+#include <functional>
 #include <memory>
 
 #include "absl/strings/str_cat.h"
@@ -124,7 +124,8 @@ absl::StatusOr<LoadedModel> LoadModel(const ServerConfig& sc, BackendKind kind,
   metrics.SetModelInfo(model.config, b.kv_spec(), std::string(b.name()), b.device_name(),
                        b.memory_by_kind());
   EngineConfig engine_config;
-  engine_config.scheduler = {sc.block_size, sc.max_num_seqs, sc.max_num_batched_tokens};
+  // The block size enters once: the backend's pool decides it.
+  engine_config.scheduler = {b.kv_spec().block_size, sc.max_num_seqs, sc.max_num_batched_tokens};
   engine_config.limits = {model.config.vocab_size, max_model_len};
   engine_config.eos_token_ids.assign(model.config.eos_token_ids.begin(),
                                      model.config.eos_token_ids.end());

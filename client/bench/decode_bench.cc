@@ -261,7 +261,7 @@ int EngineBenchMain(int argc, char** argv) {
   MetricsRegistry registry;
   EngineMetrics metrics(registry);
   EngineConfig ec;
-  ec.scheduler = {o.block_size, batch, o.max_num_batched_tokens};
+  ec.scheduler = {(*backend)->kv_spec().block_size, batch, o.max_num_batched_tokens};
   ec.limits = {config.vocab_size, o.max_model_len};
   Engine engine(ec, std::move(*backend), &metrics);
   engine.Start();

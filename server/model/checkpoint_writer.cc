@@ -4,6 +4,7 @@
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
+#include "common/json_file.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -50,14 +51,6 @@ absl::Status WriteShard(const std::filesystem::path& path, const std::vector<Ten
 }
 
 }  // namespace
-
-absl::Status WriteJsonFile(const std::filesystem::path& path, const json& doc) {
-  std::ofstream out(path, std::ios::trunc);
-  out << doc.dump(2) << "\n";
-  out.close();
-  if (!out) return absl::InternalError(absl::StrCat(path.string(), ": write failed"));
-  return absl::OkStatus();
-}
 
 absl::Status WriteWeights(const std::filesystem::path& dir,
                           const std::vector<TensorHeader>& tensors, const TensorBytes& bytes_of,

@@ -37,7 +37,4 @@ absl::Status WriteCheckpoint(const std::filesystem::path& dir, const ModelConfig
                              const std::vector<TensorToWrite>& tensors,
                              const CheckpointWriteOptions& options);
 
-// Writes a JSON document, pretty-printed.
-absl::Status WriteJsonFile(const std::filesystem::path& path, const nlohmann::json& doc);
-
 }  // namespace gqa

@@ -4,7 +4,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "model/checkpoint_writer.h"
+#include "common/json_file.h"
 #include "nlohmann/json.hpp"
 #include "tokenizer/utf8.h"
 
