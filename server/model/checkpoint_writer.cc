@@ -1,5 +1,7 @@
 #include "model/checkpoint_writer.h"
 
+#include <unistd.h>
+
 #include <cstdio>
 #include <fstream>
 
@@ -73,6 +75,27 @@ absl::Status WriteWeights(const std::filesystem::path& dir,
   }
   json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
   return WriteJsonFile(dir / "model.safetensors.index.json", index);
+}
+
+absl::Status WriteNewDirectory(
+    const std::filesystem::path& dst,
+    const std::function<absl::Status(const std::filesystem::path&)>& write) {
+  if (std::filesystem::exists(dst)) {
+    return absl::AlreadyExistsError(absl::StrCat(dst.string(), ": already exists"));
+  }
+  const std::filesystem::path partial =
+      dst.parent_path() / absl::StrCat(dst.filename().string(), ".partial-", ::getpid());
+  std::error_code ec;
+  std::filesystem::remove_all(partial, ec);
+  std::filesystem::create_directories(partial, ec);
+  if (ec) return absl::InternalError(absl::StrCat(partial.string(), ": ", ec.message()));
+  absl::Status status = write(partial);
+  if (status.ok()) {
+    std::filesystem::rename(partial, dst, ec);
+    if (ec) status = absl::InternalError(absl::StrCat(dst.string(), ": ", ec.message()));
+  }
+  if (!status.ok()) std::filesystem::remove_all(partial, ec);
+  return status;
 }
 
 absl::Status WriteCheckpoint(const std::filesystem::path& dir, const ModelConfig& config,

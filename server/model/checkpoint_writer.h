@@ -32,6 +32,13 @@ absl::Status WriteWeights(const std::filesystem::path& dir,
                           const std::vector<TensorHeader>& tensors, const TensorBytes& bytes_of,
                           const CheckpointWriteOptions& options);
 
+// Creates directory `dst` (which must not exist) with what `write` puts in a sibling
+// "<dst>.partial-<pid>" directory, renamed to dst only when `write` succeeds; on any error nothing
+// is left at either path.
+absl::Status WriteNewDirectory(
+    const std::filesystem::path& dst,
+    const std::function<absl::Status(const std::filesystem::path&)>& write);
+
 // A whole directory from tensors in memory (random checkpoints for tests and the demo).
 absl::Status WriteCheckpoint(const std::filesystem::path& dir, const ModelConfig& config,
                              const std::vector<TensorToWrite>& tensors,

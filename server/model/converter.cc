@@ -1,7 +1,5 @@
 #include "model/converter.h"
 
-#include <unistd.h>
-
 #include <fstream>
 #include <sstream>
 #include <vector>
@@ -132,19 +130,9 @@ absl::Status ConvertToGqa(const std::filesystem::path& src, const std::filesyste
         "--kv-heads ", options.kv_heads, " does not divide the source's num_key_value_heads (",
         from, "); choose a divisor of ", from));
   }
-  const std::filesystem::path partial =
-      dst.parent_path() / absl::StrCat(dst.filename().string(), ".partial-", ::getpid());
-  std::error_code ec;
-  std::filesystem::remove_all(partial, ec);
-  std::filesystem::create_directories(partial, ec);
-  if (ec) return absl::InternalError(absl::StrCat(partial.string(), ": ", ec.message()));
-  absl::Status status = WriteConverted(*source, src, partial, options);
-  if (status.ok()) {
-    std::filesystem::rename(partial, dst, ec);
-    if (ec) status = absl::InternalError(absl::StrCat(dst.string(), ": ", ec.message()));
-  }
-  if (!status.ok()) std::filesystem::remove_all(partial, ec);
-  return status;
+  return WriteNewDirectory(dst, [&](const std::filesystem::path& partial) {
+    return WriteConverted(*source, src, partial, options);
+  });
 }
 
 }  // namespace gqa

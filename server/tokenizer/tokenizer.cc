@@ -310,6 +310,13 @@ absl::Status Tokenizer::Impl::LoadSteps(const json& spec, bool normalizer_side,
     ASSIGN_OR_RETURN(step.regex,
                      Regex::Compile(pattern.at(literal ? "String" : "Regex").get<std::string>(),
                                     literal, source));
+  } else if (!normalizer_side && type == "Digits") {
+    // tokenizers splits on char::is_numeric (Unicode Nd, Nl, No = \p{N}): each digit on its own
+    // (individual_digits) or each run of digits as one piece, the text between kept whole.
+    step.kind = Step::Kind::kSplit;
+    const bool individual = spec.value("individual_digits", false);
+    ASSIGN_OR_RETURN(step.regex,
+                     Regex::Compile(individual ? R"(\p{N})" : R"(\p{N}+)", false, source));
   } else if (!normalizer_side && type == "ByteLevel") {
     step.kind = Step::Kind::kByteLevel;
     step.flag = spec.value("add_prefix_space", false);

@@ -1,7 +1,7 @@
 // A Hugging Face tokenizer.json, encoded and decoded the way the `tokenizers` library does it,
 // for the BPE models Llama-class checkpoints use:
-//   - byte-level BPE (GPT-2, Llama 3, Qwen2): Split regex and ByteLevel pre-tokenizers,
-//     ByteLevel decoder, ignore_merges;
+//   - byte-level BPE (GPT-2, Llama 3, Qwen2, SmolLM2, DeepSeek): Split regex, Digits and
+//     ByteLevel pre-tokenizers, ByteLevel decoder, ignore_merges;
 //   - SentencePiece-style BPE (Llama 2, Mistral): Prepend/Replace normalizers or the Metaspace
 //     pre-tokenizer, byte_fallback, Replace/ByteFallback/Fuse/Strip or Metaspace decoders.
 // Added and special tokens are matched before normalization and pre-tokenization. A component
