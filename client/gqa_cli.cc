@@ -4,10 +4,10 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
-#include "common/dashed_flags.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "common/dashed_flags.h"
 #include "gqa/v1/generation.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "nlohmann/json.hpp"
@@ -26,6 +26,7 @@ ABSL_FLAG(bool, ignore_eos, false, "keep generating past EOS");
 ABSL_FLAG(std::string, request_id, "", "request id (the server makes one when empty)");
 ABSL_FLAG(bool, json, false, "print one JSON object per response message");
 ABSL_FLAG(bool, info, false, "print the model info and exit");
+ABSL_FLAG(bool, tokenize, false, "print the server's token ids of --text as a JSON list and exit");
 ABSL_FLAG(double, timeout, 600, "deadline in seconds");
 
 namespace pb = gqa::v1;
@@ -78,6 +79,18 @@ int PrintInfo(pb::Generation::Stub& stub) {
   return 0;
 }
 
+int PrintTokens(pb::Generation::Stub& stub) {
+  grpc::ClientContext context;
+  pb::TokenizeRequest request;
+  request.set_text(absl::GetFlag(FLAGS_text));
+  pb::TokenizeResponse response;
+  grpc::Status status = stub.Tokenize(&context, request, &response);
+  if (!status.ok()) return Fail(status);
+  std::cout << nlohmann::json(std::vector<uint32_t>(response.ids().begin(), response.ids().end()))
+            << "\n";
+  return 0;
+}
+
 pb::GenerateRequest BuildRequest(bool* ok) {
   pb::GenerateRequest req;
   req.set_request_id(absl::GetFlag(FLAGS_request_id));
@@ -126,13 +139,15 @@ void PrintHuman(const pb::GenerateResponse& r, std::vector<uint32_t>& ids, bool&
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "gqa-cli --text \"Hello\" | --ids 1,2,3 [--max_new_tokens N] [--stop s] [--json] | --info");
+      "gqa-cli --text \"Hello\" | --ids 1,2,3 [--max_new_tokens N] [--stop s] [--json] | --info | "
+      "--tokenize --text \"Hello\"");
   gqa::AcceptDashedFlags(argc, argv);
   absl::ParseCommandLine(argc, argv);
   auto channel =
       grpc::CreateChannel(absl::GetFlag(FLAGS_server), grpc::InsecureChannelCredentials());
   auto stub = pb::Generation::NewStub(channel);
   if (absl::GetFlag(FLAGS_info)) return PrintInfo(*stub);
+  if (absl::GetFlag(FLAGS_tokenize)) return PrintTokens(*stub);
 
   bool ok;
   pb::GenerateRequest req = BuildRequest(&ok);

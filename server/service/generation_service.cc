@@ -266,6 +266,26 @@ grpc::ServerWriteReactor<pb::GenerateResponse>* GenerationService::Generate(
   return reactor.get();
 }
 
+grpc::ServerUnaryReactor* GenerationService::Tokenize(grpc::CallbackServerContext* context,
+                                                      const pb::TokenizeRequest* request,
+                                                      pb::TokenizeResponse* response) {
+  auto* reactor = context->DefaultReactor();
+  if (engine_.load(std::memory_order_acquire) == nullptr) {
+    reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the model is still loading"));
+    return reactor;
+  }
+  if (info_.tokenizer == nullptr) {
+    reactor->Finish(
+        grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "text: this model has no tokenizer.json"));
+    return reactor;
+  }
+  for (int32_t id : info_.tokenizer->EncodePrompt(request->text())) {
+    response->add_ids(static_cast<uint32_t>(id));
+  }
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
 grpc::ServerUnaryReactor* GenerationService::GetModelInfo(grpc::CallbackServerContext* context,
                                                           const pb::GetModelInfoRequest*,
                                                           pb::ModelInfo* info) {

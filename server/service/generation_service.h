@@ -34,6 +34,9 @@ class GenerationService final : public gqa::v1::Generation::CallbackService {
   grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
                                          const gqa::v1::GetModelInfoRequest* request,
                                          gqa::v1::ModelInfo* response) override;
+  grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* context,
+                                     const gqa::v1::TokenizeRequest* request,
+                                     gqa::v1::TokenizeResponse* response) override;
 
  private:
   absl::StatusOr<Request> ToRequest(const gqa::v1::GenerateRequest& proto,
