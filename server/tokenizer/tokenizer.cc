@@ -79,12 +79,12 @@ enum class SplitBehavior { kIsolated, kRemoved, kMergedWithPrevious, kMergedWith
 
 // One normalizer or pre-tokenizer step.
 struct Step {
-  enum class Kind { kPrepend, kReplace, kUnicode, kSplit, kByteLevel, kMetaspace } kind;
+  enum class Kind { kPrepend, kReplace, kUnicode, kSplit, kDigits, kByteLevel, kMetaspace } kind;
   int unicode_options = 0;       // kUnicode: utf8proc flags for NFC, NFD, NFKC or NFKD
   std::string a, b;              // Prepend: a; Replace: a -> b; Metaspace: a = replacement
   std::shared_ptr<Regex> regex;  // Replace (regex pattern), Split, ByteLevel (use_regex)
   SplitBehavior behavior = SplitBehavior::kIsolated;
-  bool flag = false;              // ByteLevel: add_prefix_space; Metaspace: split
+  bool flag = false;  // ByteLevel: add_prefix_space; Metaspace: split; Digits: individual
   std::string scheme = "always";  // Metaspace prepend_scheme
 };
 
@@ -164,6 +164,36 @@ std::vector<std::string> SplitPieces(const std::vector<std::string>& pieces, con
     }
     emit_gap(last, piece.size());
     if (!pending.empty()) out.push_back(std::move(pending));
+  }
+  return out;
+}
+
+// `tokenizers`' Digits pre-tokenizer: numeric characters (Rust's char::is_numeric, the Unicode
+// categories Nd, Nl and No, as utf8proc classifies them; PCRE2's \p{N} follows an older Unicode)
+// isolated one by one (individual) or run by run, the text between kept whole.
+std::vector<std::string> SplitDigits(const std::vector<std::string>& pieces, bool individual) {
+  std::vector<std::string> out;
+  for (const std::string& piece : pieces) {
+    std::string current;
+    bool current_numeric = false;
+    for (size_t pos = 0; pos < piece.size();) {
+      utf8proc_int32_t cp = -1;
+      utf8proc_ssize_t length =
+          utf8proc_iterate(reinterpret_cast<const utf8proc_uint8_t*>(piece.data() + pos),
+                           static_cast<utf8proc_ssize_t>(piece.size() - pos), &cp);
+      if (length <= 0) length = 1, cp = -1;  // invalid UTF-8: one byte, not a digit
+      const utf8proc_category_t category = cp < 0 ? UTF8PROC_CATEGORY_CN : utf8proc_category(cp);
+      const bool numeric = category == UTF8PROC_CATEGORY_ND || category == UTF8PROC_CATEGORY_NL ||
+                           category == UTF8PROC_CATEGORY_NO;
+      if (!current.empty() && (numeric != current_numeric || (numeric && individual))) {
+        out.push_back(std::move(current));
+        current.clear();
+      }
+      current.append(piece, pos, static_cast<size_t>(length));
+      current_numeric = numeric;
+      pos += static_cast<size_t>(length);
+    }
+    if (!current.empty()) out.push_back(std::move(current));
   }
   return out;
 }
@@ -311,12 +341,8 @@ absl::Status Tokenizer::Impl::LoadSteps(const json& spec, bool normalizer_side,
                      Regex::Compile(pattern.at(literal ? "String" : "Regex").get<std::string>(),
                                     literal, source));
   } else if (!normalizer_side && type == "Digits") {
-    // tokenizers splits on char::is_numeric (Unicode Nd, Nl, No = \p{N}): each digit on its own
-    // (individual_digits) or each run of digits as one piece, the text between kept whole.
-    step.kind = Step::Kind::kSplit;
-    const bool individual = spec.value("individual_digits", false);
-    ASSIGN_OR_RETURN(step.regex,
-                     Regex::Compile(individual ? R"(\p{N})" : R"(\p{N}+)", false, source));
+    step.kind = Step::Kind::kDigits;
+    step.flag = spec.value("individual_digits", false);
   } else if (!normalizer_side && type == "ByteLevel") {
     step.kind = Step::Kind::kByteLevel;
     step.flag = spec.value("add_prefix_space", false);
@@ -396,7 +422,12 @@ absl::Status Tokenizer::Impl::LoadAddedTokens(const json& tokens) {
 }
 
 void Tokenizer::Impl::LoadPostProcessor(const json& spec) {
-  // TemplateProcessing whose single-sequence template starts with a special token: BOS.
+  // TemplateProcessing whose single-sequence template starts with a special token: BOS. Llama 3
+  // nests it in a Sequence after a ByteLevel processor.
+  if (spec.is_object() && spec.value("type", "") == "Sequence" && spec.contains("processors")) {
+    for (const json& processor : spec["processors"]) LoadPostProcessor(processor);
+    return;
+  }
   if (!spec.is_object() || spec.value("type", "") != "TemplateProcessing") return;
   const json& single = spec.value("single", json::array());
   if (single.empty() || !single[0].contains("SpecialToken")) return;
@@ -428,6 +459,9 @@ std::vector<std::string> Tokenizer::Impl::PreTokenize(std::string text, bool fir
     switch (s.kind) {
       case Step::Kind::kSplit:
         pieces = SplitPieces(pieces, *s.regex, s.behavior);
+        break;
+      case Step::Kind::kDigits:
+        pieces = SplitDigits(pieces, s.flag);
         break;
       case Step::Kind::kByteLevel:
         if (s.flag && !pieces.empty() && !pieces[0].empty() && pieces[0][0] != ' ') {

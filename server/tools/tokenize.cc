@@ -1,6 +1,8 @@
 // gqa-tokenize: the tokenizer from the command line, for parity tests and the benchmark.
-//   gqa-tokenize TOKENIZER_DIR --cases cases.json   JSON lines in, per text: ids, decoded text
-//                                                    and the text streamed one token at a time
+//   gqa-tokenize TOKENIZER_DIR --cases cases.json   JSON lines in, per text: ids, prompt ids
+//                                                    (BOS added as a Generate prompt gets it),
+//                                                    decoded text and the text streamed one
+//                                                    token at a time
 //   gqa-tokenize TOKENIZER_DIR --bench FILE [--repeat N]   single-thread encode throughput
 #include <chrono>
 #include <fstream>
@@ -44,6 +46,7 @@ int RunCases(const gqa::Tokenizer& tokenizer, const std::string& path) {
       prefixes_ok = text == full;
     }
     out.push_back({{"ids", ids},
+                   {"prompt_ids", tokenizer.EncodePrompt(t.get<std::string>())},
                    {"decoded", tokenizer.Decode(ids)},
                    {"streamed", streamed},
                    {"prefixes_ok", prefixes_ok}});

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Tokenizer parity with Hugging Face `tokenizers`, on fixtures built fresh by make_fixtures.py.
 
-For the byte-level, SentencePiece-style and Metaspace families: our ids equal `tokenizers`' ids
+For the byte-level (Llama 3, Qwen2, SmolLM2, DeepSeek), SentencePiece-style and Metaspace families,
+Digits pre-tokenizers included: our ids equal `tokenizers`' ids
 for every text (corpus lines, the whole corpus, random Unicode and byte-ish strings, special
 tokens inside text); our decode equals theirs; streaming one token at a time yields the full
 decode; decode(encode(x)) == x where the family guarantees it; unsupported components are
@@ -17,6 +18,11 @@ import tempfile
 
 HERE = pathlib.Path(__file__).parent
 SPECIALS = ["<s>", "</s>", "<unk>", "<|special|>", "<|endoftext|>"]
+FAMILIES = ("byte_level", "byte_level_nfc", "sentencepiece", "metaspace", "mistral_v3", "smollm",
+            "digits_grouped", "deepseek", "deepseek_coder")
+# DeepSeek's added tokens for the bytes that never occur in UTF-8: these characters in text encode
+# as those tokens, which decode to U+FFFD.
+DEEPSEEK_ADDED = set(chr(b) for b in [0xC0, 0xC1] + list(range(0xF5, 0x100)))
 
 
 def main():
@@ -32,7 +38,8 @@ def main():
                        check=True)
         cases = json.loads((out / "cases.json").read_text(encoding="utf-8"))
         texts = cases["texts"]
-        for family in ("byte_level", "byte_level_nfc", "sentencepiece", "metaspace"):
+        corpus_chars = set("".join((HERE / "corpus.txt").read_text(encoding="utf-8").splitlines()))
+        for family in FAMILIES:
             result = subprocess.run([args.tokenize, str(out / family), "--cases",
                                      str(out / "cases.json")], capture_output=True, text=True,
                                     check=True)
@@ -42,10 +49,19 @@ def main():
             stream_bad = [i for i, o in enumerate(ours)
                           if o["streamed"] != o["decoded"] or not o["prefixes_ok"]]
             plain = [i for i, t in enumerate(texts) if not any(s in t for s in SPECIALS)]
-            # Byte-level BPE round-trips everything; SentencePiece-style with byte fallback and a
-            # one-space Strip round-trips text without special tokens; Metaspace promises nothing.
-            guaranteed = {"byte_level": range(len(texts)), "sentencepiece": plain,
-                          "byte_level_nfc": [], "metaspace": []}[family]
+            # Byte-level BPE over the whole byte alphabet round-trips everything; SentencePiece
+            # style with byte fallback and a one-space Strip round-trips text without special tokens
+            # (behind Metaspace's prepend_scheme "first": text not already starting with a space);
+            # SmolLM2-style BPE without an unk token drops bytes outside the corpus's alphabet;
+            # DeepSeek round-trips all but its added byte characters; Metaspace promises nothing.
+            guaranteed = {
+                "byte_level": range(len(texts)), "digits_grouped": range(len(texts)),
+                "sentencepiece": plain, "byte_level_nfc": [], "metaspace": [],
+                "mistral_v3": [i for i in plain if not texts[i].startswith(" ")],
+                "smollm": [i for i, t in enumerate(texts) if set(t) <= corpus_chars],
+                "deepseek": [i for i, t in enumerate(texts) if not DEEPSEEK_ADDED & set(t)],
+                "deepseek_coder": [i for i, t in enumerate(texts) if not DEEPSEEK_ADDED & set(t)],
+            }[family]
             trip_bad = [i for i in guaranteed if ours[i]["decoded"] != texts[i]]
             for name, bad in (("ids", ids_bad), ("decode", dec_bad), ("streaming", stream_bad),
                               ("round trip", trip_bad)):
@@ -56,6 +72,34 @@ def main():
                 for i in bad[:3]:
                     print(f"     text {texts[i]!r:.80}\n     ours {ours[i]}\n"
                           f"     hf   {cases[family][i]} {cases[family + '_decoded'][i]!r:.80}")
+        # The BOS of prompts comes from the post-processor's TemplateProcessing, also when it is
+        # nested in a Sequence (Llama 3: ByteLevel, then TemplateProcessing "<s> $A").
+        from tokenizers import Tokenizer
+        doc = json.loads((out / "byte_level" / "tokenizer.json").read_text(encoding="utf-8"))
+        template = {"type": "TemplateProcessing",
+                    "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
+                               {"Sequence": {"id": "A", "type_id": 0}}],
+                    "pair": [{"Sequence": {"id": "A", "type_id": 0}},
+                             {"Sequence": {"id": "B", "type_id": 1}}],
+                    "special_tokens": {"<s>": {"id": "<s>", "ids": [doc["model"]["vocab"]["<s>"]],
+                                               "tokens": ["<s>"]}}}
+        for name, processor in (("template", template),
+                                ("sequence", {"type": "Sequence", "processors": [
+                                    {"type": "ByteLevel", "add_prefix_space": True,
+                                     "trim_offsets": False, "use_regex": True}, template]})):
+            bos_doc = dict(doc, post_processor=processor)
+            bos_dir = out / f"bos-{name}"
+            bos_dir.mkdir()
+            (bos_dir / "tokenizer.json").write_text(json.dumps(bos_doc), encoding="utf-8")
+            theirs = Tokenizer.from_file(str(bos_dir / "tokenizer.json"))
+            result = subprocess.run([args.tokenize, str(bos_dir), "--cases",
+                                     str(out / "cases.json")], capture_output=True, text=True,
+                                    check=True)
+            bad = [i for i, o in enumerate(json.loads(result.stdout))
+                   if o["prompt_ids"] != theirs.encode(texts[i]).ids]
+            failures += bool(bad)
+            print(f"{'ok  ' if not bad else 'FAIL'} prompt BOS from a {name} post-processor "
+                  f"{len(texts) - len(bad)}/{len(texts)}", flush=True)
         # Unsupported components are refused, naming them.
         doc = json.loads((out / "byte_level" / "tokenizer.json").read_text(encoding="utf-8"))
         for key, value, expect in (("normalizer", {"type": "Lowercase"}, "normalizer Lowercase"),
