@@ -270,6 +270,16 @@ TEST_F(ServerTest, ModelInfo) {
   }
 }
 
+TEST_F(ServerTest, TokenizeWithoutATokenizerIsInvalid) {
+  grpc::ClientContext context;
+  pb::TokenizeRequest request;
+  request.set_text("hello");
+  pb::TokenizeResponse response;
+  const grpc::Status status = server_->Stub()->Tokenize(&context, request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(status.error_message().rfind("text:", 0), 0u) << status.error_message();
+}
+
 TEST_F(ServerTest, HealthReflectionAndMetricsAnswer) {
   EXPECT_EQ(Health(server_->address()), grpc::health::v1::HealthCheckResponse::SERVING);
   EXPECT_EQ(server_->HttpGet("/healthz").first, 200);
@@ -375,6 +385,19 @@ TEST_F(TextServerTest, TextPromptStreamsTextThatDecodesTheTokens) {
   pb::ModelInfo info;
   ASSERT_TRUE(stub->GetModelInfo(&context, {}, &info).ok());
   EXPECT_TRUE(info.has_tokenizer());
+}
+
+TEST_F(TextServerTest, TokenizeGivesThePromptIds) {
+  auto stub = server_->Stub();
+  for (const std::string text : {"Once upon a time, the model said: héllo 😀", "", "<s> 12 345"}) {
+    grpc::ClientContext context;
+    pb::TokenizeRequest request;
+    request.set_text(text);
+    pb::TokenizeResponse response;
+    ASSERT_TRUE(stub->Tokenize(&context, request, &response).ok()) << text;
+    const std::vector<int32_t> expected = tokenizer_->EncodePrompt(text);
+    EXPECT_EQ(std::vector<int32_t>(response.ids().begin(), response.ids().end()), expected) << text;
+  }
 }
 
 TEST_F(TextServerTest, StopStringEndsTheTextBeforeItAcrossChunks) {
