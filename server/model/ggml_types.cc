@@ -23,7 +23,7 @@ constexpr TypeInfo kTypes[] = {
     {2, "Q4_0", 32, 18, true},       {3, "Q4_1", 32, 20, true},
     {6, "Q5_0", 32, 22, true},       {7, "Q5_1", 32, 24, true},
     {8, "Q8_0", 32, 34, true},       {9, "Q8_1", 32, 40, false},
-    {10, "Q2_K", 256, 84, false},    {11, "Q3_K", 256, 110, false},
+    {10, "Q2_K", 256, 84, true},     {11, "Q3_K", 256, 110, true},
     {12, "Q4_K", 256, 144, true},    {13, "Q5_K", 256, 176, true},
     {14, "Q6_K", 256, 210, true},    {15, "Q8_K", 256, 292, false},
     {16, "IQ2_XXS", 256, 66, false}, {17, "IQ2_XS", 256, 74, false},
@@ -106,6 +106,48 @@ void DequantizeQ8_0(const std::byte* block, float* out) {
     out[j] = static_cast<float>(static_cast<int8_t>(U8(block + 2, j))) * d;
 }
 
+// Q2_K: 16 bytes of 4-bit scale | 4-bit min per 16 elements, 64 bytes of 2-bit quants, fp16 d,
+// fp16 dmin. In each half of 128 elements, element r takes bit pair r / 32 of byte r % 32;
+// x = (d * scale) * q - (dmin * min).
+void DequantizeQ2_K(const std::byte* block, float* out) {
+  const std::byte* scales = block;
+  const std::byte* qs = block + 16;
+  const float d = Half(block + 80), dmin = Half(block + 82);
+  for (int e = 0; e < kSuperBlock; ++e) {
+    const int half = e / 128, r = e % 128;
+    const int q = (U8(qs, half * 32 + r % 32) >> (2 * (r / 32))) & 3;
+    const uint8_t sc = U8(scales, e / 16);
+    const float scale = d * static_cast<float>(sc & 0x0F);
+    const float offset = dmin * static_cast<float>(sc >> 4);
+    out[e] = scale * static_cast<float>(q) - offset;
+  }
+}
+
+// The 6-bit scale of sub-block s (0-15) of a Q3_K block, minus 32: low nibbles from bytes 0-7
+// (low halves first), high bit pairs from bytes 8-11.
+int ScaleK3(const std::byte* scales, int s) {
+  const int low = s < 8 ? U8(scales, s) & 0x0F : U8(scales, s - 8) >> 4;
+  const int high = (U8(scales, 8 + s % 4) >> (2 * (s / 4))) & 0x03;
+  return (low | (high << 4)) - 32;
+}
+
+// Q3_K: 32 bytes of high-bit masks, 64 bytes of 2-bit quants, 12 bytes of 6-bit scales, fp16 d.
+// Element e takes its 2-bit quant as Q2_K does and bit e / 32 of mask byte e % 32; a clear bit
+// subtracts 4. x = (d * scale[e / 16]) * q.
+void DequantizeQ3_K(const std::byte* block, float* out) {
+  const std::byte* hmask = block;
+  const std::byte* qs = block + 32;
+  const std::byte* scales = block + 96;
+  const float d = Half(block + 108);
+  for (int e = 0; e < kSuperBlock; ++e) {
+    const int half = e / 128, r = e % 128;
+    const int low = (U8(qs, half * 32 + r % 32) >> (2 * (r / 32))) & 3;
+    const int high_bit = (U8(hmask, e % 32) >> (e / 32)) & 1;
+    const float scale = d * static_cast<float>(ScaleK3(scales, e / 16));
+    out[e] = scale * static_cast<float>(low - (high_bit ? 0 : 4));
+  }
+}
+
 // The 6-bit scale and min of sub-block j (0-7) of a Q4_K/Q5_K block (ggml's get_scale_min_k4).
 void ScaleMinK4(const std::byte* scales, int j, uint8_t* scale, uint8_t* min) {
   if (j < 4) {
@@ -186,6 +228,10 @@ BlockDequantizer BlockFunction(GgmlType type) {
       return DequantizeQ5_1;
     case GgmlType::kQ8_0:
       return DequantizeQ8_0;
+    case GgmlType::kQ2_K:
+      return DequantizeQ2_K;
+    case GgmlType::kQ3_K:
+      return DequantizeQ3_K;
     case GgmlType::kQ4_K:
       return DequantizeQ4_K;
     case GgmlType::kQ5_K:

@@ -238,7 +238,7 @@ absl::StatusOr<std::vector<const GgufTensor*>> MatchTensors(
           file, absl::StrCat("tensor ", gguf_name, " has type ",
                              GgmlTypeName(static_cast<uint32_t>(tensor->type)),
                              ", which the importer cannot dequantize (supported: F32, F16, BF16, "
-                             "Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)"));
+                             "Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)"));
     }
     sources.push_back(tensor);
     used.insert(gguf_name);

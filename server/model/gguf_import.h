@@ -18,8 +18,8 @@ struct GgufImportOptions {
 };
 
 // Architectures "llama" (Llama 1-3, Mistral, SmolLM2, TinyLlama, ...) and "qwen2"; tensor types
-// F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K. Anything else, a file that
-// is broken or a dst that exists gives one error naming the file and what is wrong, and leaves
+// F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K. Anything else, a file
+// that is broken or a dst that exists gives one error naming the file and what is wrong, and leaves
 // nothing at dst. Streams one tensor at a time from the memory-mapped file.
 absl::Status ImportGguf(const std::filesystem::path& gguf, const std::filesystem::path& dst,
                         const GgufImportOptions& options);

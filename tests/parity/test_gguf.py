@@ -34,11 +34,13 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalize
 
 HIDDEN, LAYERS, HEADS, KV_HEADS, FFN = 256, 2, 4, 2, 512
 HEAD_DIM = HIDDEN // HEADS
-SUPPORTED = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K]
+SUPPORTED = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K,
+             T.Q5_K, T.Q6_K]
 NORM_TYPES = [T.F32, T.F16, T.BF16]
 # Byte offsets of the fp16 scale/min fields inside one block of each quantized type.
 FP16_FIELDS = {T.Q4_0: (0,), T.Q4_1: (0, 2), T.Q5_0: (0,), T.Q5_1: (0, 2), T.Q8_0: (0,),
-               T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208,)}
+               T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q4_K: (0, 2), T.Q5_K: (0, 2),
+               T.Q6_K: (208,)}
 FAILURES = []
 
 
@@ -555,7 +557,7 @@ def check_refusals(args, work, rng):
               f"refuses {what}: exit {result.returncode}, {len(lines)} line(s): {line}"
               + (f"; left behind {left}" if left else ""))
 
-    for qtype, name in ((T.Q2_K, "blk.1.ffn_up.weight"), (T.Q3_K, "blk.0.attn_k.weight"),
+    for qtype, name in ((T.Q8_1, "blk.1.ffn_up.weight"), (T.IQ3_S, "blk.0.attn_k.weight"),
                         (T.IQ2_XXS, "output.weight"), (T.IQ4_NL, "token_embd.weight")):
         src = work / f"refuse-{qtype.name}.gguf"
         write_gguf(src, "llama", rng, pre="llama-bpe", overrides={name: qtype})
