@@ -153,8 +153,8 @@ TEST(GgmlTypesTest, NamesAndLayouts) {
   EXPECT_EQ(GgmlTypeName(16), "IQ2_XXS");
   EXPECT_EQ(GgmlTypeName(77), "type 77");
   EXPECT_TRUE(DequantizableLayout(14).has_value());   // Q6_K
-  EXPECT_FALSE(DequantizableLayout(10).has_value());  // Q2_K
-  EXPECT_EQ(GgmlLayout(10)->bytes, 84);               // measurable all the same
+  EXPECT_FALSE(DequantizableLayout(16).has_value());  // IQ2_XXS
+  EXPECT_EQ(GgmlLayout(16)->bytes, 66);               // measurable all the same
   EXPECT_FALSE(GgmlLayout(77).has_value());
 }
 
