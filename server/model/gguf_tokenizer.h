@@ -21,8 +21,10 @@ struct GgufTokenizerFiles {
 };
 
 // Byte-level BPE vocabularies (tokenizer.ggml.model "gpt2") whose pre-tokenizer is one of:
-// "default"/"gpt-2", "smollm"/"starcoder", "llama-bpe"/"llama3"/"llama-v3" (Llama 3), "qwen2".
-// Anything else is refused with a message naming the value.
+// "default"/"gpt-2", "smollm"/"starcoder", "llama-bpe"/"llama3"/"llama-v3" (Llama 3), "qwen2";
+// and SentencePiece BPE vocabularies ("llama": Llama 2, Mistral, TinyLlama), whose merges are
+// rebuilt from the piece scores as transformers does. Anything else is refused with a message
+// naming the value.
 absl::StatusOr<GgufTokenizerFiles> GgufTokenizerToJson(const GgufFile& file, int context_length);
 
 }  // namespace gqa
