@@ -8,7 +8,13 @@ gqa-convert. The tokenizer.json we write must encode and decode every text exact
 tokenizer transformers builds from the same GGUF file (its GGUF converter: merges from scores),
 and our C++ tokenizer must give the same ids, with BOS in front of prompts. Also refused: a
 SentencePiece vocabulary without scores.
+
+The same tiny llama file also checks Llama 3.1's rope scaling, which GGUF files carry as
+per-frequency factors (rope_freqs.weight, as llama.cpp's converter computes them) rather than
+parameters: the importer recovers rope_scaling {llama3, factor 8, 1, 4, 8192}, and refuses
+factors of another form.
 """
+import math
 import argparse
 import json
 import pathlib
@@ -72,7 +78,22 @@ def vocabulary(tok):
     return pieces, scores, types
 
 
-def write_gguf(path, pieces, scores, types, *, with_scores=True):
+def llama3_rope_factors(theta, head_dim, factor=8.0, low=1.0, high=4.0, old_context=8192):
+    """llama.cpp convert_hf_to_gguf.py's rope_freqs for Llama 3.1."""
+    out = []
+    for i in range(0, head_dim, 2):
+        wavelen = 2 * math.pi * theta ** (i / head_dim)
+        if wavelen < old_context / high:
+            out.append(1.0)
+        elif wavelen > old_context / low:
+            out.append(factor)
+        else:
+            smooth = (old_context / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
+
+
+def write_gguf(path, pieces, scores, types, *, with_scores=True, rope_factors=None):
     rng = np.random.default_rng(0)
     hidden, ffn, heads, kv_heads = 64, 128, 2, 1
     w = GGUFWriter(str(path), "llama")
@@ -85,6 +106,8 @@ def write_gguf(path, pieces, scores, types, *, with_scores=True):
     w.add_head_count_kv(kv_heads)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_dimension_count(hidden // heads)
+    if rope_factors is not None:
+        w.add_rope_freq_base(500000.0)
     w.add_tokenizer_model("llama")
     w.add_tokenizer_pre("default")
     w.add_token_list(pieces)
@@ -103,6 +126,8 @@ def write_gguf(path, pieces, scores, types, *, with_scores=True):
               "output_norm.weight": (hidden,)}
     for name, shape in shapes.items():
         w.add_tensor(name, rng.standard_normal(shape).astype(np.float32))
+    if rope_factors is not None:
+        w.add_tensor("rope_freqs.weight", rope_factors)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -171,6 +196,22 @@ def main():
                                 capture_output=True, text=True)
         check(result.returncode == 1 and "tokenizer.ggml.scores" in result.stderr and
               not bad_out.exists(), f"refuses a vocabulary without scores: {result.stderr.strip()}")
+        rope_src, rope_out = work / "rope.gguf", work / "rope"
+        write_gguf(rope_src, pieces, scores, types, rope_factors=llama3_rope_factors(500000.0, 32))
+        result = subprocess.run([args.convert, "--from-gguf", str(rope_src), str(rope_out)],
+                                capture_output=True, text=True)
+        rope = (json.loads((rope_out / "config.json").read_text()).get("rope_scaling")
+                if result.returncode == 0 else result.stderr.strip())
+        check(rope == {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                       "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+              f"Llama 3.1 rope scaling recovered from rope_freqs.weight: {rope}")
+        odd = llama3_rope_factors(500000.0, 32)
+        odd[5] *= 1.5
+        write_gguf(work / "odd-rope.gguf", pieces, scores, types, rope_factors=odd)
+        result = subprocess.run([args.convert, "--from-gguf", str(work / "odd-rope.gguf"),
+                                 str(work / "odd-rope")], capture_output=True, text=True)
+        check(result.returncode == 1 and "rope_freqs.weight[5]" in result.stderr,
+              f"refuses rope factors of another form: {result.stderr.strip()}")
     print("all SentencePiece import checks passed" if not failures else f"{len(failures)} FAILED")
     return 1 if failures else 0
 
