@@ -1,6 +1,8 @@
 // gqa-cli: send one generate request (or ask for model info) and stream the answer.
 #include <chrono>
+#include <fstream>
 #include <iostream>
+#include <sstream>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -26,6 +28,13 @@ ABSL_FLAG(bool, ignore_eos, false, "keep generating past EOS");
 ABSL_FLAG(std::string, request_id, "", "request id (the server makes one when empty)");
 ABSL_FLAG(bool, json, false, "print one JSON object per response message");
 ABSL_FLAG(bool, info, false, "print the model info and exit");
+ABSL_FLAG(std::string, tls_ca, "", "PEM CA of the server's certificate: connect over TLS");
+ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate for mutual TLS (with --tls_key)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_server_name, "",
+          "name the server's certificate must carry (default: the host of --server)");
+ABSL_FLAG(std::string, auth_token_file, "",
+          "send 'authorization: Bearer <token>' with the token read from this file");
 ABSL_FLAG(bool, tokenize, false, "print the server's token ids of --text as a JSON list and exit");
 ABSL_FLAG(double, timeout, 600, "deadline in seconds");
 
@@ -40,6 +49,46 @@ bool ParseIds(const std::string& text, google::protobuf::RepeatedField<uint32_t>
     out->Add(id);
   }
   return true;
+}
+
+std::string ReadFileOrDie(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    std::cerr << "gqa-cli: cannot read " << path << "\n";
+    std::exit(2);
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+std::shared_ptr<grpc::Channel> Connect() {
+  const std::string ca = absl::GetFlag(FLAGS_tls_ca);
+  if (ca.empty()) {
+    return grpc::CreateChannel(absl::GetFlag(FLAGS_server), grpc::InsecureChannelCredentials());
+  }
+  grpc::SslCredentialsOptions tls;
+  tls.pem_root_certs = ReadFileOrDie(ca);
+  if (!absl::GetFlag(FLAGS_tls_cert).empty()) {
+    tls.pem_cert_chain = ReadFileOrDie(absl::GetFlag(FLAGS_tls_cert));
+    tls.pem_private_key = ReadFileOrDie(absl::GetFlag(FLAGS_tls_key));
+  }
+  grpc::ChannelArguments args;
+  if (!absl::GetFlag(FLAGS_tls_server_name).empty()) {
+    args.SetSslTargetNameOverride(absl::GetFlag(FLAGS_tls_server_name));
+  }
+  return grpc::CreateCustomChannel(absl::GetFlag(FLAGS_server), grpc::SslCredentials(tls), args);
+}
+
+// Adds the bearer token, when one is configured, to a call.
+void Authorize(grpc::ClientContext& context) {
+  static const std::string token = [] {
+    const std::string file = absl::GetFlag(FLAGS_auth_token_file);
+    std::string text = file.empty() ? "" : ReadFileOrDie(file);
+    while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back()))) text.pop_back();
+    return text;
+  }();
+  if (!token.empty()) context.AddMetadata("authorization", "Bearer " + token);
 }
 
 int Fail(const grpc::Status& status) {
@@ -70,6 +119,7 @@ nlohmann::json ToJson(const pb::GenerateResponse& r) {
 
 int PrintInfo(pb::Generation::Stub& stub) {
   grpc::ClientContext context;
+  Authorize(context);
   pb::ModelInfo info;
   grpc::Status status = stub.GetModelInfo(&context, pb::GetModelInfoRequest(), &info);
   if (!status.ok()) return Fail(status);
@@ -81,6 +131,7 @@ int PrintInfo(pb::Generation::Stub& stub) {
 
 int PrintTokens(pb::Generation::Stub& stub) {
   grpc::ClientContext context;
+  Authorize(context);
   pb::TokenizeRequest request;
   request.set_text(absl::GetFlag(FLAGS_text));
   pb::TokenizeResponse response;
@@ -143,8 +194,7 @@ int main(int argc, char** argv) {
       "--tokenize --text \"Hello\"");
   gqa::AcceptDashedFlags(argc, argv);
   absl::ParseCommandLine(argc, argv);
-  auto channel =
-      grpc::CreateChannel(absl::GetFlag(FLAGS_server), grpc::InsecureChannelCredentials());
+  auto channel = Connect();
   auto stub = pb::Generation::NewStub(channel);
   if (absl::GetFlag(FLAGS_info)) return PrintInfo(*stub);
   if (absl::GetFlag(FLAGS_tokenize)) return PrintTokens(*stub);
@@ -156,6 +206,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   grpc::ClientContext context;
+  Authorize(context);
   context.set_deadline(
       std::chrono::system_clock::now() +
       std::chrono::milliseconds(static_cast<int64_t>(absl::GetFlag(FLAGS_timeout) * 1e3)));

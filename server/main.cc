@@ -3,9 +3,9 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
-#include "common/dashed_flags.h"
 #include "absl/flags/usage.h"
 #include "common/byte_size.h"
+#include "common/dashed_flags.h"
 #include "server.h"
 #include "spdlog/spdlog.h"
 
@@ -26,6 +26,21 @@ ABSL_FLAG(bool, deterministic, false,
 ABSL_FLAG(std::string, host, "0.0.0.0", "address to listen on (gRPC and metrics)");
 ABSL_FLAG(int, port, 50051, "gRPC port (0 picks a free one)");
 ABSL_FLAG(int, metrics_port, 9090, "HTTP port for /metrics and /healthz (0 picks a free one)");
+ABSL_FLAG(std::string, metrics_host, "",
+          "address for /metrics and /healthz (empty: --host), e.g. 127.0.0.1");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: serve gRPC over TLS (with --tls_key)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA: clients must present a certificate it signed (mutual TLS)");
+ABSL_FLAG(std::string, auth_token_file, "",
+          "file holding a token: Generation calls must send 'authorization: Bearer <token>' "
+          "(health checks stay open)");
+ABSL_FLAG(int, max_waiting_requests, 1024,
+          "requests waiting to run beyond which Generate answers RESOURCE_EXHAUSTED (0: no limit)");
+ABSL_FLAG(std::string, max_request_size, "4MiB",
+          "largest request message, after decompression (larger: RESOURCE_EXHAUSTED)");
+ABSL_FLAG(int, max_streams_per_connection, 256, "concurrent calls on one client connection");
+ABSL_FLAG(bool, expose_model_path, false, "GetModelInfo reports the model directory's path");
 ABSL_FLAG(std::string, port_file, "", "write '<grpc port> <metrics port>' here once serving");
 ABSL_FLAG(int, block_size, 16, "tokens per KV cache block");
 ABSL_FLAG(std::string, kv_cache_memory, "",
@@ -64,7 +79,25 @@ int main(int argc, char** argv) {
   config.host = absl::GetFlag(FLAGS_host);
   config.port = absl::GetFlag(FLAGS_port);
   config.metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  config.metrics_host = absl::GetFlag(FLAGS_metrics_host);
   config.port_file = absl::GetFlag(FLAGS_port_file);
+  config.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
+  config.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+  config.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
+  config.auth_token_file = absl::GetFlag(FLAGS_auth_token_file);
+  config.expose_model_path = absl::GetFlag(FLAGS_expose_model_path);
+  config.max_waiting_requests = absl::GetFlag(FLAGS_max_waiting_requests);
+  config.max_streams_per_connection = absl::GetFlag(FLAGS_max_streams_per_connection);
+  if (!gqa::ParseByteSize(absl::GetFlag(FLAGS_max_request_size), &config.max_request_bytes) ||
+      config.max_request_bytes < 1024 || config.max_request_bytes > (1u << 30)) {
+    std::cerr << "gqa-server: --max_request_size: expected a size from 1KiB to 1GiB\n";
+    return 2;
+  }
+  if (config.max_waiting_requests < 0 || config.max_streams_per_connection < 1) {
+    std::cerr << "gqa-server: --max_waiting_requests must be >= 0 and "
+                 "--max_streams_per_connection >= 1\n";
+    return 2;
+  }
   config.block_size = absl::GetFlag(FLAGS_block_size);
   config.dtype = absl::GetFlag(FLAGS_dtype);
   config.gpu_memory_utilization = absl::GetFlag(FLAGS_gpu_memory_utilization);

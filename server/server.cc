@@ -11,9 +11,11 @@
 #include "absl/strings/str_cat.h"
 #include "backend/factory.h"
 #include "common/status_macros.h"
+#include "common/text_file.h"
 #include "engine/engine.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
 #include "metrics/engine_metrics.h"
 #include "metrics/http_server.h"
@@ -100,6 +102,49 @@ void BlockSignals() {
   pthread_sigmask(SIG_BLOCK, &set, nullptr);  // inherited by every thread started after this
 }
 
+// Plaintext, TLS (--tls_cert, --tls_key) or mutual TLS (and --tls_client_ca).
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const ServerConfig& sc) {
+  if (sc.tls_cert_file.empty() != sc.tls_key_file.empty()) {
+    return absl::InvalidArgumentError("--tls_cert and --tls_key go together");
+  }
+  if (sc.tls_cert_file.empty()) {
+    if (!sc.tls_client_ca_file.empty()) {
+      return absl::InvalidArgumentError("--tls_client_ca needs --tls_cert and --tls_key");
+    }
+    return grpc::InsecureServerCredentials();
+  }
+  grpc::SslServerCredentialsOptions options(
+      sc.tls_client_ca_file.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                                    : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+  ASSIGN_OR_RETURN(pair.private_key, ReadTextFile(sc.tls_key_file));
+  ASSIGN_OR_RETURN(pair.cert_chain, ReadTextFile(sc.tls_cert_file));
+  for (const auto& [file, text] : {std::pair{sc.tls_key_file, pair.private_key},
+                                   std::pair{sc.tls_cert_file, pair.cert_chain}}) {
+    if (text.find("-----BEGIN ") == std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat(file, ": not a PEM file"));
+    }
+  }
+  options.pem_key_cert_pairs.push_back(std::move(pair));
+  if (!sc.tls_client_ca_file.empty()) {
+    ASSIGN_OR_RETURN(options.pem_root_certs, ReadTextFile(sc.tls_client_ca_file));
+  }
+  return grpc::SslServerCredentials(options);
+}
+
+absl::StatusOr<BearerToken> AuthToken(const ServerConfig& sc) {
+  if (sc.auth_token_file.empty()) return BearerToken();
+  ASSIGN_OR_RETURN(std::string token, ReadTextFile(sc.auth_token_file, 4096));
+  while (!token.empty() && std::isspace(static_cast<unsigned char>(token.back()))) {
+    token.pop_back();
+  }
+  if (token.empty() || token.find_first_of(" \t\r\n") != std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(sc.auth_token_file, ": the token must be one non-empty word"));
+  }
+  return BearerToken(std::move(token));
+}
+
 // The model, the engine and what the service needs, built after the ports are open.
 struct LoadedModel {
   ModelConfig config;
@@ -131,6 +176,7 @@ absl::StatusOr<LoadedModel> LoadModel(const ServerConfig& sc, BackendKind kind,
                                      model.config.eos_token_ids.end());
   engine_config.tokenizer = model.tokenizer.get();
   engine_config.on_backend_broken = std::move(on_broken);
+  engine_config.max_waiting_requests = sc.max_waiting_requests;
   model.engine = std::make_unique<Engine>(engine_config, std::move(*backend), &metrics);
   return model;  // the CPU backend keeps the checkpoint: it reads the mapped weights in place
 }
@@ -146,23 +192,38 @@ int RunServer(const ServerConfig& sc) {
   MetricsRegistry registry;
   EngineMetrics metrics(registry);
   std::atomic<bool> serving{false};
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = Credentials(sc);
+  if (!credentials.ok()) return Fail(std::string(credentials.status().message()));
+  absl::StatusOr<BearerToken> auth = AuthToken(sc);
+  if (!auth.ok()) return Fail(std::string(auth.status().message()));
   MetricsHttpServer http(&registry, [&serving] { return serving.load(); });
-  auto metrics_port = http.Start(sc.host, sc.metrics_port);
+  const std::string metrics_host = sc.metrics_host.empty() ? sc.host : sc.metrics_host;
+  auto metrics_port = http.Start(metrics_host, sc.metrics_port);
   if (!metrics_port.ok()) return Fail(std::string(metrics_port.status().message()));
 
   // Listen first, so that health checks see NOT_SERVING (not a refused connection) while the
   // model loads; Generate answers UNAVAILABLE until then.
-  GenerationService service;
+  GenerationService service(*std::move(auth), &metrics);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  // gRPC sets SO_REUSEPORT by default, which lets a second server bind the same port and take
+  // half the clients: a port in use must stop startup instead.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  // Bounded per client: the request size (before and after decompression), streams per
+  // connection, and idle or dead connections closed (keepalive pings every 2 minutes).
+  builder.SetMaxReceiveMessageSize(static_cast<int>(sc.max_request_bytes));
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, sc.max_streams_per_connection);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 120'000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20'000);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS, 30 * 60'000);
   int grpc_port = 0;
-  builder.AddListeningPort(absl::StrCat(sc.host, ":", sc.port), grpc::InsecureServerCredentials(),
-                           &grpc_port);
+  builder.AddListeningPort(absl::StrCat(sc.host, ":", sc.port), *credentials, &grpc_port);
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || grpc_port == 0) {
-    return Fail(absl::StrCat("cannot listen for gRPC on ", sc.host, ":", sc.port));
+    return Fail(absl::StrCat("cannot listen for gRPC on ", sc.host, ":", sc.port,
+                             " (is another process using the port?)"));
   }
   server->GetHealthCheckService()->SetServingStatus(false);
   spdlog::info("listening: grpc :{}, metrics :{}; loading {} for the {} backend on {}", grpc_port,
@@ -183,8 +244,8 @@ int RunServer(const ServerConfig& sc) {
   }
   Engine& engine = *model->engine;
   engine.Start();
-  service.Attach(&engine,
-                 {model->config, sc.model_dir, sc.default_max_new_tokens, model->tokenizer.get()});
+  service.Attach(&engine, {model->config, sc.expose_model_path ? sc.model_dir : std::string(),
+                           sc.default_max_new_tokens, model->tokenizer.get()});
   server->GetHealthCheckService()->SetServingStatus(true);
   serving.store(true);
   LogLoaded(sc, model->config, engine.backend(), engine.config().limits.max_model_len, grpc_port,

@@ -20,10 +20,18 @@ struct ServerConfig {
   std::string host = "0.0.0.0";
   int port = 50051;
   int metrics_port = 9090;
-  std::string port_file;  // written once serving: "<grpc port> <metrics port>"
+  std::string metrics_host;                 // empty: `host`
+  std::string port_file;                    // written once serving: "<grpc port> <metrics port>"
+  std::string tls_cert_file, tls_key_file;  // PEM; both or neither: TLS for gRPC
+  std::string tls_client_ca_file;           // PEM; clients must present a certificate it signed
+  std::string auth_token_file;              // calls must send "authorization: Bearer <token>"
+  bool expose_model_path = false;           // GetModelInfo reports the model directory
+  int max_waiting_requests = 1024;          // beyond: RESOURCE_EXHAUSTED (0: no limit)
+  uint64_t max_request_bytes = 4 << 20;     // a request's size, after decompression
+  int max_streams_per_connection = 256;
   int block_size = 16;
   uint64_t kv_cache_bytes = 0;  // 0: the backend's default
-  int num_kv_blocks = 0;  // overrides kv_cache_bytes when > 0
+  int num_kv_blocks = 0;        // overrides kv_cache_bytes when > 0
   int max_num_seqs = 256;
   int max_num_batched_tokens = 2048;
   int max_model_len = 0;  // 0: the model's max_position_embeddings

@@ -62,6 +62,12 @@ absl::StatusOr<uint64_t> Engine::Submit(Request request) {
   }
   std::lock_guard lock(mu_);
   if (!accepting_) return absl::UnavailableError("the server is draining; retry elsewhere");
+  const int64_t waiting = static_cast<int64_t>(new_requests_.size()) + scheduler_waiting_.load();
+  if (config_.max_waiting_requests > 0 && waiting >= config_.max_waiting_requests) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the server is overloaded: ", waiting, " requests are waiting (limit ",
+                     config_.max_waiting_requests, ", --max_waiting_requests); retry later"));
+  }
   const uint64_t id = next_id_++;
   auto seq = std::make_unique<Sequence>(std::move(request), id);
   if (config_.tokenizer) {
@@ -284,6 +290,7 @@ void Engine::FailStep(const SchedulerOutput& out, const absl::Status& status) {
 }
 
 void Engine::UpdateGauges() {
+  scheduler_waiting_.store(scheduler_.num_waiting());
   if (!metrics_) return;
   metrics_->requests_running->Set(scheduler_.num_running());
   metrics_->requests_waiting->Set(scheduler_.num_waiting());

@@ -3,6 +3,8 @@
 // Cancel, which enqueue messages and never block on a step.
 #pragma once
 
+#include <atomic>
+
 #include <chrono>
 #include <condition_variable>
 #include <functional>
@@ -26,6 +28,9 @@ struct EngineConfig {
   ModelLimits limits;
   std::vector<int32_t> eos_token_ids;
   const Tokenizer* tokenizer = nullptr;  // text for each event, stop strings; may be null
+  // Requests admitted but not yet running beyond which Submit answers RESOURCE_EXHAUSTED
+  // (0: no limit).
+  int max_waiting_requests = 0;
   // Called on the engine thread after a failed step left the backend unusable (a sticky GPU
   // error); the server stops serving and exits. May be empty.
   std::function<void()> on_backend_broken;
@@ -41,7 +46,8 @@ class Engine {
 
   void Start();
   // Queues a request and returns its engine id. INVALID_ARGUMENT when it is malformed or can
-  // never fit in the KV pool; UNAVAILABLE once draining.
+  // never fit in the KV pool; RESOURCE_EXHAUSTED when max_waiting_requests are already waiting;
+  // UNAVAILABLE once draining.
   absl::StatusOr<uint64_t> Submit(Request request);
   // Finishes the request with CANCELLED and frees its blocks at the next step. Unknown ids (e.g.
   // already finished) are ignored.
@@ -82,6 +88,7 @@ class Engine {
   uint64_t next_id_ = 1;                                 // guarded by mu_
   int64_t in_flight_ = 0;                                // guarded by mu_
   bool accepting_ = true;                                // guarded by mu_
+  std::atomic<int64_t> scheduler_waiting_{0};            // written by the engine thread
   bool stop_ = false;                                    // guarded by mu_
   std::thread thread_;
 };

@@ -38,6 +38,18 @@ EngineMetrics::EngineMetrics(MetricsRegistry& r) : registry_(r) {
         r.AddCounter("gqa_requests_finished_total", "Finished requests by reason.",
                      {{"finish_reason", FinishReasonName(reason)}});
   }
+  for (const char* reason : {"invalid_argument", "overloaded", "unauthenticated", "unavailable"}) {
+    rejected_.emplace_back(
+        reason, r.AddCounter("gqa_requests_rejected_total",
+                             "Requests refused before they ran, by reason.", {{"reason", reason}}));
+  }
+}
+
+Counter* EngineMetrics::RequestsRejected(const std::string& reason) {
+  for (const auto& [name, counter] : rejected_) {
+    if (name == reason) return counter;
+  }
+  return rejected_.front().second;
 }
 
 void EngineMetrics::SetModelInfo(const ModelConfig& c, const KvCacheSpec& kv,

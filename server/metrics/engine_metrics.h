@@ -38,9 +38,13 @@ struct EngineMetrics {
   Counter* generation_tokens;
   Counter* preemptions;
   std::array<Counter*, 5> requests_finished;  // by FinishReason
+  // Requests refused before they ran, by reason: "invalid_argument", "overloaded",
+  // "unauthenticated", "unavailable" (loading or draining).
+  Counter* RequestsRejected(const std::string& reason);
 
  private:
   MetricsRegistry& registry_;
+  std::vector<std::pair<std::string, Counter*>> rejected_;
 };
 
 }  // namespace gqa

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <atomic>
+#include <cstddef>
 #include <functional>
 #include <memory>
 #include <string>
@@ -19,6 +20,9 @@ class MetricsRegistry;
 
 class MetricsHttpServer {
  public:
+  static constexpr size_t kMaxBodyBytes = 1024;
+  static constexpr size_t kWorkerThreads = 32;
+
   // is_serving decides /healthz: 200 "ok" or 503 "not serving".
   MetricsHttpServer(const MetricsRegistry* registry, std::function<bool()> is_serving);
   ~MetricsHttpServer();

@@ -37,11 +37,12 @@ class GenerateReactor : public grpc::ServerWriteReactor<pb::GenerateResponse>,
   GenerateReactor(Engine* engine, std::string request_id)
       : engine_(engine), request_id_(std::move(request_id)) {}
 
-  void Start(Request request) {
+  // Submits the request to the engine; when it refuses, the caller rejects the call.
+  absl::Status Start(Request request) {
     self_ = shared_from_this();
     request.sink = [reactor = self_](TokenEvent event) { reactor->OnEvent(std::move(event)); };
     absl::StatusOr<uint64_t> id = engine_->Submit(std::move(request));
-    if (!id.ok()) return Reject(ToGrpcStatus(id.status()));
+    if (!id.ok()) return id.status();
     bool cancel_now;
     {
       std::lock_guard lock(mu_);
@@ -50,6 +51,7 @@ class GenerateReactor : public grpc::ServerWriteReactor<pb::GenerateResponse>,
       cancel_now = broken_;
     }
     if (cancel_now) engine_->Cancel(*id);
+    return absl::OkStatus();
   }
 
   // Finishes the call at once with an error (bad input, draining).
@@ -199,6 +201,10 @@ void GenerationService::Attach(Engine* engine, ServiceInfo info) {
 absl::StatusOr<Request> GenerationService::ToRequest(const pb::GenerateRequest& proto,
                                                      const Engine& engine) const {
   Request r;
+  if (proto.request_id().size() > kMaxRequestIdBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("request_id: ", proto.request_id().size(),
+                                                   " bytes; at most ", kMaxRequestIdBytes));
+  }
   r.id = proto.request_id().empty()
              ? absl::StrCat("gen-", next_request_number_.load(), "-", RandomSeed() % 1000000)
              : proto.request_id();
@@ -229,15 +235,27 @@ absl::StatusOr<Request> GenerationService::ToRequest(const pb::GenerateRequest& 
         "stopping.stop: stop strings need a tokenizer, which this model does not have; use "
         "stopping.stop_token_ids");
   }
+  if (st.stop_size() > kMaxStopStrings) {
+    return absl::InvalidArgumentError(absl::StrCat("stopping.stop: ", st.stop_size(),
+                                                   " stop strings; at most ", kMaxStopStrings));
+  }
   for (int i = 0; i < st.stop_size(); ++i) {
     if (st.stop(i).empty()) {
       return absl::InvalidArgumentError(absl::StrCat("stopping.stop[", i, "]: empty string"));
+    }
+    if (st.stop(i).size() > kMaxStopStringBytes) {
+      return absl::InvalidArgumentError(absl::StrCat("stopping.stop[", i, "]: ", st.stop(i).size(),
+                                                     " bytes; at most ", kMaxStopStringBytes));
     }
   }
   r.stopping.stop_strings.assign(st.stop().begin(), st.stop().end());
   const int max_len = engine.config().limits.max_model_len;
   if (st.has_max_new_tokens()) {
-    r.stopping.max_new_tokens = static_cast<int>(std::min<uint32_t>(st.max_new_tokens(), 1u << 30));
+    if (st.max_new_tokens() > static_cast<uint32_t>(max_len)) {  // quote what was sent
+      return absl::InvalidArgumentError(absl::StrCat(
+          "stopping.max_new_tokens: ", st.max_new_tokens(), " exceeds max_model_len ", max_len));
+    }
+    r.stopping.max_new_tokens = static_cast<int>(st.max_new_tokens());
   } else {
     r.stopping.max_new_tokens = std::max(
         1, std::min(info_.default_max_new_tokens, max_len - static_cast<int>(r.prompt.size())));
@@ -248,8 +266,14 @@ absl::StatusOr<Request> GenerationService::ToRequest(const pb::GenerateRequest& 
 }
 
 grpc::ServerWriteReactor<pb::GenerateResponse>* GenerationService::Generate(
-    grpc::CallbackServerContext* /*context*/, const pb::GenerateRequest* proto) {
+    grpc::CallbackServerContext* context, const pb::GenerateRequest* proto) {
   next_request_number_.fetch_add(1);
+  if (grpc::Status denied = auth_.Check(*context); !denied.ok()) {
+    auto reactor = std::make_shared<GenerateReactor>(nullptr, "");
+    CountRejected(absl::StatusCode::kUnauthenticated);
+    reactor->Reject(denied);
+    return reactor.get();
+  }
   Engine* engine = engine_.load(std::memory_order_acquire);
   absl::StatusOr<Request> request =
       engine ? ToRequest(*proto, *engine)
@@ -258,18 +282,31 @@ grpc::ServerWriteReactor<pb::GenerateResponse>* GenerationService::Generate(
     request = absl::UnavailableError("the server is draining; retry elsewhere");
   }
   auto reactor = std::make_shared<GenerateReactor>(engine, request.ok() ? request->id : "");
-  if (request.ok()) {
-    reactor->Start(*std::move(request));
-  } else {
-    reactor->Reject(ToGrpcStatus(request.status()));
+  const absl::Status status = request.ok() ? reactor->Start(*std::move(request)) : request.status();
+  if (!status.ok()) {
+    CountRejected(status.code());
+    reactor->Reject(ToGrpcStatus(status));
   }
   return reactor.get();
+}
+
+void GenerationService::CountRejected(absl::StatusCode code) const {
+  if (metrics_ == nullptr) return;
+  const char* reason = code == absl::StatusCode::kResourceExhausted ? "overloaded"
+                       : code == absl::StatusCode::kUnauthenticated ? "unauthenticated"
+                       : code == absl::StatusCode::kUnavailable     ? "unavailable"
+                                                                    : "invalid_argument";
+  metrics_->RequestsRejected(reason)->Inc();
 }
 
 grpc::ServerUnaryReactor* GenerationService::Tokenize(grpc::CallbackServerContext* context,
                                                       const pb::TokenizeRequest* request,
                                                       pb::TokenizeResponse* response) {
   auto* reactor = context->DefaultReactor();
+  if (grpc::Status denied = auth_.Check(*context); !denied.ok()) {
+    reactor->Finish(denied);
+    return reactor;
+  }
   if (engine_.load(std::memory_order_acquire) == nullptr) {
     reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the model is still loading"));
     return reactor;
@@ -290,6 +327,10 @@ grpc::ServerUnaryReactor* GenerationService::GetModelInfo(grpc::CallbackServerCo
                                                           const pb::GetModelInfoRequest*,
                                                           pb::ModelInfo* info) {
   auto* reactor = context->DefaultReactor();
+  if (grpc::Status denied = auth_.Check(*context); !denied.ok()) {
+    reactor->Finish(denied);
+    return reactor;
+  }
   const Engine* engine = engine_.load(std::memory_order_acquire);
   if (engine == nullptr) {
     reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the model is still loading"));

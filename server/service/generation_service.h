@@ -7,14 +7,21 @@
 
 #include "engine/engine.h"
 #include "gqa/v1/generation.grpc.pb.h"
+#include "metrics/engine_metrics.h"
 #include "model/config.h"
+#include "service/bearer_token.h"
 #include "tokenizer/tokenizer.h"
 
 namespace gqa {
 
+// Per-request limits on what a client may send (beyond them: INVALID_ARGUMENT).
+inline constexpr size_t kMaxRequestIdBytes = 256;
+inline constexpr int kMaxStopStrings = 32;
+inline constexpr size_t kMaxStopStringBytes = 512;
+
 struct ServiceInfo {
   ModelConfig config;
-  std::string model_path;
+  std::string model_path;  // reported by GetModelInfo (empty: not revealed)
   int default_max_new_tokens = 256;
   const Tokenizer* tokenizer = nullptr;  // text prompts and stop strings need one
 };
@@ -22,7 +29,10 @@ struct ServiceInfo {
 class GenerationService final : public gqa::v1::Generation::CallbackService {
  public:
   // Serves from the start; calls get UNAVAILABLE until Attach gives it a loaded model.
-  GenerationService() = default;
+  // Every call must pass `auth` (none by default); refused Generate calls are counted in
+  // `metrics` (may be null).
+  explicit GenerationService(BearerToken auth = BearerToken(), EngineMetrics* metrics = nullptr)
+      : auth_(std::move(auth)), metrics_(metrics) {}
   // Publishes the engine (which must outlive the service's calls) and what it serves.
   void Attach(Engine* engine, ServiceInfo info);
 
@@ -42,6 +52,10 @@ class GenerationService final : public gqa::v1::Generation::CallbackService {
   absl::StatusOr<Request> ToRequest(const gqa::v1::GenerateRequest& proto,
                                     const Engine& engine) const;
 
+  void CountRejected(absl::StatusCode code) const;
+
+  const BearerToken auth_;
+  EngineMetrics* const metrics_;
   ServiceInfo info_;                      // written once, before engine_ is published
   std::atomic<Engine*> engine_{nullptr};  // null while the model loads
   std::atomic<bool> accepting_{true};

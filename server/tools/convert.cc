@@ -16,9 +16,8 @@
 namespace {
 
 int Usage() {
-  std::cerr << "usage: gqa-convert --kv-heads G [--max-shard-size 5GiB] SRC_DIR DST_DIR\n"
-               "       gqa-convert --from-gguf FILE [--dtype bf16|f16|f32] "
-               "[--max-shard-size 5GiB] DST_DIR\n";
+  std::cerr << "usage: gqa-convert --kv-heads G [--max-shard-size 5GiB] SRC_DIR DST_DIR | "
+               "--from-gguf FILE [--dtype bf16|f16|f32] [--max-shard-size 5GiB] DST_DIR\n";
   return 2;
 }
 

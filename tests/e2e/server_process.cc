@@ -38,7 +38,7 @@ pid_t Spawn(const std::vector<std::string>& argv, const std::filesystem::path& l
     std::vector<char*> args;
     for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
     args.push_back(nullptr);
-    execv(args[0], args.data());
+    execvp(args[0], args.data());  // a bare name is looked up in PATH
     _exit(127);
   }
   return pid;
