@@ -14,12 +14,12 @@ MetricsHttpServer::MetricsHttpServer(const MetricsRegistry* registry,
       is_serving_(std::move(is_serving)),
       server_(std::make_unique<httplib::Server>()) {
   // Probes must get through whatever else connects: no request bodies (a large POST is refused
-  // before it is read), idle or slow connections let go after 1 s, and enough workers that a
+  // before it is read), idle or slow connections let go after 0.5 s, and enough workers that a
   // few of them cannot hold every thread.
   server_->set_payload_max_length(kMaxBodyBytes);
-  server_->set_read_timeout(1, 0);
+  server_->set_read_timeout(0, 500000);
   server_->set_write_timeout(5, 0);
-  server_->set_keep_alive_timeout(1);
+  server_->set_keep_alive_timeout(1);  // seconds
   server_->set_keep_alive_max_count(100);
   server_->new_task_queue = [] { return new httplib::ThreadPool(kWorkerThreads); };
   // SO_REUSEADDR only: httplib's default SO_REUSEPORT would let a second server share the port.

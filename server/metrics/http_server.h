@@ -21,7 +21,7 @@ class MetricsRegistry;
 class MetricsHttpServer {
  public:
   static constexpr size_t kMaxBodyBytes = 1024;
-  static constexpr size_t kWorkerThreads = 32;
+  static constexpr size_t kWorkerThreads = 64;
 
   // is_serving decides /healthz: 200 "ok" or 503 "not serving".
   MetricsHttpServer(const MetricsRegistry* registry, std::function<bool()> is_serving);

@@ -1,6 +1,9 @@
 // Black-box tests of the built gqa-server binary over gRPC on loopback.
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <fstream>
 #include <functional>
@@ -223,6 +226,69 @@ TEST_F(ServerTest, BadInputGetsInvalidArgumentNamingTheField) {
   EXPECT_TRUE(ok.status.ok()) << "the server stopped serving after bad input";
 }
 
+TEST_F(ServerTest, LimitErrorsQuoteTheValueSentAndAreCounted) {
+  auto stub = server_->Stub();
+  const std::string rejected = "gqa_requests_rejected_total{reason=\"invalid_argument\"}";
+  const double before = server_->Metric(rejected);
+  pb::GenerateRequest huge = MakeRequest(4, 8);
+  huge.mutable_stopping()->set_max_new_tokens(4294967295u);
+  Outcome out = Generate(*stub, huge);
+  EXPECT_EQ(out.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(out.status.error_message().rfind("stopping.max_new_tokens: 4294967295 ", 0), 0u)
+      << out.status.error_message();
+  pb::GenerateRequest long_id = MakeRequest(4, 8);
+  long_id.set_request_id(std::string(257, 'x'));
+  out = Generate(*stub, long_id);
+  EXPECT_EQ(out.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(out.status.error_message().rfind("request_id: 257 bytes", 0), 0u)
+      << out.status.error_message();
+  EXPECT_EQ(server_->Metric(rejected), before + 2);
+}
+
+TEST_F(ServerTest, OversizedRequestIsRefusedAndServingGoesOn) {
+  pb::GenerateRequest big = MakeRequest(4, 8);
+  for (int i = 0; i < 2'000'000; ++i) big.mutable_token_ids()->add_ids(100'000);  // ~6 MB
+  Outcome out = Generate(*server_->Stub(), big);
+  EXPECT_EQ(out.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << out.status.error_message();
+  EXPECT_TRUE(Generate(*server_->Stub(), MakeRequest(4, 3)).status.ok());
+}
+
+// A TCP connection to 127.0.0.1:port (or -1).
+int Connect(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+TEST_F(ServerTest, ProbesAnswerWhateverOtherClientsDoToTheMetricsPort) {
+  std::vector<int> idle;
+  for (int i = 0; i < 64; ++i) idle.push_back(Connect(server_->metrics_port()));
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(server_->HttpGet("/healthz").first, 200);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_LT(seconds, 2.0) << "64 idle connections delayed /healthz";
+  // A 64 MiB POST is answered from its headers, not read first.
+  const int post = Connect(server_->metrics_port());
+  const std::string head = "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 67108864\r\n\r\n";
+  ASSERT_EQ(write(post, head.data(), head.size()), static_cast<ssize_t>(head.size()));
+  char reply[64] = {};
+  timeval timeout{5, 0};
+  setsockopt(post, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+  ASSERT_GT(read(post, reply, sizeof reply - 1), 0);
+  EXPECT_EQ(std::string(reply).rfind("HTTP/1.1 413", 0), 0u) << reply;
+  close(post);
+  for (int fd : idle) close(fd);
+}
+
 TEST_F(ServerTest, PromptThatCanNeverFitTheCacheIsRefused) {
   ServerProcess small(model_->path(), {"--num_kv_blocks=4", "--block_size=16"});  // 64 tokens
   ASSERT_TRUE(small.started()) << small.Log();
@@ -428,6 +494,22 @@ TEST_F(TextServerTest, StopStringEndsTheTextBeforeItAcrossChunks) {
   EXPECT_EQ(Text(out).find(stop), std::string::npos);
 }
 
+TEST_F(TextServerTest, StopStringsAreLimitedInNumberAndLength) {
+  auto stub = server_->Stub();
+  auto many = TextRequest("hi", 4, 1);
+  for (int i = 0; i < 33; ++i) many.mutable_stopping()->add_stop("s" + std::to_string(i));
+  Outcome out = Generate(*stub, many);
+  EXPECT_EQ(out.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(out.status.error_message().rfind("stopping.stop: 33 stop strings; at most 32", 0), 0u)
+      << out.status.error_message();
+  auto long_stop = TextRequest("hi", 4, 1);
+  long_stop.mutable_stopping()->add_stop(std::string(513, 'a'));
+  out = Generate(*stub, long_stop);
+  EXPECT_EQ(out.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(out.status.error_message().rfind("stopping.stop[0]: 513 bytes", 0), 0u)
+      << out.status.error_message();
+}
+
 TEST_F(TextServerTest, EmptyTextAndEmptyStopAreInvalid) {
   auto stub = server_->Stub();
   Outcome empty = Generate(*stub, TextRequest("", 4, 1));
@@ -561,6 +643,35 @@ TEST(ServerLifecycleTest, BrokenCheckpointStopsStartupWithOneLineNamingTheFile) 
   ASSERT_EQ(errors.size(), 1u) << output;
   EXPECT_NE(errors[0].find(file.string()), std::string::npos) << output;
   EXPECT_EQ(std::count(output.begin(), output.end(), '\n'), 2) << output;  // listening + error
+}
+
+TEST_F(SlowServerTest, WaitingRequestsBeyondTheLimitGetResourceExhausted) {
+  ServerProcess server(model_.path(),
+                       {"--cpu_threads=1", "--max_num_seqs=1", "--max_waiting_requests=2"});
+  ASSERT_TRUE(server.started()) << server.Log();
+  auto stub = server.Stub();
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  std::vector<std::unique_ptr<grpc::ClientReader<pb::GenerateResponse>>> readers;
+  for (int i = 0; i < 3; ++i) {  // one runs, two wait
+    contexts.push_back(std::make_unique<grpc::ClientContext>());
+    readers.push_back(stub->Generate(contexts.back().get(), MakeRequest(8, 500, i)));
+  }
+  ASSERT_TRUE(WaitUntil([&] { return server.Metric("gqa_requests_waiting") == 2; }))
+      << server.Metric("gqa_requests_waiting");
+  Outcome refused = Generate(*stub, MakeRequest(8, 4));
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(refused.status.error_message().find("--max_waiting_requests"), std::string::npos)
+      << refused.status.error_message();
+  EXPECT_EQ(server.Metric("gqa_requests_rejected_total{reason=\"overloaded\"}"), 1);
+  for (auto& context : contexts) context->TryCancel();
+  pb::GenerateResponse r;
+  for (auto& reader : readers) {
+    while (reader->Read(&r)) {
+    }
+    reader->Finish();
+  }
+  EXPECT_TRUE(WaitUntil([&] { return server.Metric("gqa_requests_waiting") == 0; }));
+  EXPECT_TRUE(Generate(*stub, MakeRequest(8, 4)).status.ok());
 }
 
 }  // namespace
