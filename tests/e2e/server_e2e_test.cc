@@ -652,9 +652,11 @@ TEST_F(SlowServerTest, WaitingRequestsBeyondTheLimitGetResourceExhausted) {
   auto stub = server.Stub();
   std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
   std::vector<std::unique_ptr<grpc::ClientReader<pb::GenerateResponse>>> readers;
-  for (int i = 0; i < 3; ++i) {  // one runs, two wait
+  for (int i = 0; i < 3; ++i) {  // one runs, then two wait
     contexts.push_back(std::make_unique<grpc::ClientContext>());
     readers.push_back(stub->Generate(contexts.back().get(), MakeRequest(8, 500, i)));
+    // Until the first runs it counts as waiting too: only then send the others.
+    if (i == 0) ASSERT_TRUE(WaitUntil([&] { return server.Metric("gqa_requests_running") == 1; }));
   }
   ASSERT_TRUE(WaitUntil([&] { return server.Metric("gqa_requests_waiting") == 2; }))
       << server.Metric("gqa_requests_waiting");
