@@ -5,6 +5,7 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "service/request_conversion.h"
 #include "service/status_conversion.h"
 
 namespace gqa {
@@ -198,73 +199,6 @@ void GenerationService::Attach(Engine* engine, ServiceInfo info) {
   engine_.store(engine, std::memory_order_release);
 }
 
-absl::StatusOr<Request> GenerationService::ToRequest(const pb::GenerateRequest& proto,
-                                                     const Engine& engine) const {
-  Request r;
-  if (proto.request_id().size() > kMaxRequestIdBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("request_id: ", proto.request_id().size(),
-                                                   " bytes; at most ", kMaxRequestIdBytes));
-  }
-  r.id = proto.request_id().empty()
-             ? absl::StrCat("gen-", next_request_number_.load(), "-", RandomSeed() % 1000000)
-             : proto.request_id();
-  switch (proto.prompt_case()) {
-    case pb::GenerateRequest::kText:
-      if (info_.tokenizer == nullptr) {
-        return absl::InvalidArgumentError(
-            "prompt.text: this model has no tokenizer.json; send prompt.token_ids");
-      }
-      if (proto.text().empty())
-        return absl::InvalidArgumentError("prompt.text: the prompt is empty");
-      r.prompt = info_.tokenizer->EncodePrompt(proto.text());
-      break;
-    case pb::GenerateRequest::kTokenIds:
-      r.prompt.assign(proto.token_ids().ids().begin(), proto.token_ids().ids().end());
-      break;
-    default:
-      return absl::InvalidArgumentError("prompt: set prompt.token_ids (or prompt.text)");
-  }
-  const auto& s = proto.sampling();
-  r.sampling.temperature = s.temperature();
-  r.sampling.top_p = s.top_p() == 0.0f ? 1.0f : s.top_p();
-  r.sampling.top_k = s.top_k();
-  r.sampling.seed = s.has_seed() ? s.seed() : RandomSeed();
-  const auto& st = proto.stopping();
-  if (st.stop_size() > 0 && info_.tokenizer == nullptr) {
-    return absl::InvalidArgumentError(
-        "stopping.stop: stop strings need a tokenizer, which this model does not have; use "
-        "stopping.stop_token_ids");
-  }
-  if (st.stop_size() > kMaxStopStrings) {
-    return absl::InvalidArgumentError(absl::StrCat("stopping.stop: ", st.stop_size(),
-                                                   " stop strings; at most ", kMaxStopStrings));
-  }
-  for (int i = 0; i < st.stop_size(); ++i) {
-    if (st.stop(i).empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("stopping.stop[", i, "]: empty string"));
-    }
-    if (st.stop(i).size() > kMaxStopStringBytes) {
-      return absl::InvalidArgumentError(absl::StrCat("stopping.stop[", i, "]: ", st.stop(i).size(),
-                                                     " bytes; at most ", kMaxStopStringBytes));
-    }
-  }
-  r.stopping.stop_strings.assign(st.stop().begin(), st.stop().end());
-  const int max_len = engine.config().limits.max_model_len;
-  if (st.has_max_new_tokens()) {
-    if (st.max_new_tokens() > static_cast<uint32_t>(max_len)) {  // quote what was sent
-      return absl::InvalidArgumentError(absl::StrCat(
-          "stopping.max_new_tokens: ", st.max_new_tokens(), " exceeds max_model_len ", max_len));
-    }
-    r.stopping.max_new_tokens = static_cast<int>(st.max_new_tokens());
-  } else {
-    r.stopping.max_new_tokens = std::max(
-        1, std::min(info_.default_max_new_tokens, max_len - static_cast<int>(r.prompt.size())));
-  }
-  r.stopping.stop_token_ids.assign(st.stop_token_ids().begin(), st.stop_token_ids().end());
-  r.stopping.ignore_eos = st.ignore_eos();
-  return r;
-}
-
 grpc::ServerWriteReactor<pb::GenerateResponse>* GenerationService::Generate(
     grpc::CallbackServerContext* context, const pb::GenerateRequest* proto) {
   next_request_number_.fetch_add(1);
@@ -276,7 +210,12 @@ grpc::ServerWriteReactor<pb::GenerateResponse>* GenerationService::Generate(
   }
   Engine* engine = engine_.load(std::memory_order_acquire);
   absl::StatusOr<Request> request =
-      engine ? ToRequest(*proto, *engine)
+      engine ? RequestFromProto(
+                   *proto,
+                   {info_.tokenizer, engine->config().limits.max_model_len,
+                    info_.default_max_new_tokens},
+                   absl::StrCat("gen-", next_request_number_.load(), "-", RandomSeed() % 1000000),
+                   RandomSeed())
              : absl::UnavailableError("the model is still loading; retry shortly");
   if (request.ok() && !accepting_.load()) {
     request = absl::UnavailableError("the server is draining; retry elsewhere");

@@ -10,14 +10,10 @@
 #include "metrics/engine_metrics.h"
 #include "model/config.h"
 #include "service/bearer_token.h"
+#include "service/request_conversion.h"
 #include "tokenizer/tokenizer.h"
 
 namespace gqa {
-
-// Per-request limits on what a client may send (beyond them: INVALID_ARGUMENT).
-inline constexpr size_t kMaxRequestIdBytes = 256;
-inline constexpr int kMaxStopStrings = 32;
-inline constexpr size_t kMaxStopStringBytes = 512;
 
 struct ServiceInfo {
   ModelConfig config;
@@ -49,9 +45,6 @@ class GenerationService final : public gqa::v1::Generation::CallbackService {
                                      gqa::v1::TokenizeResponse* response) override;
 
  private:
-  absl::StatusOr<Request> ToRequest(const gqa::v1::GenerateRequest& proto,
-                                    const Engine& engine) const;
-
   void CountRejected(absl::StatusCode code) const;
 
   const BearerToken auth_;

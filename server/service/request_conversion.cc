@@ -1,0 +1,77 @@
+#include "service/request_conversion.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+
+namespace gqa {
+
+namespace pb = gqa::v1;
+
+absl::StatusOr<Request> RequestFromProto(const pb::GenerateRequest& proto,
+                                         const RequestDefaults& defaults,
+                                         const std::string& generated_id, uint64_t random_seed) {
+  Request r;
+  if (proto.request_id().size() > kMaxRequestIdBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("request_id: ", proto.request_id().size(),
+                                                   " bytes; at most ", kMaxRequestIdBytes));
+  }
+  r.id = proto.request_id().empty() ? generated_id : proto.request_id();
+  switch (proto.prompt_case()) {
+    case pb::GenerateRequest::kText:
+      if (defaults.tokenizer == nullptr) {
+        return absl::InvalidArgumentError(
+            "prompt.text: this model has no tokenizer.json; send prompt.token_ids");
+      }
+      if (proto.text().empty())
+        return absl::InvalidArgumentError("prompt.text: the prompt is empty");
+      r.prompt = defaults.tokenizer->EncodePrompt(proto.text());
+      break;
+    case pb::GenerateRequest::kTokenIds:
+      r.prompt.assign(proto.token_ids().ids().begin(), proto.token_ids().ids().end());
+      break;
+    default:
+      return absl::InvalidArgumentError("prompt: set prompt.token_ids (or prompt.text)");
+  }
+  const auto& s = proto.sampling();
+  r.sampling.temperature = s.temperature();
+  r.sampling.top_p = s.top_p() == 0.0f ? 1.0f : s.top_p();
+  r.sampling.top_k = s.top_k();
+  r.sampling.seed = s.has_seed() ? s.seed() : random_seed;
+  const auto& st = proto.stopping();
+  if (st.stop_size() > 0 && defaults.tokenizer == nullptr) {
+    return absl::InvalidArgumentError(
+        "stopping.stop: stop strings need a tokenizer, which this model does not have; use "
+        "stopping.stop_token_ids");
+  }
+  if (st.stop_size() > kMaxStopStrings) {
+    return absl::InvalidArgumentError(absl::StrCat("stopping.stop: ", st.stop_size(),
+                                                   " stop strings; at most ", kMaxStopStrings));
+  }
+  for (int i = 0; i < st.stop_size(); ++i) {
+    if (st.stop(i).empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("stopping.stop[", i, "]: empty string"));
+    }
+    if (st.stop(i).size() > kMaxStopStringBytes) {
+      return absl::InvalidArgumentError(absl::StrCat("stopping.stop[", i, "]: ", st.stop(i).size(),
+                                                     " bytes; at most ", kMaxStopStringBytes));
+    }
+  }
+  r.stopping.stop_strings.assign(st.stop().begin(), st.stop().end());
+  const int max_len = defaults.max_model_len;
+  if (st.has_max_new_tokens()) {
+    if (st.max_new_tokens() > static_cast<uint32_t>(max_len)) {  // quote what was sent
+      return absl::InvalidArgumentError(absl::StrCat(
+          "stopping.max_new_tokens: ", st.max_new_tokens(), " exceeds max_model_len ", max_len));
+    }
+    r.stopping.max_new_tokens = static_cast<int>(st.max_new_tokens());
+  } else {
+    r.stopping.max_new_tokens = std::max(
+        1, std::min(defaults.default_max_new_tokens, max_len - static_cast<int>(r.prompt.size())));
+  }
+  r.stopping.stop_token_ids.assign(st.stop_token_ids().begin(), st.stop_token_ids().end());
+  r.stopping.ignore_eos = st.ignore_eos();
+  return r;
+}
+
+}  // namespace gqa
