@@ -638,6 +638,9 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::filesystem
 }
 
 std::vector<int32_t> Tokenizer::Encode(std::string_view text) const {
+  // `tokenizers` only ever sees valid UTF-8 (a Rust str), and PCRE2 is run without its UTF
+  // check: invalid bytes become U+FFFD first, as Python's errors="replace" would make them.
+  if (!IsValidUtf8(text)) return Encode(Utf8Lossy(text));
   std::vector<int32_t> ids;
   const auto& added = impl_->added;
   size_t segment_start = 0, pos = 0;

@@ -29,7 +29,7 @@ class Tokenizer {
                                                              const std::string& source);
   ~Tokenizer();
 
-  // Token ids of `text`, without special tokens added around it.
+  // Token ids of `text`, without special tokens added around it. Invalid UTF-8 is read as U+FFFD.
   std::vector<int32_t> Encode(std::string_view text) const;
   // Encode, plus the BOS token in front when the tokenizer's configuration asks for it.
   std::vector<int32_t> EncodePrompt(std::string_view text) const;

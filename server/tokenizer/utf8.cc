@@ -109,6 +109,16 @@ std::string ByteLevelToBytes(std::string_view text) {
   return out;
 }
 
+bool IsValidUtf8(std::string_view bytes) {
+  for (size_t pos = 0; pos < bytes.size();) {
+    size_t run;
+    const size_t n = ValidSequence(bytes, pos, &run);
+    if (n == 0) return false;
+    pos += n;
+  }
+  return true;
+}
+
 std::string Utf8Lossy(std::string_view bytes) {
   std::string out;
   out.reserve(bytes.size());

@@ -19,6 +19,7 @@ std::string ByteLevelToBytes(std::string_view text);
 // Bytes as UTF-8 text, each maximal invalid subsequence replaced by U+FFFD (Rust's
 // String::from_utf8_lossy, which `tokenizers` uses).
 std::string Utf8Lossy(std::string_view bytes);
+bool IsValidUtf8(std::string_view bytes);
 
 // The ByteFallback decoder: runs of "<0xXX>" tokens become their bytes when those are valid
 // UTF-8, else one U+FFFD per byte.
