@@ -72,6 +72,9 @@ class Regex {
   pcre2_code* code_;
 };
 
+// Ids beyond this are refused (a vocab id of 2^31 - 1 would otherwise size a table of 2^31).
+constexpr int32_t kMaxVocabSize = 1 << 24;
+
 constexpr const char* kGpt2Pattern =
     R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 
@@ -257,6 +260,10 @@ absl::Status Tokenizer::Impl::LoadModel(const json& model) {
   ignore_merges = model.value("ignore_merges", false);
   for (const auto& [token, id] : model.at("vocab").items()) {
     const int32_t i = id.get<int32_t>();
+    if (i < 0 || i >= kMaxVocabSize) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          source, ": vocab id ", i, " of a token is outside [0, ", kMaxVocabSize, ")"));
+    }
     vocab[token] = i;
     if (i >= static_cast<int32_t>(id_to_token.size())) id_to_token.resize(i + 1);
     id_to_token[i] = token;
@@ -404,6 +411,10 @@ absl::Status Tokenizer::Impl::LoadAddedTokens(const json& tokens) {
     }
     const std::string content = t.at("content").get<std::string>();
     const int32_t id = t.at("id").get<int32_t>();
+    if (id < 0 || id >= kMaxVocabSize) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(source, ": added token id ", id, " is outside [0, ", kMaxVocabSize, ")"));
+    }
     added.push_back({content, id});
     if (id >= static_cast<int32_t>(id_to_token.size())) id_to_token.resize(id + 1);
     id_to_token[id] = content;
@@ -603,12 +614,17 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(std::string_view 
   auto impl = std::make_unique<Impl>();
   impl->source = source;
   if (!doc.contains("model")) return absl::InvalidArgumentError(source + ": no \"model\"");
-  RETURN_IF_ERROR(impl->LoadModel(doc["model"]));
-  RETURN_IF_ERROR(impl->LoadAddedTokens(doc.value("added_tokens", json::array())));
-  RETURN_IF_ERROR(impl->LoadSteps(doc.value("normalizer", json()), true, impl->normalizer));
-  RETURN_IF_ERROR(impl->LoadSteps(doc.value("pre_tokenizer", json()), false, impl->pre_tokenizer));
-  RETURN_IF_ERROR(impl->LoadDecoder(doc.value("decoder", json())));
-  impl->LoadPostProcessor(doc.value("post_processor", json()));
+  try {  // a field of the wrong JSON type throws from nlohmann's accessors
+    RETURN_IF_ERROR(impl->LoadModel(doc["model"]));
+    RETURN_IF_ERROR(impl->LoadAddedTokens(doc.value("added_tokens", json::array())));
+    RETURN_IF_ERROR(impl->LoadSteps(doc.value("normalizer", json()), true, impl->normalizer));
+    RETURN_IF_ERROR(
+        impl->LoadSteps(doc.value("pre_tokenizer", json()), false, impl->pre_tokenizer));
+    RETURN_IF_ERROR(impl->LoadDecoder(doc.value("decoder", json())));
+    impl->LoadPostProcessor(doc.value("post_processor", json()));
+  } catch (const json::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": ", e.what()));
+  }
   return std::unique_ptr<Tokenizer>(new Tokenizer(std::move(impl)));
 }
 
@@ -628,8 +644,11 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::filesystem
       tokenizer->impl_->bos_id.reset();
       if (config["add_bos_token"] == true && config.contains("bos_token")) {
         const json& bos = config["bos_token"];
-        const std::string name =
-            bos.is_string() ? bos.get<std::string>() : bos.value("content", "");
+        std::string name;  // "<s>" or {"content": "<s>", ...}
+        if (bos.is_string()) name = bos.get<std::string>();
+        if (bos.is_object() && bos.contains("content") && bos["content"].is_string()) {
+          name = bos["content"].get<std::string>();
+        }
         tokenizer->impl_->bos_id = tokenizer->TokenId(name);
       }
     }

@@ -29,5 +29,25 @@ TEST(TokenizerTest, InvalidUtf8IsReadAsReplacementCharacters) {
   }
 }
 
+// Found by fuzz_tokenizer_json: a field of the wrong JSON type threw out of FromJson and ended the
+// process (std::terminate) instead of giving a startup error; huge or negative ids sized tables.
+TEST(TokenizerTest, MalformedTokenizerJsonIsAnErrorNamingIt) {
+  const char* cases[] = {
+      R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [["a", ["b"]]]}})",
+      R"({"model": {"type": "BPE", "vocab": {"a": "zero"}, "merges": []}})",
+      R"({"model": {"type": "BPE", "vocab": {"a": 2147483647}, "merges": []}})",
+      R"({"model": {"type": "BPE", "vocab": {"a": -5}, "merges": []}})",
+      R"({"model": {"type": "BPE", "vocab": {}, "merges": []}, "added_tokens": [{"id": -1}]})",
+      R"({"model": {"type": "BPE", "vocab": {}, "merges": []}, "pre_tokenizer": {"type": 7}})",
+      R"({"model": {"type": "BPE", "vocab": {}, "merges": []}, "decoder": {"type": "Strip"}})",
+  };
+  for (const char* json : cases) {
+    auto tokenizer = Tokenizer::FromJson(json, "fuzzed/tokenizer.json");
+    ASSERT_FALSE(tokenizer.ok()) << json;
+    EXPECT_EQ(tokenizer.status().message().rfind("fuzzed/tokenizer.json: ", 0), 0u)
+        << tokenizer.status();
+  }
+}
+
 }  // namespace
 }  // namespace gqa
