@@ -6,6 +6,7 @@
 #include "absl/flags/usage.h"
 #include "common/byte_size.h"
 #include "common/dashed_flags.h"
+#include "google/protobuf/stubs/logging.h"
 #include "server.h"
 #include "spdlog/spdlog.h"
 
@@ -61,6 +62,12 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   spdlog::set_level(spdlog::level::from_str(absl::GetFlag(FLAGS_log_level)));
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+  // Protobuf reports every malformed client message on stderr; a client could flood the log.
+  // The client gets INVALID_ARGUMENT; the log keeps it at debug level.
+  google::protobuf::SetLogHandler(
+      [](google::protobuf::LogLevel, const char*, int, const std::string& message) {
+        spdlog::debug("protobuf: {}", message);
+      });
 
   gqa::ServerConfig config;
   config.model_dir = absl::GetFlag(FLAGS_model);

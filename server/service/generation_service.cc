@@ -29,10 +29,31 @@ pb::FinishReason ToProto(FinishReason reason) {
   return pb::FINISH_REASON_UNSPECIFIED;
 }
 
+// The service's methods take raw bytes and parse them here, so that a message that does not parse
+// (truncated, or a string field that is not UTF-8) gets INVALID_ARGUMENT saying so rather than
+// gRPC's UNIMPLEMENTED with no message.
+template <typename Message>
+grpc::Status ParseMessage(const grpc::ByteBuffer* bytes, Message* message) {
+  grpc::ByteBuffer copy(*bytes);
+  if (grpc::SerializationTraits<Message>::Deserialize(&copy, message).ok()) {
+    return grpc::Status::OK;
+  }
+  return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                      absl::StrCat("request: not a valid ", Message::descriptor()->full_name(),
+                                   " (a truncated message, or a string field that is not UTF-8)"));
+}
+
+template <typename Message>
+void SerializeMessage(const Message& message, grpc::ByteBuffer* bytes) {
+  bytes->Clear();  // the serializer writes only into an empty buffer
+  bool own_buffer;
+  grpc::SerializationTraits<Message>::Serialize(message, bytes, &own_buffer);
+}
+
 // Streams one request's events. Owned jointly by gRPC (until OnDone) and the engine's sink
 // (until the sequence is gone), so neither side can outlive the other's use of it. State changes
 // happen under mu_; the gRPC calls they decide on (StartWrite, Finish) happen after unlocking.
-class GenerateReactor : public grpc::ServerWriteReactor<pb::GenerateResponse>,
+class GenerateReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
                         public std::enable_shared_from_this<GenerateReactor> {
  public:
   GenerateReactor(Engine* engine, std::string request_id)
@@ -139,9 +160,9 @@ class GenerateReactor : public grpc::ServerWriteReactor<pb::GenerateResponse>,
       return Action::kFinish;
     }
     if (pending_.token_ids_size() > 0 || !pending_.text().empty() || final_pending_) {
-      in_flight_ = std::move(pending_);
+      pending_.set_request_id(request_id_);
+      SerializeMessage(pending_, &in_flight_);
       pending_.Clear();
-      in_flight_.set_request_id(request_id_);
       final_pending_ = false;
       writing_ = true;
       return Action::kWrite;
@@ -182,7 +203,7 @@ class GenerateReactor : public grpc::ServerWriteReactor<pb::GenerateResponse>,
   bool finished_ = false;
   grpc::Status final_status_ = grpc::Status::OK;
   pb::GenerateResponse pending_;
-  pb::GenerateResponse in_flight_;
+  grpc::ByteBuffer in_flight_;  // pending_ serialized, while a write is under way
 };
 
 uint64_t RandomSeed() {
@@ -199,8 +220,8 @@ void GenerationService::Attach(Engine* engine, ServiceInfo info) {
   engine_.store(engine, std::memory_order_release);
 }
 
-grpc::ServerWriteReactor<pb::GenerateResponse>* GenerationService::Generate(
-    grpc::CallbackServerContext* context, const pb::GenerateRequest* proto) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerationService::Generate(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* bytes) {
   next_request_number_.fetch_add(1);
   if (grpc::Status denied = auth_.Check(*context); !denied.ok()) {
     auto reactor = std::make_shared<GenerateReactor>(nullptr, "");
@@ -208,6 +229,14 @@ grpc::ServerWriteReactor<pb::GenerateResponse>* GenerationService::Generate(
     reactor->Reject(denied);
     return reactor.get();
   }
+  pb::GenerateRequest parsed;
+  if (grpc::Status malformed = ParseMessage(bytes, &parsed); !malformed.ok()) {
+    auto reactor = std::make_shared<GenerateReactor>(nullptr, "");
+    CountRejected(absl::StatusCode::kInvalidArgument);
+    reactor->Reject(malformed);
+    return reactor.get();
+  }
+  const pb::GenerateRequest* proto = &parsed;
   Engine* engine = engine_.load(std::memory_order_acquire);
   absl::StatusOr<Request> request =
       engine ? RequestFromProto(
@@ -238,42 +267,25 @@ void GenerationService::CountRejected(absl::StatusCode code) const {
   metrics_->RequestsRejected(reason)->Inc();
 }
 
-grpc::ServerUnaryReactor* GenerationService::Tokenize(grpc::CallbackServerContext* context,
-                                                      const pb::TokenizeRequest* request,
-                                                      pb::TokenizeResponse* response) {
-  auto* reactor = context->DefaultReactor();
-  if (grpc::Status denied = auth_.Check(*context); !denied.ok()) {
-    reactor->Finish(denied);
-    return reactor;
-  }
+grpc::Status GenerationService::TokenizeMessage(const pb::TokenizeRequest* request,
+                                                pb::TokenizeResponse* response) {
   if (engine_.load(std::memory_order_acquire) == nullptr) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the model is still loading"));
-    return reactor;
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the model is still loading");
   }
   if (info_.tokenizer == nullptr) {
-    reactor->Finish(
-        grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "text: this model has no tokenizer.json"));
-    return reactor;
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "text: this model has no tokenizer.json");
   }
   for (int32_t id : info_.tokenizer->EncodePrompt(request->text())) {
     response->add_ids(static_cast<uint32_t>(id));
   }
-  reactor->Finish(grpc::Status::OK);
-  return reactor;
+  return grpc::Status::OK;
 }
 
-grpc::ServerUnaryReactor* GenerationService::GetModelInfo(grpc::CallbackServerContext* context,
-                                                          const pb::GetModelInfoRequest*,
-                                                          pb::ModelInfo* info) {
-  auto* reactor = context->DefaultReactor();
-  if (grpc::Status denied = auth_.Check(*context); !denied.ok()) {
-    reactor->Finish(denied);
-    return reactor;
-  }
+grpc::Status GenerationService::ModelInfoMessage(pb::ModelInfo* info) {
   const Engine* engine = engine_.load(std::memory_order_acquire);
   if (engine == nullptr) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the model is still loading"));
-    return reactor;
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the model is still loading");
   }
   const ModelConfig& c = info_.config;
   const KvCacheSpec& kv = engine->kv_spec();
@@ -298,7 +310,34 @@ grpc::ServerUnaryReactor* GenerationService::GetModelInfo(grpc::CallbackServerCo
   for (int id : c.eos_token_ids) info->add_eos_token_ids(id);
   info->set_has_tokenizer(info_.tokenizer != nullptr);
   info->set_converted_from_kv_heads(c.converted_from_kv_heads.value_or(0));
-  reactor->Finish(grpc::Status::OK);
+  return grpc::Status::OK;
+}
+
+grpc::ServerUnaryReactor* GenerationService::Tokenize(grpc::CallbackServerContext* context,
+                                                      const grpc::ByteBuffer* request,
+                                                      grpc::ByteBuffer* response) {
+  pb::TokenizeRequest parsed;
+  pb::TokenizeResponse reply;
+  grpc::Status status = auth_.Check(*context);
+  if (status.ok()) status = ParseMessage(request, &parsed);
+  if (status.ok()) status = TokenizeMessage(&parsed, &reply);
+  if (status.ok()) SerializeMessage(reply, response);
+  auto* reactor = context->DefaultReactor();
+  reactor->Finish(status);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* GenerationService::GetModelInfo(grpc::CallbackServerContext* context,
+                                                          const grpc::ByteBuffer* request,
+                                                          grpc::ByteBuffer* response) {
+  pb::GetModelInfoRequest parsed;
+  pb::ModelInfo reply;
+  grpc::Status status = auth_.Check(*context);
+  if (status.ok()) status = ParseMessage(request, &parsed);
+  if (status.ok()) status = ModelInfoMessage(&reply);
+  if (status.ok()) SerializeMessage(reply, response);
+  auto* reactor = context->DefaultReactor();
+  reactor->Finish(status);
   return reactor;
 }
 

@@ -22,7 +22,13 @@ struct ServiceInfo {
   const Tokenizer* tokenizer = nullptr;  // text prompts and stop strings need one
 };
 
-class GenerationService final : public gqa::v1::Generation::CallbackService {
+// Every method takes and returns raw bytes (gRPC's raw callback API) and parses them itself, so a
+// malformed message gets INVALID_ARGUMENT with a message rather than a bare UNIMPLEMENTED.
+using RawGenerationService = gqa::v1::Generation::WithRawCallbackMethod_Generate<
+    gqa::v1::Generation::WithRawCallbackMethod_GetModelInfo<
+        gqa::v1::Generation::WithRawCallbackMethod_Tokenize<gqa::v1::Generation::Service>>>;
+
+class GenerationService final : public RawGenerationService {
  public:
   // Serves from the start; calls get UNAVAILABLE until Attach gives it a loaded model.
   // Every call must pass `auth` (none by default); refused Generate calls are counted in
@@ -35,16 +41,19 @@ class GenerationService final : public gqa::v1::Generation::CallbackService {
   // New Generate calls get UNAVAILABLE from now on.
   void StopAccepting() { accepting_.store(false); }
 
-  grpc::ServerWriteReactor<gqa::v1::GenerateResponse>* Generate(
-      grpc::CallbackServerContext* context, const gqa::v1::GenerateRequest* request) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Generate(grpc::CallbackServerContext* context,
+                                                       const grpc::ByteBuffer* request) override;
   grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
-                                         const gqa::v1::GetModelInfoRequest* request,
-                                         gqa::v1::ModelInfo* response) override;
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* context,
-                                     const gqa::v1::TokenizeRequest* request,
-                                     gqa::v1::TokenizeResponse* response) override;
+                                     const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override;
 
  private:
+  grpc::Status TokenizeMessage(const gqa::v1::TokenizeRequest* request,
+                               gqa::v1::TokenizeResponse* response);
+  grpc::Status ModelInfoMessage(gqa::v1::ModelInfo* info);
   void CountRejected(absl::StatusCode code) const;
 
   const BearerToken auth_;
