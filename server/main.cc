@@ -39,7 +39,7 @@ ABSL_FLAG(std::string, auth_token_file, "",
 ABSL_FLAG(int, max_waiting_requests, 1024,
           "requests waiting to run beyond which Generate answers RESOURCE_EXHAUSTED (0: no limit)");
 ABSL_FLAG(std::string, max_request_size, "4MiB",
-          "largest request message, after decompression (larger: RESOURCE_EXHAUSTED)");
+          "largest request message (larger: RESOURCE_EXHAUSTED)");
 ABSL_FLAG(int, max_streams_per_connection, 256, "concurrent calls on one client connection");
 ABSL_FLAG(bool, expose_model_path, false, "GetModelInfo reports the model directory's path");
 ABSL_FLAG(std::string, port_file, "", "write '<grpc port> <metrics port>' here once serving");

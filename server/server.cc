@@ -210,9 +210,13 @@ int RunServer(const ServerConfig& sc) {
   // gRPC sets SO_REUSEPORT by default, which lets a second server bind the same port and take
   // half the clients: a port in use must stop startup instead.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  // Bounded per client: the request size (before and after decompression), streams per
-  // connection, and idle or dead connections closed (keepalive pings every 2 minutes).
+  // Bounded per client: the request size, streams per connection, and idle or dead
+  // connections closed (keepalive pings every 2 minutes).
   builder.SetMaxReceiveMessageSize(static_cast<int>(sc.max_request_bytes));
+  // gRPC inflates a compressed message whole before it checks the size limit, so a small gzip
+  // request could make the server allocate gigabytes: requests (prompts) travel uncompressed.
+  builder.SetCompressionAlgorithmSupportStatus(GRPC_COMPRESS_DEFLATE, false);
+  builder.SetCompressionAlgorithmSupportStatus(GRPC_COMPRESS_GZIP, false);
   builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, sc.max_streams_per_connection);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 120'000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20'000);

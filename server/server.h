@@ -27,7 +27,7 @@ struct ServerConfig {
   std::string auth_token_file;              // calls must send "authorization: Bearer <token>"
   bool expose_model_path = false;           // GetModelInfo reports the model directory
   int max_waiting_requests = 1024;          // beyond: RESOURCE_EXHAUSTED (0: no limit)
-  uint64_t max_request_bytes = 4 << 20;     // a request's size, after decompression
+  uint64_t max_request_bytes = 4 << 20;     // a request's size (compressed requests: refused)
   int max_streams_per_connection = 256;
   int block_size = 16;
   uint64_t kv_cache_bytes = 0;  // 0: the backend's default

@@ -21,11 +21,11 @@ namespace {
 
 namespace pb = gqa::v1;
 
-// Resident memory of a process, in MiB (VmRSS).
-double RssMib(pid_t pid) {
+// Resident memory of a process, in MiB: now (VmRSS) or at its peak (VmHWM).
+double RssMib(pid_t pid, const std::string& field = "VmRSS:") {
   std::ifstream status("/proc/" + std::to_string(pid) + "/status");
   for (std::string line; std::getline(status, line);) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
+    if (line.rfind(field, 0) == 0) return std::stod(line.substr(field.size())) / 1024.0;
   }
   return -1;
 }
@@ -222,6 +222,27 @@ TEST_F(HostileClientTest, EveryMalformedOrExtremeRequestGetsItsStatusAndTheServe
     EXPECT_EQ(status.error_message().rfind("request: not a valid gqa.v1.GenerateRequest", 0), 0u)
         << name << ": " << status.error_message();
     check_serving(name);
+    ++cases;
+  }
+  // A gzip-compressed request that inflates to 64 MiB: refused before it is inflated (the
+  // server takes no compressed requests; gRPC would inflate it whole before the size check).
+  {
+    const double peak_before = RssMib(server.pid(), "VmHWM:");
+    grpc::ClientContext context;
+    context.set_compression_algorithm(GRPC_COMPRESS_GZIP);
+    pb::GenerateRequest bomb = Normal();
+    bomb.set_text(std::string(64 << 20, 'a'));
+    auto reader = stub->Generate(&context, bomb);
+    pb::GenerateResponse r;
+    while (reader->Read(&r)) {
+    }
+    const grpc::Status status = reader->Finish();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::UNIMPLEMENTED) << status.error_message();
+    const double peak_after = RssMib(server.pid(), "VmHWM:");
+    std::cout << "gzip bomb: " << status.error_message() << "; server peak RSS " << peak_before
+              << " -> " << peak_after << " MiB\n";
+    EXPECT_LT(peak_after - peak_before, 16.0) << "the compressed request was inflated";
+    check_serving("a gzip bomb");
     ++cases;
   }
   // Duplicate request ids in flight: ids are the client's labels, both are served.
