@@ -245,6 +245,34 @@ TEST_F(HostileClientTest, EveryMalformedOrExtremeRequestGetsItsStatusAndTheServe
     check_serving("a gzip bomb");
     ++cases;
   }
+  // A 100 KB metadata header. gRPC 1.51 treats it as an error of the whole connection, so only
+  // that client's own calls fail: another client's stream, on its own connection, runs on.
+  {
+    auto own_connection = [&] {
+      grpc::ChannelArguments args;
+      args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+      return pb::Generation::NewStub(
+          grpc::CreateCustomChannel(server.address(), grpc::InsecureChannelCredentials(), args));
+    };
+    auto victim = own_connection();
+    grpc::ClientContext victim_context;
+    pb::GenerateRequest long_one = Normal();
+    long_one.mutable_stopping()->set_max_new_tokens(300);
+    auto reader = victim->Generate(&victim_context, long_one);
+    pb::GenerateResponse r;
+    ASSERT_TRUE(reader->Read(&r));
+    auto attacker = own_connection();
+    grpc::ClientContext context;
+    context.AddMetadata("x-big", std::string(100 << 10, 'a'));
+    pb::ModelInfo info;
+    EXPECT_FALSE(attacker->GetModelInfo(&context, {}, &info).ok());
+    size_t tokens = r.token_ids_size();
+    while (reader->Read(&r)) tokens += r.token_ids_size();
+    EXPECT_TRUE(reader->Finish().ok());
+    EXPECT_EQ(tokens, 300u) << "another client's oversized header cut this stream";
+    check_serving("a 100 KB metadata header");
+    ++cases;
+  }
   // Duplicate request ids in flight: ids are the client's labels, both are served.
   {
     pb::GenerateRequest twin = Normal();
