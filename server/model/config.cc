@@ -12,6 +12,10 @@ namespace {
 
 using nlohmann::json;
 
+// No decoder has more (Llama 3.1 405B has 126); beyond it a config.json is refused, since every
+// layer is a row of tensor descriptions to allocate.
+constexpr int kMaxLayers = 4096;
+
 absl::Status Invalid(const std::string& source, const std::string& what) {
   return absl::InvalidArgumentError(absl::StrCat(source, ": ", what));
 }
@@ -85,7 +89,13 @@ absl::StatusOr<kernels::RopeScaling> ParseRopeScaling(const json& doc, const std
     scaling.type = kernels::RopeScalingType::kLlama3;
     ASSIGN_OR_RETURN(scaling.low_freq_factor, OptionalFloat(rs, "low_freq_factor", 1.0f, source));
     ASSIGN_OR_RETURN(scaling.high_freq_factor, OptionalFloat(rs, "high_freq_factor", 4.0f, source));
-    scaling.original_max_position_embeddings = rs.value("original_max_position_embeddings", 8192);
+    if (auto it = rs.find("original_max_position_embeddings"); it != rs.end()) {
+      if (!it->is_number_integer() || it->get<int64_t>() <= 0 || it->get<int64_t>() > (1 << 30)) {
+        return Invalid(source,
+                       "rope_scaling: original_max_position_embeddings must be a positive integer");
+      }
+      scaling.original_max_position_embeddings = it->get<int>();
+    }
     if (!(scaling.high_freq_factor > scaling.low_freq_factor)) {
       return Invalid(source, "rope_scaling: high_freq_factor must exceed low_freq_factor");
     }
@@ -101,6 +111,10 @@ absl::Status ParseShape(const json& doc, const std::string& source, ModelConfig&
   ASSIGN_OR_RETURN(c.hidden_size, PositiveInt(doc, "hidden_size", source));
   ASSIGN_OR_RETURN(c.intermediate_size, PositiveInt(doc, "intermediate_size", source));
   ASSIGN_OR_RETURN(c.num_layers, PositiveInt(doc, "num_hidden_layers", source));
+  if (c.num_layers > kMaxLayers) {  // each layer is a row of tensor descriptions to allocate
+    return Invalid(
+        source, absl::StrCat("\"num_hidden_layers\" ", c.num_layers, " is more than ", kMaxLayers));
+  }
   ASSIGN_OR_RETURN(c.num_heads, PositiveInt(doc, "num_attention_heads", source));
   ASSIGN_OR_RETURN(c.vocab_size, PositiveInt(doc, "vocab_size", source));
   c.num_kv_heads = c.num_heads;
@@ -158,7 +172,10 @@ absl::Status ParseVariant(const json& doc, const std::string& source, ModelConfi
     ASSIGN_OR_RETURN(c.eos_token_ids, TokenIdList(doc["eos_token_id"], source, "eos_token_id"));
   }
   if (doc.contains("gqa_conversion") && doc["gqa_conversion"].is_object()) {
-    c.converted_from_kv_heads = doc["gqa_conversion"].value("source_num_key_value_heads", 0);
+    const json from = doc["gqa_conversion"].value("source_num_key_value_heads", json(0));
+    if (from.is_number_integer() && from.get<int64_t>() > 0 && from.get<int64_t>() < (1 << 20)) {
+      c.converted_from_kv_heads = from.get<int>();
+    }
   }
   return absl::OkStatus();
 }
@@ -177,7 +194,19 @@ absl::StatusOr<json> ReadJsonFile(const std::filesystem::path& path) {
 
 }  // namespace
 
+static absl::StatusOr<ModelConfig> ParseModelConfigFields(const json& doc,
+                                                          const std::string& source);
+
 absl::StatusOr<ModelConfig> ParseModelConfig(const json& doc, const std::string& source) {
+  try {  // a field of an unexpected JSON type throws from nlohmann's accessors
+    return ParseModelConfigFields(doc, source);
+  } catch (const json::exception& e) {
+    return Invalid(source, e.what());
+  }
+}
+
+static absl::StatusOr<ModelConfig> ParseModelConfigFields(const json& doc,
+                                                          const std::string& source) {
   if (!doc.is_object()) return Invalid(source, "not a JSON object");
   ModelConfig c;
   ASSIGN_OR_RETURN(c.architecture, ParseArchitecture(doc, source, &c.architecture_name));

@@ -259,10 +259,10 @@ absl::Status Tokenizer::Impl::LoadModel(const json& model) {
   fuse_unk = model.value("fuse_unk", false);
   ignore_merges = model.value("ignore_merges", false);
   for (const auto& [token, id] : model.at("vocab").items()) {
-    const int32_t i = id.get<int32_t>();
+    const int64_t i = id.is_number_integer() ? id.get<int64_t>() : -1;  // a float would be UB
     if (i < 0 || i >= kMaxVocabSize) {
       return absl::InvalidArgumentError(absl::StrCat(
-          source, ": vocab id ", i, " of a token is outside [0, ", kMaxVocabSize, ")"));
+          source, ": vocab id ", id.dump(), " is not an integer in [0, ", kMaxVocabSize, ")"));
     }
     vocab[token] = i;
     if (i >= static_cast<int32_t>(id_to_token.size())) id_to_token.resize(i + 1);
@@ -389,8 +389,13 @@ absl::Status Tokenizer::Impl::LoadDecoder(const json& spec) {
   } else if (type == "Strip") {
     step.kind = DecodeStep::Kind::kStrip;
     step.a = spec.at("content").get<std::string>();
-    step.start = spec.value("start", 0);
-    step.stop = spec.value("stop", 0);
+    for (auto [key, field] : {std::pair{"start", &step.start}, std::pair{"stop", &step.stop}}) {
+      const json value = spec.value(key, json(0));
+      if (!value.is_number_integer() || value.get<int64_t>() < 0 || value.get<int64_t>() > 1024) {
+        return Unsupported(source, absl::StrCat("Strip decoder ", key, " ", value.dump()));
+      }
+      *field = value.get<int>();
+    }
   } else if (type == "Metaspace") {
     step.kind = DecodeStep::Kind::kMetaspace;
     step.a = spec.value("replacement", "\xE2\x96\x81");
@@ -410,10 +415,15 @@ absl::Status Tokenizer::Impl::LoadAddedTokens(const json& tokens) {
                                      t.value("content", std::string()) + ")");
     }
     const std::string content = t.at("content").get<std::string>();
-    const int32_t id = t.at("id").get<int32_t>();
-    if (id < 0 || id >= kMaxVocabSize) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(source, ": added token id ", id, " is outside [0, ", kMaxVocabSize, ")"));
+    const json& id_value = t.at("id");
+    const int32_t id = id_value.is_number_integer() && id_value.get<int64_t>() >= 0 &&
+                               id_value.get<int64_t>() < kMaxVocabSize
+                           ? static_cast<int32_t>(id_value.get<int64_t>())
+                           : -1;  // get<int32_t> of a float would be undefined behaviour
+    if (id < 0) {
+      return absl::InvalidArgumentError(absl::StrCat(source, ": added token id ", id_value.dump(),
+                                                     " is not an integer in [0, ", kMaxVocabSize,
+                                                     ")"));
     }
     added.push_back({content, id});
     if (id >= static_cast<int32_t>(id_to_token.size())) id_to_token.resize(id + 1);

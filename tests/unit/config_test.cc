@@ -74,6 +74,31 @@ TEST(ConfigTest, RefusesUnsupportedArchitecture) {
   EXPECT_NE(c.status().message().find("GPT2LMHeadModel"), std::string::npos);
 }
 
+// Found by fuzzing (fuzz_gguf, then checked for config.json): a layer count of 2^30 allocated a
+// tensor list of that length; fields of the wrong JSON type threw out of the parser; a float
+// where an integer belongs was converted with undefined behaviour.
+TEST(ConfigTest, HostileFieldsAreErrorsNamingTheFile) {
+  const std::vector<std::pair<const char*, json>> cases = {
+      {"num_hidden_layers", 100000},
+      {"torch_dtype", json::array({1, 2})},
+      {"rope_scaling", {{"rope_type", "llama3"}, {"original_max_position_embeddings", 4.5e33}}},
+      {"rope_scaling", {{"rope_type", "llama3"}, {"original_max_position_embeddings", "8k"}}},
+      {"architectures", "LlamaForCausalLM"},
+  };
+  for (const auto& [key, value] : cases) {
+    json doc = LlamaDoc();
+    doc[key] = value;
+    auto c = ParseModelConfig(doc, "/m/config.json");
+    ASSERT_FALSE(c.ok()) << key << " = " << value.dump();
+    EXPECT_EQ(c.status().message().rfind("/m/config.json: ", 0), 0u) << c.status();
+  }
+  json doc = LlamaDoc();
+  doc["gqa_conversion"] = {{"source_num_key_value_heads", 1e40}};
+  auto c = ParseModelConfig(doc, "/m/config.json");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_FALSE(c->converted_from_kv_heads.has_value());
+}
+
 TEST(ConfigTest, RefusesHeadsNotDivisibleByKvHeads) {
   json doc = LlamaDoc();
   doc["num_key_value_heads"] = 5;

@@ -20,7 +20,7 @@ TEST(TokenizerTest, InvalidUtf8IsReadAsReplacementCharacters) {
   const std::string fuzz_crash =
       "Digits\xf2: 01 x\xc2\xb2 +  = \xc2\xbe,\xab \xe2\xe2 \x85\x85\xb3, </s>\xe2\x91\xa9 "
       "\xe3\x80\x87.\n";
-  for (const std::string text :
+  for (const std::string& text :
        {fuzz_crash, std::string("\xff"), std::string("a\xf2:b"), std::string("\xe2\x82"),
         std::string("ok \xed\xa0\x80 surrogate")}) {
     const std::vector<int32_t> ids = (*tokenizer)->Encode(text);
@@ -30,7 +30,8 @@ TEST(TokenizerTest, InvalidUtf8IsReadAsReplacementCharacters) {
 }
 
 // Found by fuzz_tokenizer_json: a field of the wrong JSON type threw out of FromJson and ended the
-// process (std::terminate) instead of giving a startup error; huge or negative ids sized tables.
+// process (std::terminate) instead of giving a startup error; huge or negative ids sized tables;
+// a float id was converted to int with undefined behaviour (UBSan).
 TEST(TokenizerTest, MalformedTokenizerJsonIsAnErrorNamingIt) {
   const char* cases[] = {
       R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [["a", ["b"]]]}})",
@@ -40,6 +41,10 @@ TEST(TokenizerTest, MalformedTokenizerJsonIsAnErrorNamingIt) {
       R"({"model": {"type": "BPE", "vocab": {}, "merges": []}, "added_tokens": [{"id": -1}]})",
       R"({"model": {"type": "BPE", "vocab": {}, "merges": []}, "pre_tokenizer": {"type": 7}})",
       R"({"model": {"type": "BPE", "vocab": {}, "merges": []}, "decoder": {"type": "Strip"}})",
+      R"({"model": {"type": "BPE", "vocab": {"a": 4.58e33}, "merges": []}})",
+      R"({"model": {"type": "BPE", "vocab": {}, "merges": []}, "added_tokens": [{"id": 1e40}]})",
+      R"({"model": {"type": "BPE", "vocab": {}, "merges": []},
+          "decoder": {"type": "Strip", "content": " ", "start": 1e30}})",
   };
   for (const char* json : cases) {
     auto tokenizer = Tokenizer::FromJson(json, "fuzzed/tokenizer.json");
