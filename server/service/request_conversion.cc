@@ -26,6 +26,12 @@ absl::StatusOr<Request> RequestFromProto(const pb::GenerateRequest& proto,
       if (proto.text().empty())
         return absl::InvalidArgumentError("prompt.text: the prompt is empty");
       r.prompt = defaults.tokenizer->EncodePrompt(proto.text());
+      if (static_cast<int64_t>(r.prompt.size()) >= defaults.max_model_len) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("prompt.text: ", proto.text().size(), " bytes encode to ", r.prompt.size(),
+                         " tokens, which leave no room to generate under max_model_len ",
+                         defaults.max_model_len));
+      }
       break;
     case pb::GenerateRequest::kTokenIds:
       r.prompt.assign(proto.token_ids().ids().begin(), proto.token_ids().ids().end());

@@ -106,7 +106,7 @@ std::vector<Case> Corpus(int vocab) {
       {"1M-token prompt", [=](auto& r) { ids(r, std::vector<uint32_t>(1'000'000, 5)); }, bad,
        "prompt.token_ids: 1000000 tokens"},
       {"a 200k-character text prompt", [](auto& r) { r.set_text(std::string(200'000, 'a')); }, bad,
-       "prompt.token_ids: "},
+       "prompt.text: 200000 bytes encode to "},
       {"id = vocab",
        [=](auto& r) {
          ids(r, {1, uint32_t(vocab)});
