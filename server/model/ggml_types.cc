@@ -2,47 +2,12 @@
 // once where ggml rounds twice, and the results would stop being bitwise ggml's.
 #include "model/ggml_types.h"
 
-#include <array>
 #include <cstring>
 
 #include "model/dtype.h"
 
 namespace gqa {
 namespace {
-
-struct TypeInfo {
-  uint32_t id;
-  const char* name;
-  int64_t elements, bytes;
-  bool dequantizable;
-};
-
-// ggml.h's types with their block layouts (ggml.c's type_traits).
-constexpr TypeInfo kTypes[] = {
-    {0, "F32", 1, 4, true},          {1, "F16", 1, 2, true},
-    {2, "Q4_0", 32, 18, true},       {3, "Q4_1", 32, 20, true},
-    {6, "Q5_0", 32, 22, true},       {7, "Q5_1", 32, 24, true},
-    {8, "Q8_0", 32, 34, true},       {9, "Q8_1", 32, 40, false},
-    {10, "Q2_K", 256, 84, true},     {11, "Q3_K", 256, 110, true},
-    {12, "Q4_K", 256, 144, true},    {13, "Q5_K", 256, 176, true},
-    {14, "Q6_K", 256, 210, true},    {15, "Q8_K", 256, 292, false},
-    {16, "IQ2_XXS", 256, 66, false}, {17, "IQ2_XS", 256, 74, false},
-    {18, "IQ3_XXS", 256, 98, false}, {19, "IQ1_S", 256, 50, false},
-    {20, "IQ4_NL", 32, 18, false},   {21, "IQ3_S", 256, 110, false},
-    {22, "IQ2_S", 256, 82, false},   {23, "IQ4_XS", 256, 136, false},
-    {24, "I8", 1, 1, false},         {25, "I16", 1, 2, false},
-    {26, "I32", 1, 4, false},        {27, "I64", 1, 8, false},
-    {28, "F64", 1, 8, false},        {29, "IQ1_M", 256, 56, false},
-    {30, "BF16", 1, 2, true},        {34, "TQ1_0", 256, 54, false},
-    {35, "TQ2_0", 256, 66, false},   {39, "MXFP4", 32, 17, false},
-};
-
-const TypeInfo* FindType(uint32_t id) {
-  for (const TypeInfo& t : kTypes) {
-    if (t.id == id) return &t;
-  }
-  return nullptr;
-}
 
 constexpr int64_t kSuperBlock = 256;  // QK_K
 
@@ -214,33 +179,72 @@ void DequantizeQ6_K(const std::byte* block, float* out) {
   }
 }
 
-using BlockDequantizer = void (*)(const std::byte*, float*);
+// Dequantizes `blocks` whole blocks from src into dst.
+using Dequantizer = void (*)(const std::byte* src, int64_t blocks, float* dst);
 
-BlockDequantizer BlockFunction(GgmlType type) {
-  switch (type) {
-    case GgmlType::kQ4_0:
-      return DequantizeQ4_0;
-    case GgmlType::kQ4_1:
-      return DequantizeQ4_1;
-    case GgmlType::kQ5_0:
-      return DequantizeQ5_0;
-    case GgmlType::kQ5_1:
-      return DequantizeQ5_1;
-    case GgmlType::kQ8_0:
-      return DequantizeQ8_0;
-    case GgmlType::kQ2_K:
-      return DequantizeQ2_K;
-    case GgmlType::kQ3_K:
-      return DequantizeQ3_K;
-    case GgmlType::kQ4_K:
-      return DequantizeQ4_K;
-    case GgmlType::kQ5_K:
-      return DequantizeQ5_K;
-    case GgmlType::kQ6_K:
-      return DequantizeQ6_K;
-    default:
-      return nullptr;
+template <void (*Block)(const std::byte*, float*), int64_t kElements, int64_t kBytes>
+void Blocks(const std::byte* src, int64_t blocks, float* dst) {
+  for (int64_t b = 0; b < blocks; ++b) Block(src + b * kBytes, dst + b * kElements);
+}
+
+void F32(const std::byte* src, int64_t n, float* dst) {
+  std::memcpy(dst, src, static_cast<size_t>(n) * 4);
+}
+void F16(const std::byte* src, int64_t n, float* dst) {
+  ConvertToFloat(DType::kF16, src, static_cast<size_t>(n), dst);
+}
+void BF16(const std::byte* src, int64_t n, float* dst) {
+  ConvertToFloat(DType::kBF16, src, static_cast<size_t>(n), dst);
+}
+
+struct TypeInfo {
+  uint32_t id;
+  const char* name;
+  int64_t elements, bytes;
+  Dequantizer dequantize;  // null: known to ggml, not dequantized here
+};
+
+// ggml.h's types with their block layouts (ggml.c's type_traits).
+constexpr TypeInfo kTypes[] = {
+    {0, "F32", 1, 4, F32},
+    {1, "F16", 1, 2, F16},
+    {2, "Q4_0", 32, 18, Blocks<DequantizeQ4_0, 32, 18>},
+    {3, "Q4_1", 32, 20, Blocks<DequantizeQ4_1, 32, 20>},
+    {6, "Q5_0", 32, 22, Blocks<DequantizeQ5_0, 32, 22>},
+    {7, "Q5_1", 32, 24, Blocks<DequantizeQ5_1, 32, 24>},
+    {8, "Q8_0", 32, 34, Blocks<DequantizeQ8_0, 32, 34>},
+    {9, "Q8_1", 32, 40, nullptr},
+    {10, "Q2_K", 256, 84, Blocks<DequantizeQ2_K, 256, 84>},
+    {11, "Q3_K", 256, 110, Blocks<DequantizeQ3_K, 256, 110>},
+    {12, "Q4_K", 256, 144, Blocks<DequantizeQ4_K, 256, 144>},
+    {13, "Q5_K", 256, 176, Blocks<DequantizeQ5_K, 256, 176>},
+    {14, "Q6_K", 256, 210, Blocks<DequantizeQ6_K, 256, 210>},
+    {15, "Q8_K", 256, 292, nullptr},
+    {16, "IQ2_XXS", 256, 66, nullptr},
+    {17, "IQ2_XS", 256, 74, nullptr},
+    {18, "IQ3_XXS", 256, 98, nullptr},
+    {19, "IQ1_S", 256, 50, nullptr},
+    {20, "IQ4_NL", 32, 18, nullptr},
+    {21, "IQ3_S", 256, 110, nullptr},
+    {22, "IQ2_S", 256, 82, nullptr},
+    {23, "IQ4_XS", 256, 136, nullptr},
+    {24, "I8", 1, 1, nullptr},
+    {25, "I16", 1, 2, nullptr},
+    {26, "I32", 1, 4, nullptr},
+    {27, "I64", 1, 8, nullptr},
+    {28, "F64", 1, 8, nullptr},
+    {29, "IQ1_M", 256, 56, nullptr},
+    {30, "BF16", 1, 2, BF16},
+    {34, "TQ1_0", 256, 54, nullptr},
+    {35, "TQ2_0", 256, 66, nullptr},
+    {39, "MXFP4", 32, 17, nullptr},
+};
+
+const TypeInfo* FindType(uint32_t id) {
+  for (const TypeInfo& t : kTypes) {
+    if (t.id == id) return &t;
   }
+  return nullptr;
 }
 
 }  // namespace
@@ -258,29 +262,13 @@ std::optional<GgmlBlockLayout> GgmlLayout(uint32_t type) {
 
 std::optional<GgmlBlockLayout> DequantizableLayout(uint32_t type) {
   const TypeInfo* info = FindType(type);
-  if (info == nullptr || !info->dequantizable) return std::nullopt;
+  if (info == nullptr || info->dequantize == nullptr) return std::nullopt;
   return GgmlBlockLayout{info->elements, info->bytes};
 }
 
 void DequantizeToFloat(GgmlType type, const std::byte* src, int64_t n, float* dst) {
-  switch (type) {
-    case GgmlType::kF32:
-      std::memcpy(dst, src, static_cast<size_t>(n) * 4);
-      return;
-    case GgmlType::kF16:
-      ConvertToFloat(DType::kF16, src, static_cast<size_t>(n), dst);
-      return;
-    case GgmlType::kBF16:
-      ConvertToFloat(DType::kBF16, src, static_cast<size_t>(n), dst);
-      return;
-    default:
-      break;
-  }
-  const GgmlBlockLayout layout = *DequantizableLayout(static_cast<uint32_t>(type));
-  const BlockDequantizer dequantize = BlockFunction(type);
-  for (int64_t b = 0; b < n / layout.elements; ++b) {
-    dequantize(src + b * layout.bytes, dst + b * layout.elements);
-  }
+  const TypeInfo& info = *FindType(static_cast<uint32_t>(type));
+  info.dequantize(src, n / info.elements, dst);
 }
 
 }  // namespace gqa

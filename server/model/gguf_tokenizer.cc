@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
+#include "tokenizer/utf8.h"
 
 namespace gqa {
 namespace {
@@ -148,17 +149,6 @@ absl::StatusOr<Pipeline> ByteLevelPipeline(const GgufFile& file) {
   return pipeline;
 }
 
-// Length of the UTF-8 character starting at s[pos] (1 for a stray byte).
-size_t CharLength(const std::string& s, size_t pos) {
-  const uint8_t lead = static_cast<uint8_t>(s[pos]);
-  const size_t length = lead < 0x80         ? 1
-                        : (lead >> 5) == 6  ? 2
-                        : (lead >> 4) == 14 ? 3
-                        : (lead >> 3) == 30 ? 4
-                                            : 1;
-  return pos + length <= s.size() ? length : 1;
-}
-
 // SentencePiece BPE merges from piece scores, as transformers' GGUF converter builds them: every
 // split of every piece into two pieces of the vocabulary is a merge, ranked by the whole piece's
 // score (highest first), splits of one piece by their own pieces' scores (highest first).
@@ -175,7 +165,7 @@ json MergesFromScores(const std::vector<std::string>& tokens, const std::vector<
   for (size_t i = 0; i < tokens.size(); ++i) {
     const std::string& piece = tokens[i];
     std::vector<Merge> splits;
-    for (size_t cut = CharLength(piece, 0); cut < piece.size(); cut += CharLength(piece, cut)) {
+    for (size_t cut = Utf8Length(piece, 0); cut < piece.size(); cut += Utf8Length(piece, cut)) {
       auto left = score_of.find(piece.substr(0, cut));
       auto right = score_of.find(piece.substr(cut));
       if (left == score_of.end() || right == score_of.end()) continue;

@@ -50,6 +50,22 @@ void SerializeMessage(const Message& message, grpc::ByteBuffer* bytes) {
   grpc::SerializationTraits<Message>::Serialize(message, bytes, &own_buffer);
 }
 
+// A unary call over raw bytes: the token, then parsing, then `handler`, then the reply.
+template <typename Request, typename Response, typename Handler>
+grpc::ServerUnaryReactor* ServeUnary(grpc::CallbackServerContext* context, const BearerToken& auth,
+                                     const grpc::ByteBuffer* request_bytes,
+                                     grpc::ByteBuffer* response_bytes, Handler handler) {
+  Request request;
+  Response response;
+  grpc::Status status = auth.Check(*context);
+  if (status.ok()) status = ParseMessage(request_bytes, &request);
+  if (status.ok()) status = handler(request, &response);
+  if (status.ok()) SerializeMessage(response, response_bytes);
+  auto* reactor = context->DefaultReactor();
+  reactor->Finish(status);
+  return reactor;
+}
+
 // Streams one request's events. Owned jointly by gRPC (until OnDone) and the engine's sink
 // (until the sequence is gone), so neither side can outlive the other's use of it. State changes
 // happen under mu_; the gRPC calls they decide on (StartWrite, Finish) happen after unlocking.
@@ -316,29 +332,19 @@ grpc::Status GenerationService::ModelInfoMessage(pb::ModelInfo* info) {
 grpc::ServerUnaryReactor* GenerationService::Tokenize(grpc::CallbackServerContext* context,
                                                       const grpc::ByteBuffer* request,
                                                       grpc::ByteBuffer* response) {
-  pb::TokenizeRequest parsed;
-  pb::TokenizeResponse reply;
-  grpc::Status status = auth_.Check(*context);
-  if (status.ok()) status = ParseMessage(request, &parsed);
-  if (status.ok()) status = TokenizeMessage(&parsed, &reply);
-  if (status.ok()) SerializeMessage(reply, response);
-  auto* reactor = context->DefaultReactor();
-  reactor->Finish(status);
-  return reactor;
+  return ServeUnary<pb::TokenizeRequest, pb::TokenizeResponse>(
+      context, auth_, request, response,
+      [this](const pb::TokenizeRequest& in, pb::TokenizeResponse* out) {
+        return TokenizeMessage(&in, out);
+      });
 }
 
 grpc::ServerUnaryReactor* GenerationService::GetModelInfo(grpc::CallbackServerContext* context,
                                                           const grpc::ByteBuffer* request,
                                                           grpc::ByteBuffer* response) {
-  pb::GetModelInfoRequest parsed;
-  pb::ModelInfo reply;
-  grpc::Status status = auth_.Check(*context);
-  if (status.ok()) status = ParseMessage(request, &parsed);
-  if (status.ok()) status = ModelInfoMessage(&reply);
-  if (status.ok()) SerializeMessage(reply, response);
-  auto* reactor = context->DefaultReactor();
-  reactor->Finish(status);
-  return reactor;
+  return ServeUnary<pb::GetModelInfoRequest, pb::ModelInfo>(
+      context, auth_, request, response,
+      [this](const pb::GetModelInfoRequest&, pb::ModelInfo* out) { return ModelInfoMessage(out); });
 }
 
 }  // namespace gqa
