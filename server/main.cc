@@ -54,6 +54,9 @@ ABSL_FLAG(int, max_model_len, 0, "longest prompt + generation (0: the model's ma
 ABSL_FLAG(int, default_max_new_tokens, 256, "max_new_tokens when a request does not set it");
 ABSL_FLAG(int, cpu_threads, 0, "threads of the CPU backend (0: all cores)");
 ABSL_FLAG(int, drain_grace_seconds, 30, "on SIGTERM, how long running requests may finish");
+ABSL_FLAG(int, step_profile_interval, 16,
+          "time one engine step in this many on the device (attention and whole step, the "
+          "gqa_step_device_seconds and gqa_step_attention_seconds metrics); 0: never");
 ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn, error");
 
 int main(int argc, char** argv) {
@@ -126,6 +129,12 @@ int main(int argc, char** argv) {
   config.default_max_new_tokens = absl::GetFlag(FLAGS_default_max_new_tokens);
   config.cpu_threads = absl::GetFlag(FLAGS_cpu_threads);
   config.drain_grace_seconds = absl::GetFlag(FLAGS_drain_grace_seconds);
+  config.step_profile_interval = absl::GetFlag(FLAGS_step_profile_interval);
+  if (config.step_profile_interval < 0) {
+    std::cerr << "gqa-server: --step_profile_interval must be >= 0, got "
+              << config.step_profile_interval << "\n";
+    return 2;
+  }
   if (config.block_size < 1 || config.max_num_seqs < 1 || config.max_num_batched_tokens < 1) {
     std::cerr << "gqa-server: --block_size, --max_num_seqs and --max_num_batched_tokens must be "
                  ">= 1\n";

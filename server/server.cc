@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "backend/factory.h"
+#include "backend/roofline.h"
 #include "common/status_macros.h"
 #include "common/text_file.h"
 #include "engine/engine.h"
@@ -56,6 +57,7 @@ BackendOptions MakeBackendOptions(const ServerConfig& sc, BackendKind kind, int 
   o.max_model_len = max_model_len;
   o.enforce_eager = sc.enforce_eager;
   o.deterministic = sc.deterministic;
+  o.step_profiling = sc.step_profile_interval > 0;
   o.cpu_threads = sc.cpu_threads;
   return o;
 }
@@ -165,9 +167,14 @@ absl::StatusOr<LoadedModel> LoadModel(const ServerConfig& sc, BackendKind kind,
   const int max_model_len = MaxModelLen(sc, model.config, kind);
   auto backend = CreateBackend(MakeBackendOptions(sc, kind, max_model_len), std::move(*ckpt));
   if (!backend.ok()) return backend.status();
-  const Backend& b = **backend;
+  Backend& b = **backend;
   metrics.SetModelInfo(model.config, b.kv_spec(), std::string(b.name()), b.device_name(),
                        b.memory_by_kind());
+  absl::StatusOr<double> bandwidth = b.MeasureReadBandwidth();
+  if (!bandwidth.ok()) return bandwidth.status();
+  metrics.SetDeviceBandwidth(*bandwidth);
+  spdlog::info("memory bandwidth of {} (the roofline's): {:.1f} GB/s", b.device_name(),
+               *bandwidth / 1e9);
   EngineConfig engine_config;
   // The block size enters once: the backend's pool decides it.
   engine_config.scheduler = {b.kv_spec().block_size, sc.max_num_seqs, sc.max_num_batched_tokens};
@@ -177,6 +184,9 @@ absl::StatusOr<LoadedModel> LoadModel(const ServerConfig& sc, BackendKind kind,
   engine_config.tokenizer = model.tokenizer.get();
   engine_config.on_backend_broken = std::move(on_broken);
   engine_config.max_waiting_requests = sc.max_waiting_requests;
+  engine_config.cost = {b.weight_bytes_per_step(), KvBytesPerToken(b.kv_spec()),
+                        model.config.attention_window()};
+  engine_config.step_profile_interval = sc.step_profile_interval;
   model.engine = std::make_unique<Engine>(engine_config, std::move(*backend), &metrics);
   return model;  // the CPU backend keeps the checkpoint: it reads the mapped weights in place
 }

@@ -38,6 +38,7 @@ struct ServerConfig {
   int default_max_new_tokens = 256;
   int cpu_threads = 0;
   int drain_grace_seconds = 30;
+  int step_profile_interval = 16;  // one step in this many timed on the device (0: none)
 };
 
 // Runs until SIGTERM or SIGINT; returns the process exit code. Startup failures print one line.

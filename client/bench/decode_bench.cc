@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "backend/cuda/cuda_backend.h"
+#include "backend/roofline.h"
 #include "engine/engine.h"
 #include "metrics/engine_metrics.h"
 #include "model/config.h"
@@ -51,12 +52,10 @@ ModelConfig ModelShape(const std::string& model, int kv_heads) {
 
 // Bytes one decode step must read: every weight matrix once (the embedding table only through
 // the lm_head) plus the K/V of every sequence's context, bf16.
+// The same terms as the server's gqa_step_read_bytes_total (backend/roofline.h).
 double FloorBytes(const ModelConfig& c, int batch, int context) {
-  const double h = c.hidden_size, q = c.q_size(), kv = c.kv_size(), inter = c.intermediate_size;
-  const double layer = h * (q + 2 * kv) + q * h + 2 * inter * h + inter * h + 2 * h;
-  const double weights = c.num_layers * layer + double(c.vocab_size) * h + h;
-  const double kv_bytes = double(batch) * context * 2 * c.num_layers * kv;
-  return 2 * (weights + kv_bytes);
+  const double kv_bytes = double(batch) * context * 2 * c.num_layers * c.kv_size();
+  return double(WeightBytesPerStep(c, 2)) + 2 * kv_bytes;
 }
 
 double CopyBandwidth() {  // bytes read + written per second, device to device
@@ -100,8 +99,10 @@ struct Timing {
   bool fits = false;
 };
 
-// Decode steps of `batch` sequences at `context` tokens each, blocks interleaved across them.
-Timing TimeDecode(Backend& backend, int batch, int context, int steps) {
+// Decode steps of `batch` sequences at `context` tokens each, blocks interleaved across them;
+// with `profiled`, every step is timed on the device (ProfileNextStep), as a server does one
+// step in --step_profile_interval.
+Timing TimeDecode(Backend& backend, int batch, int context, int steps, bool profiled = false) {
   const KvCacheSpec& kv = backend.kv_spec();
   const int blocks_per_seq = (context + kv.block_size - 1) / kv.block_size;
   Timing t;
@@ -118,6 +119,7 @@ Timing TimeDecode(Backend& backend, int batch, int context, int steps) {
   }
   std::vector<SamplingRow> rows(batch);
   auto step = [&] {
+    if (profiled) backend.ProfileNextStep();
     absl::Status st = backend.Forward(seqs);
     if (st.ok()) st = backend.Sample(rows).status();
     if (!st.ok()) Die(st);
@@ -263,6 +265,11 @@ int EngineBenchMain(int argc, char** argv) {
   EngineConfig ec;
   ec.scheduler = {(*backend)->kv_spec().block_size, batch, o.max_num_batched_tokens};
   ec.limits = {config.vocab_size, o.max_model_len};
+  // As the server runs it: step metrics on, one step in 16 profiled.
+  ec.cost = {(*backend)->weight_bytes_per_step(), KvBytesPerToken((*backend)->kv_spec()), 0};
+  auto bandwidth = (*backend)->MeasureReadBandwidth();
+  if (!bandwidth.ok()) Die(bandwidth.status());
+  metrics.SetDeviceBandwidth(*bandwidth);
   Engine engine(ec, std::move(*backend), &metrics);
   engine.Start();
   Arrivals arrivals;
@@ -287,6 +294,79 @@ int EngineBenchMain(int argc, char** argv) {
       batch, prompt, new_tokens, engine_ms, decode->sum() / decode->count() * 1e3,
       static_cast<unsigned long long>(decode->count()), alone.step_ms, prompt + new_tokens / 2,
       100 * (engine_ms / alone.step_ms - 1));
+  return 0;
+}
+
+// gqa-bench profile: what the step-explaining metrics cost. The device side: decode steps with
+// every step profiled (timing events in the graph) against none, so the cost at the server's
+// --step_profile_interval N is (profiled - plain) / N. The host side: describing a step and
+// observing it into the metrics, per step.
+int ProfileBenchMain(int argc, char** argv) {
+  int interval = 16, steps = 200;
+  std::vector<Row> rows = {{"1b", 8, 1, 512},
+                           {"1b", 8, 1, 2048},
+                           {"1b", 1, 1, 2048},
+                           {"1b", 8, 64, 2048},
+                           {"8b", 8, 1, 2048}};
+  for (int i = 2; i + 1 < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--interval") interval = std::atoi(argv[++i]);
+    if (arg == "--steps") steps = std::atoi(argv[++i]);
+  }
+  cudaDeviceProp prop{};
+  cudaGetDeviceProperties(&prop, 0);
+  std::printf("device: %s; profiling cost at --step_profile_interval %d (median of %d steps)\n",
+              prop.name, interval, steps);
+  std::printf("%5s %3s %5s %5s | %9s %9s %9s %9s | %9s\n", "model", "kv", "batch", "ctx",
+              "plain_ms", "prof_ms", "per_prof", "at_N", "host_us");
+  for (const Row& r : rows) {
+    const ModelConfig config = ModelShape(r.model, r.kv_heads);
+    CudaBackendOptions o;
+    o.max_num_seqs = std::max(8, r.batch);
+    o.max_model_len = r.context + 64;
+    o.kv_cache_bytes =
+        uint64_t(r.batch) * (r.context + 64) * 4 * config.num_layers * config.kv_size();
+    auto backend = CreateCudaBackendWithRandomWeights(o, config);
+    if (!backend.ok()) Die(backend.status());
+    // Interleaved rounds, so clock drift hits both alike.
+    std::vector<double> plain, profiled;
+    for (int round = 0; round < 4; ++round) {
+      plain.push_back(TimeDecode(**backend, r.batch, r.context, steps / 4).step_ms);
+      profiled.push_back(TimeDecode(**backend, r.batch, r.context, steps / 4, true).step_ms);
+    }
+    const double plain_ms = Median(plain), profiled_ms = Median(profiled);
+    // Host: DescribeStep + ObserveStep for this batch, as the engine does every step.
+    MetricsRegistry registry;
+    EngineMetrics metrics(registry);
+    metrics.SetDeviceBandwidth(4e12);
+    std::vector<std::unique_ptr<Sequence>> seqs;
+    SchedulerOutput out;
+    for (int b = 0; b < r.batch; ++b) {
+      Request request;
+      request.prompt.assign(r.context - 1, 5);
+      seqs.push_back(std::make_unique<Sequence>(std::move(request), b));
+      seqs.back()->tokens.push_back(6);
+      seqs.back()->num_computed = r.context - 1;
+      out.chunks.push_back({seqs.back().get(), 1});
+    }
+    const StepCostModel cost{WeightBytesPerStep(config, 2),
+                             uint64_t(2) * config.num_layers * config.kv_size() * 2, 0};
+    const int calls = 20000;
+    const auto start = Clock::now();
+    for (int i = 0; i < calls; ++i) {
+      StepStats stats = DescribeStep(out, cost);
+      stats.wall_seconds = 1e-3;
+      metrics.ObserveStep(stats);
+    }
+    const double host_us =
+        std::chrono::duration<double, std::micro>(Clock::now() - start).count() / calls;
+    const double per_profiled = profiled_ms - plain_ms;
+    std::printf("%5s %3d %5d %5d | %9.4f %9.4f %8.2f%% %8.3f%% | %9.2f (%.3f%%)\n", r.model.c_str(),
+                r.kv_heads, r.batch, r.context, plain_ms, profiled_ms,
+                100 * per_profiled / plain_ms, 100 * per_profiled / interval / plain_ms, host_us,
+                100 * host_us * 1e-3 / plain_ms);
+    std::fflush(stdout);
+  }
   return 0;
 }
 

@@ -8,7 +8,7 @@
 #endif
 
 #include "gqa/kernels/cpu_ops.h"
-#include "parallel.h"
+#include "gqa/kernels/parallel.h"
 
 namespace gqa::kernels::cpu {
 namespace {

@@ -1,4 +1,4 @@
-#include "parallel.h"
+#include "gqa/kernels/parallel.h"
 
 #include <algorithm>
 #include <condition_variable>

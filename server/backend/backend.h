@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -26,6 +27,13 @@ struct ForwardSeq {
   bool wants_logits = false;             // logits of the chunk's last token
 };
 
+// Device time of one profiled step, measured where the work ran (CUDA events on the GPU, the
+// steady clock on the CPU).
+struct StepTiming {
+  double step_seconds = 0;       // the step's forward and sampling, first kernel to last
+  double attention_seconds = 0;  // summed over layers: K/V append and attention
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -39,6 +47,18 @@ class Backend {
   // True after an error that leaves the device unusable: the process should exit and be
   // restarted. Every later step fails.
   virtual bool broken() const { return false; }
+  // Bytes of weights one step reads: every matrix once in the backend's weight dtype (the
+  // embedding table only through the lm_head); see backend/roofline.h.
+  virtual uint64_t weight_bytes_per_step() const = 0;
+  // The memory read bandwidth the roofline divides by, in bytes per second, measured now (a few
+  // milliseconds on a GPU: a device-to-device copy, bytes read plus written, as gqa-bench).
+  virtual absl::StatusOr<double> MeasureReadBandwidth() = 0;
+
+  // Times the next Forward and its Sample on the device; LastStepTiming() has the result once
+  // Sample returns. Steps not asked for are not timed and cost nothing extra.
+  virtual void ProfileNextStep() = 0;
+  // The timing of the last step when it was profiled; nullopt otherwise.
+  virtual std::optional<StepTiming> LastStepTiming() const = 0;
 
   // Appends every token's K/V to the cache and computes the logits of the sequences that want
   // them (kept inside the backend: on the GPU they never cross to the host).

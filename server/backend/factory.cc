@@ -105,6 +105,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& o,
       c.max_num_batched_tokens = o.max_num_batched_tokens;
       c.max_model_len = o.max_model_len;
       c.enforce_eager = o.enforce_eager;
+      c.step_profiling = o.step_profiling;
       c.deterministic = o.deterministic;
       return CreateCudaBackend(c, std::move(ckpt));
 #else

@@ -34,6 +34,7 @@ struct BackendOptions {
   int max_model_len = 4096;
   bool enforce_eager = false;
   bool deterministic = false;
+  bool step_profiling = true;  // CUDA: also capture decode graphs with timing events
   int cpu_threads = 0;
 };
 

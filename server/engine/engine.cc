@@ -165,11 +165,15 @@ void Engine::Step() {
           {p.temperature, p.top_p, p.top_k, p.seed, static_cast<uint64_t>(s.num_generated())});
     }
   }
-  const StepPhase phase = out.phase();
+  StepStats stats = DescribeStep(out, config_.cost);
+  const int interval = config_.step_profile_interval;
+  const bool profiled = interval > 0 && steps_run_++ % interval == 0;
+  if (profiled) backend_->ProfileNextStep();
   absl::Status status = backend_->Forward(batch);
   absl::StatusOr<std::vector<int32_t>> sampled =
       status.ok() ? backend_->Sample(rows) : absl::StatusOr<std::vector<int32_t>>(status);
   if (!sampled.ok()) return FailStep(out, sampled.status());
+  if (profiled) stats.device = backend_->LastStepTiming();
   scheduler_.Commit(out);
   size_t row = 0;
   struct Finished {
@@ -195,11 +199,8 @@ void Engine::Step() {
       Emit(s, {s.tokens.back()}, std::move(s.pending_text), std::nullopt);
     }
   }
-  if (metrics_) {
-    metrics_->step_duration[static_cast<int>(phase)]->Observe(Seconds(Clock::now() - start));
-    metrics_->step_batch_size->Observe(static_cast<double>(out.chunks.size()));
-    metrics_->step_tokens->Observe(out.num_tokens);
-  }
+  stats.wall_seconds = Seconds(Clock::now() - start);
+  if (metrics_) metrics_->ObserveStep(stats);
   // Free finished sequences' blocks before telling their clients, so that what a client sees
   // after its final message (metrics, capacity) already counts them as gone.
   for (const Finished& f : finished) {

@@ -17,6 +17,7 @@
 #include "backend/backend.h"
 #include "engine/block_allocator.h"
 #include "engine/scheduler.h"
+#include "engine/step_stats.h"
 #include "engine/validation.h"
 
 namespace gqa {
@@ -31,6 +32,10 @@ struct EngineConfig {
   // Requests admitted but not yet running beyond which Submit answers RESOURCE_EXHAUSTED
   // (0: no limit).
   int max_waiting_requests = 0;
+  // The roofline terms of the served model (bytes per step), for the step metrics.
+  StepCostModel cost;
+  // Every this many steps, one is timed on the device (attention and whole step); 0: never.
+  int step_profile_interval = 16;
   // Called on the engine thread after a failed step left the backend unusable (a sticky GPU
   // error); the server stops serving and exits. May be empty.
   std::function<void()> on_backend_broken;
@@ -90,6 +95,7 @@ class Engine {
   bool accepting_ = true;                                // guarded by mu_
   std::atomic<int64_t> scheduler_waiting_{0};            // written by the engine thread
   bool stop_ = false;                                    // guarded by mu_
+  uint64_t steps_run_ = 0;                               // engine thread only
   std::thread thread_;
 };
 

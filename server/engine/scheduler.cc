@@ -18,12 +18,7 @@ const char* StepPhaseName(StepPhase phase) {
 
 StepPhase SchedulerOutput::phase() const {
   bool any_decode = false, any_prefill = false;
-  for (const auto& c : chunks) {
-    // Decoding: one new token after at least one generated, nothing to recompute.
-    const bool decode = c.num_tokens == 1 && c.seq->num_computed == c.seq->num_tokens() - 1 &&
-                        c.seq->num_generated() > 0;
-    (decode ? any_decode : any_prefill) = true;
-  }
+  for (const auto& c : chunks) (c.decodes() ? any_decode : any_prefill) = true;
   if (any_decode && any_prefill) return StepPhase::kMixed;
   return any_decode ? StepPhase::kDecode : StepPhase::kPrefill;
 }

@@ -29,6 +29,12 @@ struct ScheduledChunk {
   int num_tokens;
   // True when the chunk reaches the sequence's last token, so a new token is sampled.
   bool samples() const { return seq->num_computed + num_tokens == seq->num_tokens(); }
+  // Decoding: one new token after at least one generated, nothing to recompute. (Before
+  // Scheduler::Commit: it reads the sequence's computed count.)
+  bool decodes() const {
+    return num_tokens == 1 && seq->num_computed == seq->num_tokens() - 1 &&
+           seq->num_generated() > 0;
+  }
 };
 
 enum class StepPhase { kPrefill, kDecode, kMixed };

@@ -4,6 +4,90 @@
 #include "model/config.h"
 
 namespace gqa {
+namespace {
+
+// Predicted over measured step time: 1 is a step at the bandwidth floor.
+std::vector<double> FractionBuckets() {
+  return {0.02, 0.05, 0.1,  0.2, 0.3,  0.4, 0.5, 0.6, 0.7,
+          0.75, 0.8,  0.85, 0.9, 0.95, 1.0, 1.1, 1.25};
+}
+
+}  // namespace
+
+void EngineMetrics::AddStepSeries(MetricsRegistry& r) {
+  const auto latency = LatencyBuckets();
+  for (StepPhase phase : {StepPhase::kPrefill, StepPhase::kDecode, StepPhase::kMixed}) {
+    const Labels by_phase = {{"phase", StepPhaseName(phase)}};
+    auto by_phase_and = [&](const char* kind) {
+      return Labels{{"phase", StepPhaseName(phase)}, {"kind", kind}};
+    };
+    PhaseSeries& p = phase_series_[static_cast<int>(phase)];
+    p.device = r.AddHistogram("gqa_step_device_seconds",
+                              "Device time of a profiled step (forward and sampling; every "
+                              "--step_profile_interval-th step).",
+                              latency, by_phase);
+    p.attention = r.AddHistogram(
+        "gqa_step_attention_seconds",
+        "Device time of the attention (K/V append and attention, all layers) of a profiled step.",
+        latency, by_phase);
+    p.roofline = r.AddHistogram("gqa_step_roofline_seconds",
+                                "Roofline time of a step: the bytes it must read over the "
+                                "device's read bandwidth.",
+                                latency, by_phase);
+    p.roofline_fraction = r.AddHistogram(
+        "gqa_step_roofline_fraction",
+        "Roofline time over wall time of a step (1: the step ran at the bandwidth floor).",
+        FractionBuckets(), by_phase);
+    p.weight_bytes = r.AddCounter("gqa_step_read_bytes_total",
+                                  "Bytes steps must read: weights, and K/V of attended tokens.",
+                                  by_phase_and("weights"));
+    p.kv_bytes = r.AddCounter("gqa_step_read_bytes_total",
+                              "Bytes steps must read: weights, and K/V of attended tokens.",
+                              by_phase_and("kv"));
+  }
+  int i = 0;
+  for (const char* state : {"decoding", "prefilling", "resumed"}) {
+    step_sequences_[i++] = r.AddHistogram(
+        "gqa_step_sequences",
+        "Sequences in one step, by state (resumed: back from preemption, also prefilling).",
+        PowerOfTwoBuckets(1024), {{"state", state}});
+  }
+  scheduled_tokens_[0] = r.AddCounter("gqa_step_scheduled_tokens_total",
+                                      "Tokens computed by steps, by kind.", {{"kind", "decode"}});
+  scheduled_tokens_[1] = r.AddCounter("gqa_step_scheduled_tokens_total",
+                                      "Tokens computed by steps, by kind.", {{"kind", "prefill"}});
+  device_bandwidth_ = r.AddGauge("gqa_device_read_bandwidth_bytes_per_second",
+                                 "Memory bandwidth the roofline uses, measured at startup.");
+}
+
+void EngineMetrics::SetDeviceBandwidth(double bytes_per_second) {
+  bandwidth_ = bytes_per_second;
+  device_bandwidth_->Set(bytes_per_second);
+}
+
+void EngineMetrics::ObserveStep(const StepStats& step) {
+  const int phase = static_cast<int>(step.phase);
+  PhaseSeries& p = phase_series_[phase];
+  step_duration[phase]->Observe(step.wall_seconds);
+  step_batch_size->Observe(step.num_sequences());
+  step_tokens->Observe(step.num_tokens());
+  step_sequences_[0]->Observe(step.decoding);
+  step_sequences_[1]->Observe(step.prefilling);
+  step_sequences_[2]->Observe(step.resumed);
+  scheduled_tokens_[0]->Inc(step.decode_tokens);
+  scheduled_tokens_[1]->Inc(step.prefill_tokens);
+  p.weight_bytes->Inc(static_cast<double>(step.weight_bytes));
+  p.kv_bytes->Inc(static_cast<double>(step.kv_bytes));
+  if (bandwidth_ > 0) {
+    const double predicted = static_cast<double>(step.read_bytes()) / bandwidth_;
+    p.roofline->Observe(predicted);
+    if (step.wall_seconds > 0) p.roofline_fraction->Observe(predicted / step.wall_seconds);
+  }
+  if (step.device) {
+    p.device->Observe(step.device->step_seconds);
+    p.attention->Observe(step.device->attention_seconds);
+  }
+}
 
 EngineMetrics::EngineMetrics(MetricsRegistry& r) : registry_(r) {
   const auto latency = LatencyBuckets();
@@ -21,6 +105,7 @@ EngineMetrics::EngineMetrics(MetricsRegistry& r) : registry_(r) {
         "gqa_step_duration_seconds", "Wall time of one engine step (forward and sampling).",
         latency, {{"phase", StepPhaseName(phase)}});
   }
+  AddStepSeries(r);
   step_batch_size = r.AddHistogram("gqa_step_batch_size", "Sequences in one engine step.",
                                    PowerOfTwoBuckets(1024));
   step_tokens = r.AddHistogram("gqa_step_tokens", "Tokens computed in one engine step.",

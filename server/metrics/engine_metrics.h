@@ -9,6 +9,7 @@
 
 #include "engine/request.h"
 #include "engine/scheduler.h"
+#include "engine/step_stats.h"
 #include "metrics/registry.h"
 
 namespace gqa {
@@ -22,6 +23,12 @@ struct EngineMetrics {
   void SetModelInfo(const ModelConfig& config, const KvCacheSpec& kv, const std::string& backend,
                     const std::string& device = "cpu",
                     const std::vector<std::pair<std::string, uint64_t>>& memory_by_kind = {});
+
+  // The memory bandwidth the roofline divides by (bytes/s), measured once at startup.
+  void SetDeviceBandwidth(double bytes_per_second);
+  // Every step-explaining series of one engine step: its wall time, what it ran, the bytes it
+  // had to read and their roofline time, and on profiled steps its device and attention time.
+  void ObserveStep(const StepStats& step);
 
   Histogram* time_to_first_token;
   Histogram* inter_token_latency;
@@ -43,7 +50,21 @@ struct EngineMetrics {
   Counter* RequestsRejected(const std::string& reason);
 
  private:
+  void AddStepSeries(MetricsRegistry& registry);
+  struct PhaseSeries {  // the step series of one phase, beside step_duration
+    Histogram* device;
+    Histogram* attention;
+    Histogram* roofline;
+    Histogram* roofline_fraction;
+    Counter* weight_bytes;
+    Counter* kv_bytes;
+  };
   MetricsRegistry& registry_;
+  std::array<PhaseSeries, 3> phase_series_{};   // by StepPhase
+  std::array<Histogram*, 3> step_sequences_{};  // decoding, prefilling, resumed
+  std::array<Counter*, 2> scheduled_tokens_{};  // decode, prefill
+  Gauge* device_bandwidth_ = nullptr;
+  double bandwidth_ = 0;
   std::vector<std::pair<std::string, Counter*>> rejected_;
 };
 

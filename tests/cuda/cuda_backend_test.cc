@@ -12,6 +12,7 @@
 #include <random>
 
 #include "backend/factory.h"
+#include "backend/roofline.h"
 #include "common/test_checkpoint.h"
 #include "model/checkpoint.h"
 
@@ -213,6 +214,60 @@ TEST(CudaBackendTest, Float16Checkpoint) {
   ModelConfig c = Shape(8, 2, 64);
   c.dtype = DType::kF16;
   CheckAgainstCpu(c, false);  // served as bfloat16 (the test asks for it)
+}
+
+// A profiled step (timing events, in the graph or eagerly) computes exactly what an unprofiled
+// one does, and reports attention inside its step. The same step run twice writes the same K/V
+// to the same slots, so its logits can be compared bitwise.
+TEST(CudaBackendTest, ProfiledStepsComputeTheSameAndTimeTheirAttention) {
+  REQUIRE_GPU();
+  const ModelConfig config = Shape(8, 2, 64);
+  testing::TempDir dir;
+  testing::WriteRandomCheckpoint(dir.path(), config, std::random_device{}());
+  for (bool eager : {false, true}) {
+    SCOPED_TRACE(eager ? "eager" : "graphs");
+    auto ckpt = Checkpoint::Load(dir.path(), LoadFormat::kSafetensors);
+    ASSERT_TRUE(ckpt.ok());
+    BackendOptions o;
+    o.kind = BackendKind::kCuda;
+    o.dtype = "bfloat16";
+    o.block_size = kBlockSize;
+    o.num_kv_blocks = kNumBlocks;
+    o.max_num_seqs = 8;
+    o.max_model_len = 512;
+    o.enforce_eager = eager;
+    auto created = CreateBackend(o, std::move(*ckpt));
+    ASSERT_TRUE(created.ok()) << created.status();
+    Backend& gpu = **created;
+    EXPECT_EQ(gpu.weight_bytes_per_step(), WeightBytesPerStep(config, 2));
+    auto bandwidth = gpu.MeasureReadBandwidth();
+    ASSERT_TRUE(bandwidth.ok()) << bandwidth.status();
+    EXPECT_GT(*bandwidth, 0);
+
+    std::vector<int32_t> prompt(40, 3), table = {5, 9, 2, 7};
+    for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = int32_t(i * 7 % config.vocab_size);
+    std::vector<ForwardSeq> prefill = {{prompt, 0, table, true}};
+    std::vector<ForwardSeq> decode = {
+        {std::span<const int32_t>(prompt).subspan(39, 1), 39, table, true}};
+    for (const auto* step : {&prefill, &decode}) {
+      std::vector<std::vector<float>> logits;
+      for (bool profiled : {false, true}) {
+        if (profiled) gpu.ProfileNextStep();
+        ASSERT_TRUE(gpu.Forward(*step).ok());
+        auto host = gpu.LogitsToHost();
+        ASSERT_TRUE(host.ok());
+        logits.push_back(*host);
+        ASSERT_TRUE(gpu.Sample(std::vector<SamplingRow>(1)).ok());
+        const std::optional<StepTiming> timing = gpu.LastStepTiming();
+        ASSERT_EQ(timing.has_value(), profiled);
+        if (profiled) {
+          EXPECT_GT(timing->attention_seconds, 0);
+          EXPECT_LT(timing->attention_seconds, timing->step_seconds);
+        }
+      }
+      EXPECT_EQ(logits[0], logits[1]) << (step == &prefill ? "prefill" : "decode");
+    }
+  }
 }
 
 TEST(CudaBackendTest, RefusesUnsupportedShapes) {

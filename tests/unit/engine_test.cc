@@ -215,9 +215,17 @@ class FakeBackend final : public Backend {
     return std::vector<int32_t>(rows.size(), 5);
   }
   absl::StatusOr<std::vector<float>> LogitsToHost() override { return std::vector<float>{}; }
+  uint64_t weight_bytes_per_step() const override { return 1000; }
+  absl::StatusOr<double> MeasureReadBandwidth() override { return 1e6; }
+  void ProfileNextStep() override { profile_next_ = true; }
+  std::optional<StepTiming> LastStepTiming() const override {
+    if (!profile_next_) return std::nullopt;
+    return StepTiming{0.003, 0.001};
+  }
 
  private:
   KvCacheSpec spec_;
+  bool profile_next_ = false;
   std::vector<int> failing_steps_;
   bool sticky_;
   bool broken_ = false;

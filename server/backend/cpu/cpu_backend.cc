@@ -1,9 +1,16 @@
 #include "backend/cpu/cpu_backend.h"
 
+#include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <memory>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "backend/roofline.h"
 #include "gqa/kernels/cpu_ops.h"
+#include "gqa/kernels/parallel.h"
 #include "gqa/kernels/rope.h"
 #include "model/tensor_names.h"
 
@@ -41,7 +48,43 @@ void TouchPages(const TensorView& t) {
   (void)sink;
 }
 
+using SteadyClock = std::chrono::steady_clock;
+
+double SecondsSince(SteadyClock::time_point start) {
+  return std::chrono::duration<double>(SteadyClock::now() - start).count();
+}
+
 }  // namespace
+
+uint64_t CpuBackend::weight_bytes_per_step() const {
+  // The matrices are read in place at their stored size.
+  return WeightBytesPerStep(config_, DTypeSize(config_.dtype));
+}
+
+absl::StatusOr<double> CpuBackend::MeasureReadBandwidth() {
+  constexpr int64_t kWords = (128ll << 20) / sizeof(uint64_t);
+  constexpr int64_t kChunk = 1 << 18;
+  auto buffer = std::make_unique<uint64_t[]>(kWords);
+  kernels::cpu::ParallelFor(kWords, kChunk, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) buffer[i] = static_cast<uint64_t>(i);
+  });
+  double best = 0;
+  for (int rep = 0; rep < 3; ++rep) {
+    std::atomic<uint64_t> sink{0};
+    const auto start = SteadyClock::now();
+    kernels::cpu::ParallelFor(kWords, kChunk, [&](int64_t begin, int64_t end) {
+      uint64_t sum = 0;
+      for (int64_t i = begin; i < end; ++i) sum += buffer[i];
+      sink.fetch_add(sum, std::memory_order_relaxed);
+    });
+    const double seconds = SecondsSince(start);
+    if (sink.load() != uint64_t(kWords) * (kWords - 1) / 2) {
+      return absl::InternalError("read bandwidth probe: wrong sum");
+    }
+    best = std::max(best, kWords * sizeof(uint64_t) / seconds);
+  }
+  return best;
+}
 
 absl::StatusOr<std::unique_ptr<CpuBackend>> CpuBackend::Create(
     std::shared_ptr<const Checkpoint> checkpoint, int block_size, int num_blocks) {
@@ -132,6 +175,8 @@ void CpuBackend::Attention(Layer& L, const StepInputs& in, Activations& act, int
               act.k.data());
   cpu::Matmul(act.normed.data(), L.v, OrNull(L.v_bias), n, c.kv_size(), c.hidden_size,
               act.v.data());
+  // Timed as on the GPU: rotary embedding, K/V append and attention, not the projections.
+  const auto attention_start = SteadyClock::now();
   cpu::ApplyRope(act.q.data(), in.positions.data(), inv_freq_.data(), n, c.num_heads, c.head_dim);
   cpu::ApplyRope(act.k.data(), in.positions.data(), inv_freq_.data(), n, c.num_kv_heads,
                  c.head_dim);
@@ -143,6 +188,7 @@ void CpuBackend::Attention(Layer& L, const StepInputs& in, Activations& act, int
   cpu::PagedAttention(act.q.data(), cache, in.query_start.data(), in.context_lens.data(),
                       static_cast<int>(in.context_lens.size()), c.num_heads, scale, act.attn.data(),
                       c.attention_window());
+  if (profiling_) last_timing_->attention_seconds += SecondsSince(attention_start);
   cpu::Matmul(act.attn.data(), L.o, OrNull(L.o_bias), n, c.hidden_size, c.q_size(),
               act.proj.data());
 }
@@ -171,6 +217,9 @@ void CpuBackend::ComputeLogits(const StepInputs& in, const Activations& act) {
 }
 
 absl::Status CpuBackend::Forward(std::span<const ForwardSeq> batch) {
+  const auto start = SteadyClock::now();
+  profiling_ = std::exchange(profile_next_, false);
+  last_timing_ = profiling_ ? std::optional<StepTiming>(StepTiming{}) : std::nullopt;
   const ModelConfig& c = config_;
   for (const auto& s : batch) {
     const size_t needed = (s.start_pos + s.tokens.size() + spec_.block_size - 1) / spec_.block_size;
@@ -206,6 +255,7 @@ absl::Status CpuBackend::Forward(std::span<const ForwardSeq> batch) {
                     c.rms_norm_eps, act.normed.data());
   }
   ComputeLogits(in, act);
+  if (profiling_) last_timing_->step_seconds = SecondsSince(start);
   return absl::OkStatus();
 }
 
@@ -214,12 +264,15 @@ absl::StatusOr<std::vector<int32_t>> CpuBackend::Sample(std::span<const Sampling
     return absl::InternalError(
         absl::StrCat("sample: ", rows.size(), " rows for ", logit_rows_, " logit rows"));
   }
+  const auto start = SteadyClock::now();
   std::vector<int32_t> tokens(rows.size());
   const size_t vocab = config_.vocab_size;
   for (size_t r = 0; r < rows.size(); ++r) {
     tokens[r] =
         kernels::cpu::SampleToken(logits_.data() + r * vocab, static_cast<int>(vocab), rows[r]);
   }
+  if (profiling_) last_timing_->step_seconds += SecondsSince(start);
+  profiling_ = false;
   return tokens;
 }
 

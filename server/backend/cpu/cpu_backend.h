@@ -27,6 +27,11 @@ class CpuBackend final : public Backend {
   absl::Status Forward(std::span<const ForwardSeq> batch) override;
   absl::StatusOr<std::vector<int32_t>> Sample(std::span<const SamplingRow> rows) override;
   absl::StatusOr<std::vector<float>> LogitsToHost() override { return logits_; }
+  uint64_t weight_bytes_per_step() const override;
+  // A parallel read of a 128 MiB buffer (the CPU backend is compute-bound: far from this floor).
+  absl::StatusOr<double> MeasureReadBandwidth() override;
+  void ProfileNextStep() override { profile_next_ = true; }
+  std::optional<StepTiming> LastStepTiming() const override { return last_timing_; }
 
  private:
   using WeightView = kernels::cpu::WeightView;
@@ -67,6 +72,10 @@ class CpuBackend final : public Backend {
   std::vector<Layer> layers_;
   std::vector<float> logits_;  // [rows, vocab] of the last Forward
   int logit_rows_ = 0;
+  // Profiling (ProfileNextStep): asked for the next step; this step is timed; its timing so far.
+  bool profile_next_ = false;
+  bool profiling_ = false;
+  std::optional<StepTiming> last_timing_;
 };
 
 }  // namespace gqa

@@ -7,12 +7,15 @@
 #include <chrono>
 #include <cmath>
 #include <type_traits>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "backend/cuda/device.h"
 #include "backend/cuda/gemm.h"
 #include "backend/cuda/step_inputs.h"
+#include "backend/cuda/step_profiler.h"
 #include "backend/cuda/weights.h"
+#include "backend/roofline.h"
 #include "common/status_macros.h"
 #include "gqa/kernels/decode_selector.h"
 #include "gqa/kernels/elementwise_cuda.h"
@@ -80,9 +83,17 @@ class CudaBackend final : public Backend {
   absl::Status Forward(std::span<const ForwardSeq> batch) override;
   absl::StatusOr<std::vector<int32_t>> Sample(std::span<const SamplingRow> rows) override;
   absl::StatusOr<std::vector<float>> LogitsToHost() override;
+  uint64_t weight_bytes_per_step() const override {
+    return WeightBytesPerStep(config_, DTypeSize(options_.dtype));
+  }
+  absl::StatusOr<double> MeasureReadBandwidth() override;
+  void ProfileNextStep() override { profile_next_ = options_.step_profiling; }
+  std::optional<StepTiming> LastStepTiming() const override { return last_timing_; }
   ~CudaBackend() override {
     if (device_) cudaStreamSynchronize(device_->stream());
-    for (auto& [size, exec] : graphs_) cudaGraphExecDestroy(exec);
+    for (auto* graphs : {&graphs_, &profiled_graphs_}) {
+      for (auto& [size, exec] : *graphs) cudaGraphExecDestroy(exec);
+    }
   }
 
  private:
@@ -92,6 +103,8 @@ class CudaBackend final : public Backend {
   absl::Status AllocateActivations();
   absl::Status AllocateKvCache();
   absl::Status CaptureGraphs();
+  // One decode graph of the shape's padded size, with the profiler's events when `profiled`.
+  absl::StatusOr<cudaGraphExec_t> CaptureGraph(const StepShape& shape, bool profiled);
   int MaxDecodeWorkspaceRows() const;
   kernels::DecodeKernelChoice DecodeChoice(int num_seqs) const;
   // Every kernel of one step, in order, on the device stream.
@@ -118,9 +131,14 @@ class CudaBackend final : public Backend {
   T* kv_base_ = nullptr;  // [layers][k, v][num_blocks, kv_heads, block_size, head_dim]
   int max_tokens_ = 0;
   int skinny_max_rows_ = 0;
-  std::map<int, cudaGraphExec_t> graphs_;  // by padded batch size
+  std::map<int, cudaGraphExec_t> graphs_;           // by padded batch size
+  std::map<int, cudaGraphExec_t> profiled_graphs_;  // the same, with the profiler's events
   uint64_t graph_bytes_ = 0;
   int logit_rows_ = 0;
+  cuda::StepProfiler profiler_;
+  bool profile_next_ = false;  // ProfileNextStep was called
+  bool profiling_ = false;     // this step (Forward to Sample) records the profiler's events
+  std::optional<StepTiming> last_timing_;
   bool broken_ = false;
 };
 
@@ -246,6 +264,7 @@ absl::Status CudaBackend<T>::Attention(int l, const StepShape& shape) {
   const cuda::StepArrays& in = inputs_.device();
   const kernels::PagedKvView<T> cache = Cache(l);
   cudaStream_t stream = device_->stream();
+  if (profiling_) GQA_CUDA_RETURN_IF_ERROR(profiler_.RecordAttentionBegin(l, stream));
   GQA_CUDA_RETURN_IF_ERROR(k::QkvRopeAppend<T>(act_.qkv, in.positions, act_.inv_freq, in.slots,
                                                shape.num_tokens, c.num_heads, act_.q, cache,
                                                stream));
@@ -279,6 +298,7 @@ absl::Status CudaBackend<T>::Attention(int l, const StepShape& shape) {
     args.scale = scale;
     GQA_CUDA_RETURN_IF_ERROR(k::PagedPrefillAttention<T>(args, stream));
   }
+  if (profiling_) GQA_CUDA_RETURN_IF_ERROR(profiler_.RecordAttentionEnd(l, stream));
   return absl::OkStatus();
 }
 
@@ -363,26 +383,67 @@ absl::Status CudaBackend<T>::CaptureGraphs() {
     RETURN_IF_ERROR(inputs_.Upload(*shape, stream));
     RETURN_IF_ERROR(Launch(*shape));  // warm-up: makes the cuBLAS plans outside the capture
     GQA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
-    cudaGraph_t graph = nullptr;
-    GQA_CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-    const absl::Status launched = Launch(*shape);
-    const cudaError_t ended = cudaStreamEndCapture(stream, &graph);
-    RETURN_IF_ERROR(launched);
-    GQA_CUDA_RETURN_IF_ERROR(ended);
-    cudaGraphExec_t exec = nullptr;
-    const cudaError_t instantiated = cudaGraphInstantiate(&exec, graph, 0);
-    cudaGraphDestroy(graph);
-    GQA_CUDA_RETURN_IF_ERROR(instantiated);
-    graphs_[size] = exec;
+    ASSIGN_OR_RETURN(graphs_[size], CaptureGraph(*shape, /*profiled=*/false));
+    if (options_.step_profiling) {
+      ASSIGN_OR_RETURN(profiled_graphs_[size], CaptureGraph(*shape, /*profiled=*/true));
+    }
   }
   GQA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
   GQA_CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free_after, &total));
   graph_bytes_ = free_before > free_after ? free_before - free_after : 0;
-  spdlog::info("captured {} decode graphs (batch 1..{}) in {:.2f} s, {:.1f} MiB", graphs_.size(),
-               options_.max_num_seqs,
+  spdlog::info("captured {} decode graphs (batch 1..{}{}) in {:.2f} s, {:.1f} MiB",
+               graphs_.size() + profiled_graphs_.size(), options_.max_num_seqs,
+               profiled_graphs_.empty() ? "" : "; each also with timing events",
                std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
                graph_bytes_ / 1048576.0);
   return absl::OkStatus();
+}
+
+template <typename T>
+absl::StatusOr<cudaGraphExec_t> CudaBackend<T>::CaptureGraph(const StepShape& shape,
+                                                             bool profiled) {
+  cudaStream_t stream = device_->stream();
+  cudaGraph_t graph = nullptr;
+  profiling_ = profiled;
+  GQA_CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  const absl::Status launched = Launch(shape);
+  const cudaError_t ended = cudaStreamEndCapture(stream, &graph);
+  profiling_ = false;
+  RETURN_IF_ERROR(launched);
+  GQA_CUDA_RETURN_IF_ERROR(ended);
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t instantiated = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  GQA_CUDA_RETURN_IF_ERROR(instantiated);
+  return exec;
+}
+
+template <typename T>
+absl::StatusOr<double> CudaBackend<T>::MeasureReadBandwidth() {
+  // Two buffers of 1 GiB (256 MiB when that does not fit); the median of 10 timed copies.
+  absl::StatusOr<DeviceMemory> from, to;
+  for (size_t bytes : {size_t(1) << 30, size_t(256) << 20}) {
+    from = DeviceMemory::Allocate(bytes, "the bandwidth probe");
+    to = from.ok() ? DeviceMemory::Allocate(bytes, "the bandwidth probe") : from.status();
+    if (to.ok()) break;
+  }
+  if (!to.ok()) return to.status();
+  cudaStream_t stream = device_->stream();
+  ASSIGN_OR_RETURN(cuda::CudaEvent start, cuda::CudaEvent::Create(cuda::EventTiming::kEnabled));
+  ASSIGN_OR_RETURN(cuda::CudaEvent stop, cuda::CudaEvent::Create(cuda::EventTiming::kEnabled));
+  std::vector<double> seconds;
+  for (int i = 0; i < 12; ++i) {
+    GQA_CUDA_RETURN_IF_ERROR(cudaEventRecord(start.get(), stream));
+    GQA_CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(to->get(), from->get(), to->bytes(), cudaMemcpyDeviceToDevice, stream));
+    GQA_CUDA_RETURN_IF_ERROR(cudaEventRecord(stop.get(), stream));
+    GQA_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(stop.get()));
+    float ms = 0;
+    GQA_CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms, start.get(), stop.get()));
+    if (i >= 2) seconds.push_back(ms * 1e-3);
+  }
+  std::sort(seconds.begin(), seconds.end());
+  return 2.0 * double(to->bytes()) / seconds[seconds.size() / 2];  // read + written
 }
 
 template <typename T>
@@ -424,6 +485,7 @@ absl::Status CudaBackend<T>::Init(const Checkpoint* checkpoint) {
       device_.get(), options_.dtype == DType::kBF16 ? CUDA_R_16BF : CUDA_R_16F, gemm);
   RETURN_IF_ERROR(AllocateActivations());
   RETURN_IF_ERROR(AllocateKvCache());
+  ASSIGN_OR_RETURN(profiler_, cuda::StepProfiler::Create(c.num_layers));
   if (!options_.enforce_eager) RETURN_IF_ERROR(CaptureGraphs());
   gemm_->FinishTuning();  // no timing runs inside a serving step
   return absl::OkStatus();
@@ -453,9 +515,16 @@ absl::Status CudaBackend<T>::Forward(std::span<const ForwardSeq> batch) {
   RETURN_IF_ERROR(Check(inputs_.Upload(*shape, device_->stream())));
   logit_rows_ = static_cast<int>(std::count_if(batch.begin(), batch.end(),
                                                [](const ForwardSeq& s) { return s.wants_logits; }));
+  profiling_ = std::exchange(profile_next_, false);
+  last_timing_.reset();
+  if (profiling_) {
+    RETURN_IF_ERROR(Check(
+        cuda::CudaStatus(profiler_.RecordStepStart(device_->stream()), "profiler: step start")));
+  }
   if (padded > 0) {
-    return Check(cuda::CudaStatus(cudaGraphLaunch(graphs_.at(padded), device_->stream()),
-                                  "cudaGraphLaunch"));
+    const auto& graphs = profiling_ ? profiled_graphs_ : graphs_;
+    return Check(
+        cuda::CudaStatus(cudaGraphLaunch(graphs.at(padded), device_->stream()), "cudaGraphLaunch"));
   }
   return Check(Launch(*shape));
 }
@@ -473,6 +542,9 @@ absl::StatusOr<std::vector<int32_t>> CudaBackend<T>::Sample(std::span<const Samp
   RETURN_IF_ERROR(Check(cuda::CudaStatus(k::SampleTokens(act_.logits, inputs_.device().sampling, n,
                                                          config_.vocab_size, act_.sampled, stream),
                                          "SampleTokens")));
+  if (profiling_) {
+    RETURN_IF_ERROR(Check(cuda::CudaStatus(profiler_.RecordStepEnd(stream), "profiler: step end")));
+  }
   std::vector<int32_t> tokens(n);
   // The one device-to-host copy of the step (pageable: 4 bytes per sequence).
   RETURN_IF_ERROR(
@@ -480,6 +552,14 @@ absl::StatusOr<std::vector<int32_t>> CudaBackend<T>::Sample(std::span<const Samp
                                              cudaMemcpyDeviceToHost, stream),
                              "copy sampled tokens")));
   RETURN_IF_ERROR(Check(cuda::CudaStatus(cudaStreamSynchronize(stream), "decode step")));
+  if (std::exchange(profiling_, false)) {
+    absl::StatusOr<StepTiming> timing = profiler_.Read();
+    if (timing.ok()) {
+      last_timing_ = *timing;
+    } else {
+      spdlog::warn("step profiling: {}", timing.status().ToString());
+    }
+  }
   return tokens;
 }
 

@@ -32,6 +32,8 @@ struct CudaBackendOptions {
   // Products of up to this many rows run our skinny GEMM kernel instead of cuBLAS (not in
   // deterministic mode, where every product goes through one cuBLAS algorithm per shape).
   int skinny_gemm_max_rows = 1;
+  // Also capture each decode graph with timing events (ProfileNextStep replays that copy).
+  bool step_profiling = true;
   uint64_t random_seed = 0;  // CreateCudaBackendWithRandomWeights
 };
 

@@ -106,9 +106,10 @@ absl::Status CheckDeviceRunsOurKernels(int index) {
 
 }  // namespace
 
-absl::StatusOr<CudaEvent> CudaEvent::Create() {
+absl::StatusOr<CudaEvent> CudaEvent::Create(EventTiming timing) {
   CudaEvent e;
-  GQA_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&e.event_, cudaEventDisableTiming));
+  GQA_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(
+      &e.event_, timing == EventTiming::kEnabled ? cudaEventDefault : cudaEventDisableTiming));
   return e;
 }
 

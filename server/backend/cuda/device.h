@@ -66,11 +66,13 @@ class PinnedMemory {
   size_t bytes_ = 0;
 };
 
-// A CUDA event (timing disabled), destroyed by the destructor. Move-only.
+enum class EventTiming { kDisabled, kEnabled };
+
+// A CUDA event, destroyed by the destructor. Move-only.
 class CudaEvent {
  public:
   CudaEvent() = default;
-  static absl::StatusOr<CudaEvent> Create();
+  static absl::StatusOr<CudaEvent> Create(EventTiming timing = EventTiming::kDisabled);
   CudaEvent(CudaEvent&& other) noexcept : event_(std::exchange(other.event_, nullptr)) {}
   CudaEvent& operator=(CudaEvent&& other) noexcept {
     if (this != &other) {

@@ -1,0 +1,27 @@
+#include "engine/step_stats.h"
+
+#include "backend/roofline.h"
+
+namespace gqa {
+
+StepStats DescribeStep(const SchedulerOutput& out, const StepCostModel& cost) {
+  StepStats stats;
+  stats.phase = out.phase();
+  stats.weight_bytes = out.empty() ? 0 : cost.weight_bytes;
+  for (const ScheduledChunk& c : out.chunks) {
+    const Sequence& s = *c.seq;
+    if (c.decodes()) {
+      ++stats.decoding;
+      stats.decode_tokens += c.num_tokens;
+    } else {
+      ++stats.prefilling;
+      stats.prefill_tokens += c.num_tokens;
+      if (s.preemptions > 0 && s.num_computed == 0) ++stats.resumed;
+    }
+    const int64_t attended = AttendedTokens(s.num_computed, c.num_tokens, cost.attention_window);
+    stats.kv_bytes += static_cast<uint64_t>(attended) * cost.kv_bytes_per_token;
+  }
+  return stats;
+}
+
+}  // namespace gqa

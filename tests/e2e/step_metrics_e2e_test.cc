@@ -1,0 +1,154 @@
+// The step-explaining metrics of the built server, on the backend under test: the bytes each
+// step must read follow the roofline formula for the batch that ran, the roofline time is those
+// bytes over the exported bandwidth, attention fits inside its step, and the scheduler's
+// per-step counts add up. Timings are read, never asserted against a speed.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <thread>
+
+#include "common/test_checkpoint.h"
+#include "grpcpp/grpcpp.h"
+#include "server_process.h"
+
+namespace gqa::testing {
+namespace {
+
+namespace pb = gqa::v1;
+
+void Generate(pb::Generation::Stub& stub, int prompt_len, int max_new, uint32_t salt) {
+  pb::GenerateRequest req;
+  for (int i = 0; i < prompt_len; ++i) req.mutable_token_ids()->add_ids(2 + (i * 13 + salt) % 120);
+  req.mutable_stopping()->set_max_new_tokens(max_new);
+  req.mutable_stopping()->set_ignore_eos(true);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  auto reader = stub.Generate(&context, req);
+  pb::GenerateResponse r;
+  int tokens = 0;
+  while (reader->Read(&r)) tokens += r.token_ids_size();
+  ASSERT_TRUE(reader->Finish().ok());
+  ASSERT_EQ(tokens, max_new);
+}
+
+// Bytes per element of the served weights and KV cache: the CPU backend reads the checkpoint's
+// float32 in place and keeps an fp32 cache; the CUDA backend serves bfloat16.
+double ElementBytes() { return E2eBackend() == "cpu" ? 4.0 : 2.0; }
+
+// Written out independently of server/backend/roofline.cc: every matrix once, two norms per
+// layer, the final norm and the lm_head.
+double WeightBytes(const ModelConfig& c) {
+  const double h = c.hidden_size, q = c.num_heads * c.head_dim, kv = c.num_kv_heads * c.head_dim;
+  const double layer = h * q + 2 * h * kv + q * h + 3 * h * c.intermediate_size + 2 * h;
+  return (c.num_layers * layer + double(c.vocab_size) * h + h) * ElementBytes();
+}
+
+double KvBytesPerToken(const ModelConfig& c) {
+  return 2.0 * c.num_layers * c.num_kv_heads * c.head_dim * ElementBytes();
+}
+
+class StepMetricsTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    model_ = new TempDir();
+    WriteRandomCheckpoint(model_->path(), E2eConfig(2), std::random_device{}());
+  }
+  static void TearDownTestSuite() { delete model_; }
+  static TempDir* model_;
+};
+TempDir* StepMetricsTest::model_ = nullptr;
+
+TEST_F(StepMetricsTest, OneRequestAloneReadsWhatTheRooflineSays) {
+  ServerProcess server(model_->path(), {"--step_profile_interval=1"});
+  ASSERT_TRUE(server.started()) << server.Log();
+  const ModelConfig c = E2eConfig(2);
+  const int prompt = 20, generated = 6;  // one prefill step, then 5 decode steps
+  Generate(*server.Stub(), prompt, generated, 1);
+  auto m = [&](const std::string& series) { return server.Metric(series); };
+  const double decode_steps = generated - 1;
+  ASSERT_EQ(m("gqa_step_duration_seconds_count{phase=\"prefill\"}"), 1);
+  ASSERT_EQ(m("gqa_step_duration_seconds_count{phase=\"decode\"}"), decode_steps);
+
+  // Bytes: the weights once per step; K/V of the whole context, which grows by one per step.
+  EXPECT_DOUBLE_EQ(m("gqa_step_read_bytes_total{phase=\"prefill\",kind=\"weights\"}"),
+                   WeightBytes(c));
+  EXPECT_DOUBLE_EQ(m("gqa_step_read_bytes_total{phase=\"decode\",kind=\"weights\"}"),
+                   decode_steps * WeightBytes(c));
+  EXPECT_DOUBLE_EQ(m("gqa_step_read_bytes_total{phase=\"prefill\",kind=\"kv\"}"),
+                   prompt * KvBytesPerToken(c));
+  double decode_context = 0;
+  for (int ctx = prompt + 1; ctx < prompt + generated; ++ctx) decode_context += ctx;
+  EXPECT_DOUBLE_EQ(m("gqa_step_read_bytes_total{phase=\"decode\",kind=\"kv\"}"),
+                   decode_context * KvBytesPerToken(c));
+
+  // The roofline: those bytes over the bandwidth the server measured and exports.
+  const double bandwidth = m("gqa_device_read_bandwidth_bytes_per_second");
+  ASSERT_GT(bandwidth, 1e8);
+  const double decode_bytes = decode_steps * WeightBytes(c) + decode_context * KvBytesPerToken(c);
+  EXPECT_NEAR(m("gqa_step_roofline_seconds_sum{phase=\"decode\"}"), decode_bytes / bandwidth,
+              1e-9 * decode_bytes / bandwidth);
+  EXPECT_EQ(m("gqa_step_roofline_fraction_count{phase=\"decode\"}"), decode_steps);
+
+  // Every step profiled: attention inside its step, the device inside the wall time.
+  for (const std::string phase : {"prefill", "decode"}) {
+    const std::string label = "{phase=\"" + phase + "\"}";
+    EXPECT_EQ(m("gqa_step_device_seconds_count" + label),
+              m("gqa_step_duration_seconds_count" + label));
+    EXPECT_EQ(m("gqa_step_attention_seconds_count" + label),
+              m("gqa_step_duration_seconds_count" + label));
+    EXPECT_GT(m("gqa_step_attention_seconds_sum" + label), 0) << phase;
+    EXPECT_LT(m("gqa_step_attention_seconds_sum" + label), m("gqa_step_device_seconds_sum" + label))
+        << phase;
+    EXPECT_LE(m("gqa_step_device_seconds_sum" + label), m("gqa_step_duration_seconds_sum" + label))
+        << phase;
+  }
+
+  // The scheduler's view of the same steps.
+  EXPECT_EQ(m("gqa_step_sequences_sum{state=\"decoding\"}"), decode_steps);
+  EXPECT_EQ(m("gqa_step_sequences_sum{state=\"prefilling\"}"), 1);
+  EXPECT_EQ(m("gqa_step_sequences_sum{state=\"resumed\"}"), 0);
+  EXPECT_EQ(m("gqa_step_scheduled_tokens_total{kind=\"decode\"}"), decode_steps);
+  EXPECT_EQ(m("gqa_step_scheduled_tokens_total{kind=\"prefill\"}"), prompt);
+}
+
+TEST_F(StepMetricsTest, ProfilingEveryFourthStepAndNever) {
+  ServerProcess sampled(model_->path(), {"--step_profile_interval=4"});
+  ServerProcess never(model_->path(), {"--step_profile_interval=0"});
+  ASSERT_TRUE(sampled.started() && never.started()) << sampled.Log() << never.Log();
+  Generate(*sampled.Stub(), 10, 9, 2);  // 9 steps: 0, 4 and 8 are profiled
+  Generate(*never.Stub(), 10, 9, 2);
+  auto count = [](const ServerProcess& s, const char* name) {
+    return s.Metric(std::string(name) + "{phase=\"prefill\"}") +
+           s.Metric(std::string(name) + "{phase=\"decode\"}");
+  };
+  EXPECT_EQ(count(sampled, "gqa_step_duration_seconds_count"), 9);
+  EXPECT_EQ(count(sampled, "gqa_step_attention_seconds_count"), 3);
+  EXPECT_EQ(count(sampled, "gqa_step_device_seconds_count"), 3);
+  EXPECT_EQ(count(never, "gqa_step_attention_seconds_count"), 0);
+  EXPECT_EQ(count(never, "gqa_step_roofline_seconds_count"), 9);  // the roofline needs no timing
+}
+
+TEST_F(StepMetricsTest, EveryPreemptionIsResumedOnceUnderASmallPool) {
+  ServerProcess small(model_->path(),
+                      E2eBackend() == "cpu"
+                          ? std::vector<std::string>{"--num_kv_blocks=10", "--block_size=8"}
+                          : std::vector<std::string>{"--num_kv_blocks=5", "--block_size=16"});
+  ASSERT_TRUE(small.started()) << small.Log();
+  auto stub = small.Stub();
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 12; ++i) {
+    threads.emplace_back([&, i] { Generate(*stub, 6 + 2 * i, 24, 50 + i); });
+  }
+  for (auto& t : threads) t.join();
+  const double preemptions = small.Metric("gqa_preemptions_total");
+  EXPECT_GT(preemptions, 0) << "the pool was meant to be too small";
+  EXPECT_EQ(small.Metric("gqa_step_sequences_sum{state=\"resumed\"}"), preemptions);
+  // Every token computed was scheduled exactly once: prompts, recomputations, decodes.
+  const double scheduled = small.Metric("gqa_step_scheduled_tokens_total{kind=\"decode\"}") +
+                           small.Metric("gqa_step_scheduled_tokens_total{kind=\"prefill\"}");
+  EXPECT_GE(scheduled, small.Metric("gqa_prompt_tokens_total") + 12 * 23);
+}
+
+}  // namespace
+}  // namespace gqa::testing
