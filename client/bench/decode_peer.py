@@ -6,7 +6,7 @@ Recipe:
   * Weights: fused QKV ([q + 2 kv, hidden], one matmul), output projection, fused gate|up
     ([2 ffn, hidden], one matmul), down projection, RMSNorm weights (fp32 reduction as in Hugging
     Face's LlamaRMSNorm), embedding and lm_head (tied for "1b", as Llama 3.2 1B). Rotate-half RoPE
-    (theta 500000) with cos/sin computed from the position tensor inside the step.
+    (theta 500000; 10000 for "7b") with cos/sin computed from the position tensor inside the step.
   * KV cache: static, preallocated, one [batch, kv_heads, ctx, head_dim] K and V tensor per
     layer, filled with random values. A decode step for context CTX is the query at position
     CTX - 1: it writes its K/V into slot CTX - 1 (index_copy_ at a device-side position tensor)
@@ -31,7 +31,8 @@ Usage:
   decode_peer.py [--no-compile] [--device cuda] decode MODEL:KV:BATCH:CTX [...]
   decode_peer.py [--no-compile] [--device cuda] prefill MODEL:KV:LEN [...]
 MODEL: "1b" (16 layers, hidden 2048, 32 heads x 64, FFN 8192, vocab 128256), "8b" (32 layers,
-hidden 4096, 32 heads x 128, FFN 14336, vocab 128256) or "tiny" (tests: 2 layers, hidden 128,
+hidden 4096, 32 heads x 128, FFN 14336, vocab 128256), "7b" (Llama-2-7B: 32 layers, hidden
+4096, 32 heads x 128, FFN 11008, vocab 32000, untied) or "tiny" (tests: 2 layers, hidden 128,
 4 heads x 32, FFN 256, vocab 512); KV: number of KV heads (divides the query heads).
 
 Output (stdout, one line per shape; everything else goes to stderr):
@@ -57,6 +58,8 @@ MODELS = {
     "1b": dict(layers=16, hidden=2048, heads=32, head_dim=64, ffn=8192, vocab=128256, tied=True),
     "8b": dict(layers=32, hidden=4096, heads=32, head_dim=128, ffn=14336, vocab=128256,
                tied=False),
+    "7b": dict(layers=32, hidden=4096, heads=32, head_dim=128, ffn=11008, vocab=32000,
+               tied=False, theta=10000.0),
 }
 ROPE_THETA = 500000.0
 RMS_EPS = 1e-5
@@ -168,8 +171,9 @@ class Model(torch.nn.Module):
         else:
             head = torch.empty(vocab, hidden, device=device, dtype=dtype).normal_(0.0, 0.02)
             self.lm_head = torch.nn.Parameter(head, requires_grad=False)
-        inv = 1.0 / ROPE_THETA ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32,
-                                                device=device) / self.head_dim)
+        theta = cfg.get("theta", ROPE_THETA)
+        inv = 1.0 / theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32,
+                                           device=device) / self.head_dim)
         self.register_buffer("inv_freq", inv, persistent=False)
 
     def new_cache(self, batch, length, fill_random=True):
