@@ -47,11 +47,12 @@ class Backend {
   // True after an error that leaves the device unusable: the process should exit and be
   // restarted. Every later step fails.
   virtual bool broken() const { return false; }
-  // Bytes of weights one step reads: every matrix once in the backend's weight dtype (the
-  // embedding table only through the lm_head); see backend/roofline.h.
+  // Bytes of weights one step reads: every matrix once as the backend stores it (the embedding
+  // table only through the lm_head); see backend/roofline.h.
   virtual uint64_t weight_bytes_per_step() const = 0;
-  // The memory read bandwidth the roofline divides by, in bytes per second, measured now (a few
-  // milliseconds on a GPU: a device-to-device copy, bytes read plus written, as gqa-bench).
+  // The memory bandwidth the roofline divides by, in bytes per second: on a GPU a
+  // device-to-device copy (bytes read plus written, as gqa-bench) measured once when the backend
+  // is created, before the KV pool takes the memory; on the CPU a parallel read, measured now.
   virtual absl::StatusOr<double> MeasureReadBandwidth() = 0;
 
   // Times the next Forward and its Sample on the device; LastStepTiming() has the result once

@@ -1,6 +1,7 @@
 #include "engine/engine.h"
 
 #include <algorithm>
+#include <random>
 
 #include "absl/strings/str_cat.h"
 #include "metrics/engine_metrics.h"
@@ -167,7 +168,10 @@ void Engine::Step() {
   }
   StepStats stats = DescribeStep(out, config_.cost);
   const int interval = config_.step_profile_interval;
-  const bool profiled = interval > 0 && steps_run_++ % interval == 0;
+  // At random, one step in `interval` on average: a fixed stride could alias with a periodic
+  // load (closed loops of fixed lengths) and always profile the same kind of step.
+  const bool profiled =
+      interval > 0 && std::uniform_int_distribution<int>(0, interval - 1)(profile_rng_) == 0;
   if (profiled) backend_->ProfileNextStep();
   absl::Status status = backend_->Forward(batch);
   absl::StatusOr<std::vector<int32_t>> sampled =

@@ -10,6 +10,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <random>
 #include <thread>
 #include <vector>
 
@@ -34,7 +35,8 @@ struct EngineConfig {
   int max_waiting_requests = 0;
   // The roofline terms of the served model (bytes per step), for the step metrics.
   StepCostModel cost;
-  // Every this many steps, one is timed on the device (attention and whole step); 0: never.
+  // One step in this many (at random) is timed on the device (attention and whole step);
+  // 1: every step; 0: never.
   int step_profile_interval = 16;
   // Called on the engine thread after a failed step left the backend unusable (a sticky GPU
   // error); the server stops serving and exits. May be empty.
@@ -95,7 +97,7 @@ class Engine {
   bool accepting_ = true;                                // guarded by mu_
   std::atomic<int64_t> scheduler_waiting_{0};            // written by the engine thread
   bool stop_ = false;                                    // guarded by mu_
-  uint64_t steps_run_ = 0;                               // engine thread only
+  std::mt19937 profile_rng_{0x9e3779b9};                 // engine thread only
   std::thread thread_;
 };
 

@@ -49,7 +49,8 @@ void EngineMetrics::AddStepSeries(MetricsRegistry& r) {
   for (const char* state : {"decoding", "prefilling", "resumed"}) {
     step_sequences_[i++] = r.AddHistogram(
         "gqa_step_sequences",
-        "Sequences in one step, by state (resumed: back from preemption, also prefilling).",
+        "Sequences in the steps that hold any in that state (resumed: back from preemption, "
+        "also prefilling).",
         PowerOfTwoBuckets(1024), {{"state", state}});
   }
   scheduled_tokens_[0] = r.AddCounter("gqa_step_scheduled_tokens_total",
@@ -71,9 +72,10 @@ void EngineMetrics::ObserveStep(const StepStats& step) {
   step_duration[phase]->Observe(step.wall_seconds);
   step_batch_size->Observe(step.num_sequences());
   step_tokens->Observe(step.num_tokens());
-  step_sequences_[0]->Observe(step.decoding);
-  step_sequences_[1]->Observe(step.prefilling);
-  step_sequences_[2]->Observe(step.resumed);
+  // Only steps that hold the state: _sum / _count is the mean count where it occurs.
+  if (step.decoding > 0) step_sequences_[0]->Observe(step.decoding);
+  if (step.prefilling > 0) step_sequences_[1]->Observe(step.prefilling);
+  if (step.resumed > 0) step_sequences_[2]->Observe(step.resumed);
   scheduled_tokens_[0]->Inc(step.decode_tokens);
   scheduled_tokens_[1]->Inc(step.prefill_tokens);
   p.weight_bytes->Inc(static_cast<double>(step.weight_bytes));

@@ -112,21 +112,24 @@ TEST_F(StepMetricsTest, OneRequestAloneReadsWhatTheRooflineSays) {
   EXPECT_EQ(m("gqa_step_scheduled_tokens_total{kind=\"prefill\"}"), prompt);
 }
 
-TEST_F(StepMetricsTest, ProfilingEveryFourthStepAndNever) {
+TEST_F(StepMetricsTest, ProfilingOneStepInFourAndNever) {
   ServerProcess sampled(model_->path(), {"--step_profile_interval=4"});
   ServerProcess never(model_->path(), {"--step_profile_interval=0"});
   ASSERT_TRUE(sampled.started() && never.started()) << sampled.Log() << never.Log();
-  Generate(*sampled.Stub(), 10, 9, 2);  // 9 steps: 0, 4 and 8 are profiled
-  Generate(*never.Stub(), 10, 9, 2);
+  Generate(*sampled.Stub(), 10, 200, 2);  // 200 steps: about 50 profiled, chosen at random
+  Generate(*never.Stub(), 10, 200, 2);
   auto count = [](const ServerProcess& s, const char* name) {
     return s.Metric(std::string(name) + "{phase=\"prefill\"}") +
            s.Metric(std::string(name) + "{phase=\"decode\"}");
   };
-  EXPECT_EQ(count(sampled, "gqa_step_duration_seconds_count"), 9);
-  EXPECT_EQ(count(sampled, "gqa_step_attention_seconds_count"), 3);
-  EXPECT_EQ(count(sampled, "gqa_step_device_seconds_count"), 3);
+  EXPECT_EQ(count(sampled, "gqa_step_duration_seconds_count"), 200);
+  const double profiled = count(sampled, "gqa_step_device_seconds_count");
+  EXPECT_GT(profiled, 20);  // binomial(200, 1/4): mean 50, standard deviation 6.1
+  EXPECT_LT(profiled, 80);
+  EXPECT_EQ(count(sampled, "gqa_step_attention_seconds_count"), profiled);
   EXPECT_EQ(count(never, "gqa_step_attention_seconds_count"), 0);
-  EXPECT_EQ(count(never, "gqa_step_roofline_seconds_count"), 9);  // the roofline needs no timing
+  EXPECT_EQ(count(never, "gqa_step_device_seconds_count"), 0);
+  EXPECT_EQ(count(never, "gqa_step_roofline_seconds_count"), 200);  // the roofline needs no timing
 }
 
 TEST_F(StepMetricsTest, EveryPreemptionIsResumedOnceUnderASmallPool) {

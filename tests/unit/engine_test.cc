@@ -202,7 +202,9 @@ class FakeBackend final : public Backend {
   bool broken() const override { return broken_; }
   absl::Status Forward(std::span<const ForwardSeq> batch) override {
     ++step_;
+    profiled_ = std::exchange(profile_next_, false);
     if (std::find(failing_steps_.begin(), failing_steps_.end(), step_) != failing_steps_.end()) {
+      profiled_ = false;
       broken_ = sticky_;
       return absl::InternalError("injected device failure");
     }
@@ -218,14 +220,16 @@ class FakeBackend final : public Backend {
   uint64_t weight_bytes_per_step() const override { return 1000; }
   absl::StatusOr<double> MeasureReadBandwidth() override { return 1e6; }
   void ProfileNextStep() override { profile_next_ = true; }
+  // A profiled step takes 3 ms on the "device", 1 ms of it in attention.
   std::optional<StepTiming> LastStepTiming() const override {
-    if (!profile_next_) return std::nullopt;
+    if (!profiled_) return std::nullopt;
     return StepTiming{0.003, 0.001};
   }
 
  private:
   KvCacheSpec spec_;
   bool profile_next_ = false;
+  bool profiled_ = false;
   std::vector<int> failing_steps_;
   bool sticky_;
   bool broken_ = false;
@@ -294,6 +298,57 @@ TEST(EngineFailureTest, AStickyFailureCallsOnBackendBroken) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   EXPECT_EQ(broken_calls.load(), 1);
+}
+
+}  // namespace
+}  // namespace gqa
+
+namespace gqa {
+namespace {
+
+// The engine's step metrics with a backend whose costs are known: the bytes of every step, the
+// roofline over the bandwidth, device time on profiled steps only, none for a failed step.
+TEST(EngineStepMetricsTest, BytesRooflineAndProfiledTimesOfEveryStep) {
+  MetricsRegistry registry;
+  EngineMetrics metrics(registry);
+  metrics.SetDeviceBandwidth(1e6);
+  // Step 3 fails (both requests fail); then "c" runs alone.
+  auto backend = std::make_unique<FakeBackend>(std::vector<int>{3}, false);
+  EngineConfig config;
+  config.scheduler = {4, 64, 256};
+  config.limits = {128, 512};
+  config.cost = {1000, 10, 0};
+  config.step_profile_interval = 1;
+  Engine engine(config, std::move(backend), &metrics);
+  Collector c;
+  ASSERT_TRUE(engine.Submit(FakeRequest("a", 10, c)).ok());
+  ASSERT_TRUE(engine.Submit(FakeRequest("b", 10, c)).ok());
+  engine.Start();
+  c.WaitFor(2);
+  ASSERT_TRUE(engine.Submit(FakeRequest("c", 4, c)).ok());  // prompt 3, 4 new: 4 steps
+  c.WaitFor(3);
+  engine.Drain(std::chrono::seconds(5));
+  const Histogram* wall = metrics.step_duration[static_cast<int>(StepPhase::kDecode)];
+  // Decode steps that ran: step 2 (a and b at context 4) and c's three (contexts 4, 5, 6).
+  EXPECT_EQ(wall->count(), 4u);
+  const std::string text = registry.RenderText();
+  auto value = [&](const std::string& series) {
+    const size_t at = text.find("\n" + series + " ");
+    if (at == std::string::npos) return -1.0;
+    return std::stod(text.substr(at + series.size() + 2));
+  };
+  EXPECT_EQ(value("gqa_step_read_bytes_total{phase=\"decode\",kind=\"weights\"}"), 4000);
+  EXPECT_EQ(value("gqa_step_read_bytes_total{phase=\"decode\",kind=\"kv\"}"),
+            (4 + 4 + 4 + 5 + 6) * 10);
+  EXPECT_EQ(value("gqa_step_read_bytes_total{phase=\"prefill\",kind=\"kv\"}"), (3 + 3 + 3) * 10);
+  EXPECT_DOUBLE_EQ(value("gqa_step_roofline_seconds_sum{phase=\"decode\"}"), (4000 + 230) / 1e6);
+  // Every step that ran was profiled; the failed one is in no histogram.
+  EXPECT_EQ(value("gqa_step_device_seconds_count{phase=\"decode\"}"), 4);
+  EXPECT_DOUBLE_EQ(value("gqa_step_device_seconds_sum{phase=\"decode\"}"), 4 * 0.003);
+  EXPECT_DOUBLE_EQ(value("gqa_step_attention_seconds_sum{phase=\"decode\"}"), 4 * 0.001);
+  EXPECT_EQ(value("gqa_step_sequences_sum{state=\"decoding\"}"), 2 + 1 + 1 + 1);
+  EXPECT_EQ(value("gqa_step_sequences_count{state=\"decoding\"}"), 4);
+  EXPECT_EQ(value("gqa_step_sequences_count{state=\"resumed\"}"), 0);
 }
 
 }  // namespace

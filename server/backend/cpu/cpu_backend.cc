@@ -8,7 +8,6 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "backend/roofline.h"
 #include "gqa/kernels/cpu_ops.h"
 #include "gqa/kernels/parallel.h"
 #include "gqa/kernels/rope.h"
@@ -56,9 +55,23 @@ double SecondsSince(SteadyClock::time_point start) {
 
 }  // namespace
 
-uint64_t CpuBackend::weight_bytes_per_step() const {
-  // The matrices are read in place at their stored size.
-  return WeightBytesPerStep(config_, DTypeSize(config_.dtype));
+uint64_t CpuBackend::weight_bytes_per_step() const { return weight_bytes_; }
+
+// The bytes the backend reads for its weights in one step: each matrix in place at its stored
+// size (or widened to fp32), the norms as fp32 copies; biases left out as in backend/roofline.h.
+uint64_t CpuBackend::CountWeightBytes() const {
+  const ModelConfig& c = config_;
+  auto bytes = [](const WeightView& w, uint64_t rows, uint64_t cols) {
+    const uint64_t element = w.type == kernels::cpu::WeightType::kF32 ? 4 : 2;
+    return rows * cols * element;
+  };
+  const uint64_t h = c.hidden_size, q = c.q_size(), kv = c.kv_size(), ffn = c.intermediate_size;
+  uint64_t total = bytes(lm_head_, c.vocab_size, h) + 4 * h;
+  for (const Layer& L : layers_) {
+    total += bytes(L.q, q, h) + bytes(L.k, kv, h) + bytes(L.v, kv, h) + bytes(L.o, h, q) +
+             bytes(L.gate, ffn, h) + bytes(L.up, ffn, h) + bytes(L.down, h, ffn) + 2 * 4 * h;
+  }
+  return total;
 }
 
 absl::StatusOr<double> CpuBackend::MeasureReadBandwidth() {
@@ -97,6 +110,7 @@ absl::StatusOr<std::unique_ptr<CpuBackend>> CpuBackend::Create(
       KvCacheSpec{block_size, num_blocks, c.num_kv_heads, c.head_dim, c.num_layers, DType::kF32};
   backend->inv_freq_ = kernels::RopeInverseFrequencies(c.rope_theta, c.head_dim, c.rope_scaling);
   backend->LoadWeights();
+  backend->weight_bytes_ = backend->CountWeightBytes();
   return backend;
 }
 
@@ -188,7 +202,7 @@ void CpuBackend::Attention(Layer& L, const StepInputs& in, Activations& act, int
   cpu::PagedAttention(act.q.data(), cache, in.query_start.data(), in.context_lens.data(),
                       static_cast<int>(in.context_lens.size()), c.num_heads, scale, act.attn.data(),
                       c.attention_window());
-  if (profiling_) last_timing_->attention_seconds += SecondsSince(attention_start);
+  if (profiling_) pending_timing_.attention_seconds += SecondsSince(attention_start);
   cpu::Matmul(act.attn.data(), L.o, OrNull(L.o_bias), n, c.hidden_size, c.q_size(),
               act.proj.data());
 }
@@ -219,7 +233,8 @@ void CpuBackend::ComputeLogits(const StepInputs& in, const Activations& act) {
 absl::Status CpuBackend::Forward(std::span<const ForwardSeq> batch) {
   const auto start = SteadyClock::now();
   profiling_ = std::exchange(profile_next_, false);
-  last_timing_ = profiling_ ? std::optional<StepTiming>(StepTiming{}) : std::nullopt;
+  pending_timing_ = StepTiming{};
+  last_timing_.reset();
   const ModelConfig& c = config_;
   for (const auto& s : batch) {
     const size_t needed = (s.start_pos + s.tokens.size() + spec_.block_size - 1) / spec_.block_size;
@@ -255,7 +270,7 @@ absl::Status CpuBackend::Forward(std::span<const ForwardSeq> batch) {
                     c.rms_norm_eps, act.normed.data());
   }
   ComputeLogits(in, act);
-  if (profiling_) last_timing_->step_seconds = SecondsSince(start);
+  if (profiling_) pending_timing_.step_seconds = SecondsSince(start);
   return absl::OkStatus();
 }
 
@@ -271,8 +286,10 @@ absl::StatusOr<std::vector<int32_t>> CpuBackend::Sample(std::span<const Sampling
     tokens[r] =
         kernels::cpu::SampleToken(logits_.data() + r * vocab, static_cast<int>(vocab), rows[r]);
   }
-  if (profiling_) last_timing_->step_seconds += SecondsSince(start);
-  profiling_ = false;
+  if (std::exchange(profiling_, false)) {  // published only for a whole step
+    pending_timing_.step_seconds += SecondsSince(start);
+    last_timing_ = pending_timing_;
+  }
   return tokens;
 }
 

@@ -56,6 +56,7 @@ class CpuBackend final : public Backend {
   explicit CpuBackend(std::shared_ptr<const Checkpoint> checkpoint)
       : checkpoint_(std::move(checkpoint)), config_(checkpoint_->config()) {}
   void LoadWeights();
+  uint64_t CountWeightBytes() const;
   WeightView Matrix(const std::string& name);
   StepInputs Flatten(std::span<const ForwardSeq> batch) const;
   void Attention(Layer& layer, const StepInputs& in, Activations& act, int num_tokens);
@@ -75,6 +76,8 @@ class CpuBackend final : public Backend {
   // Profiling (ProfileNextStep): asked for the next step; this step is timed; its timing so far.
   bool profile_next_ = false;
   bool profiling_ = false;
+  uint64_t weight_bytes_ = 0;  // read by every step
+  StepTiming pending_timing_;  // this step's, until Sample completes it
   std::optional<StepTiming> last_timing_;
 };
 

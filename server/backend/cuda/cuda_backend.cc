@@ -86,7 +86,8 @@ class CudaBackend final : public Backend {
   uint64_t weight_bytes_per_step() const override {
     return WeightBytesPerStep(config_, DTypeSize(options_.dtype));
   }
-  absl::StatusOr<double> MeasureReadBandwidth() override;
+  // Measured once, when the backend is created.
+  absl::StatusOr<double> MeasureReadBandwidth() override { return read_bandwidth_; }
   void ProfileNextStep() override { profile_next_ = options_.step_profiling; }
   std::optional<StepTiming> LastStepTiming() const override { return last_timing_; }
   ~CudaBackend() override {
@@ -103,8 +104,10 @@ class CudaBackend final : public Backend {
   absl::Status AllocateActivations();
   absl::Status AllocateKvCache();
   absl::Status CaptureGraphs();
-  // One decode graph of the shape's padded size, with the profiler's events when `profiled`.
-  absl::StatusOr<cudaGraphExec_t> CaptureGraph(const StepShape& shape, bool profiled);
+  absl::StatusOr<double> ProbeReadBandwidth();
+  enum class GraphKind { kPlain, kProfiled };  // kProfiled: with the profiler's events
+  // One decode graph of the shape's padded size.
+  absl::StatusOr<cudaGraphExec_t> CaptureGraph(const StepShape& shape, GraphKind kind);
   int MaxDecodeWorkspaceRows() const;
   kernels::DecodeKernelChoice DecodeChoice(int num_seqs) const;
   // Every kernel of one step, in order, on the device stream.
@@ -136,6 +139,7 @@ class CudaBackend final : public Backend {
   uint64_t graph_bytes_ = 0;
   int logit_rows_ = 0;
   cuda::StepProfiler profiler_;
+  double read_bandwidth_ = 0;  // bytes/s, device-to-device copy (read + written)
   bool profile_next_ = false;  // ProfileNextStep was called
   bool profiling_ = false;     // this step (Forward to Sample) records the profiler's events
   std::optional<StepTiming> last_timing_;
@@ -383,9 +387,9 @@ absl::Status CudaBackend<T>::CaptureGraphs() {
     RETURN_IF_ERROR(inputs_.Upload(*shape, stream));
     RETURN_IF_ERROR(Launch(*shape));  // warm-up: makes the cuBLAS plans outside the capture
     GQA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
-    ASSIGN_OR_RETURN(graphs_[size], CaptureGraph(*shape, /*profiled=*/false));
+    ASSIGN_OR_RETURN(graphs_[size], CaptureGraph(*shape, GraphKind::kPlain));
     if (options_.step_profiling) {
-      ASSIGN_OR_RETURN(profiled_graphs_[size], CaptureGraph(*shape, /*profiled=*/true));
+      ASSIGN_OR_RETURN(profiled_graphs_[size], CaptureGraph(*shape, GraphKind::kProfiled));
     }
   }
   GQA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
@@ -401,11 +405,11 @@ absl::Status CudaBackend<T>::CaptureGraphs() {
 
 template <typename T>
 absl::StatusOr<cudaGraphExec_t> CudaBackend<T>::CaptureGraph(const StepShape& shape,
-                                                             bool profiled) {
+                                                             GraphKind kind) {
   cudaStream_t stream = device_->stream();
   cudaGraph_t graph = nullptr;
-  profiling_ = profiled;
   GQA_CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  profiling_ = kind == GraphKind::kProfiled;
   const absl::Status launched = Launch(shape);
   const cudaError_t ended = cudaStreamEndCapture(stream, &graph);
   profiling_ = false;
@@ -419,7 +423,7 @@ absl::StatusOr<cudaGraphExec_t> CudaBackend<T>::CaptureGraph(const StepShape& sh
 }
 
 template <typename T>
-absl::StatusOr<double> CudaBackend<T>::MeasureReadBandwidth() {
+absl::StatusOr<double> CudaBackend<T>::ProbeReadBandwidth() {
   // Two buffers of 1 GiB (256 MiB when that does not fit); the median of 10 timed copies.
   absl::StatusOr<DeviceMemory> from, to;
   for (size_t bytes : {size_t(1) << 30, size_t(256) << 20}) {
@@ -484,6 +488,8 @@ absl::Status CudaBackend<T>::Init(const Checkpoint* checkpoint) {
   gemm_ = std::make_unique<cuda::Gemm>(
       device_.get(), options_.dtype == DType::kBF16 ? CUDA_R_16BF : CUDA_R_16F, gemm);
   RETURN_IF_ERROR(AllocateActivations());
+  // Before the KV pool takes its share of the card, so that the probe's buffers fit.
+  ASSIGN_OR_RETURN(read_bandwidth_, ProbeReadBandwidth());
   RETURN_IF_ERROR(AllocateKvCache());
   ASSIGN_OR_RETURN(profiler_, cuda::StepProfiler::Create(c.num_layers));
   if (!options_.enforce_eager) RETURN_IF_ERROR(CaptureGraphs());
@@ -502,6 +508,8 @@ absl::StatusOr<std::unique_ptr<Backend>> CudaBackend<T>::Create(const CudaBacken
 
 template <typename T>
 absl::Status CudaBackend<T>::Forward(std::span<const ForwardSeq> batch) {
+  profiling_ = std::exchange(profile_next_, false);
+  last_timing_.reset();
   if (broken_) return absl::InternalError("the GPU is in an unrecoverable error state");
   bool all_decode = !batch.empty();
   for (const ForwardSeq& s : batch) all_decode &= s.tokens.size() == 1 && s.wants_logits;
@@ -515,8 +523,6 @@ absl::Status CudaBackend<T>::Forward(std::span<const ForwardSeq> batch) {
   RETURN_IF_ERROR(Check(inputs_.Upload(*shape, device_->stream())));
   logit_rows_ = static_cast<int>(std::count_if(batch.begin(), batch.end(),
                                                [](const ForwardSeq& s) { return s.wants_logits; }));
-  profiling_ = std::exchange(profile_next_, false);
-  last_timing_.reset();
   if (profiling_) {
     RETURN_IF_ERROR(Check(
         cuda::CudaStatus(profiler_.RecordStepStart(device_->stream()), "profiler: step start")));
@@ -557,6 +563,7 @@ absl::StatusOr<std::vector<int32_t>> CudaBackend<T>::Sample(std::span<const Samp
     if (timing.ok()) {
       last_timing_ = *timing;
     } else {
+      cudaGetLastError();  // not sticky: the next step's launches must not report it
       spdlog::warn("step profiling: {}", timing.status().ToString());
     }
   }

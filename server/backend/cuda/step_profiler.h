@@ -30,10 +30,15 @@ class StepProfiler {
   absl::StatusOr<StepTiming> Read() const;
 
  private:
-  // External: inside a stream capture the record becomes a graph node that records the event
-  // on every replay (a plain record would only express a dependency).
+  // Inside a stream capture the record must be external to become a graph node that records
+  // the event on every replay (a plain one would only express a dependency); outside a capture
+  // the external flag is refused (cudaErrorIllegalState).
   static cudaError_t Record(const CudaEvent& event, cudaStream_t stream) {
-    return cudaEventRecordWithFlags(event.get(), stream, cudaEventRecordExternal);
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    if (cudaError_t e = cudaStreamIsCapturing(stream, &capture); e != cudaSuccess) return e;
+    return capture == cudaStreamCaptureStatusActive
+               ? cudaEventRecordWithFlags(event.get(), stream, cudaEventRecordExternal)
+               : cudaEventRecord(event.get(), stream);
   }
 
   CudaEvent step_start_, step_end_;
