@@ -18,13 +18,10 @@ void EngineMetrics::AddStepSeries(MetricsRegistry& r) {
   const auto latency = LatencyBuckets();
   for (StepPhase phase : {StepPhase::kPrefill, StepPhase::kDecode, StepPhase::kMixed}) {
     const Labels by_phase = {{"phase", StepPhaseName(phase)}};
-    auto by_phase_and = [&](const char* kind) {
-      return Labels{{"phase", StepPhaseName(phase)}, {"kind", kind}};
-    };
     PhaseSeries& p = phase_series_[static_cast<int>(phase)];
     p.device = r.AddHistogram("gqa_step_device_seconds",
-                              "Device time of a profiled step (forward and sampling; every "
-                              "--step_profile_interval-th step).",
+                              "Device time of a profiled step (forward and sampling; one step "
+                              "in --step_profile_interval, at random).",
                               latency, by_phase);
     p.attention = r.AddHistogram(
         "gqa_step_attention_seconds",
@@ -38,12 +35,13 @@ void EngineMetrics::AddStepSeries(MetricsRegistry& r) {
         "gqa_step_roofline_fraction",
         "Roofline time over wall time of a step (1: the step ran at the bandwidth floor).",
         FractionBuckets(), by_phase);
-    p.weight_bytes = r.AddCounter("gqa_step_read_bytes_total",
-                                  "Bytes steps must read: weights, and K/V of attended tokens.",
-                                  by_phase_and("weights"));
-    p.kv_bytes = r.AddCounter("gqa_step_read_bytes_total",
-                              "Bytes steps must read: weights, and K/V of attended tokens.",
-                              by_phase_and("kv"));
+    auto read_bytes = [&](const char* kind) {
+      return r.AddCounter("gqa_step_read_bytes_total",
+                          "Bytes steps must read: weights, and K/V of attended tokens.",
+                          Labels{{"phase", StepPhaseName(phase)}, {"kind", kind}});
+    };
+    p.weight_bytes = read_bytes("weights");
+    p.kv_bytes = read_bytes("kv");
   }
   int i = 0;
   for (const char* state : {"decoding", "prefilling", "resumed"}) {

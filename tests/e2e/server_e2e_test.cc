@@ -146,11 +146,7 @@ TEST_F(ServerTest, ConcurrentRequestsMatchTheirOutputsAlone) {
 }
 
 TEST_F(ServerTest, PreemptionUnderASmallPoolKeepsOutputsIdentical) {
-  // 80 tokens (the CUDA kernels need blocks of a multiple of 16 tokens)
-  ServerProcess small(model_->path(),
-                      E2eBackend() == "cpu"
-                          ? std::vector<std::string>{"--num_kv_blocks=10", "--block_size=8"}
-                          : std::vector<std::string>{"--num_kv_blocks=5", "--block_size=16"});
+  ServerProcess small(model_->path(), SmallPoolArgs());
   ASSERT_TRUE(small.started()) << small.Log();
   auto big_stub = server_->Stub();
   auto small_stub = small.Stub();

@@ -67,6 +67,11 @@ std::string E2eBackend() {
   return backend && *backend ? backend : "cpu";
 }
 
+std::vector<std::string> SmallPoolArgs() {
+  if (E2eBackend() == "cpu") return {"--num_kv_blocks=10", "--block_size=8"};
+  return {"--num_kv_blocks=5", "--block_size=16"};
+}
+
 ModelConfig E2eConfig(int num_kv_heads) {
   ModelConfig c = TinyConfig(num_kv_heads);
   if (E2eBackend() != "cpu") {

@@ -53,6 +53,10 @@ std::string CliBin();
 // The backend the tests run against: $GQA_E2E_BACKEND, or cpu.
 std::string E2eBackend();
 
+// Server flags for a KV pool of 80 tokens, which a few concurrent requests overflow (the CUDA
+// kernels need blocks of a multiple of 16 tokens).
+std::vector<std::string> SmallPoolArgs();
+
 // The tests' small model: TinyConfig, with head_dim 64 (hidden 512) against the CUDA backend,
 // whose kernels start there.
 ModelConfig E2eConfig(int num_kv_heads);
