@@ -41,7 +41,7 @@ using T = __nv_bfloat16;
   } while (0)
 
 constexpr int kHeads = 32;
-constexpr int kHeadDim = 128;
+int g_head_dim = 128;  // --head_dim 64|128
 constexpr int kBlockSize = 16;
 constexpr size_t kRotateBytes = 512ull << 20;  // > 8x the L2 of a Hopper card
 bool g_contiguous = false;                     // --contiguous: blocks in order (no paging scatter)
@@ -108,23 +108,30 @@ struct Instance {
 };
 
 // Returns the eager median (us per call) and sets *graph_us to the graph-replay time per call.
+using gqa::kernels::DecodeVariant;
+
 double TimeDecode(const Shape& s, int sm_count, double* kv_bytes, int* splits, double* graph_us,
-                  int splits_override = 0) {
+                  int splits_override = 0, DecodeVariant variant = {0, 0, 0}) {
   const int blocks_per_seq = (s.context + kBlockSize - 1) / kBlockSize;
   const int num_blocks = s.batch * blocks_per_seq;
-  const size_t pool = size_t(num_blocks) * s.kv_heads * kBlockSize * kHeadDim;
-  *kv_bytes = 2.0 * s.batch * s.context * s.kv_heads * kHeadDim * sizeof(T);
-  const auto choice = gqa::kernels::SelectDecodeKernel(
-      kHeads, s.kv_heads, kHeadDim, kBlockSize, s.batch, s.context, sm_count, splits_override);
+  const size_t pool = size_t(num_blocks) * s.kv_heads * kBlockSize * g_head_dim;
+  *kv_bytes = 2.0 * s.batch * s.context * s.kv_heads * g_head_dim * sizeof(T);
+  auto choice = gqa::kernels::SelectDecodeKernel(kHeads, s.kv_heads, g_head_dim, kBlockSize,
+                                                 s.batch, s.context, sm_count, splits_override);
+  if (variant.warps > 0) {
+    choice.warps = variant.warps;
+    choice.stages = variant.stages;
+    choice.key_tiles = variant.key_tiles;
+  }
   *splits = choice.num_splits;
   const int copies = int(std::clamp<double>(std::ceil(kRotateBytes / *kv_bytes), 1, 64));
   std::vector<int32_t> tables(num_blocks);
   std::iota(tables.begin(), tables.end(), 0);
   if (!g_contiguous) std::shuffle(tables.begin(), tables.end(), std::mt19937(7));  // scattered
   std::vector<int32_t> lens(s.batch, s.context);
-  const size_t q_elems = size_t(s.batch) * kHeads * kHeadDim;
+  const size_t q_elems = size_t(s.batch) * kHeads * g_head_dim;
   const size_t ws =
-      gqa::kernels::cuda::DecodeWorkspaceBytes(s.batch, kHeads, kHeadDim, choice.num_splits);
+      gqa::kernels::cuda::DecodeWorkspaceBytes(s.batch, kHeads, g_head_dim, choice.num_splits);
   std::vector<Instance> inst(copies);
   for (int c = 0; c < copies; ++c) {
     Instance& in = inst[c];
@@ -148,11 +155,11 @@ double TimeDecode(const Shape& s, int sm_count, double* kv_bytes, int* splits, d
     args.q = in.q;
     args.out = in.out;
     args.cache =
-        PagedKvView<T>{in.k, in.v, in.tables, blocks_per_seq, s.kv_heads, kBlockSize, kHeadDim};
+        PagedKvView<T>{in.k, in.v, in.tables, blocks_per_seq, s.kv_heads, kBlockSize, g_head_dim};
     args.context_lens = in.lens;
     args.num_seqs = s.batch;
     args.num_heads = kHeads;
-    args.scale = 1.0f / std::sqrt(float(kHeadDim));
+    args.scale = 1.0f / std::sqrt(float(g_head_dim));
     args.workspace = in.workspace;
     CHECK_CUDA(gqa::kernels::cuda::PagedDecodeAttention<T>(args, choice, stream));
   };
@@ -211,7 +218,7 @@ struct PeerTimes {
 // Runs the PyTorch peer script; returns "kv batch context" -> its timings (us per call).
 std::map<std::string, PeerTimes> RunPeer(const std::string& command,
                                          const std::vector<Shape>& shapes) {
-  std::string args;
+  std::string args = " --head_dim " + std::to_string(g_head_dim);
   for (const auto& s : shapes) {
     args += " " + std::to_string(s.kv_heads) + "," + std::to_string(s.batch) + "," +
             std::to_string(s.context);
@@ -256,8 +263,8 @@ double MatmulRate() {
 // Causal prefill of `batch` prompts of `len` tokens; returns the graph-replay us per call.
 double TimePrefill(int kv_heads, int batch, int len) {
   const int blocks_per_seq = (len + kBlockSize - 1) / kBlockSize;
-  const size_t pool = size_t(batch) * blocks_per_seq * kv_heads * kBlockSize * kHeadDim;
-  const size_t q_elems = size_t(batch) * len * kHeads * kHeadDim;
+  const size_t pool = size_t(batch) * blocks_per_seq * kv_heads * kBlockSize * g_head_dim;
+  const size_t q_elems = size_t(batch) * len * kHeads * g_head_dim;
   T *k, *v, *q, *out;
   int32_t *tables, *lens, *starts;
   CHECK_CUDA(cudaMalloc(&k, pool * sizeof(T)));
@@ -280,13 +287,13 @@ double TimePrefill(int kv_heads, int batch, int len) {
   gqa::kernels::cuda::PrefillAttentionArgs<T> args;
   args.q = q;
   args.out = out;
-  args.cache = PagedKvView<T>{k, v, tables, blocks_per_seq, kv_heads, kBlockSize, kHeadDim};
+  args.cache = PagedKvView<T>{k, v, tables, blocks_per_seq, kv_heads, kBlockSize, g_head_dim};
   args.query_start = starts;
   args.context_lens = lens;
   args.num_seqs = batch;
   args.num_heads = kHeads;
   args.max_query_len = len;
-  args.scale = 1.0f / std::sqrt(float(kHeadDim));
+  args.scale = 1.0f / std::sqrt(float(g_head_dim));
   const double seconds = MedianSeconds(
       [&](int) { CHECK_CUDA(gqa::kernels::cuda::PagedPrefillAttention<T>(args, nullptr)); }, 3, 20);
   for (void* p :
@@ -299,7 +306,7 @@ double TimePrefill(int kv_heads, int batch, int len) {
 // Runs the PyTorch peer in prefill mode: "kv batch len" -> causal SDPA us.
 std::map<std::string, double> RunPrefillPeer(const std::string& command,
                                              const std::vector<Shape>& shapes) {
-  std::string args = " --prefill";
+  std::string args = " --head_dim " + std::to_string(g_head_dim) + " --prefill";
   for (const auto& s : shapes) {
     args += " " + std::to_string(s.kv_heads) + "," + std::to_string(s.batch) + "," +
             std::to_string(s.context);
@@ -321,7 +328,7 @@ void PrefillTable(const std::string& peer) {
   std::printf(
       "\nprefill attention (causal), bf16, %d query heads, head_dim %d, KV block %d; "
       "cuBLAS bf16 8192^3: %.0f TFLOP/s\n",
-      kHeads, kHeadDim, kBlockSize, rate / 1e12);
+      kHeads, g_head_dim, kBlockSize, rate / 1e12);
   std::vector<Shape> shapes = {
       {32, 1, 4096}, {8, 1, 4096}, {1, 1, 4096}, {8, 4, 2048}, {8, 1, 16384}};
   const auto peers = peer.empty() ? std::map<std::string, double>{} : RunPrefillPeer(peer, shapes);
@@ -329,7 +336,7 @@ void PrefillTable(const std::string& peer) {
               "floor_us", "TFLOP/s", "of_gemm", "sdpa_us", "vs_sdpa");
   for (const auto& s : shapes) {
     // Q.K^T and P.V over the causal half: 2 x 2 x len^2 / 2 x head_dim flops per head.
-    const double flops = 2.0 * s.batch * kHeads * double(s.context) * s.context * kHeadDim;
+    const double flops = 2.0 * s.batch * kHeads * double(s.context) * s.context * g_head_dim;
     const double us = TimePrefill(s.kv_heads, s.batch, s.context);
     const auto it = peers.find(std::to_string(s.kv_heads) + " " + std::to_string(s.batch) + " " +
                                std::to_string(s.context));
@@ -344,15 +351,18 @@ void PrefillTable(const std::string& peer) {
 
 int KernelBenchMain(int argc, char** argv) {
   if (argc < 2 || std::string(argv[1]) != "kernels") {
-    std::fprintf(stderr,
-                 "usage: gqa-bench kernels [--peer 'python3 client/bench/sdpa_peer.py'] "
-                 "[--prefill] [--only kv,batch,ctx]... [--sweep-splits] [--contiguous]\n");
+    std::fprintf(
+        stderr,
+        "usage: gqa-bench kernels [--peer 'python3 client/bench/sdpa_peer.py'] "
+        "[--prefill] [--only kv,batch,ctx]... [--sweep-splits] [--variants] [--contiguous] "
+        "[--head_dim 64|128]\n");
     return 2;
   }
   std::string peer;
   std::vector<Shape> only;  // --only kv,batch,context (repeatable): just these shapes
   for (int i = 2; i + 1 < argc; ++i) {
     if (std::string(argv[i]) == "--peer") peer = argv[i + 1];
+    if (std::string(argv[i]) == "--head_dim") g_head_dim = std::atoi(argv[i + 1]);
     Shape s;
     if (std::string(argv[i]) == "--only" &&
         std::sscanf(argv[i + 1], "%d,%d,%d", &s.kv_heads, &s.batch, &s.context) == 3) {
@@ -368,7 +378,7 @@ int KernelBenchMain(int argc, char** argv) {
   std::printf(
       "decode attention, bf16, %d query heads, head_dim %d, KV block %d (%s), median of "
       "200, inputs rotated past L2\n\n",
-      kHeads, kHeadDim, kBlockSize, g_contiguous ? "blocks in order" : "blocks shuffled");
+      kHeads, g_head_dim, kBlockSize, g_contiguous ? "blocks in order" : "blocks shuffled");
 
   std::vector<Shape> shapes;
   for (int kv : {32, 8, 1}) {
@@ -380,9 +390,10 @@ int KernelBenchMain(int argc, char** argv) {
   for (int kv : {1, 2, 4, 16}) shapes.push_back({kv, 32, 8192});  // the sweep over KV heads
   for (int kv : {8, 32}) shapes.push_back({kv, 32, 8192});
   if (!only.empty()) shapes = only;
-  bool sweep_splits = false;
+  bool sweep_splits = false, sweep_variants = false;
   for (int i = 2; i < argc; ++i) {
     sweep_splits |= std::string(argv[i]) == "--sweep-splits";
+    sweep_variants |= std::string(argv[i]) == "--variants";
     g_contiguous |= std::string(argv[i]) == "--contiguous";
   }
   if (sweep_splits) {  // graph time per call for forced split counts: tunes the selector
@@ -394,6 +405,29 @@ int KernelBenchMain(int argc, char** argv) {
         int splits;
         TimeDecode(s, prop.multiProcessorCount, &bytes, &splits, &graph_us, forced);
         std::printf("  %d:%.1f", splits, graph_us);
+      }
+      std::printf("\n");
+    }
+    return 0;
+  }
+  if (sweep_variants) {  // graph time per call of every built (warps, stages) variant
+    std::printf(
+        "graph us per call and %% of copy, by warps x stages x tiles per step (* = the "
+        "selector's)\n");
+    for (const auto& s : shapes) {
+      const auto chosen = gqa::kernels::SelectDecodeKernel(
+          kHeads, s.kv_heads, g_head_dim, kBlockSize, s.batch, s.context, prop.multiProcessorCount);
+      std::printf("kv %2d batch %3d ctx %6d splits %3d:", s.kv_heads, s.batch, s.context,
+                  chosen.num_splits);
+      for (const DecodeVariant v : gqa::kernels::kDecodeVariantCandidates) {
+        if (!gqa::kernels::DecodeVariantBuilt(g_head_dim, chosen.query_tiles, v)) continue;
+        double bytes, graph_us;
+        int splits;
+        TimeDecode(s, prop.multiProcessorCount, &bytes, &splits, &graph_us, 0, v);
+        const bool mine =
+            v.warps == chosen.warps && v.stages == chosen.stages && v.key_tiles == chosen.key_tiles;
+        std::printf("  %dx%dx%d%s %.1f (%.0f%%)", v.warps, v.stages, v.key_tiles, mine ? "*" : "",
+                    graph_us, 100.0 * bytes / bandwidth / graph_us * 1e6);
       }
       std::printf("\n");
     }

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The PyTorch peer for gqa-bench kernels: decode attention through
 torch.nn.functional.scaled_dot_product_attention on contiguous K/V, with enable_gqa=True and with
-K/V repeated per query head (the naive path). Arguments: "kv_heads,batch,context" triples.
+K/V repeated per query head (the naive path). Arguments: "kv_heads,batch,context" triples, after
+an optional "--head_dim N" (default 128) and "--prefill".
 Prints "kv batch context sdpa_eager sdpa_graph naive_eager naive_graph" per shape, in
 microseconds per call: eager is the median of 200 single calls between CUDA events; graph is
 20 calls captured in a CUDA graph and replayed (median of 30). Inputs rotate past L2 like the
@@ -93,12 +94,17 @@ def measure_prefill(kv, batch, length):
 
 
 def main():
-    if sys.argv[1:2] == ["--prefill"]:
-        for arg in sys.argv[2:]:
+    global HEAD_DIM
+    args = sys.argv[1:]
+    if args[:1] == ["--head_dim"]:
+        HEAD_DIM = int(args[1])
+        args = args[2:]
+    if args[:1] == ["--prefill"]:
+        for arg in args[1:]:
             kv, batch, length = map(int, arg.split(","))
             print(f"{kv} {batch} {length} {measure_prefill(kv, batch, length):.2f}", flush=True)
         return
-    for arg in sys.argv[1:]:
+    for arg in args:
         kv, batch, context = map(int, arg.split(","))
         sdpa, naive = measure(kv, batch, context)
         print(f"{kv} {batch} {context} {sdpa[0]:.2f} {sdpa[1]:.2f} {naive[0]:.2f} {naive[1]:.2f}",

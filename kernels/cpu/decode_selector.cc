@@ -14,6 +14,19 @@ constexpr int kMinTilesPerSplit = kDecodeMinSplitTiles;
 // MQA shape it tried.
 int BlocksPerSm(int query_tiles) { return query_tiles == 1 ? 2 : 1; }
 
+// The kernel variant for a group size and head_dim, from H200 sweeps of every variant (steps 14
+// and 15 of kernels/BENCHMARKS.md). A 32-row group's warps work in pairs over one K/V pipeline,
+// so 8 warps keep 4 pipelines per multiprocessor; 2 tiles of 16 keys per softmax step give each
+// warp two independent chains of products and pay the barrier and the row bookkeeping once per
+// 32 keys: MQA 1.2-1.6x faster. At head_dim 64, groups of 2 to 8 gain from 2 tiles per step too
+// (group 4, batch 64: 85 -> 73 us); MHA and group 16 lose 3-7% with it, head_dim 128 rows up to
+// 16 lose up to 7%.
+DecodeVariant ChooseVariant(int head_dim, int group) {
+  if (group > 16) return DecodeVariant{8, 3, 2};
+  if (head_dim == 64 && group >= 2 && group <= 8) return DecodeVariant{4, 3, 2};
+  return DecodeVariant{4, 3, 1};
+}
+
 DecodeKernelChoice Unsupported(std::string reason) {
   DecodeKernelChoice c;
   c.reason = std::move(reason);
@@ -40,6 +53,10 @@ DecodeKernelChoice SelectDecodeKernel(int num_heads, int num_kv_heads, int head_
   c.supported = true;
   c.head_dim = head_dim;
   c.query_tiles = group <= 16 ? 1 : 2;
+  const DecodeVariant variant = ChooseVariant(head_dim, group);
+  c.warps = variant.warps;
+  c.stages = variant.stages;
+  c.key_tiles = variant.key_tiles;
   const int tiles = std::max(1, CeilDiv(max_context_len, kDecodeTileTokens));
   int splits = num_splits_override;
   if (splits <= 0) {
@@ -65,8 +82,8 @@ DecodeKernelChoice SelectDecodeKernel(int num_heads, int num_kv_heads, int head_
 DecodeKernelChoice SelectFixedGridDecodeKernel(int num_heads, int num_kv_heads, int head_dim,
                                                int block_size, int num_seqs, int max_context_len,
                                                int sm_count) {
-  DecodeKernelChoice c = SelectDecodeKernel(num_heads, num_kv_heads, head_dim, block_size,
-                                            num_seqs, max_context_len, sm_count);
+  DecodeKernelChoice c = SelectDecodeKernel(num_heads, num_kv_heads, head_dim, block_size, num_seqs,
+                                            max_context_len, sm_count);
   c.split_tokens = 0;
   return c;
 }

@@ -113,8 +113,9 @@ struct WarpState {
 
 // Issues this warp's share of the async copies of one 16-token tile of K and V (which lies in
 // cache block `block`) into a stage buffer: warp `part` of the kParts warps that share the stage
-// copies rows part * 16 / kParts ... .
-template <typename T, int D, int kParts = 1>
+// copies rows part * 16 / kParts ... . A stage holds kStageTiles tiles of K, then as many of V:
+// `stage` points at this tile's K rows, its V rows lie kStageTiles tiles further on.
+template <typename T, int D, int kParts = 1, int kStageTiles = 1>
 __device__ __forceinline__ void LoadTile(const PagedKvView<T>& cache, int block, int kv_head,
                                          int tok0, int end, T* stage, int lane, int part = 0) {
   const size_t base = ((size_t(block) * cache.num_kv_heads + kv_head) * cache.block_size +
@@ -130,7 +131,7 @@ __device__ __forceinline__ void LoadTile(const PagedKvView<T>& cache, int block,
   const T* k_src = cache.k + base + size_t(row) * D + col;
   const T* v_src = cache.v + base + size_t(row) * D + col;
   T* k_dst = stage + row * kRow<D> + col;
-  T* v_dst = k_dst + kTile * kRow<D>;
+  T* v_dst = k_dst + kStageTiles * kTile * kRow<D>;
 #pragma unroll
   for (int pass = 0; pass < kPasses; ++pass) {
     const bool valid = tok0 + row + pass * kRowsPerPass < end;
@@ -139,36 +140,48 @@ __device__ __forceinline__ void LoadTile(const PagedKvView<T>& cache, int block,
   }
 }
 
-// One 16-key tile: S = Q.K^T (masked, scaled to log2 units), online softmax, O += P.V.
-template <typename T, int D, int QT>
+// One step of NK 16-key tiles (16 * NK keys, K rows then V rows in `stage`): S = Q.K^T (masked,
+// scaled to log2 units), online softmax, O += P.V.
+// Several tiles per step give the warp NK independent chains of products and pay the softmax's row
+// bookkeeping (max shuffles, rescale) once per 16 * NK keys.
+template <typename T, int D, int QT, int NK = 1>
 // limit[mt][r]: keys at positions >= limit are masked for row g (r = 0) or g + 8 (r = 1) of query
-// tile mt; `mask` (uniform across the warp) says whether any key of this tile needs it.
+// tile mt; `mask` (uniform across the warp) says whether any key of this step needs it.
 __device__ __forceinline__ void AttendTile(const T* q_smem, const T* stage, int tok0,
                                            const int (&limit)[QT][2], bool mask, float scale_log2,
                                            WarpState<D, QT>& st, int lane) {
   const T* k_tile = stage;
-  const T* v_tile = stage + kTile * kRow<D>;
+  const T* v_tile = stage + NK * kTile * kRow<D>;
   const int tig = lane % 4;
-  float s[QT][2][4];
+  float s[QT][2 * NK][4];  // scores of key tiles of 8: keys nt * 8 + 2 * tig + e
 #pragma unroll
   for (int mt = 0; mt < QT; ++mt) {
 #pragma unroll
-    for (int i = 0; i < 8; ++i) s[mt][i / 4][i % 4] = 0.0f;
+    for (int nt = 0; nt < 2 * NK; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.0f;
+    }
   }
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {
-    uint32_t kb[4];  // B fragments: tokens 0-7 (k lo, k hi), tokens 8-15 (k lo, k hi)
-    LdMatrixX4(kb,
-               k_tile + ((lane % 8) + (lane / 16) * 8) * kRow<D> + kk * 16 + ((lane / 8) % 2) * 8);
+    uint32_t qa[QT][4];
 #pragma unroll
     for (int mt = 0; mt < QT; ++mt) {
-      uint32_t qa[4];
-      LdMatrixX4(qa, q_smem + (mt * 16 + lane % 16) * kRow<D> + kk * 16 + (lane / 16) * 8);
-      Mma<T>(s[mt][0], qa, kb[0], kb[1]);
-      Mma<T>(s[mt][1], qa, kb[2], kb[3]);
+      LdMatrixX4(qa[mt], q_smem + (mt * 16 + lane % 16) * kRow<D> + kk * 16 + (lane / 16) * 8);
+    }
+#pragma unroll
+    for (int nk = 0; nk < NK; ++nk) {
+      uint32_t kb[4];  // B fragments: tokens 0-7 (k lo, k hi), tokens 8-15 (k lo, k hi)
+      LdMatrixX4(kb, k_tile + (nk * kTile + (lane % 8) + (lane / 16) * 8) * kRow<D> + kk * 16 +
+                         ((lane / 8) % 2) * 8);
+#pragma unroll
+      for (int mt = 0; mt < QT; ++mt) {
+        Mma<T>(s[mt][2 * nk], qa[mt], kb[0], kb[1]);
+        Mma<T>(s[mt][2 * nk + 1], qa[mt], kb[2], kb[3]);
+      }
     }
   }
-  uint32_t pa[QT][4];
+  uint32_t pa[QT][NK][4];
 #pragma unroll
   for (int mt = 0; mt < QT; ++mt) {
     bool max_moved = false;
@@ -177,7 +190,7 @@ __device__ __forceinline__ void AttendTile(const T* q_smem, const T* stage, int 
     for (int r = 0; r < 2; ++r) {  // row g, then row g + 8
       float tile_max = -INFINITY;
 #pragma unroll
-      for (int nt = 0; nt < 2; ++nt) {
+      for (int nt = 0; nt < 2 * NK; ++nt) {
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           float& v = s[mt][nt][r * 2 + e];
@@ -193,7 +206,7 @@ __device__ __forceinline__ void AttendTile(const T* q_smem, const T* stage, int 
       const float alpha = exp2f(st.max[mt][r] - base);
       float tile_sum = 0.0f;
 #pragma unroll
-      for (int nt = 0; nt < 2; ++nt) {
+      for (int nt = 0; nt < 2 * NK; ++nt) {
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           float& v = s[mt][nt][r * 2 + e];
@@ -206,7 +219,7 @@ __device__ __forceinline__ void AttendTile(const T* q_smem, const T* stage, int 
       alphas[r] = alpha;
       max_moved |= alpha != 1.0f;
     }
-    // Once the running max settles, whole tiles pass without rescaling the output.
+    // Once the running max settles, whole steps pass without rescaling the output.
     if (__any_sync(0xffffffffu, max_moved)) {
 #pragma unroll
       for (int dt = 0; dt < D / 8; ++dt) {
@@ -215,20 +228,26 @@ __device__ __forceinline__ void AttendTile(const T* q_smem, const T* stage, int 
       }
     }
     // The accumulator layout of two n8 tiles is the A layout of one k16 step.
-    pa[mt][0] = Pack<T>(s[mt][0][0], s[mt][0][1]);
-    pa[mt][1] = Pack<T>(s[mt][0][2], s[mt][0][3]);
-    pa[mt][2] = Pack<T>(s[mt][1][0], s[mt][1][1]);
-    pa[mt][3] = Pack<T>(s[mt][1][2], s[mt][1][3]);
+#pragma unroll
+    for (int nk = 0; nk < NK; ++nk) {
+      pa[mt][nk][0] = Pack<T>(s[mt][2 * nk][0], s[mt][2 * nk][1]);
+      pa[mt][nk][1] = Pack<T>(s[mt][2 * nk][2], s[mt][2 * nk][3]);
+      pa[mt][nk][2] = Pack<T>(s[mt][2 * nk + 1][0], s[mt][2 * nk + 1][1]);
+      pa[mt][nk][3] = Pack<T>(s[mt][2 * nk + 1][2], s[mt][2 * nk + 1][3]);
+    }
   }
 #pragma unroll
   for (int dp = 0; dp < D / 16; ++dp) {
-    uint32_t vb[4];  // B fragments for d tiles 2dp and 2dp+1 (tokens lo, tokens hi)
-    LdMatrixX4Trans(
-        vb, v_tile + ((lane % 8) + ((lane / 8) % 2) * 8) * kRow<D> + dp * 16 + (lane / 16) * 8);
 #pragma unroll
-    for (int mt = 0; mt < QT; ++mt) {
-      Mma<T>(st.out[mt][2 * dp], pa[mt], vb[0], vb[1]);
-      Mma<T>(st.out[mt][2 * dp + 1], pa[mt], vb[2], vb[3]);
+    for (int nk = 0; nk < NK; ++nk) {
+      uint32_t vb[4];  // B fragments for d tiles 2dp and 2dp+1 (tokens lo, tokens hi)
+      LdMatrixX4Trans(vb, v_tile + (nk * kTile + (lane % 8) + ((lane / 8) % 2) * 8) * kRow<D> +
+                              dp * 16 + (lane / 16) * 8);
+#pragma unroll
+      for (int mt = 0; mt < QT; ++mt) {
+        Mma<T>(st.out[mt][2 * dp], pa[mt][nk], vb[0], vb[1]);
+        Mma<T>(st.out[mt][2 * dp + 1], pa[mt][nk], vb[2], vb[3]);
+      }
     }
   }
 }

@@ -1,14 +1,19 @@
 // Grouped-query decode attention over the paged KV cache (one query token per sequence).
 //
-// Grid: (split, KV head, sequence). Block: 4 warps. The block loads the group's query rows
-// (group = num_heads / num_kv_heads, padded to 16 or 32 rows) into shared memory once. The warps
-// form teams, one warp per 16-row query tile (4 teams of 1 for groups up to 16, 2 teams of 2
-// above); each team streams its own 16-token tiles of K and V (a tile lies inside one cache
-// block, so it is 16 contiguous rows of head_dim) through a 3-stage cp.async pipeline into
+// Grid: (split, KV head, sequence). Block: W warps (4 or 8). The block loads the group's query
+// rows (group = num_heads / num_kv_heads, padded to 16 or 32 rows) into shared memory once. The
+// warps form teams, one warp per 16-row query tile (W teams of 1 for groups up to 16, W / 2 teams
+// of 2 above); each team streams its own 16-token tiles of K and V (a tile lies inside one cache
+// block, so it is 16 contiguous rows of head_dim) through an S-stage cp.async pipeline into
 // team-private shared memory, and each warp runs S = Q.K^T and O += P.V for its query tile on
 // tensor cores with an online softmax in fp32. Each K/V byte is read from DRAM once for the whole
 // group. The teams' partial results are merged in shared memory; with several splits, a second
 // kernel merges the splits by log-sum-exp.
+//
+// What bounds the kernel is the bytes each multiprocessor keeps in flight: (teams x (S - 1)) tiles
+// per block. W and S are chosen by the selector (kernels/cpu/decode_selector.cc) so that a
+// 32-row group (MQA) and head_dim 64 keep as many bytes in flight as the small groups at
+// head_dim 128 (kernels/BENCHMARKS.md, step 14).
 #include <cfloat>
 #include <cstdint>
 
@@ -52,13 +57,17 @@ __device__ __forceinline__ unsigned long long GlobalTimer() {
 
 // ---------------------------------------------------------------- shared memory layout
 
-template <int D, int QT>
+// D: head_dim; QT: 16-row query tiles; W: warps per block; S: pipeline stages per team; NK:
+// 16-token tiles per stage (the keys of one softmax step).
+template <int D, int QT, int W, int S, int NK>
 struct Smem {
-  static constexpr int kRows = 16 * QT;       // query rows
-  static constexpr int kTeams = kWarps / QT;  // pipelines: QT warps share each one
+  static constexpr int kThreads = W * 32;
+  static constexpr int kRows = 16 * QT;  // query rows
+  static constexpr int kTeams = W / QT;  // pipelines: QT warps share each one
   static constexpr size_t kQueryBytes = size_t(kRows) * kRow<D> * 2;  // [kRows][kRow]
-  static constexpr size_t kStageElems = size_t(2) * kTile * kRow<D>;  // K then V tile
-  static constexpr size_t kPipeBytes = size_t(kTeams) * kStages * kStageElems * 2;
+  static constexpr int kStageTokens = NK * kTile;
+  static constexpr size_t kStageElems = size_t(2) * kStageTokens * kRow<D>;  // K then V tiles
+  static constexpr size_t kPipeBytes = size_t(kTeams) * S * kStageElems * 2;
   // Per team: running max and sum per row, then its unnormalized output rows (fp32).
   static constexpr size_t kMergeFloatsPerTeam = size_t(2) * kRows + size_t(kRows) * D;
   // Then each team's weight per row and each row's log-sum-exp.
@@ -68,14 +77,17 @@ struct Smem {
       kQueryBytes + (kPipeBytes > kMergeBytes ? kPipeBytes : kMergeBytes);
 };
 
-// The cache block of each of a team's next 32 tiles, one per lane: a team's tiles are
-// team, team + teams, ... of the split; lane i holds the block of its (first + i)-th tile.
+// The cache block of each of a team's next 32 tiles, one per lane: a team's steps of NK tiles
+// are team, team + teams, ... of the split; lane i holds the block of tile i % NK of its
+// (first + i / NK)-th step.
 // Bounded by the table's row length only, not the sequence's, so that it need not wait for the
 // context length: entries past the sequence are read but never used.
+template <int NK>
 __device__ __forceinline__ int PrefetchBlocks(const int32_t* table_row, int max_blocks,
                                               int block_size, int begin, int team, int teams,
                                               int first, int lane) {
-  const int entry = (begin + (team + (first + lane) * teams) * kTile) / block_size;
+  const int step = first + lane / NK;
+  const int entry = (begin + (team + step * teams) * NK * kTile + (lane % NK) * kTile) / block_size;
   return entry < max_blocks ? table_row[entry] : 0;
 }
 
@@ -86,15 +98,19 @@ __device__ __forceinline__ int SequenceSplitTokens(int len, int num_splits) {
   return max(kDecodeMinSplitTiles, (tiles + num_splits - 1) / num_splits) * kTile;
 }
 
-// QT is the number of 16-row query tiles (group <= 16: 1, else 2). The block's 4 warps form
-// kWarps / QT teams; the QT warps of a team share one K/V pipeline and each attends with its own
-// query tile, so a group of 32 costs each warp the work of a group of 16.
-template <typename T, int D, int QT>
-__global__ void __launch_bounds__(kThreads)
+// QT is the number of 16-row query tiles (group <= 16: 1, else 2). The block's W warps form
+// W / QT teams; the QT warps of a team share one K/V pipeline of S stages and each attends with
+// its own query tile, so a group of 32 costs each warp the work of a group of 16.
+template <typename T, int D, int QT, int W, int S, int NK>
+__global__ void __launch_bounds__(W * 32)
     DecodeKernel(DecodeAttentionArgs<T> args, int group, int split_tokens, int num_splits,
                  float* partial_out,    // [num_seqs, num_heads, num_splits, D]
                  float* partial_lse) {  // [num_seqs, num_heads, num_splits], log2 units
-  using Layout = Smem<D, QT>;
+  using Layout = Smem<D, QT, W, S, NK>;
+  constexpr int kStageTokens = Layout::kStageTokens;
+  constexpr int kStepsPerFetch = 32 / NK;  // steps whose block ids one prefetch holds
+  constexpr int kThreads = Layout::kThreads;
+  constexpr int kStages = S;
   constexpr int kRows = Layout::kRows;
   constexpr int kTeams = Layout::kTeams;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -132,7 +148,7 @@ __global__ void __launch_bounds__(kThreads)
     // context length.
     begin = split * split_tokens;
     load_query();
-    blocks = PrefetchBlocks(table_row, max_blocks, bs, begin, team, kTeams, 0, lane);
+    blocks = PrefetchBlocks<NK>(table_row, max_blocks, bs, begin, team, kTeams, 0, lane);
     len = args.context_lens[seq];
     end = min(len, begin + split_tokens);
   } else {
@@ -150,21 +166,26 @@ __global__ void __launch_bounds__(kThreads)
       }
       return;
     }
-    blocks = PrefetchBlocks(table_row, max_blocks, bs, begin, team, kTeams, 0, lane);
+    blocks = PrefetchBlocks<NK>(table_row, max_blocks, bs, begin, team, kTeams, 0, lane);
     load_query();
     end = min(len, begin + tokens);
   }
 
-  const int num_tiles = begin < end ? (end - begin + kTile - 1) / kTile : 0;
+  // A "tile" below is one step of NK 16-token tiles (kStageTokens keys): one pipeline stage.
+  const int num_tiles = begin < end ? (end - begin + kStageTokens - 1) / kStageTokens : 0;
   const int my_tiles = num_tiles > team ? (num_tiles - team + kTeams - 1) / kTeams : 0;
   T* stages = pipe + size_t(team) * kStages * Layout::kStageElems;
-  auto tile_start = [&](int j) { return begin + (team + j * kTeams) * kTile; };
-  auto load = [&](int j) {  // this warp's share of the team's j-th tile into stage j % kStages
-    if ((j & 31) == 0 && j > 0)
-      blocks = PrefetchBlocks(table_row, max_blocks, bs, begin, team, kTeams, j, lane);
-    const int block = __shfl_sync(0xffffffffu, blocks, j & 31);
-    LoadTile<T, D, QT>(args.cache, block, kv_head, tile_start(j), end,
-                       stages + (j % kStages) * Layout::kStageElems, lane, query_tile);
+  auto tile_start = [&](int j) { return begin + (team + j * kTeams) * kStageTokens; };
+  auto load = [&](int j) {  // this warp's share of the team's j-th step into stage j % kStages
+    if (j % kStepsPerFetch == 0 && j > 0)
+      blocks = PrefetchBlocks<NK>(table_row, max_blocks, bs, begin, team, kTeams, j, lane);
+    T* stage = stages + (j % kStages) * Layout::kStageElems;
+#pragma unroll
+    for (int sub = 0; sub < NK; ++sub) {
+      const int block = __shfl_sync(0xffffffffu, blocks, (j % kStepsPerFetch) * NK + sub);
+      LoadTile<T, D, QT, NK>(args.cache, block, kv_head, tile_start(j) + sub * kTile, end,
+                             stage + sub * kTile * kRow<D>, lane, query_tile);
+    }
   };
   // Then the first tiles: kStages async groups in all.
 #pragma unroll
@@ -201,8 +222,8 @@ __global__ void __launch_bounds__(kThreads)
     }
     if (j < my_tiles) {
       const int tok0 = tile_start(j);
-      AttendTile<T, D, 1>(my_query, stages + (j % kStages) * Layout::kStageElems, tok0, limit,
-                          tok0 + kTile > end, scale_log2, st, lane);
+      AttendTile<T, D, 1, NK>(my_query, stages + (j % kStages) * Layout::kStageElems, tok0, limit,
+                              tok0 + kStageTokens > end, scale_log2, st, lane);
     }
     if constexpr (QT == 1) __syncwarp();
   }
@@ -311,11 +332,13 @@ __global__ void __launch_bounds__(D)
 #endif
 }
 
-template <typename T, int D, int QT>
+template <typename T, int D, int QT, int W, int S, int NK>
 cudaError_t LaunchDecode(const DecodeAttentionArgs<T>& args, const DecodeKernelChoice& choice,
                          cudaStream_t stream) {
-  constexpr size_t kSmem = Smem<D, QT>::kBytes;
-  if (const cudaError_t e = AllowDynamicSmem<DecodeKernel<T, D, QT>>(int(kSmem)); e != cudaSuccess)
+  using Layout = Smem<D, QT, W, S, NK>;
+  constexpr size_t kSmem = Layout::kBytes;
+  if (const cudaError_t e = AllowDynamicSmem<DecodeKernel<T, D, QT, W, S, NK>>(int(kSmem));
+      e != cudaSuccess)
     return e;
   const int num_kv_heads = args.cache.num_kv_heads;
   const int group = args.num_heads / num_kv_heads;
@@ -327,7 +350,7 @@ cudaError_t LaunchDecode(const DecodeAttentionArgs<T>& args, const DecodeKernelC
   // A plain launch: launched after the previous kernel (QkvRopeAppend) with programmatic
   // serialization, MQA decode steps ran 20% slower on an H100 (its WaitForPrevious calls then
   // return at once).
-  DecodeKernel<T, D, QT><<<grid, kThreads, kSmem, stream>>>(
+  DecodeKernel<T, D, QT, W, S, NK><<<grid, Layout::kThreads, kSmem, stream>>>(
       args, group, choice.split_tokens, choice.num_splits, partial_out, partial_lse);
   if (choice.num_splits == 1) return cudaGetLastError();
   // Programmatic dependent launch (Hopper): the merge grid is scheduled while the decode grid
@@ -375,18 +398,52 @@ size_t DecodeWorkspaceBytes(int num_seqs, int num_heads, int head_dim, int num_s
   return rows * (head_dim + 1) * sizeof(float);
 }
 
+// Launches variant (W warps, S stages, NK tiles per step) if `choice` names it and its shared
+// memory fits a block; returns false when it does not apply.
+template <typename T, int D, int QT, int W, int S, int NK>
+bool TryVariant(const DecodeAttentionArgs<T>& args, const DecodeKernelChoice& choice,
+                cudaStream_t stream, cudaError_t* result) {
+  constexpr DecodeVariant kVariant{W, S, NK};
+  if constexpr (!DecodeVariantBuilt(D, QT, kVariant)) {
+    return false;
+  } else {
+    static_assert(Smem<D, QT, W, S, NK>::kBytes == DecodeSharedBytes(D, QT, kVariant));
+    if (choice.warps != W || choice.stages != S || choice.key_tiles != NK) return false;
+    *result = LaunchDecode<T, D, QT, W, S, NK>(args, choice, stream);
+    return true;
+  }
+}
+
+// Every variant of kDecodeVariantCandidates (gqa/kernels/decode_selector.h) that
+// DecodeVariantBuilt accepts; the tests launch each of them.
+template <typename T, int D, int QT>
+cudaError_t LaunchDecodeVariant(const DecodeAttentionArgs<T>& args,
+                                const DecodeKernelChoice& choice, cudaStream_t stream) {
+  cudaError_t e = cudaErrorInvalidValue;
+  (void)(TryVariant<T, D, QT, 4, 3, 1>(args, choice, stream, &e) ||
+         TryVariant<T, D, QT, 4, 6, 1>(args, choice, stream, &e) ||
+         TryVariant<T, D, QT, 4, 3, 2>(args, choice, stream, &e) ||
+         TryVariant<T, D, QT, 4, 3, 4>(args, choice, stream, &e) ||
+         TryVariant<T, D, QT, 8, 3, 1>(args, choice, stream, &e) ||
+         TryVariant<T, D, QT, 8, 6, 1>(args, choice, stream, &e) ||
+         TryVariant<T, D, QT, 8, 3, 2>(args, choice, stream, &e) ||
+         TryVariant<T, D, QT, 8, 3, 4>(args, choice, stream, &e));
+  return e;
+}
+
+template <typename T, int D>
+cudaError_t LaunchDecodeHeadDim(const DecodeAttentionArgs<T>& args,
+                                const DecodeKernelChoice& choice, cudaStream_t stream) {
+  return choice.query_tiles == 1 ? LaunchDecodeVariant<T, D, 1>(args, choice, stream)
+                                 : LaunchDecodeVariant<T, D, 2>(args, choice, stream);
+}
+
 template <typename T>
 cudaError_t PagedDecodeAttention(const DecodeAttentionArgs<T>& args,
                                  const DecodeKernelChoice& choice, cudaStream_t stream) {
   if (!choice.supported || args.num_seqs <= 0) return cudaErrorInvalidValue;
-  if (choice.head_dim == 64) {
-    return choice.query_tiles == 1 ? LaunchDecode<T, 64, 1>(args, choice, stream)
-                                   : LaunchDecode<T, 64, 2>(args, choice, stream);
-  }
-  if (choice.head_dim == 128) {
-    return choice.query_tiles == 1 ? LaunchDecode<T, 128, 1>(args, choice, stream)
-                                   : LaunchDecode<T, 128, 2>(args, choice, stream);
-  }
+  if (choice.head_dim == 64) return LaunchDecodeHeadDim<T, 64>(args, choice, stream);
+  if (choice.head_dim == 128) return LaunchDecodeHeadDim<T, 128>(args, choice, stream);
   return cudaErrorInvalidValue;
 }
 

@@ -27,6 +27,7 @@ struct Shape {
   // Per-sequence splits on a grid fixed for contexts up to 8192 tokens (what CUDA graphs run);
   // num_splits > 0 then overrides the grid's split count.
   bool fixed_grid = false;
+  DecodeVariant variant{0, 0, 0};  // warps > 0: this kernel variant instead of the selector's
 };
 
 std::string Describe(const Shape& s) {
@@ -35,8 +36,12 @@ std::string Describe(const Shape& s) {
     lens += std::to_string(s.lens[i]) + " ";
   return "heads " + std::to_string(s.num_heads) + " kv " + std::to_string(s.num_kv_heads) + " d " +
          std::to_string(s.head_dim) + " block " + std::to_string(s.block_size) + " seqs " +
-         std::to_string(s.lens.size()) + " lens " + lens + "splits " + std::to_string(s.num_splits) +
-         (s.fixed_grid ? " fixed grid" : "");
+         std::to_string(s.lens.size()) + " lens " + lens + "splits " +
+         std::to_string(s.num_splits) + (s.fixed_grid ? " fixed grid" : "") +
+         (s.variant.warps > 0
+              ? " variant " + std::to_string(s.variant.warps) + "x" +
+                    std::to_string(s.variant.stages) + "x" + std::to_string(s.variant.key_tiles)
+              : "");
 }
 
 template <typename T>
@@ -115,6 +120,11 @@ void CheckDecode(const Shape& shape) {
                                 shape.num_splits);
   }
   ASSERT_TRUE(choice.supported) << choice.reason;
+  if (shape.variant.warps > 0) {
+    choice.warps = shape.variant.warps;
+    choice.stages = shape.variant.stages;
+    choice.key_tiles = shape.variant.key_tiles;
+  }
   if (shape.num_splits > 0 && !shape.fixed_grid) {
     EXPECT_EQ(choice.num_splits, std::min(shape.num_splits, (max_len + 15) / 16));
   }
@@ -205,6 +215,32 @@ TEST(DecodeAttentionCuda, OddGroupsAndLargeBatches) {
   CheckDecode<__half>({32, 8, 128, 64, Ragged(128, 600)});
 }
 
+// Every built kernel variant, not only the ones the selector picks today: ragged lengths, split
+// and unsplit, fixed grid, both head dims and both query-tile counts.
+TEST(DecodeAttentionCuda, EveryKernelVariant) {
+  REQUIRE_GPU();
+  int launched = 0;
+  for (int head_dim : {64, 128}) {
+    for (int kv_heads : {8, 2, 1}) {  // groups 4 (one query tile), 16 (one), 32 (two)
+      const int query_tiles = 32 / kv_heads > 16 ? 2 : 1;
+      for (const DecodeVariant v : kDecodeVariantCandidates) {
+        if (!DecodeVariantBuilt(head_dim, query_tiles, v)) continue;
+        ++launched;
+        Shape ragged{32, kv_heads, head_dim, 16, Ragged(11, 3000)};
+        ragged.variant = v;
+        CheckDecode<__nv_bfloat16>(ragged);
+        Shape split{32, kv_heads, head_dim, 16, {1, 17, 5000}, /*num_splits=*/9};
+        split.variant = v;
+        CheckDecode<__half>(split);
+        Shape fixed{32, kv_heads, head_dim, 32, {2, 700, 4097}, 0, true};
+        fixed.variant = v;
+        CheckDecode<__nv_bfloat16>(fixed);
+      }
+    }
+  }
+  EXPECT_GE(launched, 20);
+}
+
 // Small enough for compute-sanitizer memcheck and racecheck.
 TEST(DecodeAttentionCuda, SmallForSanitizers) {
   REQUIRE_GPU();
@@ -212,6 +248,11 @@ TEST(DecodeAttentionCuda, SmallForSanitizers) {
   CheckDecode<__nv_bfloat16>({32, 1, 64, 16, {33}});
   CheckDecode<__nv_bfloat16>({32, 1, 128, 16, {200, 5}, /*num_splits=*/2});  // teams of 2
   CheckDecode<__nv_bfloat16>({8, 2, 128, 16, {1, 300}, /*num_splits=*/4, true});
+  // 8 warps in 4 teams of 2, 6 stages: the MQA variant's barriers and stage reuse.
+  // 8 warps in 4 teams of 2 with 6 stages; steps of 2 and 4 tiles; a partial last step.
+  CheckDecode<__nv_bfloat16>({32, 1, 128, 16, {500, 37}, /*num_splits=*/2, false, {8, 6, 1}});
+  CheckDecode<__nv_bfloat16>({32, 1, 64, 16, {300}, /*num_splits=*/1, false, {8, 3, 4}});
+  CheckDecode<__nv_bfloat16>({32, 4, 64, 16, {400, 3}, /*num_splits=*/2, false, {4, 3, 2}});
 }
 
 }  // namespace

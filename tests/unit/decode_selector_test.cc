@@ -36,6 +36,26 @@ TEST(DecodeSelectorTest, SplitsCoverTheContextInWholeTiles) {
   }
 }
 
+TEST(DecodeSelectorTest, EveryChoiceNamesABuiltVariant) {
+  for (int d : {64, 128}) {
+    for (int kv : {32, 16, 8, 4, 2, 1}) {
+      const auto c = SelectDecodeKernel(32, kv, d, 16, 8, 4096, 132);
+      ASSERT_TRUE(c.supported);
+      EXPECT_TRUE(DecodeVariantBuilt(d, c.query_tiles, {c.warps, c.stages, c.key_tiles}))
+          << "kv " << kv << " d " << d << ": " << c.warps << " warps, " << c.stages << " stages, "
+          << c.key_tiles << " tiles per step";
+    }
+  }
+  EXPECT_EQ(SelectDecodeKernel(32, 1, 128, 16, 8, 4096, 132).warps, 8);  // warps in pairs
+  EXPECT_EQ(SelectDecodeKernel(32, 8, 128, 16, 8, 4096, 132).warps, 4);
+  EXPECT_FALSE(DecodeVariantBuilt(128, 1, {8, 3, 1}));  // 8 single-warp teams: not built
+  EXPECT_FALSE(DecodeVariantBuilt(128, 2, {8, 3, 4}));  // 4 x 3 x 34 KB: too much shared memory
+  EXPECT_TRUE(DecodeVariantBuilt(64, 2, {8, 3, 4}));
+  EXPECT_FALSE(DecodeVariantBuilt(128, 3, {4, 3, 1}));
+  // The layout the kernel asserts against: 16 query rows and 4 pipelines of 3 x 16 keys at 128.
+  EXPECT_EQ(DecodeSharedBytes(128, 1, {4, 3, 1}), 16u * 136 * 2 + 4u * 3 * (2 * 16 * 136) * 2);
+}
+
 TEST(DecodeSelectorTest, SmallBatchLongContextSplitsLargeBatchDoesNot) {
   EXPECT_GT(SelectDecodeKernel(32, 8, 128, 16, 1, 32768, 132).num_splits, 16);
   EXPECT_EQ(SelectDecodeKernel(32, 32, 128, 16, 256, 512, 132).num_splits, 1);

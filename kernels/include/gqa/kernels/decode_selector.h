@@ -2,16 +2,24 @@
 // the same function answers "is this model supported?" when a model loads, with or without CUDA.
 #pragma once
 
+#include <cstddef>
 #include <string>
 
 namespace gqa::kernels {
 
 struct DecodeKernelChoice {
   bool supported = false;
-  std::string reason;    // why not, when unsupported
-  int head_dim = 0;      // compile-time head dim: 64 or 128
-  int query_tiles = 0;   // 16-row tiles holding the query group: 1 (group <= 16) or 2 (<= 32)
-  int num_splits = 1;    // context ranges per (sequence, KV head), merged by log-sum-exp
+  std::string reason;   // why not, when unsupported
+  int head_dim = 0;     // compile-time head dim: 64 or 128
+  int query_tiles = 0;  // 16-row tiles holding the query group: 1 (group <= 16) or 2 (<= 32)
+  // The kernel variant: warps per block, cp.async pipeline stages per team, and 16-token tiles
+  // per softmax step (key_tiles). Together they set the bytes each block keeps in flight and the
+  // independent products each warp has per step. Tests and benchmarks may override them with
+  // any variant DecodeVariantBuilt accepts.
+  int warps = 4;
+  int stages = 3;
+  int key_tiles = 1;
+  int num_splits = 1;  // context ranges per (sequence, KV head), merged by log-sum-exp
   // Tokens per split, a multiple of 16. 0: each sequence cuts its own context into at most
   // num_splits ranges of at least kDecodeMinSplitTiles tiles, and the splits past its end exit
   // early. Then the grid does not depend on the step's lengths (what a captured CUDA graph
@@ -28,6 +36,36 @@ constexpr int kDecodeMinSplitTiles = 8;  // two 16-token tiles for each of 4 pip
 DecodeKernelChoice SelectDecodeKernel(int num_heads, int num_kv_heads, int head_dim, int block_size,
                                       int num_seqs, int max_context_len, int sm_count,
                                       int num_splits_override = 0);
+
+// A decode kernel variant (see DecodeKernelChoice).
+struct DecodeVariant {
+  int warps, stages, key_tiles;
+};
+
+// The variants the CUDA decode kernel may be built in; each is built for the (head_dim,
+// query_tiles) pairs DecodeVariantBuilt accepts.
+inline constexpr DecodeVariant kDecodeVariantCandidates[] = {
+    {4, 3, 1}, {4, 6, 1}, {4, 3, 2}, {4, 3, 4}, {8, 3, 1}, {8, 6, 1}, {8, 3, 2}, {8, 3, 4}};
+
+// Shared memory of one decode block: the query rows, then the larger of the K/V pipeline (per
+// team of query_tiles warps: stages x key_tiles 16-token tiles of K and of V, rows padded by 8
+// elements) and the teams' fp32 merge area. 2-byte elements.
+constexpr size_t DecodeSharedBytes(int head_dim, int query_tiles, DecodeVariant v) {
+  const size_t row = size_t(head_dim) + 8, rows = size_t(16) * query_tiles;
+  const size_t teams = size_t(v.warps / query_tiles);
+  const size_t query = rows * row * 2;
+  const size_t pipe = teams * v.stages * (2 * size_t(16) * v.key_tiles * row) * 2;
+  const size_t merge = (teams * (2 * rows + rows * head_dim) + teams * rows + rows) * 4;
+  return query + (pipe > merge ? pipe : merge);
+}
+
+// Whether the CUDA decode kernel is built for this variant: 8 warps only pair up for 2 query
+// tiles, and the block's shared memory must fit Hopper's 227 KB.
+constexpr bool DecodeVariantBuilt(int head_dim, int query_tiles, DecodeVariant v) {
+  if (query_tiles != 1 && query_tiles != 2) return false;
+  if (v.warps == 8 && query_tiles == 1) return false;
+  return DecodeSharedBytes(head_dim, query_tiles, v) <= size_t(227) * 1024;
+}
 
 // The per-sequence split choice (split_tokens = 0) for a fixed grid of up to `num_seqs`
 // sequences of up to `max_context_len` tokens: the number of splits SelectDecodeKernel picks for
