@@ -32,11 +32,12 @@ int Fail(const std::string& message) {
   return 1;
 }
 
-// The longest sequence served. A sliding window that the backend does not apply caps it at the
-// window (where every key is inside the window anyway).
-int MaxModelLen(const ServerConfig& sc, const ModelConfig& c, BackendKind kind) {
+// The longest sequence served. A sliding window that the backends do not apply (Qwen2's, in only
+// some layers) caps it at the window (where every key is inside the window anyway); Mistral's
+// is applied by both backends.
+int MaxModelLen(const ServerConfig& sc, const ModelConfig& c) {
   int len = sc.max_model_len > 0 ? sc.max_model_len : c.max_position_embeddings;
-  const bool window_applied = c.attention_window() > 0 && kind == BackendKind::kCpu;
+  const bool window_applied = c.attention_window() > 0;
   if (c.sliding_window && !window_applied && *c.sliding_window < len) {
     spdlog::info("max_model_len capped at the sliding window, {} tokens", *c.sliding_window);
     len = *c.sliding_window;
@@ -164,7 +165,7 @@ absl::StatusOr<LoadedModel> LoadModel(const ServerConfig& sc, BackendKind kind,
     if (!tokenizer.ok()) return tokenizer.status();
     model.tokenizer = std::move(*tokenizer);
   }
-  const int max_model_len = MaxModelLen(sc, model.config, kind);
+  const int max_model_len = MaxModelLen(sc, model.config);
   auto backend = CreateBackend(MakeBackendOptions(sc, kind, max_model_len), std::move(*ckpt));
   if (!backend.ok()) return backend.status();
   Backend& b = **backend;

@@ -42,6 +42,7 @@ using T = __nv_bfloat16;
 
 constexpr int kHeads = 32;
 int g_head_dim = 128;  // --head_dim 64|128
+int g_window = 0;      // --window N: a sliding window of N keys (decode only)
 constexpr int kBlockSize = 16;
 constexpr size_t kRotateBytes = 512ull << 20;  // > 8x the L2 of a Hopper card
 bool g_contiguous = false;                     // --contiguous: blocks in order (no paging scatter)
@@ -115,9 +116,12 @@ double TimeDecode(const Shape& s, int sm_count, double* kv_bytes, int* splits, d
   const int blocks_per_seq = (s.context + kBlockSize - 1) / kBlockSize;
   const int num_blocks = s.batch * blocks_per_seq;
   const size_t pool = size_t(num_blocks) * s.kv_heads * kBlockSize * g_head_dim;
-  *kv_bytes = 2.0 * s.batch * s.context * s.kv_heads * g_head_dim * sizeof(T);
+  const int attended = g_window > 0 ? std::min(s.context, g_window) : s.context;
+  *kv_bytes = 2.0 * s.batch * attended * s.kv_heads * g_head_dim * sizeof(T);
+  // With a window, the keys one query reads (as the CUDA backend sizes its splits).
+  const int max_keys = g_window > 0 ? std::min(s.context, g_window + kBlockSize - 1) : s.context;
   auto choice = gqa::kernels::SelectDecodeKernel(kHeads, s.kv_heads, g_head_dim, kBlockSize,
-                                                 s.batch, s.context, sm_count, splits_override);
+                                                 s.batch, max_keys, sm_count, splits_override);
   if (variant.warps > 0) {
     choice.warps = variant.warps;
     choice.stages = variant.stages;
@@ -161,6 +165,7 @@ double TimeDecode(const Shape& s, int sm_count, double* kv_bytes, int* splits, d
     args.num_heads = kHeads;
     args.scale = 1.0f / std::sqrt(float(g_head_dim));
     args.workspace = in.workspace;
+    args.window = g_window;
     CHECK_CUDA(gqa::kernels::cuda::PagedDecodeAttention<T>(args, choice, stream));
   };
   cudaStream_t stream;
@@ -355,7 +360,7 @@ int KernelBenchMain(int argc, char** argv) {
         stderr,
         "usage: gqa-bench kernels [--peer 'python3 client/bench/sdpa_peer.py'] "
         "[--prefill] [--only kv,batch,ctx]... [--sweep-splits] [--variants] [--contiguous] "
-        "[--head_dim 64|128]\n");
+        "[--head_dim 64|128] [--window N]\n");
     return 2;
   }
   std::string peer;
@@ -363,6 +368,7 @@ int KernelBenchMain(int argc, char** argv) {
   for (int i = 2; i + 1 < argc; ++i) {
     if (std::string(argv[i]) == "--peer") peer = argv[i + 1];
     if (std::string(argv[i]) == "--head_dim") g_head_dim = std::atoi(argv[i + 1]);
+    if (std::string(argv[i]) == "--window") g_window = std::atoi(argv[i + 1]);
     Shape s;
     if (std::string(argv[i]) == "--only" &&
         std::sscanf(argv[i + 1], "%d,%d,%d", &s.kv_heads, &s.batch, &s.context) == 3) {
@@ -377,8 +383,11 @@ int KernelBenchMain(int argc, char** argv) {
   std::printf("device-to-device copy: %.0f GB/s (bytes read + written)\n", bandwidth / 1e9);
   std::printf(
       "decode attention, bf16, %d query heads, head_dim %d, KV block %d (%s), median of "
-      "200, inputs rotated past L2\n\n",
-      kHeads, g_head_dim, kBlockSize, g_contiguous ? "blocks in order" : "blocks shuffled");
+      "200, inputs rotated past L2%s\n\n",
+      kHeads, g_head_dim, kBlockSize, g_contiguous ? "blocks in order" : "blocks shuffled",
+      g_window > 0
+          ? (", sliding window " + std::to_string(g_window) + " (floor: its keys only)").c_str()
+          : "");
 
   std::vector<Shape> shapes;
   for (int kv : {32, 8, 1}) {

@@ -146,10 +146,12 @@ __device__ __forceinline__ void LoadTile(const PagedKvView<T>& cache, int block,
 // bookkeeping (max shuffles, rescale) once per 16 * NK keys.
 template <typename T, int D, int QT, int NK = 1>
 // limit[mt][r]: keys at positions >= limit are masked for row g (r = 0) or g + 8 (r = 1) of query
-// tile mt; `mask` (uniform across the warp) says whether any key of this step needs it.
+// tile mt, and so are keys before first[mt][r] (a sliding window; 0 without one); `mask`
+// (uniform across the warp) says whether any key of this step needs either.
 __device__ __forceinline__ void AttendTile(const T* q_smem, const T* stage, int tok0,
-                                           const int (&limit)[QT][2], bool mask, float scale_log2,
-                                           WarpState<D, QT>& st, int lane) {
+                                           const int (&limit)[QT][2], const int (&first)[QT][2],
+                                           bool mask, float scale_log2, WarpState<D, QT>& st,
+                                           int lane) {
   const T* k_tile = stage;
   const T* v_tile = stage + NK * kTile * kRow<D>;
   const int tig = lane % 4;
@@ -195,7 +197,8 @@ __device__ __forceinline__ void AttendTile(const T* q_smem, const T* stage, int 
         for (int e = 0; e < 2; ++e) {
           float& v = s[mt][nt][r * 2 + e];
           v *= scale_log2;
-          if (mask && tok0 + nt * 8 + 2 * tig + e >= limit[mt][r]) v = -INFINITY;
+          const int key = tok0 + nt * 8 + 2 * tig + e;
+          if (mask && (key >= limit[mt][r] || key < first[mt][r])) v = -INFINITY;
           tile_max = fmaxf(tile_max, v);
         }
       }

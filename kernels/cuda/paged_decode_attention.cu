@@ -91,6 +91,12 @@ __device__ __forceinline__ int PrefetchBlocks(const int32_t* table_row, int max_
   return entry < max_blocks ? table_row[entry] : 0;
 }
 
+// The first key a sequence's query (at position len - 1) sees: with a sliding window of
+// `window` > 0 tokens, len - window.
+__device__ __forceinline__ int FirstKey(int len, int window) {
+  return window > 0 ? max(0, len - window) : 0;
+}
+
 // Tokens per split when a sequence cuts its own context of `len` tokens into at most
 // `num_splits` ranges of whole tiles, each at least kDecodeMinSplitTiles tiles long.
 __device__ __forceinline__ int SequenceSplitTokens(int len, int num_splits) {
@@ -142,8 +148,10 @@ __global__ void __launch_bounds__(W * 32)
   };
   const int32_t* table_row = args.cache.block_tables + size_t(seq) * args.cache.max_blocks_per_seq;
   const int max_blocks = args.cache.max_blocks_per_seq, bs = args.cache.block_size;
-  int begin, end, blocks, len;
-  if (split_tokens > 0) {
+  // Keys begin .. end - 1 of the sequence: the split's range, from the window's first whole tile
+  // on (tiles wholly behind the window are never read).
+  int begin, end, blocks, len, first_key;
+  if (split_tokens > 0 && args.window <= 0) {
     // Three independent reads in flight at once: the query rows, the first block ids, the
     // context length.
     begin = split * split_tokens;
@@ -151,12 +159,24 @@ __global__ void __launch_bounds__(W * 32)
     blocks = PrefetchBlocks<NK>(table_row, max_blocks, bs, begin, team, kTeams, 0, lane);
     len = args.context_lens[seq];
     end = min(len, begin + split_tokens);
-  } else {
-    // Per-sequence splits: the length decides the split size, and the splits past the end
-    // only mark themselves empty for the merge.
+    first_key = 0;
+  } else if (split_tokens > 0) {
+    // Splits of split_tokens from the window's first tile on (the selector sized them for the
+    // window's keys): the start waits for the length.
     len = args.context_lens[seq];
-    const int tokens = SequenceSplitTokens(len, num_splits);
-    begin = split * tokens;
+    first_key = FirstKey(len, args.window);
+    begin = first_key / kTile * kTile + split * split_tokens;
+    load_query();
+    blocks = PrefetchBlocks<NK>(table_row, max_blocks, bs, begin, team, kTeams, 0, lane);
+    end = min(len, begin + split_tokens);
+  } else {
+    // Per-sequence splits of the window's tiles: the length decides the split size, and the
+    // splits past the end only mark themselves empty for the merge.
+    len = args.context_lens[seq];
+    first_key = FirstKey(len, args.window);
+    const int start = first_key / kTile * kTile;
+    const int tokens = SequenceSplitTokens(len - start, num_splits);
+    begin = start + split * tokens;
     if (split > 0 && begin >= len) {
       WaitForPrevious();  // the workspace may still be read by the previous step's merge
       for (int i = threadIdx.x; i < group * D; i += kThreads) {
@@ -201,6 +221,7 @@ __global__ void __launch_bounds__(W * 32)
   st.Init();
   const float scale_log2 = args.scale * kLog2e;
   const int limit[1][2] = {{end, end}};  // every query row sees keys up to the split's end
+  const int first[1][2] = {{first_key, first_key}};
   const T* my_query = q_smem + query_tile * 16 * kRow<D>;
   // A single warp (QT = 1) runs its own pipeline. Teams of QT warps meet at a block barrier each
   // tile (every warp runs team 0's count of iterations, the most): it makes every warp's share
@@ -223,7 +244,8 @@ __global__ void __launch_bounds__(W * 32)
     if (j < my_tiles) {
       const int tok0 = tile_start(j);
       AttendTile<T, D, 1, NK>(my_query, stages + (j % kStages) * Layout::kStageElems, tok0, limit,
-                              tok0 + kStageTokens > end, scale_log2, st, lane);
+                              first, tok0 + kStageTokens > end || tok0 < first_key, scale_log2, st,
+                              lane);
     }
     if constexpr (QT == 1) __syncwarp();
   }

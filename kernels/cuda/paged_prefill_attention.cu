@@ -57,6 +57,10 @@ __global__ void __launch_bounds__(kThreads) PrefillKernel(PrefillAttentionArgs<T
   const int first_pos = args.context_lens[seq] - q_len;  // position of the first query token
   const int last_pos = first_pos + (min(row0 + kRowsPerBlock, rows) - 1) / group;
   const int num_tiles = last_pos / kTile + 1;
+  // With a sliding window, tiles wholly before the block's first row's window are skipped.
+  const int block_first_key =
+      args.window > 0 ? max(0, first_pos + row0 / group - args.window + 1) : 0;
+  const int first_tile = block_first_key / kTile;
   const int32_t* table_row = args.cache.block_tables + size_t(seq) * args.cache.max_blocks_per_seq;
 
   for (int i = threadIdx.x; i < kRowsPerBlock * D / 8; i += kThreads) {
@@ -75,38 +79,45 @@ __global__ void __launch_bounds__(kThreads) PrefillKernel(PrefillAttentionArgs<T
                         first_pos + q_len, stages + (j % kStages) * PrefillSmem<D>::kStageElems);
   };
 #pragma unroll
-  for (int j = 0; j < kStages - 1; ++j) {
+  for (int j = first_tile; j < first_tile + kStages - 1; ++j) {
     if (j < num_tiles) load(j);
     CpAsyncCommit();
   }
 
-  // Keys visible to this thread's rows g and g + 8: up to and including the row's position.
+  // Keys visible to this thread's rows g and g + 8: up to and including the row's position, and
+  // with a sliding window from position - window + 1 on.
   const int g = lane / 4;
-  int limit[1][2];
-  int warp_min = INT32_MAX, warp_max = 0;
+  int limit[1][2], first[1][2];
+  int warp_min = INT32_MAX, warp_max = 0, warp_first_min = INT32_MAX, warp_first_max = 0;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int row = row0 + warp * 16 + g + r * 8;
-    limit[0][r] = row < rows ? first_pos + row / group + 1 : 0;
+    const int pos = first_pos + row / group;
+    limit[0][r] = row < rows ? pos + 1 : 0;
+    first[0][r] = row < rows && args.window > 0 ? max(0, pos - args.window + 1) : 0;
     warp_max = max(warp_max, limit[0][r]);
     warp_min = min(warp_min, limit[0][r]);
+    warp_first_max = max(warp_first_max, first[0][r]);
+    warp_first_min = min(warp_first_min, first[0][r]);
   }
   warp_max = __reduce_max_sync(0xffffffffu, warp_max);
   warp_min = __reduce_min_sync(0xffffffffu, warp_min);
+  warp_first_max = __reduce_max_sync(0xffffffffu, warp_first_max);
+  warp_first_min = __reduce_min_sync(0xffffffffu, warp_first_min);
 
   WarpState<D, 1> st;
   st.Init();
   const float scale_log2 = args.scale * kLog2e;
-  for (int j = 0; j < num_tiles; ++j) {
+  for (int j = first_tile; j < num_tiles; ++j) {
     if (j + kStages - 1 < num_tiles) load(j + kStages - 1);
     CpAsyncCommit();
     CpAsyncWait<kStages - 1>();
     __syncthreads();
     const int tok0 = j * kTile;
-    if (tok0 < warp_max) {  // some row of this warp sees a key of the tile
+    if (tok0 < warp_max && tok0 + kTile > warp_first_min) {  // a row of the warp sees a key
       AttendTile<T, D, 1>(q_smem + warp * 16 * kRow<D>,
-                          stages + (j % kStages) * PrefillSmem<D>::kStageElems, tok0, limit,
-                          tok0 + kTile > warp_min, scale_log2, st, lane);
+                          stages + (j % kStages) * PrefillSmem<D>::kStageElems, tok0, limit, first,
+                          tok0 + kTile > warp_min || tok0 < warp_first_max, scale_log2, st, lane);
     }
     __syncthreads();  // the stage is refilled next iteration
   }

@@ -196,6 +196,19 @@ TEST(CudaBackendTest, Qwen2BiasesAndTiedEmbeddings) {
   CheckAgainstCpu(c, false);
 }
 
+// Mistral's sliding window (20 keys) on the GPU against the CPU backend: prompts of 37 and 70
+// tokens and decodes past them see only their window, in prefill, chunks and decode steps.
+TEST(CudaBackendTest, MistralSlidingWindow) {
+  REQUIRE_GPU();
+  for (int kv : {2, 1}) {
+    ModelConfig c = Shape(8, kv, 64);
+    c.architecture_name = "MistralForCausalLM";
+    c.architecture = Architecture::kMistral;
+    c.sliding_window = 20;
+    CheckAgainstCpu(c, false);
+  }
+}
+
 TEST(CudaBackendTest, Llama3RopeAndMlpBias) {
   REQUIRE_GPU();
   ModelConfig c = Shape(8, 4, 64);

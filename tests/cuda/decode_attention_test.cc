@@ -28,6 +28,7 @@ struct Shape {
   // num_splits > 0 then overrides the grid's split count.
   bool fixed_grid = false;
   DecodeVariant variant{0, 0, 0};  // warps > 0: this kernel variant instead of the selector's
+  int window = 0;                  // > 0: a sliding window
 };
 
 std::string Describe(const Shape& s) {
@@ -38,6 +39,7 @@ std::string Describe(const Shape& s) {
          std::to_string(s.head_dim) + " block " + std::to_string(s.block_size) + " seqs " +
          std::to_string(s.lens.size()) + " lens " + lens + "splits " +
          std::to_string(s.num_splits) + (s.fixed_grid ? " fixed grid" : "") +
+         (s.window > 0 ? " window " + std::to_string(s.window) : "") +
          (s.variant.warps > 0
               ? " variant " + std::to_string(s.variant.warps) + "x" +
                     std::to_string(s.variant.stages) + "x" + std::to_string(s.variant.key_tiles)
@@ -139,6 +141,7 @@ void CheckDecode(const Shape& shape) {
   args.num_heads = shape.num_heads;
   args.scale = 1.0f / std::sqrt(float(d));
   args.workspace = workspace.ptr;
+  args.window = shape.window;
   CUDA_OK(cudaMemset(workspace.ptr, 0, workspace.size));  // once; launches leave it zeroed
   CUDA_OK(PagedDecodeAttention<T>(args, choice, nullptr));
   CUDA_OK(cudaDeviceSynchronize());
@@ -159,7 +162,7 @@ void CheckDecode(const Shape& shape) {
   std::vector<int32_t> query_start(num_seqs + 1);
   std::iota(query_start.begin(), query_start.end(), 0);
   cpu::PagedAttention(q_f.data(), ref_view, query_start.data(), shape.lens.data(), num_seqs,
-                      shape.num_heads, args.scale, ref.data());
+                      shape.num_heads, args.scale, ref.data(), shape.window);
   double num = 0, den = 0;
   size_t non_finite = 0;
   for (size_t i = 0; i < ref.size(); ++i) {
@@ -241,6 +244,31 @@ TEST(DecodeAttentionCuda, EveryKernelVariant) {
   EXPECT_GE(launched, 20);
 }
 
+// A sliding window (keys p - window + 1 ... p): windows shorter than a tile, of one tile, across
+// tile and block edges, longer than the context; split (fixed and per-sequence) and unsplit;
+// every group size, both head dims, and the variants with 2 tiles per step.
+TEST(DecodeAttentionCuda, SlidingWindow) {
+  REQUIRE_GPU();
+  for (int head_dim : {64, 128}) {
+    for (int kv_heads : {8, 1}) {
+      for (int window : {1, 7, 16, 33, 700, 5000}) {
+        Shape s{32, kv_heads, head_dim, 16, {1, 15, 17, 40, 129, 4097}};
+        s.window = window;
+        CheckDecode<__nv_bfloat16>(s);
+        Shape split{32, kv_heads, head_dim, 32, {3, 1000, 3001}, /*num_splits=*/5};
+        split.window = window;
+        CheckDecode<__half>(split);
+        Shape fixed{32, kv_heads, head_dim, 16, {2, 700, 8000}, 0, true};
+        fixed.window = window;
+        CheckDecode<__nv_bfloat16>(fixed);
+        Shape paired{32, kv_heads, head_dim, 16, Ragged(7, 2000), 0, true, {4, 3, 2}};
+        paired.window = window;
+        CheckDecode<__nv_bfloat16>(paired);
+      }
+    }
+  }
+}
+
 // Small enough for compute-sanitizer memcheck and racecheck.
 TEST(DecodeAttentionCuda, SmallForSanitizers) {
   REQUIRE_GPU();
@@ -253,6 +281,7 @@ TEST(DecodeAttentionCuda, SmallForSanitizers) {
   CheckDecode<__nv_bfloat16>({32, 1, 128, 16, {500, 37}, /*num_splits=*/2, false, {8, 6, 1}});
   CheckDecode<__nv_bfloat16>({32, 1, 64, 16, {300}, /*num_splits=*/1, false, {8, 3, 4}});
   CheckDecode<__nv_bfloat16>({32, 4, 64, 16, {400, 3}, /*num_splits=*/2, false, {4, 3, 2}});
+  CheckDecode<__nv_bfloat16>({32, 1, 64, 16, {300, 20}, 0, true, {8, 3, 2}, /*window=*/50});
 }
 
 }  // namespace

@@ -15,13 +15,15 @@ struct PrefillShape {
   int num_heads, num_kv_heads, head_dim, block_size;
   std::vector<int> query_lens;  // new tokens per sequence
   std::vector<int> cached;      // tokens already in the cache before them
+  int window = 0;               // > 0: a sliding window
 };
 
 template <typename T>
 void CheckPrefill(const PrefillShape& shape) {
   SCOPED_TRACE(testing::Message() << "heads " << shape.num_heads << " kv " << shape.num_kv_heads
                                   << " d " << shape.head_dim << " block " << shape.block_size
-                                  << " seqs " << shape.query_lens.size());
+                                  << " seqs " << shape.query_lens.size() << " window "
+                                  << shape.window);
   const int num_seqs = int(shape.query_lens.size());
   const int kvh = shape.num_kv_heads, d = shape.head_dim, bs = shape.block_size;
   std::vector<int32_t> lens(num_seqs), query_start(num_seqs + 1, 0);
@@ -66,11 +68,12 @@ void CheckPrefill(const PrefillShape& shape) {
   args.num_heads = shape.num_heads;
   args.max_query_len = max_q;
   args.scale = 1.0f / std::sqrt(float(d));
+  args.window = shape.window;
   CUDA_OK(PagedPrefillAttention<T>(args, nullptr));
   CUDA_OK(cudaDeviceSynchronize());
   std::vector<float> ref(q.size());
   cpu::PagedAttention(ToFloats(q).data(), ref_view, query_start.data(), lens.data(), num_seqs,
-                      shape.num_heads, args.scale, ref.data());
+                      shape.num_heads, args.scale, ref.data(), shape.window);
   EXPECT_LT(RelativeError(out_d.Download(), ref), Tolerance<T>());
 }
 
@@ -96,9 +99,23 @@ TEST(PrefillAttentionCuda, LongPromptAndOddGroup) {
   CheckPrefill<__nv_bfloat16>({8, 2, 128, 16, {1030}, {3}});
   CheckPrefill<__half>({12, 4, 128, 16, {300, 1, 77}, {0, 500, 16}});  // group 3
 }
+// A sliding window over prompts and chunks after a cached prefix: windows shorter than a tile,
+// across tiles, longer than the context; every group size in a 64-row block.
+TEST(PrefillAttentionCuda, SlidingWindow) {
+  REQUIRE_GPU();
+  for (int kv_heads : {32, 8, 1}) {
+    for (int window : {1, 5, 16, 40, 3000}) {
+      CheckPrefill<__nv_bfloat16>(
+          {32, kv_heads, 128, 16, {1, 15, 100, 300}, {0, 40, 0, 700}, window});
+      CheckPrefill<__half>({32, kv_heads, 64, 32, {33, 7, 64}, {5, 400, 0}, window});
+    }
+  }
+}
+
 TEST(PrefillAttentionCuda, SmallForSanitizers) {
   REQUIRE_GPU();
   CheckPrefill<__nv_bfloat16>({8, 2, 64, 16, {20, 3}, {4, 0}});
+  CheckPrefill<__nv_bfloat16>({8, 2, 64, 16, {40, 3}, {20, 50}, /*window=*/9});
 }
 
 }  // namespace

@@ -170,10 +170,15 @@ int CudaBackend<T>::MaxDecodeWorkspaceRows() const {
 
 template <typename T>
 kernels::DecodeKernelChoice CudaBackend<T>::DecodeChoice(int num_seqs) const {
-  // Deterministic: the same splits whatever the batch, so they depend on the length alone.
+  // Deterministic: the same splits whatever the batch, so they depend on the length alone. A
+  // sliding window bounds the keys a query reads (plus the partial tile it starts in).
+  const int window = config_.attention_window();
+  const int max_keys =
+      window > 0 ? std::min(options_.max_model_len, window + kernels::kDecodeTileTokens - 1)
+                 : options_.max_model_len;
   return kernels::SelectFixedGridDecodeKernel(
       config_.num_heads, config_.num_kv_heads, config_.head_dim, spec_.block_size,
-      options_.deterministic ? 1 : num_seqs, options_.max_model_len, device_->sm_count());
+      options_.deterministic ? 1 : num_seqs, max_keys, device_->sm_count());
 }
 
 template <typename T>
@@ -283,6 +288,7 @@ absl::Status CudaBackend<T>::Attention(int l, const StepShape& shape) {
     args.num_heads = c.num_heads;
     args.scale = scale;
     args.workspace = act_.decode_workspace;
+    args.window = c.attention_window();
     GQA_CUDA_RETURN_IF_ERROR(
         k::PagedDecodeAttention<T>(args, DecodeChoice(shape.num_decode), stream));
   }
@@ -300,6 +306,7 @@ absl::Status CudaBackend<T>::Attention(int l, const StepShape& shape) {
     args.num_heads = c.num_heads;
     args.max_query_len = shape.max_query_len;
     args.scale = scale;
+    args.window = c.attention_window();
     GQA_CUDA_RETURN_IF_ERROR(k::PagedPrefillAttention<T>(args, stream));
   }
   if (profiling_) GQA_CUDA_RETURN_IF_ERROR(profiler_.RecordAttentionEnd(l, stream));

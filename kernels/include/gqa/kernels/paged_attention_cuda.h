@@ -33,6 +33,10 @@ struct DecodeAttentionArgs {
   int num_heads = 0;
   float scale = 0.0f;         // usually 1 / sqrt(head_dim)
   void* workspace = nullptr;  // DecodeWorkspaceBytes(...) bytes, when num_splits > 1
+  // > 0: a sliding window (Mistral): the query at position p sees keys p - window + 1 ... p;
+  // cache blocks wholly before it are not read. The splits of `choice` then cover the window
+  // from its first 16-token tile (size them with max_context_len <= window + 15).
+  int window = 0;
 };
 
 // Launches the kernel `choice` names (from SelectDecodeKernel for the same shape).
@@ -51,6 +55,7 @@ struct PrefillAttentionArgs {
   int num_heads = 0;
   int max_query_len = 0;  // the longest query_start[s + 1] - query_start[s]
   float scale = 0.0f;
+  int window = 0;  // > 0: a sliding window, as in DecodeAttentionArgs
 };
 
 // Causal grouped-query attention of several query tokens per sequence over the paged cache
