@@ -5,7 +5,8 @@ The table (build/gqa_layers.json) is written by server/CMakeLists.txt from the s
 create the libraries: folder -> the layers it links. A file in server/<folder>/ may include its
 own folder and any layer its folder reaches through that table; files directly in server/ are
 the folder ".". An include of any other server folder is an upward (or sideways) include and
-fails this check, as it fails to compile (each library exports only its own folders).
+fails this check, as it fails to compile (each library exports only its own folders). A header
+named *_internal.h is for its own folder alone.
 
 The table itself must keep the invariants the layering is for (INVARIANTS below), so that an
 upward include cannot be made to pass by adding the edge to CMake.
@@ -93,7 +94,9 @@ def main():
             else:
                 continue  # not a server header (absl/, gqa/kernels/, a generated .pb.h, ...)
             checked += 1
-            if layer not in allowed:
+            if layer != folder and parts[-1].endswith("_internal.h"):
+                errors.append(f"server/{rel}:{lineno}: {target} is internal to {layer}/")
+            elif layer not in allowed:
                 errors.append(f"server/{rel}:{lineno}: upward include of {target}: layer "
                               f"{folder} may include only {sorted(allowed)}")
     for e in errors:
