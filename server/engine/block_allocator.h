@@ -7,7 +7,7 @@
 #include <span>
 #include <vector>
 
-#include "engine/sequence.h"
+#include "engine/block_list.h"
 
 namespace gqa {
 

@@ -4,7 +4,6 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
-#include "metrics/engine_metrics.h"
 #include "spdlog/spdlog.h"
 
 namespace gqa {
@@ -34,10 +33,11 @@ const char* FinishReasonName(FinishReason reason) {
   return "unknown";
 }
 
-Engine::Engine(const EngineConfig& config, std::unique_ptr<Backend> backend, EngineMetrics* metrics)
+Engine::Engine(const EngineConfig& config, std::unique_ptr<Backend> backend,
+               EngineObserver* observer)
     : config_(config),
       backend_(std::move(backend)),
-      metrics_(metrics),
+      observer_(observer),
       allocator_(backend_->kv_spec().num_blocks),
       scheduler_(config.scheduler, &allocator_) {}
 
@@ -142,7 +142,7 @@ void Engine::Loop() {
 void Engine::Step() {
   const Clock::time_point start = Clock::now();
   SchedulerOutput out = scheduler_.Schedule();
-  if (metrics_) metrics_->preemptions->Inc(static_cast<double>(out.preempted.size()));
+  if (observer_) observer_->OnPreemptions(out.preempted.size());
   // The step's blocks are allocated now: a client that reads this step's token must already see
   // them in the gauges.
   UpdateGauges();
@@ -153,9 +153,8 @@ void Engine::Step() {
     Sequence& s = *c.seq;
     if (!s.first_scheduled) {
       s.first_scheduled = start;
-      if (metrics_) {
-        metrics_->request_queue_time->Observe(Seconds(start - s.request.arrival));
-        metrics_->prompt_tokens->Inc(s.num_prompt_tokens);
+      if (observer_) {
+        observer_->OnRequestScheduled(Seconds(start - s.request.arrival), s.num_prompt_tokens);
       }
     }
     batch.push_back({std::span<const int32_t>(s.tokens).subspan(s.num_computed, c.num_tokens),
@@ -204,7 +203,7 @@ void Engine::Step() {
     }
   }
   stats.wall_seconds = Seconds(Clock::now() - start);
-  if (metrics_) metrics_->ObserveStep(stats);
+  if (observer_) observer_->OnStep(stats);
   // Free finished sequences' blocks before telling their clients, so that what a client sees
   // after its final message (metrics, capacity) already counts them as gone.
   for (const Finished& f : finished) {
@@ -235,15 +234,15 @@ void Engine::Emit(Sequence& s, std::vector<int32_t> tokens, std::string text,
                   std::optional<FinishReason> finish, int32_t matched_stop) {
   const Clock::time_point now = Clock::now();
   if (!tokens.empty()) {
-    if (metrics_) {
-      metrics_->generation_tokens->Inc(static_cast<double>(tokens.size()));
-      if (s.last_token) metrics_->inter_token_latency->Observe(Seconds(now - *s.last_token));
-    }
+    std::optional<double> since_last_token;
+    std::optional<double> time_to_first_token;
+    if (s.last_token) since_last_token = Seconds(now - *s.last_token);
     if (!s.first_token) {
       s.first_token = now;
-      if (metrics_) metrics_->time_to_first_token->Observe(Seconds(now - s.request.arrival));
+      time_to_first_token = Seconds(now - s.request.arrival);
     }
     s.last_token = now;
+    if (observer_) observer_->OnTokensEmitted(tokens.size(), since_last_token, time_to_first_token);
   }
   TokenEvent event;
   event.new_tokens = std::move(tokens);
@@ -258,10 +257,7 @@ void Engine::Emit(Sequence& s, std::vector<int32_t> tokens, std::string text,
     event.queue_seconds = Seconds(s.first_scheduled.value_or(now) - arrival);
     event.time_to_first_token_seconds = s.first_token ? Seconds(*s.first_token - arrival) : 0.0;
     event.total_seconds = Seconds(now - arrival);
-    if (metrics_) {
-      metrics_->requests_finished[static_cast<int>(*finish)]->Inc();
-      metrics_->e2e_request_latency->Observe(event.total_seconds);
-    }
+    if (observer_) observer_->OnRequestFinished(*finish, event.total_seconds);
   }
   if (s.request.sink) s.request.sink(std::move(event));
 }
@@ -296,11 +292,11 @@ void Engine::FailStep(const SchedulerOutput& out, const absl::Status& status) {
 
 void Engine::UpdateGauges() {
   scheduler_waiting_.store(scheduler_.num_waiting());
-  if (!metrics_) return;
-  metrics_->requests_running->Set(scheduler_.num_running());
-  metrics_->requests_waiting->Set(scheduler_.num_waiting());
+  if (!observer_) return;
   const double total = allocator_.num_total();
-  metrics_->kv_cache_usage_ratio->Set(total > 0 ? 1.0 - allocator_.num_free() / total : 0.0);
+  observer_->OnOccupancy({.running = scheduler_.num_running(),
+                          .waiting = scheduler_.num_waiting(),
+                          .kv_usage_ratio = total > 0 ? 1.0 - allocator_.num_free() / total : 0.0});
 }
 
 }  // namespace gqa

@@ -17,13 +17,12 @@
 #include "absl/status/statusor.h"
 #include "backend/backend.h"
 #include "engine/block_allocator.h"
+#include "engine/engine_observer.h"
 #include "engine/scheduler.h"
 #include "engine/step_stats.h"
 #include "engine/validation.h"
 
 namespace gqa {
-
-struct EngineMetrics;
 
 struct EngineConfig {
   SchedulerConfig scheduler;
@@ -45,8 +44,8 @@ struct EngineConfig {
 
 class Engine {
  public:
-  // metrics may be null.
-  Engine(const EngineConfig& config, std::unique_ptr<Backend> backend, EngineMetrics* metrics);
+  // observer (what the engine reports, e.g. the metrics) may be null.
+  Engine(const EngineConfig& config, std::unique_ptr<Backend> backend, EngineObserver* observer);
   ~Engine();
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
@@ -83,7 +82,7 @@ class Engine {
 
   EngineConfig config_;
   std::unique_ptr<Backend> backend_;
-  EngineMetrics* metrics_;
+  EngineObserver* observer_;
   BlockAllocator allocator_;
   Scheduler scheduler_;  // engine thread only
 

@@ -6,12 +6,11 @@
 #include <optional>
 #include <vector>
 
+#include "engine/block_list.h"
 #include "engine/request.h"
 #include "engine/text_stream.h"
 
 namespace gqa {
-
-using BlockList = std::vector<int32_t>;
 
 struct Sequence {
   explicit Sequence(Request r, uint64_t engine_id)

@@ -89,6 +89,31 @@ void EngineMetrics::ObserveStep(const StepStats& step) {
   }
 }
 
+void EngineMetrics::OnPreemptions(size_t count) { preemptions->Inc(static_cast<double>(count)); }
+
+void EngineMetrics::OnRequestScheduled(double queue_seconds, int prompt_tokens) {
+  request_queue_time->Observe(queue_seconds);
+  this->prompt_tokens->Inc(prompt_tokens);
+}
+
+void EngineMetrics::OnTokensEmitted(size_t count, std::optional<double> since_last_token,
+                                    std::optional<double> time_to_first_token) {
+  generation_tokens->Inc(static_cast<double>(count));
+  if (since_last_token) inter_token_latency->Observe(*since_last_token);
+  if (time_to_first_token) this->time_to_first_token->Observe(*time_to_first_token);
+}
+
+void EngineMetrics::OnRequestFinished(FinishReason reason, double total_seconds) {
+  requests_finished[static_cast<int>(reason)]->Inc();
+  e2e_request_latency->Observe(total_seconds);
+}
+
+void EngineMetrics::OnOccupancy(const EngineOccupancy& o) {
+  requests_running->Set(o.running);
+  requests_waiting->Set(o.waiting);
+  kv_cache_usage_ratio->Set(o.kv_usage_ratio);
+}
+
 EngineMetrics::EngineMetrics(MetricsRegistry& r) : registry_(r) {
   const auto latency = LatencyBuckets();
   time_to_first_token = r.AddHistogram("gqa_time_to_first_token_seconds",

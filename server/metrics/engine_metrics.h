@@ -1,12 +1,16 @@
-// The metrics the engine exports, registered once under their public names.
+// The metrics the engine exports, registered once under their public names. The engine reports
+// plain facts through EngineObserver (engine/engine_observer.h); this is where they become series.
 #pragma once
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "engine/engine_observer.h"
 #include "engine/request.h"
 #include "engine/scheduler.h"
 #include "engine/step_stats.h"
@@ -17,7 +21,7 @@ namespace gqa {
 struct ModelConfig;
 struct KvCacheSpec;
 
-struct EngineMetrics {
+struct EngineMetrics : EngineObserver {
   explicit EngineMetrics(MetricsRegistry& registry);
   // gqa_model_info{...} 1, gqa_kv_cache_blocks_total and gqa_gpu_memory_bytes{kind}.
   void SetModelInfo(const ModelConfig& config, const KvCacheSpec& kv, const std::string& backend,
@@ -29,6 +33,15 @@ struct EngineMetrics {
   // Every step-explaining series of one engine step: its wall time, what it ran, the bytes it
   // had to read and their roofline time, and on profiled steps its device and attention time.
   void ObserveStep(const StepStats& step);
+
+  // EngineObserver: what the engine reports, into the series below.
+  void OnPreemptions(size_t count) override;
+  void OnRequestScheduled(double queue_seconds, int prompt_tokens) override;
+  void OnTokensEmitted(size_t count, std::optional<double> since_last_token,
+                       std::optional<double> time_to_first_token) override;
+  void OnRequestFinished(FinishReason reason, double total_seconds) override;
+  void OnStep(const StepStats& step) override { ObserveStep(step); }
+  void OnOccupancy(const EngineOccupancy& occupancy) override;
 
   Histogram* time_to_first_token;
   Histogram* inter_token_latency;

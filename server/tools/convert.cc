@@ -10,8 +10,8 @@
 #include <vector>
 
 #include "common/byte_size.h"
-#include "model/converter.h"
-#include "model/gguf_import.h"
+#include "convert/converter.h"
+#include "convert/gguf_import.h"
 
 namespace {
 

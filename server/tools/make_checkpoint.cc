@@ -6,8 +6,8 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "common/dashed_flags.h"
+#include "convert/checkpoint_writer.h"
 #include "model/checkpoint.h"
-#include "model/checkpoint_writer.h"
 #include "nlohmann/json.hpp"
 #include "tokenizer/train_bpe.h"
 

@@ -3,8 +3,8 @@
 #include <random>
 #include <stdexcept>
 
+#include "convert/checkpoint_writer.h"
 #include "model/checkpoint.h"
-#include "model/checkpoint_writer.h"
 
 namespace gqa::testing {
 

@@ -1,8 +1,8 @@
 // libFuzzer: a GGUF file from fuzz bytes: the reader, then the importer (metadata to config and
 // tokenizer files, every tensor dequantized) into a scratch directory.
+#include "convert/gguf.h"
+#include "convert/gguf_import.h"
 #include "fuzz_util.h"
-#include "model/gguf.h"
-#include "model/gguf_import.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   gqa::fuzz::MemoryFile file(data, size);

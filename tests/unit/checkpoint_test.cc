@@ -5,7 +5,7 @@
 #include <fstream>
 
 #include "common/test_checkpoint.h"
-#include "model/checkpoint_writer.h"
+#include "convert/checkpoint_writer.h"
 #include "nlohmann/json.hpp"
 
 namespace gqa {

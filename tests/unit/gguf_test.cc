@@ -2,7 +2,7 @@
 // truncation or corrupted count, length, rank, type or offset is an error naming the file, never a
 // crash or a huge allocation. (Bitwise dequantization of every type against the `gguf` package
 // is tests/parity/test_gguf.py.)
-#include "model/gguf.h"
+#include "convert/gguf.h"
 
 #include <gtest/gtest.h>
 

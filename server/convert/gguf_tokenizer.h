@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "model/gguf.h"
+#include "convert/gguf.h"
 #include "nlohmann/json.hpp"
 
 namespace gqa {

@@ -1,4 +1,4 @@
-#include "model/gguf_import.h"
+#include "convert/gguf_import.h"
 
 #include <cmath>
 #include <cstdio>
@@ -11,11 +11,11 @@
 #include "absl/strings/str_split.h"
 #include "common/json_file.h"
 #include "common/status_macros.h"
+#include "convert/checkpoint_writer.h"
+#include "convert/gguf.h"
+#include "convert/gguf_tokenizer.h"
 #include "model/checkpoint.h"
-#include "model/checkpoint_writer.h"
 #include "model/config.h"
-#include "model/gguf.h"
-#include "model/gguf_tokenizer.h"
 #include "model/tensor_names.h"
 #include "nlohmann/json.hpp"
 

@@ -1,4 +1,4 @@
-#include "model/gguf_tokenizer.h"
+#include "convert/gguf_tokenizer.h"
 
 #include <algorithm>
 #include <map>

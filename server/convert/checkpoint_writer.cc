@@ -1,4 +1,4 @@
-#include "model/checkpoint_writer.h"
+#include "convert/checkpoint_writer.h"
 
 #include <unistd.h>
 

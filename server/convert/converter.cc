@@ -1,4 +1,4 @@
-#include "model/converter.h"
+#include "convert/converter.h"
 
 #include <fstream>
 #include <sstream>
@@ -8,8 +8,8 @@
 #include "absl/strings/str_cat.h"
 #include "common/json_file.h"
 #include "common/status_macros.h"
+#include "convert/checkpoint_writer.h"
 #include "model/checkpoint.h"
-#include "model/checkpoint_writer.h"
 #include "model/tensor_names.h"
 #include "nlohmann/json.hpp"
 

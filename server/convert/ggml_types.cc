@@ -1,6 +1,6 @@
 // Compiled with -ffp-contract=off (server/CMakeLists.txt): a fused multiply-add would round
 // once where ggml rounds twice, and the results would stop being bitwise ggml's.
-#include "model/ggml_types.h"
+#include "convert/ggml_types.h"
 
 #include <cstring>
 

@@ -1,4 +1,4 @@
-#include "model/gguf.h"
+#include "convert/gguf.h"
 
 #include <cstring>
 #include <limits>

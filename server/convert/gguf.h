@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "model/ggml_types.h"
+#include "convert/ggml_types.h"
 #include "model/safetensors.h"
 
 namespace gqa {

@@ -1,0 +1,2 @@
+// The layer the include above reaches for.
+#pragma once
