@@ -1,6 +1,7 @@
 #include "metrics/registry.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <sstream>
 
@@ -33,15 +34,24 @@ std::string FormatLabels(const Labels& labels, const std::string& extra_key = ""
   return out + "}";
 }
 
+}  // namespace
+
 std::string FormatValue(double v) {
   if (std::isinf(v)) return v > 0 ? "+Inf" : "-Inf";
-  std::ostringstream s;
-  s.precision(17);
-  s << v;
-  return s.str();
+  if (std::isnan(v)) return "NaN";
+  // The shortest digits that read back as the same double: le="0.1", not
+  // le="0.10000000000000001". Scientific below 1e-4, as Go's FormatFloat(v, 'g', -1, 64) (what
+  // Prometheus's client libraries print), so every bucket bound reads as theirs ("0.0001",
+  // "5e-05"); fixed up to 1e21, so counters stay plain integers.
+  char buf[64];
+  const auto sci = std::to_chars(buf, buf + sizeof buf, v, std::chars_format::scientific);
+  const char* e = std::find(buf, sci.ptr, 'e');
+  int exponent = 0;
+  std::from_chars(e + (e[1] == '+' ? 2 : 1), sci.ptr, exponent);
+  if (exponent < -4 || exponent >= 21) return std::string(buf, sci.ptr);
+  const auto fixed = std::to_chars(buf, buf + sizeof buf, v, std::chars_format::fixed);
+  return std::string(buf, fixed.ptr);
 }
-
-}  // namespace
 
 Histogram::Histogram(std::vector<double> upper_bounds)
     : bounds_(std::move(upper_bounds)), buckets_(new std::atomic<uint64_t>[bounds_.size() + 1]) {

@@ -14,6 +14,10 @@ namespace gqa {
 
 using Labels = std::vector<std::pair<std::string, std::string>>;
 
+// A sample value or bucket bound as the exposition text writes it: the shortest decimal that
+// reads back as the same double ("0.1", "5e-05", "60"), "+Inf", "-Inf" or "NaN".
+std::string FormatValue(double v);
+
 class Counter {
  public:
   void Inc(double amount = 1.0) { value_.fetch_add(amount, std::memory_order_relaxed); }
