@@ -3,7 +3,8 @@
 # Debian's packages (compilers, gRPC, Protobuf, Abseil, spdlog, GoogleTest, nlohmann-json,
 # cpp-httplib) and, with --python (what the test suite needs), Debian's CPU PyTorch, clang with
 # libFuzzer for the fuzzers, and a virtual environment in .venv with transformers, tokenizers,
-# safetensors and gguf for the parity tests. Safe to run again.
+# safetensors and gguf for the parity tests, and promtool (from Debian's prometheus package) in
+# .venv/bin. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,5 +41,18 @@ if [ $want_python = 1 ]; then
   if ! .venv/bin/python -c "import torch, transformers, safetensors, gguf, matplotlib" 2>/dev/null; then
     echo "== installing the parity tests' Python packages into .venv"
     .venv/bin/pip install -q -r tests/parity/requirements.txt
+  fi
+  # promtool (Prometheus's linter, for the metrics_exposition test) from Debian's prometheus
+  # package, unpacked into .venv/bin: installing the package would also start a Prometheus.
+  if [ ! -x .venv/bin/promtool ]; then
+    echo "== unpacking promtool from Debian's prometheus package into .venv/bin"
+    deb_dir=$(mktemp -d)
+    SUDO=""
+    [ "$(id -u)" = 0 ] || SUDO="sudo"
+    (cd "$deb_dir" && apt-get download prometheus >/dev/null 2>&1) ||
+      { $SUDO apt-get update -qq && (cd "$deb_dir" && apt-get download prometheus >/dev/null); }
+    dpkg-deb --fsys-tarfile "$deb_dir"/prometheus_*.deb | tar -x -C "$deb_dir" ./usr/bin/promtool
+    mv "$deb_dir/usr/bin/promtool" .venv/bin/promtool
+    rm -rf "$deb_dir"
   fi
 fi

@@ -138,7 +138,12 @@ EngineMetrics::EngineMetrics(MetricsRegistry& r) : registry_(r) {
   requests_running = r.AddGauge("gqa_requests_running", "Sequences being computed.");
   requests_waiting = r.AddGauge("gqa_requests_waiting", "Sequences queued (new or preempted).");
   kv_cache_usage_ratio = r.AddGauge("gqa_kv_cache_usage_ratio", "Fraction of KV blocks in use.");
-  kv_cache_blocks_total = r.AddGauge("gqa_kv_cache_blocks_total", "KV blocks in the pool.");
+  kv_cache_blocks = r.AddGauge("gqa_kv_cache_blocks", "KV blocks in the pool.");
+  // The old name of gqa_kv_cache_blocks (a gauge with a counter's _total suffix), still exported
+  // in 0.1.x so that dashboards and alerts can move; removed in the next release.
+  kv_cache_blocks_deprecated = r.AddGauge("gqa_kv_cache_blocks_total",
+                                          "Deprecated: use gqa_kv_cache_blocks (same value); this "
+                                          "name is removed in the next release.");
   prompt_tokens = r.AddCounter("gqa_prompt_tokens_total", "Prompt tokens admitted.");
   generation_tokens = r.AddCounter("gqa_generation_tokens_total", "Tokens generated.");
   preemptions = r.AddCounter("gqa_preemptions_total", "Sequences preempted for KV blocks.");
@@ -183,7 +188,8 @@ void EngineMetrics::SetModelInfo(const ModelConfig& c, const KvCacheSpec& kv,
                  {"device", device},
                  {"compute_dtype", std::string(DTypeTorchName(kv.dtype))}})
       ->Set(1);
-  kv_cache_blocks_total->Set(kv.num_blocks);
+  kv_cache_blocks->Set(kv.num_blocks);
+  kv_cache_blocks_deprecated->Set(kv.num_blocks);
   for (const auto& [kind, bytes] : memory) {
     registry_
         .AddGauge("gqa_gpu_memory_bytes", "GPU memory the backend holds, by kind.",

@@ -23,7 +23,8 @@ struct KvCacheSpec;
 
 struct EngineMetrics : EngineObserver {
   explicit EngineMetrics(MetricsRegistry& registry);
-  // gqa_model_info{...} 1, gqa_kv_cache_blocks_total and gqa_gpu_memory_bytes{kind}.
+  // gqa_model_info{...} 1, gqa_kv_cache_blocks (and its deprecated name gqa_kv_cache_blocks_total)
+  // and gqa_gpu_memory_bytes{kind}.
   void SetModelInfo(const ModelConfig& config, const KvCacheSpec& kv, const std::string& backend,
                     const std::string& device = "cpu",
                     const std::vector<std::pair<std::string, uint64_t>>& memory_by_kind = {});
@@ -53,7 +54,8 @@ struct EngineMetrics : EngineObserver {
   Gauge* requests_running;
   Gauge* requests_waiting;
   Gauge* kv_cache_usage_ratio;
-  Gauge* kv_cache_blocks_total;
+  Gauge* kv_cache_blocks;
+  Gauge* kv_cache_blocks_deprecated;  // gqa_kv_cache_blocks_total: a gauge named like a counter
   Counter* prompt_tokens;
   Counter* generation_tokens;
   Counter* preemptions;

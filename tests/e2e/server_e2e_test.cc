@@ -371,12 +371,17 @@ TEST_F(ServerTest, HealthReflectionAndMetricsAnswer) {
         "gqa_step_duration_seconds_bucket{phase=\"prefill\",le=\"0.0001\"}",
         "gqa_step_duration_seconds_bucket{phase=\"decode\"", "gqa_step_batch_size_bucket",
         "gqa_requests_running", "gqa_requests_waiting", "gqa_kv_cache_usage_ratio",
-        "gqa_kv_cache_blocks_total", "gqa_prompt_tokens_total", "gqa_generation_tokens_total",
+        "gqa_kv_cache_blocks ", "gqa_prompt_tokens_total", "gqa_generation_tokens_total",
         "gqa_preemptions_total", "gqa_requests_finished_total{finish_reason=\"length\"}",
         "gqa_model_info{", "num_key_value_heads=\"2\"", "group_size=\"4\""}) {
     EXPECT_NE(text.find(name), std::string::npos) << name;
   }
   EXPECT_GT(server_->Metric("gqa_step_duration_seconds_count{phase=\"decode\"}"), 0);
+  // gqa_kv_cache_blocks_total, its old name, stays one release, saying what replaces it.
+  EXPECT_GT(server_->Metric("gqa_kv_cache_blocks"), 0);
+  EXPECT_EQ(server_->Metric("gqa_kv_cache_blocks_total"), server_->Metric("gqa_kv_cache_blocks"));
+  EXPECT_NE(text.find("# HELP gqa_kv_cache_blocks_total Deprecated: use gqa_kv_cache_blocks"),
+            std::string::npos);
 }
 
 TEST_F(ServerTest, CliStreamsJson) {
