@@ -20,6 +20,7 @@
 #include "grpcpp/server_builder.h"
 #include "metrics/engine_metrics.h"
 #include "metrics/http_server.h"
+#include "metrics/process_metrics.h"
 #include "service/generation_service.h"
 #include "spdlog/spdlog.h"
 #include "tokenizer/tokenizer.h"
@@ -205,6 +206,7 @@ int RunServer(const ServerConfig& sc) {
   if (!kind.ok()) return Fail(std::string(kind.status().message()));
   MetricsRegistry registry;
   EngineMetrics metrics(registry);
+  AddProcessMetrics(registry);
   std::atomic<bool> serving{false};
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = Credentials(sc);
   if (!credentials.ok()) return Fail(std::string(credentials.status().message()));

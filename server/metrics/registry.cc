@@ -124,8 +124,14 @@ Histogram* MetricsRegistry::AddHistogram(const std::string& name, const std::str
   return family.children.back().histogram.get();
 }
 
+void MetricsRegistry::AddCollector(std::function<void()> collect) {
+  std::lock_guard lock(mu_);
+  collectors_.push_back(std::move(collect));
+}
+
 std::string MetricsRegistry::RenderText() const {
   std::lock_guard lock(mu_);
+  for (const auto& collect : collectors_) collect();
   std::ostringstream out;
   for (const auto& name : order_) {
     const Family& f = families_.at(name);

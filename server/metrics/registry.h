@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -67,6 +68,10 @@ class MetricsRegistry {
   Histogram* AddHistogram(const std::string& name, const std::string& help,
                           std::vector<double> bounds, Labels labels = {});
 
+  // Runs before each rendering, under the registry's lock: refreshes values read on demand
+  // (the process_* series). It must not call the registry.
+  void AddCollector(std::function<void()> collect);
+
   std::string RenderText() const;
 
  private:
@@ -87,6 +92,7 @@ class MetricsRegistry {
   mutable std::mutex mu_;  // guards the maps' structure, not the values
   std::vector<std::string> order_;
   std::map<std::string, Family> families_;
+  std::vector<std::function<void()>> collectors_;
 };
 
 }  // namespace gqa

@@ -80,6 +80,14 @@ def main():
           "".join("\n     " + p for p in unexpected))
     check(lint.returncode in (0, 3) and (lint.returncode == 0) == (not problems),
           f"promtool ran (exit {lint.returncode})")
+    samples = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+               if line and not line.startswith("#")}
+    for name in ("process_cpu_seconds_total", "process_resident_memory_bytes",
+                 "process_virtual_memory_bytes", "process_start_time_seconds",
+                 "process_open_fds", "process_max_fds"):
+        check(samples.get(name, 0) > 0, f"{name} {samples.get(name)}")
+    check(abs(samples.get("process_start_time_seconds", 0) - time.time()) < 600,
+          "process_start_time_seconds is about now")
     for name in DEPRECATED:
         check(f"# HELP {name} Deprecated: use " in text, f"{name}'s HELP says it is deprecated")
 

@@ -1,9 +1,13 @@
-#include "metrics/registry.h"
-
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 
+#include <chrono>
 #include <limits>
+#include <sstream>
 #include <string>
+
+#include "metrics/process_metrics.h"
+#include "metrics/registry.h"
 
 namespace gqa {
 namespace {
@@ -55,6 +59,62 @@ TEST(MetricsTest, BucketBoundsAreShortestRoundTripDecimals) {
   EXPECT_EQ(FormatValue(1e22), "1e+22");
   EXPECT_EQ(FormatValue(0), "0");
   EXPECT_EQ(FormatValue(-std::numeric_limits<double>::infinity()), "-Inf");
+}
+
+TEST(ProcessMetricsTest, ParsesProcStat) {
+  // proc(5): pid (comm) state ppid ... utime(14) stime(15) ... starttime(22) vsize(23) rss(24)
+  const std::string line =
+      "4242 (gqa) server (x)) S 1 4242 4242 0 -1 4194560 9000 0 12 0 250 75 0 0 20 0 9 0 "
+      "123456 987654321 4321 18446744073709551615 1 1 0 0 0 0 0 4096 17642 0 0 0 17 3 0 0";
+  const auto stat = ParseProcStat(line);
+  ASSERT_TRUE(stat.has_value());
+  EXPECT_EQ(stat->utime_ticks, 250u);
+  EXPECT_EQ(stat->stime_ticks, 75u);
+  EXPECT_EQ(stat->start_time_ticks, 123456u);
+  EXPECT_EQ(stat->virtual_memory_bytes, 987654321u);
+  EXPECT_EQ(stat->resident_pages, 4321);
+  EXPECT_FALSE(ParseProcStat("4242 (gqa) S 1 2 3").has_value());
+  EXPECT_FALSE(ParseProcStat("no parenthesis").has_value());
+}
+
+// The value of the sample line "name value" in the exposition text, or -1.
+double Sample(const std::string& text, const std::string& name) {
+  std::istringstream lines(text);
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.rfind(name + " ", 0) == 0) return std::stod(line.substr(name.size() + 1));
+  }
+  return -1;
+}
+
+TEST(ProcessMetricsTest, ExportsTheStandardSeriesOfThisProcess) {
+  MetricsRegistry r;
+  AddProcessMetrics(r);
+  volatile double spin = 0;  // some CPU time to see
+  for (int i = 0; i < 20'000'000; ++i) spin = spin + 1;
+  const std::string text = r.RenderText();
+  EXPECT_NE(text.find("# TYPE process_cpu_seconds_total counter\n"), std::string::npos);
+  for (const char* gauge : {"process_resident_memory_bytes", "process_virtual_memory_bytes",
+                            "process_start_time_seconds", "process_open_fds", "process_max_fds"}) {
+    EXPECT_NE(text.find(std::string("# TYPE ") + gauge + " gauge\n"), std::string::npos) << gauge;
+  }
+  EXPECT_GT(Sample(text, "process_cpu_seconds_total"), 0);
+  const double rss = Sample(text, "process_resident_memory_bytes");
+  EXPECT_GT(rss, 1 << 20);
+  EXPECT_GE(Sample(text, "process_virtual_memory_bytes"), rss);
+  const double now =
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  const double start = Sample(text, "process_start_time_seconds");
+  EXPECT_LE(start, now + 1);
+  EXPECT_GT(start, now - 3600);  // this test binary started less than an hour ago
+  // stdin, stdout and stderr at least
+  EXPECT_GE(Sample(text, "process_open_fds"), 3);
+  rlimit limit{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &limit), 0);
+  EXPECT_EQ(Sample(text, "process_max_fds"), static_cast<double>(limit.rlim_cur));
+  // CPU time only grows between scrapes.
+  EXPECT_GE(Sample(r.RenderText(), "process_cpu_seconds_total"),
+            Sample(text, "process_cpu_seconds_total"));
 }
 
 TEST(MetricsTest, LatencyBucketsResolveSubMillisecondSteps) {
