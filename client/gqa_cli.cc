@@ -192,6 +192,7 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "gqa-cli --text \"Hello\" | --ids 1,2,3 [--max_new_tokens N] [--stop s] [--json] | --info | "
       "--tokenize --text \"Hello\"");
+  gqa::ShowProgramFlagsInHelp();
   gqa::AcceptDashedFlags(argc, argv);
   absl::ParseCommandLine(argc, argv);
   auto channel = Connect();

@@ -61,6 +61,7 @@ ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn, error");
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("gqa-server --model DIR [flags]: serve a Llama-family model");
+  gqa::ShowProgramFlagsInHelp();
   gqa::AcceptDashedFlags(argc, argv);
   absl::ParseCommandLine(argc, argv);
   spdlog::set_level(spdlog::level::from_str(absl::GetFlag(FLAGS_log_level)));

@@ -288,6 +288,7 @@ int main(int argc, char** argv) {
       "(--concurrency C | --request_rate R [--max_concurrency M]) (--input_len L | "
       "--input_len_range a:b) (--output_len L | --output_len_range a:b) | --dataset FILE.jsonl "
       "[--json FILE] [--save_metrics PREFIX]");
+  gqa::ShowProgramFlagsInHelp();
   gqa::AcceptDashedFlags(argc, argv);
   const std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
   if (positional.size() > 1) Die(absl::StrCat("unexpected argument ", positional[1]), 2);

@@ -5,6 +5,8 @@
 #include <string>
 
 #include "absl/flags/reflection.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 
 namespace gqa {
 namespace {
@@ -14,7 +16,21 @@ bool IsDefinedFlag(const std::string& name) {
   return name.starts_with("no") && absl::FindCommandLineFlag(name.substr(2)) != nullptr;
 }
 
+// Flags defined outside Abseil, whose files absl names "absl/..." or "./absl/...".
+bool IsProgramFlagFile(absl::string_view file) {
+  return !absl::StartsWith(file, "absl/") && !absl::StartsWith(file, "./absl/") &&
+         !absl::StrContains(file, "/absl/");
+}
+
 }  // namespace
+
+void ShowProgramFlagsInHelp() {
+  absl::FlagsUsageConfig config;
+  config.contains_helpshort_flags = IsProgramFlagFile;
+  config.contains_help_flags = IsProgramFlagFile;
+  config.contains_helppackage_flags = IsProgramFlagFile;
+  absl::SetFlagsUsageConfig(config);
+}
 
 void AcceptDashedFlags(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {

@@ -9,4 +9,10 @@ namespace gqa {
 // is, and nothing after a bare "--". Call before absl::ParseCommandLine.
 void AcceptDashedFlags(int argc, char** argv);
 
+// Makes --help (and --helpshort) list the flags the program itself defines, those of every file
+// but Abseil's own (absl's default lists only flags of a file named after the binary, so
+// gqa-server's main.cc printed "No flags matched"). --helpfull still adds Abseil's. Call before
+// absl::ParseCommandLine.
+void ShowProgramFlagsInHelp();
+
 }  // namespace gqa

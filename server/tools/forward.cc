@@ -56,6 +56,7 @@ int Argmax(const std::vector<float>& v) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  gqa::ShowProgramFlagsInHelp();
   gqa::AcceptDashedFlags(argc, argv);
   absl::ParseCommandLine(argc, argv);
   spdlog::set_level(spdlog::level::warn);  // stdout carries only the JSON

@@ -76,6 +76,7 @@ gqa::ModelConfig ConfigFromFlags() {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("gqa-make-checkpoint --out DIR [shape flags]");
+  gqa::ShowProgramFlagsInHelp();
   gqa::AcceptDashedFlags(argc, argv);
   absl::ParseCommandLine(argc, argv);
   if (absl::GetFlag(FLAGS_out).empty()) {

@@ -384,6 +384,29 @@ TEST_F(ServerTest, HealthReflectionAndMetricsAnswer) {
             std::string::npos);
 }
 
+// --help lists each program's own flags (not "No flags matched"), and not Abseil's.
+TEST(HelpTest, ListsTheProgramsOwnFlags) {
+  const std::vector<std::pair<std::string, std::vector<std::string>>> programs = {
+      {ServerBin(), {"--port", "--metrics_port", "--drain_grace_seconds", "--model"}},
+      {CliBin(), {"--server", "--max_new_tokens"}},
+      {GQA_MAKE_CHECKPOINT_BIN, {"--out", "--kv_heads"}}};
+  for (const auto& [bin, flags] : programs) {
+    for (const char* help : {"--help", "--helpshort"}) {
+      auto [code, output] = RunCommand({bin, help});
+      EXPECT_EQ(code, 1) << bin << " " << help << ": " << output;  // absl's exit code for help
+      EXPECT_EQ(output.find("No flags matched"), std::string::npos) << bin << ": " << output;
+      for (const std::string& flag : flags) {
+        EXPECT_NE(output.find(flag + " ("), std::string::npos)
+            << bin << " " << help << ": " << flag;
+      }
+      EXPECT_EQ(output.find("--flagfile"), std::string::npos) << bin << ": " << output;
+    }
+  }
+  auto [code, output] = RunCommand({ServerBin(), "--helpfull"});
+  EXPECT_NE(output.find("--flagfile"), std::string::npos) << output;
+  EXPECT_NE(output.find("--port ("), std::string::npos) << output;
+}
+
 TEST_F(ServerTest, CliStreamsJson) {
   auto [code, output] = RunCommand({CliBin(), "--server=" + server_->address(), "--ids=3,4,5",
                                     "--max_new_tokens=4", "--ignore_eos", "--json"});
