@@ -15,13 +15,13 @@
 #include "common/text_file.h"
 #include "engine/engine.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
-#include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
 #include "metrics/engine_metrics.h"
 #include "metrics/http_server.h"
 #include "metrics/process_metrics.h"
 #include "service/generation_service.h"
+#include "service/health_service.h"
 #include "spdlog/spdlog.h"
 #include "tokenizer/tokenizer.h"
 
@@ -220,7 +220,10 @@ int RunServer(const ServerConfig& sc) {
   // Listen first, so that health checks see NOT_SERVING (not a refused connection) while the
   // model loads; Generate answers UNAVAILABLE until then.
   GenerationService service(*std::move(auth), &metrics);
-  grpc::EnableDefaultHealthCheckService(true);
+  // Our own grpc.health.v1 (NOT_SERVING until the model is loaded): its Watch streams end when
+  // draining starts, where gRPC's default service would hold them, and SIGTERM, until Shutdown's
+  // deadline.
+  HealthService health({"gqa.v1.Generation"});
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   // gRPC sets SO_REUSEPORT by default, which lets a second server bind the same port and take
@@ -240,20 +243,20 @@ int RunServer(const ServerConfig& sc) {
   int grpc_port = 0;
   builder.AddListeningPort(absl::StrCat(sc.host, ":", sc.port), *credentials, &grpc_port);
   builder.RegisterService(&service);
+  builder.RegisterService(&health);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || grpc_port == 0) {
     return Fail(absl::StrCat("cannot listen for gRPC on ", sc.host, ":", sc.port,
                              " (is another process using the port?)"));
   }
-  server->GetHealthCheckService()->SetServingStatus(false);
   spdlog::info("listening: grpc :{}, metrics :{}; loading {} for the {} backend on {}", grpc_port,
                *metrics_port, sc.model_dir, BackendKindName(*kind), device);
 
   // A device error that the GPU cannot recover from: stop answering and exit, so that an
   // orchestrator restarts the process.
-  auto on_broken = [&serving, &server] {
+  auto on_broken = [&serving, &health] {
     serving.store(false);
-    server->GetHealthCheckService()->SetServingStatus(false);
+    health.SetServing(false);
     spdlog::critical("the GPU is in an unrecoverable error state: exiting");
     std::_Exit(3);
   };
@@ -266,7 +269,7 @@ int RunServer(const ServerConfig& sc) {
   engine.Start();
   service.Attach(&engine, {model->config, sc.expose_model_path ? sc.model_dir : std::string(),
                            sc.default_max_new_tokens, model->tokenizer.get()});
-  server->GetHealthCheckService()->SetServingStatus(true);
+  health.SetServing(true);
   serving.store(true);
   LogLoaded(sc, model->config, engine.backend(), engine.config().limits.max_model_len, grpc_port,
             *metrics_port);
@@ -278,10 +281,16 @@ int RunServer(const ServerConfig& sc) {
   spdlog::info("{}: draining (grace {} s)", signal == SIGTERM ? "SIGTERM" : "SIGINT",
                sc.drain_grace_seconds);
   serving.store(false);
-  server->GetHealthCheckService()->SetServingStatus(false);
+  health.Shutdown();  // NOT_SERVING to every watcher, then their streams end
   service.StopAccepting();
   engine.Drain(std::chrono::seconds(sc.drain_grace_seconds));
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  // The streams' last messages are written (5 s at most), then the server shuts down at once:
+  // a Shutdown deadline would be waited out whenever a client keeps an idle connection open,
+  // since gRPC closes connections only when the deadline passes.
+  const bool flushed = service.WaitForStreams(std::chrono::seconds(5)) &&
+                       health.WaitForWatches(std::chrono::seconds(1));
+  if (!flushed) spdlog::warn("drain: streams still open after 5 s; cancelling them");
+  server->Shutdown(std::chrono::system_clock::now());
   http.Stop();
   spdlog::info("stopped");
   return 0;

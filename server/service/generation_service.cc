@@ -1,8 +1,10 @@
 #include "service/generation_service.h"
 
+#include <chrono>
 #include <memory>
 #include <mutex>
 #include <random>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "service/request_conversion.h"
@@ -72,8 +74,11 @@ grpc::ServerUnaryReactor* ServeUnary(grpc::CallbackServerContext* context, const
 class GenerateReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
                         public std::enable_shared_from_this<GenerateReactor> {
  public:
-  GenerateReactor(Engine* engine, std::string request_id)
-      : engine_(engine), request_id_(std::move(request_id)) {}
+  // `open` counts the service's Generate calls gRPC has not yet finished with (until OnDone).
+  GenerateReactor(Engine* engine, std::string request_id, std::atomic<int>* open)
+      : engine_(engine), request_id_(std::move(request_id)), open_(open) {
+    open_->fetch_add(1);
+  }
 
   // Submits the request to the engine; when it refuses, the caller rejects the call.
   absl::Status Start(Request request) {
@@ -127,6 +132,7 @@ class GenerateReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
   }
 
   void OnDone() override {
+    open_->fetch_sub(1);
     std::shared_ptr<GenerateReactor> last_ref;
     std::lock_guard lock(mu_);
     last_ref.swap(self_);  // released after the lock: the engine's sink may hold the last one
@@ -207,6 +213,7 @@ class GenerateReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
 
   Engine* engine_;
   const std::string request_id_;
+  std::atomic<int>* const open_;
   std::shared_ptr<GenerateReactor> self_;  // released in OnDone
 
   std::mutex mu_;
@@ -236,18 +243,27 @@ void GenerationService::Attach(Engine* engine, ServiceInfo info) {
   engine_.store(engine, std::memory_order_release);
 }
 
+bool GenerationService::WaitForStreams(std::chrono::milliseconds timeout) const {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (open_streams_.load() > 0) {
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return true;
+}
+
 grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerationService::Generate(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* bytes) {
   next_request_number_.fetch_add(1);
   if (grpc::Status denied = auth_.Check(*context); !denied.ok()) {
-    auto reactor = std::make_shared<GenerateReactor>(nullptr, "");
+    auto reactor = std::make_shared<GenerateReactor>(nullptr, "", &open_streams_);
     CountRejected(absl::StatusCode::kUnauthenticated);
     reactor->Reject(denied);
     return reactor.get();
   }
   pb::GenerateRequest parsed;
   if (grpc::Status malformed = ParseMessage(bytes, &parsed); !malformed.ok()) {
-    auto reactor = std::make_shared<GenerateReactor>(nullptr, "");
+    auto reactor = std::make_shared<GenerateReactor>(nullptr, "", &open_streams_);
     CountRejected(absl::StatusCode::kInvalidArgument);
     reactor->Reject(malformed);
     return reactor.get();
@@ -265,7 +281,8 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerationService::Generate(
   if (request.ok() && !accepting_.load()) {
     request = absl::UnavailableError("the server is draining; retry elsewhere");
   }
-  auto reactor = std::make_shared<GenerateReactor>(engine, request.ok() ? request->id : "");
+  auto reactor = std::make_shared<GenerateReactor>(engine, request.ok() ? request->id : "",
+                                                   &open_streams_);
   const absl::Status status = request.ok() ? reactor->Start(*std::move(request)) : request.status();
   if (!status.ok()) {
     CountRejected(status.code());

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <string>
 
 #include "engine/engine.h"
@@ -40,6 +41,9 @@ class GenerationService final : public RawGenerationService {
 
   // New Generate calls get UNAVAILABLE from now on.
   void StopAccepting() { accepting_.store(false); }
+  // Waits until every Generate call has finished (its last message written or the call
+  // cancelled), at most `timeout`; false if some are still open.
+  bool WaitForStreams(std::chrono::milliseconds timeout) const;
 
   grpc::ServerWriteReactor<grpc::ByteBuffer>* Generate(grpc::CallbackServerContext* context,
                                                        const grpc::ByteBuffer* request) override;
@@ -61,6 +65,7 @@ class GenerationService final : public RawGenerationService {
   ServiceInfo info_;                      // written once, before engine_ is published
   std::atomic<Engine*> engine_{nullptr};  // null while the model loads
   std::atomic<bool> accepting_{true};
+  std::atomic<int> open_streams_{0};  // Generate calls gRPC has not finished with
   std::atomic<uint64_t> next_request_number_{1};
 };
 

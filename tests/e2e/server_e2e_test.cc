@@ -7,6 +7,7 @@
 
 #include <fstream>
 #include <functional>
+#include <iostream>
 #include <map>
 #include <random>
 #include <ranges>
@@ -618,6 +619,41 @@ TEST_F(SlowServerTest, SigtermDrainsRunningRequestsAndRefusesNewOnes) {
   EXPECT_EQ(tokens, 300u) << "the running request was cut short";
   EXPECT_EQ(r.finish_reason(), pb::FINISH_REASON_LENGTH);
   EXPECT_EQ(server.Terminate(), 0) << server.Log();
+}
+
+// A client watching health (grpc.health.v1.Health/Watch, as load balancers and Kubernetes-style
+// checkers do) sees NOT_SERVING when draining starts, then its stream ends, so SIGTERM does not
+// wait for it: the server exits long before the grace period.
+TEST(ServerLifecycleTest, AnOpenHealthWatchEndsAtDrainAndDoesNotDelayExit) {
+  TempDir model;
+  WriteRandomCheckpoint(model.path(), E2eConfig(2), std::random_device{}());
+  ServerProcess server(model.path(), {"--drain_grace_seconds=30"});
+  ASSERT_TRUE(server.started()) << server.Log();
+  auto stub = grpc::health::v1::Health::NewStub(
+      grpc::CreateChannel(server.address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  auto watch = stub->Watch(&context, {});
+  grpc::health::v1::HealthCheckResponse response;
+  ASSERT_TRUE(watch->Read(&response));
+  EXPECT_EQ(response.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+
+  const auto signalled = std::chrono::steady_clock::now();
+  kill(server.pid(), SIGTERM);
+  std::vector<grpc::health::v1::HealthCheckResponse::ServingStatus> seen;
+  while (watch->Read(&response)) seen.push_back(response.status());
+  const grpc::Status status = watch->Finish();
+  const double stream_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - signalled).count();
+  ASSERT_FALSE(seen.empty()) << "the stream ended without NOT_SERVING: " << status.error_message();
+  EXPECT_EQ(seen.back(), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+  EXPECT_LT(stream_seconds, 3.0) << status.error_code() << " " << status.error_message();
+  EXPECT_EQ(server.Terminate(), 0) << server.Log();
+  const double exit_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - signalled).count();
+  std::cout << "watch ended after " << stream_seconds << " s (" << status.error_code() << " "
+            << status.error_message() << "), exit after " << exit_seconds << " s\n";
+  EXPECT_LT(exit_seconds, 3.0) << "an open Watch held up SIGTERM (grace 30 s)";
 }
 
 // Random weights for a model big enough that generating them takes about a second: the window
