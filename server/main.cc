@@ -1,5 +1,7 @@
 // gqa-server: flags -> ServerConfig -> RunServer.
+#include <charconv>
 #include <iostream>
+#include <string_view>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -115,7 +117,10 @@ int main(int argc, char** argv) {
   config.enforce_eager = absl::GetFlag(FLAGS_enforce_eager);
   config.deterministic = absl::GetFlag(FLAGS_deterministic);
   if (!(config.gpu_memory_utilization > 0.0 && config.gpu_memory_utilization <= 1.0)) {
-    std::cerr << "gqa-server: --gpu_memory_utilization must be in (0, 1]\n";
+    char value[32];  // as given: the shortest text that reads back as the same double
+    const auto end = std::to_chars(value, value + sizeof value, config.gpu_memory_utilization).ptr;
+    std::cerr << "gqa-server: --gpu_memory_utilization " << std::string_view(value, end - value)
+              << " must be in (0, 1]\n";
     return 2;
   }
   if (const std::string kv = absl::GetFlag(FLAGS_kv_cache_memory);

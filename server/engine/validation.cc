@@ -1,11 +1,21 @@
 #include "engine/validation.h"
 
+#include <charconv>
 #include <cmath>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 
 namespace gqa {
 namespace {
+
+// A float as the client sent it: the shortest text that reads back as the same float (1.0000001,
+// not absl's six digits "1"), "nan", "inf" or "-inf".
+std::string AsSent(float v) {
+  char buf[32];
+  const auto result = std::to_chars(buf, buf + sizeof buf, v);
+  return std::string(buf, result.ptr);
+}
 
 absl::Status CheckPrompt(const Request& r, const ModelLimits& limits) {
   if (r.prompt.empty()) return absl::InvalidArgumentError("prompt.token_ids: the prompt is empty");
@@ -26,12 +36,12 @@ absl::Status CheckPrompt(const Request& r, const ModelLimits& limits) {
 
 absl::Status CheckSampling(const SamplingParams& s) {
   if (!std::isfinite(s.temperature) || s.temperature < 0.0f) {
-    return absl::InvalidArgumentError(absl::StrCat("sampling.temperature: ", s.temperature,
+    return absl::InvalidArgumentError(absl::StrCat("sampling.temperature: ", AsSent(s.temperature),
                                                    " must be a finite number >= 0 (0 = greedy)"));
   }
   if (!(s.top_p > 0.0f && s.top_p <= 1.0f)) {
     return absl::InvalidArgumentError(
-        absl::StrCat("sampling.top_p: ", s.top_p, " must be in (0, 1]"));
+        absl::StrCat("sampling.top_p: ", AsSent(s.top_p), " must be in (0, 1]"));
   }
   if (s.top_k < 0) {
     return absl::InvalidArgumentError(

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <string>
 
 namespace gqa {
 namespace {
@@ -60,6 +61,26 @@ TEST(ValidationTest, NamesTheFieldAtFault) {
   r = Valid();
   r.stopping.stop_token_ids = {5, 1000};
   ExpectInvalid(r, "stopping.stop_token_ids[1]");
+}
+
+// Refusals quote the value as sent: the shortest decimal that reads back as the same float.
+TEST(ValidationTest, QuotesFloatsAsSent) {
+  auto message = [](float temperature, float top_p) {
+    Request r = Valid();
+    r.sampling.temperature = temperature;
+    r.sampling.top_p = top_p;
+    return std::string(ValidateRequest(r, {100, 64}).message());
+  };
+  EXPECT_EQ(message(0, 1.0000001f), "sampling.top_p: 1.0000001 must be in (0, 1]");
+  EXPECT_EQ(message(0, std::nextafter(1.0f, 2.0f)), "sampling.top_p: 1.0000001 must be in (0, 1]");
+  EXPECT_EQ(message(0, 1.1f), "sampling.top_p: 1.1 must be in (0, 1]");
+  EXPECT_EQ(message(0, -1e-45f), "sampling.top_p: -1e-45 must be in (0, 1]");
+  EXPECT_EQ(message(-0.1f, 1),
+            "sampling.temperature: -0.1 must be a finite number >= 0 (0 = greedy)");
+  EXPECT_EQ(message(-1.25e-7f, 1),
+            "sampling.temperature: -1.25e-07 must be a finite number >= 0 (0 = greedy)");
+  EXPECT_EQ(message(INFINITY, 1),
+            "sampling.temperature: inf must be a finite number >= 0 (0 = greedy)");
 }
 
 }  // namespace
