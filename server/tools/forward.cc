@@ -97,7 +97,8 @@ int main(int argc, char** argv) {
   int next_block = kNumBlocks - 1;
   nlohmann::json out;
 
-  Seq chunked{prompt};
+  Seq chunked;
+  chunked.tokens = prompt;
   const int chunk = absl::GetFlag(FLAGS_chunk) > 0 ? absl::GetFlag(FLAGS_chunk) : prompt.size();
   std::vector<float> logits;
   while (chunked.computed < static_cast<int>(prompt.size())) {
@@ -108,7 +109,8 @@ int main(int argc, char** argv) {
   }
   out["prefill_logits"] = logits;
 
-  Seq stepped{prompt};
+  Seq stepped;
+  stepped.tokens = prompt;
   out["position_logits"] = nlohmann::json::array();
   for (size_t i = 0; i < prompt.size(); ++i) {
     auto l = Run(**backend, stepped, 1, bs, &next_block);

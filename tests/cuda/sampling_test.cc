@@ -70,7 +70,9 @@ void CheckAgreement(int vocab, SamplingRow base, float logit_scale) {
     ++seen[tokens[i]];
   }
   EXPECT_GE(agree, draws - 2);
-  if (base.top_k > 0) EXPECT_LE(int(seen.size()), base.top_k);
+  if (base.top_k > 0) {
+    EXPECT_LE(int(seen.size()), base.top_k);
+  }
   EXPECT_GT(seen.size(), 1u) << "sampling collapsed to one token";
   // Deterministic: the same rows again give the same tokens.
   EXPECT_EQ(GpuSample(logits, rows, vocab), tokens);

@@ -10,6 +10,7 @@
 #include <random>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "common/test_checkpoint.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
@@ -150,7 +151,7 @@ std::vector<Case> Corpus(int vocab) {
        "stopping.stop_token_ids[0]: " + std::to_string(vocab + 7)},
       {"10k stop strings",
        [=](auto& r) {
-         for (int i = 0; i < 10'000; ++i) stopping(r)->add_stop("s" + std::to_string(i));
+         for (int i = 0; i < 10'000; ++i) stopping(r)->add_stop(absl::StrCat("s", i));
        },
        bad, "stopping.stop: 10000 stop strings"},
       {"a 1 MB stop string", [=](auto& r) { stopping(r)->add_stop(std::string(1 << 20, 'x')); },

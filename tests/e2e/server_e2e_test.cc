@@ -13,6 +13,7 @@
 #include <ranges>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "common/test_checkpoint.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
@@ -522,7 +523,7 @@ TEST_F(TextServerTest, StopStringEndsTheTextBeforeItAcrossChunks) {
 TEST_F(TextServerTest, StopStringsAreLimitedInNumberAndLength) {
   auto stub = server_->Stub();
   auto many = TextRequest("hi", 4, 1);
-  for (int i = 0; i < 33; ++i) many.mutable_stopping()->add_stop("s" + std::to_string(i));
+  for (int i = 0; i < 33; ++i) many.mutable_stopping()->add_stop(absl::StrCat("s", i));
   Outcome out = Generate(*stub, many);
   EXPECT_EQ(out.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_EQ(out.status.error_message().rfind("stopping.stop: 33 stop strings; at most 32", 0), 0u)
@@ -716,7 +717,9 @@ TEST_F(SlowServerTest, WaitingRequestsBeyondTheLimitGetResourceExhausted) {
     contexts.push_back(std::make_unique<grpc::ClientContext>());
     readers.push_back(stub->Generate(contexts.back().get(), MakeRequest(8, 500, i)));
     // Until the first runs it counts as waiting too: only then send the others.
-    if (i == 0) ASSERT_TRUE(WaitUntil([&] { return server.Metric("gqa_requests_running") == 1; }));
+    if (i == 0) {
+      ASSERT_TRUE(WaitUntil([&] { return server.Metric("gqa_requests_running") == 1; }));
+    }
   }
   ASSERT_TRUE(WaitUntil([&] { return server.Metric("gqa_requests_waiting") == 2; }))
       << server.Metric("gqa_requests_waiting");

@@ -11,6 +11,7 @@
 #include <mutex>
 #include <random>
 
+#include "absl/strings/str_cat.h"
 #include "backend/cpu/cpu_backend.h"
 #include "common/test_checkpoint.h"
 #include "metrics/engine_metrics.h"
@@ -100,7 +101,7 @@ TEST_F(EngineTest, OutputsAreTheSameAloneBatchedAndPreempted) {
     auto engine = MakeEngine(1024);
     for (int i = 0; i < n; ++i) {
       Collector c;
-      const std::string id = "r" + std::to_string(i);
+      const std::string id = absl::StrCat("r", i);
       ASSERT_TRUE(engine->Submit(MakeRequest(id, 3 + 5 * i, 12, i, i % 2 ? 0.8f : 0.0f, c)).ok());
       c.WaitFor(1);
       alone[id] = c.results()[id].tokens;
@@ -113,7 +114,7 @@ TEST_F(EngineTest, OutputsAreTheSameAloneBatchedAndPreempted) {
   auto engine = MakeEngine(40, &metrics);
   Collector c;
   for (int i = 0; i < n; ++i) {
-    const std::string id = "r" + std::to_string(i);
+    const std::string id = absl::StrCat("r", i);
     ASSERT_TRUE(engine->Submit(MakeRequest(id, 3 + 5 * i, 12, i, i % 2 ? 0.8f : 0.0f, c)).ok());
   }
   c.WaitFor(n);
