@@ -2,14 +2,14 @@
 #
 # CPU image (Debian 12), the default target (the last stage of this file):
 #   Build:               docker build -t gqa-serve .
-#   Run the demo model:  docker run --rm -p 50051:50051 -p 9090:9090 gqa-serve
+#   Run the demo model:  docker run --rm -p 50051:50051 -p 50052:50052 gqa-serve
 #   Serve your own:      docker run --rm -v /models/m:/model -p 50051:50051 gqa-serve --model /model
 #
 # CUDA image (CUDA 13.0 on Ubuntu 24.04), the target `cuda`:
 #   Build:               docker build --target cuda -t gqa-serve:cuda .
 #   Also for A100:       docker build --target cuda --build-arg CUDA_ARCHS="80;90a" -t gqa-serve:cuda .
-#   Run the demo model:  docker run --rm --gpus all -p 50051:50051 -p 9090:9090 gqa-serve:cuda
-#   Serve your own:      docker run --rm --gpus all -v /models/m:/model -p 50051:50051 -p 9090:9090 \
+#   Run the demo model:  docker run --rm --gpus all -p 50051:50051 -p 50052:50052 gqa-serve:cuda
+#   Serve your own:      docker run --rm --gpus all -v /models/m:/model -p 50051:50051 -p 50052:50052 \
 #                          gqa-serve:cuda --model /model --backend cuda --gpu_memory_utilization 0.9
 #   The host needs the NVIDIA driver (one that supports CUDA 13.0) and the NVIDIA Container
 #   Toolkit, which mounts the driver (libcuda) into the container for --gpus.
@@ -74,7 +74,7 @@ COPY --from=cuda-build /src/build/demo-model /opt/gqa/demo-model
 # hadolint ignore=DL4006
 RUN missing="$(ldd /usr/local/bin/gqa-* | grep 'not found' | grep -v -e 'libcuda\.so' -e 'libnvidia-' || true)"; \
     if [ -n "$missing" ]; then echo "missing shared libraries:"; echo "$missing"; exit 1; fi
-EXPOSE 50051 9090
+EXPOSE 50051 50052
 ENTRYPOINT ["gqa-server"]
 CMD ["--model", "/opt/gqa/demo-model", "--backend", "cuda"]
 
@@ -86,6 +86,6 @@ RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq 
 COPY --from=build /src/build/server/gqa-server /src/build/client/gqa-cli /src/build/server/gqa-convert \
      /src/build/server/gqa-make-checkpoint /usr/local/bin/
 COPY --from=build /src/build/demo-model /opt/gqa/demo-model
-EXPOSE 50051 9090
+EXPOSE 50051 50052
 ENTRYPOINT ["gqa-server"]
 CMD ["--model", "/opt/gqa/demo-model", "--kv_cache_memory", "256MiB"]

@@ -7,6 +7,26 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+port=${GQA_PORT:-50051}
+metrics_port=${GQA_METRICS_PORT:-50052}
+pid_file=build/demo-server.pid
+# A server already on the ports (this demo's, left serving by an earlier run, or another
+# process): say so and stop here, before the model directory is rebuilt under it.
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for p in "$port" "$metrics_port"; do
+  listening "$p" || continue
+  if [ -f "$pid_file" ] && kill -0 "$(cat "$pid_file")" 2>/dev/null; then
+    echo "== a gqa-server from an earlier demo is already running (pid $(cat "$pid_file")) on" \
+      "localhost:$port, metrics :$metrics_port."
+    echo "   Use it (build/client/gqa-cli --text \"Hello\"), or stop it first: kill $(cat "$pid_file")"
+  else
+    echo "== port $p is in use: is another process using the port? (a server is already" \
+      "listening on localhost:$p)"
+    echo "   Stop it, or choose free ports: GQA_PORT=50061 GQA_METRICS_PORT=50062 bash deploy/demo.sh"
+  fi
+  exit 1
+done
+
 bash deploy/install-deps.sh
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
 cmake --build build --target gqa-server gqa-cli gqa-convert demo-model
@@ -23,12 +43,11 @@ if [ $real_model = 0 ]; then
   model=build/demo-model
 fi
 
-port=${GQA_PORT:-50051}
-metrics_port=${GQA_METRICS_PORT:-9090}
 log=build/demo-server.log
 build/server/gqa-server --model "$model" --port "$port" --metrics_port "$metrics_port" \
   --kv_cache_memory 256MiB >"$log" 2>&1 &
 server_pid=$!
+echo $server_pid >"$pid_file"
 for _ in $(seq 1 600); do  # up to a minute: a GPU backend tunes and captures graphs first
   grep -q "serving" "$log" 2>/dev/null && break
   kill -0 $server_pid 2>/dev/null || { cat "$log"; exit 1; }
@@ -59,6 +78,7 @@ curl -s "localhost:$metrics_port/metrics" | grep "^gqa_step_duration_seconds_cou
 if [ "${1:-}" = "--no-serve" ]; then
   kill -TERM $server_pid
   wait $server_pid
+  rm -f "$pid_file"
 else
   echo
   echo "gqa-server (pid $server_pid) keeps serving on localhost:$port; metrics on :$metrics_port."

@@ -28,7 +28,7 @@ ABSL_FLAG(bool, deterministic, false,
           "GPU: a request's output does not depend on what is batched with it");
 ABSL_FLAG(std::string, host, "0.0.0.0", "address to listen on (gRPC and metrics)");
 ABSL_FLAG(int, port, 50051, "gRPC port (0 picks a free one)");
-ABSL_FLAG(int, metrics_port, 9090, "HTTP port for /metrics and /healthz (0 picks a free one)");
+ABSL_FLAG(int, metrics_port, 50052, "HTTP port for /metrics and /healthz (0 picks a free one)");
 ABSL_FLAG(std::string, metrics_host, "",
           "address for /metrics and /healthz (empty: --host), e.g. 127.0.0.1");
 ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: serve gRPC over TLS (with --tls_key)");

@@ -19,7 +19,7 @@ struct ServerConfig {
   bool deterministic = false;
   std::string host = "0.0.0.0";
   int port = 50051;
-  int metrics_port = 9090;
+  int metrics_port = 50052;
   std::string metrics_host;                 // empty: `host`
   std::string port_file;                    // written once serving: "<grpc port> <metrics port>"
   std::string tls_cert_file, tls_key_file;  // PEM; both or neither: TLS for gRPC

@@ -29,7 +29,7 @@
 // Numbers are read as text and checked here, so that a bad one is one line naming it and exit 2.
 ABSL_FLAG(std::string, server, "localhost:50051", "gqa-server gRPC address host:port");
 ABSL_FLAG(std::string, metrics_url, "",
-          "gqa-server's /metrics, e.g. http://127.0.0.1:9090/metrics (empty: no server view)");
+          "gqa-server's /metrics, e.g. http://127.0.0.1:50052/metrics (empty: no server view)");
 ABSL_FLAG(std::string, num_requests, "100", "measured requests");
 ABSL_FLAG(std::string, warmup_requests, "0",
           "requests sent first and finished before the measured ones, excluded from every figure");

@@ -43,7 +43,8 @@ absl::StatusOr<int> MetricsHttpServer::Start(const std::string& host, int port) 
   const int bound =
       port == 0 ? server_->bind_to_any_port(host) : (server_->bind_to_port(host, port) ? port : -1);
   if (bound < 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen for metrics on ", host, ":", port));
+    return absl::UnavailableError(absl::StrCat("cannot listen for metrics on ", host, ":", port,
+                                               " (is another process using the port?)"));
   }
   thread_ = std::thread([this] { server_->listen_after_bind(); });
   return bound;

@@ -197,7 +197,20 @@ TEST_F(SecurityTest, APortInUseStopsStartupWithOneLine) {
                   "--host=127.0.0.1", "--port=" + port, "--metrics_port=0"});
   EXPECT_NE(code, 0);
   EXPECT_NE(code, 124) << "a second server started on a port in use";
-  EXPECT_NE(output.find("cannot listen for gRPC on 127.0.0.1:" + port), std::string::npos)
+  EXPECT_NE(output.find("cannot listen for gRPC on 127.0.0.1:" + port +
+                        " (is another process using the port?)"),
+            std::string::npos)
+      << output;
+  // The metrics port (bound first) says the same.
+  const std::string metrics_port = std::to_string(first.metrics_port());
+  std::tie(code, output) =
+      RunCommand({"timeout", "60", ServerBin(), "--model=" + model_->path().string(),
+                  "--host=127.0.0.1", "--port=0", "--metrics_port=" + metrics_port});
+  EXPECT_NE(code, 0);
+  EXPECT_NE(code, 124) << "a second server started on a metrics port in use";
+  EXPECT_NE(output.find("cannot listen for metrics on 127.0.0.1:" + metrics_port +
+                        " (is another process using the port?)"),
+            std::string::npos)
       << output;
   EXPECT_TRUE(Info(*first.Stub()).ok());
 }
