@@ -38,7 +38,7 @@ if [ $want_python = 1 ]; then
   if [ ! -x .venv/bin/python ]; then
     /usr/bin/python3 -m venv --system-site-packages .venv
   fi
-  if ! .venv/bin/python -c "import torch, transformers, safetensors, gguf, matplotlib" 2>/dev/null; then
+  if ! .venv/bin/python -c "import torch, transformers, safetensors, gguf, matplotlib, kubernetes_validate" 2>/dev/null; then
     echo "== installing the parity tests' Python packages into .venv"
     .venv/bin/pip install -q -r tests/parity/requirements.txt
   fi
