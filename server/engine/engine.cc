@@ -282,7 +282,7 @@ void Engine::FailStep(const SchedulerOutput& out, const absl::Status& status) {
   for (auto& seq : failed) {
     TokenEvent event;
     event.finish = FinishReason::kCancelled;
-    event.error = std::string(status.message());
+    event.error = status.ok() ? absl::InternalError("engine step failed") : status;
     if (seq->request.sink) seq->request.sink(std::move(event));
     std::lock_guard lock(mu_);
     if (--in_flight_ == 0) idle_.notify_all();

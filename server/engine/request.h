@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
+
 namespace gqa {
 
 using Clock = std::chrono::steady_clock;
@@ -42,8 +44,9 @@ struct TokenEvent {
   double queue_seconds = 0;
   double time_to_first_token_seconds = 0;
   double total_seconds = 0;
-  // Set when the engine failed the request (the client gets INTERNAL with this message).
-  std::optional<std::string> error;
+  // Not OK when the engine failed the request: the failed step's status, code and message,
+  // which the client gets as its final status.
+  absl::Status error;
 };
 
 // Called on the engine thread; must not block.

@@ -3,6 +3,8 @@
 #include <cstdint>
 #include <string_view>
 
+#include "service/status_conversion.h"
+
 namespace gqa {
 namespace {
 
@@ -28,9 +30,9 @@ grpc::Status BearerToken::Check(const grpc::ServerContextBase& context) const {
       return grpc::Status::OK;
     }
   }
-  return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
-                      "authorization: send the metadata \"authorization: Bearer <token>\" with the "
-                      "server's token (--auth_token_file)");
+  return ToGrpcStatus(absl::UnauthenticatedError(
+      "authorization: send the metadata \"authorization: Bearer <token>\" with the "
+      "server's token (--auth_token_file)"));
 }
 
 }  // namespace gqa

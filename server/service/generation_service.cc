@@ -40,9 +40,9 @@ grpc::Status ParseMessage(const grpc::ByteBuffer* bytes, Message* message) {
   if (grpc::SerializationTraits<Message>::Deserialize(&copy, message).ok()) {
     return grpc::Status::OK;
   }
-  return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                      absl::StrCat("request: not a valid ", Message::descriptor()->full_name(),
-                                   " (a truncated message, or a string field that is not UTF-8)"));
+  return ToGrpcStatus(absl::InvalidArgumentError(
+      absl::StrCat("request: not a valid ", Message::descriptor()->full_name(),
+                   " (a truncated message, or a string field that is not UTF-8)")));
 }
 
 template <typename Message>
@@ -148,12 +148,12 @@ class GenerateReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
       std::lock_guard lock(mu_);
       for (int32_t t : event.new_tokens) pending_.add_token_ids(static_cast<uint32_t>(t));
       pending_.mutable_text()->append(event.text);
-      if (event.error) {
-        final_status_ = grpc::Status(grpc::StatusCode::INTERNAL, *event.error);
+      if (!event.error.ok()) {
+        final_status_ = ToGrpcStatus(event.error);
       } else if (event.finish) {
         SetFinal(event);
       }
-      final_received_ = event.finish.has_value() || event.error.has_value();
+      final_received_ = event.finish.has_value() || !event.error.ok();
       action = NextAction();
     }
     Run(action);
@@ -177,7 +177,7 @@ class GenerateReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
   Action NextAction() {
     if (writing_ || finished_) return Action::kNone;
     if (broken_) {
-      final_status_ = grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");
+      final_status_ = ToGrpcStatus(absl::CancelledError("cancelled by the client"));
       finished_ = true;
       return Action::kFinish;
     }
@@ -281,8 +281,8 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerationService::Generate(
   if (request.ok() && !accepting_.load()) {
     request = absl::UnavailableError("the server is draining; retry elsewhere");
   }
-  auto reactor = std::make_shared<GenerateReactor>(engine, request.ok() ? request->id : "",
-                                                   &open_streams_);
+  auto reactor =
+      std::make_shared<GenerateReactor>(engine, request.ok() ? request->id : "", &open_streams_);
   const absl::Status status = request.ok() ? reactor->Start(*std::move(request)) : request.status();
   if (!status.ok()) {
     CountRejected(status.code());
@@ -303,11 +303,10 @@ void GenerationService::CountRejected(absl::StatusCode code) const {
 grpc::Status GenerationService::TokenizeMessage(const pb::TokenizeRequest* request,
                                                 pb::TokenizeResponse* response) {
   if (engine_.load(std::memory_order_acquire) == nullptr) {
-    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the model is still loading");
+    return ToGrpcStatus(absl::UnavailableError("the model is still loading"));
   }
   if (info_.tokenizer == nullptr) {
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                        "text: this model has no tokenizer.json");
+    return ToGrpcStatus(absl::InvalidArgumentError("text: this model has no tokenizer.json"));
   }
   for (int32_t id : info_.tokenizer->EncodePrompt(request->text())) {
     response->add_ids(static_cast<uint32_t>(id));
@@ -318,7 +317,7 @@ grpc::Status GenerationService::TokenizeMessage(const pb::TokenizeRequest* reque
 grpc::Status GenerationService::ModelInfoMessage(pb::ModelInfo* info) {
   const Engine* engine = engine_.load(std::memory_order_acquire);
   if (engine == nullptr) {
-    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the model is still loading");
+    return ToGrpcStatus(absl::UnavailableError("the model is still loading"));
   }
   const ModelConfig& c = info_.config;
   const KvCacheSpec& kv = engine->kv_spec();

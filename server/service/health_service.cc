@@ -4,6 +4,8 @@
 #include <thread>
 #include <utility>
 
+#include "service/status_conversion.h"
+
 namespace gqa {
 
 using grpc::health::v1::HealthCheckRequest;
@@ -31,14 +33,14 @@ class HealthService::Watcher final : public grpc::ServerWriteReactor<HealthCheck
     std::lock_guard lock(mu_);
     writing_ = false;
     if (!ok) {
-      FinishOnce(grpc::Status(grpc::StatusCode::CANCELLED, "the client went away"));
+      FinishOnce(ToGrpcStatus(absl::CancelledError("the client went away")));
       return;
     }
     Pump();
   }
   void OnCancel() override {
     std::lock_guard lock(mu_);
-    FinishOnce(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
+    FinishOnce(ToGrpcStatus(absl::CancelledError("cancelled")));
   }
   void OnDone() override {
     {
@@ -127,7 +129,7 @@ grpc::ServerUnaryReactor* HealthService::Check(grpc::CallbackServerContext* cont
     status = StatusOf(request->service());
   }
   if (status == HealthCheckResponse::SERVICE_UNKNOWN) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::NOT_FOUND, "unknown service"));
+    reactor->Finish(ToGrpcStatus(absl::NotFoundError("unknown service")));
     return reactor;
   }
   response->set_status(status);

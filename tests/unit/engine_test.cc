@@ -27,7 +27,10 @@ class Collector {
       std::lock_guard lock(mu_);
       auto& r = results_[id];
       r.tokens.insert(r.tokens.end(), e.new_tokens.begin(), e.new_tokens.end());
-      if (e.error) r.error = *e.error;
+      if (!e.error.ok()) {
+        r.error = std::string(e.error.message());
+        r.error_code = e.error.code();
+      }
       if (e.finish) {
         r.finish = *e.finish;
         r.preemptions = e.preemptions;
@@ -45,6 +48,7 @@ class Collector {
     std::optional<FinishReason> finish;
     int preemptions = 0;
     std::optional<std::string> error;
+    absl::StatusCode error_code = absl::StatusCode::kOk;
   };
   std::map<std::string, Result> results() {
     std::lock_guard lock(mu_);
@@ -189,8 +193,9 @@ TEST_F(EngineTest, DrainFinishesRunningRequestsAndRefusesNewOnes) {
 // may leave it broken (a sticky device error).
 class FakeBackend final : public Backend {
  public:
-  FakeBackend(std::vector<int> failing_steps, bool sticky)
-      : failing_steps_(std::move(failing_steps)), sticky_(sticky) {
+  FakeBackend(std::vector<int> failing_steps, bool sticky,
+              absl::StatusCode failure_code = absl::StatusCode::kInternal)
+      : failing_steps_(std::move(failing_steps)), sticky_(sticky), failure_code_(failure_code) {
     spec_.block_size = 4;
     spec_.num_blocks = 64;
     spec_.num_kv_heads = 1;
@@ -207,7 +212,7 @@ class FakeBackend final : public Backend {
     if (std::find(failing_steps_.begin(), failing_steps_.end(), step_) != failing_steps_.end()) {
       profiled_ = false;
       broken_ = sticky_;
-      return absl::InternalError("injected device failure");
+      return absl::Status(failure_code_, "injected device failure");
     }
     rows_ = static_cast<int>(std::count_if(batch.begin(), batch.end(),
                                            [](const ForwardSeq& s) { return s.wants_logits; }));
@@ -233,6 +238,7 @@ class FakeBackend final : public Backend {
   bool profiled_ = false;
   std::vector<int> failing_steps_;
   bool sticky_;
+  absl::StatusCode failure_code_;
   bool broken_ = false;
   int step_ = 0;
   int rows_ = 0;
@@ -282,6 +288,20 @@ TEST(EngineFailureTest, AFailedStepFailsItsRequestsAndTheEngineServesOn) {
   EXPECT_EQ(c.results()["after"].tokens, std::vector<int32_t>(4, 5));
   EXPECT_EQ(c.results()["after"].finish, FinishReason::kLength);
   EXPECT_FALSE(broken_called.load());
+}
+
+// A failed step's status reaches the request with its code, not only its message: a backend
+// that runs out of memory fails its requests with RESOURCE_EXHAUSTED, not INTERNAL.
+TEST(EngineFailureTest, AFailedStepKeepsItsStatusCode) {
+  auto engine = FakeEngine(std::make_unique<FakeBackend>(std::vector<int>{2}, false,
+                                                         absl::StatusCode::kResourceExhausted),
+                           nullptr, [] {});
+  Collector c;
+  ASSERT_TRUE(engine->Submit(FakeRequest("a", 10, c)).ok());
+  engine->Start();
+  c.WaitFor(1);
+  EXPECT_EQ(c.results()["a"].error, "injected device failure");
+  EXPECT_EQ(c.results()["a"].error_code, absl::StatusCode::kResourceExhausted);
 }
 
 TEST(EngineFailureTest, AStickyFailureCallsOnBackendBroken) {
