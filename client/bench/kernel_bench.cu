@@ -118,8 +118,7 @@ double TimeDecode(const Shape& s, int sm_count, double* kv_bytes, int* splits, d
   const size_t pool = size_t(num_blocks) * s.kv_heads * kBlockSize * g_head_dim;
   const int attended = g_window > 0 ? std::min(s.context, g_window) : s.context;
   *kv_bytes = 2.0 * s.batch * attended * s.kv_heads * g_head_dim * sizeof(T);
-  // With a window, the keys one query reads (as the CUDA backend sizes its splits).
-  const int max_keys = g_window > 0 ? std::min(s.context, g_window + kBlockSize - 1) : s.context;
+  const int max_keys = gqa::kernels::DecodeKeysPerQuery(s.context, g_window);
   auto choice = gqa::kernels::SelectDecodeKernel(kHeads, s.kv_heads, g_head_dim, kBlockSize,
                                                  s.batch, max_keys, sm_count, splits_override);
   if (variant.warps > 0) {

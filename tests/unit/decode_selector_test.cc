@@ -56,6 +56,12 @@ TEST(DecodeSelectorTest, EveryChoiceNamesABuiltVariant) {
   EXPECT_EQ(DecodeSharedBytes(128, 1, {4, 3, 1}), 16u * 136 * 2 + 4u * 3 * (2 * 16 * 136) * 2);
 }
 
+TEST(DecodeSelectorTest, AWindowBoundsTheKeysAQueryReads) {
+  EXPECT_EQ(DecodeKeysPerQuery(32768, 0), 32768);
+  EXPECT_EQ(DecodeKeysPerQuery(32768, 4096), 4096 + 15);  // the window and its first partial tile
+  EXPECT_EQ(DecodeKeysPerQuery(100, 4096), 100);
+}
+
 TEST(DecodeSelectorTest, SmallBatchLongContextSplitsLargeBatchDoesNot) {
   EXPECT_GT(SelectDecodeKernel(32, 8, 128, 16, 1, 32768, 132).num_splits, 16);
   EXPECT_EQ(SelectDecodeKernel(32, 32, 128, 16, 256, 512, 132).num_splits, 1);

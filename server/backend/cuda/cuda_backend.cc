@@ -170,12 +170,9 @@ int CudaBackend<T>::MaxDecodeWorkspaceRows() const {
 
 template <typename T>
 kernels::DecodeKernelChoice CudaBackend<T>::DecodeChoice(int num_seqs) const {
-  // Deterministic: the same splits whatever the batch, so they depend on the length alone. A
-  // sliding window bounds the keys a query reads (plus the partial tile it starts in).
-  const int window = config_.attention_window();
+  // Deterministic: the same splits whatever the batch, so they depend on the length alone.
   const int max_keys =
-      window > 0 ? std::min(options_.max_model_len, window + kernels::kDecodeTileTokens - 1)
-                 : options_.max_model_len;
+      kernels::DecodeKeysPerQuery(options_.max_model_len, config_.attention_window());
   return kernels::SelectFixedGridDecodeKernel(
       config_.num_heads, config_.num_kv_heads, config_.head_dim, spec_.block_size,
       options_.deterministic ? 1 : num_seqs, max_keys, device_->sm_count());

@@ -31,6 +31,16 @@ constexpr int kDecodeTileTokens = 16;
 constexpr int kDecodeMaxSplits = 128;
 constexpr int kDecodeMinSplitTiles = 8;  // two 16-token tiles for each of 4 pipelines
 
+// The most keys one query reads in a context of up to max_context_len tokens: with a sliding
+// window of `window` > 0 keys, the window plus the partial tile it starts in (the decode kernel's
+// splits cover the window from its first 16-token tile). What the selectors take as
+// max_context_len.
+constexpr int DecodeKeysPerQuery(int max_context_len, int window) {
+  return window > 0 && window + kDecodeTileTokens - 1 < max_context_len
+             ? window + kDecodeTileTokens - 1
+             : max_context_len;
+}
+
 // num_splits_override > 0 forces the split count (tests); 0 picks one that fills `sm_count`
 // multiprocessors with at least two 16-token tiles per warp.
 DecodeKernelChoice SelectDecodeKernel(int num_heads, int num_kv_heads, int head_dim, int block_size,

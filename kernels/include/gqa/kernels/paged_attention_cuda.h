@@ -35,7 +35,7 @@ struct DecodeAttentionArgs {
   void* workspace = nullptr;  // DecodeWorkspaceBytes(...) bytes, when num_splits > 1
   // > 0: a sliding window (Mistral): the query at position p sees keys p - window + 1 ... p;
   // cache blocks wholly before it are not read. The splits of `choice` then cover the window
-  // from its first 16-token tile (size them with max_context_len <= window + 15).
+  // from its first 16-token tile (size them with DecodeKeysPerQuery).
   int window = 0;
 };
 
