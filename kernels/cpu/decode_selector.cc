@@ -9,10 +9,12 @@ constexpr int kMinTilesPerSplit = kDecodeMinSplitTiles;
 
 // How many blocks per SM one wave of the decode kernel should hold. Up to 16 query rows (one
 // 16-row tile): 2, what 109 KB of shared memory allows at head_dim 128 (H200 split sweep, step 7
-// of kernels/BENCHMARKS.md). Above (32 rows): 1, though 3 would fit: each split then writes twice
-// the partial outputs, and the H100 split sweep of step 13 found ~1 block per SM fastest at every
-// MQA shape it tried.
-int BlocksPerSm(int query_tiles) { return query_tiles == 1 ? 2 : 1; }
+// of kernels/BENCHMARKS.md). Above (32 rows) at head_dim 128: 1 block of 8 warps (217 KB), which
+// the H100 split sweep of step 13 and the H200 sweep of step 18 found fastest; at head_dim 64 the
+// 4-warp variant with twice the splits (2 blocks per SM) is 5-8% faster (step 18).
+int BlocksPerSm(int query_tiles, int head_dim) {
+  return query_tiles == 1 || head_dim == 64 ? 2 : 1;
+}
 
 // The kernel variant for a group size and head_dim, from H200 sweeps of every variant (steps 14
 // and 15 of kernels/BENCHMARKS.md). A 32-row group's warps work in pairs over one K/V pipeline,
@@ -20,9 +22,10 @@ int BlocksPerSm(int query_tiles) { return query_tiles == 1 ? 2 : 1; }
 // warp two independent chains of products and pay the barrier and the row bookkeeping once per
 // 32 keys: MQA 1.2-1.6x faster. At head_dim 64, groups of 2 to 8 gain from 2 tiles per step too
 // (group 4, batch 64: 85 -> 73 us); MHA and group 16 lose 3-7% with it, head_dim 128 rows up to
-// 16 lose up to 7%.
+// 16 lose up to 7%. At head_dim 64 a 32-row group does better in 4-warp blocks, two per
+// multiprocessor (step 18: MQA 5-8% faster than 8 warps).
 DecodeVariant ChooseVariant(int head_dim, int group) {
-  if (group > 16) return DecodeVariant{8, 3, 2};
+  if (group > 16) return head_dim == 64 ? DecodeVariant{4, 3, 2} : DecodeVariant{8, 3, 2};
   if (head_dim == 64 && group >= 2 && group <= 8) return DecodeVariant{4, 3, 2};
   return DecodeVariant{4, 3, 1};
 }
@@ -63,7 +66,7 @@ DecodeKernelChoice SelectDecodeKernel(int num_heads, int num_kv_heads, int head_
     const int base = std::max(1, num_seqs * num_kv_heads);
     // One wave of blocks: measured on an H200, more splits cost more in the merge than they
     // gain in parallelism (kernels/BENCHMARKS.md).
-    const int slots = std::max(1, sm_count) * BlocksPerSm(c.query_tiles);
+    const int slots = std::max(1, sm_count) * BlocksPerSm(c.query_tiles, head_dim);
     splits = std::max(1, slots / base);
     // Each split writes group x head_dim fp32 partial outputs that the merge reads back. When
     // the batch alone nearly fills the GPU, at least `group` tiles per split keeps that traffic

@@ -97,6 +97,11 @@ __device__ __forceinline__ int FirstKey(int len, int window) {
   return window > 0 ? max(0, len - window) : 0;
 }
 
+// The named barrier of one team of `threads` threads (ids 1.. : 0 is __syncthreads).
+__device__ __forceinline__ void TeamBarrier(int team, int threads) {
+  asm volatile("bar.sync %0, %1;" ::"r"(team + 1), "r"(threads) : "memory");
+}
+
 // Tokens per split when a sequence cuts its own context of `len` tokens into at most
 // `num_splits` ranges of whole tiles, each at least kDecodeMinSplitTiles tiles long.
 __device__ __forceinline__ int SequenceSplitTokens(int len, int num_splits) {
@@ -223,11 +228,12 @@ __global__ void __launch_bounds__(W * 32)
   const int limit[1][2] = {{end, end}};  // every query row sees keys up to the split's end
   const int first[1][2] = {{first_key, first_key}};
   const T* my_query = q_smem + query_tile * 16 * kRow<D>;
-  // A single warp (QT = 1) runs its own pipeline. Teams of QT warps meet at a block barrier each
-  // tile (every warp runs team 0's count of iterations, the most): it makes every warp's share
-  // of tile j visible to its partners, and says that all are past tile j - 1, whose stage the
-  // next load refills.
-  const int iterations = QT == 1 ? my_tiles : (num_tiles + kTeams - 1) / kTeams;
+  // A single warp (QT = 1) runs its own pipeline. The QT warps of a team meet at the team's own
+  // named barrier each step: it makes every warp's share of step j visible to its partner, and
+  // says that both are past step j - 1, whose stage the next load refills. Teams do not wait for
+  // each other (measured neutral against a block barrier per step: kernels/BENCHMARKS.md step
+  // 18).
+  const int iterations = my_tiles;
   for (int j = 0; j < iterations; ++j) {
     const int ahead = j + kStages - 1;
     if constexpr (QT == 1) {
@@ -237,7 +243,7 @@ __global__ void __launch_bounds__(W * 32)
       __syncwarp();
     } else {
       CpAsyncWait<kStages - 2>();
-      __syncthreads();
+      TeamBarrier(team, QT * 32);
       if (ahead < my_tiles) load(ahead);
       CpAsyncCommit();
     }

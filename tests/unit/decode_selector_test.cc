@@ -48,6 +48,11 @@ TEST(DecodeSelectorTest, EveryChoiceNamesABuiltVariant) {
   }
   EXPECT_EQ(SelectDecodeKernel(32, 1, 128, 16, 8, 4096, 132).warps, 8);  // warps in pairs
   EXPECT_EQ(SelectDecodeKernel(32, 8, 128, 16, 8, 4096, 132).warps, 4);
+  // MQA at head_dim 64: 4-warp blocks, two per multiprocessor, so twice the splits of head_dim 128.
+  const auto mqa64 = SelectDecodeKernel(32, 1, 64, 16, 32, 8192, 132);
+  EXPECT_EQ(mqa64.warps, 4);
+  EXPECT_EQ(mqa64.key_tiles, 2);
+  EXPECT_EQ(mqa64.num_splits, 2 * SelectDecodeKernel(32, 1, 128, 16, 32, 8192, 132).num_splits);
   EXPECT_FALSE(DecodeVariantBuilt(128, 1, {8, 3, 1}));  // 8 single-warp teams: not built
   EXPECT_FALSE(DecodeVariantBuilt(128, 2, {8, 3, 4}));  // 4 x 3 x 34 KB: too much shared memory
   EXPECT_TRUE(DecodeVariantBuilt(64, 2, {8, 3, 4}));
