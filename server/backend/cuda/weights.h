@@ -9,11 +9,14 @@
 #include "absl/status/statusor.h"
 #include "backend/cuda/device.h"
 #include "model/checkpoint.h"
+#include "model/tensor_parallel.h"
 
 namespace gqa::cuda {
 
-// This process's share of a tensor-parallel model. Only world_size 1 is implemented; the
-// loader takes the pair so that sharding is a change of weights.cc, not of its callers.
+// This process's share of a tensor-parallel model (model/tensor_parallel.h says which slices):
+// Upload takes only rank's rows of Q, K, V, gate, up, embedding and lm_head, its columns of O
+// and down, and the row-parallel biases on rank 0 only (zeros elsewhere). The forward pass and
+// its collectives do not exist yet: the backend uploads world_size 1.
 struct Shard {
   int rank = 0;
   int world_size = 1;
@@ -33,9 +36,14 @@ struct LayerWeights {
   const void* down_bias = nullptr;     // [hidden] or null
 };
 
+// The shapes one rank's weights have: `config` with its query heads, KV heads, intermediate
+// columns and vocabulary rows.
+ModelConfig ShardConfig(const ModelConfig& config, const TensorParallelShard& shard);
+
 class DeviceWeights {
  public:
-  // Converts and uploads every tensor of `checkpoint`; logs progress for big models.
+  // Converts and uploads `shard`'s part of every tensor of `checkpoint` (pointers and sizes
+  // below are then those of ShardConfig); logs progress for big models.
   static absl::StatusOr<DeviceWeights> Upload(const Checkpoint& checkpoint, DType dtype,
                                               Shard shard, const CudaDevice& device);
   // Random weights generated on the GPU (benchmarks of big shapes): matrices uniform in
