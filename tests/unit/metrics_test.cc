@@ -7,6 +7,7 @@
 #include <string>
 
 #include "backend/kv_cache_spec.h"
+#include "common/test_checkpoint.h"
 #include "metrics/engine_metrics.h"
 #include "metrics/process_metrics.h"
 #include "metrics/registry.h"
@@ -46,7 +47,7 @@ TEST(MetricsTest, ExportsTheModelServerProtocolGauges) {
   KvCacheSpec kv;
   kv.block_size = 16;
   kv.num_blocks = 1234;
-  metrics.SetModelInfo(ModelConfig{}, kv, "cpu");
+  metrics.SetModelInfo(testing::TinyConfig(), kv, "cpu");
   metrics.OnOccupancy({.running = 3, .waiting = 5, .kv_usage_ratio = 0.25});
   const std::string text = r.RenderText();
   for (const char* line :
