@@ -225,14 +225,11 @@ int RunServer(const ServerConfig& sc) {
   // draining starts, where gRPC's default service would hold them, and SIGTERM, until Shutdown's
   // deadline.
   HealthService health({"gqa.v1.Generation"});
-  // Reflection in both versions (gRPC's plugin serves v1alpha, ReflectionV1Service v1); both list
-  // and describe every service here, the health service included.
+  // Reflection in both versions (gRPC's plugin serves v1alpha, ours v1); both list and describe
+  // every service the server registers, the health service included.
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  ReflectionV1Service reflection_v1({gqa::v1::Generation::service_full_name(),
-                                     grpc::health::v1::Health::service_full_name(),
-                                     grpc::reflection::v1::ServerReflection::service_full_name(),
-                                     "grpc.reflection.v1alpha.ServerReflection"});
   grpc::ServerBuilder builder;
+  AddReflectionV1(builder);
   // gRPC sets SO_REUSEPORT by default, which lets a second server bind the same port and take
   // half the clients: a port in use must stop startup instead.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
@@ -251,7 +248,6 @@ int RunServer(const ServerConfig& sc) {
   builder.AddListeningPort(absl::StrCat(sc.host, ":", sc.port), *credentials, &grpc_port);
   builder.RegisterService(&service);
   builder.RegisterService(&health);
-  builder.RegisterService(&reflection_v1);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || grpc_port == 0) {
     return Fail(absl::StrCat("cannot listen for gRPC on ", sc.host, ":", sc.port,

@@ -2,7 +2,9 @@
 
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/descriptor.pb.h>
+#include <grpcpp/impl/server_initializer.h>
 
+#include <memory>
 #include <set>
 #include <utility>
 
@@ -35,7 +37,34 @@ void AnswerFile(const FileDescriptor* file, const std::string& what, std::set<st
   AddFile(file, sent, r->mutable_file_descriptor_response());
 }
 
+// Registers the service when the server is built and gives it the server's service list.
+class ReflectionV1Plugin final : public grpc::ServerBuilderPlugin {
+ public:
+  std::string name() override { return "gqa_reflection_v1"; }
+  void InitServer(grpc::ServerInitializer* si) override { si->RegisterService(service_); }
+  void Finish(grpc::ServerInitializer* si) override {
+    service_->SetServices(*si->GetServiceList());
+  }
+  void ChangeArguments(const std::string& /*name*/, void* /*value*/) override {}
+  bool has_sync_methods() const override { return true; }
+
+ private:
+  std::shared_ptr<ReflectionV1Service> service_ = std::make_shared<ReflectionV1Service>();
+};
+
+class ReflectionV1Option final : public grpc::ServerBuilderOption {
+ public:
+  void UpdateArguments(grpc::ChannelArguments* /*args*/) override {}
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins) override {
+    plugins->push_back(std::make_unique<ReflectionV1Plugin>());
+  }
+};
+
 }  // namespace
+
+void AddReflectionV1(grpc::ServerBuilder& builder) {
+  builder.SetOption(std::make_unique<ReflectionV1Option>());
+}
 
 ReflectionV1Service::ReflectionV1Service(std::vector<std::string> services)
     : services_(std::move(services)) {}

@@ -5,9 +5,11 @@
 #pragma once
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "grpc/reflection/v1/reflection.grpc.pb.h"
+#include "grpcpp/server_builder.h"
 
 namespace gqa {
 
@@ -16,8 +18,10 @@ class ReflectionV1Service final : public grpc::reflection::v1::ServerReflection:
   using Request = grpc::reflection::v1::ServerReflectionRequest;
   using Response = grpc::reflection::v1::ServerReflectionResponse;
 
-  // `services`: the full names list_services answers (e.g. "grpc.health.v1.Health").
-  explicit ReflectionV1Service(std::vector<std::string> services);
+  // `services`: the full names list_services answers (e.g. "grpc.health.v1.Health"); set before
+  // the server starts (AddReflectionV1 sets every service the server registers).
+  explicit ReflectionV1Service(std::vector<std::string> services = {});
+  void SetServices(std::vector<std::string> services) { services_ = std::move(services); }
 
   grpc::Status ServerReflectionInfo(grpc::ServerContext* context,
                                     grpc::ServerReaderWriter<Response, Request>* stream) override;
@@ -27,7 +31,11 @@ class ReflectionV1Service final : public grpc::reflection::v1::ServerReflection:
   Response Answer(const Request& request) const;
 
  private:
-  const std::vector<std::string> services_;
+  std::vector<std::string> services_;
 };
+
+// Registers a ReflectionV1Service with `builder` that lists every service the built server
+// registers (as gRPC's v1alpha plugin does), itself included.
+void AddReflectionV1(grpc::ServerBuilder& builder);
 
 }  // namespace gqa
