@@ -2,9 +2,10 @@
 """HTTP/2 rapid reset against gqa-server (CVE-2023-44487's pattern): over a few connections, each
 stream is opened with HEADERS and a whole Generate request (DATA) and cancelled at once with
 RST_STREAM, so the server's MAX_CONCURRENT_STREAMS never counts it. Prints the server's resident
-memory (VmRSS) before, right after and some seconds after each flood, and its peak during it (VmHWM); then a
-normal request must still be served. Exit status 1 when the memory left behind exceeds --bound_mib
-or the server stops serving.
+memory (VmRSS) before, right after and some seconds after each flood, and its peak during it
+(VmHWM); then a normal request must still be served. Exit status 1 when later floods leave more
+than --bound_mib beyond the first, when the server stops serving, or when reset streams are
+counted as invalid requests.
 
   rapid_reset_flood.py --server build-cpu/server/gqa-server \\
       --make-checkpoint build-cpu/server/gqa-make-checkpoint [--streams 5000] [--connections 10]
