@@ -27,7 +27,11 @@
 #
 # Apt packages are not pinned to versions (hadolint DL3008, ignored below on purpose): Debian's
 # and Ubuntu's mirrors keep only the current version of a package in a suite, so a pin such as
-# libgrpc++1.51=1.51.1-3+b1 stops building at the next point release or security update. The
+# libgrpc++1.51=1.51.1-3+b1 stops building at the next point release or security update: of the
+# CPU image's 9 runtime packages, 5 have already moved within Debian 12 (libprotobuf32
+# 3.21.12-3+deb12u1, libcpp-httplib0.11 0.11.4+ds-1+deb12u1, libabsl20220623 20220623.1-1+deb12u2,
+# libpcre2-8-0 10.42-1+deb12u2, ca-certificates 20250419~deb12u2, as apt-cache policy reports
+# them in December 2026), and each move would have broken a pinned build. The
 # package names pin the ABI (libgrpc++1.51, libabsl20220623, ...) and the base images' tags pin
 # the release (debian:12, CUDA 13.0 on Ubuntu 24.04); pin a base image by digest for builds
 # that must be byte-for-byte reproducible.
@@ -91,7 +95,7 @@ RUN groupadd --system --gid 10001 gqa \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin gqa
 USER 10001:10001
-EXPOSE 50051 50052
+EXPOSE 50051 50052 8000
 ENTRYPOINT ["gqa-server"]
 CMD ["--model", "/opt/gqa/demo-model", "--backend", "cuda"]
 
@@ -108,6 +112,6 @@ RUN groupadd --system --gid 10001 gqa \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin gqa
 USER 10001:10001
-EXPOSE 50051 50052
+EXPOSE 50051 50052 8000
 ENTRYPOINT ["gqa-server"]
 CMD ["--model", "/opt/gqa/demo-model", "--kv_cache_memory", "256MiB"]

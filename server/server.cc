@@ -22,6 +22,7 @@
 #include "metrics/process_metrics.h"
 #include "service/generation_service.h"
 #include "service/health_service.h"
+#include "service/reflection_v1.h"
 #include "spdlog/spdlog.h"
 #include "tokenizer/tokenizer.h"
 
@@ -224,8 +225,11 @@ int RunServer(const ServerConfig& sc) {
   // draining starts, where gRPC's default service would hold them, and SIGTERM, until Shutdown's
   // deadline.
   HealthService health({"gqa.v1.Generation"});
+  // Reflection in both versions (gRPC's plugin serves v1alpha, ours v1); both list and describe
+  // every service the server registers, the health service included.
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  AddReflectionV1(builder);
   // gRPC sets SO_REUSEPORT by default, which lets a second server bind the same port and take
   // half the clients: a port in use must stop startup instead.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);

@@ -135,9 +135,12 @@ EngineMetrics::EngineMetrics(MetricsRegistry& r) : registry_(r) {
                                    PowerOfTwoBuckets(1024));
   step_tokens = r.AddHistogram("gqa_step_tokens", "Tokens computed in one engine step.",
                                PowerOfTwoBuckets(65536));
+  // The model-server protocol's gauges (docs/gateway-api-inference-extension.md): queued and
+  // running requests, KV-cache utilisation in [0, 1].
   requests_running = r.AddGauge("gqa_requests_running", "Sequences being computed.");
   requests_waiting = r.AddGauge("gqa_requests_waiting", "Sequences queued (new or preempted).");
-  kv_cache_usage_ratio = r.AddGauge("gqa_kv_cache_usage_ratio", "Fraction of KV blocks in use.");
+  kv_cache_usage_ratio =
+      r.AddGauge("gqa_kv_cache_usage_ratio", "Fraction of KV blocks in use (0 to 1).");
   kv_cache_blocks = r.AddGauge("gqa_kv_cache_blocks", "KV blocks in the pool.");
   // The old name of gqa_kv_cache_blocks (a gauge with a counter's _total suffix), still exported
   // in 0.1.x so that dashboards and alerts can move; removed in the next release.
@@ -187,6 +190,15 @@ void EngineMetrics::SetModelInfo(const ModelConfig& c, const KvCacheSpec& kv,
                  {"backend", backend},
                  {"device", device},
                  {"compute_dtype", std::string(DTypeTorchName(kv.dtype))}})
+      ->Set(1);
+  // The cache-config info metric of the Gateway API Inference Extension's model-server protocol,
+  // with vLLM's name and label names (an endpoint picker's defaults): num_gpu_blocks is the pool's
+  // block count on either backend.
+  registry_
+      .AddGauge("gqa_cache_config_info",
+                "The KV cache's configuration (value is always 1): tokens per block and blocks in "
+                "the pool.",
+                {{"block_size", s(kv.block_size)}, {"num_gpu_blocks", s(kv.num_blocks)}})
       ->Set(1);
   kv_cache_blocks->Set(kv.num_blocks);
   kv_cache_blocks_deprecated->Set(kv.num_blocks);

@@ -23,8 +23,9 @@ struct KvCacheSpec;
 
 struct EngineMetrics : EngineObserver {
   explicit EngineMetrics(MetricsRegistry& registry);
-  // gqa_model_info{...} 1, gqa_kv_cache_blocks (and its deprecated name gqa_kv_cache_blocks_total)
-  // and gqa_gpu_memory_bytes{kind}.
+  // gqa_model_info{...} 1, gqa_cache_config_info{block_size,num_gpu_blocks} 1,
+  // gqa_kv_cache_blocks (and its deprecated name gqa_kv_cache_blocks_total) and
+  // gqa_gpu_memory_bytes{kind}.
   void SetModelInfo(const ModelConfig& config, const KvCacheSpec& kv, const std::string& backend,
                     const std::string& device = "cpu",
                     const std::vector<std::pair<std::string, uint64_t>>& memory_by_kind = {});

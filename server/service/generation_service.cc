@@ -255,6 +255,13 @@ bool GenerationService::WaitForStreams(std::chrono::milliseconds timeout) const 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerationService::Generate(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* bytes) {
   next_request_number_.fetch_add(1);
+  // A stream reset before its request was read (HTTP/2 rapid reset): gRPC calls here without a
+  // message (no buffer at all, unlike an empty message); neither served nor counted as invalid.
+  if (!bytes->Valid() || context->IsCancelled()) {
+    auto reactor = std::make_shared<GenerateReactor>(nullptr, "", &open_streams_);
+    reactor->Reject(grpc::Status(grpc::StatusCode::CANCELLED, "request: none arrived"));
+    return reactor.get();
+  }
   if (grpc::Status denied = auth_.Check(*context); !denied.ok()) {
     auto reactor = std::make_shared<GenerateReactor>(nullptr, "", &open_streams_);
     CountRejected(absl::StatusCode::kUnauthenticated);

@@ -4,6 +4,7 @@ own linter, from Debian's prometheus package; deploy/install-deps.sh --python pu
 .venv/bin) on a scrape taken after a request, so every family has samples."""
 import argparse
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -90,6 +91,17 @@ def main():
           "process_start_time_seconds is about now")
     for name in DEPRECATED:
         check(f"# HELP {name} Deprecated: use " in text, f"{name}'s HELP says it is deprecated")
+    # The Gateway API Inference Extension's model-server protocol, as an endpoint picker reads it
+    # (docs/gateway-api-inference-extension.md): three gauges and the cache-config info metric.
+    for name in ("gqa_requests_waiting", "gqa_requests_running", "gqa_kv_cache_usage_ratio",
+                 "gqa_cache_config_info"):
+        check(f"# TYPE {name} gauge\n" in text, f"{name} is a gauge")
+    usage = samples.get("gqa_kv_cache_usage_ratio", -1)
+    check(0 <= usage <= 1, f"gqa_kv_cache_usage_ratio {usage} is a fraction")
+    info = [k for k in samples if k.startswith("gqa_cache_config_info{")]
+    check(len(info) == 1 and 'block_size="16"' in info[0] and
+          re.search(r'num_gpu_blocks="[1-9][0-9]*"', info[0]) is not None and
+          samples[info[0]] == 1, f"gqa_cache_config_info: {info}")
 
     print(f"{failures} failure(s)" if failures else "all checks passed")
     return 1 if failures else 0

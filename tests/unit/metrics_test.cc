@@ -6,8 +6,12 @@
 #include <sstream>
 #include <string>
 
+#include "backend/kv_cache_spec.h"
+#include "common/test_checkpoint.h"
+#include "metrics/engine_metrics.h"
 #include "metrics/process_metrics.h"
 #include "metrics/registry.h"
+#include "model/config.h"
 
 namespace gqa {
 namespace {
@@ -33,6 +37,27 @@ TEST(MetricsTest, RendersPrometheusText) {
   EXPECT_NE(text.find("h_seconds_bucket{le=\"+Inf\"} 4\n"), std::string::npos);
   EXPECT_NE(text.find("h_seconds_count 4\n"), std::string::npos);
   EXPECT_EQ(text.find("# TYPE c_total"), text.rfind("# TYPE c_total"));  // one family header
+}
+
+// The Gateway API Inference Extension's model-server protocol: queued and running requests and KV
+// utilisation (0..1) as gauges, and the cache-config info metric with vLLM's label names.
+TEST(MetricsTest, ExportsTheModelServerProtocolGauges) {
+  MetricsRegistry r;
+  EngineMetrics metrics(r);
+  KvCacheSpec kv;
+  kv.block_size = 16;
+  kv.num_blocks = 1234;
+  metrics.SetModelInfo(testing::TinyConfig(), kv, "cpu");
+  metrics.OnOccupancy({.running = 3, .waiting = 5, .kv_usage_ratio = 0.25});
+  const std::string text = r.RenderText();
+  for (const char* line :
+       {"# TYPE gqa_requests_waiting gauge\ngqa_requests_waiting 5\n",
+        "# TYPE gqa_requests_running gauge\ngqa_requests_running 3\n",
+        "# TYPE gqa_kv_cache_usage_ratio gauge\ngqa_kv_cache_usage_ratio 0.25\n",
+        "# TYPE gqa_cache_config_info gauge\n"
+        "gqa_cache_config_info{block_size=\"16\",num_gpu_blocks=\"1234\"} 1\n"}) {
+    EXPECT_NE(text.find(line), std::string::npos) << line << "\nin\n" << text;
+  }
 }
 
 TEST(MetricsTest, BucketBoundsAreShortestRoundTripDecimals) {
