@@ -6,6 +6,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -28,6 +29,25 @@ struct StoppingParams {
   std::vector<std::string> stop_strings;  // need a tokenizer
 };
 
+// Log-probabilities as vLLM and OpenAI give them: log_softmax of the model's raw logits (before
+// temperature, top-k and top-p), in float32.
+inline constexpr int kMaxTopLogprobs = 20;
+
+struct LogprobsParams {
+  // -1: off; 0: the sampled token's logprob only; k in [1, 20]: also the k most likely tokens.
+  int top_logprobs = -1;
+  // -1: off; otherwise the same for every prompt token (its logprob given the tokens before it).
+  int prompt_top_logprobs = -1;
+};
+
+// One position's logprobs: the token there (sampled, or the prompt's) and the k most likely
+// tokens, ordered by logprob descending, ties by lower id.
+struct TokenLogprob {
+  int32_t token = 0;
+  float logprob = 0;
+  std::vector<std::pair<int32_t, float>> top;  // (token id, logprob)
+};
+
 enum class FinishReason { kLength, kEos, kStopToken, kStopString, kCancelled };
 
 const char* FinishReasonName(FinishReason reason);  // "length", "eos", ... (metric labels)
@@ -44,6 +64,12 @@ struct TokenEvent {
   double queue_seconds = 0;
   double time_to_first_token_seconds = 0;
   double total_seconds = 0;
+  // One entry per new_tokens entry when Request::logprobs.top_logprobs >= 0; empty otherwise.
+  std::vector<TokenLogprob> logprobs;
+  // Once, in the request's first event, when Request::logprobs.prompt_top_logprobs >= 0: one
+  // entry per prompt token. The first prompt token has no context: its entry has logprob 0 and
+  // top empty.
+  std::vector<TokenLogprob> prompt_logprobs;
   // Not OK when the engine failed the request: the failed step's status, code and message,
   // which the client gets as its final status.
   absl::Status error;
@@ -57,6 +83,7 @@ struct Request {
   std::vector<int32_t> prompt;
   SamplingParams sampling;
   StoppingParams stopping;
+  LogprobsParams logprobs;
   Clock::time_point arrival = Clock::now();
   EventSink sink;
 };
