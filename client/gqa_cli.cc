@@ -26,6 +26,11 @@ ABSL_FLAG(int64_t, seed, -1, "sampling seed (-1: the server picks one)");
 ABSL_FLAG(std::string, stop_token_ids, "", "comma-separated token ids that end generation");
 ABSL_FLAG(bool, ignore_eos, false, "keep generating past EOS");
 ABSL_FLAG(std::string, request_id, "", "request id (the server makes one when empty)");
+ABSL_FLAG(int, logprobs, -1,
+          "each generated token's logprob and its K most likely alternatives (K in [0, 20]; "
+          "-1: off)");
+ABSL_FLAG(int, prompt_logprobs, -1,
+          "each prompt token's logprob given the tokens before it, and K alternatives (-1: off)");
 ABSL_FLAG(bool, json, false, "print one JSON object per response message");
 ABSL_FLAG(bool, info, false, "print the model info and exit");
 ABSL_FLAG(std::string, tls_ca, "", "PEM CA of the server's certificate: connect over TLS");
@@ -96,11 +101,33 @@ int Fail(const grpc::Status& status) {
   return 1;
 }
 
+nlohmann::json ToJson(const google::protobuf::RepeatedPtrField<pb::TokenLogprob>& logprobs) {
+  nlohmann::json list = nlohmann::json::array();
+  for (const pb::TokenLogprob& lp : logprobs) {
+    nlohmann::json top = nlohmann::json::array();
+    for (const pb::TopLogprob& t : lp.top()) top.push_back({t.token_id(), t.logprob()});
+    list.push_back({{"token_id", lp.token_id()}, {"logprob", lp.logprob()}, {"top", top}});
+  }
+  return list;
+}
+
+// One line per token: id, logprob, then the alternatives as id:logprob.
+void PrintLogprobs(const char* label,
+                   const google::protobuf::RepeatedPtrField<pb::TokenLogprob>& logprobs) {
+  for (const pb::TokenLogprob& lp : logprobs) {
+    std::cout << label << " " << lp.token_id() << " " << lp.logprob();
+    for (const pb::TopLogprob& t : lp.top()) std::cout << " " << t.token_id() << ":" << t.logprob();
+    std::cout << "\n";
+  }
+}
+
 nlohmann::json ToJson(const pb::GenerateResponse& r) {
   nlohmann::json j = {
       {"request_id", r.request_id()},
       {"token_ids", std::vector<uint32_t>(r.token_ids().begin(), r.token_ids().end())}};
   if (!r.text().empty()) j["text"] = r.text();
+  if (r.logprobs_size() > 0) j["logprobs"] = ToJson(r.logprobs());
+  if (r.prompt_logprobs_size() > 0) j["prompt_logprobs"] = ToJson(r.prompt_logprobs());
   if (r.finish_reason() != pb::FINISH_REASON_UNSPECIFIED) {
     j["finish_reason"] = pb::FinishReason_Name(r.finish_reason());
     j["usage"] = {{"prompt_tokens", r.usage().prompt_tokens()},
@@ -162,13 +189,25 @@ pb::GenerateRequest BuildRequest(bool* ok) {
   st->set_ignore_eos(absl::GetFlag(FLAGS_ignore_eos));
   *ok = *ok && ParseIds(absl::GetFlag(FLAGS_stop_token_ids), st->mutable_stop_token_ids());
   for (const std::string& stop : absl::GetFlag(FLAGS_stop)) st->add_stop(stop);
+  // Negative: off; anything else goes as sent, so the server's refusal quotes it.
+  if (absl::GetFlag(FLAGS_logprobs) >= 0) {
+    req.mutable_logprobs()->set_top_logprobs(absl::GetFlag(FLAGS_logprobs));
+  }
+  if (absl::GetFlag(FLAGS_prompt_logprobs) >= 0) {
+    req.mutable_logprobs()->set_prompt_top_logprobs(absl::GetFlag(FLAGS_prompt_logprobs));
+  }
   return req;
 }
 
 // Streams the text as it arrives; a model without a tokenizer sends none, so then the token ids
 // are printed instead.
-void PrintHuman(const pb::GenerateResponse& r, std::vector<uint32_t>& ids, bool& printed_text) {
+// With --logprobs / --prompt_logprobs, their lines ("prompt_logprob ..." and "logprob ...")
+// follow the final line.
+void PrintHuman(const pb::GenerateResponse& r, std::vector<uint32_t>& ids, bool& printed_text,
+                pb::GenerateResponse& logprobs) {
   ids.insert(ids.end(), r.token_ids().begin(), r.token_ids().end());
+  logprobs.mutable_logprobs()->MergeFrom(r.logprobs());
+  logprobs.mutable_prompt_logprobs()->MergeFrom(r.prompt_logprobs());
   if (!r.text().empty()) {
     std::cout << r.text() << std::flush;
     printed_text = true;
@@ -184,13 +223,16 @@ void PrintHuman(const pb::GenerateResponse& r, std::vector<uint32_t>& ids, bool&
             << t.queue_seconds() * 1e3 << " ms, first token "
             << t.time_to_first_token_seconds() * 1e3 << " ms, total " << t.total_seconds() * 1e3
             << " ms" << (u.preemptions() ? " (preempted)" : "") << "\n";
+  PrintLogprobs("prompt_logprob", logprobs.prompt_logprobs());
+  PrintLogprobs("logprob", logprobs.logprobs());
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "gqa-cli --text \"Hello\" | --ids 1,2,3 [--max_new_tokens N] [--stop s] [--json] | --info | "
+      "gqa-cli --text \"Hello\" | --ids 1,2,3 [--max_new_tokens N] [--stop s] [--logprobs K] "
+      "[--json] | --info | "
       "--tokenize --text \"Hello\"");
   gqa::ShowProgramFlagsInHelp();
   gqa::AcceptDashedFlags(argc, argv);
@@ -215,11 +257,12 @@ int main(int argc, char** argv) {
   pb::GenerateResponse response;
   std::vector<uint32_t> ids;
   bool printed_text = false;
+  pb::GenerateResponse logprobs;
   while (reader->Read(&response)) {
     if (absl::GetFlag(FLAGS_json)) {
       std::cout << ToJson(response).dump() << "\n" << std::flush;
     } else {
-      PrintHuman(response, ids, printed_text);
+      PrintHuman(response, ids, printed_text, logprobs);
     }
   }
   grpc::Status status = reader->Finish();

@@ -58,4 +58,28 @@ int32_t SampleToken(const float* logits, int vocab, const SamplingRow& params) {
   return order[keep - 1];
 }
 
+LogprobsResult ComputeLogprobs(const float* logits, int vocab, const LogprobsQuery& query) {
+  const double max_logit = *std::max_element(logits, logits + vocab);
+  double sum = 0.0;
+  for (int i = 0; i < vocab; ++i) sum += std::exp(static_cast<double>(logits[i]) - max_logit);
+  const double log_sum_exp = max_logit + std::log(sum);
+  auto logprob = [&](int32_t id) {
+    return static_cast<float>(static_cast<double>(logits[id]) - log_sum_exp);
+  };
+  LogprobsResult result;
+  result.token_logprob = logprob(query.token);
+  result.top_k = std::clamp(query.top_k, 0, std::min(kMaxLogprobsTopK, vocab));
+  std::vector<int32_t> order(vocab);
+  std::iota(order.begin(), order.end(), 0);
+  auto more_likely = [&](int32_t a, int32_t b) {
+    return logits[a] != logits[b] ? logits[a] > logits[b] : a < b;
+  };
+  std::partial_sort(order.begin(), order.begin() + result.top_k, order.end(), more_likely);
+  for (int i = 0; i < result.top_k; ++i) {
+    result.top_ids[i] = order[i];
+    result.top_logprobs[i] = logprob(order[i]);
+  }
+  return result;
+}
+
 }  // namespace gqa::kernels::cpu

@@ -11,11 +11,14 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "backend/kv_cache_spec.h"
 #include "gqa/kernels/sampling.h"
 
 namespace gqa {
 
+using kernels::LogprobsQuery;
+using kernels::LogprobsResult;
 using kernels::SamplingRow;
 
 // One sequence's chunk in a step: tokens at positions [start_pos, start_pos + tokens.size()),
@@ -24,8 +27,32 @@ struct ForwardSeq {
   std::span<const int32_t> tokens;
   int32_t start_pos = 0;
   std::span<const int32_t> block_table;  // covers positions [0, start_pos + tokens.size())
-  bool wants_logits = false;             // logits of the chunk's last token
+  bool wants_logits = false;             // logits of the chunk's last token, sampled from
+  bool wants_all_logits = false;         // logits of every token of the chunk (prompt logprobs)
 };
+
+// Where Forward puts the logits rows: first one row per wants_logits sequence (the rows Sample
+// draws from), in batch order; then, for each wants_all_logits sequence in batch order, its
+// chunk's other tokens in order. Returns, for every token of the batch (chunks concatenated in
+// batch order), its logits row or -1.
+inline std::vector<int32_t> LogitsRowOfTokens(std::span<const ForwardSeq> batch) {
+  size_t total = 0;
+  for (const ForwardSeq& s : batch) total += s.tokens.size();
+  std::vector<int32_t> rows(total, -1);
+  int32_t next = 0;
+  size_t first = 0;
+  for (const ForwardSeq& s : batch) {
+    if (s.wants_logits) rows[first + s.tokens.size() - 1] = next++;
+    first += s.tokens.size();
+  }
+  first = 0;
+  for (const ForwardSeq& s : batch) {
+    const size_t own = s.wants_logits ? s.tokens.size() - 1 : s.tokens.size();
+    for (size_t i = 0; s.wants_all_logits && i < own; ++i) rows[first + i] = next++;
+    first += s.tokens.size();
+  }
+  return rows;
+}
 
 // Device time of one profiled step, measured where the work ran (CUDA events on the GPU, the
 // steady clock on the CPU).
@@ -64,8 +91,16 @@ class Backend {
   // Appends every token's K/V to the cache and computes the logits of the sequences that want
   // them (kept inside the backend: on the GPU they never cross to the host).
   virtual absl::Status Forward(std::span<const ForwardSeq> batch) = 0;
-  // One token per wanted-logits row of the last Forward, in batch order.
+  // One token per wants_logits sequence of the last Forward, in batch order.
   virtual absl::StatusOr<std::vector<int32_t>> Sample(std::span<const SamplingRow> rows) = 0;
+  // Log-probabilities over the last Forward's logits rows (see LogitsRowOfTokens), computed
+  // where the logits are; only the results cross to the host. Costs nothing for no queries.
+  virtual absl::StatusOr<std::vector<LogprobsResult>> Logprobs(
+      std::span<const LogprobsQuery> queries) {
+    if (queries.empty()) return std::vector<LogprobsResult>{};
+    return absl::UnimplementedError(
+        absl::StrCat("the ", std::string(name()), " backend has no logprobs"));
+  }
   // The last Forward's logits, [rows, vocab] (tests and tools).
   virtual absl::StatusOr<std::vector<float>> LogitsToHost() = 0;
 };

@@ -15,6 +15,16 @@ bool Contains(const std::vector<int32_t>& ids, int32_t id) {
   return std::find(ids.begin(), ids.end(), id) != ids.end();
 }
 
+TokenLogprob ToTokenLogprob(int32_t token, const LogprobsResult& result) {
+  TokenLogprob out;
+  out.token = token;
+  out.logprob = result.token_logprob;
+  for (int i = 0; i < result.top_k; ++i) {
+    out.top.emplace_back(result.top_ids[i], result.top_logprobs[i]);
+  }
+  return out;
+}
+
 }  // namespace
 
 const char* FinishReasonName(FinishReason reason) {
@@ -158,7 +168,7 @@ void Engine::Step() {
       }
     }
     batch.push_back({std::span<const int32_t>(s.tokens).subspan(s.num_computed, c.num_tokens),
-                     s.num_computed, s.blocks, c.samples()});
+                     s.num_computed, s.blocks, c.samples(), s.needs_prompt_logprobs()});
     if (c.samples()) {
       const SamplingParams& p = s.request.sampling;
       rows.push_back(
@@ -176,6 +186,7 @@ void Engine::Step() {
   absl::StatusOr<std::vector<int32_t>> sampled =
       status.ok() ? backend_->Sample(rows) : absl::StatusOr<std::vector<int32_t>>(status);
   if (!sampled.ok()) return FailStep(out, sampled.status());
+  if (absl::Status st = CollectLogprobs(out, batch, *sampled); !st.ok()) return FailStep(out, st);
   if (profiled) stats.device = backend_->LastStepTiming();
   scheduler_.Commit(out);
   size_t row = 0;
@@ -216,6 +227,55 @@ void Engine::Step() {
   UpdateGauges();
 }
 
+absl::Status Engine::CollectLogprobs(const SchedulerOutput& out, std::span<const ForwardSeq> batch,
+                                     const std::vector<int32_t>& sampled) {
+  const bool any = std::any_of(out.chunks.begin(), out.chunks.end(), [](const ScheduledChunk& c) {
+    return c.seq->request.logprobs.top_logprobs >= 0 || c.seq->needs_prompt_logprobs();
+  });
+  if (!any) return absl::OkStatus();
+  struct Target {
+    Sequence* seq;
+    int32_t token;
+    bool prompt;
+  };
+  std::vector<LogprobsQuery> queries;
+  std::vector<Target> targets;
+  const std::vector<int32_t> row_of_token = LogitsRowOfTokens(batch);
+  int32_t sample_row = 0;
+  size_t flat = 0;  // the chunk's first token in row_of_token
+  for (size_t i = 0; i < out.chunks.size(); ++i) {
+    Sequence& s = *out.chunks[i].seq;
+    const int n = out.chunks[i].num_tokens;
+    if (batch[i].wants_all_logits) {
+      // Row t predicts the token at position start + t + 1; the first not yet known is next.
+      const int next = static_cast<int>(s.prompt_logprobs.size());
+      for (int t = 0; t < n; ++t) {
+        const int target = s.num_computed + t + 1;
+        if (target < next || target >= s.num_prompt_tokens) continue;
+        queries.push_back(
+            {row_of_token[flat + t], s.tokens[target], s.request.logprobs.prompt_top_logprobs});
+        targets.push_back({&s, s.tokens[target], true});
+      }
+    }
+    if (batch[i].wants_logits) {
+      if (s.request.logprobs.top_logprobs >= 0) {
+        queries.push_back({sample_row, sampled[sample_row], s.request.logprobs.top_logprobs});
+        targets.push_back({&s, sampled[sample_row], false});
+      }
+      ++sample_row;
+    }
+    flat += n;
+  }
+  absl::StatusOr<std::vector<LogprobsResult>> results = backend_->Logprobs(queries);
+  if (!results.ok()) return results.status();
+  for (size_t q = 0; q < targets.size(); ++q) {
+    Sequence& s = *targets[q].seq;
+    auto& into = targets[q].prompt ? s.prompt_logprobs : s.pending_logprobs;
+    into.push_back(ToTokenLogprob(targets[q].token, (*results)[q]));
+  }
+  return absl::OkStatus();
+}
+
 std::optional<FinishReason> Engine::CheckFinish(const Sequence& s, int32_t* matched_stop) const {
   const int32_t token = s.tokens.back();
   const StoppingParams& stop = s.request.stopping;
@@ -249,6 +309,13 @@ void Engine::Emit(Sequence& s, std::vector<int32_t> tokens, std::string text,
   event.text = std::move(text);
   event.finish = finish;
   event.matched_stop = matched_stop;
+  event.logprobs = std::move(s.pending_logprobs);
+  s.pending_logprobs.clear();
+  if (!event.new_tokens.empty() && s.request.logprobs.prompt_top_logprobs >= 0 &&
+      !s.prompt_logprobs_sent) {
+    event.prompt_logprobs = std::move(s.prompt_logprobs);
+    s.prompt_logprobs_sent = true;
+  }
   if (finish) {
     event.prompt_tokens = s.num_prompt_tokens;
     event.completion_tokens = s.num_generated();

@@ -52,11 +52,26 @@ void Scheduler::PreemptLast(SchedulerOutput& out) {
   waiting_.push_front(std::move(victim));
 }
 
+int Scheduler::LogitsRows(const Sequence& seq, int num_tokens) {
+  if (seq.needs_prompt_logprobs()) return num_tokens;
+  return seq.num_computed + num_tokens == seq.num_tokens() ? 1 : 0;
+}
+
+int Scheduler::ChunkSize(const Sequence& seq, const Budget& budget, int reserved_rows) const {
+  int n = std::min(seq.num_uncomputed(), budget.tokens);
+  if (seq.needs_prompt_logprobs()) n = std::min(n, budget.logits_rows - reserved_rows);
+  if (n > 0 && LogitsRows(seq, n) > budget.logits_rows) return 0;
+  return std::max(n, 0);
+}
+
 // Schedules running_[index]'s next chunk, preempting later sequences for blocks. Returns false
 // when running_[index] itself was preempted.
-bool Scheduler::ScheduleRunning(size_t index, int& budget, SchedulerOutput& out) {
+bool Scheduler::ScheduleRunning(size_t index, Budget& budget, SchedulerOutput& out) {
   Sequence& seq = *running_[index];
-  const int n = std::min(seq.num_uncomputed(), budget);
+  // One logits row kept for each later running sequence: a long prompt's logprobs never take a
+  // decoding sequence's row.
+  const int later = static_cast<int>(running_.size() - index - 1);
+  const int n = ChunkSize(seq, budget, later);
   if (n <= 0) return true;
   while (!Reserve(seq, seq.num_computed + n)) {
     const bool self = index == running_.size() - 1;
@@ -65,20 +80,23 @@ bool Scheduler::ScheduleRunning(size_t index, int& budget, SchedulerOutput& out)
   }
   out.chunks.push_back({&seq, n});
   out.num_tokens += n;
-  budget -= n;
+  budget.tokens -= n;
+  budget.logits_rows -= LogitsRows(seq, n);
   return true;
 }
 
-void Scheduler::AdmitWaiting(int& budget, SchedulerOutput& out) {
-  while (!waiting_.empty() && budget > 0 &&
+void Scheduler::AdmitWaiting(Budget& budget, SchedulerOutput& out) {
+  while (!waiting_.empty() && budget.tokens > 0 &&
          static_cast<int>(running_.size()) < config_.max_num_seqs) {
     Sequence& seq = *waiting_.front();
-    const int n = std::min(seq.num_uncomputed(), budget);
-    if (!Reserve(seq, seq.num_computed + n)) break;  // first come, first served: no skipping
+    const int n = ChunkSize(seq, budget, 0);
+    if (n <= 0) break;  // first come, first served: no skipping
+    if (!Reserve(seq, seq.num_computed + n)) break;
     seq.admission_order = next_admission_++;
     out.chunks.push_back({&seq, n});
     out.num_tokens += n;
-    budget -= n;
+    budget.tokens -= n;
+    budget.logits_rows -= LogitsRows(seq, n);
     running_.push_back(std::move(waiting_.front()));
     waiting_.pop_front();
   }
@@ -86,7 +104,7 @@ void Scheduler::AdmitWaiting(int& budget, SchedulerOutput& out) {
 
 SchedulerOutput Scheduler::Schedule() {
   SchedulerOutput out;
-  int budget = config_.max_num_batched_tokens;
+  Budget budget{.tokens = config_.max_num_batched_tokens, .logits_rows = config_.max_num_seqs};
   for (size_t i = 0; i < running_.size(); ++i) {
     if (!ScheduleRunning(i, budget, out)) break;
   }

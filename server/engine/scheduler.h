@@ -6,6 +6,10 @@
 // blocks are freed and it goes back to the front of the queue to be recomputed). Then, if
 // nothing was preempted, waiting sequences are admitted first come, first served while the
 // token budget, max_num_seqs and the free blocks allow.
+//
+// Logits rows are bounded too: a step asks for at most max_num_seqs (what the backends hold),
+// one per sampling sequence plus every token of a chunk whose prompt logprobs are wanted; such
+// chunks are cut to fit, keeping one row for each running sequence scheduled after them.
 #pragma once
 
 #include <deque>
@@ -71,8 +75,17 @@ class Scheduler {
   // Grows seq's block list to cover num_tokens; false when not enough blocks are free.
   bool Reserve(Sequence& seq, int num_tokens);
   void PreemptLast(SchedulerOutput& out);
-  bool ScheduleRunning(size_t index, int& budget, SchedulerOutput& out);
-  void AdmitWaiting(int& budget, SchedulerOutput& out);
+  // A step's remaining token and logits-row budgets.
+  struct Budget {
+    int tokens = 0;
+    int logits_rows = 0;
+  };
+  // How many of seq's uncomputed tokens fit the budget, keeping `reserved_rows` logits rows
+  // for sequences scheduled after it.
+  int ChunkSize(const Sequence& seq, const Budget& budget, int reserved_rows) const;
+  static int LogitsRows(const Sequence& seq, int num_tokens);
+  bool ScheduleRunning(size_t index, Budget& budget, SchedulerOutput& out);
+  void AdmitWaiting(Budget& budget, SchedulerOutput& out);
 
   SchedulerConfig config_;
   BlockAllocator* allocator_;

@@ -17,12 +17,23 @@ struct Sequence {
       : request(std::move(r)),
         id(engine_id),
         tokens(request.prompt),
-        num_prompt_tokens(static_cast<int>(request.prompt.size())) {}
+        num_prompt_tokens(static_cast<int>(request.prompt.size())) {
+    // The first prompt token has no context: logprob 0, no alternatives.
+    if (request.logprobs.prompt_top_logprobs >= 0 && !tokens.empty()) {
+      prompt_logprobs.emplace_back().token = tokens[0];
+    }
+  }
 
   int num_tokens() const { return static_cast<int>(tokens.size()); }
   int num_generated() const { return num_tokens() - num_prompt_tokens; }
   // Tokens still to compute before the next token can be sampled.
   int num_uncomputed() const { return num_tokens() - num_computed; }
+  // Its next chunk needs the logits of every token: prompt logprobs are asked for and not all
+  // computed yet (after a preemption, the recomputed prompt's are not computed again).
+  bool needs_prompt_logprobs() const {
+    return request.logprobs.prompt_top_logprobs >= 0 && !prompt_logprobs_sent &&
+           static_cast<int>(prompt_logprobs.size()) < num_prompt_tokens;
+  }
 
   Request request;
   uint64_t id;                  // unique in this engine
@@ -35,8 +46,11 @@ struct Sequence {
   std::optional<Clock::time_point> first_scheduled;
   std::optional<Clock::time_point> first_token;
   std::optional<Clock::time_point> last_token;
-  std::unique_ptr<TextStream> text;  // when the engine has a tokenizer
-  std::string pending_text;          // this step's text, until it is emitted
+  std::unique_ptr<TextStream> text;            // when the engine has a tokenizer
+  std::string pending_text;                    // this step's text, until it is emitted
+  std::vector<TokenLogprob> pending_logprobs;  // this step's token's, until it is emitted
+  std::vector<TokenLogprob> prompt_logprobs;   // one per prompt position computed so far
+  bool prompt_logprobs_sent = false;           // given to the client in its first event
 };
 
 }  // namespace gqa

@@ -74,9 +74,26 @@ absl::Status CheckStopping(const Request& r, const ModelLimits& limits) {
 
 }  // namespace
 
+absl::Status CheckTopLogprobs(std::string_view field, int64_t value) {
+  if (value < -1 || value > kMaxTopLogprobs) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(std::string(field), ": ", value, " must be in [0, ", kMaxTopLogprobs, "]"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateRequest(const Request& request, const ModelLimits& limits) {
   if (absl::Status st = CheckPrompt(request, limits); !st.ok()) return st;
   if (absl::Status st = CheckSampling(request.sampling); !st.ok()) return st;
+  if (absl::Status st = CheckTopLogprobs("logprobs.top_logprobs", request.logprobs.top_logprobs);
+      !st.ok()) {
+    return st;
+  }
+  if (absl::Status st =
+          CheckTopLogprobs("logprobs.prompt_top_logprobs", request.logprobs.prompt_top_logprobs);
+      !st.ok()) {
+    return st;
+  }
   return CheckStopping(request, limits);
 }
 

@@ -148,6 +148,8 @@ class GenerateReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
       std::lock_guard lock(mu_);
       for (int32_t t : event.new_tokens) pending_.add_token_ids(static_cast<uint32_t>(t));
       pending_.mutable_text()->append(event.text);
+      AddLogprobsToProto(event.logprobs, pending_.mutable_logprobs());
+      AddLogprobsToProto(event.prompt_logprobs, pending_.mutable_prompt_logprobs());
       if (!event.error.ok()) {
         final_status_ = ToGrpcStatus(event.error);
       } else if (event.finish) {

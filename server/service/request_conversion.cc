@@ -3,10 +3,38 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "engine/validation.h"
 
 namespace gqa {
 
 namespace pb = gqa::v1;
+
+absl::Status LogprobsFromProto(const pb::LogprobsParams& proto, LogprobsParams* params) {
+  if (proto.has_top_logprobs()) {
+    RETURN_IF_ERROR(CheckTopLogprobs("logprobs.top_logprobs", proto.top_logprobs()));
+    params->top_logprobs = static_cast<int>(proto.top_logprobs());
+  }
+  if (proto.has_prompt_top_logprobs()) {
+    RETURN_IF_ERROR(CheckTopLogprobs("logprobs.prompt_top_logprobs", proto.prompt_top_logprobs()));
+    params->prompt_top_logprobs = static_cast<int>(proto.prompt_top_logprobs());
+  }
+  return absl::OkStatus();
+}
+
+void AddLogprobsToProto(const std::vector<TokenLogprob>& logprobs,
+                        google::protobuf::RepeatedPtrField<pb::TokenLogprob>* into) {
+  for (const TokenLogprob& lp : logprobs) {
+    pb::TokenLogprob* entry = into->Add();
+    entry->set_token_id(static_cast<uint32_t>(lp.token));
+    entry->set_logprob(lp.logprob);
+    for (const auto& [id, logprob] : lp.top) {
+      pb::TopLogprob* top = entry->add_top();
+      top->set_token_id(static_cast<uint32_t>(id));
+      top->set_logprob(logprob);
+    }
+  }
+}
 
 absl::StatusOr<Request> RequestFromProto(const pb::GenerateRequest& proto,
                                          const RequestDefaults& defaults,
@@ -77,6 +105,7 @@ absl::StatusOr<Request> RequestFromProto(const pb::GenerateRequest& proto,
   }
   r.stopping.stop_token_ids.assign(st.stop_token_ids().begin(), st.stop_token_ids().end());
   r.stopping.ignore_eos = st.ignore_eos();
+  if (absl::Status lp = LogprobsFromProto(proto.logprobs(), &r.logprobs); !lp.ok()) return lp;
   return r;
 }
 

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "engine/request.h"
@@ -24,6 +25,12 @@ struct RequestDefaults {
   int max_model_len = 0;
   int default_max_new_tokens = 256;
 };
+
+// GenerateRequest.logprobs: an unset count stays -1 (off); more than 20 is refused.
+absl::Status LogprobsFromProto(const gqa::v1::LogprobsParams& proto, LogprobsParams* params);
+// Appends the engine's logprobs to a GenerateResponse's logprobs or prompt_logprobs.
+void AddLogprobsToProto(const std::vector<TokenLogprob>& logprobs,
+                        google::protobuf::RepeatedPtrField<gqa::v1::TokenLogprob>* into);
 
 // `generated_id` names a request that brings no request_id; `random_seed` seeds one that brings
 // no sampling seed.

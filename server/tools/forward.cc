@@ -3,6 +3,10 @@
 //   prefill_logits:  logits of the last prompt token, prompt computed in chunks of --chunk
 //   position_logits: logits at every prompt position, the prompt fed one token per step
 //   greedy:          --generate greedy tokens after the prompt, one decode step each
+//   engine:          with --logprobs K: the prompt through the engine (chunks of --chunk, on a
+//                    second backend): its greedy tokens, their logprobs and the prompt logprobs,
+//                    each {token, logprob, top: [[id, logprob], ...]} (the first prompt token's
+//                    logprob is 0)
 #include <algorithm>
 #include <iostream>
 #include <numeric>
@@ -13,6 +17,7 @@
 #include "absl/strings/str_split.h"
 #include "backend/factory.h"
 #include "common/dashed_flags.h"
+#include "engine/engine.h"
 #include "nlohmann/json.hpp"
 #include "spdlog/spdlog.h"
 
@@ -24,6 +29,7 @@ ABSL_FLAG(int, block_size, 16, "KV block size");
 ABSL_FLAG(std::string, backend, "cpu", "cpu, cuda or auto");
 ABSL_FLAG(std::string, dtype, "auto", "CUDA: auto, bfloat16 or float16");
 ABSL_FLAG(bool, enforce_eager, false, "CUDA: no graphs");
+ABSL_FLAG(int, logprobs, -1, "also run the engine with this many top logprobs (-1: don't)");
 
 namespace {
 
@@ -47,6 +53,55 @@ absl::StatusOr<std::vector<float>> Run(gqa::Backend& backend, Seq& seq, int n, i
   if (auto st = backend.Forward({&fs, 1}); !st.ok()) return st;
   seq.computed += n;
   return backend.LogitsToHost();
+}
+
+nlohmann::json ToJson(const std::vector<gqa::TokenLogprob>& logprobs) {
+  nlohmann::json list = nlohmann::json::array();
+  for (const gqa::TokenLogprob& lp : logprobs) {
+    list.push_back({{"token", lp.token}, {"logprob", lp.logprob}, {"top", lp.top}});
+  }
+  return list;
+}
+
+// The prompt through the engine with logprobs: greedy, `generate` tokens, chunks of `chunk`.
+absl::StatusOr<nlohmann::json> RunEngine(std::unique_ptr<gqa::Backend> backend,
+                                         const std::vector<int32_t>& prompt, int chunk,
+                                         int generate, int top, int vocab,
+                                         const gqa::BackendOptions& options) {
+  gqa::EngineConfig config;
+  config.scheduler = {options.block_size, options.max_num_seqs, chunk};
+  config.limits = {vocab, options.max_model_len};
+  config.step_profile_interval = 0;
+  gqa::Engine engine(config, std::move(backend), nullptr);
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<gqa::TokenLogprob> logprobs, prompt_logprobs;
+  std::vector<int32_t> tokens;
+  absl::Status error;
+  bool done = false;
+  gqa::Request request;
+  request.prompt = prompt;
+  request.stopping.max_new_tokens = generate;
+  request.stopping.ignore_eos = true;
+  request.logprobs = {.top_logprobs = top, .prompt_top_logprobs = top};
+  request.sink = [&](gqa::TokenEvent e) {
+    std::lock_guard lock(mu);
+    tokens.insert(tokens.end(), e.new_tokens.begin(), e.new_tokens.end());
+    logprobs.insert(logprobs.end(), e.logprobs.begin(), e.logprobs.end());
+    prompt_logprobs.insert(prompt_logprobs.end(), e.prompt_logprobs.begin(),
+                           e.prompt_logprobs.end());
+    if (!e.error.ok()) error = e.error;
+    done = done || e.finish.has_value() || !e.error.ok();
+    cv.notify_all();
+  };
+  engine.Start();
+  if (auto id = engine.Submit(std::move(request)); !id.ok()) return id.status();
+  std::unique_lock lock(mu);
+  cv.wait(lock, [&] { return done; });
+  if (!error.ok()) return error;
+  return nlohmann::json{{"tokens", tokens},
+                        {"logprobs", ToJson(logprobs)},
+                        {"prompt_logprobs", ToJson(prompt_logprobs)}};
 }
 
 int Argmax(const std::vector<float>& v) {
@@ -88,6 +143,7 @@ int main(int argc, char** argv) {
   options.max_num_batched_tokens = std::max<int>(2048, prompt.size());
   options.max_model_len = kNumBlocks * bs;
   options.enforce_eager = absl::GetFlag(FLAGS_enforce_eager);
+  const int vocab = (*ckpt)->config().vocab_size;
   auto backend = gqa::CreateBackend(options, std::move(*ckpt));
   if (!backend.ok()) {
     std::cerr << backend.status().message() << "\n";
@@ -127,6 +183,26 @@ int main(int argc, char** argv) {
     logits = *l;
   }
   out["greedy"] = greedy;
+  if (absl::GetFlag(FLAGS_logprobs) >= 0) {
+    backend->reset();  // one model on the device at a time
+    auto engine_ckpt =
+        gqa::Checkpoint::Load(absl::GetFlag(FLAGS_model), gqa::LoadFormat::kSafetensors);
+    if (!engine_ckpt.ok()) return 1;
+    options.max_num_seqs = 8;  // logits rows per step: prompt logprobs come 8 at a time at most
+    auto engine_backend = gqa::CreateBackend(options, std::move(*engine_ckpt));
+    if (!engine_backend.ok()) {
+      std::cerr << engine_backend.status().message() << "\n";
+      return 2;
+    }
+    auto engine =
+        RunEngine(std::move(*engine_backend), prompt, chunk, absl::GetFlag(FLAGS_generate),
+                  absl::GetFlag(FLAGS_logprobs), vocab, options);
+    if (!engine.ok()) {
+      std::cerr << engine.status().message() << "\n";
+      return 1;
+    }
+    out["engine"] = *engine;
+  }
   std::cout << out.dump() << "\n";
   return 0;
 }

@@ -14,6 +14,7 @@
 #include "backend/factory.h"
 #include "backend/roofline.h"
 #include "common/test_checkpoint.h"
+#include "gqa/kernels/sampling.h"
 #include "model/checkpoint.h"
 
 namespace gqa {
@@ -281,6 +282,107 @@ TEST(CudaBackendTest, ProfiledStepsComputeTheSameAndTimeTheirAttention) {
       EXPECT_EQ(logits[0], logits[1]) << (step == &prefill ? "prefill" : "decode");
     }
   }
+}
+
+// Logprobs on the GPU (the kernel, over the rows the forward laid out: prompt logprobs through
+// chunks that want every token's logits, a sampling row among them, decode steps in graphs)
+// against the CPU backend within a bf16 tolerance; and exactly, the top ids and within float
+// rounding the values, against the CPU reference over the GPU's own logits.
+TEST(CudaBackendTest, LogprobsMatchTheCpuBackend) {
+  REQUIRE_GPU();
+  const ModelConfig config = Shape(8, 2, 64);
+  const uint64_t seed = std::random_device{}();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  testing::TempDir dir;
+  testing::WriteRandomCheckpoint(dir.path(), config, seed);
+  std::unique_ptr<Backend> backends[2];
+  for (int i = 0; i < 2; ++i) {
+    auto ckpt = Checkpoint::Load(dir.path(), LoadFormat::kSafetensors);
+    ASSERT_TRUE(ckpt.ok());
+    BackendOptions o;
+    o.kind = i == 0 ? BackendKind::kCpu : BackendKind::kCuda;
+    o.dtype = "bfloat16";
+    o.block_size = kBlockSize;
+    o.num_kv_blocks = kNumBlocks;
+    o.max_num_seqs = 8;
+    o.max_num_batched_tokens = 256;
+    o.max_model_len = 512;
+    auto created = CreateBackend(o, std::move(*ckpt));
+    ASSERT_TRUE(created.ok()) << created.status();
+    backends[i] = std::move(*created);
+  }
+  Backend& cpu = *backends[0];
+  Backend& gpu = *backends[1];
+  const int vocab = config.vocab_size;
+  std::mt19937 rng(seed);
+  std::vector<int32_t> a(11), b(3);  // a: prompt logprobs in two chunks; b: decodes beside it
+  for (auto& t : a) t = int32_t(rng() % vocab);
+  for (auto& t : b) t = int32_t(rng() % vocab);
+  const std::vector<int32_t> table_a = {1, 2}, table_b = {3};
+  auto step = [&](const std::vector<ForwardSeq>& batch, const std::vector<LogprobsQuery>& queries,
+                  const std::string& what) {
+    SCOPED_TRACE(what);
+    ASSERT_TRUE(cpu.Forward(batch).ok());
+    ASSERT_TRUE(gpu.Forward(batch).ok());
+    int samples = 0;
+    for (const auto& s : batch) samples += s.wants_logits ? 1 : 0;
+    ASSERT_TRUE(cpu.Sample(std::vector<SamplingRow>(samples)).ok());
+    ASSERT_TRUE(gpu.Sample(std::vector<SamplingRow>(samples)).ok());
+    auto want = cpu.Logprobs(queries);
+    auto got = gpu.Logprobs(queries);
+    auto cpu_logits = cpu.LogitsToHost();
+    auto gpu_logits = gpu.LogitsToHost();
+    ASSERT_TRUE(want.ok() && got.ok() && cpu_logits.ok() && gpu_logits.ok()) << got.status();
+    ASSERT_EQ(cpu_logits->size(), gpu_logits->size());
+    for (size_t q = 0; q < queries.size(); ++q) {
+      const float* ref = cpu_logits->data() + size_t(queries[q].row) * vocab;
+      double rms = 0;
+      for (int v = 0; v < vocab; ++v) rms += double(ref[v]) * ref[v];
+      rms = std::sqrt(rms / vocab);
+      EXPECT_NEAR((*got)[q].token_logprob, (*want)[q].token_logprob, 4 * kLogitTolerance * rms)
+          << "query " << q;
+      const auto own = kernels::cpu::ComputeLogprobs(
+          gpu_logits->data() + size_t(queries[q].row) * vocab, vocab, queries[q]);
+      EXPECT_NEAR((*got)[q].token_logprob, own.token_logprob, 1e-4) << "query " << q;
+      ASSERT_EQ((*got)[q].top_k, own.top_k);
+      for (int i = 0; i < own.top_k; ++i) {
+        EXPECT_EQ((*got)[q].top_ids[i], own.top_ids[i]) << "query " << q << " top " << i;
+        EXPECT_NEAR((*got)[q].top_logprobs[i], own.top_logprobs[i], 1e-4);
+      }
+    }
+  };
+  // Step 1: a's first 6 tokens, every logits row (rows 0..5); b's prompt, sampled (row 0 first).
+  {
+    const std::vector<ForwardSeq> batch = {
+        {std::span<const int32_t>(a).subspan(0, 6), 0, table_a, false, true},
+        {b, 0, table_b, true, false}};
+    std::vector<LogprobsQuery> queries = {{0, 7, 20}};
+    for (int t = 0; t < 6; ++t) queries.push_back({1 + t, a[t + 1], 5});
+    step(batch, queries, "prefill with every logits row");
+  }
+  b.push_back(int32_t(rng() % vocab));
+  // Step 2: b decodes (row 0); a's last 5 tokens, the last sampled (row 1), the others 2..5.
+  {
+    const std::vector<ForwardSeq> batch = {
+        {std::span<const int32_t>(b).subspan(3, 1), 3, table_b, true, false},
+        {std::span<const int32_t>(a).subspan(6, 5), 6, table_a, true, true}};
+    std::vector<LogprobsQuery> queries = {{0, 1, 0}, {1, 2, 20}};
+    for (int t = 0; t < 4; ++t) queries.push_back({2 + t, a[7 + t], 3});
+    step(batch, queries, "mixed, sampling row among every-token rows");
+  }
+  a.push_back(int32_t(rng() % vocab));
+  b.push_back(int32_t(rng() % vocab));
+  // Decode steps (CUDA graphs): both sampled.
+  for (int i = 0; i < 4; ++i) {
+    const std::vector<ForwardSeq> batch = {{std::span<const int32_t>(a).subspan(a.size() - 1, 1),
+                                            int32_t(a.size() - 1), table_a, true, false},
+                                           {std::span<const int32_t>(b).subspan(b.size() - 1, 1),
+                                            int32_t(b.size() - 1), table_b, true, false}};
+    step(batch, {{0, 3, 20}, {1, int32_t(i), 1}}, "decode " + std::to_string(i));
+    a.push_back(int32_t(rng() % vocab));
+    b.push_back(int32_t(rng() % vocab));
+  }
+  EXPECT_TRUE(gpu.Logprobs({}).ok()) << "no queries: nothing to do";
 }
 
 TEST(CudaBackendTest, RefusesUnsupportedShapes) {

@@ -6,7 +6,10 @@ a sliding window; llama3 rope scaling; tied embeddings) this writes a random che
 backend through gqa-forward, runs transformers' model on the same directory in fp32, and checks:
   - the logits at every prompt position (fed one token per decode step over the paged cache),
   - the logits of the last prompt token after a chunked prefill,
-  - a greedy continuation, token for token.
+  - a greedy continuation, token for token;
+  - through the engine (gqa-forward --logprobs, chunked prefill): the prompt logprobs and the
+    greedy continuation's logprobs with their top 5, against torch.log_softmax of transformers'
+    logits (the continuation teacher-forced along our tokens).
 Both sides compute in fp32 over the same stored weights, so the tolerance is tight.
 
 With --backend cuda (on a GPU machine) our side computes in bf16 (float16 checkpoints in
@@ -27,6 +30,9 @@ from transformers import AutoModelForCausalLM
 TOLERANCE = 1e-4  # relative L2 error of logits
 CUDA_TOLERANCE = 3e-2  # bf16 activations, weights and KV cache
 GREEDY_TOKENS = 12
+TOP_LOGPROBS = 5
+LOGPROB_TOLERANCE = 1e-3  # absolute, fp32
+CUDA_LOGPROB_TOLERANCE = 0.15  # absolute, bf16
 
 CASES = [
     # name, make-checkpoint flags
@@ -74,6 +80,31 @@ def greedy_agrees(ours, hf_tokens, gaps, tolerance):
     return len(ours) == len(hf_tokens)
 
 
+def logprobs_error(engine, prompt, model):
+    """The largest |ours - transformers'| over the prompt logprobs and the continuation's, their
+    top values and the reference's value at each of our top ids; None when the shape is wrong."""
+    full = prompt + engine["tokens"]
+    with torch.no_grad():
+        ref = torch.log_softmax(model(torch.tensor([full])).logits[0].double(), dim=-1)
+    prompt_lp, generated_lp = engine["prompt_logprobs"], engine["logprobs"]
+    if (len(prompt_lp) != len(prompt) or len(generated_lp) != len(engine["tokens"])
+            or prompt_lp[0]["logprob"] != 0 or prompt_lp[0]["top"]):
+        return None
+    worst = 0.0
+    # Position p's entry is the token at p given the tokens before it: row p - 1 of ref.
+    entries = [(j, e) for j, e in enumerate(prompt_lp) if j > 0]
+    entries += [(len(prompt) + i, e) for i, e in enumerate(generated_lp)]
+    for position, entry in entries:
+        row = ref[position - 1]
+        if entry["token"] != full[position] or len(entry["top"]) != TOP_LOGPROBS:
+            return None
+        worst = max(worst, abs(entry["logprob"] - row[full[position]].item()))
+        top_values = torch.topk(row, TOP_LOGPROBS).values.tolist()
+        for (token, value), ref_value in zip(entry["top"], top_values):
+            worst = max(worst, abs(value - ref_value), abs(value - row[token].item()))
+    return worst
+
+
 def cuda_flags(flags):
     """head_dim 64 (the CUDA kernels' smallest) in place of the CPU cases' tiny heads."""
     out = [f for f in flags if not f.startswith("--head_dim")]
@@ -94,7 +125,8 @@ def check_case(args, name, flags, seed):
         chunk = rng.choice([1, 5, 16, 17])
         result = subprocess.run(
             [args.forward, f"--model={model_dir}", "--ids=" + ",".join(map(str, prompt)),
-             f"--chunk={chunk}", f"--generate={GREEDY_TOKENS}", f"--backend={args.backend}"],
+             f"--chunk={chunk}", f"--generate={GREEDY_TOKENS}", f"--backend={args.backend}",
+             f"--logprobs={TOP_LOGPROBS}"],
             check=True, capture_output=True, text=True)
         ours = json.loads(result.stdout)
         model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32,
@@ -107,9 +139,13 @@ def check_case(args, name, flags, seed):
         hf_tokens, gaps = hf_greedy_logits(model, prompt, GREEDY_TOKENS)
         greedy_ok = (greedy_agrees(ours["greedy"], hf_tokens, gaps, tolerance) if cuda
                      else ours["greedy"] == hf_tokens)
-        ok = position_err < tolerance and prefill_err < tolerance and greedy_ok
+        logprob_err = logprobs_error(ours["engine"], prompt, model)
+        logprob_ok = logprob_err is not None and logprob_err < (
+            CUDA_LOGPROB_TOLERANCE if cuda else LOGPROB_TOLERANCE)
+        ok = position_err < tolerance and prefill_err < tolerance and greedy_ok and logprob_ok
         print(f"{name:28s} prompt {len(prompt):3d} chunk {chunk:2d}  "
               f"position err {position_err:.2e}  prefill err {prefill_err:.2e}  "
+              f"logprob err {'BAD SHAPE' if logprob_err is None else f'{logprob_err:.1e}'}  "
               f"greedy {'same' if ours['greedy'] == hf_tokens else 'DIFFERENT'}  "
               f"{'ok' if ok else 'FAIL'}", flush=True)
         if ours["greedy"] != hf_tokens:

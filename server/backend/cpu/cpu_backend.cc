@@ -177,7 +177,15 @@ CpuBackend::StepInputs CpuBackend::Flatten(std::span<const ForwardSeq> batch) co
     in.context_lens.push_back(s.start_pos + n);
     in.block_tables.insert(in.block_tables.end(), s.block_table.begin(), s.block_table.end());
     in.block_tables.resize(in.block_tables.size() + in.max_blocks - s.block_table.size(), -1);
-    if (s.wants_logits) in.logit_rows.push_back(in.query_start.back() - 1);
+    in.sample_rows += s.wants_logits ? 1 : 0;
+  }
+  const std::vector<int32_t> row_of_token = LogitsRowOfTokens(batch);
+  for (size_t t = 0; t < row_of_token.size(); ++t) {
+    if (row_of_token[t] < 0) continue;
+    if (static_cast<size_t>(row_of_token[t]) >= in.logit_rows.size()) {
+      in.logit_rows.resize(row_of_token[t] + 1);
+    }
+    in.logit_rows[row_of_token[t]] = static_cast<int32_t>(t);
   }
   return in;
 }
@@ -221,6 +229,7 @@ void CpuBackend::Mlp(const Layer& L, Activations& act, int n) {
 void CpuBackend::ComputeLogits(const StepInputs& in, const Activations& act) {
   const int h = config_.hidden_size;
   logit_rows_ = static_cast<int>(in.logit_rows.size());
+  sample_rows_ = in.sample_rows;
   std::vector<float> rows(static_cast<size_t>(logit_rows_) * h);
   for (int r = 0; r < logit_rows_; ++r) {
     std::copy_n(act.normed.data() + static_cast<size_t>(in.logit_rows[r]) * h, h,
@@ -275,9 +284,9 @@ absl::Status CpuBackend::Forward(std::span<const ForwardSeq> batch) {
 }
 
 absl::StatusOr<std::vector<int32_t>> CpuBackend::Sample(std::span<const SamplingRow> rows) {
-  if (static_cast<int>(rows.size()) != logit_rows_) {
+  if (static_cast<int>(rows.size()) != sample_rows_) {
     return absl::InternalError(
-        absl::StrCat("sample: ", rows.size(), " rows for ", logit_rows_, " logit rows"));
+        absl::StrCat("sample: ", rows.size(), " rows for ", sample_rows_, " sampling rows"));
   }
   const auto start = SteadyClock::now();
   std::vector<int32_t> tokens(rows.size());
@@ -291,6 +300,22 @@ absl::StatusOr<std::vector<int32_t>> CpuBackend::Sample(std::span<const Sampling
     last_timing_ = pending_timing_;
   }
   return tokens;
+}
+
+absl::StatusOr<std::vector<LogprobsResult>> CpuBackend::Logprobs(
+    std::span<const LogprobsQuery> queries) {
+  const int vocab = config_.vocab_size;
+  std::vector<LogprobsResult> results(queries.size());
+  for (size_t q = 0; q < queries.size(); ++q) {
+    const LogprobsQuery& query = queries[q];
+    if (query.row < 0 || query.row >= logit_rows_ || query.token < 0 || query.token >= vocab) {
+      return absl::InternalError(absl::StrCat("logprobs: row ", query.row, " token ", query.token,
+                                              " outside ", logit_rows_, " x ", vocab, " logits"));
+    }
+    results[q] =
+        kernels::cpu::ComputeLogprobs(logits_.data() + size_t(query.row) * vocab, vocab, query);
+  }
+  return results;
 }
 
 }  // namespace gqa

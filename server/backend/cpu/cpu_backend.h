@@ -26,6 +26,8 @@ class CpuBackend final : public Backend {
   const KvCacheSpec& kv_spec() const override { return spec_; }
   absl::Status Forward(std::span<const ForwardSeq> batch) override;
   absl::StatusOr<std::vector<int32_t>> Sample(std::span<const SamplingRow> rows) override;
+  absl::StatusOr<std::vector<LogprobsResult>> Logprobs(
+      std::span<const LogprobsQuery> queries) override;
   absl::StatusOr<std::vector<float>> LogitsToHost() override { return logits_; }
   uint64_t weight_bytes_per_step() const override;
   // A parallel read of a 128 MiB buffer (the CPU backend is compute-bound: far from this floor).
@@ -45,7 +47,8 @@ class CpuBackend final : public Backend {
   struct StepInputs {
     std::vector<int32_t> token_ids, positions, query_start, context_lens, block_tables;
     std::vector<int64_t> slots;
-    std::vector<int32_t> logit_rows;  // token rows whose logits are wanted
+    std::vector<int32_t> logit_rows;  // token row of each logits row (LogitsRowOfTokens)
+    int sample_rows = 0;              // the first of them, one per wants_logits sequence
     int max_blocks = 0;
   };
   // Activations for the step, sized for its token count.
@@ -72,7 +75,8 @@ class CpuBackend final : public Backend {
   std::vector<std::vector<float>> widened_;  // fp32 copies of matrices too misaligned to map
   std::vector<Layer> layers_;
   std::vector<float> logits_;  // [rows, vocab] of the last Forward
-  int logit_rows_ = 0;
+  int logit_rows_ = 0;         // rows of logits_
+  int sample_rows_ = 0;        // its first rows, one per wants_logits sequence
   // Profiling (ProfileNextStep): asked for the next step; this step is timed; its timing so far.
   bool profile_next_ = false;
   bool profiling_ = false;

@@ -49,6 +49,8 @@ struct Activations {
   T* logit_hidden;   // [max_seqs, hidden]
   float* logits;     // [max_seqs, vocab]
   int32_t* sampled;  // [max_seqs]
+  kernels::LogprobsQuery* logprobs_queries;   // [max_seqs]
+  kernels::LogprobsResult* logprobs_results;  // [max_seqs]
   float* inv_freq;   // [head_dim / 2]
   void* decode_workspace;
 };
@@ -82,6 +84,8 @@ class CudaBackend final : public Backend {
   bool broken() const override { return broken_; }
   absl::Status Forward(std::span<const ForwardSeq> batch) override;
   absl::StatusOr<std::vector<int32_t>> Sample(std::span<const SamplingRow> rows) override;
+  absl::StatusOr<std::vector<LogprobsResult>> Logprobs(
+      std::span<const LogprobsQuery> queries) override;
   absl::StatusOr<std::vector<float>> LogitsToHost() override;
   uint64_t weight_bytes_per_step() const override {
     return WeightBytesPerStep(config_, DTypeSize(options_.dtype));
@@ -137,7 +141,8 @@ class CudaBackend final : public Backend {
   std::map<int, cudaGraphExec_t> graphs_;           // by padded batch size
   std::map<int, cudaGraphExec_t> profiled_graphs_;  // the same, with the profiler's events
   uint64_t graph_bytes_ = 0;
-  int logit_rows_ = 0;
+  int logit_rows_ = 0;   // rows of act_.logits computed by the last Forward
+  int sample_rows_ = 0;  // its first rows, one per wants_logits sequence
   cuda::StepProfiler profiler_;
   double read_bandwidth_ = 0;  // bytes/s, device-to-device copy (read + written)
   bool profile_next_ = false;  // ProfileNextStep was called
@@ -198,6 +203,8 @@ absl::Status CudaBackend<T>::AllocateActivations() {
     act_.logit_hidden = b.Take<T>(s * h);
     act_.logits = b.Take<float>(s * c.vocab_size);
     act_.sampled = b.Take<int32_t>(s);
+    act_.logprobs_queries = b.Take<kernels::LogprobsQuery>(s);
+    act_.logprobs_results = b.Take<kernels::LogprobsResult>(s);
     act_.inv_freq = b.Take<float>(c.head_dim / 2);
     act_.decode_workspace = b.Take<std::byte>(workspace);
     return b.bytes();
@@ -525,8 +532,9 @@ absl::Status CudaBackend<T>::Forward(std::span<const ForwardSeq> batch) {
   auto shape = inputs_.Pack(batch, spec_.block_size, spec_.num_blocks, padded);
   if (!shape.ok()) return shape.status();
   RETURN_IF_ERROR(Check(inputs_.Upload(*shape, device_->stream())));
-  logit_rows_ = static_cast<int>(std::count_if(batch.begin(), batch.end(),
-                                               [](const ForwardSeq& s) { return s.wants_logits; }));
+  logit_rows_ = shape->num_logit_rows;
+  sample_rows_ = static_cast<int>(std::count_if(
+      batch.begin(), batch.end(), [](const ForwardSeq& s) { return s.wants_logits; }));
   if (profiling_) {
     RETURN_IF_ERROR(Check(
         cuda::CudaStatus(profiler_.RecordStepStart(device_->stream()), "profiler: step start")));
@@ -541,11 +549,11 @@ absl::Status CudaBackend<T>::Forward(std::span<const ForwardSeq> batch) {
 
 template <typename T>
 absl::StatusOr<std::vector<int32_t>> CudaBackend<T>::Sample(std::span<const SamplingRow> rows) {
-  if (static_cast<int>(rows.size()) != logit_rows_) {
+  if (static_cast<int>(rows.size()) != sample_rows_) {
     return absl::InternalError(
-        absl::StrCat("sample: ", rows.size(), " rows for ", logit_rows_, " logit rows"));
+        absl::StrCat("sample: ", rows.size(), " rows for ", sample_rows_, " sampling rows"));
   }
-  const int n = logit_rows_;
+  const int n = sample_rows_;
   std::copy(rows.begin(), rows.end(), inputs_.host().sampling);
   cudaStream_t stream = device_->stream();
   RETURN_IF_ERROR(Check(inputs_.UploadSampling(n, stream)));
@@ -572,6 +580,41 @@ absl::StatusOr<std::vector<int32_t>> CudaBackend<T>::Sample(std::span<const Samp
     }
   }
   return tokens;
+}
+
+template <typename T>
+absl::StatusOr<std::vector<LogprobsResult>> CudaBackend<T>::Logprobs(
+    std::span<const LogprobsQuery> queries) {
+  const int n = static_cast<int>(queries.size());
+  if (n == 0) return std::vector<LogprobsResult>{};  // no launch, no copy
+  if (n > options_.max_num_seqs) {
+    return absl::InternalError(absl::StrCat("logprobs: ", n, " queries; the backend holds ",
+                                            options_.max_num_seqs));
+  }
+  for (const LogprobsQuery& q : queries) {
+    if (q.row < 0 || q.row >= logit_rows_ || q.token < 0 || q.token >= config_.vocab_size) {
+      return absl::InternalError(absl::StrCat("logprobs: row ", q.row, " token ", q.token,
+                                              " outside ", logit_rows_, " x ", config_.vocab_size,
+                                              " logits"));
+    }
+  }
+  cudaStream_t stream = device_->stream();
+  std::vector<LogprobsResult> results(n);
+  RETURN_IF_ERROR(Check(cuda::CudaStatus(
+      cudaMemcpyAsync(act_.logprobs_queries, queries.data(), n * sizeof(LogprobsQuery),
+                      cudaMemcpyHostToDevice, stream),
+      "copy logprobs queries")));
+  RETURN_IF_ERROR(Check(cuda::CudaStatus(
+      k::ComputeLogprobs(act_.logits, act_.logprobs_queries, n, config_.vocab_size,
+                         act_.logprobs_results, stream),
+      "ComputeLogprobs")));
+  // Only the requested numbers cross: at most 20 alternatives per query.
+  RETURN_IF_ERROR(Check(cuda::CudaStatus(
+      cudaMemcpyAsync(results.data(), act_.logprobs_results, n * sizeof(LogprobsResult),
+                      cudaMemcpyDeviceToHost, stream),
+      "copy logprobs")));
+  RETURN_IF_ERROR(Check(cuda::CudaStatus(cudaStreamSynchronize(stream), "logprobs")));
+  return results;
 }
 
 template <typename T>

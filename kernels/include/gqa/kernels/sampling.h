@@ -34,7 +34,29 @@ GQA_SAMPLING_HD inline double UniformForStep(uint64_t seed, uint64_t step) {
   return static_cast<double>(bits >> 11) * 0x1.0p-53;
 }
 
+// Log-probabilities of one logits row: log_softmax of the raw logits (no temperature, top-k or
+// top-p), the value of one chosen token and the top_k most likely tokens.
+inline constexpr int kMaxLogprobsTopK = 20;
+
+struct LogprobsQuery {
+  int32_t row = 0;    // row of the logits
+  int32_t token = 0;  // whose logprob is wanted (the sampled token, or the prompt's next token)
+  int32_t top_k = 0;  // [0, kMaxLogprobsTopK]
+};
+
+struct LogprobsResult {
+  float token_logprob = 0;
+  int32_t top_k = 0;  // entries of top_ids / top_logprobs filled
+  // Most likely first; equal logits by lower id.
+  int32_t top_ids[kMaxLogprobsTopK] = {};
+  float top_logprobs[kMaxLogprobsTopK] = {};
+};
+
 namespace cpu {
+
+// The reference for cuda::ComputeLogprobs: log-sum-exp accumulated in double, values in float.
+LogprobsResult ComputeLogprobs(const float* logits,  // [vocab], the query's row
+                               int vocab, const LogprobsQuery& query);
 
 // Picks the next token from one row of logits: greedy when temperature is 0 or top_k is 1;
 // otherwise softmax(logits / temperature) over the top_k most likely tokens (equal logits: lower

@@ -22,4 +22,14 @@ cudaError_t SampleTokens(const float* logits,        // [rows, vocab]
                          int32_t* tokens,  // [rows]
                          cudaStream_t stream);
 
+// One block per query: the row's log-sum-exp (max, then the sum of exponentials, reduced in a
+// fixed order) and its top_k tokens by (logit, lower id first) as one 64-bit key, so the result
+// is deterministic and matches cpu::ComputeLogprobs within float rounding. Launches nothing when
+// num_queries is 0.
+cudaError_t ComputeLogprobs(const float* logits,           // [rows, vocab]
+                            const LogprobsQuery* queries,  // [num_queries], device memory
+                            int num_queries, int vocab,
+                            LogprobsResult* results,  // [num_queries], device memory
+                            cudaStream_t stream);
+
 }  // namespace gqa::kernels::cuda
