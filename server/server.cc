@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "backend/factory.h"
 #include "backend/roofline.h"
+#include "chat_template/chat_template.h"
 #include "common/status_macros.h"
 #include "common/text_file.h"
 #include "engine/engine.h"
@@ -178,18 +179,35 @@ struct LoadedModel {
   ModelConfig config;
   std::unique_ptr<Tokenizer> tokenizer;  // when the model directory has tokenizer.json
   std::unique_ptr<Engine> engine;
+  std::optional<chat::LoadedChatTemplate> chat_template;  // tokenizer_config.json's
 };
+
+// The HTTP front end's chat renderer: the model's template, or none.
+http::ChatRenderer ChatRendererOf(const std::optional<chat::LoadedChatTemplate>& loaded) {
+  if (!loaded) return http::ChatRenderer();
+  return [&loaded](const std::vector<http::ChatMessageParam>& messages,
+                   bool add_generation_prompt) -> absl::StatusOr<std::string> {
+    std::vector<chat::ChatMessage> converted;
+    converted.reserve(messages.size());
+    for (const auto& m : messages) converted.push_back({m.role, m.content});
+    return loaded->Render(std::move(converted), add_generation_prompt);
+  };
+}
 
 absl::StatusOr<LoadedModel> LoadModel(const ServerConfig& sc, BackendKind kind,
                                       EngineMetrics& metrics, std::function<void()> on_broken) {
   auto ckpt = Checkpoint::Load(sc.model_dir, sc.load_format, sc.dummy_seed);
   if (!ckpt.ok()) return ckpt.status();
-  LoadedModel model{(*ckpt)->config(), nullptr, nullptr};
+  LoadedModel model{(*ckpt)->config(), nullptr, nullptr, std::nullopt};
   if (std::filesystem::exists(std::filesystem::path(sc.model_dir) / "tokenizer.json")) {
     auto tokenizer = Tokenizer::Load(sc.model_dir);
     if (!tokenizer.ok()) return tokenizer.status();
     model.tokenizer = std::move(*tokenizer);
   }
+  // A template we cannot render stops startup with one line naming the construct.
+  auto chat_template = chat::LoadChatTemplate(sc.model_dir);
+  if (!chat_template.ok()) return chat_template.status();
+  model.chat_template = *std::move(chat_template);
   const int max_model_len = MaxModelLen(sc, model.config);
   auto backend = CreateBackend(MakeBackendOptions(sc, kind, max_model_len), std::move(*ckpt));
   if (!backend.ok()) return backend.status();
@@ -304,8 +322,9 @@ int RunServer(const ServerConfig& sc) {
   service.Attach(&engine, {model->config, sc.expose_model_path ? sc.model_dir : std::string(),
                            sc.default_max_new_tokens, model->tokenizer.get()});
   if (openai) {
-    openai->Attach(&engine, {model->tokenizer.get(), sc.default_max_new_tokens,
-                             http::ChatRenderer(), static_cast<int64_t>(std::time(nullptr))});
+    openai->Attach(
+        &engine, {model->tokenizer.get(), sc.default_max_new_tokens,
+                  ChatRendererOf(model->chat_template), static_cast<int64_t>(std::time(nullptr))});
   }
   health.SetServing(true);
   serving.store(true);

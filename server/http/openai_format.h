@@ -20,7 +20,7 @@ namespace gqa::http {
 
 // Whether the engine fills TokenEvent::logprobs; while false a request asking for logprobs gets
 // 400 "logprobs: logprobs is not supported yet".
-inline constexpr bool kLogprobsSupported = false;
+inline constexpr bool kLogprobsSupported = true;
 
 // The JSON text of `value`; invalid UTF-8 in strings is replaced, never thrown on.
 std::string Dump(const nlohmann::json& value);

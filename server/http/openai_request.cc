@@ -321,7 +321,9 @@ std::string RenamedEngineMessage(absl::string_view message) {
       {"stopping.max_new_tokens", "max_tokens"},
       {"stopping.stop_token_ids", "stop"},
       {"prompt.token_ids", "prompt"},
-      {"prompt.text", "prompt"}};
+      {"prompt.text", "prompt"},
+      {"logprobs.top_logprobs", "logprobs"},
+      {"logprobs.prompt_top_logprobs", "logprobs"}};
   for (const auto& [engine_name, api_name] : kNames) {
     if (absl::StartsWith(message, engine_name)) {
       return absl::StrCat(api_name, message.substr(engine_name.size()));

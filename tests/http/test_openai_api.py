@@ -232,6 +232,44 @@ def test_chat(server):
           "chat: add_generation_prompt false leaves the assistant header out")
 
 
+def test_logprobs(server):
+    c = server.client()
+    r = c.completions.create(model="model", prompt="Hello world", max_tokens=6, temperature=0,
+                             logprobs=2)
+    lp = r.choices[0].logprobs
+    check(len(lp.tokens) == 6 and len(lp.token_logprobs) == 6 and len(lp.top_logprobs) == 6 and
+          len(lp.text_offset) == 6, f"completion logprobs: one entry per token ({lp})")
+    check(all(t <= 0 for t in lp.token_logprobs) and
+          all(1 <= len(top) <= 2 for top in lp.top_logprobs),
+          "completion logprobs: log-probabilities, at most 2 alternatives")
+    # Greedy: the sampled token is the most likely one.
+    check(all(abs(t - max(top.values())) < 1e-4 for t, top in zip(lp.token_logprobs,
+                                                                    lp.top_logprobs)),
+          "completion logprobs: greedy picks the top alternative")
+    check("".join(lp.tokens) == r.choices[0].text, "completion logprobs: tokens spell the text")
+    stream = list(c.completions.create(model="model", prompt="Hello world", max_tokens=6,
+                                       temperature=0, logprobs=2, stream=True))
+    streamed = [t for ch in stream if ch.choices and ch.choices[0].logprobs
+                for t in ch.choices[0].logprobs.token_logprobs]
+    check(len(streamed) == 6 and all(abs(a - b) < 1e-5 for a, b in
+                                     zip(streamed, lp.token_logprobs)),
+          "completion stream logprobs: the same figures")
+    echo = c.completions.create(model="model", prompt="Hello world", max_tokens=2,
+                                temperature=0, logprobs=1, echo=True)
+    elp = echo.choices[0].logprobs
+    check(len(elp.tokens) == echo.usage.prompt_tokens + 2 and elp.token_logprobs[0] is None and
+          all(t is not None and t <= 0 for t in elp.token_logprobs[1:]),
+          f"echo + logprobs: the prompt's logprobs first ({elp.token_logprobs})")
+    chat = c.chat.completions.create(model="model", messages=[{"role": "user", "content": "Hi"}],
+                                     max_tokens=4, temperature=0, logprobs=True, top_logprobs=2)
+    content = chat.choices[0].logprobs.content
+    check(len(content) == 4 and all(len(t.top_logprobs) == 2 and t.logprob <= 0 and
+                                    isinstance(t.bytes, list) for t in content),
+          f"chat logprobs: token, logprob, bytes, top_logprobs ({content[:1]})")
+    check(abs(content[0].logprob - content[0].top_logprobs[0].logprob) < 1e-4,
+          "chat logprobs: greedy picks the top alternative")
+
+
 def test_errors(server):
     c = server.client()
     try:
@@ -274,8 +312,8 @@ def test_errors(server):
              400, "stream_options", what="stream_options without stream")
     error_of(server.raw("POST", p, "[" * 100000 + "]" * 100000), 400, "body",
              what="JSON nested 100000 deep")
-    error_of(server.raw("POST", p, {"prompt": "x", "logprobs": 2}), 400, "logprobs",
-             what="logprobs (not supported yet)")
+    error_of(server.raw("POST", p, {"prompt": "x", "logprobs": 21}), 400, "logprobs", "21",
+             "logprobs over 20")
     error_of(server.raw("POST", "/v1/chat/completions",
                         {"messages": [{"role": "user", "content": "hi"}] * 10000}), 400,
              "messages", "10000", "10k messages")
@@ -420,8 +458,6 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     for flag in ("--server", "--cli", "--make-checkpoint"):
         parser.add_argument(flag, required=True)
-    parser.add_argument("--chat", action="store_true",
-                        help="also test /v1/chat/completions (the server renders templates)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = pathlib.Path(tmp)
@@ -437,8 +473,8 @@ def main():
         try:
             greedy = test_completions(server)
             test_grpc_parity(server, args, greedy)
-            if args.chat:
-                test_chat(server)
+            test_chat(server)
+            test_logprobs(server)
             test_errors(server)
             test_hostile_connections(server)
         finally:
