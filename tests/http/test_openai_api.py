@@ -38,7 +38,7 @@ def check(ok, what):
 class Server:
     """gqa-server on loopback with the test model; every port picked free."""
 
-    def __init__(self, args, work, name, *extra, model="model"):
+    def __init__(self, args, work, name, *extra, model="model", auth=True):
         self.work = work
         ports = work / f"{name}.ports"
         (work / "token").write_text(TOKEN + "\n")
@@ -46,8 +46,8 @@ class Server:
         self.proc = subprocess.Popen(
             [args.server, f"--model={work / model}", "--host=127.0.0.1", "--port=0",
              "--metrics_port=0", "--http_port=-1", f"--port_file={ports}",
-             "--kv_cache_memory=16MiB", "--cpu_threads=1", f"--auth_token_file={work / 'token'}",
-             *extra], stdout=self.log, stderr=subprocess.STDOUT)
+             "--kv_cache_memory=16MiB", "--cpu_threads=1",
+             *([f"--auth_token_file={work / 'token'}"] if auth else []), *extra], stdout=self.log, stderr=subprocess.STDOUT)
         for _ in range(1200):
             if ports.exists() and len(ports.read_text().split()) == 3:
                 break
@@ -454,9 +454,55 @@ def test_overload_and_drain(args, work):
     server.proc.wait(timeout=60)
 
 
+def test_tls(args, work):
+    """--tls_cert/--tls_key serve HTTPS on the HTTP port too; plain HTTP is refused there."""
+
+    cert, key = work / "cert.pem", work / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                    "-out", cert, "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = Server(args, work, "tls", f"--tls_cert={cert}", f"--tls_key={key}")
+    try:
+        client = openai.OpenAI(base_url=f"https://127.0.0.1:{server.http_port}/v1",
+                               api_key=TOKEN, max_retries=0, timeout=30,
+                               http_client=openai.DefaultHttpxClient(verify=str(cert)))
+        r = client.completions.create(model="model", prompt="Hello", max_tokens=3)
+        check(len(r.choices) == 1, "TLS: the openai client over https")
+        try:
+            server.raw("GET", "/health", timeout=5)
+            check(False, "TLS: plain HTTP is refused")
+        except (OSError, http.client.HTTPException):
+            check(True, "TLS: plain HTTP is refused")
+    finally:
+        server.stop()
+
+
+def test_loadgen(args, work):
+    """gqa-loadgen --http_url drives streaming /v1/completions: every request completes with
+    exactly its output length, as over gRPC on the same server."""
+    server = Server(args, work, "loadgen", auth=False)
+    try:
+        reports = {}
+        for proto, extra in (("grpc", []), ("http", [f"--http_url=http://127.0.0.1:"
+                                                     f"{server.http_port}"])):
+            out = work / f"{proto}.json"
+            subprocess.run([args.loadgen, f"--server={server.grpc}", "--concurrency=4",
+                            "--num_requests=8", "--input_len=8", "--output_len=16",
+                            f"--json={out}", *extra], check=False, capture_output=True,
+                           timeout=120)
+            reports[proto] = json.loads(out.read_text()) if out.exists() else {}
+        for proto, r in reports.items():
+            check(r.get("completed") == 8 and r.get("output_tokens") == 8 * 16,
+                  f"gqa-loadgen over {proto}: 8 requests of 16 tokens "
+                  f"({ {k: r.get(k) for k in ('completed', 'failed', 'errors', 'output_tokens')} })")
+    finally:
+        server.stop()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    for flag in ("--server", "--cli", "--make-checkpoint"):
+    for flag in ("--server", "--cli", "--make-checkpoint", "--loadgen"):
         parser.add_argument(flag, required=True)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -480,6 +526,8 @@ def main():
         finally:
             server.stop()
         test_overload_and_drain(args, work)
+        test_tls(args, work)
+        test_loadgen(args, work)
     print(f"{failures} failures" if failures else "all passed")
     return 1 if failures else 0
 
