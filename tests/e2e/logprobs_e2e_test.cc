@@ -21,7 +21,7 @@ struct Stream {
   std::vector<pb::TokenLogprob> logprobs;
 };
 
-Stream Run(pb::Generation::Stub& stub, const pb::GenerateRequest& request) {
+Stream StreamOf(pb::Generation::Stub& stub, const pb::GenerateRequest& request) {
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
   Stream out;
@@ -36,14 +36,17 @@ Stream Run(pb::Generation::Stub& stub, const pb::GenerateRequest& request) {
   return out;
 }
 
-pb::GenerateRequest Request(const std::vector<uint32_t>& prompt, int max_new, int top,
-                            int prompt_top) {
+// top, prompt_top: -1 leaves the field unset; anything else is sent as a uint32.
+pb::GenerateRequest LogprobsRequest(const std::vector<uint32_t>& prompt, int max_new, int64_t top,
+                                    int64_t prompt_top) {
   pb::GenerateRequest req;
   for (uint32_t t : prompt) req.mutable_token_ids()->add_ids(t);
   req.mutable_stopping()->set_max_new_tokens(max_new);
   req.mutable_stopping()->set_ignore_eos(true);
-  if (top >= 0) req.mutable_logprobs()->set_top_logprobs(top);
-  if (prompt_top >= 0) req.mutable_logprobs()->set_prompt_top_logprobs(prompt_top);
+  if (top >= 0) req.mutable_logprobs()->set_top_logprobs(static_cast<uint32_t>(top));
+  if (prompt_top >= 0) {
+    req.mutable_logprobs()->set_prompt_top_logprobs(static_cast<uint32_t>(prompt_top));
+  }
   return req;
 }
 
@@ -90,7 +93,7 @@ TEST_F(LogprobsServerTest, GeneratedLogprobsEqualThePromptLogprobsOfTheContinuat
   auto stub = server_->Stub();
   std::vector<uint32_t> prompt;
   for (int i = 0; i < 40; ++i) prompt.push_back(2 + (i * 13) % 120);
-  const Stream gen = Run(*stub, Request(prompt, 10, 4, 3));
+  const Stream gen = StreamOf(*stub, LogprobsRequest(prompt, 10, 4, 3));
   ASSERT_TRUE(gen.status.ok()) << gen.status.error_message();
   ASSERT_EQ(gen.tokens.size(), 10u);
   ASSERT_EQ(gen.logprobs.size(), 10u);
@@ -115,7 +118,7 @@ TEST_F(LogprobsServerTest, GeneratedLogprobsEqualThePromptLogprobsOfTheContinuat
 
   std::vector<uint32_t> extended = prompt;
   extended.insert(extended.end(), gen.tokens.begin(), gen.tokens.end());
-  const Stream again = Run(*stub, Request(extended, 1, -1, 4));
+  const Stream again = StreamOf(*stub, LogprobsRequest(extended, 1, -1, 4));
   ASSERT_TRUE(again.status.ok()) << again.status.error_message();
   EXPECT_TRUE(again.logprobs.empty()) << "top_logprobs unset: no per-token logprobs";
   ASSERT_EQ(again.messages[0].prompt_logprobs_size(), 50);
@@ -136,14 +139,14 @@ TEST_F(LogprobsServerTest, GeneratedLogprobsEqualThePromptLogprobsOfTheContinuat
 
 TEST_F(LogprobsServerTest, MoreThanTwentyIsRefusedNamingTheField) {
   auto stub = server_->Stub();
-  Stream out = Run(*stub, Request({3, 4, 5}, 2, 21, -1));
+  Stream out = StreamOf(*stub, LogprobsRequest({3, 4, 5}, 2, 21, -1));
   EXPECT_EQ(out.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_EQ(out.status.error_message(), "logprobs.top_logprobs: 21 must be in [0, 20]");
-  out = Run(*stub, Request({3, 4, 5}, 2, -1, 4000000000u));
+  out = StreamOf(*stub, LogprobsRequest({3, 4, 5}, 2, -1, 4000000000u));
   EXPECT_EQ(out.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_EQ(out.status.error_message(),
             "logprobs.prompt_top_logprobs: 4000000000 must be in [0, 20]");
-  out = Run(*stub, Request({3, 4, 5}, 2, 0, 0));  // 0: the tokens' own logprobs only
+  out = StreamOf(*stub, LogprobsRequest({3, 4, 5}, 2, 0, 0));  // 0: the tokens' own logprobs only
   ASSERT_TRUE(out.status.ok()) << out.status.error_message();
   ASSERT_EQ(out.logprobs.size(), 2u);
   EXPECT_EQ(out.logprobs[0].top_size(), 0);

@@ -38,20 +38,20 @@ constexpr uint64_t kGraphReserveBytes = 256ull << 20;  // left free for graphs a
 // Activations for the largest step: [max_tokens, ...] rows, logits for max_seqs rows.
 template <typename T>
 struct Activations {
-  T* residual;       // [max_tokens, hidden]
-  T* normed;         // [max_tokens, hidden]
-  T* qkv;            // [max_tokens, q_size + 2 kv_size]
-  T* q;              // [max_tokens, num_heads, head_dim]
-  T* attn;           // [max_tokens, num_heads, head_dim]
-  T* proj;           // [max_tokens, hidden]
-  T* gate_up;        // [max_tokens, 2 intermediate]
-  T* mlp;            // [max_tokens, intermediate]
-  T* logit_hidden;   // [max_seqs, hidden]
-  float* logits;     // [max_seqs, vocab]
-  int32_t* sampled;  // [max_seqs]
+  T* residual;                                // [max_tokens, hidden]
+  T* normed;                                  // [max_tokens, hidden]
+  T* qkv;                                     // [max_tokens, q_size + 2 kv_size]
+  T* q;                                       // [max_tokens, num_heads, head_dim]
+  T* attn;                                    // [max_tokens, num_heads, head_dim]
+  T* proj;                                    // [max_tokens, hidden]
+  T* gate_up;                                 // [max_tokens, 2 intermediate]
+  T* mlp;                                     // [max_tokens, intermediate]
+  T* logit_hidden;                            // [max_seqs, hidden]
+  float* logits;                              // [max_seqs, vocab]
+  int32_t* sampled;                           // [max_seqs]
   kernels::LogprobsQuery* logprobs_queries;   // [max_seqs]
   kernels::LogprobsResult* logprobs_results;  // [max_seqs]
-  float* inv_freq;   // [head_dim / 2]
+  float* inv_freq;                            // [head_dim / 2]
   void* decode_workspace;
 };
 
@@ -532,9 +532,10 @@ absl::Status CudaBackend<T>::Forward(std::span<const ForwardSeq> batch) {
   auto shape = inputs_.Pack(batch, spec_.block_size, spec_.num_blocks, padded);
   if (!shape.ok()) return shape.status();
   RETURN_IF_ERROR(Check(inputs_.Upload(*shape, device_->stream())));
-  logit_rows_ = shape->num_logit_rows;
   sample_rows_ = static_cast<int>(std::count_if(
       batch.begin(), batch.end(), [](const ForwardSeq& s) { return s.wants_logits; }));
+  // A padded (graph) step has only sampling rows, then the inert rows' logits.
+  logit_rows_ = padded > 0 ? sample_rows_ : shape->num_logit_rows;
   if (profiling_) {
     RETURN_IF_ERROR(Check(
         cuda::CudaStatus(profiler_.RecordStepStart(device_->stream()), "profiler: step start")));
@@ -588,8 +589,8 @@ absl::StatusOr<std::vector<LogprobsResult>> CudaBackend<T>::Logprobs(
   const int n = static_cast<int>(queries.size());
   if (n == 0) return std::vector<LogprobsResult>{};  // no launch, no copy
   if (n > options_.max_num_seqs) {
-    return absl::InternalError(absl::StrCat("logprobs: ", n, " queries; the backend holds ",
-                                            options_.max_num_seqs));
+    return absl::InternalError(
+        absl::StrCat("logprobs: ", n, " queries; the backend holds ", options_.max_num_seqs));
   }
   for (const LogprobsQuery& q : queries) {
     if (q.row < 0 || q.row >= logit_rows_ || q.token < 0 || q.token >= config_.vocab_size) {
@@ -600,19 +601,19 @@ absl::StatusOr<std::vector<LogprobsResult>> CudaBackend<T>::Logprobs(
   }
   cudaStream_t stream = device_->stream();
   std::vector<LogprobsResult> results(n);
-  RETURN_IF_ERROR(Check(cuda::CudaStatus(
-      cudaMemcpyAsync(act_.logprobs_queries, queries.data(), n * sizeof(LogprobsQuery),
-                      cudaMemcpyHostToDevice, stream),
-      "copy logprobs queries")));
-  RETURN_IF_ERROR(Check(cuda::CudaStatus(
-      k::ComputeLogprobs(act_.logits, act_.logprobs_queries, n, config_.vocab_size,
-                         act_.logprobs_results, stream),
-      "ComputeLogprobs")));
+  RETURN_IF_ERROR(Check(
+      cuda::CudaStatus(cudaMemcpyAsync(act_.logprobs_queries, queries.data(),
+                                       n * sizeof(LogprobsQuery), cudaMemcpyHostToDevice, stream),
+                       "copy logprobs queries")));
+  RETURN_IF_ERROR(
+      Check(cuda::CudaStatus(k::ComputeLogprobs(act_.logits, act_.logprobs_queries, n,
+                                                config_.vocab_size, act_.logprobs_results, stream),
+                             "ComputeLogprobs")));
   // Only the requested numbers cross: at most 20 alternatives per query.
-  RETURN_IF_ERROR(Check(cuda::CudaStatus(
-      cudaMemcpyAsync(results.data(), act_.logprobs_results, n * sizeof(LogprobsResult),
-                      cudaMemcpyDeviceToHost, stream),
-      "copy logprobs")));
+  RETURN_IF_ERROR(Check(
+      cuda::CudaStatus(cudaMemcpyAsync(results.data(), act_.logprobs_results,
+                                       n * sizeof(LogprobsResult), cudaMemcpyDeviceToHost, stream),
+                       "copy logprobs")));
   RETURN_IF_ERROR(Check(cuda::CudaStatus(cudaStreamSynchronize(stream), "logprobs")));
   return results;
 }

@@ -116,19 +116,28 @@ absl::StatusOr<StepShape> StepInputs::Pack(std::span<const ForwardSeq> batch, in
       shape.max_query_len = std::max(shape.max_query_len, len);
     }
   }
-  // The engine's logits rows (LogitsRowOfTokens), mapped to this step's packed token rows.
-  const std::vector<int32_t> row_of_token = LogitsRowOfTokens(batch);
-  for (int i = 0, flat = 0; i < n; ++i) {
-    for (int t = 0; t < int(batch[i].tokens.size()); ++t, ++flat) {
-      const int32_t logits_row = row_of_token[flat];
-      if (logits_row < 0) continue;
-      if (logits_row >= capacity_.max_seqs) {
-        return absl::InternalError(absl::StrCat("forward batch: more than ", capacity_.max_seqs,
-                                                " logits rows; the backend holds ",
-                                                capacity_.max_seqs));
+  const bool every_token = std::any_of(batch.begin(), batch.end(),
+                                       [](const ForwardSeq& s) { return s.wants_all_logits; });
+  if (!every_token) {  // the usual step: one row per sampling sequence, in batch order
+    for (int i = 0; i < n; ++i) {
+      if (batch[i].wants_logits) {
+        h.logit_rows[shape.num_logit_rows++] = first_row[i] + int(batch[i].tokens.size()) - 1;
       }
-      h.logit_rows[logits_row] = first_row[i] + t;
-      shape.num_logit_rows = std::max(shape.num_logit_rows, logits_row + 1);
+    }
+  } else {  // the engine's layout (LogitsRowOfTokens), mapped to this step's packed token rows
+    const std::vector<int32_t> row_of_token = LogitsRowOfTokens(batch);
+    for (int i = 0, flat = 0; i < n; ++i) {
+      for (int t = 0; t < int(batch[i].tokens.size()); ++t, ++flat) {
+        const int32_t logits_row = row_of_token[flat];
+        if (logits_row < 0) continue;
+        if (logits_row >= capacity_.max_seqs) {
+          return absl::InternalError(absl::StrCat("forward batch: logits row ", logits_row,
+                                                  " beyond the ", capacity_.max_seqs,
+                                                  " the backend holds"));
+        }
+        h.logit_rows[logits_row] = first_row[i] + t;
+        shape.num_logit_rows = std::max(shape.num_logit_rows, logits_row + 1);
+      }
     }
   }
   shape.num_seqs = n;
