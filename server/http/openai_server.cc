@@ -441,7 +441,7 @@ absl::Status OpenAiHttpServer::Generate(Engine* engine, bool chat, uint64_t numb
     absl::StatusOr<Request> r = ToEngineRequest(
         params, prompt, defaults, params.n == 1 ? id : absl::StrCat(id, "-", i), i, seed);
     if (!r.ok()) return r.status();
-    r->logprobs.prompt_top_logprobs = i == 0 ? prompt_top_logprobs : -1;
+    r->logprobs.prompt_top_logprobs = prompt_top_logprobs;  // each streamed choice echoes them
     requests.push_back(*std::move(r));
   }
   auto exchange = std::make_shared<Exchange>(engine, params.n, &open_requests_);
