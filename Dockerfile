@@ -2,13 +2,13 @@
 #
 # CPU image (Debian 12), the default target (the last stage of this file):
 #   Build:               docker build -t gqa-serve:0.1.0 .   (the tag deploy/kubernetes uses)
-#   Run the demo model:  docker run --rm -p 50051:50051 -p 50052:50052 gqa-serve
+#   Run the demo model:  docker run --rm -p 50051:50051 -p 50052:50052 -p 8000:8000 gqa-serve
 #   Serve your own:      docker run --rm -v /models/m:/model -p 50051:50051 gqa-serve --model /model
 #
 # CUDA image (CUDA 13.0 on Ubuntu 24.04), the target `cuda`:
 #   Build:               docker build --target cuda -t gqa-serve:0.1.0-cuda .
 #   Also for A100:       docker build --target cuda --build-arg CUDA_ARCHS="80;90a" -t gqa-serve:cuda .
-#   Run the demo model:  docker run --rm --gpus all -p 50051:50051 -p 50052:50052 gqa-serve:cuda
+#   Run the demo model:  docker run --rm --gpus all -p 50051:50051 -p 50052:50052 -p 8000:8000 gqa-serve:cuda
 #   Serve your own:      docker run --rm --gpus all -v /models/m:/model -p 50051:50051 -p 50052:50052 \
 #                          gqa-serve:cuda --model /model --backend cuda --gpu_memory_utilization 0.9
 #   The host needs the NVIDIA driver (one that supports CUDA 13.0) and the NVIDIA Container

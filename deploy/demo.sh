@@ -9,20 +9,22 @@ cd "$(dirname "$0")/.."
 
 port=${GQA_PORT:-50051}
 metrics_port=${GQA_METRICS_PORT:-50052}
+http_port=${GQA_HTTP_PORT:-8000}
 pid_file=build/demo-server.pid
 # A server already on the ports (this demo's, left serving by an earlier run, or another
 # process): say so and stop here, before the model directory is rebuilt under it.
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in "$port" "$metrics_port"; do
+for p in "$port" "$metrics_port" "$http_port"; do
   listening "$p" || continue
   if [ -f "$pid_file" ] && kill -0 "$(cat "$pid_file")" 2>/dev/null; then
     echo "== a gqa-server from an earlier demo is already running (pid $(cat "$pid_file")) on" \
-      "localhost:$port, metrics :$metrics_port."
+      "localhost:$port, metrics :$metrics_port, OpenAI HTTP :$http_port."
     echo "   Use it (build/client/gqa-cli --text \"Hello\"), or stop it first: kill $(cat "$pid_file")"
   else
     echo "== port $p is in use: is another process using the port? (a server is already" \
       "listening on localhost:$p)"
-    echo "   Stop it, or choose free ports: GQA_PORT=50061 GQA_METRICS_PORT=50062 bash deploy/demo.sh"
+    echo "   Stop it, or choose free ports: GQA_PORT=50061 GQA_METRICS_PORT=50062 GQA_HTTP_PORT=8010" \
+      "bash deploy/demo.sh"
   fi
   exit 1
 done
@@ -45,7 +47,7 @@ fi
 
 log=build/demo-server.log
 build/server/gqa-server --model "$model" --port "$port" --metrics_port "$metrics_port" \
-  --kv_cache_memory 256MiB >"$log" 2>&1 &
+  --http_port "$http_port" --kv_cache_memory 256MiB >"$log" 2>&1 &
 server_pid=$!
 echo $server_pid >"$pid_file"
 for _ in $(seq 1 600); do  # up to a minute: a GPU backend tunes and captures graphs first
@@ -73,6 +75,10 @@ else
     --temperature 0.8 --seed 42 --ignore_eos
 fi
 echo
+echo "== the OpenAI-compatible API: curl localhost:$http_port/v1/completions"
+curl -s "localhost:$http_port/v1/completions" -H 'Content-Type: application/json' \
+  -d '{"prompt": "Once upon a time", "max_tokens": 16, "temperature": 0}' || true
+echo
 echo "== metrics: curl -s localhost:$metrics_port/metrics | grep gqa_step_duration_seconds_count"
 curl -s "localhost:$metrics_port/metrics" | grep "^gqa_step_duration_seconds_count" || true
 if [ "${1:-}" = "--no-serve" ]; then
@@ -81,6 +87,7 @@ if [ "${1:-}" = "--no-serve" ]; then
   rm -f "$pid_file"
 else
   echo
-  echo "gqa-server (pid $server_pid) keeps serving on localhost:$port; metrics on :$metrics_port."
+  echo "gqa-server (pid $server_pid) keeps serving on localhost:$port; metrics on :$metrics_port;"
+  echo "the OpenAI API on http://localhost:$http_port/v1 (README: OpenAI-compatible HTTP API)."
   echo "Try: build/client/gqa-cli --text \"Hello\" --max_new_tokens 16.  Stop it: kill $server_pid"
 fi

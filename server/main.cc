@@ -29,6 +29,12 @@ ABSL_FLAG(bool, deterministic, false,
 ABSL_FLAG(std::string, host, "0.0.0.0", "address to listen on (gRPC and metrics)");
 ABSL_FLAG(int, port, 50051, "gRPC port (0 picks a free one)");
 ABSL_FLAG(int, metrics_port, 50052, "HTTP port for /metrics and /healthz (0 picks a free one)");
+ABSL_FLAG(int, http_port, 8000,
+          "OpenAI-compatible HTTP port (/v1/completions, /v1/chat/completions, /v1/models, "
+          "/health), with the same TLS and token as gRPC; 0: off; -1: a free one");
+ABSL_FLAG(std::string, served_model_name, "",
+          "the model's name in the HTTP API (/v1/models, the \"model\" field); default: the "
+          "model directory's name");
 ABSL_FLAG(std::string, metrics_host, "",
           "address for /metrics and /healthz (empty: --host), e.g. 127.0.0.1");
 ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: serve gRPC over TLS (with --tls_key)");
@@ -41,10 +47,11 @@ ABSL_FLAG(std::string, auth_token_file, "",
 ABSL_FLAG(int, max_waiting_requests, 1024,
           "requests waiting to run beyond which Generate answers RESOURCE_EXHAUSTED (0: no limit)");
 ABSL_FLAG(std::string, max_request_size, "4MiB",
-          "largest request message (larger: RESOURCE_EXHAUSTED)");
+          "largest request message (larger: RESOURCE_EXHAUSTED; an HTTP body: 413)");
 ABSL_FLAG(int, max_streams_per_connection, 256, "concurrent calls on one client connection");
 ABSL_FLAG(bool, expose_model_path, false, "GetModelInfo reports the model directory's path");
-ABSL_FLAG(std::string, port_file, "", "write '<grpc port> <metrics port>' here once serving");
+ABSL_FLAG(std::string, port_file, "",
+          "write '<grpc port> <metrics port> <http port>' here once serving (http 0: off)");
 ABSL_FLAG(int, block_size, 16, "tokens per KV cache block");
 ABSL_FLAG(std::string, kv_cache_memory, "",
           "memory for the KV cache pool, e.g. 512MiB (default: 1GiB on the CPU; on a GPU what "
@@ -93,6 +100,13 @@ int main(int argc, char** argv) {
   config.port = absl::GetFlag(FLAGS_port);
   config.metrics_port = absl::GetFlag(FLAGS_metrics_port);
   config.metrics_host = absl::GetFlag(FLAGS_metrics_host);
+  config.http_port = absl::GetFlag(FLAGS_http_port);
+  config.served_model_name = absl::GetFlag(FLAGS_served_model_name);
+  if (config.http_port < -1 || config.http_port > 65535) {
+    std::cerr << "gqa-server: --http_port " << config.http_port
+              << " must be a port, 0 (off) or -1 (any free port)\n";
+    return 2;
+  }
   config.port_file = absl::GetFlag(FLAGS_port_file);
   config.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
   config.tls_key_file = absl::GetFlag(FLAGS_tls_key);

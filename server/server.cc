@@ -4,6 +4,8 @@
 
 #include <cctype>
 #include <cstdlib>
+#include <ctime>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <memory>
@@ -11,12 +13,14 @@
 #include "absl/strings/str_cat.h"
 #include "backend/factory.h"
 #include "backend/roofline.h"
+#include "chat_template/chat_template.h"
 #include "common/status_macros.h"
 #include "common/text_file.h"
 #include "engine/engine.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
+#include "http/openai_server.h"
 #include "metrics/engine_metrics.h"
 #include "metrics/http_server.h"
 #include "metrics/process_metrics.h"
@@ -150,23 +154,61 @@ absl::StatusOr<BearerToken> AuthToken(const ServerConfig& sc) {
   return BearerToken(std::move(token));
 }
 
+// The model's name in the HTTP API: --served_model_name, or the model directory's last part.
+std::string ServedModelName(const ServerConfig& sc) {
+  if (!sc.served_model_name.empty()) return sc.served_model_name;
+  std::filesystem::path dir(sc.model_dir);
+  if (!dir.has_filename()) dir = dir.parent_path();  // "models/x/" -> "models/x"
+  return dir.filename().string();
+}
+
+http::HttpOptions MakeHttpOptions(const ServerConfig& sc, const BearerToken& auth) {
+  http::HttpOptions o;
+  o.host = sc.host;
+  o.port = sc.http_port < 0 ? 0 : sc.http_port;
+  o.tls_cert_file = sc.tls_cert_file;
+  o.tls_key_file = sc.tls_key_file;
+  o.tls_client_ca_file = sc.tls_client_ca_file;
+  o.auth_token = auth.token();
+  o.max_body_bytes = sc.max_request_bytes;
+  o.served_model_name = ServedModelName(sc);
+  return o;
+}
+
 // The model, the engine and what the service needs, built after the ports are open.
 struct LoadedModel {
   ModelConfig config;
   std::unique_ptr<Tokenizer> tokenizer;  // when the model directory has tokenizer.json
   std::unique_ptr<Engine> engine;
+  std::optional<chat::LoadedChatTemplate> chat_template;  // tokenizer_config.json's
 };
+
+// The HTTP front end's chat renderer: the model's template, or none.
+http::ChatRenderer ChatRendererOf(const std::optional<chat::LoadedChatTemplate>& loaded) {
+  if (!loaded) return http::ChatRenderer();
+  return [&loaded](const std::vector<http::ChatMessageParam>& messages,
+                   bool add_generation_prompt) -> absl::StatusOr<std::string> {
+    std::vector<chat::ChatMessage> converted;
+    converted.reserve(messages.size());
+    for (const auto& m : messages) converted.push_back({m.role, m.content});
+    return loaded->Render(std::move(converted), add_generation_prompt);
+  };
+}
 
 absl::StatusOr<LoadedModel> LoadModel(const ServerConfig& sc, BackendKind kind,
                                       EngineMetrics& metrics, std::function<void()> on_broken) {
   auto ckpt = Checkpoint::Load(sc.model_dir, sc.load_format, sc.dummy_seed);
   if (!ckpt.ok()) return ckpt.status();
-  LoadedModel model{(*ckpt)->config(), nullptr, nullptr};
+  LoadedModel model{(*ckpt)->config(), nullptr, nullptr, std::nullopt};
   if (std::filesystem::exists(std::filesystem::path(sc.model_dir) / "tokenizer.json")) {
     auto tokenizer = Tokenizer::Load(sc.model_dir);
     if (!tokenizer.ok()) return tokenizer.status();
     model.tokenizer = std::move(*tokenizer);
   }
+  // A template we cannot render stops startup with one line naming the construct.
+  auto chat_template = chat::LoadChatTemplate(sc.model_dir);
+  if (!chat_template.ok()) return chat_template.status();
+  model.chat_template = *std::move(chat_template);
   const int max_model_len = MaxModelLen(sc, model.config);
   auto backend = CreateBackend(MakeBackendOptions(sc, kind, max_model_len), std::move(*ckpt));
   if (!backend.ok()) return backend.status();
@@ -218,6 +260,16 @@ int RunServer(const ServerConfig& sc) {
   auto metrics_port = http.Start(metrics_host, sc.metrics_port);
   if (!metrics_port.ok()) return Fail(std::string(metrics_port.status().message()));
 
+  // The OpenAI-compatible HTTP front end (--http_port): 503 until the model is loaded.
+  std::unique_ptr<http::OpenAiHttpServer> openai;
+  int http_port = 0;
+  if (sc.http_port != 0) {
+    openai = std::make_unique<http::OpenAiHttpServer>(MakeHttpOptions(sc, *auth), &metrics);
+    absl::StatusOr<int> bound = openai->Start();
+    if (!bound.ok()) return Fail(std::string(bound.status().message()));
+    http_port = *bound;
+  }
+
   // Listen first, so that health checks see NOT_SERVING (not a refused connection) while the
   // model loads; Generate answers UNAVAILABLE until then.
   GenerationService service(*std::move(auth), &metrics);
@@ -253,8 +305,8 @@ int RunServer(const ServerConfig& sc) {
     return Fail(absl::StrCat("cannot listen for gRPC on ", sc.host, ":", sc.port,
                              " (is another process using the port?)"));
   }
-  spdlog::info("listening: grpc :{}, metrics :{}; loading {} for the {} backend on {}", grpc_port,
-               *metrics_port, sc.model_dir, BackendKindName(*kind), device);
+  spdlog::info("listening: grpc :{}, metrics :{}, http :{}; loading {} for the {} backend on {}",
+               grpc_port, *metrics_port, http_port, sc.model_dir, BackendKindName(*kind), device);
 
   // A device error that the GPU cannot recover from: stop answering and exit, so that an
   // orchestrator restarts the process.
@@ -273,12 +325,17 @@ int RunServer(const ServerConfig& sc) {
   engine.Start();
   service.Attach(&engine, {model->config, sc.expose_model_path ? sc.model_dir : std::string(),
                            sc.default_max_new_tokens, model->tokenizer.get()});
+  if (openai) {
+    openai->Attach(
+        &engine, {model->tokenizer.get(), sc.default_max_new_tokens,
+                  ChatRendererOf(model->chat_template), static_cast<int64_t>(std::time(nullptr))});
+  }
   health.SetServing(true);
   serving.store(true);
   LogLoaded(sc, model->config, engine.backend(), engine.config().limits.max_model_len, grpc_port,
             *metrics_port);
   if (!sc.port_file.empty()) {
-    std::ofstream(sc.port_file) << grpc_port << " " << *metrics_port << "\n";
+    std::ofstream(sc.port_file) << grpc_port << " " << *metrics_port << " " << http_port << "\n";
   }
 
   const int signal = WaitForSignal();
@@ -287,14 +344,17 @@ int RunServer(const ServerConfig& sc) {
   serving.store(false);
   health.Shutdown();  // NOT_SERVING to every watcher, then their streams end
   service.StopAccepting();
+  if (openai) openai->StopAccepting();
   engine.Drain(std::chrono::seconds(sc.drain_grace_seconds));
   // The streams' last messages are written (5 s at most), then the server shuts down at once:
   // a Shutdown deadline would be waited out whenever a client keeps an idle connection open,
   // since gRPC closes connections only when the deadline passes.
   const bool flushed = service.WaitForStreams(std::chrono::seconds(5)) &&
+                       (!openai || openai->WaitForRequests(std::chrono::seconds(5))) &&
                        health.WaitForWatches(std::chrono::seconds(1));
   if (!flushed) spdlog::warn("drain: streams still open after 5 s; cancelling them");
   server->Shutdown(std::chrono::system_clock::now());
+  if (openai) openai->Stop();
   http.Stop();
   spdlog::info("stopped");
   return 0;

@@ -34,7 +34,7 @@ def main():
         ports = os.path.join(model, "ports")
         server = subprocess.Popen(
             [server_bin, f"--model={model}", "--load_format=dummy", f"--backend={backend}",
-             "--port=0", "--metrics_port=0", f"--port_file={ports}", "--max_model_len=2048",
+             "--port=0", "--metrics_port=0", "--http_port=0", f"--port_file={ports}", "--max_model_len=2048",
              "--max_num_seqs=8"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             for _ in range(600):

@@ -301,7 +301,7 @@ class Server:
     def command(self, model_dir, port_file):
         a, j = self.args, self.job
         cmd = [a.server_bin, "--model", model_dir, "--load_format", "dummy",
-               "--backend", a.backend, "--port", "0", "--metrics_port", "0",
+               "--backend", a.backend, "--port", "0", "--metrics_port", "0", "--http_port", "0",
                "--port_file", port_file, "--host", "127.0.0.1",
                "--max_model_len", str(j.max_model_len), "--max_num_seqs", str(j.max_num_seqs),
                "--kv_cache_memory", self.kv_cache_memory()]

@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/dashed_flags.h"
 #include "grpcpp/grpcpp.h"
+#include "loadgen/http_runner.h"
 #include "loadgen/metrics_scraper.h"
 #include "loadgen/monitor.h"
 #include "loadgen/prometheus_text.h"
@@ -28,6 +29,10 @@
 
 // Numbers are read as text and checked here, so that a bad one is one line naming it and exit 2.
 ABSL_FLAG(std::string, server, "localhost:50051", "gqa-server gRPC address host:port");
+ABSL_FLAG(std::string, http_url, "",
+          "drive the server's OpenAI-compatible HTTP API instead of gRPC: streaming "
+          "/v1/completions at this base URL, e.g. http://localhost:8000 (--server still answers "
+          "GetModelInfo)");
 ABSL_FLAG(std::string, metrics_url, "",
           "gqa-server's /metrics, e.g. http://127.0.0.1:50052/metrics (empty: no server view)");
 ABSL_FLAG(std::string, num_requests, "100", "measured requests");
@@ -270,14 +275,19 @@ void PrintErrors(const std::vector<lg::RequestRecord>& records) {
   }
 }
 
-std::vector<lg::RequestRecord> RunPart(lg::Runner& runner, const char* what,
+// gRPC (lg::Runner) or HTTP (lg::HttpRunner): the same requests, the same records.
+using RunFn = std::function<std::vector<lg::RequestRecord>(const std::vector<lg::RequestSpec>&,
+                                                           const std::vector<double>&, int,
+                                                           lg::Clock::time_point, lg::Progress&)>;
+
+std::vector<lg::RequestRecord> RunPart(const RunFn& run, const char* what,
                                        const std::vector<lg::RequestSpec>& requests,
                                        const std::vector<double>& arrivals, int max_in_flight,
                                        std::function<void()> poll) {
   lg::Progress progress;
   const lg::Clock::time_point epoch = lg::Clock::now();
   lg::Monitor monitor(what, progress, std::move(poll));
-  return runner.Run(requests, arrivals, max_in_flight, epoch, progress);
+  return run(requests, arrivals, max_in_flight, epoch, progress);
 }
 
 }  // namespace
@@ -318,7 +328,14 @@ int main(int argc, char** argv) {
     }
   }
 
-  lg::Runner runner(std::move(stubs), o.timeout_s);
+  lg::Runner grpc_runner(std::move(stubs), o.timeout_s);
+  lg::HttpRunner http_runner(absl::GetFlag(FLAGS_http_url), "", o.timeout_s);
+  const bool over_http = !absl::GetFlag(FLAGS_http_url).empty();
+  const RunFn runner = [&](const std::vector<lg::RequestSpec>& r, const std::vector<double>& a,
+                           int cap, lg::Clock::time_point epoch, lg::Progress& progress) {
+    return over_http ? http_runner.Run(r, a, cap, epoch, progress)
+                     : grpc_runner.Run(r, a, cap, epoch, progress);
+  };
   const int cap = static_cast<int>(o.run.mode == lg::LoopMode::kClosed ? o.run.concurrency
                                                                        : o.run.max_concurrency);
   if (!warmup.empty()) {

@@ -14,6 +14,7 @@ class BearerToken {
   explicit BearerToken(std::string token) : token_(std::move(token)) {}
 
   bool enabled() const { return !token_.empty(); }
+  const std::string& token() const { return token_; }  // for the HTTP front end's check
   // OK, or UNAUTHENTICATED naming the metadata (never echoing what was sent).
   grpc::Status Check(const grpc::ServerContextBase& context) const;
 

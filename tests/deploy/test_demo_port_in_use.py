@@ -13,7 +13,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 def main():
     failures = 0
-    for which in ("GQA_PORT", "GQA_METRICS_PORT"):
+    for which in ("GQA_PORT", "GQA_METRICS_PORT", "GQA_HTTP_PORT"):
         busy = socket.socket()
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -22,7 +22,8 @@ def main():
         free.bind(("127.0.0.1", 0))
         other = free.getsockname()[1]
         free.close()  # a port nothing listens on
-        env = dict(os.environ, GQA_PORT=str(other), GQA_METRICS_PORT=str(other))
+        env = dict(os.environ, GQA_PORT=str(other), GQA_METRICS_PORT=str(other),
+                   GQA_HTTP_PORT=str(other))
         env[which] = str(port)
         result = subprocess.run(["bash", str(ROOT / "deploy/demo.sh")], env=env, cwd=ROOT,
                                 capture_output=True, text=True, timeout=60)

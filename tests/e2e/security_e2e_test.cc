@@ -194,7 +194,7 @@ TEST_F(SecurityTest, APortInUseStopsStartupWithOneLine) {
   const std::string port = first.address().substr(first.address().rfind(':') + 1);
   auto [code, output] =
       RunCommand({"timeout", "60", ServerBin(), "--model=" + model_->path().string(),
-                  "--host=127.0.0.1", "--port=" + port, "--metrics_port=0"});
+                  "--host=127.0.0.1", "--port=" + port, "--metrics_port=0", "--http_port=0"});
   EXPECT_NE(code, 0);
   EXPECT_NE(code, 124) << "a second server started on a port in use";
   EXPECT_NE(output.find("cannot listen for gRPC on 127.0.0.1:" + port +
@@ -205,7 +205,7 @@ TEST_F(SecurityTest, APortInUseStopsStartupWithOneLine) {
   const std::string metrics_port = std::to_string(first.metrics_port());
   std::tie(code, output) =
       RunCommand({"timeout", "60", ServerBin(), "--model=" + model_->path().string(),
-                  "--host=127.0.0.1", "--port=0", "--metrics_port=" + metrics_port});
+                  "--host=127.0.0.1", "--port=0", "--metrics_port=" + metrics_port, "--http_port=0"});
   EXPECT_NE(code, 0);
   EXPECT_NE(code, 124) << "a second server started on a metrics port in use";
   EXPECT_NE(output.find("cannot listen for metrics on 127.0.0.1:" + metrics_port +
@@ -229,7 +229,7 @@ TEST_F(SecurityTest, BadTlsOrTokenFilesStopStartupNamingThem) {
   for (const auto& c : cases) {
     std::vector<std::string> argv = {"timeout",   "60",
                                      ServerBin(), "--model=" + model_->path().string(),
-                                     "--port=0",  "--metrics_port=0"};
+                                     "--port=0",  "--metrics_port=0", "--http_port=0"};
     argv.insert(argv.end(), c.args.begin(), c.args.end());
     auto [code, output] = RunCommand(argv);
     EXPECT_NE(code, 0) << c.expect;

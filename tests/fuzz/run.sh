@@ -18,7 +18,7 @@ seed_build=${GQA_SEED_BUILD:-$([ -x build-cpu/server/gqa-make-checkpoint ] && ec
 python=${GQA_PYTHON:-.venv/bin/python}
 jobs=${FUZZ_JOBS:-$(( $(nproc) < 2 ? 1 : 2 ))}
 targets=(fuzz_safetensors fuzz_checkpoint fuzz_gguf fuzz_tokenizer_json fuzz_tokenizer_text
-         fuzz_generate_request)
+         fuzz_generate_request fuzz_openai_request)
 
 echo "== configure and build the fuzz targets in $build (clang, ASan + UBSan)"
 CC=clang CXX=clang++ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
@@ -52,6 +52,14 @@ for text in 'text: "Hello" stopping { max_new_tokens: 8 stop: "\n" }' \
   'request_id: "r1" text: "12 + 34 =" stopping { stop_token_ids: [1] ignore_eos: true }'; do
   echo "$text" | protoc --encode=gqa.v1.GenerateRequest -I proto proto/gqa/v1/generation.proto \
     >"$seeds/fuzz_generate_request/$(echo "$text" | md5sum | cut -c1-8).bin"
+done
+
+for body in '0{"model": "model", "prompt": "Hello", "max_tokens": 8, "stop": ["\n"], "n": 2}' \
+  '0{"prompt": [[1, 2, 3]], "temperature": 0.7, "top_p": 0.9, "top_k": 5, "seed": 1, "echo": true}' \
+  '0{"prompt": "x", "stream": true, "stream_options": {"include_usage": true}, "logprobs": 2}' \
+  '1{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "Hi"}]}], "max_tokens": 4}' \
+  '1{"model": "model", "messages": [{"role": "assistant", "content": null}], "logprobs": true, "top_logprobs": 2, "add_generation_prompt": false}'; do
+  printf '%s' "$body" >"$seeds/fuzz_openai_request/$(printf '%s' "$body" | md5sum | cut -c1-8).json"
 done
 
 echo "== fuzzing each target for $seconds s ($jobs at a time)"

@@ -35,7 +35,7 @@ def start_server(args, work):
                    check=True, stdout=subprocess.DEVNULL)
     ports = work / "ports"
     server = subprocess.Popen([args.server, f"--model={model}", "--host=127.0.0.1", "--port=0",
-                               "--metrics_port=0", f"--port_file={ports}",
+                               "--metrics_port=0", "--http_port=0", f"--port_file={ports}",
                                "--kv_cache_memory=16MiB"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for _ in range(1200):
@@ -44,7 +44,7 @@ def start_server(args, work):
         if server.poll() is not None:
             sys.exit("gqa-server exited:\n" + server.stdout.read())
         time.sleep(0.05)
-    grpc_port, metrics_port = ports.read_text().split()
+    grpc_port, metrics_port = ports.read_text().split()[:2]
     return server, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{metrics_port}/metrics"
 
 

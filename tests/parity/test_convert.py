@@ -117,7 +117,7 @@ def check_transformers(args, work):
 def serve_and_ask(args, model_dir, groups):
     port_file = model_dir.parent / f"ports-{groups}"
     server = subprocess.Popen([args.server, f"--model={model_dir}", "--host=127.0.0.1", "--port=0",
-                               "--metrics_port=0", f"--port_file={port_file}",
+                               "--metrics_port=0", "--http_port=0", f"--port_file={port_file}",
                                "--kv_cache_memory=64MiB"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

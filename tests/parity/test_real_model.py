@@ -113,7 +113,7 @@ class Server:
         self.log = open(work / "server.log", "w+")
         self.process = subprocess.Popen(
             [args.server, f"--model={model_dir}", "--host=127.0.0.1", "--port=0",
-             "--metrics_port=0", f"--port_file={port_file}", "--kv_cache_memory=256MiB",
+             "--metrics_port=0", "--http_port=0", f"--port_file={port_file}", "--kv_cache_memory=256MiB",
              f"--backend={backend}"] + (["--deterministic"] if backend == "cuda" else []),
             stdout=self.log, stderr=subprocess.STDOUT)
         for _ in range(1200):
