@@ -6,6 +6,12 @@
 // blocks are freed and it goes back to the front of the queue to be recomputed). Then, if
 // nothing was preempted, waiting sequences are admitted first come, first served while the
 // token budget, max_num_seqs and the free blocks allow.
+//
+// With prefix caching (the allocator's), a sequence being admitted first takes the longest chain
+// of cached full blocks its tokens begin with, short of its last token (which is always computed,
+// so that there are logits to sample): its computed count starts there, and its first chunk
+// attends to the cached positions as any later chunk of a chunked prefill does. Every block a
+// sequence fills is registered in the cache at Commit, once its K/V are written.
 #pragma once
 
 #include <deque>
@@ -21,6 +27,8 @@ struct SchedulerConfig {
   int block_size = 16;
   int max_num_seqs = 256;
   int max_num_batched_tokens = 2048;
+  bool enable_prefix_caching = true;  // the engine builds its allocator with the cache on
+  uint64_t prefix_cache_salt = 0;     // the chain's root: names what K/V depend on (the model)
 };
 
 // Compute tokens [seq->num_computed, seq->num_computed + num_tokens) of seq this step.
@@ -44,6 +52,10 @@ struct SchedulerOutput {
   std::vector<ScheduledChunk> chunks;
   std::vector<Sequence*> preempted;  // this step, in the order they were preempted
   int num_tokens = 0;
+  // Prefix cache lookups of the sequences admitted this step (caching on only): their tokens,
+  // and of those the ones found in the cache.
+  int prefix_cache_queried_tokens = 0;
+  int prefix_cache_hit_tokens = 0;
   bool empty() const { return chunks.empty(); }
   StepPhase phase() const;
 };
@@ -73,6 +85,12 @@ class Scheduler {
   void PreemptLast(SchedulerOutput& out);
   bool ScheduleRunning(size_t index, int& budget, SchedulerOutput& out);
   void AdmitWaiting(int& budget, SchedulerOutput& out);
+  // Gives a sequence without blocks the cached blocks of its longest cached prefix (short of
+  // its last token) and returns how many tokens they hold; Detach undoes it.
+  int AttachCachedPrefix(Sequence& seq);
+  void DetachCachedPrefix(Sequence& seq);
+  // Registers the sequence's newly filled blocks in the prefix cache.
+  void CacheFullBlocks(Sequence& seq);
 
   SchedulerConfig config_;
   BlockAllocator* allocator_;

@@ -6,6 +6,7 @@
 #include <optional>
 #include <vector>
 
+#include "engine/block_allocator.h"
 #include "engine/block_list.h"
 #include "engine/request.h"
 #include "engine/text_stream.h"
@@ -37,6 +38,12 @@ struct Sequence {
   std::optional<Clock::time_point> last_token;
   std::unique_ptr<TextStream> text;  // when the engine has a tokenizer
   std::string pending_text;          // this step's text, until it is emitted
+  // Prefix caching: the leading full blocks already in the cache (found there or registered
+  // once computed), and the chain up to the last of them.
+  int num_cached_blocks = 0;
+  BlockChain cache_chain;
+  int cached_prompt_tokens = 0;     // prompt tokens found in the cache at the first admission
+  int num_cached_at_admission = 0;  // tokens found in the cache at the latest admission
 };
 
 }  // namespace gqa
