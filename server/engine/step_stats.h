@@ -21,7 +21,8 @@ struct StepStats {
   StepPhase phase = StepPhase::kDecode;
   int decoding = 0;       // sequences computing one new token
   int prefilling = 0;     // sequences computing prompt tokens (or recomputing after preemption)
-  int resumed = 0;        // of those, sequences back from preemption in their first chunk
+  int resumed = 0;        // sequences back from preemption in their first chunk (prefilling, or
+                          // decoding when the prefix cache held all but their last token)
   int decode_tokens = 0;  // tokens scheduled, by kind
   int prefill_tokens = 0;
   uint64_t weight_bytes = 0;  // bytes the step must read, by kind

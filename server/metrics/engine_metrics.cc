@@ -47,8 +47,8 @@ void EngineMetrics::AddStepSeries(MetricsRegistry& r) {
   for (const char* state : {"decoding", "prefilling", "resumed"}) {
     step_sequences_[i++] = r.AddHistogram(
         "gqa_step_sequences",
-        "Sequences in the steps that hold any in that state (resumed: back from preemption, "
-        "also prefilling).",
+        "Sequences in the steps that hold any in that state (resumed: back from preemption in "
+        "their first chunk, also prefilling, or decoding where the prefix cache held the rest).",
         PowerOfTwoBuckets(1024), {{"state", state}});
   }
   scheduled_tokens_[0] = r.AddCounter("gqa_step_scheduled_tokens_total",

@@ -9,6 +9,7 @@
 
 #include "engine/block_allocator.h"
 #include "engine/scheduler.h"
+#include "engine/step_stats.h"
 
 namespace gqa {
 namespace {
@@ -279,6 +280,7 @@ TEST(PrefixCacheSchedulerPoolTest, PreemptingASequenceWhoseBlocksAreSharedKeepsT
   EXPECT_EQ(out.chunks[0].seq->id, 2u);
   EXPECT_GE(out.prefix_cache_hit_tokens, 8);
   EXPECT_EQ(s.Find(2)->cached_prompt_tokens, 8);  // from its first admission
+  EXPECT_EQ(DescribeStep(out, {}).resumed, 1);    // however few tokens its first chunk has
 }
 
 TEST(PrefixCacheSchedulerPoolTest, CancellingMidPrefillKeepsTheComputedBlocksCached) {
