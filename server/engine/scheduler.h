@@ -86,7 +86,8 @@ class Scheduler {
   bool ScheduleRunning(size_t index, int& budget, SchedulerOutput& out);
   void AdmitWaiting(int& budget, SchedulerOutput& out);
   // Gives a sequence without blocks the cached blocks of its longest cached prefix (short of
-  // its last token) and returns how many tokens they hold; Detach undoes it.
+  // its last token) and returns how many tokens they hold. Detach releases every block the
+  // sequence holds and resets its computed count (a failed admission, a preemption).
   int AttachCachedPrefix(Sequence& seq);
   void DetachCachedPrefix(Sequence& seq);
   // Registers the sequence's newly filled blocks in the prefix cache.
