@@ -132,7 +132,8 @@ nlohmann::json ToJson(const pb::GenerateResponse& r) {
     j["finish_reason"] = pb::FinishReason_Name(r.finish_reason());
     j["usage"] = {{"prompt_tokens", r.usage().prompt_tokens()},
                   {"completion_tokens", r.usage().completion_tokens()},
-                  {"preemptions", r.usage().preemptions()}};
+                  {"preemptions", r.usage().preemptions()},
+                  {"cached_prompt_tokens", r.usage().cached_prompt_tokens()}};
     j["timing"] = {{"queue_seconds", r.timing().queue_seconds()},
                    {"time_to_first_token_seconds", r.timing().time_to_first_token_seconds()},
                    {"total_seconds", r.timing().total_seconds()}};
@@ -219,10 +220,10 @@ void PrintHuman(const pb::GenerateResponse& r, std::vector<uint32_t>& ids, bool&
   const auto& u = r.usage();
   const auto& t = r.timing();
   std::cout << "\n[" << pb::FinishReason_Name(r.finish_reason()) << "] prompt " << u.prompt_tokens()
-            << " tokens, generated " << u.completion_tokens() << " tokens; queue "
-            << t.queue_seconds() * 1e3 << " ms, first token "
-            << t.time_to_first_token_seconds() * 1e3 << " ms, total " << t.total_seconds() * 1e3
-            << " ms" << (u.preemptions() ? " (preempted)" : "") << "\n";
+            << " tokens (" << u.cached_prompt_tokens() << " cached), generated "
+            << u.completion_tokens() << " tokens; queue " << t.queue_seconds() * 1e3
+            << " ms, first token " << t.time_to_first_token_seconds() * 1e3 << " ms, total "
+            << t.total_seconds() * 1e3 << " ms" << (u.preemptions() ? " (preempted)" : "") << "\n";
   PrintLogprobs("prompt_logprob", logprobs.prompt_logprobs());
   PrintLogprobs("logprob", logprobs.logprobs());
 }

@@ -59,6 +59,9 @@ ABSL_FLAG(std::string, kv_cache_memory, "",
 ABSL_FLAG(int, num_kv_blocks, 0, "KV blocks in the pool (overrides --kv_cache_memory)");
 ABSL_FLAG(int, max_num_seqs, 256, "most sequences in one engine step");
 ABSL_FLAG(int, max_num_batched_tokens, 2048, "most tokens computed in one engine step");
+ABSL_FLAG(bool, enable_prefix_caching, true,
+          "reuse the KV blocks of prompt prefixes already computed (cached full blocks, evicted "
+          "least recently used first)");
 ABSL_FLAG(int, max_model_len, 0, "longest prompt + generation (0: the model's maximum)");
 ABSL_FLAG(int, default_max_new_tokens, 256, "max_new_tokens when a request does not set it");
 ABSL_FLAG(int, cpu_threads, 0, "threads of the CPU backend (0: all cores)");
@@ -145,6 +148,7 @@ int main(int argc, char** argv) {
   config.num_kv_blocks = absl::GetFlag(FLAGS_num_kv_blocks);
   config.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs);
   config.max_num_batched_tokens = absl::GetFlag(FLAGS_max_num_batched_tokens);
+  config.enable_prefix_caching = absl::GetFlag(FLAGS_enable_prefix_caching);
   config.max_model_len = absl::GetFlag(FLAGS_max_model_len);
   config.default_max_new_tokens = absl::GetFlag(FLAGS_default_max_new_tokens);
   config.cpu_threads = absl::GetFlag(FLAGS_cpu_threads);

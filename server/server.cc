@@ -9,6 +9,7 @@
 #include <fstream>
 #include <functional>
 #include <memory>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 #include "backend/factory.h"
@@ -69,6 +70,14 @@ BackendOptions MakeBackendOptions(const ServerConfig& sc, BackendKind kind, int 
   return o;
 }
 
+// The root of the prefix cache's hash chains: everything the served K/V depend on besides the
+// tokens (one model per process today; a LoRA adapter would enter here).
+uint64_t PrefixCacheSalt(const ServerConfig& sc, const ModelConfig& c, const Backend& b) {
+  return std::hash<std::string>{}(absl::StrCat(sc.model_dir, "|", c.architecture_name, "|",
+                                               std::string(DTypeTorchName(b.kv_spec().dtype)), "|",
+                                               sc.dummy_seed));
+}
+
 void LogLoaded(const ServerConfig& sc, const ModelConfig& c, const Backend& backend,
                int max_model_len, int grpc_port, int metrics_port) {
   const KvCacheSpec& kv = backend.kv_spec();
@@ -77,11 +86,12 @@ void LogLoaded(const ServerConfig& sc, const ModelConfig& c, const Backend& back
   spdlog::info(
       "serving {} ({}): {} layers, {} heads, {} kv heads (group {}), head_dim {}, {}; "
       "kv cache {} blocks x {} tokens = {} tokens ({:.1f} MiB {}, {} max-length sequences of {}); "
-      "backend {} on {}; grpc :{}, metrics :{}",
+      "prefix caching {}; backend {} on {}; grpc :{}, metrics :{}",
       sc.model_dir, c.architecture_name, c.num_layers, c.num_heads, c.num_kv_heads, c.group_size(),
       c.head_dim, DTypeTorchName(c.dtype), kv.num_blocks, kv.block_size, capacity,
       kv.total_bytes() / 1048576.0, DTypeTorchName(kv.dtype), kv.num_blocks / blocks_per_seq,
-      max_model_len, backend.name(), backend.device_name(), grpc_port, metrics_port);
+      max_model_len, sc.enable_prefix_caching ? "on" : "off", backend.name(), backend.device_name(),
+      grpc_port, metrics_port);
   for (const auto& [kind, bytes] : backend.memory_by_kind()) {
     spdlog::info("gpu memory: {} {:.1f} MiB", kind, bytes / 1048576.0);
   }
@@ -225,7 +235,8 @@ absl::StatusOr<LoadedModel> LoadModel(const ServerConfig& sc, BackendKind kind,
   }
   EngineConfig engine_config;
   // The block size enters once: the backend's pool decides it.
-  engine_config.scheduler = {b.kv_spec().block_size, sc.max_num_seqs, sc.max_num_batched_tokens};
+  engine_config.scheduler = {b.kv_spec().block_size, sc.max_num_seqs, sc.max_num_batched_tokens,
+                             sc.enable_prefix_caching, PrefixCacheSalt(sc, model.config, b)};
   engine_config.limits = {model.config.vocab_size, max_model_len};
   engine_config.eos_token_ids.assign(model.config.eos_token_ids.begin(),
                                      model.config.eos_token_ids.end());

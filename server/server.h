@@ -36,6 +36,7 @@ struct ServerConfig {
   int num_kv_blocks = 0;        // overrides kv_cache_bytes when > 0
   int max_num_seqs = 256;
   int max_num_batched_tokens = 2048;
+  bool enable_prefix_caching = true;
   int max_model_len = 0;  // 0: the model's max_position_embeddings
   int default_max_new_tokens = 256;
   int cpu_threads = 0;

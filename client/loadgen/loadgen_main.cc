@@ -50,6 +50,13 @@ ABSL_FLAG(std::string, output_len_range, "", "a:b: output lengths uniform in a..
 ABSL_FLAG(std::string, dataset, "",
           "JSONL, one request a line: {\"prompt_len\": n, \"output_len\": m} or "
           "{\"prompt_token_ids\": [...], \"output_len\": m} (in order, cycled)");
+ABSL_FLAG(std::string, shared_prefix_len, "0",
+          "prefix caching: every request (every conversation) begins with the same this many "
+          "random tokens, a system prompt, before its own --input_len tokens");
+ABSL_FLAG(std::string, turns, "1",
+          "multi-turn replay: conversations of this many turns, each turn resending the "
+          "conversation so far (prompt, a reply of --output_len random tokens, a new user turn of "
+          "--input_len) once its previous turn is done; --num_requests counts turns");
 ABSL_FLAG(std::string, min_token_id, "10", "random prompt tokens are in [this, vocab_size)");
 ABSL_FLAG(std::string, seed, "0", "seed of the prompts, lengths and arrival times");
 ABSL_FLAG(std::string, timeout, "600", "deadline of each request in seconds");
@@ -98,6 +105,7 @@ struct Options {
   int64_t warmup_requests = 0;
   lg::WorkloadSource source;
   uint32_t min_token_id = 0;
+  int64_t shared_prefix_len = 0;
   uint64_t seed = 0;
   double timeout_s = 0;
   int num_connections = 0;
@@ -175,6 +183,8 @@ Options ParseOptions() {
     o.run.max_concurrency = static_cast<int>(IntFlag("max_concurrency", max_concurrency, 0));
   }
   o.source = ParseWorkload();
+  o.shared_prefix_len = IntFlag("shared_prefix_len", absl::GetFlag(FLAGS_shared_prefix_len), 0);
+  o.source.turns = IntFlag("turns", absl::GetFlag(FLAGS_turns), 1);
   const std::string min_token = absl::GetFlag(FLAGS_min_token_id);
   o.min_token_id = static_cast<uint32_t>(IntFlag("min_token_id", min_token, 0));
   if (!absl::SimpleAtoi(absl::GetFlag(FLAGS_seed), &o.seed)) {
@@ -297,7 +307,7 @@ int main(int argc, char** argv) {
       "gqa-loadgen --server host:port [--metrics_url http://host:port/metrics] --num_requests N "
       "(--concurrency C | --request_rate R [--max_concurrency M]) (--input_len L | "
       "--input_len_range a:b) (--output_len L | --output_len_range a:b) | --dataset FILE.jsonl "
-      "[--json FILE] [--save_metrics PREFIX]");
+      "[--shared_prefix_len N] [--turns T] [--json FILE] [--save_metrics PREFIX]");
   gqa::ShowProgramFlagsInHelp();
   gqa::AcceptDashedFlags(argc, argv);
   const std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
@@ -316,10 +326,14 @@ int main(int argc, char** argv) {
     BadFlag("min_token_id", absl::GetFlag(FLAGS_min_token_id),
             absl::StrCat("must be below the model's vocab_size ", info.vocab_size()));
   }
+  lg::WorkloadSource source = o.source;
+  // One system prompt for the warmup and the measured requests alike.
+  source.shared_prefix =
+      lg::RandomTokens(o.shared_prefix_len, o.seed + 3, o.min_token_id, info.vocab_size());
   const auto requests =
-      lg::BuildRequests(o.source, o.num_requests, o.seed, o.min_token_id, info.vocab_size());
+      lg::BuildRequests(source, o.num_requests, o.seed, o.min_token_id, info.vocab_size());
   const auto warmup =
-      lg::BuildRequests(o.source, o.warmup_requests, o.seed + 1, o.min_token_id, info.vocab_size());
+      lg::BuildRequests(source, o.warmup_requests, o.seed + 1, o.min_token_id, info.vocab_size());
   CheckAgainstModel(info, requests);
   CheckAgainstModel(info, warmup);
   if (scraper) {

@@ -30,7 +30,7 @@ pb::GenerateRequest ToProto(const RequestSpec& spec) {
 class RunState {
  public:
   RunState(size_t n, Clock::time_point epoch, Progress& progress)
-      : records_(n), epoch_(epoch), progress_(progress) {}
+      : records_(n), done_(n, false), epoch_(epoch), progress_(progress) {}
 
   Clock::time_point epoch() const { return epoch_; }
   Progress& progress() { return progress_; }
@@ -42,11 +42,18 @@ class RunState {
     ++in_flight_;
   }
 
+  // Blocks until request `index` has finished.
+  void WaitDone(size_t index) {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] { return done_[index]; });
+  }
+
   void Finish(size_t index, RequestRecord record) {
     if (!record.ok) progress_.failed.fetch_add(1);
     progress_.finished.fetch_add(1);
     std::lock_guard lock(mu_);
     records_[index] = std::move(record);
+    done_[index] = true;
     --in_flight_;
     ++finished_;
     cv_.notify_all();
@@ -62,6 +69,7 @@ class RunState {
   std::mutex mu_;
   std::condition_variable cv_;
   std::vector<RequestRecord> records_;
+  std::vector<bool> done_;
   int in_flight_ = 0;
   size_t finished_ = 0;
   const Clock::time_point epoch_;
@@ -137,6 +145,7 @@ std::vector<RequestRecord> Runner::Run(const std::vector<RequestSpec>& requests,
   for (size_t i = 0; i < requests.size(); ++i) {
     std::this_thread::sleep_until(epoch + std::chrono::duration_cast<Clock::duration>(
                                               std::chrono::duration<double>(arrivals[i])));
+    if (requests[i].after >= 0) state.WaitDone(static_cast<size_t>(requests[i].after));
     state.Acquire(max_in_flight);
     auto* call = new GenerateCall(state, i, requests[i]);
     call->Start(*stubs_[i % stubs_.size()], timeout_s_);

@@ -32,7 +32,8 @@ class Runner {
   // Sends requests[i] `arrivals[i]` seconds after `epoch`, or later, once fewer than
   // `max_in_flight` calls are in flight (0: no cap); returns when every call has finished. A
   // closed loop of C streams is every arrival at 0 with max_in_flight C. Each request is greedy,
-  // ignores EOS and asks for exactly its output length. The records are in request order, their
+  // ignores EOS and asks for exactly its output length. A request with `after` set also waits
+  // for that one to finish (a conversation's turns). The records are in request order, their
   // times in seconds since `epoch`.
   std::vector<RequestRecord> Run(const std::vector<RequestSpec>& requests,
                                  const std::vector<double>& arrivals, int max_in_flight,

@@ -130,6 +130,8 @@ nlohmann::ordered_json ServerFigures(const std::vector<Sample>& before,
   j["preemptions"] = Count(d.Delta("gqa_preemptions_total", ""));
   j["prompt_tokens"] = Count(d.Delta("gqa_prompt_tokens_total", ""));
   j["generation_tokens"] = Count(d.Delta("gqa_generation_tokens_total", ""));
+  j["prefix_cache_hit_rate"] = Json(Ratio(d.Delta("gqa_prefix_cache_hits_tokens_total", ""),
+                                          d.Delta("gqa_prefix_cache_queries_tokens_total", "")));
   const Value kv_after = d.Gauge(kKvUsage);
   j["peak_kv_usage"] = Json(Max(Max(polled_kv_peak, kv_after), SumSamples(before, kKvUsage)));
   j["metric_names_missing"] = d.missing();

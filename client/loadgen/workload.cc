@@ -1,5 +1,6 @@
 #include "loadgen/workload.h"
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 
@@ -93,21 +94,40 @@ absl::StatusOr<std::vector<DatasetEntry>> ParseDataset(absl::string_view text) {
   return entries;
 }
 
+std::vector<uint32_t> RandomTokens(int64_t n, uint64_t seed, uint32_t min_token_id,
+                                   uint32_t vocab_size) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<uint32_t> token(min_token_id, vocab_size - 1);
+  std::vector<uint32_t> out(static_cast<size_t>(n));
+  for (uint32_t& t : out) t = token(rng);
+  return out;
+}
+
 std::vector<RequestSpec> BuildRequests(const WorkloadSource& source, int64_t count, uint64_t seed,
                                        uint32_t min_token_id, uint32_t vocab_size) {
   std::mt19937_64 rng(seed);
   std::uniform_int_distribution<uint32_t> token(min_token_id, vocab_size - 1);
   std::vector<RequestSpec> out(static_cast<size_t>(count));
+  const int64_t turns = std::max<int64_t>(source.turns, 1);
+  const int64_t conversations = (count + turns - 1) / turns;
   for (int64_t i = 0; i < count; ++i) {
     RequestSpec& r = out[static_cast<size_t>(i)];
+    if (i >= conversations) {  // a later turn: the conversation so far and an assistant reply
+      const RequestSpec& previous = out[static_cast<size_t>(i - conversations)];
+      r.after = i - conversations;
+      r.prompt = previous.prompt;
+      for (int64_t t = 0; t < previous.output_len; ++t) r.prompt.push_back(token(rng));
+    } else {
+      r.prompt = source.shared_prefix;
+    }
     int64_t prompt_len;
     if (source.dataset.empty()) {
       prompt_len = Draw(source.input, rng);
       r.output_len = Draw(source.output, rng);
     } else {
       const DatasetEntry& e = source.dataset[static_cast<size_t>(i) % source.dataset.size()];
-      r.prompt = e.prompt_token_ids;
-      prompt_len = r.prompt.empty() ? e.prompt_len : 0;
+      r.prompt.insert(r.prompt.end(), e.prompt_token_ids.begin(), e.prompt_token_ids.end());
+      prompt_len = e.prompt_token_ids.empty() ? e.prompt_len : 0;
       r.output_len = e.output_len;
     }
     for (int64_t t = 0; t < prompt_len; ++t) r.prompt.push_back(token(rng));

@@ -35,16 +35,29 @@ struct WorkloadSource {
   LengthRange input;
   LengthRange output;
   std::vector<DatasetEntry> dataset;
+  // Prefix caching workloads: a system prompt every conversation begins with, and the turns of
+  // each conversation (each turn resends the conversation so far: its previous prompt, an
+  // assistant reply of the previous output length, then a new user turn).
+  std::vector<uint32_t> shared_prefix;
+  int64_t turns = 1;
 };
 
 struct RequestSpec {
   std::vector<uint32_t> prompt;
   int64_t output_len = 0;
+  int64_t after = -1;  // >= 0: sent only once that request (its conversation's last turn) is done
 };
 
+// `n` random tokens uniform in [min_token_id, vocab_size), the same for the same seed.
+std::vector<uint32_t> RandomTokens(int64_t n, uint64_t seed, uint32_t min_token_id,
+                                   uint32_t vocab_size);
+
 // `count` requests, the same for the same seed: lengths from the ranges (or dataset entries in
-// order, cycling), random prompt tokens uniform in [min_token_id, vocab_size). Needs
-// min_token_id < vocab_size.
+// order, cycling), random prompt tokens uniform in [min_token_id, vocab_size) after the shared
+// prefix. With turns > 1, ceil(count / turns) conversations, ordered turn by turn (every first
+// turn, then every second turn, ...), each later turn `after` its conversation's previous one;
+// the assistant replies are random tokens (a replay: the model's own outputs are not used).
+// Needs min_token_id < vocab_size.
 std::vector<RequestSpec> BuildRequests(const WorkloadSource& source, int64_t count, uint64_t seed,
                                        uint32_t min_token_id, uint32_t vocab_size);
 

@@ -48,7 +48,9 @@ Engine::Engine(const EngineConfig& config, std::unique_ptr<Backend> backend,
     : config_(config),
       backend_(std::move(backend)),
       observer_(observer),
-      allocator_(backend_->kv_spec().num_blocks),
+      allocator_(backend_->kv_spec().num_blocks, {.enabled = config.scheduler.enable_prefix_caching,
+                                                  .block_size = config.scheduler.block_size,
+                                                  .salt = config.scheduler.prefix_cache_salt}),
       scheduler_(config.scheduler, &allocator_) {}
 
 Engine::~Engine() { StopThread(); }
@@ -320,6 +322,7 @@ void Engine::Emit(Sequence& s, std::vector<int32_t> tokens, std::string text,
     event.prompt_tokens = s.num_prompt_tokens;
     event.completion_tokens = s.num_generated();
     event.preemptions = s.preemptions;
+    event.cached_prompt_tokens = s.cached_prompt_tokens;
     const auto arrival = s.request.arrival;
     event.queue_seconds = Seconds(s.first_scheduled.value_or(now) - arrival);
     event.time_to_first_token_seconds = s.first_token ? Seconds(*s.first_token - arrival) : 0.0;
@@ -363,7 +366,8 @@ void Engine::UpdateGauges() {
   const double total = allocator_.num_total();
   observer_->OnOccupancy({.running = scheduler_.num_running(),
                           .waiting = scheduler_.num_waiting(),
-                          .kv_usage_ratio = total > 0 ? 1.0 - allocator_.num_free() / total : 0.0});
+                          .kv_usage_ratio = total > 0 ? 1.0 - allocator_.num_free() / total : 0.0,
+                          .prefix_cached_blocks = allocator_.num_cached()});
 }
 
 }  // namespace gqa

@@ -13,9 +13,10 @@ namespace gqa {
 
 // How full the engine is, after anything changed it.
 struct EngineOccupancy {
-  int running = 0;              // sequences being computed
-  int waiting = 0;              // sequences queued (new or preempted)
-  double kv_usage_ratio = 0.0;  // fraction of KV blocks in use
+  int running = 0;               // sequences being computed
+  int waiting = 0;               // sequences queued (new or preempted)
+  double kv_usage_ratio = 0.0;   // fraction of KV blocks in use (cached but free ones: free)
+  int prefix_cached_blocks = 0;  // blocks holding prefix-cache content, in use or free
 };
 
 // Called on the engine thread only; implementations must not block.

@@ -61,6 +61,7 @@ struct TokenEvent {
   int prompt_tokens = 0;
   int completion_tokens = 0;
   int preemptions = 0;
+  int cached_prompt_tokens = 0;  // prompt tokens whose K/V came from the prefix cache
   double queue_seconds = 0;
   double time_to_first_token_seconds = 0;
   double total_seconds = 0;

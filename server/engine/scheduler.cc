@@ -1,6 +1,7 @@
 #include "engine/scheduler.h"
 
 #include <algorithm>
+#include <span>
 
 namespace gqa {
 
@@ -44,9 +45,7 @@ bool Scheduler::Reserve(Sequence& seq, int num_tokens) {
 void Scheduler::PreemptLast(SchedulerOutput& out) {
   std::unique_ptr<Sequence> victim = std::move(running_.back());
   running_.pop_back();
-  allocator_->Free(victim->blocks);
-  victim->blocks.clear();
-  victim->num_computed = 0;
+  DetachCachedPrefix(*victim);
   ++victim->preemptions;
   out.preempted.push_back(victim.get());
   waiting_.push_front(std::move(victim));
@@ -85,13 +84,60 @@ bool Scheduler::ScheduleRunning(size_t index, Budget& budget, SchedulerOutput& o
   return true;
 }
 
+int Scheduler::AttachCachedPrefix(Sequence& seq) {
+  // Prompt logprobs need logits at every prompt position, which cached positions do not have.
+  if (!allocator_->caching() || !seq.blocks.empty() || seq.needs_prompt_logprobs()) return 0;
+  int max_blocks = (seq.num_tokens() - 1) / config_.block_size;
+  // A prompt never starts with a one-token chunk: on the GPU that token would take the decode
+  // kernel, whose rounding differs from the prefill kernel's an uncached run uses.
+  if (seq.num_generated() == 0 && max_blocks > 0 &&
+      seq.num_tokens() - max_blocks * config_.block_size == 1) {
+    --max_blocks;
+  }
+  const auto prefix = std::span<const int32_t>(seq.tokens)
+                          .first(static_cast<size_t>(max_blocks) * config_.block_size);
+  seq.blocks = allocator_->MatchPrefix(prefix, &seq.cache_chain);
+  allocator_->Share(seq.blocks);
+  seq.num_cached_blocks = static_cast<int>(seq.blocks.size());
+  seq.num_computed = seq.num_cached_blocks * config_.block_size;
+  return seq.num_computed;
+}
+
+void Scheduler::DetachCachedPrefix(Sequence& seq) {
+  allocator_->Free(seq.blocks);
+  seq.blocks.clear();
+  seq.num_computed = 0;
+  seq.num_cached_blocks = 0;
+  seq.cache_chain = {};
+}
+
+void Scheduler::CacheFullBlocks(Sequence& seq) {
+  if (!allocator_->caching()) return;
+  const int full = seq.num_computed / config_.block_size;
+  for (; seq.num_cached_blocks < full; ++seq.num_cached_blocks) {
+    const size_t start = static_cast<size_t>(seq.num_cached_blocks) * config_.block_size;
+    seq.cache_chain = allocator_->CacheBlock(
+        seq.blocks[seq.num_cached_blocks], seq.cache_chain,
+        std::span<const int32_t>(seq.tokens).subspan(start, config_.block_size));
+  }
+}
+
 void Scheduler::AdmitWaiting(Budget& budget, SchedulerOutput& out) {
   while (!waiting_.empty() && budget.tokens > 0 &&
          static_cast<int>(running_.size()) < config_.max_num_seqs) {
     Sequence& seq = *waiting_.front();
+    const int cached = AttachCachedPrefix(seq);
     const int n = ChunkSize(seq, budget, 0);
-    if (n <= 0) break;  // first come, first served: no skipping
-    if (!Reserve(seq, seq.num_computed + n)) break;
+    if (n <= 0 || !Reserve(seq, seq.num_computed + n)) {  // first come, first served: no skipping
+      DetachCachedPrefix(seq);
+      break;
+    }
+    if (allocator_->caching()) {
+      out.prefix_cache_queried_tokens += seq.num_tokens();
+      out.prefix_cache_hit_tokens += cached;
+    }
+    if (seq.preemptions == 0) seq.cached_prompt_tokens = std::min(cached, seq.num_prompt_tokens);
+    seq.num_cached_at_admission = cached;
     seq.admission_order = next_admission_++;
     out.chunks.push_back({&seq, n});
     out.num_tokens += n;
@@ -113,7 +159,10 @@ SchedulerOutput Scheduler::Schedule() {
 }
 
 void Scheduler::Commit(const SchedulerOutput& out) {
-  for (const auto& chunk : out.chunks) chunk.seq->num_computed += chunk.num_tokens;
+  for (const auto& chunk : out.chunks) {
+    chunk.seq->num_computed += chunk.num_tokens;
+    CacheFullBlocks(*chunk.seq);
+  }
 }
 
 std::unique_ptr<Sequence> Scheduler::Remove(uint64_t seq_id) {
@@ -128,7 +177,7 @@ std::unique_ptr<Sequence> Scheduler::Remove(uint64_t seq_id) {
     waiting_.erase(wit);
   }
   if (seq) {
-    allocator_->Free(seq->blocks);
+    allocator_->Free(seq->blocks);  // cached blocks keep their content until evicted
     seq->blocks.clear();
   }
   return seq;

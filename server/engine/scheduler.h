@@ -10,6 +10,11 @@
 // Logits rows are bounded too: a step asks for at most max_num_seqs (what the backends hold),
 // one per sampling sequence plus every token of a chunk whose prompt logprobs are wanted; such
 // chunks are cut to fit, keeping one row for each running sequence scheduled after them.
+// With prefix caching (the allocator's), a sequence being admitted first takes the longest chain
+// of cached full blocks its tokens begin with, short of its last token (which is always computed,
+// so that there are logits to sample): its computed count starts there, and its first chunk
+// attends to the cached positions as any later chunk of a chunked prefill does. Every block a
+// sequence fills is registered in the cache at Commit, once its K/V are written.
 #pragma once
 
 #include <deque>
@@ -25,6 +30,8 @@ struct SchedulerConfig {
   int block_size = 16;
   int max_num_seqs = 256;
   int max_num_batched_tokens = 2048;
+  bool enable_prefix_caching = true;  // the engine builds its allocator with the cache on
+  uint64_t prefix_cache_salt = 0;     // the chain's root: names what K/V depend on (the model)
 };
 
 // Compute tokens [seq->num_computed, seq->num_computed + num_tokens) of seq this step.
@@ -48,6 +55,10 @@ struct SchedulerOutput {
   std::vector<ScheduledChunk> chunks;
   std::vector<Sequence*> preempted;  // this step, in the order they were preempted
   int num_tokens = 0;
+  // Prefix cache lookups of the sequences admitted this step (caching on only): their tokens,
+  // and of those the ones found in the cache.
+  int prefix_cache_queried_tokens = 0;
+  int prefix_cache_hit_tokens = 0;
   bool empty() const { return chunks.empty(); }
   StepPhase phase() const;
 };
@@ -86,6 +97,13 @@ class Scheduler {
   static int LogitsRows(const Sequence& seq, int num_tokens);
   bool ScheduleRunning(size_t index, Budget& budget, SchedulerOutput& out);
   void AdmitWaiting(Budget& budget, SchedulerOutput& out);
+  // Gives a sequence without blocks the cached blocks of its longest cached prefix (short of
+  // its last token) and returns how many tokens they hold. Detach releases every block the
+  // sequence holds and resets its computed count (a failed admission, a preemption).
+  int AttachCachedPrefix(Sequence& seq);
+  void DetachCachedPrefix(Sequence& seq);
+  // Registers the sequence's newly filled blocks in the prefix cache.
+  void CacheFullBlocks(Sequence& seq);
 
   SchedulerConfig config_;
   BlockAllocator* allocator_;

@@ -6,6 +6,7 @@
 #include <optional>
 #include <vector>
 
+#include "engine/block_allocator.h"
 #include "engine/block_list.h"
 #include "engine/request.h"
 #include "engine/text_stream.h"
@@ -51,6 +52,12 @@ struct Sequence {
   std::vector<TokenLogprob> pending_logprobs;  // this step's token's, until it is emitted
   std::vector<TokenLogprob> prompt_logprobs;   // one per prompt position computed so far
   bool prompt_logprobs_sent = false;           // given to the client in its first event
+  // Prefix caching: the leading full blocks already in the cache (found there or registered
+  // once computed), and the chain up to the last of them.
+  int num_cached_blocks = 0;
+  BlockChain cache_chain;
+  int cached_prompt_tokens = 0;     // prompt tokens found in the cache at the first admission
+  int num_cached_at_admission = 0;  // tokens found in the cache at the latest admission
 };
 
 }  // namespace gqa

@@ -21,13 +21,16 @@ struct StepStats {
   StepPhase phase = StepPhase::kDecode;
   int decoding = 0;       // sequences computing one new token
   int prefilling = 0;     // sequences computing prompt tokens (or recomputing after preemption)
-  int resumed = 0;        // of those, sequences back from preemption in their first chunk
+  int resumed = 0;        // sequences back from preemption in their first chunk (prefilling, or
+                          // decoding when the prefix cache held all but their last token)
   int decode_tokens = 0;  // tokens scheduled, by kind
   int prefill_tokens = 0;
   uint64_t weight_bytes = 0;  // bytes the step must read, by kind
   uint64_t kv_bytes = 0;
-  double wall_seconds = 0;           // schedule to last token emitted, on the host
-  std::optional<StepTiming> device;  // profiled steps only
+  int prefix_cache_queried_tokens = 0;  // tokens of the sequences admitted (caching on)
+  int prefix_cache_hit_tokens = 0;      // of those, found in the prefix cache
+  double wall_seconds = 0;              // schedule to last token emitted, on the host
+  std::optional<StepTiming> device;     // profiled steps only
   int num_sequences() const { return decoding + prefilling; }
   int num_tokens() const { return decode_tokens + prefill_tokens; }
   uint64_t read_bytes() const { return weight_bytes + kv_bytes; }

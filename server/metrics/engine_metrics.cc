@@ -47,8 +47,8 @@ void EngineMetrics::AddStepSeries(MetricsRegistry& r) {
   for (const char* state : {"decoding", "prefilling", "resumed"}) {
     step_sequences_[i++] = r.AddHistogram(
         "gqa_step_sequences",
-        "Sequences in the steps that hold any in that state (resumed: back from preemption, "
-        "also prefilling).",
+        "Sequences in the steps that hold any in that state (resumed: back from preemption in "
+        "their first chunk, also prefilling, or decoding where the prefix cache held the rest).",
         PowerOfTwoBuckets(1024), {{"state", state}});
   }
   scheduled_tokens_[0] = r.AddCounter("gqa_step_scheduled_tokens_total",
@@ -76,6 +76,8 @@ void EngineMetrics::ObserveStep(const StepStats& step) {
   if (step.resumed > 0) step_sequences_[2]->Observe(step.resumed);
   scheduled_tokens_[0]->Inc(step.decode_tokens);
   scheduled_tokens_[1]->Inc(step.prefill_tokens);
+  prefix_cache_queries->Inc(step.prefix_cache_queried_tokens);
+  prefix_cache_hits->Inc(step.prefix_cache_hit_tokens);
   p.weight_bytes->Inc(static_cast<double>(step.weight_bytes));
   p.kv_bytes->Inc(static_cast<double>(step.kv_bytes));
   if (bandwidth_ > 0) {
@@ -112,6 +114,7 @@ void EngineMetrics::OnOccupancy(const EngineOccupancy& o) {
   requests_running->Set(o.running);
   requests_waiting->Set(o.waiting);
   kv_cache_usage_ratio->Set(o.kv_usage_ratio);
+  prefix_cache_blocks->Set(o.prefix_cached_blocks);
 }
 
 EngineMetrics::EngineMetrics(MetricsRegistry& r) : registry_(r) {
@@ -139,8 +142,10 @@ EngineMetrics::EngineMetrics(MetricsRegistry& r) : registry_(r) {
   // running requests, KV-cache utilisation in [0, 1].
   requests_running = r.AddGauge("gqa_requests_running", "Sequences being computed.");
   requests_waiting = r.AddGauge("gqa_requests_waiting", "Sequences queued (new or preempted).");
-  kv_cache_usage_ratio =
-      r.AddGauge("gqa_kv_cache_usage_ratio", "Fraction of KV blocks in use (0 to 1).");
+  kv_cache_usage_ratio = r.AddGauge(
+      "gqa_kv_cache_usage_ratio",
+      "Fraction of KV blocks in use; blocks held only by the prefix cache count as free (they are "
+      "evicted when needed).");
   kv_cache_blocks = r.AddGauge("gqa_kv_cache_blocks", "KV blocks in the pool.");
   // The old name of gqa_kv_cache_blocks (a gauge with a counter's _total suffix), still exported
   // in 0.1.x so that dashboards and alerts can move; removed in the next release.
@@ -150,6 +155,15 @@ EngineMetrics::EngineMetrics(MetricsRegistry& r) : registry_(r) {
   prompt_tokens = r.AddCounter("gqa_prompt_tokens_total", "Prompt tokens admitted.");
   generation_tokens = r.AddCounter("gqa_generation_tokens_total", "Tokens generated.");
   preemptions = r.AddCounter("gqa_preemptions_total", "Sequences preempted for KV blocks.");
+  prefix_cache_queries = r.AddCounter(
+      "gqa_prefix_cache_queries_tokens_total",
+      "Tokens of the sequences admitted while prefix caching is on (looked up in the cache).");
+  prefix_cache_hits = r.AddCounter("gqa_prefix_cache_hits_tokens_total",
+                                   "Tokens of admitted sequences whose K/V came from the prefix "
+                                   "cache (hit rate: over the queries).");
+  prefix_cache_blocks = r.AddGauge("gqa_prefix_cache_blocks",
+                                   "KV blocks holding prefix-cache content, in use or free (the "
+                                   "free ones are evicted least recently used first).");
   for (FinishReason reason : {FinishReason::kLength, FinishReason::kEos, FinishReason::kStopToken,
                               FinishReason::kStopString, FinishReason::kCancelled}) {
     requests_finished[static_cast<int>(reason)] =

@@ -60,6 +60,9 @@ struct EngineMetrics : EngineObserver {
   Counter* prompt_tokens;
   Counter* generation_tokens;
   Counter* preemptions;
+  Counter* prefix_cache_queries;  // tokens
+  Counter* prefix_cache_hits;     // tokens
+  Gauge* prefix_cache_blocks;
   std::array<Counter*, 5> requests_finished;  // by FinishReason
   // Requests refused before they ran, by reason: "invalid_argument", "overloaded",
   // "unauthenticated", "unavailable" (loading or draining).

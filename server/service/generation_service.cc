@@ -168,6 +168,7 @@ class GenerateReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
     usage->set_prompt_tokens(event.prompt_tokens);
     usage->set_completion_tokens(event.completion_tokens);
     usage->set_preemptions(event.preemptions);
+    usage->set_cached_prompt_tokens(event.cached_prompt_tokens);
     auto* timing = pending_.mutable_timing();
     timing->set_queue_seconds(event.queue_seconds);
     timing->set_time_to_first_token_seconds(event.time_to_first_token_seconds);

@@ -89,6 +89,20 @@ class Pair {
   }
   Seq& seq(int i) { return seqs_[i]; }
 
+  // Prefix caching: a new sequence whose first `blocks` blocks are those of sequence `from`
+  // (computed, shared, never written again), then `suffix_len` tokens of its own.
+  int AddSharingSeq(int from, int blocks, int suffix_len, int vocab) {
+    Seq s;
+    const Seq& f = seqs_[from];
+    s.tokens.assign(f.tokens.begin(), f.tokens.begin() + blocks * kBlockSize);
+    s.blocks.assign(f.blocks.begin(), f.blocks.begin() + blocks);
+    s.computed = blocks * kBlockSize;
+    std::uniform_int_distribution<int> id(0, vocab - 1);
+    for (int i = 0; i < suffix_len; ++i) s.tokens.push_back(id(rng_));
+    seqs_.push_back(std::move(s));
+    return static_cast<int>(seqs_.size()) - 1;
+  }
+
   // Runs one step on both backends; appends the reference's greedy token to each sequence that
   // reached its end and compares the logits.
   void Step(const std::vector<Chunk>& chunks, const std::string& what) {
@@ -399,6 +413,28 @@ TEST(CudaBackendTest, RefusesUnsupportedShapes) {
   auto backend = CreateBackend(o, std::move(*ckpt));
   ASSERT_FALSE(backend.ok());
   EXPECT_NE(backend.status().message().find("head_dim"), std::string::npos) << backend.status();
+}
+
+// Sequences that start on another sequence's cached blocks (prefix caching): their chunks attend
+// to K/V they did not write, in prefill, mixed and decode steps (graphs), beside the owner.
+TEST(CudaBackendTest, ChunksOverSharedPrefixBlocks) {
+  REQUIRE_GPU();
+  const ModelConfig config = Shape(8, 2, 64);
+  const uint64_t seed = std::random_device{}();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  testing::TempDir dir;
+  testing::WriteRandomCheckpoint(dir.path(), config, seed);
+  Pair pair(dir.path(), /*enforce_eager=*/false, seed);
+  ASSERT_TRUE(pair.ok());
+  const int owner = pair.AddSeq(50, config.vocab_size);
+  pair.Step({{owner, 50}}, "prefill the owner");
+  const int a = pair.AddSharingSeq(owner, 3, 9, config.vocab_size);  // 48 cached + 9
+  const int b = pair.AddSharingSeq(owner, 2, 2, config.vocab_size);  // 32 cached + 2
+  const int c = pair.AddSharingSeq(owner, 3, 1, config.vocab_size);  // one token: decode kernel
+  pair.Step({{owner, 1}, {a, 9}, {b, 2}, {c, 1}}, "mixed over shared blocks");
+  for (int i = 0; i < 8; ++i) {
+    pair.Step({{owner, 1}, {a, 1}, {b, 1}, {c, 1}}, "decode " + std::to_string(i));
+  }
 }
 
 }  // namespace

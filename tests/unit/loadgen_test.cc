@@ -3,6 +3,7 @@
 // Prometheus text reader and the server figures from two hand-written scrapes.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <numeric>
 #include <set>
@@ -188,7 +189,9 @@ TEST(WorkloadTest, LengthRanges) {
 }
 
 TEST(WorkloadTest, FixedLengthsAndTokenRange) {
-  WorkloadSource source{{32, 32}, {8, 8}, {}};
+  WorkloadSource source;
+  source.input = {32, 32};
+  source.output = {8, 8};
   const auto requests = BuildRequests(source, 50, 7, 10, 512);
   ASSERT_EQ(requests.size(), 50u);
   std::set<uint32_t> seen;
@@ -207,7 +210,9 @@ TEST(WorkloadTest, FixedLengthsAndTokenRange) {
 }
 
 TEST(WorkloadTest, UniformLengthsCoverTheirRanges) {
-  WorkloadSource source{{4, 8}, {1, 3}, {}};
+  WorkloadSource source;
+  source.input = {4, 8};
+  source.output = {1, 3};
   std::set<int64_t> inputs, outputs;
   for (const RequestSpec& r : BuildRequests(source, 2000, 3, 0, 16)) {
     inputs.insert(static_cast<int64_t>(r.prompt.size()));
@@ -242,6 +247,46 @@ TEST(WorkloadTest, JsonlDataset) {
     EXPECT_EQ(requests[i].prompt, (std::vector<uint32_t>{11, 12, 13}));
     EXPECT_EQ(requests[i].output_len, 2);
   }
+}
+
+TEST(WorkloadTest, SharedPrefixStartsEveryPrompt) {
+  WorkloadSource source;
+  source.input = {10, 10};
+  source.output = {4, 4};
+  source.shared_prefix = RandomTokens(20, 5, 10, 512);
+  EXPECT_EQ(source.shared_prefix, RandomTokens(20, 5, 10, 512));
+  const auto requests = BuildRequests(source, 8, 1, 10, 512);
+  std::set<std::vector<uint32_t>> suffixes;
+  for (const RequestSpec& r : requests) {
+    ASSERT_EQ(r.prompt.size(), 30u);
+    EXPECT_TRUE(
+        std::equal(source.shared_prefix.begin(), source.shared_prefix.end(), r.prompt.begin()));
+    suffixes.insert(std::vector<uint32_t>(r.prompt.begin() + 20, r.prompt.end()));
+    EXPECT_EQ(r.after, -1);
+  }
+  EXPECT_EQ(suffixes.size(), 8u);  // each user turn its own
+}
+
+TEST(WorkloadTest, MultiTurnConversationsResendTheConversationAfterTheirPreviousTurn) {
+  WorkloadSource source;
+  source.input = {5, 5};
+  source.output = {3, 3};
+  source.shared_prefix = {1, 2, 3, 4};
+  source.turns = 3;
+  const auto requests = BuildRequests(source, 7, 2, 10, 512);  // 3 conversations, 7 turns
+  ASSERT_EQ(requests.size(), 7u);
+  for (size_t i = 0; i < 3; ++i) {  // first turns: system prompt + user turn
+    EXPECT_EQ(requests[i].after, -1);
+    EXPECT_EQ(requests[i].prompt.size(), 9u);
+  }
+  for (size_t i = 3; i < 7; ++i) {  // later turns: previous prompt + reply + user turn
+    const RequestSpec& previous = requests[i - 3];
+    EXPECT_EQ(requests[i].after, static_cast<int64_t>(i - 3));
+    ASSERT_EQ(requests[i].prompt.size(), previous.prompt.size() + 3 + 5);
+    EXPECT_TRUE(
+        std::equal(previous.prompt.begin(), previous.prompt.end(), requests[i].prompt.begin()));
+  }
+  EXPECT_EQ(requests[6].prompt.size(), 25u);  // conversation 0's third turn
 }
 
 TEST(WorkloadTest, BadJsonlLinesAreNamed) {
@@ -341,6 +386,8 @@ gqa_step_sequences_count{state="prefilling"} 12
 gqa_preemptions_total 1
 gqa_prompt_tokens_total 100
 gqa_generation_tokens_total 50
+gqa_prefix_cache_queries_tokens_total 1000
+gqa_prefix_cache_hits_tokens_total 200
 gqa_kv_cache_usage_ratio 0.1
 )";
 
@@ -377,6 +424,8 @@ gqa_step_sequences_count{state="prefilling"} 16
 gqa_preemptions_total 1
 gqa_prompt_tokens_total 164
 gqa_generation_tokens_total 150
+gqa_prefix_cache_queries_tokens_total 1400
+gqa_prefix_cache_hits_tokens_total 500
 gqa_kv_cache_usage_ratio 0.05
 )";
 
@@ -411,6 +460,7 @@ TEST(ServerFiguresTest, DeltasOfTwoScrapes) {
   EXPECT_EQ(j["preemptions"], 0);
   EXPECT_EQ(j["prompt_tokens"], 64);
   EXPECT_EQ(j["generation_tokens"], 100);
+  EXPECT_DOUBLE_EQ(j["prefix_cache_hit_rate"].get<double>(), 0.75);
   EXPECT_DOUBLE_EQ(j["peak_kv_usage"].get<double>(), 0.3);
   EXPECT_EQ(j["metric_names_missing"], nlohmann::ordered_json({"gqa_step_attention_seconds"}));
   // Without polls the peak is the larger of the two scrapes' gauges.
@@ -446,6 +496,7 @@ TEST(ServerFiguresTest, HasEveryContractKey) {
                                             "preemptions",
                                             "prompt_tokens",
                                             "generation_tokens",
+                                            "prefix_cache_hit_rate",
                                             "peak_kv_usage",
                                             "metric_names_missing"}));
 }
