@@ -7,10 +7,12 @@
 #include <fstream>
 #include <functional>
 #include <memory>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "backend/factory.h"
 #include "backend/roofline.h"
+#include "chat_template/chat_template.h"
 #include "common/status_macros.h"
 #include "common/text_file.h"
 #include "engine/engine.h"
@@ -154,18 +156,39 @@ struct LoadedModel {
   ModelConfig config;
   std::unique_ptr<Tokenizer> tokenizer;  // when the model directory has tokenizer.json
   std::unique_ptr<Engine> engine;
+  // tokenizer_config.json's chat_template, when the model has one (prompt.messages needs it)
+  std::optional<chat::LoadedChatTemplate> chat_template;
 };
+
+// The model's chat template, logged either way; a template we cannot render fails the startup.
+absl::Status LoadChatTemplateInto(const ServerConfig& sc, LoadedModel& model) {
+  absl::StatusOr<std::optional<chat::LoadedChatTemplate>> loaded =
+      chat::LoadChatTemplate(sc.model_dir);
+  if (!loaded.ok()) return loaded.status();
+  model.chat_template = *std::move(loaded);
+  if (!model.chat_template) {
+    spdlog::info("no chat template in {}/tokenizer_config.json: prompt.messages is refused",
+                 sc.model_dir);
+  } else if (model.tokenizer == nullptr) {
+    spdlog::warn("a chat template but no tokenizer.json: prompt.messages is refused");
+  } else {
+    spdlog::info("chat template: from {}/tokenizer_config.json (prompt.messages accepted)",
+                 sc.model_dir);
+  }
+  return absl::OkStatus();
+}
 
 absl::StatusOr<LoadedModel> LoadModel(const ServerConfig& sc, BackendKind kind,
                                       EngineMetrics& metrics, std::function<void()> on_broken) {
   auto ckpt = Checkpoint::Load(sc.model_dir, sc.load_format, sc.dummy_seed);
   if (!ckpt.ok()) return ckpt.status();
-  LoadedModel model{(*ckpt)->config(), nullptr, nullptr};
+  LoadedModel model{(*ckpt)->config(), nullptr, nullptr, std::nullopt};
   if (std::filesystem::exists(std::filesystem::path(sc.model_dir) / "tokenizer.json")) {
     auto tokenizer = Tokenizer::Load(sc.model_dir);
     if (!tokenizer.ok()) return tokenizer.status();
     model.tokenizer = std::move(*tokenizer);
   }
+  if (absl::Status chat = LoadChatTemplateInto(sc, model); !chat.ok()) return chat;
   const int max_model_len = MaxModelLen(sc, model.config);
   auto backend = CreateBackend(MakeBackendOptions(sc, kind, max_model_len), std::move(*ckpt));
   if (!backend.ok()) return backend.status();
@@ -267,8 +290,10 @@ int RunServer(const ServerConfig& sc) {
   }
   Engine& engine = *model->engine;
   engine.Start();
+  const chat::LoadedChatTemplate* chat_template =
+      model->chat_template && model->tokenizer ? &*model->chat_template : nullptr;
   service.Attach(&engine, {model->config, sc.expose_model_path ? sc.model_dir : std::string(),
-                           sc.default_max_new_tokens, model->tokenizer.get()});
+                           sc.default_max_new_tokens, model->tokenizer.get(), chat_template});
   health.SetServing(true);
   serving.store(true);
   LogLoaded(sc, model->config, engine.backend(), engine.config().limits.max_model_len, grpc_port,
