@@ -75,7 +75,7 @@ void Dict::Set(const std::string& key, Value value) {
   entries.emplace_back(key, std::move(value));
 }
 
-const Value& CallArgs::Get(size_t index, std::string_view name, const Value& fallback) const {
+Value CallArgs::Get(size_t index, std::string_view name, const Value& fallback) const {
   if (index < positional.size()) return positional[index];
   for (const auto& [k, v] : keyword) {
     if (k == name) return v;
