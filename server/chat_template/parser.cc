@@ -12,8 +12,8 @@
 namespace gqa::chat::internal {
 namespace {
 
-constexpr int kMaxNesting = 200;    // nested expressions and blocks: bounds the parser's stack
-constexpr int kMaxExprDepth = 400;  // the depth of one expression tree (left-deep chains too)
+constexpr int kMaxNesting = 100;    // nested expressions and blocks: bounds the parser's stack
+constexpr int kMaxExprDepth = 200;  // the depth of one expression tree (left-deep chains too)
 
 class Parser {
  public:
