@@ -17,6 +17,14 @@
 ABSL_FLAG(std::string, server, "localhost:50051", "gqa-server address");
 ABSL_FLAG(std::string, ids, "", "prompt token ids, comma-separated");
 ABSL_FLAG(std::string, text, "", "prompt text (needs a model with a tokenizer.json)");
+ABSL_FLAG(std::string, chat, "",
+          "send one user message, rendered with the model's chat template (prompt.messages)");
+ABSL_FLAG(std::string, system, "", "with --chat: a system message before it");
+ABSL_FLAG(std::string, messages, "",
+          "a conversation as JSON, [{\"role\": \"user\", \"content\": \"...\"}, ...], "
+          "rendered with the model's chat template");
+ABSL_FLAG(bool, add_generation_prompt, true,
+          "with --chat/--messages: end with the assistant header so the model answers");
 ABSL_FLAG(std::vector<std::string>, stop, {}, "stop strings, comma-separated");
 ABSL_FLAG(int, max_new_tokens, -1, "tokens to generate (unset: the server's default)");
 ABSL_FLAG(double, temperature, 0.0, "0 = greedy");
@@ -170,11 +178,47 @@ int PrintTokens(pb::Generation::Stub& stub) {
   return 0;
 }
 
+// --chat (with --system) or --messages as prompt.messages; false (with a message) on bad JSON.
+bool BuildChatMessages(pb::ChatMessages* chat) {
+  chat->set_add_generation_prompt(absl::GetFlag(FLAGS_add_generation_prompt));
+  if (!absl::GetFlag(FLAGS_chat).empty()) {
+    if (!absl::GetFlag(FLAGS_system).empty()) {
+      auto* system = chat->add_messages();
+      system->set_role("system");
+      system->set_content(absl::GetFlag(FLAGS_system));
+    }
+    auto* user = chat->add_messages();
+    user->set_role("user");
+    user->set_content(absl::GetFlag(FLAGS_chat));
+    return true;
+  }
+  const nlohmann::json messages =
+      nlohmann::json::parse(absl::GetFlag(FLAGS_messages), nullptr, /*allow_exceptions=*/false);
+  if (!messages.is_array()) {
+    std::cerr << "--messages: expected a JSON list of {\"role\", \"content\"} objects\n";
+    return false;
+  }
+  for (const nlohmann::json& m : messages) {
+    if (!m.is_object() || !m.contains("role") || !m["role"].is_string() || !m.contains("content") ||
+        !m["content"].is_string()) {
+      std::cerr << "--messages: every message needs string \"role\" and \"content\": " << m.dump()
+                << "\n";
+      return false;
+    }
+    auto* message = chat->add_messages();
+    message->set_role(m["role"].get<std::string>());
+    message->set_content(m["content"].get<std::string>());
+  }
+  return true;
+}
+
 pb::GenerateRequest BuildRequest(bool* ok) {
   pb::GenerateRequest req;
   req.set_request_id(absl::GetFlag(FLAGS_request_id));
   *ok = true;
-  if (!absl::GetFlag(FLAGS_text).empty()) {
+  if (!absl::GetFlag(FLAGS_chat).empty() || !absl::GetFlag(FLAGS_messages).empty()) {
+    *ok = BuildChatMessages(req.mutable_messages());
+  } else if (!absl::GetFlag(FLAGS_text).empty()) {
     req.set_text(absl::GetFlag(FLAGS_text));
   } else {
     *ok = ParseIds(absl::GetFlag(FLAGS_ids), req.mutable_token_ids()->mutable_ids());

@@ -62,9 +62,8 @@ build/client/gqa-cli --server "localhost:$port" --info
 echo
 if [ $real_model = 1 ]; then
   question="What is the capital of France? Answer in one sentence."
-  prompt=$'<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\n'"$question"$'<|im_end|>\n<|im_start|>assistant\n'
-  echo "== gqa-cli --text <SmolLM2's chat template around \"$question\"> --max_new_tokens 64"
-  build/client/gqa-cli --server "localhost:$port" --text "$prompt" --max_new_tokens 64
+  echo "== gqa-cli --chat \"$question\" --max_new_tokens 64   (rendered with SmolLM2's chat template)"
+  build/client/gqa-cli --server "localhost:$port" --chat "$question" --max_new_tokens 64
   echo
   echo "== gqa-cli --text \"def fibonacci(n):\" --max_new_tokens 48   (plain completion, greedy)"
   build/client/gqa-cli --server "localhost:$port" --text "def fibonacci(n):" --max_new_tokens 48

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -190,7 +191,8 @@ struct LoadedModel {
   ModelConfig config;
   std::unique_ptr<Tokenizer> tokenizer;  // when the model directory has tokenizer.json
   std::unique_ptr<Engine> engine;
-  std::optional<chat::LoadedChatTemplate> chat_template;  // tokenizer_config.json's
+  // tokenizer_config.json's chat_template, when the model has one (prompt.messages needs it)
+  std::optional<chat::LoadedChatTemplate> chat_template;
 };
 
 // The HTTP front end's chat renderer: the model's template, or none.
@@ -205,6 +207,24 @@ http::ChatRenderer ChatRendererOf(const std::optional<chat::LoadedChatTemplate>&
   };
 }
 
+// The model's chat template, logged either way; a template we cannot render fails the startup.
+absl::Status LoadChatTemplateInto(const ServerConfig& sc, LoadedModel& model) {
+  absl::StatusOr<std::optional<chat::LoadedChatTemplate>> loaded =
+      chat::LoadChatTemplate(sc.model_dir);
+  if (!loaded.ok()) return loaded.status();
+  model.chat_template = *std::move(loaded);
+  if (!model.chat_template) {
+    spdlog::info("no chat template in {}/tokenizer_config.json: prompt.messages is refused",
+                 sc.model_dir);
+  } else if (model.tokenizer == nullptr) {
+    spdlog::warn("a chat template but no tokenizer.json: prompt.messages is refused");
+  } else {
+    spdlog::info("chat template: from {}/tokenizer_config.json (prompt.messages accepted)",
+                 sc.model_dir);
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<LoadedModel> LoadModel(const ServerConfig& sc, BackendKind kind,
                                       EngineMetrics& metrics, std::function<void()> on_broken) {
   auto ckpt = Checkpoint::Load(sc.model_dir, sc.load_format, sc.dummy_seed);
@@ -215,10 +235,7 @@ absl::StatusOr<LoadedModel> LoadModel(const ServerConfig& sc, BackendKind kind,
     if (!tokenizer.ok()) return tokenizer.status();
     model.tokenizer = std::move(*tokenizer);
   }
-  // A template we cannot render stops startup with one line naming the construct.
-  auto chat_template = chat::LoadChatTemplate(sc.model_dir);
-  if (!chat_template.ok()) return chat_template.status();
-  model.chat_template = *std::move(chat_template);
+  if (absl::Status chat = LoadChatTemplateInto(sc, model); !chat.ok()) return chat;
   const int max_model_len = MaxModelLen(sc, model.config);
   auto backend = CreateBackend(MakeBackendOptions(sc, kind, max_model_len), std::move(*ckpt));
   if (!backend.ok()) return backend.status();
@@ -334,8 +351,10 @@ int RunServer(const ServerConfig& sc) {
   }
   Engine& engine = *model->engine;
   engine.Start();
+  const chat::LoadedChatTemplate* chat_template =
+      model->chat_template && model->tokenizer ? &*model->chat_template : nullptr;
   service.Attach(&engine, {model->config, sc.expose_model_path ? sc.model_dir : std::string(),
-                           sc.default_max_new_tokens, model->tokenizer.get()});
+                           sc.default_max_new_tokens, model->tokenizer.get(), chat_template});
   if (openai) {
     openai->Attach(
         &engine, {model->tokenizer.get(), sc.default_max_new_tokens,

@@ -32,7 +32,7 @@ struct ChatRenderInput {
 struct RenderLimits {
   size_t max_output_bytes = 16 << 20;  // the rendered text
   size_t max_steps = 10'000'000;       // evaluated nodes and loop iterations together
-  size_t max_call_depth = 64;          // nested macro calls and expression depth
+  size_t max_call_depth = 16;          // nested macro calls (each may nest its own expressions)
   size_t max_value_bytes = 16 << 20;   // one string or list built during the render
 };
 

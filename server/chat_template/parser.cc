@@ -12,8 +12,8 @@
 namespace gqa::chat::internal {
 namespace {
 
-constexpr int kMaxNesting = 200;    // nested expressions and blocks: bounds the parser's stack
-constexpr int kMaxExprDepth = 400;  // the depth of one expression tree (left-deep chains too)
+constexpr int kMaxNesting = 100;    // nested expressions and blocks: bounds the parser's stack
+constexpr int kMaxExprDepth = 200;  // the depth of one expression tree (left-deep chains too)
 
 class Parser {
  public:
@@ -350,12 +350,8 @@ class Parser {
         while (Peek().kind == TokenKind::kString) text += Next().text;  // "a" "b" concatenates
         return Literal(Value::String(std::move(text)), token.line);
       }
-      case TokenKind::kInt: {
-        errno = 0;
-        const long long i = std::strtoll(token.text.c_str(), nullptr, 10);
-        if (errno == ERANGE) throw TemplateError("integer literal out of range", token.line);
-        return Literal(Value::Int(i), token.line);
-      }
+      case TokenKind::kInt:
+        return IntLiteral(token);
       case TokenKind::kFloat:
         return Literal(Value::Float(std::strtod(token.text.c_str(), nullptr)), token.line);
       case TokenKind::kOperator:
@@ -425,8 +421,7 @@ class Parser {
             MakeExpr(name.kind == TokenKind::kName ? ExprKind::kAttr : ExprKind::kItem, line);
         attr->name = name.text;
         attr->children.push_back(std::move(node));
-        if (name.kind == TokenKind::kInt)
-          attr->children.push_back(Literal(Value::Int(std::stoll(name.text)), line));
+        if (name.kind == TokenKind::kInt) attr->children.push_back(IntLiteral(name));
         node = Deepen(std::move(attr));
       } else if (PeekOperator("[")) {
         node = Deepen(ParseSubscript(std::move(node)));
@@ -566,6 +561,12 @@ class Parser {
     auto e = MakeExpr(ExprKind::kLiteral, line);
     e->value = std::move(v);
     return e;
+  }
+  static std::unique_ptr<Expr> IntLiteral(const Token& token) {
+    errno = 0;
+    const long long i = std::strtoll(token.text.c_str(), nullptr, 10);
+    if (errno == ERANGE) throw TemplateError("integer literal out of range", token.line);
+    return Literal(Value::Int(i), token.line);
   }
   static std::unique_ptr<Expr> Binary(ExprKind kind, std::string op, std::unique_ptr<Expr> a,
                                       std::unique_ptr<Expr> b) {

@@ -75,7 +75,7 @@ void Dict::Set(const std::string& key, Value value) {
   entries.emplace_back(key, std::move(value));
 }
 
-const Value& CallArgs::Get(size_t index, std::string_view name, const Value& fallback) const {
+Value CallArgs::Get(size_t index, std::string_view name, const Value& fallback) const {
   if (index < positional.size()) return positional[index];
   for (const auto& [k, v] : keyword) {
     if (k == name) return v;
@@ -202,7 +202,7 @@ std::string FloatRepr(double d) {
     if (c != '.') digits += c;
   }
   std::string out;
-  if (exponent >= -5 && exponent < 16) {
+  if (exponent >= -4 && exponent < 16) {
     if (exponent < 0) {
       out = "0." + std::string(-exponent - 1, '0') + digits;
     } else if (static_cast<int>(digits.size()) <= exponent + 1) {
@@ -212,7 +212,10 @@ std::string FloatRepr(double d) {
     }
   } else {
     out = digits.substr(0, 1);
-    if (digits.size() > 1) out += "." + digits.substr(1);
+    if (digits.size() > 1) {
+      out += '.';
+      out.append(digits, 1, std::string::npos);
+    }
     char exp_buf[16];
     std::snprintf(exp_buf, sizeof(exp_buf), "e%c%02d", exponent < 0 ? '-' : '+',
                   std::abs(exponent));

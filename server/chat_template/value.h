@@ -80,7 +80,7 @@ struct CallArgs {
   std::vector<Value> positional;
   std::vector<std::pair<std::string, Value>> keyword;
   // The argument at `index`, or the keyword `name`, or `fallback`.
-  const Value& Get(size_t index, std::string_view name, const Value& fallback) const;
+  Value Get(size_t index, std::string_view name, const Value& fallback) const;
 };
 
 std::string_view KindName(Kind kind);  // Python's type name: 'str', 'list', 'NoneType', ...

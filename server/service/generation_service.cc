@@ -284,7 +284,7 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerationService::Generate(
       engine ? RequestFromProto(
                    *proto,
                    {info_.tokenizer, engine->config().limits.max_model_len,
-                    info_.default_max_new_tokens},
+                    info_.default_max_new_tokens, info_.chat_template},
                    absl::StrCat("gen-", next_request_number_.load(), "-", RandomSeed() % 1000000),
                    RandomSeed())
              : absl::UnavailableError("the model is still loading; retry shortly");

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <string>
 
+#include "chat_template/chat_template.h"
 #include "engine/engine.h"
 #include "gqa/v1/generation.grpc.pb.h"
 #include "metrics/engine_metrics.h"
@@ -21,6 +22,7 @@ struct ServiceInfo {
   std::string model_path;  // reported by GetModelInfo (empty: not revealed)
   int default_max_new_tokens = 256;
   const Tokenizer* tokenizer = nullptr;  // text prompts and stop strings need one
+  const chat::LoadedChatTemplate* chat_template = nullptr;  // prompt.messages needs one
 };
 
 // Every method takes and returns raw bytes (gRPC's raw callback API) and parses them itself, so a

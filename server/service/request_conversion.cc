@@ -36,6 +36,50 @@ void AddLogprobsToProto(const std::vector<TokenLogprob>& logprobs,
   }
 }
 
+namespace {
+
+// prompt.messages rendered with the model's chat template, then tokenized without adding special
+// tokens (the template writes them), as transformers' apply_chat_template(tokenize=True) does.
+absl::StatusOr<std::vector<int32_t>> ChatPrompt(const pb::ChatMessages& chat,
+                                                const RequestDefaults& defaults) {
+  if (defaults.tokenizer == nullptr || defaults.chat_template == nullptr) {
+    return absl::InvalidArgumentError(
+        "prompt.messages: this model has no chat template (tokenizer_config.json's "
+        "chat_template); send prompt.text");
+  }
+  if (chat.messages_size() == 0) {
+    return absl::InvalidArgumentError("prompt.messages.messages: the conversation is empty");
+  }
+  if (chat.messages_size() > kMaxChatMessages) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("prompt.messages.messages: ", chat.messages_size(), " messages; at most ",
+                     kMaxChatMessages));
+  }
+  std::vector<chat::ChatMessage> messages;
+  messages.reserve(chat.messages_size());
+  for (const pb::ChatMessage& m : chat.messages()) messages.push_back({m.role(), m.content()});
+  const bool add_generation_prompt =
+      chat.has_add_generation_prompt() ? chat.add_generation_prompt() : true;
+  absl::StatusOr<std::string> text =
+      defaults.chat_template->Render(std::move(messages), add_generation_prompt);
+  if (!text.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("prompt.messages: the chat template refused it: ", text.status().message()));
+  }
+  std::vector<int32_t> ids = defaults.tokenizer->Encode(*text);
+  if (static_cast<int64_t>(ids.size()) >= defaults.max_model_len) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "prompt.messages: the conversation renders to ", ids.size(),
+        " tokens, which leave no room to generate under max_model_len ", defaults.max_model_len));
+  }
+  if (ids.empty()) {
+    return absl::InvalidArgumentError("prompt.messages: the chat template rendered nothing");
+  }
+  return ids;
+}
+
+}  // namespace
+
 absl::StatusOr<Request> RequestFromProto(const pb::GenerateRequest& proto,
                                          const RequestDefaults& defaults,
                                          const std::string& generated_id, uint64_t random_seed) {
@@ -64,8 +108,15 @@ absl::StatusOr<Request> RequestFromProto(const pb::GenerateRequest& proto,
     case pb::GenerateRequest::kTokenIds:
       r.prompt.assign(proto.token_ids().ids().begin(), proto.token_ids().ids().end());
       break;
+    case pb::GenerateRequest::kMessages: {
+      absl::StatusOr<std::vector<int32_t>> ids = ChatPrompt(proto.messages(), defaults);
+      if (!ids.ok()) return ids.status();
+      r.prompt = *std::move(ids);
+      break;
+    }
     default:
-      return absl::InvalidArgumentError("prompt: set prompt.token_ids (or prompt.text)");
+      return absl::InvalidArgumentError(
+          "prompt: set prompt.token_ids (or prompt.text, or prompt.messages)");
   }
   const auto& s = proto.sampling();
   r.sampling.temperature = s.temperature();

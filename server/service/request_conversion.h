@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "chat_template/chat_template.h"
 #include "engine/request.h"
 #include "gqa/v1/generation.pb.h"
 #include "tokenizer/tokenizer.h"
@@ -19,11 +20,13 @@ namespace gqa {
 inline constexpr size_t kMaxRequestIdBytes = 256;
 inline constexpr int kMaxStopStrings = 32;
 inline constexpr size_t kMaxStopStringBytes = 512;
+inline constexpr int kMaxChatMessages = 10000;
 
 struct RequestDefaults {
   const Tokenizer* tokenizer = nullptr;  // text prompts and stop strings need one
   int max_model_len = 0;
   int default_max_new_tokens = 256;
+  const chat::LoadedChatTemplate* chat_template = nullptr;  // prompt.messages needs one
 };
 
 // GenerateRequest.logprobs: an unset count stays -1 (off); more than 20 is refused.

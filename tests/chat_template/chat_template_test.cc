@@ -76,6 +76,9 @@ TEST(ChatTemplateTest, SetScopesAndNamespace) {
 TEST(ChatTemplateTest, Expressions) {
   EXPECT_EQ(RenderOr("{{ 7 // 2 }} {{ -7 // 2 }} {{ -7 % 3 }} {{ 7 / 2 }} {{ 2 ** 8 }} {{ 1e20 }}"),
             "3 -4 2 3.5 256 1e+20");
+  EXPECT_EQ(
+      RenderOr("{{ 0.0001 }} {{ 0.00001 }} {{ 123456789012345678.0 }} {{ 1.5e-7 }} {{ -2.0 }}"),
+      "0.0001 1e-05 1.2345678901234568e+17 1.5e-07 -2.0");
   EXPECT_EQ(RenderOr("{{ 'a' ~ 1 ~ none }} {{ 'ab' * 2 }} {{ [1] + [2] }}"), "a1None abab [1, 2]");
   EXPECT_EQ(RenderOr("{{ 3 > 2 > 1 }} {{ 1 < 3 < 2 }} {{ 'a' in 'cat' }} {{ 3 not in [1] }}"),
             "True False True True");
@@ -152,6 +155,10 @@ TEST(ChatTemplateTest, RefusesWhatItCannotRenderNamingConstructAndLine) {
             "COMPILE: unexpected end of template, expected 'elif' (line 1)");
   EXPECT_EQ(RenderOr("{{ 'abc }}"), "COMPILE: unterminated string literal (line 1)");
   EXPECT_EQ(RenderOr("{# open"), "COMPILE: Missing end of comment tag (line 1)");
+  EXPECT_EQ(RenderOr("{{ 99999999999999999999 }}"),
+            "COMPILE: integer literal out of range (line 1)");
+  EXPECT_EQ(RenderOr("{{ x.99999999999999999999 }}"),  // found by fuzz_chat_template
+            "COMPILE: integer literal out of range (line 1)");
 }
 
 TEST(ChatTemplateTest, ErrorsAtRenderNameTheLine) {

@@ -18,7 +18,7 @@ seed_build=${GQA_SEED_BUILD:-$([ -x build-cpu/server/gqa-make-checkpoint ] && ec
 python=${GQA_PYTHON:-.venv/bin/python}
 jobs=${FUZZ_JOBS:-$(( $(nproc) < 2 ? 1 : 2 ))}
 targets=(fuzz_safetensors fuzz_checkpoint fuzz_gguf fuzz_tokenizer_json fuzz_tokenizer_text
-         fuzz_generate_request fuzz_openai_request)
+         fuzz_generate_request fuzz_openai_request fuzz_chat_template)
 
 echo "== configure and build the fuzz targets in $build (clang, ASan + UBSan)"
 CC=clang CXX=clang++ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
@@ -60,6 +60,13 @@ for body in '0{"model": "model", "prompt": "Hello", "max_tokens": 8, "stop": ["\
   '1{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "Hi"}]}], "max_tokens": 4}' \
   '1{"model": "model", "messages": [{"role": "assistant", "content": null}], "logprobs": true, "top_logprobs": 2, "add_generation_prompt": false}'; do
   printf '%s' "$body" >"$seeds/fuzz_openai_request/$(printf '%s' "$body" | md5sum | cut -c1-8).json"
+done
+# Chat templates: every fixture family's template with a short conversation after it.
+for config in tests/chat_template/fixtures/*/tokenizer_config.json; do
+  "$python" -c 'import json, sys
+t = json.load(open(sys.argv[1]))["chat_template"]
+sys.stdout.write(t + "\n#--\nBe brief.\n#--\nHello there\n#--\nHi!\n#--\nWhat is 2 + 2?")' \
+    "$config" >"$seeds/fuzz_chat_template/$(basename "$(dirname "$config")").txt"
 done
 
 echo "== fuzzing each target for $seconds s ($jobs at a time)"
