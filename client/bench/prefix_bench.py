@@ -76,7 +76,7 @@ class Server:
             json.dump(model_config(self.shape, a.kv_heads, max_len), f, indent=1)
         port_file = os.path.join(self.tmp, "ports")
         cmd = [a.server_bin, "--model", self.tmp, "--load_format", "dummy", "--backend",
-               a.backend, "--port", "0", "--metrics_port", "0", "--host", "127.0.0.1",
+               a.backend, "--port", "0", "--metrics_port", "0", "--http_port", "0", "--host", "127.0.0.1",
                "--port_file", port_file, "--max_model_len", str(max_len),
                "--max_num_seqs", str(max(a.concurrency, 1)),
                "--enable_prefix_caching=" + ("true" if self.caching else "false")]

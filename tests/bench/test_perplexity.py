@@ -79,7 +79,7 @@ def main():
         log = open(os.path.join(tmp, "server.log"), "w")
         server = subprocess.Popen(
             [args.server, f"--model={model}", "--backend=cpu", "--port=0", "--metrics_port=0",
-             f"--port_file={ports}", "--max_num_batched_tokens=16", "--max_num_seqs=8"],
+             "--http_port=0", f"--port_file={ports}", "--max_num_batched_tokens=16", "--max_num_seqs=8"],
             stdout=log, stderr=subprocess.STDOUT)
         try:
             for _ in range(240):

@@ -154,7 +154,7 @@ def start_server(args, work):
     ports = work / "ports"
     log = open(work / "server.log", "w")
     server = subprocess.Popen([args.server, f"--model={model}", "--host=127.0.0.1", "--port=0",
-                               "--metrics_port=0", f"--port_file={ports}",
+                               "--metrics_port=0", "--http_port=0", f"--port_file={ports}",
                                "--kv_cache_memory=16MiB"] + args.server_arg,
                               stdout=log, stderr=subprocess.STDOUT)
     for _ in range(1200):
@@ -163,7 +163,7 @@ def start_server(args, work):
         if server.poll() is not None:
             sys.exit("gqa-server exited:\n" + (work / "server.log").read_text())
         time.sleep(0.05)
-    grpc_port, metrics_port = ports.read_text().split()
+    grpc_port, metrics_port = ports.read_text().split()[:2]  # then the HTTP port
     return server, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{metrics_port}/metrics"
 
 
