@@ -90,6 +90,16 @@ void CheckRank(const Checkpoint& ckpt, const cuda::CudaDevice& device, int rank,
     ExpectSlice(part(0, q), Read(ckpt, name(tensor_names::kQ)), q_rows, all_h, where + " q");
     ExpectSlice(part(q, kv), Read(ckpt, name(tensor_names::kK)), kv_rows, all_h, where + " k");
     ExpectSlice(part(q + kv, kv), Read(ckpt, name(tensor_names::kV)), kv_rows, all_h, where + " v");
+    const std::vector<float> qkv_bias = Download(L.qkv_bias, q + 2 * kv);
+    auto bias_part = [&](size_t first, size_t count) {
+      return std::vector<float>(qkv_bias.begin() + first, qkv_bias.begin() + first + count);
+    };
+    ExpectSlice(bias_part(0, q), Read(ckpt, name(tensor_names::kQBias)), {0, 1}, q_rows,
+                where + " q bias");
+    ExpectSlice(bias_part(q, kv), Read(ckpt, name(tensor_names::kKBias)), {0, 1}, kv_rows,
+                where + " k bias");
+    ExpectSlice(bias_part(q + kv, kv), Read(ckpt, name(tensor_names::kVBias)), {0, 1}, kv_rows,
+                where + " v bias");
     ExpectSlice(Download(L.o, size_t(h) * q), Read(ckpt, name(tensor_names::kO)), all_h, q_rows,
                 where + " o (columns)");
     ExpectSlice(Download(L.down, size_t(h) * inter), Read(ckpt, name(tensor_names::kDown)), all_h,
@@ -122,8 +132,8 @@ TEST(TensorParallelWeightsTest, EveryRankHoldsItsSlices) {
     c.head_dim = 64;
     c.hidden_size = 256;
     c.intermediate_size = 512;
-    c.vocab_size = 322;  // not a multiple of the ranks: the last rank's rows are fewer
-    c.o_bias = true;
+    c.vocab_size = 322;            // not a multiple of the ranks: the last rank's rows are fewer
+    c.qkv_bias = c.o_bias = true;  // Llama's attention_bias: Q, K, V and O biases
     c.tie_word_embeddings = false;
     testing::TempDir dir;
     testing::WriteRandomCheckpoint(dir.path(), c, /*seed=*/kv_heads);
