@@ -20,9 +20,9 @@ struct ServerConfig {
   std::string host = "0.0.0.0";
   int port = 50051;
   int metrics_port = 50052;
-  std::string metrics_host;                 // empty: `host`
-  int http_port = 8000;                     // OpenAI-compatible HTTP (0: off; -1 in tests: any)
-  std::string served_model_name;            // /v1/models' id (empty: the model directory's name)
+  std::string metrics_host;       // empty: `host`
+  int http_port = 8000;           // OpenAI-compatible HTTP (0: off; -1 in tests: any)
+  std::string served_model_name;  // /v1/models' id (empty: the model directory's name)
   std::string port_file;  // written once serving: "<grpc port> <metrics port> <http port or 0>"
   std::string tls_cert_file, tls_key_file;  // PEM; both or neither: TLS for gRPC
   std::string tls_client_ca_file;           // PEM; clients must present a certificate it signed

@@ -203,9 +203,9 @@ TEST_F(SecurityTest, APortInUseStopsStartupWithOneLine) {
       << output;
   // The metrics port (bound first) says the same.
   const std::string metrics_port = std::to_string(first.metrics_port());
-  std::tie(code, output) =
-      RunCommand({"timeout", "60", ServerBin(), "--model=" + model_->path().string(),
-                  "--host=127.0.0.1", "--port=0", "--metrics_port=" + metrics_port, "--http_port=0"});
+  std::tie(code, output) = RunCommand(
+      {"timeout", "60", ServerBin(), "--model=" + model_->path().string(), "--host=127.0.0.1",
+       "--port=0", "--metrics_port=" + metrics_port, "--http_port=0"});
   EXPECT_NE(code, 0);
   EXPECT_NE(code, 124) << "a second server started on a metrics port in use";
   EXPECT_NE(output.find("cannot listen for metrics on 127.0.0.1:" + metrics_port +
@@ -227,9 +227,10 @@ TEST_F(SecurityTest, BadTlsOrTokenFilesStopStartupNamingThem) {
       {{"--tls_cert=" + pki_->path("san.ext"), "--tls_key=" + key}, "san.ext: not a PEM file"},
   };
   for (const auto& c : cases) {
-    std::vector<std::string> argv = {"timeout",   "60",
-                                     ServerBin(), "--model=" + model_->path().string(),
-                                     "--port=0",  "--metrics_port=0", "--http_port=0"};
+    std::vector<std::string> argv = {"timeout",      "60",
+                                     ServerBin(),    "--model=" + model_->path().string(),
+                                     "--port=0",     "--metrics_port=0",
+                                     "--http_port=0"};
     argv.insert(argv.end(), c.args.begin(), c.args.end());
     auto [code, output] = RunCommand(argv);
     EXPECT_NE(code, 0) << c.expect;

@@ -691,8 +691,8 @@ TEST(ServerLifecycleTest, BrokenCheckpointStopsStartupWithOneLineNamingTheFile) 
   WriteRandomCheckpoint(model.path(), E2eConfig(2));
   const auto file = model.path() / "model.safetensors";
   std::filesystem::resize_file(file, std::filesystem::file_size(file) - 64);
-  auto [code, output] =
-      RunCommand({ServerBin(), "--model=" + model.path().string(), "--port=0", "--metrics_port=0", "--http_port=0"});
+  auto [code, output] = RunCommand({ServerBin(), "--model=" + model.path().string(), "--port=0",
+                                    "--metrics_port=0", "--http_port=0"});
   EXPECT_NE(code, 0);
   // Before the failure the log says where it listens; the failure itself is one error line,
   // naming the file.

@@ -85,9 +85,14 @@ ModelConfig E2eConfig(int num_kv_heads) {
 ServerProcess::ServerProcess(const std::filesystem::path& model_dir,
                              const std::vector<std::string>& extra_args, Until until)
     : log_path_(TempPath("gqa-server-log-")), port_path_(TempPath("gqa-server-ports-")) {
-  std::vector<std::string> argv = {
-      ServerBin(),        "--model=" + model_dir.string(),      "--host=127.0.0.1", "--port=0",
-      "--metrics_port=0", "--http_port=0", "--port_file=" + port_path_.string(), "--cpu_threads=2"};
+  std::vector<std::string> argv = {ServerBin(),
+                                   "--model=" + model_dir.string(),
+                                   "--host=127.0.0.1",
+                                   "--port=0",
+                                   "--metrics_port=0",
+                                   "--http_port=0",
+                                   "--port_file=" + port_path_.string(),
+                                   "--cpu_threads=2"};
   // The CPU backend unless GQA_E2E_BACKEND names another (cuda on the GPU machine), which then
   // runs in deterministic mode (the tests assert outputs identical alone and batched) with a
   // small pool, so that several servers share the GPU.
