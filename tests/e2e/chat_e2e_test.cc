@@ -131,7 +131,8 @@ TEST(ChatE2eTest, TemplateWeCannotRenderStopsStartupWithOneLineNamingFileAndCons
   WriteChatModel(model.path(),
                  "{% for m in messages %}\n{{ m.content | wordwrap(5) }}{% endfor %}");
   auto [code, output] =
-      RunCommand({ServerBin(), "--model=" + model.path().string(), "--port=0", "--metrics_port=0"});
+      RunCommand({ServerBin(), "--model=" + model.path().string(), "--port=0", "--metrics_port=0",
+                  "--http_port=0"});
   EXPECT_NE(code, 0);
   std::vector<std::string> errors;
   for (const auto line : std::views::split(output, '\n')) {
