@@ -183,14 +183,16 @@ struct EngineSetup {
 
 class LogprobsEngineTest : public ::testing::Test {
  protected:
-  Engine& Start(const EngineSetup& setup) {
+  // run = false: the engine is built but its loop not started, so that requests submitted
+  // before engine.Start() meet in its first step whatever the machine's load.
+  Engine& Start(const EngineSetup& setup, bool run = true) {
     auto backend = std::make_unique<LogitsFakeBackend>(setup.num_blocks);
     backend_ = backend.get();
     EngineConfig config;
     config.scheduler = setup.scheduler;
     config.limits = {kVocab, 512};
     engine_ = std::make_unique<Engine>(config, std::move(backend), nullptr);
-    engine_->Start();
+    if (run) engine_->Start();
     return *engine_;
   }
   Request MakeRequest(const std::string& id, std::vector<int32_t> prompt, int max_new,
@@ -354,11 +356,12 @@ TEST_F(LogprobsEngineTest, PromptLogprobsSurvivePreemption) {
   // 10 blocks of 4 tokens, 6 tokens a step. "decoder" (2 + 30 tokens) decodes while "prompt"
   // (36 + 3) prefills 5 tokens a step; the decoder's next block then preempts the prompt in the
   // middle of its prefill, which is recomputed from the start once blocks are free.
-  Engine& engine = Start({10, {4, 8, 6}});
+  Engine& engine = Start({10, {4, 8, 6}}, /*run=*/false);
   std::mt19937 rng(5);
   const auto short_prompt = RandomPrompt(rng, 2), long_prompt = RandomPrompt(rng, 36);
   ASSERT_TRUE(engine.Submit(MakeRequest("decoder", short_prompt, 30, {3, 2})).ok());
   ASSERT_TRUE(engine.Submit(MakeRequest("prompt", long_prompt, 3, {3, 2})).ok());
+  engine.Start();  // both in its first step: the schedule below does not depend on timing
   const Outcome decoder = collector_.Wait("decoder");
   ExpectPrompt(decoder, short_prompt, 2);
   ExpectGenerated(decoder, short_prompt, 3);
