@@ -10,6 +10,9 @@ then off) and runs gqa-loadgen on three workloads:
               same system prompt), C conversations at a time
   unique      N + M random tokens per request, nothing shared: what caching costs when it
               never hits
+  turn-c1     the M-token user turn alone, one request at a time, no shared prefix: the chunk
+              a cache hit still computes, i.e. the lowest TTFT a hit can reach (the floor of
+              shared-c1's "on" row)
 
 and writes results.json and results.md (TTFT mean/p50/p99, request and output-token throughput,
 the server's prefix-cache hit rate, on/off ratios). Examples:
@@ -127,6 +130,8 @@ def workloads(a):
         ("multiturn", shared + ["--turns", str(a.turns), "--concurrency",
                                 str(min(a.concurrency, conversations)), "--num_requests",
                                 str(conversations * a.turns)] + common),
+        ("turn-c1", ["--input_len", str(a.user_len), "--concurrency", "1", "--num_requests",
+                     str(a.c1_requests), "--warmup_requests", "1"] + common),
         ("unique", ["--input_len", str(a.system_len + a.user_len), "--concurrency",
                     str(a.concurrency), "--num_requests", str(a.num_requests),
                     "--warmup_requests", "1"] + common),
@@ -221,7 +226,10 @@ def parse_args(argv=None):
     ap.add_argument("--c1_requests", type=int, help="requests of the one-at-a-time run")
     ap.add_argument("--turns", type=int)
     ap.add_argument("--kv_cache_memory")
-    ap.add_argument("--workloads", default="shared,shared-c1,multiturn,unique")
+    ap.add_argument("--workloads", default="shared,shared-c1,turn-c1,multiturn,unique")
+    ap.add_argument("--commit", default=os.environ.get("GQA_COMMIT"),
+                    help="the commit to stamp on the results (default: $GQA_COMMIT, else git's "
+                         "HEAD; a copy of the tree without .git cannot say)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--server_arg", action="append", help="extra gqa-server flag (repeatable)")
     ap.add_argument("--server_start_timeout", type=float, default=600)
@@ -256,7 +264,7 @@ def main(argv=None):
                         f"hit rate {fmt(row['hit_rate'])}")
             dev = device(read_text(server_log))
     meta = {"device": dev, "date": time.strftime("%Y-%m-%d", time.gmtime()),
-            "commit": git_commit(), "args": vars(a)}
+            "commit": a.commit or git_commit(), "args": vars(a)}
     with open(os.path.join(a.out, "results.json"), "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
     md = markdown(rows, meta)

@@ -29,7 +29,7 @@ def main():
             rows = json.load(f)["rows"]
         md = open(os.path.join(out, "results.md")).read()
     seen = {(r["workload"], r["caching"]) for r in rows}
-    for workload in ("shared", "shared-c1", "multiturn", "unique"):
+    for workload in ("shared", "shared-c1", "turn-c1", "multiturn", "unique"):
         for caching in (True, False):
             if (workload, caching) not in seen:
                 failures.append(f"no row for {workload} caching={caching}")
@@ -39,11 +39,12 @@ def main():
             failures.append(f"{label}: no TTFT or throughput")
         if not r["caching"] and r["hit_rate"] is not None:
             failures.append(f"{label}: hit rate {r['hit_rate']} without caching")
-        if r["caching"] and r["workload"] != "unique" and not (r["hit_rate"] or 0) > 0.5:
+        unshared = r["workload"] in ("unique", "turn-c1")
+        if r["caching"] and not unshared and not (r["hit_rate"] or 0) > 0.5:
             failures.append(f"{label}: hit rate {r['hit_rate']}, expected most tokens cached")
-        if r["caching"] and r["workload"] == "unique" and r["hit_rate"] != 0:
+        if r["caching"] and unshared and r["hit_rate"] != 0:
             failures.append(f"{label}: hit rate {r['hit_rate']} on unique prompts")
-    if md.count("| tiny |") != 8:
+    if md.count("| tiny |") != 10:
         failures.append("results.md lacks rows:\n" + md)
     for f in failures:
         print("FAIL " + f)
