@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "gqa/kernels/paged_attention_cuda.h"
+#include "gqa/kernels/prefill_selector.h"
 
 #ifdef GQA_DECODE_TRACE
 namespace gqa::kernels::cuda {
@@ -264,9 +265,12 @@ double MatmulRate() {
   return 2.0 * n * n * double(n) / seconds;
 }
 
-// Causal prefill of `batch` prompts of `len` tokens; returns the graph-replay us per call.
-double TimePrefill(int kv_heads, int batch, int len) {
-  const int blocks_per_seq = (len + kBlockSize - 1) / kBlockSize;
+// Causal prefill of `batch` chunks of `len` tokens, each the last of a context of `context`
+// tokens (context == len: whole prompts; more: a chunk after a cached prefix), its keys in
+// `key_splits` ranges; returns the median us per call.
+double TimePrefill(int kv_heads, int batch, int len, int context = 0, int key_splits = 1) {
+  if (context < len) context = len;
+  const int blocks_per_seq = (context + kBlockSize - 1) / kBlockSize;
   const size_t pool = size_t(batch) * blocks_per_seq * kv_heads * kBlockSize * g_head_dim;
   const size_t q_elems = size_t(batch) * len * kHeads * g_head_dim;
   T *k, *v, *q, *out;
@@ -278,7 +282,8 @@ double TimePrefill(int kv_heads, int batch, int len) {
   FillRandom<<<1024, 256>>>(k, pool, 21);
   FillRandom<<<1024, 256>>>(v, pool, 22);
   FillRandom<<<1024, 256>>>(q, q_elems, 23);
-  std::vector<int32_t> table(size_t(batch) * blocks_per_seq), len_v(batch, len), start_v(batch + 1);
+  std::vector<int32_t> table(size_t(batch) * blocks_per_seq), len_v(batch, context),
+      start_v(batch + 1);
   std::iota(table.begin(), table.end(), 0);
   std::shuffle(table.begin(), table.end(), std::mt19937(9));
   for (int s = 0; s <= batch; ++s) start_v[s] = s * len;
@@ -298,10 +303,17 @@ double TimePrefill(int kv_heads, int batch, int len) {
   args.num_heads = kHeads;
   args.max_query_len = len;
   args.scale = 1.0f / std::sqrt(float(g_head_dim));
+  args.key_splits = key_splits;
+  args.num_query_tokens = batch * len;
+  void* workspace = nullptr;
+  const size_t workspace_bytes = gqa::kernels::cuda::PrefillWorkspaceBytes(
+      args.num_query_tokens, kHeads, g_head_dim, key_splits);
+  if (workspace_bytes > 0) CHECK_CUDA(cudaMalloc(&workspace, workspace_bytes));
+  args.workspace = workspace;
   const double seconds = MedianSeconds(
       [&](int) { CHECK_CUDA(gqa::kernels::cuda::PagedPrefillAttention<T>(args, nullptr)); }, 3, 20);
-  for (void* p :
-       {(void*)k, (void*)v, (void*)q, (void*)out, (void*)tables, (void*)lens, (void*)starts}) {
+  for (void* p : {(void*)k, (void*)v, (void*)q, (void*)out, (void*)tables, (void*)lens,
+                  (void*)starts, workspace}) {
     cudaFree(p);
   }
   return seconds * 1e6;
@@ -348,6 +360,40 @@ void PrefillTable(const std::string& peer) {
     std::printf("%3d %5d %6d | %9.1f %9.1f %8.0f %6.0f%% | %9.1f %6.2fx\n", s.kv_heads, s.batch,
                 s.context, us, flops / rate * 1e6, flops / us / 1e6,
                 100.0 * flops / rate / us * 1e6, sdpa, sdpa / us);
+  }
+}
+
+// A short chunk after a long cached prefix (a prefix-cache hit): bound by reading the prefix's
+// K/V, so its floor is those bytes over the copy bandwidth; without and with the selector's key
+// splits (gqa/kernels/prefill_selector.h).
+void PrefixChunkTable(double bandwidth, int sm_count) {
+  std::printf(
+      "\nprefill of a chunk after a cached prefix (one sequence), bf16, %d query heads, head_dim "
+      "%d; floor = K/V bytes / copy bandwidth (%.0f GB/s)\n",
+      kHeads, g_head_dim, bandwidth / 1e9);
+  std::printf("%3s %5s %6s | %8s %6s | %6s %9s %7s %7s\n", "kv", "chunk", "ctx", "floor_us",
+              "splits", "1_us", "split_us", "of_copy", "speedup");
+  struct Row {
+    int kv_heads, chunk, context;
+  };
+  for (const Row r : {Row{8, 100, 2100}, Row{8, 100, 8100}, Row{8, 16, 4096}, Row{1, 100, 8100},
+                      Row{32, 100, 2100}, Row{8, 512, 8192}}) {
+    gqa::kernels::PrefillShapeForSplits shape;
+    shape.max_query_len = shape.num_query_tokens = r.chunk;
+    shape.max_context = r.context;
+    shape.num_seqs = 1;
+    shape.group = kHeads / r.kv_heads;
+    shape.num_kv_heads = r.kv_heads;
+    shape.sm_count = sm_count;
+    const int splits = gqa::kernels::SelectPrefillKeySplits(shape);
+    const double bytes = 2.0 * r.context * r.kv_heads * g_head_dim * sizeof(T);
+    const double floor_us = bytes / bandwidth * 1e6;
+    const double unsplit = TimePrefill(r.kv_heads, 1, r.chunk, r.context, 1);
+    const double split =
+        splits > 1 ? TimePrefill(r.kv_heads, 1, r.chunk, r.context, splits) : unsplit;
+    std::printf("%3d %5d %6d | %8.1f %6d | %6.1f %9.1f %6.0f%% %6.2fx\n", r.kv_heads, r.chunk,
+                r.context, floor_us, splits, unsplit, split, 100.0 * floor_us / split,
+                unsplit / split);
   }
 }
 
@@ -475,6 +521,9 @@ int KernelBenchMain(int argc, char** argv) {
   }
   bool prefill = false;
   for (int i = 2; i < argc; ++i) prefill |= std::string(argv[i]) == "--prefill";
-  if (prefill) PrefillTable(peer);
+  if (prefill) {
+    PrefillTable(peer);
+    PrefixChunkTable(bandwidth, prop.multiProcessorCount);
+  }
   return 0;
 }

@@ -49,11 +49,28 @@ __device__ __forceinline__ unsigned long long GlobalTimer() {
     __syncthreads();                                              \
     if (threadIdx.x == 0) atomicMax(&g_trace[hi], GlobalTimer()); \
   } while (0)
+#define GQA_MERGE_TRACE_BEGIN()                                  \
+  do {                                                           \
+    if (threadIdx.x == 0) atomicMin(&g_trace[6], GlobalTimer()); \
+  } while (0)
+#define GQA_MERGE_TRACE_END()                                    \
+  do {                                                           \
+    __syncthreads();                                             \
+    if (threadIdx.x == 0) atomicMax(&g_trace[7], GlobalTimer()); \
+  } while (0)
 #else
 #define TRACE_POINT(i) \
   do {                 \
   } while (0)
 #endif
+
+}  // namespace
+}  // namespace gqa::kernels::cuda
+
+#include "split_merge.cuh"  // after the trace hooks it uses
+
+namespace gqa::kernels::cuda {
+namespace {
 
 // ---------------------------------------------------------------- shared memory layout
 
@@ -305,58 +322,6 @@ __global__ void __launch_bounds__(W * 32)
 #ifdef GQA_DECODE_TRACE
   __syncthreads();
   if (threadIdx.x == 0) atomicMax(&g_trace[5], GlobalTimer());
-#endif
-}
-
-// Combines the splits of each (sequence, head): out = sum_s 2^(lse_s - lse) * out_s / sum.
-// The block's threads read the split weights in parallel, then each thread sums its column.
-template <typename T, int D>
-__global__ void __launch_bounds__(D)
-    MergeSplitsKernel(const float* partial_out,  // [num_seqs, num_heads, num_splits, D]
-                      const float* partial_lse,  // [num_seqs, num_heads, num_splits]
-                      int num_heads, int num_splits,
-                      T* out) {  // [num_seqs, num_heads, D]
-  __shared__ float weight[kDecodeMaxSplits];
-  __shared__ float warp_max[D / 32];
-#if __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");  // the decode grid's partials are complete
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-#ifdef GQA_DECODE_TRACE
-  if (threadIdx.x == 0) atomicMin(&g_trace[6], GlobalTimer());
-#endif
-  const size_t head = size_t(blockIdx.y) * num_heads + blockIdx.x;
-  const int d = threadIdx.x, lane = d % 32, warp = d / 32;
-  const float* lse = partial_lse + head * num_splits;
-  float local_max = -INFINITY;
-  for (int s = d; s < num_splits; s += D) {
-    weight[s] = lse[s];
-    local_max = fmaxf(local_max, lse[s]);
-  }
-#pragma unroll
-  for (int offset = 16; offset > 0; offset /= 2) {
-    local_max = fmaxf(local_max, __shfl_xor_sync(0xffffffffu, local_max, offset));
-  }
-  if (lane == 0) warp_max[warp] = local_max;
-  __syncthreads();
-  float max_lse = -INFINITY;
-#pragma unroll
-  for (int w = 0; w < D / 32; ++w) max_lse = fmaxf(max_lse, warp_max[w]);
-  for (int s = d; s < num_splits; s += D) {
-    weight[s] = weight[s] == -INFINITY ? 0.0f : exp2f(weight[s] - max_lse);
-  }
-  __syncthreads();
-  const float* column = partial_out + head * num_splits * D + d;
-  float total = 0.0f, acc = 0.0f;
-#pragma unroll 8
-  for (int s = 0; s < num_splits; ++s) {
-    total += weight[s];
-    acc += weight[s] * column[size_t(s) * D];
-  }
-  out[head * D + d] = FromFloat<T>(total > 0.0f ? acc / total : 0.0f);
-#ifdef GQA_DECODE_TRACE
-  __syncthreads();
-  if (threadIdx.x == 0) atomicMax(&g_trace[7], GlobalTimer());
 #endif
 }
 

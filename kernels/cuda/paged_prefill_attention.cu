@@ -5,11 +5,18 @@
 // rows; the block streams 16-key tiles (one cache block holds whole tiles) through a 3-stage
 // cp.async pipeline and each warp runs the shared tile update on its rows. Warps skip tiles that
 // lie wholly after their rows' positions.
+//
+// Key splits (args.key_splits > 1, for a short chunk after a long cached prefix: see
+// gqa/kernels/prefill_selector.h): grid.x is (row tile, split); each block streams only its
+// split's share of the tiles its rows see and writes normalized partial rows with their
+// log-sum-exp, and the split merge (split_merge.cuh) combines them.
 #include <cstdint>
 
 #include "attention_tile.cuh"
 #include "gqa/kernels/paged_attention_cuda.h"
+#include "gqa/kernels/prefill_selector.h"
 #include "pdl.cuh"
+#include "split_merge.cuh"
 
 namespace gqa::kernels::cuda {
 namespace {
@@ -17,6 +24,7 @@ namespace {
 using namespace attention;  // NOLINT: the shared tile building blocks
 
 constexpr int kRowsPerBlock = kWarps * 16;
+static_assert(kRowsPerBlock == kPrefillRowsPerBlock, "the selector counts blocks of these rows");
 
 template <int D>
 struct PrefillSmem {
@@ -42,8 +50,51 @@ __device__ __forceinline__ void LoadTileBlock(const PagedKvView<T>& cache, int b
   }
 }
 
+// The tiles [first, end) a block's rows see, cut into key_splits ranges of whole tiles (at
+// least kPrefillMinSplitTiles each): the range of `split`, empty past the last tile.
+__device__ __forceinline__ void SplitTiles(int key_splits, int split, int& first, int& end) {
+  if (key_splits <= 1) return;
+  const int per = max(kPrefillMinSplitTiles, (end - first + key_splits - 1) / key_splits);
+  first = min(end, first + split * per);
+  end = min(end, first + per);
+}
+
+// Split `split`'s normalized output rows and log-sum-exps (log2 units) of one warp's rows.
+template <int D>
+__device__ __forceinline__ void StorePartialRows(const WarpState<D, 1>& st, const int (&rows)[2],
+                                                 int num_rows, int query_token0, int group,
+                                                 int head0, int num_heads, int key_splits,
+                                                 int split, int lane,
+                                                 float* partial_out,  // [tokens, heads, splits, D]
+                                                 float* partial_lse) {  // [tokens, heads, splits]
+  const int tig = lane % 4;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float total = st.sum[0][r];
+    total += __shfl_xor_sync(0xffffffffu, total, 1);
+    total += __shfl_xor_sync(0xffffffffu, total, 2);
+    if (rows[r] >= num_rows) continue;
+    const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+    const size_t head =
+        size_t(query_token0 + rows[r] / group) * num_heads + head0 + rows[r] % group;
+    const size_t at = head * key_splits + split;
+    float* dst = partial_out + at * D;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt) {
+      dst[dt * 8 + 2 * tig] = st.out[0][dt][r * 2] * inv;
+      dst[dt * 8 + 2 * tig + 1] = st.out[0][dt][r * 2 + 1] * inv;
+    }
+    if (tig == 0) partial_lse[at] = total > 0.0f ? st.max[0][r] + log2f(total) : -INFINITY;
+  }
+}
+
 template <typename T, int D>
-__global__ void __launch_bounds__(kThreads) PrefillKernel(PrefillAttentionArgs<T> args, int group) {
+__global__ void __launch_bounds__(kThreads)
+    PrefillKernel(PrefillAttentionArgs<T> args, int group,
+                  float* partial_out,    // [tokens, heads, key_splits, D] when key_splits > 1
+                  float* partial_lse) {  // [tokens, heads, key_splits]
+  const int key_splits = args.key_splits > 1 ? args.key_splits : 1;
+  const int split = blockIdx.x % key_splits;
   extern __shared__ __align__(16) unsigned char smem[];
   T* q_smem = reinterpret_cast<T*>(smem);
   T* stages = q_smem + PrefillSmem<D>::kQueryElems;
@@ -52,15 +103,16 @@ __global__ void __launch_bounds__(kThreads) PrefillKernel(PrefillAttentionArgs<T
   const int q_begin = args.query_start[seq];
   const int q_len = args.query_start[seq + 1] - q_begin;
   const int rows = q_len * group;
-  const int row0 = blockIdx.x * kRowsPerBlock;
+  const int row0 = blockIdx.x / key_splits * kRowsPerBlock;
   if (row0 >= rows) return;
   const int first_pos = args.context_lens[seq] - q_len;  // position of the first query token
   const int last_pos = first_pos + (min(row0 + kRowsPerBlock, rows) - 1) / group;
-  const int num_tiles = last_pos / kTile + 1;
   // With a sliding window, tiles wholly before the block's first row's window are skipped.
   const int block_first_key =
       args.window > 0 ? max(0, first_pos + row0 / group - args.window + 1) : 0;
-  const int first_tile = block_first_key / kTile;
+  int first_tile = block_first_key / kTile;
+  int num_tiles = last_pos / kTile + 1;
+  SplitTiles(key_splits, split, first_tile, num_tiles);
   const int32_t* table_row = args.cache.block_tables + size_t(seq) * args.cache.max_blocks_per_seq;
 
   for (int i = threadIdx.x; i < kRowsPerBlock * D / 8; i += kThreads) {
@@ -123,6 +175,12 @@ __global__ void __launch_bounds__(kThreads) PrefillKernel(PrefillAttentionArgs<T
   }
   CpAsyncWait<0>();
 
+  if (key_splits > 1) {
+    const int rows_of_thread[2] = {row0 + warp * 16 + g, row0 + warp * 16 + g + 8};
+    StorePartialRows<D>(st, rows_of_thread, rows, q_begin, group, kv_head * group, args.num_heads,
+                        key_splits, split, lane, partial_out, partial_lse);
+    return;
+  }
   const int tig = lane % 4;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -149,12 +207,25 @@ cudaError_t LaunchPrefill(const PrefillAttentionArgs<T>& args, cudaStream_t stre
     return e;
   const int group = args.num_heads / args.cache.num_kv_heads;
   const int row_tiles = (args.max_query_len * group + kRowsPerBlock - 1) / kRowsPerBlock;
-  const dim3 grid(row_tiles, args.cache.num_kv_heads, args.num_seqs);
-  PrefillKernel<T, D><<<grid, kThreads, kSmem, stream>>>(args, group);
-  return cudaGetLastError();
+  const int key_splits = args.key_splits > 1 ? args.key_splits : 1;
+  float* partial_out = static_cast<float*>(args.workspace);
+  const size_t rows = size_t(args.num_query_tokens) * args.num_heads * key_splits;
+  float* partial_lse = partial_out ? partial_out + rows * D : nullptr;
+  const dim3 grid(row_tiles * key_splits, args.cache.num_kv_heads, args.num_seqs);
+  PrefillKernel<T, D><<<grid, kThreads, kSmem, stream>>>(args, group, partial_out, partial_lse);
+  if (key_splits == 1) return cudaGetLastError();
+  return LaunchAfterPrevious(MergeSplitsKernel<T, D>, dim3(args.num_heads, args.num_query_tokens),
+                             dim3(D), 0, stream, static_cast<const float*>(partial_out),
+                             static_cast<const float*>(partial_lse), args.num_heads, key_splits,
+                             args.out);
 }
 
 }  // namespace
+
+size_t PrefillWorkspaceBytes(int num_query_tokens, int num_heads, int head_dim, int key_splits) {
+  if (key_splits <= 1) return 0;
+  return size_t(num_query_tokens) * num_heads * key_splits * (head_dim + 1) * sizeof(float);
+}
 
 template <typename T>
 cudaError_t PagedPrefillAttention(const PrefillAttentionArgs<T>& args, cudaStream_t stream) {
@@ -162,6 +233,12 @@ cudaError_t PagedPrefillAttention(const PrefillAttentionArgs<T>& args, cudaStrea
   if (args.cache.num_kv_heads <= 0 || args.num_heads % args.cache.num_kv_heads != 0 ||
       args.num_heads / args.cache.num_kv_heads > kRowsPerBlock ||
       args.cache.block_size % kTile != 0) {
+    return cudaErrorInvalidValue;
+  }
+  if (args.key_splits > 1 &&
+      (args.key_splits > kPrefillMaxKeySplits || args.workspace == nullptr ||
+       args.num_query_tokens <= 0 ||
+       size_t(args.num_query_tokens) * args.key_splits > size_t(kPrefillSplitRows))) {
     return cudaErrorInvalidValue;
   }
   switch (args.cache.head_dim) {

@@ -7,6 +7,7 @@
 #include "cuda_test_util.h"
 #include "gqa/kernels/cpu_ops.h"
 #include "gqa/kernels/paged_attention_cuda.h"
+#include "gqa/kernels/prefill_selector.h"
 
 namespace gqa::kernels::cuda {
 namespace {
@@ -16,6 +17,7 @@ struct PrefillShape {
   std::vector<int> query_lens;  // new tokens per sequence
   std::vector<int> cached;      // tokens already in the cache before them
   int window = 0;               // > 0: a sliding window
+  int key_splits = 1;           // > 1: each block's keys in this many ranges, then merged
 };
 
 template <typename T>
@@ -23,7 +25,7 @@ void CheckPrefill(const PrefillShape& shape) {
   SCOPED_TRACE(testing::Message() << "heads " << shape.num_heads << " kv " << shape.num_kv_heads
                                   << " d " << shape.head_dim << " block " << shape.block_size
                                   << " seqs " << shape.query_lens.size() << " window "
-                                  << shape.window);
+                                  << shape.window << " key splits " << shape.key_splits);
   const int num_seqs = int(shape.query_lens.size());
   const int kvh = shape.num_kv_heads, d = shape.head_dim, bs = shape.block_size;
   std::vector<int32_t> lens(num_seqs), query_start(num_seqs + 1, 0);
@@ -69,6 +71,14 @@ void CheckPrefill(const PrefillShape& shape) {
   args.max_query_len = max_q;
   args.scale = 1.0f / std::sqrt(float(d));
   args.window = shape.window;
+  args.key_splits = shape.key_splits;
+  args.num_query_tokens = tokens;
+  const size_t workspace_bytes =
+      PrefillWorkspaceBytes(tokens, shape.num_heads, d, shape.key_splits);
+  DeviceBuffer<float> workspace(std::max<size_t>(workspace_bytes / sizeof(float), 1));
+  // NaN-poisoned: a partial row the kernel forgets to write reaches the merge as NaN.
+  CUDA_OK(cudaMemset(workspace.ptr, 0xff, workspace_bytes));
+  args.workspace = shape.key_splits > 1 ? workspace.ptr : nullptr;
   CUDA_OK(PagedPrefillAttention<T>(args, nullptr));
   CUDA_OK(cudaDeviceSynchronize());
   std::vector<float> ref(q.size());
@@ -112,10 +122,26 @@ TEST(PrefillAttentionCuda, SlidingWindow) {
   }
 }
 
+// Key splits (a short chunk after a long cached prefix, as a prefix-cache hit computes): every
+// split count up to the most, ranges past some rows' positions (causal) and past the context
+// (empty splits), windows, every group size.
+TEST(PrefillAttentionCuda, KeySplitsOverACachedPrefix) {
+  REQUIRE_GPU();
+  for (int splits : {2, 3, 8, kPrefillMaxKeySplits}) {
+    for (int kv_heads : {32, 8, 1}) {
+      CheckPrefill<__nv_bfloat16>({32, kv_heads, 64, 16, {100}, {2000}, 0, splits});
+      CheckPrefill<__half>({32, kv_heads, 128, 32, {1, 15, 64, 7}, {3000, 0, 500, 129}, 0, splits});
+    }
+    CheckPrefill<__nv_bfloat16>({32, 8, 128, 16, {100, 3}, {2000, 900}, /*window=*/300, splits});
+    CheckPrefill<__nv_bfloat16>({12, 4, 64, 16, {40}, {20}, 0, splits});  // group 3, short
+  }
+}
+
 TEST(PrefillAttentionCuda, SmallForSanitizers) {
   REQUIRE_GPU();
   CheckPrefill<__nv_bfloat16>({8, 2, 64, 16, {20, 3}, {4, 0}});
   CheckPrefill<__nv_bfloat16>({8, 2, 64, 16, {40, 3}, {20, 50}, /*window=*/9});
+  CheckPrefill<__nv_bfloat16>({8, 2, 64, 16, {10, 3}, {300, 50}, 0, /*key_splits=*/4});
 }
 
 }  // namespace

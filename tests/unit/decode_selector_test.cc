@@ -1,4 +1,5 @@
 #include "gqa/kernels/decode_selector.h"
+#include "gqa/kernels/prefill_selector.h"
 
 #include <gtest/gtest.h>
 
@@ -71,6 +72,37 @@ TEST(DecodeSelectorTest, SmallBatchLongContextSplitsLargeBatchDoesNot) {
   EXPECT_GT(SelectDecodeKernel(32, 8, 128, 16, 1, 32768, 132).num_splits, 16);
   EXPECT_EQ(SelectDecodeKernel(32, 32, 128, 16, 256, 512, 132).num_splits, 1);
   EXPECT_EQ(SelectDecodeKernel(32, 8, 128, 16, 1, 4096, 132, /*override=*/5).num_splits, 5);
+}
+
+// The prefill key splits (gqa/kernels/prefill_selector.h).
+TEST(PrefillSelectorTest, AShortChunkAfterALongPrefixSplitsAFullPromptDoesNot) {
+  PrefillShapeForSplits hit;  // a prefix-cache hit: 100 new tokens over 2,000 cached, 1B shape
+  hit.max_query_len = hit.num_query_tokens = 100;
+  hit.max_context = 2100;
+  hit.num_seqs = 1;
+  hit.group = 4;
+  hit.num_kv_heads = 8;
+  hit.sm_count = 132;
+  // 7 blocks of 64 rows x 8 KV heads = 56 blocks: 5 splits give about two per multiprocessor.
+  EXPECT_EQ(SelectPrefillKeySplits(hit), 5);
+  PrefillShapeForSplits full = hit;  // the whole 2,100-token prompt: 1,056 blocks
+  full.max_query_len = full.num_query_tokens = 2100;
+  EXPECT_EQ(SelectPrefillKeySplits(full), 1);
+  PrefillShapeForSplits fresh = hit;  // 100 tokens, no prefix: 7 tiles, under one range's 8
+  fresh.max_context = 100;
+  EXPECT_EQ(SelectPrefillKeySplits(fresh), 1);
+  PrefillShapeForSplits deterministic = hit;  // the splits would follow the batch
+  deterministic.deterministic = true;
+  EXPECT_EQ(SelectPrefillKeySplits(deterministic), 1);
+  PrefillShapeForSplits mqa = hit;  // 1 KV head: 2 blocks, capped at the most splits
+  mqa.group = 32;
+  mqa.num_kv_heads = 1;
+  mqa.max_query_len = mqa.num_query_tokens = 4;
+  mqa.max_context = 32768;
+  EXPECT_EQ(SelectPrefillKeySplits(mqa), kPrefillMaxKeySplits);
+  PrefillShapeForSplits wide = mqa;  // the workspace bounds tokens x splits
+  wide.num_query_tokens = kPrefillSplitRows / 3;
+  EXPECT_EQ(SelectPrefillKeySplits(wide), 3);
 }
 
 }  // namespace

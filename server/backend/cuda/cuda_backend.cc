@@ -20,6 +20,7 @@
 #include "gqa/kernels/decode_selector.h"
 #include "gqa/kernels/elementwise_cuda.h"
 #include "gqa/kernels/paged_attention_cuda.h"
+#include "gqa/kernels/prefill_selector.h"
 #include "gqa/kernels/rope.h"
 #include "gqa/kernels/sampling_cuda.h"
 #include "gqa/kernels/skinny_gemm_cuda.h"
@@ -188,8 +189,12 @@ absl::Status CudaBackend<T>::AllocateActivations() {
   const ModelConfig& c = config_;
   const size_t t = max_tokens_, s = options_.max_num_seqs, h = c.hidden_size;
   // Split partials for the most (sequence x split) rows any batch size asks for.
-  const size_t workspace =
-      k::DecodeWorkspaceBytes(/*num_seqs=*/1, c.num_heads, c.head_dim, MaxDecodeWorkspaceRows());
+  // Shared with the prefill key splits (they run after the decode merge, on the same stream).
+  const size_t workspace = std::max(
+      k::DecodeWorkspaceBytes(/*num_seqs=*/1, c.num_heads, c.head_dim, MaxDecodeWorkspaceRows()),
+      options_.deterministic
+          ? size_t(0)
+          : k::PrefillWorkspaceBytes(kernels::kPrefillSplitRows / 2, c.num_heads, c.head_dim, 2));
   auto carve = [&](void* base) {
     BufferCarver b(base);
     act_.residual = b.Take<T>(t * h);
@@ -311,6 +316,18 @@ absl::Status CudaBackend<T>::Attention(int l, const StepShape& shape) {
     args.max_query_len = shape.max_query_len;
     args.scale = scale;
     args.window = c.attention_window();
+    args.num_query_tokens = shape.num_tokens - shape.num_decode;
+    kernels::PrefillShapeForSplits split_shape;
+    split_shape.max_query_len = shape.max_query_len;
+    split_shape.num_query_tokens = args.num_query_tokens;
+    split_shape.max_context = shape.max_prefill_context;
+    split_shape.num_seqs = prefill_seqs;
+    split_shape.group = c.num_heads / c.num_kv_heads;
+    split_shape.num_kv_heads = c.num_kv_heads;
+    split_shape.sm_count = device_->sm_count();
+    split_shape.deterministic = options_.deterministic;  // splits would follow the batch
+    args.key_splits = kernels::SelectPrefillKeySplits(split_shape);
+    args.workspace = act_.decode_workspace;
     GQA_CUDA_RETURN_IF_ERROR(k::PagedPrefillAttention<T>(args, stream));
   }
   if (profiling_) GQA_CUDA_RETURN_IF_ERROR(profiler_.RecordAttentionEnd(l, stream));

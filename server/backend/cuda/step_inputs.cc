@@ -114,6 +114,7 @@ absl::StatusOr<StepShape> StepInputs::Pack(std::span<const ForwardSeq> batch, in
       ++prefill_seqs;
       h.prefill_query_start[prefill_seqs] = h.prefill_query_start[prefill_seqs - 1] + len;
       shape.max_query_len = std::max(shape.max_query_len, len);
+      shape.max_prefill_context = std::max(shape.max_prefill_context, s.start_pos + len);
     }
   }
   const bool every_token = std::any_of(batch.begin(), batch.end(),

@@ -26,10 +26,11 @@ struct StepCapacity {
 // What the launches of one step need to know on the host.
 struct StepShape {
   int num_tokens = 0;
-  int num_seqs = 0;        // padded: rows past the batch are inert
-  int num_decode = 0;      // sequences [0, num_decode) compute one token each
-  int max_query_len = 0;   // the longest prefill chunk
-  int num_logit_rows = 0;  // rows of logits computed
+  int num_seqs = 0;             // padded: rows past the batch are inert
+  int num_decode = 0;           // sequences [0, num_decode) compute one token each
+  int max_query_len = 0;        // the longest prefill chunk
+  int max_prefill_context = 0;  // the longest prefill sequence's context, its chunk included
+  int num_logit_rows = 0;       // rows of logits computed
 };
 
 // The arrays, in host and device memory alike.

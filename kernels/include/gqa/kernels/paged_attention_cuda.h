@@ -56,7 +56,17 @@ struct PrefillAttentionArgs {
   int max_query_len = 0;  // the longest query_start[s + 1] - query_start[s]
   float scale = 0.0f;
   int window = 0;  // > 0: a sliding window, as in DecodeAttentionArgs
+  // > 1: each block's keys in this many ranges, merged by log-sum-exp (SelectPrefillKeySplits;
+  // at most kPrefillMaxKeySplits). Then num_query_tokens (query_start[num_seqs]) and a workspace
+  // of PrefillWorkspaceBytes(num_query_tokens, num_heads, head_dim, key_splits) are needed.
+  int key_splits = 1;
+  int num_query_tokens = 0;
+  void* workspace = nullptr;
 };
+
+// Bytes of fp32 scratch the prefill key splits need (num_query_tokens * key_splits <=
+// kPrefillSplitRows).
+size_t PrefillWorkspaceBytes(int num_query_tokens, int num_heads, int head_dim, int key_splits);
 
 // Causal grouped-query attention of several query tokens per sequence over the paged cache
 // (prefill, chunked prefill, a prompt that extends cached tokens). Sequence s's queries are the

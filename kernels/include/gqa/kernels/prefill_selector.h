@@ -1,0 +1,51 @@
+// How many key ranges (splits) the prefill attention kernel cuts each query block's keys into.
+// Pure host logic, testable without CUDA.
+//
+// A short chunk after a long cached prefix (a prefix-cache hit, the later chunks of a chunked
+// prompt with few tokens) launches few blocks of 64 query rows, and each streams the whole
+// prefix alone: on an H200 a 100-token chunk over 2,000 cached tokens of the 1B shape ran 56
+// blocks on 132 multiprocessors, 130 serial 16-key steps each. Splitting the keys gives the
+// multiprocessors work; the partial results are merged by log-sum-exp, as the decode kernel's
+// splits are. Full prompts launch enough blocks and never split (the partials would cost more
+// than they save).
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+
+namespace gqa::kernels {
+
+constexpr int kPrefillRowsPerBlock = 64;  // (query token, group head) rows per block
+constexpr int kPrefillMaxKeySplits = 16;  // at most this many key ranges per block
+constexpr int kPrefillMinSplitTiles = 8;  // each range at least 8 16-key tiles
+constexpr int kPrefillSplitRows = 2048;   // partial (token, split) rows the workspace holds
+
+struct PrefillShapeForSplits {
+  int max_query_len = 0;     // the longest prefill chunk of the step
+  int num_query_tokens = 0;  // prefill tokens of the step, all sequences
+  int max_context = 0;       // the longest prefill sequence's context (cached prefix + chunk)
+  int num_seqs = 0;          // prefill sequences
+  int group = 1;             // query heads per KV head
+  int num_kv_heads = 1;
+  int sm_count = 1;
+  bool deterministic = false;  // splits would depend on the batch: never split
+};
+
+// 1 (no split) or the key ranges per block: enough for about two blocks per multiprocessor,
+// no range shorter than kPrefillMinSplitTiles tiles of the longest context, and no more
+// (token, split) rows than the workspace holds.
+constexpr int SelectPrefillKeySplits(const PrefillShapeForSplits& s) {
+  if (s.deterministic || s.max_query_len <= 0 || s.num_query_tokens <= 0) return 1;
+  const int row_blocks =
+      (s.max_query_len * s.group + kPrefillRowsPerBlock - 1) / kPrefillRowsPerBlock;
+  const long blocks = long(row_blocks) * s.num_kv_heads * s.num_seqs;
+  if (blocks >= s.sm_count) return 1;
+  const int wanted = int((2L * s.sm_count + blocks - 1) / blocks);
+  const int key_tiles = (s.max_context + 15) / 16;
+  const int by_length = key_tiles / kPrefillMinSplitTiles;
+  const int by_workspace = kPrefillSplitRows / s.num_query_tokens;
+  const int splits = std::min({wanted, by_length, by_workspace, kPrefillMaxKeySplits});
+  return std::max(1, splits);
+}
+
+}  // namespace gqa::kernels
