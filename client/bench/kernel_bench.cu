@@ -371,8 +371,8 @@ void PrefixChunkTable(double bandwidth, int sm_count) {
       "\nprefill of a chunk after a cached prefix (one sequence), bf16, %d query heads, head_dim "
       "%d; floor = K/V bytes / copy bandwidth (%.0f GB/s)\n",
       kHeads, g_head_dim, bandwidth / 1e9);
-  std::printf("%3s %5s %6s | %8s %6s | %6s %9s %7s %7s\n", "kv", "chunk", "ctx", "floor_us",
-              "splits", "1_us", "split_us", "of_copy", "speedup");
+  std::printf("%3s %5s %6s | %8s %6s | %6s %9s %7s %7s | forced splits: us\n", "kv", "chunk", "ctx",
+              "floor_us", "splits", "1_us", "split_us", "of_copy", "speedup");
   struct Row {
     int kv_heads, chunk, context;
   };
@@ -391,9 +391,14 @@ void PrefixChunkTable(double bandwidth, int sm_count) {
     const double unsplit = TimePrefill(r.kv_heads, 1, r.chunk, r.context, 1);
     const double split =
         splits > 1 ? TimePrefill(r.kv_heads, 1, r.chunk, r.context, splits) : unsplit;
-    std::printf("%3d %5d %6d | %8.1f %6d | %6.1f %9.1f %6.0f%% %6.2fx\n", r.kv_heads, r.chunk,
+    std::printf("%3d %5d %6d | %8.1f %6d | %6.1f %9.1f %6.0f%% %6.2fx |", r.kv_heads, r.chunk,
                 r.context, floor_us, splits, unsplit, split, 100.0 * floor_us / split,
                 unsplit / split);
+    for (int forced : {2, 4, 8, 16}) {  // tunes the selector
+      if (forced == splits || r.chunk * forced > gqa::kernels::kPrefillSplitRows) continue;
+      std::printf(" %d:%.1f", forced, TimePrefill(r.kv_heads, 1, r.chunk, r.context, forced));
+    }
+    std::printf("\n");
   }
 }
 

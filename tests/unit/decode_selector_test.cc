@@ -83,8 +83,12 @@ TEST(PrefillSelectorTest, AShortChunkAfterALongPrefixSplitsAFullPromptDoesNot) {
   hit.group = 4;
   hit.num_kv_heads = 8;
   hit.sm_count = 132;
-  // 7 blocks of 64 rows x 8 KV heads = 56 blocks: 5 splits give about two per multiprocessor.
-  EXPECT_EQ(SelectPrefillKeySplits(hit), 5);
+  // 7 blocks of 64 rows x 8 KV heads = 56 blocks: 8 splits give about three per multiprocessor.
+  EXPECT_EQ(SelectPrefillKeySplits(hit), 8);
+  PrefillShapeForSplits chunk = hit;  // a 512-token chunk over 8,192: 256 blocks, under 2 x 132
+  chunk.max_query_len = chunk.num_query_tokens = 512;
+  chunk.max_context = 8192;
+  EXPECT_EQ(SelectPrefillKeySplits(chunk), 2);
   PrefillShapeForSplits full = hit;  // the whole 2,100-token prompt: 1,056 blocks
   full.max_query_len = full.num_query_tokens = 2100;
   EXPECT_EQ(SelectPrefillKeySplits(full), 1);

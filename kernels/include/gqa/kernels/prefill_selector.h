@@ -8,6 +8,10 @@
 // multiprocessors work; the partial results are merged by log-sum-exp, as the decode kernel's
 // splits are. Full prompts launch enough blocks and never split (the partials would cost more
 // than they save).
+//
+// What the splits cannot fix: each block streams one 16-key tile per microsecond or so (a
+// 3-stage pipeline of 64 rows x 16 keys), so a chunk over a prefix stays far from its K/V
+// floor until the prefill kernel itself keeps more bytes in flight (issue 17, item 2).
 #pragma once
 
 #include <algorithm>
@@ -31,7 +35,9 @@ struct PrefillShapeForSplits {
   bool deterministic = false;  // splits would depend on the batch: never split
 };
 
-// 1 (no split) or the key ranges per block: enough for about two blocks per multiprocessor,
+// 1 (no split) or the key ranges per block: when the step launches fewer than two blocks per
+// multiprocessor, enough ranges for about three (the fastest of 2-16 forced splits on an H200,
+// kernels/BENCHMARKS.md step 19),
 // no range shorter than kPrefillMinSplitTiles tiles of the longest context, and no more
 // (token, split) rows than the workspace holds.
 constexpr int SelectPrefillKeySplits(const PrefillShapeForSplits& s) {
@@ -39,8 +45,8 @@ constexpr int SelectPrefillKeySplits(const PrefillShapeForSplits& s) {
   const int row_blocks =
       (s.max_query_len * s.group + kPrefillRowsPerBlock - 1) / kPrefillRowsPerBlock;
   const long blocks = long(row_blocks) * s.num_kv_heads * s.num_seqs;
-  if (blocks >= s.sm_count) return 1;
-  const int wanted = int((2L * s.sm_count + blocks - 1) / blocks);
+  if (blocks >= 2L * s.sm_count) return 1;
+  const int wanted = int((3L * s.sm_count + blocks - 1) / blocks);
   const int key_tiles = (s.max_context + 15) / 16;
   const int by_length = key_tiles / kPrefillMinSplitTiles;
   const int by_workspace = kPrefillSplitRows / s.num_query_tokens;
