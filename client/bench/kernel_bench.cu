@@ -268,7 +268,8 @@ double MatmulRate() {
 // Causal prefill of `batch` chunks of `len` tokens, each the last of a context of `context`
 // tokens (context == len: whole prompts; more: a chunk after a cached prefix), its keys in
 // `key_splits` ranges; returns the median us per call.
-double TimePrefill(int kv_heads, int batch, int len, int context = 0, int key_splits = 1) {
+double TimePrefill(int kv_heads, int batch, int len, int context = 0, int key_splits = 1,
+                   int key_tiles_per_step = 0) {
   if (context < len) context = len;
   const int blocks_per_seq = (context + kBlockSize - 1) / kBlockSize;
   const size_t pool = size_t(batch) * blocks_per_seq * kv_heads * kBlockSize * g_head_dim;
@@ -304,6 +305,7 @@ double TimePrefill(int kv_heads, int batch, int len, int context = 0, int key_sp
   args.max_query_len = len;
   args.scale = 1.0f / std::sqrt(float(g_head_dim));
   args.key_splits = key_splits;
+  args.key_tiles_per_step = key_tiles_per_step;
   args.num_query_tokens = batch * len;
   void* workspace = nullptr;
   const size_t workspace_bytes = gqa::kernels::cuda::PrefillWorkspaceBytes(
@@ -348,8 +350,9 @@ void PrefillTable(const std::string& peer) {
   std::vector<Shape> shapes = {
       {32, 1, 4096}, {8, 1, 4096}, {1, 1, 4096}, {8, 4, 2048}, {8, 1, 16384}};
   const auto peers = peer.empty() ? std::map<std::string, double>{} : RunPrefillPeer(peer, shapes);
-  std::printf("%3s %5s %6s | %9s %9s %8s %7s | %9s %7s\n", "kv", "batch", "len", "ours_us",
-              "floor_us", "TFLOP/s", "of_gemm", "sdpa_us", "vs_sdpa");
+  std::printf("%3s %5s %6s | %9s %9s %8s %7s | %9s %7s | variants (16-key tiles per step): us\n",
+              "kv", "batch", "len", "ours_us", "floor_us", "TFLOP/s", "of_gemm", "sdpa_us",
+              "vs_sdpa");
   for (const auto& s : shapes) {
     // Q.K^T and P.V over the causal half: 2 x 2 x len^2 / 2 x head_dim flops per head.
     const double flops = 2.0 * s.batch * kHeads * double(s.context) * s.context * g_head_dim;
@@ -357,9 +360,14 @@ void PrefillTable(const std::string& peer) {
     const auto it = peers.find(std::to_string(s.kv_heads) + " " + std::to_string(s.batch) + " " +
                                std::to_string(s.context));
     const double sdpa = it != peers.end() ? it->second : NAN;
-    std::printf("%3d %5d %6d | %9.1f %9.1f %8.0f %6.0f%% | %9.1f %6.2fx\n", s.kv_heads, s.batch,
+    std::printf("%3d %5d %6d | %9.1f %9.1f %8.0f %6.0f%% | %9.1f %6.2fx |", s.kv_heads, s.batch,
                 s.context, us, flops / rate * 1e6, flops / us / 1e6,
                 100.0 * flops / rate / us * 1e6, sdpa, sdpa / us);
+    for (int key_tiles : {1, 2, 4}) {
+      std::printf(" %d:%.1f", key_tiles,
+                  TimePrefill(s.kv_heads, s.batch, s.context, 0, 1, key_tiles));
+    }
+    std::printf("\n");
   }
 }
 
@@ -397,6 +405,10 @@ void PrefixChunkTable(double bandwidth, int sm_count) {
     for (int forced : {2, 4, 8, 16}) {  // tunes the selector
       if (forced == splits || r.chunk * forced > gqa::kernels::kPrefillSplitRows) continue;
       std::printf(" %d:%.1f", forced, TimePrefill(r.kv_heads, 1, r.chunk, r.context, forced));
+    }
+    for (int key_tiles : {2, 4}) {  // the variants at the selector's splits
+      std::printf(" nk%d:%.1f", key_tiles,
+                  TimePrefill(r.kv_heads, 1, r.chunk, r.context, splits, key_tiles));
     }
     std::printf("\n");
   }

@@ -26,16 +26,19 @@ using namespace attention;  // NOLINT: the shared tile building blocks
 constexpr int kRowsPerBlock = kWarps * 16;
 static_assert(kRowsPerBlock == kPrefillRowsPerBlock, "the selector counts blocks of these rows");
 
-template <int D>
+// D: head_dim; NK: 16-key tiles per pipeline step (the keys of one softmax step); S: stages.
+template <int D, int NK, int S>
 struct PrefillSmem {
+  static constexpr int kStepKeys = NK * kTile;
   static constexpr size_t kQueryElems = size_t(kRowsPerBlock) * kRow<D>;
-  static constexpr size_t kStageElems = size_t(2) * kTile * kRow<D>;  // K then V
-  static constexpr size_t kBytes = (kQueryElems + kStages * kStageElems) * 2;
+  static constexpr size_t kStageElems = size_t(2) * kStepKeys * kRow<D>;  // K then V
+  static constexpr size_t kBytes = (kQueryElems + S * kStageElems) * 2;
 };
 
-// All threads of the block copy one 16-key tile (keys tok0.., in cache block `block`); keys at
-// or past `end` (the sequence's length) are zero-filled, so stale cache data never reaches P.V.
-template <typename T, int D>
+// All threads of the block copy one 16-key tile (keys tok0.., in cache block `block`) into tile
+// `sub` of a step of NK tiles (K rows, then V rows NK tiles further on); keys at or past `end`
+// (the sequence's length) are zero-filled, so stale cache data never reaches P.V.
+template <typename T, int D, int NK>
 __device__ __forceinline__ void LoadTileBlock(const PagedKvView<T>& cache, int block, int kv_head,
                                               int tok0, int end, T* stage) {
   const size_t base = ((size_t(block) * cache.num_kv_heads + kv_head) * cache.block_size +
@@ -46,15 +49,16 @@ __device__ __forceinline__ void LoadTileBlock(const PagedKvView<T>& cache, int b
     const int t = c / (D / 8), col = (c % (D / 8)) * 8;
     const size_t src = base + size_t(t) * D + col;
     CpAsync16(stage + t * kRow<D> + col, cache.k + src, tok0 + t < end);
-    CpAsync16(stage + (kTile + t) * kRow<D> + col, cache.v + src, tok0 + t < end);
+    CpAsync16(stage + (NK * kTile + t) * kRow<D> + col, cache.v + src, tok0 + t < end);
   }
 }
 
-// The tiles [first, end) a block's rows see, cut into key_splits ranges of whole tiles (at
-// least kPrefillMinSplitTiles each): the range of `split`, empty past the last tile.
-__device__ __forceinline__ void SplitTiles(int key_splits, int split, int& first, int& end) {
+// The steps [first, end) a block's rows see, cut into key_splits ranges of whole steps (at
+// least min_steps each): the range of `split`, empty past the last step.
+__device__ __forceinline__ void SplitSteps(int key_splits, int split, int min_steps, int& first,
+                                           int& end) {
   if (key_splits <= 1) return;
-  const int per = max(kPrefillMinSplitTiles, (end - first + key_splits - 1) / key_splits);
+  const int per = max(min_steps, (end - first + key_splits - 1) / key_splits);
   first = min(end, first + split * per);
   end = min(end, first + per);
 }
@@ -88,7 +92,7 @@ __device__ __forceinline__ void StorePartialRows(const WarpState<D, 1>& st, cons
   }
 }
 
-template <typename T, int D>
+template <typename T, int D, int NK, int S>
 __global__ void __launch_bounds__(kThreads)
     PrefillKernel(PrefillAttentionArgs<T> args, int group,
                   float* partial_out,    // [tokens, heads, key_splits, D] when key_splits > 1
@@ -97,7 +101,9 @@ __global__ void __launch_bounds__(kThreads)
   const int split = blockIdx.x % key_splits;
   extern __shared__ __align__(16) unsigned char smem[];
   T* q_smem = reinterpret_cast<T*>(smem);
-  T* stages = q_smem + PrefillSmem<D>::kQueryElems;
+  using Layout = PrefillSmem<D, NK, S>;
+  constexpr int kStep = Layout::kStepKeys;
+  T* stages = q_smem + Layout::kQueryElems;
   const int kv_head = blockIdx.y, seq = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int q_begin = args.query_start[seq];
@@ -107,12 +113,12 @@ __global__ void __launch_bounds__(kThreads)
   if (row0 >= rows) return;
   const int first_pos = args.context_lens[seq] - q_len;  // position of the first query token
   const int last_pos = first_pos + (min(row0 + kRowsPerBlock, rows) - 1) / group;
-  // With a sliding window, tiles wholly before the block's first row's window are skipped.
+  // With a sliding window, steps wholly before the block's first row's window are skipped.
   const int block_first_key =
       args.window > 0 ? max(0, first_pos + row0 / group - args.window + 1) : 0;
-  int first_tile = block_first_key / kTile;
-  int num_tiles = last_pos / kTile + 1;
-  SplitTiles(key_splits, split, first_tile, num_tiles);
+  int first_step = block_first_key / kStep;
+  int num_steps = last_pos / kStep + 1;
+  SplitSteps(key_splits, split, max(1, kPrefillMinSplitTiles / NK), first_step, num_steps);
   const int32_t* table_row = args.cache.block_tables + size_t(seq) * args.cache.max_blocks_per_seq;
 
   for (int i = threadIdx.x; i < kRowsPerBlock * D / 8; i += kThreads) {
@@ -125,14 +131,19 @@ __global__ void __launch_bounds__(kThreads)
     CpAsync16(q_smem + (i / (D / 8)) * kRow<D> + col, args.q + src, valid);
   }
   CpAsyncCommit();
-  auto load = [&](int j) {
-    const int tok0 = j * kTile;
-    LoadTileBlock<T, D>(args.cache, table_row[tok0 / args.cache.block_size], kv_head, tok0,
-                        first_pos + q_len, stages + (j % kStages) * PrefillSmem<D>::kStageElems);
+  auto load = [&](int j) {  // step j: NK tiles, each in its own part of a cache block
+    T* stage = stages + (j % S) * Layout::kStageElems;
+#pragma unroll
+    for (int sub = 0; sub < NK; ++sub) {
+      const int tok0 = j * kStep + sub * kTile;
+      const int entry = min(tok0 / args.cache.block_size, args.cache.max_blocks_per_seq - 1);
+      LoadTileBlock<T, D, NK>(args.cache, table_row[entry], kv_head, tok0, first_pos + q_len,
+                              stage + sub * kTile * kRow<D>);
+    }
   };
 #pragma unroll
-  for (int j = first_tile; j < first_tile + kStages - 1; ++j) {
-    if (j < num_tiles) load(j);
+  for (int j = first_step; j < first_step + S - 1; ++j) {
+    if (j < num_steps) load(j);
     CpAsyncCommit();
   }
 
@@ -160,16 +171,16 @@ __global__ void __launch_bounds__(kThreads)
   WarpState<D, 1> st;
   st.Init();
   const float scale_log2 = args.scale * kLog2e;
-  for (int j = first_tile; j < num_tiles; ++j) {
-    if (j + kStages - 1 < num_tiles) load(j + kStages - 1);
+  for (int j = first_step; j < num_steps; ++j) {
+    if (j + S - 1 < num_steps) load(j + S - 1);
     CpAsyncCommit();
-    CpAsyncWait<kStages - 1>();
+    CpAsyncWait<S - 1>();
     __syncthreads();
-    const int tok0 = j * kTile;
-    if (tok0 < warp_max && tok0 + kTile > warp_first_min) {  // a row of the warp sees a key
-      AttendTile<T, D, 1>(q_smem + warp * 16 * kRow<D>,
-                          stages + (j % kStages) * PrefillSmem<D>::kStageElems, tok0, limit, first,
-                          tok0 + kTile > warp_min || tok0 < warp_first_max, scale_log2, st, lane);
+    const int tok0 = j * kStep;
+    if (tok0 < warp_max && tok0 + kStep > warp_first_min) {  // a row of the warp sees a key
+      AttendTile<T, D, 1, NK>(q_smem + warp * 16 * kRow<D>, stages + (j % S) * Layout::kStageElems,
+                              tok0, limit, first, tok0 + kStep > warp_min || tok0 < warp_first_max,
+                              scale_log2, st, lane);
     }
     __syncthreads();  // the stage is refilled next iteration
   }
@@ -200,10 +211,11 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-template <typename T, int D>
+template <typename T, int D, int NK, int S>
 cudaError_t LaunchPrefill(const PrefillAttentionArgs<T>& args, cudaStream_t stream) {
-  constexpr size_t kSmem = PrefillSmem<D>::kBytes;
-  if (const cudaError_t e = AllowDynamicSmem<PrefillKernel<T, D>>(int(kSmem)); e != cudaSuccess)
+  constexpr size_t kSmem = PrefillSmem<D, NK, S>::kBytes;
+  if (const cudaError_t e = AllowDynamicSmem<PrefillKernel<T, D, NK, S>>(int(kSmem));
+      e != cudaSuccess)
     return e;
   const int group = args.num_heads / args.cache.num_kv_heads;
   const int row_tiles = (args.max_query_len * group + kRowsPerBlock - 1) / kRowsPerBlock;
@@ -212,12 +224,29 @@ cudaError_t LaunchPrefill(const PrefillAttentionArgs<T>& args, cudaStream_t stre
   const size_t rows = size_t(args.num_query_tokens) * args.num_heads * key_splits;
   float* partial_lse = partial_out ? partial_out + rows * D : nullptr;
   const dim3 grid(row_tiles * key_splits, args.cache.num_kv_heads, args.num_seqs);
-  PrefillKernel<T, D><<<grid, kThreads, kSmem, stream>>>(args, group, partial_out, partial_lse);
+  PrefillKernel<T, D, NK, S>
+      <<<grid, kThreads, kSmem, stream>>>(args, group, partial_out, partial_lse);
   if (key_splits == 1) return cudaGetLastError();
   return LaunchAfterPrevious(MergeSplitsKernel<T, D>, dim3(args.num_heads, args.num_query_tokens),
                              dim3(D), 0, stream, static_cast<const float*>(partial_out),
                              static_cast<const float*>(partial_lse), args.num_heads, key_splits,
                              args.out);
+}
+
+// The built variants (16-key tiles per step x stages); args.key_tiles_per_step = 0 picks
+// kPrefillKeyTilesPerStep.
+template <typename T, int D>
+cudaError_t LaunchPrefillVariant(const PrefillAttentionArgs<T>& args, cudaStream_t stream) {
+  switch (args.key_tiles_per_step > 0 ? args.key_tiles_per_step : kPrefillKeyTilesPerStep) {
+    case 1:
+      return LaunchPrefill<T, D, 1, 3>(args, stream);
+    case 2:
+      return LaunchPrefill<T, D, 2, 3>(args, stream);
+    case 4:
+      return LaunchPrefill<T, D, 4, 3>(args, stream);
+    default:
+      return cudaErrorInvalidValue;
+  }
 }
 
 }  // namespace
@@ -243,9 +272,9 @@ cudaError_t PagedPrefillAttention(const PrefillAttentionArgs<T>& args, cudaStrea
   }
   switch (args.cache.head_dim) {
     case 64:
-      return LaunchPrefill<T, 64>(args, stream);
+      return LaunchPrefillVariant<T, 64>(args, stream);
     case 128:
-      return LaunchPrefill<T, 128>(args, stream);
+      return LaunchPrefillVariant<T, 128>(args, stream);
     default:
       return cudaErrorInvalidValue;
   }

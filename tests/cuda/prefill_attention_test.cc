@@ -59,7 +59,6 @@ void CheckPrefill(const PrefillShape& shape) {
   table_d.Upload(tables);
   lens_d.Upload(lens);
   start_d.Upload(query_start);
-  CUDA_OK(cudaMemset(out_d.ptr, 0xff, q.size() * sizeof(T)));
   PrefillAttentionArgs<T> args;
   args.q = q_d.ptr;
   args.out = out_d.ptr;
@@ -76,15 +75,20 @@ void CheckPrefill(const PrefillShape& shape) {
   const size_t workspace_bytes =
       PrefillWorkspaceBytes(tokens, shape.num_heads, d, shape.key_splits);
   DeviceBuffer<float> workspace(std::max<size_t>(workspace_bytes / sizeof(float), 1));
-  // NaN-poisoned: a partial row the kernel forgets to write reaches the merge as NaN.
-  CUDA_OK(cudaMemset(workspace.ptr, 0xff, workspace_bytes));
   args.workspace = shape.key_splits > 1 ? workspace.ptr : nullptr;
-  CUDA_OK(PagedPrefillAttention<T>(args, nullptr));
-  CUDA_OK(cudaDeviceSynchronize());
   std::vector<float> ref(q.size());
   cpu::PagedAttention(ToFloats(q).data(), ref_view, query_start.data(), lens.data(), num_seqs,
                       shape.num_heads, args.scale, ref.data(), shape.window);
-  EXPECT_LT(RelativeError(out_d.Download(), ref), Tolerance<T>());
+  for (int key_tiles : {1, 2, 4}) {  // every built variant: 16, 32 or 64 keys per step
+    SCOPED_TRACE(testing::Message() << "key tiles per step " << key_tiles);
+    args.key_tiles_per_step = key_tiles;
+    CUDA_OK(cudaMemset(out_d.ptr, 0xff, q.size() * sizeof(T)));
+    // NaN-poisoned: a partial row the kernel forgets to write reaches the merge as NaN.
+    CUDA_OK(cudaMemset(workspace.ptr, 0xff, workspace_bytes));
+    CUDA_OK(PagedPrefillAttention<T>(args, nullptr));
+    CUDA_OK(cudaDeviceSynchronize());
+    EXPECT_LT(RelativeError(out_d.Download(), ref), Tolerance<T>());
+  }
 }
 
 template <typename T>

@@ -62,6 +62,9 @@ struct PrefillAttentionArgs {
   int key_splits = 1;
   int num_query_tokens = 0;
   void* workspace = nullptr;
+  // The kernel variant: 16-key tiles per pipeline step (1, 2 or 4); 0 = kPrefillKeyTilesPerStep.
+  // Tests and benchmarks set it.
+  int key_tiles_per_step = 0;
 };
 
 // Bytes of fp32 scratch the prefill key splits need (num_query_tokens * key_splits <=

@@ -19,10 +19,11 @@
 
 namespace gqa::kernels {
 
-constexpr int kPrefillRowsPerBlock = 64;  // (query token, group head) rows per block
-constexpr int kPrefillMaxKeySplits = 16;  // at most this many key ranges per block
-constexpr int kPrefillMinSplitTiles = 8;  // each range at least 8 16-key tiles
-constexpr int kPrefillSplitRows = 2048;   // partial (token, split) rows the workspace holds
+constexpr int kPrefillRowsPerBlock = 64;    // (query token, group head) rows per block
+constexpr int kPrefillMaxKeySplits = 16;    // at most this many key ranges per block
+constexpr int kPrefillMinSplitTiles = 8;    // each range at least 8 16-key tiles
+constexpr int kPrefillSplitRows = 2048;     // partial (token, split) rows the workspace holds
+constexpr int kPrefillKeyTilesPerStep = 1;  // the default kernel variant: 16-key tiles per step
 
 struct PrefillShapeForSplits {
   int max_query_len = 0;     // the longest prefill chunk of the step
