@@ -234,10 +234,12 @@ cudaError_t LaunchPrefill(const PrefillAttentionArgs<T>& args, cudaStream_t stre
 }
 
 // The built variants (16-key tiles per step x stages); args.key_tiles_per_step = 0 picks
-// kPrefillKeyTilesPerStep.
+// PrefillKeyTilesPerStep's.
 template <typename T, int D>
 cudaError_t LaunchPrefillVariant(const PrefillAttentionArgs<T>& args, cudaStream_t stream) {
-  switch (args.key_tiles_per_step > 0 ? args.key_tiles_per_step : kPrefillKeyTilesPerStep) {
+  const int key_tiles = args.key_tiles_per_step > 0 ? args.key_tiles_per_step
+                                                    : PrefillKeyTilesPerStep(D, args.key_splits);
+  switch (key_tiles) {
     case 1:
       return LaunchPrefill<T, D, 1, 3>(args, stream);
     case 2:

@@ -109,5 +109,12 @@ TEST(PrefillSelectorTest, AShortChunkAfterALongPrefixSplitsAFullPromptDoesNot) {
   EXPECT_EQ(SelectPrefillKeySplits(wide), 3);
 }
 
+TEST(PrefillSelectorTest, KeysPerStepFollowTheHeadDimAndTheSplits) {
+  EXPECT_EQ(PrefillKeyTilesPerStep(64, 1), 2);
+  EXPECT_EQ(PrefillKeyTilesPerStep(64, 8), 2);
+  EXPECT_EQ(PrefillKeyTilesPerStep(128, 1), 2);
+  EXPECT_EQ(PrefillKeyTilesPerStep(128, 8), 1);
+}
+
 }  // namespace
 }  // namespace gqa::kernels

@@ -62,8 +62,8 @@ struct PrefillAttentionArgs {
   int key_splits = 1;
   int num_query_tokens = 0;
   void* workspace = nullptr;
-  // The kernel variant: 16-key tiles per pipeline step (1, 2 or 4); 0 = kPrefillKeyTilesPerStep.
-  // Tests and benchmarks set it.
+  // The kernel variant: 16-key tiles per pipeline step (1, 2 or 4); 0 =
+  // PrefillKeyTilesPerStep(head_dim, key_splits). Tests and benchmarks set it.
   int key_tiles_per_step = 0;
 };
 

@@ -19,11 +19,10 @@
 
 namespace gqa::kernels {
 
-constexpr int kPrefillRowsPerBlock = 64;    // (query token, group head) rows per block
-constexpr int kPrefillMaxKeySplits = 16;    // at most this many key ranges per block
-constexpr int kPrefillMinSplitTiles = 8;    // each range at least 8 16-key tiles
-constexpr int kPrefillSplitRows = 2048;     // partial (token, split) rows the workspace holds
-constexpr int kPrefillKeyTilesPerStep = 1;  // the default kernel variant: 16-key tiles per step
+constexpr int kPrefillRowsPerBlock = 64;  // (query token, group head) rows per block
+constexpr int kPrefillMaxKeySplits = 16;  // at most this many key ranges per block
+constexpr int kPrefillMinSplitTiles = 8;  // each range at least 8 16-key tiles
+constexpr int kPrefillSplitRows = 2048;   // partial (token, split) rows the workspace holds
 
 struct PrefillShapeForSplits {
   int max_query_len = 0;     // the longest prefill chunk of the step
@@ -53,6 +52,16 @@ constexpr int SelectPrefillKeySplits(const PrefillShapeForSplits& s) {
   const int by_workspace = kPrefillSplitRows / s.num_query_tokens;
   const int splits = std::min({wanted, by_length, by_workspace, kPrefillMaxKeySplits});
   return std::max(1, splits);
+}
+
+// The kernel variant, in 16-key tiles per pipeline step: 32 keys, except 16 for a split chunk at
+// head_dim 128. Measured on an H200 (kernels/BENCHMARKS.md step 20): 32 keys cut a whole
+// prompt's attention 6% at head_dim 128 and 17-18% at 64 (64 keys: 21% slower at 128, where 177
+// registers leave one block per multiprocessor; 1-3% better than 32 at 64 on some rows, worse
+// on others); a split chunk over a prefix runs 15% slower with 32 keys at 128 and 11-13%
+// faster at 64.
+constexpr int PrefillKeyTilesPerStep(int head_dim, int key_splits) {
+  return head_dim >= 128 && key_splits > 1 ? 1 : 2;
 }
 
 }  // namespace gqa::kernels
