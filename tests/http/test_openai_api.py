@@ -3,7 +3,10 @@
 through raw sockets: completions and chat, streamed and not, stop strings, n, usage, echo, every
 documented error status, greedy output identical to gRPC (gqa-cli) for the same prompt, and
 hostile input (malformed JSON, wrong types, huge bodies, 10k messages, deep nesting, slow clients,
-a client that disconnects mid-stream, after which the running and KV gauges return to idle)."""
+a client that disconnects mid-stream or while its non-streaming request runs, after which the
+running and KV gauges return to idle; 10 MB of header lines on the HTTP, HTTPS and metrics ports,
+which cost bounded memory; a 503 when every connection is busy), and gqa-loadgen over HTTP
+streaming with overlapped streams."""
 import argparse
 import http.client
 import json
