@@ -32,6 +32,9 @@ ABSL_FLAG(int, metrics_port, 50052, "HTTP port for /metrics and /healthz (0 pick
 ABSL_FLAG(int, http_port, 8000,
           "OpenAI-compatible HTTP port (/v1/completions, /v1/chat/completions, /v1/models, "
           "/health), with the same TLS and token as gRPC; 0: off; -1: a free one");
+ABSL_FLAG(int, http_connections, 256,
+          "HTTP connections served at once, each on its own thread for as long as it stays open "
+          "(a stream holds one to its end); a connection beyond them gets 503 at once");
 ABSL_FLAG(std::string, served_model_name, "",
           "the model's name in the HTTP API (/v1/models, the \"model\" field); default: the "
           "model directory's name");
@@ -108,6 +111,12 @@ int main(int argc, char** argv) {
   if (config.http_port < -1 || config.http_port > 65535) {
     std::cerr << "gqa-server: --http_port " << config.http_port
               << " must be a port, 0 (off) or -1 (any free port)\n";
+    return 2;
+  }
+  config.http_connections = absl::GetFlag(FLAGS_http_connections);
+  if (config.http_connections < 1 || config.http_connections > 65536) {
+    std::cerr << "gqa-server: --http_connections " << config.http_connections
+              << " must be from 1 to 65536\n";
     return 2;
   }
   config.port_file = absl::GetFlag(FLAGS_port_file);

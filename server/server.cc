@@ -182,6 +182,7 @@ http::HttpOptions MakeHttpOptions(const ServerConfig& sc, const BearerToken& aut
   o.tls_client_ca_file = sc.tls_client_ca_file;
   o.auth_token = auth.token();
   o.max_body_bytes = sc.max_request_bytes;
+  o.worker_threads = static_cast<size_t>(sc.http_connections);
   o.served_model_name = ServedModelName(sc);
   return o;
 }

@@ -22,6 +22,7 @@ struct ServerConfig {
   int metrics_port = 50052;
   std::string metrics_host;       // empty: `host`
   int http_port = 8000;           // OpenAI-compatible HTTP (0: off; -1 in tests: any)
+  int http_connections = 256;     // HTTP connections served at once (beyond: 503)
   std::string served_model_name;  // /v1/models' id (empty: the model directory's name)
   std::string port_file;  // written once serving: "<grpc port> <metrics port> <http port or 0>"
   std::string tls_cert_file, tls_key_file;  // PEM; both or neither: TLS for gRPC

@@ -27,16 +27,14 @@ the server's prefix-cache hit rate, on/off ratios). Examples:
 import argparse
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from sweep import SHAPES, model_config, read_text  # noqa: E402
+from dummy_server import DummyServer, read_text  # noqa: E402
+from sweep import SHAPES, model_config  # noqa: E402
 
 # A CPU shape with enough work per token for prefill to show (the sweep's "tiny" has almost none);
 # model_config reads the sweep's table.
@@ -63,58 +61,17 @@ def log(msg):
     print(msg, flush=True)
 
 
-class Server:
-    """gqa-server on a dummy-weights model dir; SIGTERMed on exit."""
-
-    def __init__(self, args, shape, caching, log_path):
-        self.args, self.shape, self.caching, self.log_path = args, shape, caching, log_path
-        self.proc = self.tmp = self.log_file = None
-        self.grpc_port = self.metrics_port = None
-
-    def __enter__(self):
-        a = self.args
-        self.tmp = tempfile.mkdtemp(prefix="gqa-prefix-model-")
-        max_len = a.system_len + a.turns * (a.user_len + a.output_len) + 64
-        with open(os.path.join(self.tmp, "config.json"), "w") as f:
-            json.dump(model_config(self.shape, a.kv_heads, max_len), f, indent=1)
-        port_file = os.path.join(self.tmp, "ports")
-        cmd = [a.server_bin, "--model", self.tmp, "--load_format", "dummy", "--backend",
-               a.backend, "--port", "0", "--metrics_port", "0", "--http_port", "0", "--host", "127.0.0.1",
-               "--port_file", port_file, "--max_model_len", str(max_len),
-               "--max_num_seqs", str(max(a.concurrency, 1)),
-               "--enable_prefix_caching=" + ("true" if self.caching else "false")]
-        if a.kv_cache_memory:
-            cmd += ["--kv_cache_memory", a.kv_cache_memory]
-        cmd += list(a.server_arg or [])
-        self.log_file = open(self.log_path, "w")
-        self.log_file.write("# " + " ".join(cmd) + "\n")
-        self.log_file.flush()
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.log_file,
-                                     stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + a.server_start_timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gqa-server exited ({self.proc.returncode}); see "
-                                   f"{self.log_path}")
-            text = read_text(port_file)
-            if text.endswith("\n"):
-                self.grpc_port, self.metrics_port = (int(p) for p in text.split()[:2])
-                return self
-            time.sleep(0.1)
-        raise RuntimeError(f"gqa-server did not start; see {self.log_path}")
-
-    def __exit__(self, *exc):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.log_file is not None:
-            self.log_file.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        return False
+def server_for(a, shape, caching, log_path):
+    """gqa-server for `shape` with prefix caching on or off, long enough for every turn."""
+    max_len = a.system_len + a.turns * (a.user_len + a.output_len) + 64
+    flags = ["--backend", a.backend, "--max_model_len", str(max_len),
+             "--max_num_seqs", str(max(a.concurrency, 1)),
+             "--enable_prefix_caching=" + ("true" if caching else "false")]
+    if a.kv_cache_memory:
+        flags += ["--kv_cache_memory", a.kv_cache_memory]
+    return DummyServer(a.server_bin, model_config(shape, a.kv_heads, max_len),
+                       flags + list(a.server_arg or []), log_path, a.server_start_timeout,
+                       prefix="gqa-prefix-model-")
 
 
 def workloads(a):
@@ -250,7 +207,7 @@ def main(argv=None):
         for caching in (True, False):
             tag = f"{shape}-{'on' if caching else 'off'}"
             server_log = os.path.join(a.out, tag + ".server.log")
-            with Server(a, shape, caching, server_log) as server:
+            with server_for(a, shape, caching, server_log) as server:
                 for name, flags in workloads(a):
                     if name not in wanted:
                         continue

@@ -46,14 +46,14 @@ import math
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+from dummy_server import DummyServer, read_text  # noqa: E402
 
 # Model shapes (HF Llama config fields). dtype is the checkpoint's torch_dtype.
 SHAPES = {
@@ -280,91 +280,27 @@ def peer_shapes(args):
 
 # ------------------------------------------------------------------------------------ server
 
-class Server:
-    """gqa-server on a config.json-only model dir (--load_format dummy); a context manager
-    that starts it, waits for its port file and SIGTERMs it on exit."""
-
-    def __init__(self, args, job, log_path):
-        self.args, self.job, self.log_path = args, job, log_path
-        self.proc, self.tmp, self.log_file = None, None, None
-        self.grpc_port = self.metrics_port = None
-
-    def kv_cache_memory(self):
-        """Pool for `concurrency` sequences of the longest context, with 10% and a few blocks
-        of slack (4-byte elements on the CPU, whose pool follows the checkpoint's dtype)."""
-        elt = 4 if self.args.backend == "cpu" else 2
-        per_token = kv_bytes_per_token(self.job.shape, self.job.kv_heads, elt)
-        tokens = self.job.max_num_seqs * (self.job.max_model_len + 64)
-        mib = math.ceil(tokens * per_token * 1.1 / (1 << 20))
-        return f"{max(mib, 16)}MiB"
-
-    def command(self, model_dir, port_file):
-        a, j = self.args, self.job
-        cmd = [a.server_bin, "--model", model_dir, "--load_format", "dummy",
-               "--backend", a.backend, "--port", "0", "--metrics_port", "0", "--http_port", "0",
-               "--port_file", port_file, "--host", "127.0.0.1",
-               "--max_model_len", str(j.max_model_len), "--max_num_seqs", str(j.max_num_seqs),
-               "--kv_cache_memory", self.kv_cache_memory()]
-        if j.profile_interval is not None:
-            cmd += ["--step_profile_interval", str(j.profile_interval)]
-        return cmd + list(a.server_arg or [])
-
-    def __enter__(self):
-        self.tmp = tempfile.mkdtemp(prefix="gqa-sweep-model-")
-        with open(os.path.join(self.tmp, "config.json"), "w") as f:
-            json.dump(model_config(self.job.shape, self.job.kv_heads, self.job.max_model_len),
-                      f, indent=1)
-        port_file = os.path.join(self.tmp, "ports")
-        cmd = self.command(self.tmp, port_file)
-        self.log_file = open(self.log_path, "w")
-        self.log_file.write("# " + " ".join(cmd) + "\n")
-        self.log_file.flush()
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.log_file,
-                                     stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + self.args.server_start_timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                self.fail(f"gqa-server exited with status {self.proc.returncode}")
-            text = read_text(port_file)
-            if text.endswith("\n"):
-                self.grpc_port, self.metrics_port = (int(p) for p in text.split()[:2])
-                return self
-            time.sleep(0.1)
-        self.fail(f"gqa-server did not write its port file in {self.args.server_start_timeout} s")
-        return self
-
-    def fail(self, why):
-        self.stop()
-        tail = read_text(self.log_path).splitlines()[-20:]
-        raise RuntimeError(why + "; last lines of " + self.log_path + ":\n  " +
-                           "\n  ".join(tail))
-
-    def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.log_file is not None:
-            self.log_file.close()
-            self.log_file = None
-        if self.tmp is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            self.tmp = None
-
-    def __exit__(self, *exc):
-        self.stop()
-        return False
+def server_for(args, job, log_path):
+    """gqa-server for one job: the shape's config.json with the job's KV heads, a pool for
+    `max_num_seqs` sequences of the longest context."""
+    flags = ["--backend", args.backend, "--max_model_len", str(job.max_model_len),
+             "--max_num_seqs", str(job.max_num_seqs), "--kv_cache_memory",
+             kv_cache_memory(args, job)]
+    if job.profile_interval is not None:
+        flags += ["--step_profile_interval", str(job.profile_interval)]
+    return DummyServer(args.server_bin, model_config(job.shape, job.kv_heads, job.max_model_len),
+                       flags + list(args.server_arg or []), log_path, args.server_start_timeout,
+                       prefix="gqa-sweep-model-")
 
 
-def read_text(path):
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return ""
+def kv_cache_memory(args, job):
+    """Pool for `concurrency` sequences of the longest context, with 10% and a few blocks of
+    slack (4-byte elements on the CPU, whose pool follows the checkpoint's dtype)."""
+    elt = 4 if args.backend == "cpu" else 2
+    per_token = kv_bytes_per_token(job.shape, job.kv_heads, elt)
+    tokens = job.max_num_seqs * (job.max_model_len + 64)
+    mib = math.ceil(tokens * per_token * 1.1 / (1 << 20))
+    return f"{max(mib, 16)}MiB"
 
 
 def device_from_log(text):
@@ -552,7 +488,7 @@ def run_jobs(args, jobs, progress, meta, out):
         log_path = os.path.join(out, "logs", job.name + ".server.log")
         done = 0
         try:
-            with Server(args, job, log_path) as server:
+            with server_for(args, job, log_path) as server:
                 meta["device"] = meta.get("device") or device_from_log(read_text(log_path))
                 for run in job.runs:
                     progress.step(f"{run.experiment} {run.shape} kv={run.kv_heads} "

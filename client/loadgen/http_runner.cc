@@ -86,6 +86,7 @@ RequestRecord HttpRunner::RunOne(const RequestSpec& spec, Clock::time_point epoc
   client.set_read_timeout(timeout);
   client.set_write_timeout(timeout);
   client.set_connection_timeout(std::chrono::seconds(15));
+  client.set_tcp_nodelay(true);  // the body leaves with the headers, not after their ACK
   httplib::Headers headers;
   if (!token_.empty()) headers.emplace("Authorization", "Bearer " + token_);
   SseReader reader(record, epoch, progress);

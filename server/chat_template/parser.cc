@@ -2,9 +2,11 @@
 // precedence: condition < or < and < not < comparison < + - < ~ < * / // % < ** < unary, then
 // postfix (.attr [item] (call)) and filters/tests on the unary operand.
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cstdlib>
 #include <set>
+#include <string_view>
 
 #include "chat_template/ast.h"
 #include "chat_template/lexer.h"
@@ -254,7 +256,7 @@ class Parser {
 
   // a op b [op c ...]: one node, chained as in Python (a < b < c is a < b and b < c).
   std::unique_ptr<Expr> ParseCompare() {
-    auto first = ParseAdditive();
+    auto first = ParseArithmetic();
     std::unique_ptr<Expr> chain;
     while (true) {
       std::string op;
@@ -276,44 +278,35 @@ class Parser {
         chain->children.push_back(std::move(first));
       }
       chain->keyword_names.push_back(op);
-      chain->children.push_back(ParseAdditive());
+      chain->children.push_back(ParseArithmetic());
     }
   }
 
-  std::unique_ptr<Expr> ParseAdditive() {
-    auto left = ParseConcat();
-    while (PeekOperator("+") || PeekOperator("-")) {
+  // The arithmetic operators by level, loosest first, as Jinja's parser has them (parse_math1,
+  // parse_concat, parse_math2, parse_pow): each level is left-associative, and its operands are
+  // the next level's expressions (the last level's: unary expressions).
+  static constexpr std::array<std::array<std::string_view, 4>, 4> kArithmeticLevels = {{
+      {"+", "-"},
+      {"~"},
+      {"*", "/", "//", "%"},
+      {"**"},
+  }};
+
+  std::unique_ptr<Expr> ParseArithmetic(size_t level = 0) {
+    if (level == kArithmeticLevels.size()) return ParseUnary(true);
+    auto left = ParseArithmetic(level + 1);
+    while (IsOperatorOf(kArithmeticLevels[level])) {
       const std::string op = Next().text;
-      left = Binary(ExprKind::kBinary, op, std::move(left), ParseConcat());
+      left = Binary(ExprKind::kBinary, op, std::move(left), ParseArithmetic(level + 1));
     }
     return left;
   }
 
-  std::unique_ptr<Expr> ParseConcat() {
-    auto left = ParseMultiplicative();
-    while (PeekOperator("~")) {
-      Next();
-      left = Binary(ExprKind::kBinary, "~", std::move(left), ParseMultiplicative());
-    }
-    return left;
-  }
-
-  std::unique_ptr<Expr> ParseMultiplicative() {
-    auto left = ParsePower();
-    while (PeekOperator("*") || PeekOperator("/") || PeekOperator("//") || PeekOperator("%")) {
-      const std::string op = Next().text;
-      left = Binary(ExprKind::kBinary, op, std::move(left), ParsePower());
-    }
-    return left;
-  }
-
-  std::unique_ptr<Expr> ParsePower() {
-    auto left = ParseUnary(true);
-    while (PeekOperator("**")) {
-      Next();
-      left = Binary(ExprKind::kBinary, "**", std::move(left), ParseUnary(true));
-    }
-    return left;
+  // Whether the next token is one of `operators` (empty entries match nothing).
+  bool IsOperatorOf(const std::array<std::string_view, 4>& operators) const {
+    return Peek().kind == TokenKind::kOperator &&
+           std::find(operators.begin(), operators.end(), Peek().text) != operators.end() &&
+           !Peek().text.empty();
   }
 
   std::unique_ptr<Expr> ParseUnary(bool with_filter) {

@@ -293,8 +293,11 @@ std::optional<json> ResponseBuilder::StreamEvent(const Delta& delta) {
   Add(delta);
   const TokenEvent& e = delta.event;
   if (!e.error.ok()) return std::nullopt;  // StreamEnd reports it
-  if (e.text.empty() && !e.finish && e.logprobs.empty() && e.prompt_logprobs.empty()) {
-    return std::nullopt;  // tokens whose text is not complete yet (part of a UTF-8 character)
+  // A token whose text is not complete yet (part of a UTF-8 character) waits for the next; a
+  // model without a tokenizer has no text, and sends each token as a chunk of empty text.
+  if (e.text.empty() && !e.finish && e.logprobs.empty() && e.prompt_logprobs.empty() &&
+      context_.tokenizer != nullptr) {
+    return std::nullopt;
   }
   json event = Envelope(true);
   event["choices"] = json::array({ChoiceChunk(delta.index, delta)});

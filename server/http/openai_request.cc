@@ -312,8 +312,9 @@ absl::Status ReadMessages(const json& body, ChatParams* p) {
   return absl::OkStatus();
 }
 
-// "sampling.top_p: ..." (the engine's field names) -> "top_p: ...".
-std::string RenamedEngineMessage(absl::string_view message) {
+// "sampling.top_p: ..." (the engine's field names) -> "top_p: ..."; the prompt's fields become
+// `prompt_param` ("prompt", or "messages" for a chat).
+std::string RenamedEngineMessage(absl::string_view message, absl::string_view prompt_param) {
   static constexpr std::pair<absl::string_view, absl::string_view> kNames[] = {
       {"sampling.temperature", "temperature"},
       {"sampling.top_p", "top_p"},
@@ -326,7 +327,8 @@ std::string RenamedEngineMessage(absl::string_view message) {
       {"logprobs.prompt_top_logprobs", "logprobs"}};
   for (const auto& [engine_name, api_name] : kNames) {
     if (absl::StartsWith(message, engine_name)) {
-      return absl::StrCat(api_name, message.substr(engine_name.size()));
+      return absl::StrCat(api_name == "prompt" ? prompt_param : api_name,
+                          message.substr(engine_name.size()));
     }
   }
   return std::string(message);
@@ -405,7 +407,8 @@ absl::StatusOr<std::vector<int32_t>> CompletionPromptIds(const CompletionParams&
 
 absl::StatusOr<Request> ToEngineRequest(const CommonParams& params, std::vector<int32_t> prompt,
                                         const EngineDefaults& defaults, const std::string& id,
-                                        int index, uint64_t random_seed) {
+                                        int index, uint64_t random_seed,
+                                        absl::string_view prompt_param) {
   Request r;
   r.id = id;
   r.prompt = std::move(prompt);
@@ -424,7 +427,7 @@ absl::StatusOr<Request> ToEngineRequest(const CommonParams& params, std::vector<
       params.max_tokens.value_or(std::max(1, std::min(defaults.default_max_new_tokens, room)));
   if (params.top_logprobs >= 0) r.logprobs.top_logprobs = params.top_logprobs;
   if (absl::Status s = ValidateRequest(r, defaults.limits); !s.ok()) {
-    return absl::Status(s.code(), RenamedEngineMessage(s.message()));
+    return absl::Status(s.code(), RenamedEngineMessage(s.message(), prompt_param));
   }
   return r;
 }

@@ -86,10 +86,12 @@ struct EngineDefaults {
 
 // The engine Request of choice `index` (0..n-1) for an already tokenized prompt, validated against
 // the model with the engine's own checks (their messages renamed to the OpenAI parameters).
-// `random_seed` seeds a request that brings no seed; choice i uses seed + i.
+// `random_seed` seeds a request that brings no seed; choice i uses seed + i. Errors about the
+// prompt name `prompt_param`: "prompt" for a completion, "messages" for a chat.
 absl::StatusOr<Request> ToEngineRequest(const CommonParams& params, std::vector<int32_t> prompt,
                                         const EngineDefaults& defaults, const std::string& id,
-                                        int index, uint64_t random_seed);
+                                        int index, uint64_t random_seed,
+                                        absl::string_view prompt_param = "prompt");
 
 // The prompt's token ids: text through the tokenizer (with BOS when it asks for one), or the ids.
 absl::StatusOr<std::vector<int32_t>> CompletionPromptIds(const CompletionParams& params,

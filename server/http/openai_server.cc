@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "http/openai_format.h"
 #include "httplib.h"
+#include "net/bounded_http_server.h"
 #include "nlohmann/json.hpp"
 #include "spdlog/spdlog.h"
 
@@ -153,14 +154,24 @@ bool WriteStreamStep(StreamState& state, httplib::DataSink& sink) {
   return true;
 }
 
-// Waits for every choice and answers with one JSON body.
+// How often a non-streaming request looks whether its client is still there.
+constexpr std::chrono::milliseconds kPeerCheckInterval(100);
+
+// Waits for every choice and answers with one JSON body. A client that closes its connection
+// meanwhile cancels the request (the engine frees its blocks at its next step); nothing is sent.
 void Respond(Exchange& exchange, ResponseBuilder& builder, httplib::Response& res) {
   std::vector<Delta> deltas;
   bool done = false;
   while (!done) {
-    done = exchange.Take(&deltas, std::chrono::milliseconds(1000));
+    done = exchange.Take(&deltas, kPeerCheckInterval);
     for (Delta& delta : deltas) builder.Add(delta);
     deltas.clear();
+    if (!done && net::PeerClosed()) {
+      exchange.CancelAll();
+      res.status = 499;  // nginx's "client closed request"; the write fails anyway
+      res.set_header("Connection", "close");
+      return;
+    }
   }
   if (!builder.error().ok()) return SendError(res, builder.error());
   SendJson(res, 200, builder.Body());
@@ -191,24 +202,35 @@ absl::StatusOr<int> OpenAiHttpServer::Start() {
   if (options_.tls_cert_file.empty() != options_.tls_key_file.empty()) {
     return absl::InvalidArgumentError("--tls_cert and --tls_key go together");
   }
+  // Each request's headers capped at net::kMaxHeaderBlockBytes (431); a connection that finds
+  // every worker busy gets 503 at once.
+  net::ConnectionOptions connections;
+  connections.workers = options_.worker_threads;
+  connections.refuse_when_busy = true;
+  connections.refusal.format = [](int status, absl::string_view message) {
+    return Dump(ErrorBody(status, message));
+  };
+  const std::string& host = options_.host;
+  const int port = options_.port;
+  int bound = -1;
   if (options_.tls_cert_file.empty()) {
-    server_ = std::make_unique<httplib::Server>();
+    auto plain = std::make_unique<net::BoundedServer>(std::move(connections));
+    Register(*plain);
+    bound = plain->BindAndListen(host, port);
+    server_ = std::move(plain);
   } else {
-    auto tls = std::make_unique<httplib::SSLServer>(
-        options_.tls_cert_file.c_str(), options_.tls_key_file.c_str(),
+    auto tls = std::make_unique<net::BoundedSslServer>(
+        std::move(connections), options_.tls_cert_file.c_str(), options_.tls_key_file.c_str(),
         options_.tls_client_ca_file.empty() ? nullptr : options_.tls_client_ca_file.c_str());
     if (!tls->is_valid()) {
       return absl::InvalidArgumentError(
           absl::StrCat("HTTP: cannot use --tls_cert ", options_.tls_cert_file, " and --tls_key ",
                        options_.tls_key_file, " (not a PEM certificate and its key?)"));
     }
+    Register(*tls);
+    bound = tls->BindAndListen(host, port);
     server_ = std::move(tls);
   }
-  Register();
-  const std::string& host = options_.host;
-  const int port = options_.port;
-  const int bound =
-      port == 0 ? server_->bind_to_any_port(host) : (server_->bind_to_port(host, port) ? port : -1);
   if (bound < 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen for HTTP on ", host, ":", port,
                                                " (is another process using the port? "
@@ -225,16 +247,14 @@ void OpenAiHttpServer::Stop() {
   }
 }
 
-void OpenAiHttpServer::Register() {
-  httplib::Server& s = *server_;
+void OpenAiHttpServer::Register(httplib::Server& s) {
   // Bounded per client: the body, slow or idle connections, and the worker threads.
   s.set_payload_max_length(options_.max_body_bytes);
   s.set_read_timeout(10, 0);
   s.set_write_timeout(10, 0);
   s.set_keep_alive_timeout(5);
   s.set_keep_alive_max_count(1000);
-  const size_t workers = options_.worker_threads;
-  s.new_task_queue = [workers] { return new httplib::ThreadPool(workers); };
+  s.set_tcp_nodelay(true);  // an SSE chunk leaves at once, not after the previous one's ACK
   s.set_socket_options([](int sock) {  // SO_REUSEADDR only: no second server on the port
     int yes = 1;
     setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
@@ -438,8 +458,9 @@ absl::Status OpenAiHttpServer::Generate(Engine* engine, bool chat, uint64_t numb
   std::vector<Request> requests;
   const uint64_t seed = RandomNumber();
   for (int i = 0; i < params.n; ++i) {
-    absl::StatusOr<Request> r = ToEngineRequest(
-        params, prompt, defaults, params.n == 1 ? id : absl::StrCat(id, "-", i), i, seed);
+    absl::StatusOr<Request> r =
+        ToEngineRequest(params, prompt, defaults, params.n == 1 ? id : absl::StrCat(id, "-", i), i,
+                        seed, chat ? "messages" : "prompt");
     if (!r.ok()) return r.status();
     r->logprobs.prompt_top_logprobs = prompt_top_logprobs;  // each streamed choice echoes them
     requests.push_back(*std::move(r));

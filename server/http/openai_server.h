@@ -38,7 +38,7 @@ struct HttpOptions {
   std::string tls_client_ca_file;           // clients must present a certificate it signed
   std::string auth_token;                   // non-empty: "Authorization: Bearer <token>"
   size_t max_body_bytes = 4 << 20;          // larger: 413
-  size_t worker_threads = 256;              // concurrent connections served
+  size_t worker_threads = 256;              // connections served at once; beyond: 503
   std::string served_model_name;
 };
 
@@ -70,7 +70,8 @@ class OpenAiHttpServer {
   int open_requests() const { return open_requests_.load(); }
 
  private:
-  void Register();
+  // The routes and limits of `s`.
+  void Register(httplib::Server& s);
   // One completion or chat request, submitted to the engine and answered in `res` (a JSON body
   // or an SSE stream); an error status when it is refused before anything was submitted.
   absl::Status Generate(Engine* engine, bool chat, uint64_t number, const std::string& body,

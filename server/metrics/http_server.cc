@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "httplib.h"
 #include "metrics/registry.h"
+#include "net/bounded_http_server.h"
 
 namespace gqa {
 
@@ -12,7 +13,9 @@ MetricsHttpServer::MetricsHttpServer(const MetricsRegistry* registry,
                                      std::function<bool()> is_serving)
     : registry_(registry),
       is_serving_(std::move(is_serving)),
-      server_(std::make_unique<httplib::Server>()) {
+      // Each request's headers capped at net::kMaxHeaderBlockBytes (431 past it).
+      server_(std::make_unique<net::BoundedServer>(net::ConnectionOptions{
+          .workers = kWorkerThreads, .refuse_when_busy = false, .refusal = {}})) {
   // Probes must get through whatever else connects: no request bodies (a large POST is refused
   // before it is read), idle or slow connections let go after 0.5 s, and enough workers that a
   // few of them cannot hold every thread.
@@ -21,7 +24,6 @@ MetricsHttpServer::MetricsHttpServer(const MetricsRegistry* registry,
   server_->set_write_timeout(5, 0);
   server_->set_keep_alive_timeout(1);  // seconds
   server_->set_keep_alive_max_count(100);
-  server_->new_task_queue = [] { return new httplib::ThreadPool(kWorkerThreads); };
   // SO_REUSEADDR only: httplib's default SO_REUSEPORT would let a second server share the port.
   server_->set_socket_options([](int sock) {
     int yes = 1;
@@ -40,8 +42,7 @@ MetricsHttpServer::MetricsHttpServer(const MetricsRegistry* registry,
 MetricsHttpServer::~MetricsHttpServer() { Stop(); }
 
 absl::StatusOr<int> MetricsHttpServer::Start(const std::string& host, int port) {
-  const int bound =
-      port == 0 ? server_->bind_to_any_port(host) : (server_->bind_to_port(host, port) ? port : -1);
+  const int bound = server_->BindAndListen(host, port);
   if (bound < 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen for metrics on ", host, ":", port,
                                                " (is another process using the port?)"));

@@ -10,11 +10,10 @@
 
 #include "absl/status/statusor.h"
 
-namespace httplib {
-class Server;
-}
-
 namespace gqa {
+namespace net {
+class BoundedServer;
+}
 
 class MetricsRegistry;
 
@@ -34,7 +33,7 @@ class MetricsHttpServer {
  private:
   const MetricsRegistry* registry_;
   std::function<bool()> is_serving_;
-  std::unique_ptr<httplib::Server> server_;
+  std::unique_ptr<net::BoundedServer> server_;
   std::thread thread_;
 };
 

@@ -9,6 +9,7 @@
 #include <ranges>
 
 #include "chat_template/chat_template.h"
+#include "common/generate_client.h"
 #include "common/test_checkpoint.h"
 #include "grpcpp/grpcpp.h"
 #include "nlohmann/json.hpp"
@@ -63,16 +64,8 @@ struct Result {
 };
 
 Result Generate(pb::Generation::Stub& stub, const pb::GenerateRequest& request) {
-  grpc::ClientContext context;
-  auto reader = stub.Generate(&context, request);
-  Result result;
-  pb::GenerateResponse r;
-  while (reader->Read(&r)) {
-    if (r.finish_reason() != pb::FINISH_REASON_UNSPECIFIED)
-      result.prompt_tokens = r.usage().prompt_tokens();
-  }
-  result.status = reader->Finish();
-  return result;
+  const GenerateOutcome out = GenerateAll(stub, request);
+  return Result{out.status, out.usage.prompt_tokens()};
 }
 
 TEST(ChatE2eTest, MessagesAreRenderedWithTheTemplateThenTokenizedAsIs) {
@@ -130,9 +123,8 @@ TEST(ChatE2eTest, TemplateWeCannotRenderStopsStartupWithOneLineNamingFileAndCons
   TempDir model;
   WriteChatModel(model.path(),
                  "{% for m in messages %}\n{{ m.content | wordwrap(5) }}{% endfor %}");
-  auto [code, output] =
-      RunCommand({ServerBin(), "--model=" + model.path().string(), "--port=0", "--metrics_port=0",
-                  "--http_port=0"});
+  auto [code, output] = RunCommand({ServerBin(), "--model=" + model.path().string(), "--port=0",
+                                    "--metrics_port=0", "--http_port=0"});
   EXPECT_NE(code, 0);
   std::vector<std::string> errors;
   for (const auto line : std::views::split(output, '\n')) {

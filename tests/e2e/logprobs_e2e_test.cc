@@ -5,6 +5,7 @@
 #include <cmath>
 #include <random>
 
+#include "common/generate_client.h"
 #include "common/test_checkpoint.h"
 #include "grpcpp/grpcpp.h"
 #include "server_process.h"
@@ -14,35 +15,16 @@ namespace {
 
 namespace pb = gqa::v1;
 
-struct Stream {
-  grpc::Status status;
-  std::vector<pb::GenerateResponse> messages;
-  std::vector<uint32_t> tokens;
-  std::vector<pb::TokenLogprob> logprobs;
-};
+using Stream = GenerateOutcome;
 
 Stream StreamOf(pb::Generation::Stub& stub, const pb::GenerateRequest& request) {
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
-  Stream out;
-  auto reader = stub.Generate(&context, request);
-  pb::GenerateResponse r;
-  while (reader->Read(&r)) {
-    out.tokens.insert(out.tokens.end(), r.token_ids().begin(), r.token_ids().end());
-    out.logprobs.insert(out.logprobs.end(), r.logprobs().begin(), r.logprobs().end());
-    out.messages.push_back(r);
-  }
-  out.status = reader->Finish();
-  return out;
+  return GenerateAll(stub, request);
 }
 
 // top, prompt_top: -1 leaves the field unset; anything else is sent as a uint32.
 pb::GenerateRequest LogprobsRequest(const std::vector<uint32_t>& prompt, int max_new, int64_t top,
                                     int64_t prompt_top) {
-  pb::GenerateRequest req;
-  for (uint32_t t : prompt) req.mutable_token_ids()->add_ids(t);
-  req.mutable_stopping()->set_max_new_tokens(max_new);
-  req.mutable_stopping()->set_ignore_eos(true);
+  pb::GenerateRequest req = TokenIdRequest(prompt, max_new);
   if (top >= 0) req.mutable_logprobs()->set_top_logprobs(static_cast<uint32_t>(top));
   if (prompt_top >= 0) {
     req.mutable_logprobs()->set_prompt_top_logprobs(static_cast<uint32_t>(prompt_top));

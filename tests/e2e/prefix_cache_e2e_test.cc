@@ -6,6 +6,7 @@
 #include <random>
 #include <thread>
 
+#include "common/generate_client.h"
 #include "common/test_checkpoint.h"
 #include "grpcpp/grpcpp.h"
 #include "server_process.h"
@@ -15,33 +16,18 @@ namespace {
 
 namespace pb = gqa::v1;
 
-struct Answer {
-  grpc::Status status;
-  std::vector<uint32_t> tokens;
-  pb::Usage usage;
-};
+using Answer = GenerateOutcome;
 
 Answer Generate(pb::Generation::Stub& stub, const pb::GenerateRequest& request) {
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
-  Answer out;
-  auto reader = stub.Generate(&context, request);
-  pb::GenerateResponse r;
-  while (reader->Read(&r)) {
-    out.tokens.insert(out.tokens.end(), r.token_ids().begin(), r.token_ids().end());
-    if (r.has_usage()) out.usage = r.usage();
-  }
-  out.status = reader->Finish();
-  return out;
+  return GenerateAll(stub, request);
 }
 
 // A 100-token system prompt (six full blocks of 16 and four tokens), then a user turn of its own.
 pb::GenerateRequest SharedPrefixRequest(int i) {
-  pb::GenerateRequest req;
-  for (int t = 0; t < 100; ++t) req.mutable_token_ids()->add_ids(2 + (t * 13) % 120);
-  for (int t = 0; t < 3 + i % 12; ++t) req.mutable_token_ids()->add_ids(2 + (t * 7 + i * 5) % 120);
-  req.mutable_stopping()->set_max_new_tokens(16);
-  req.mutable_stopping()->set_ignore_eos(true);
+  std::vector<uint32_t> prompt;
+  for (int t = 0; t < 100; ++t) prompt.push_back(2 + (t * 13) % 120);
+  for (int t = 0; t < 3 + i % 12; ++t) prompt.push_back(2 + (t * 7 + i * 5) % 120);
+  pb::GenerateRequest req = TokenIdRequest(prompt, 16);
   if (i % 3 == 1) {
     req.mutable_sampling()->set_temperature(0.9f);
     req.mutable_sampling()->set_seed(i);

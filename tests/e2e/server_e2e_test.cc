@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "common/generate_client.h"
 #include "common/test_checkpoint.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
@@ -27,34 +28,16 @@ namespace {
 
 namespace pb = gqa::v1;
 
-struct Outcome {
-  grpc::Status status;
-  std::vector<pb::GenerateResponse> messages;
-  std::vector<uint32_t> tokens;
-  const pb::GenerateResponse& final_message() const { return messages.back(); }
-};
+using Outcome = GenerateOutcome;
 
 Outcome Generate(pb::Generation::Stub& stub, const pb::GenerateRequest& request) {
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
-  Outcome out;
-  auto reader = stub.Generate(&context, request);
-  pb::GenerateResponse r;
-  while (reader->Read(&r)) {
-    out.tokens.insert(out.tokens.end(), r.token_ids().begin(), r.token_ids().end());
-    out.messages.push_back(r);
-  }
-  out.status = reader->Finish();
-  return out;
+  return GenerateAll(stub, request);
 }
 
 pb::GenerateRequest MakeRequest(int prompt_len, int max_new, uint32_t salt = 0) {
-  pb::GenerateRequest req;
-  for (int i = 0; i < prompt_len; ++i)
-    req.mutable_token_ids()->add_ids(2 + (i * 11 + salt * 7) % 120);
-  req.mutable_stopping()->set_max_new_tokens(max_new);
-  req.mutable_stopping()->set_ignore_eos(true);
-  return req;
+  std::vector<uint32_t> prompt;
+  for (int i = 0; i < prompt_len; ++i) prompt.push_back(2 + (i * 11 + salt * 7) % 120);
+  return TokenIdRequest(prompt, max_new);
 }
 
 grpc::health::v1::HealthCheckResponse::ServingStatus Health(const std::string& address) {

@@ -8,6 +8,7 @@
 #include <random>
 #include <thread>
 
+#include "common/generate_client.h"
 #include "common/test_checkpoint.h"
 #include "grpcpp/grpcpp.h"
 #include "server_process.h"
@@ -18,18 +19,11 @@ namespace {
 namespace pb = gqa::v1;
 
 void Generate(pb::Generation::Stub& stub, int prompt_len, int max_new, uint32_t salt) {
-  pb::GenerateRequest req;
-  for (int i = 0; i < prompt_len; ++i) req.mutable_token_ids()->add_ids(2 + (i * 13 + salt) % 120);
-  req.mutable_stopping()->set_max_new_tokens(max_new);
-  req.mutable_stopping()->set_ignore_eos(true);
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
-  auto reader = stub.Generate(&context, req);
-  pb::GenerateResponse r;
-  int tokens = 0;
-  while (reader->Read(&r)) tokens += r.token_ids_size();
-  ASSERT_TRUE(reader->Finish().ok());
-  ASSERT_EQ(tokens, max_new);
+  std::vector<uint32_t> prompt;
+  for (int i = 0; i < prompt_len; ++i) prompt.push_back(2 + (i * 13 + salt) % 120);
+  const GenerateOutcome out = GenerateAll(stub, TokenIdRequest(prompt, max_new));
+  ASSERT_TRUE(out.status.ok());
+  ASSERT_EQ(out.tokens.size(), static_cast<size_t>(max_new));
 }
 
 // Bytes per element of the served weights and KV cache: the CPU backend reads the checkpoint's

@@ -3,13 +3,17 @@
 through raw sockets: completions and chat, streamed and not, stop strings, n, usage, echo, every
 documented error status, greedy output identical to gRPC (gqa-cli) for the same prompt, and
 hostile input (malformed JSON, wrong types, huge bodies, 10k messages, deep nesting, slow clients,
-a client that disconnects mid-stream, after which the running and KV gauges return to idle)."""
+a client that disconnects mid-stream or while its non-streaming request runs, after which the
+running and KV gauges return to idle; 10 MB of header lines on the HTTP, HTTPS and metrics ports,
+which cost bounded memory; a 503 when every connection is busy), and gqa-loadgen over HTTP
+streaming with overlapped streams."""
 import argparse
 import http.client
 import json
 import pathlib
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -107,6 +111,77 @@ def error_of(status_and_body, status, param=None, quote=None, what=""):
         if quote is not None:
             ok = ok and quote in err["message"]
     check(ok, f"{what}: {status} {param or ''} (got {got_status} {str(body)[:200]})")
+
+
+def rss_mib(pid):
+    """The resident memory of process `pid` (VmRSS), in MiB."""
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+FLOOD_BYTES = 10 << 20  # header lines sent down one connection
+MAX_FLOOD_GROWTH_MIB = 24  # how much the server's resident memory may grow meanwhile
+
+
+def header_flood(server, connect, path, serves_next, what):
+    """10 MB of small header lines down one connection, without the blank line that would end
+    them: the server answers 431 (or 400) or closes the connection, its resident memory grows by
+    less than MAX_FLOOD_GROWTH_MIB (cpp-httplib 0.11 alone keeps every line: ~200 MB here), and it
+    serves the next request (`serves_next()`). `connect()` opens a plain or TLS socket."""
+    before = peak = rss_mib(server.proc.pid)
+    sock = connect()
+    sock.settimeout(10)
+    block = b"a: b\r\n" * 10000
+    sent = 0
+    try:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n".encode())
+        while sent < FLOOD_BYTES:
+            sock.sendall(block)
+            sent += len(block)
+            if sent % (1 << 20) < len(block):
+                peak = max(peak, rss_mib(server.proc.pid))
+    except OSError:
+        pass  # the server closed the connection
+    peak = max(peak, rss_mib(server.proc.pid))
+    reply = b""
+    try:
+        reply = sock.recv(4096)
+    except OSError:
+        pass
+    sock.close()
+    status = reply.split(b" ")[1].decode() if reply.startswith(b"HTTP/1.1 ") else "closed"
+    check(status in ("431", "400", "closed"),
+          f"{what}: 10 MB of header lines answered 431 or closed (got {status}, {sent} bytes "
+          f"sent, {reply[:200]!r})")
+    check(peak - before < MAX_FLOOD_GROWTH_MIB,
+          f"{what}: resident memory {before:.0f} -> {peak:.0f} MiB during the flood (bound "
+          f"+{MAX_FLOOD_GROWTH_MIB})")
+    check(server.proc.poll() is None and serves_next(), f"{what}: the next request is served")
+
+
+def test_header_floods(server):
+    """The HTTP port and the metrics port both cap one request's headers."""
+    header_flood(server, lambda: socket.create_connection(("127.0.0.1", server.http_port)),
+                 "/health", lambda: server.raw("GET", "/health")[0] == 200, "HTTP port")
+    metrics_port = int(server.metrics.split(":")[2].split("/")[0])
+    header_flood(server, lambda: socket.create_connection(("127.0.0.1", metrics_port)),
+                 "/healthz", lambda: server.gauge("gqa_requests_running") is not None,
+                 "metrics port")
+    # Under the cap: 40 KiB of headers in 500 lines are read as usual.
+    status, _ = server.raw("GET", "/health", headers={f"X-Pad-{i}": "p" * 80 for i in range(500)})
+    check(status == 200, f"500 header lines (40 KiB) are served: {status}")
+
+
+def listen_backlog(port):
+    """The listening socket's backlog on `port` (ss's Send-Q), or None without ss."""
+    try:
+        out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True,
+                             text=True, timeout=10).stdout.split()
+    except OSError:
+        return None
+    return int(out[2]) if len(out) > 2 else None
 
 
 def test_completions(server):
@@ -317,6 +392,11 @@ def test_errors(server):
     error_of(server.raw("POST", "/v1/chat/completions",
                         {"messages": [{"role": "user", "content": "hi"}] * 10000}), 400,
              "messages", "10000", "10k messages")
+    error_of(server.raw("POST", "/v1/chat/completions",
+                        {"messages": [{"role": "user", "content": "Hello world " * 3000}]}),
+             400, "messages", what="a chat prompt over max_model_len")
+    error_of(server.raw("POST", p, {"prompt": "Hello world " * 3000}), 400, "prompt",
+             what="a completion prompt over max_model_len")
     error_of(server.raw("POST", "/v1/chat/completions", {"messages": [{"role": "wizard",
                                                                          "content": "hi"}]}),
              400, "messages[0].role", '"wizard"', "an unknown role")
@@ -413,6 +493,37 @@ def test_disconnect(server):
                 f"kv {server.gauge('gqa_kv_cache_usage_ratio')})")
 
 
+def test_unstreamed_disconnect(server):
+    """A client that closes its connection while its non-streaming request runs: the request is
+    cancelled (counted under finish_reason="cancelled") and the running gauge returns to 0
+    within 3 s, long before its 2000 tokens would have been generated."""
+    name = 'gqa_requests_finished_total{finish_reason="cancelled"}'
+    before = server.gauge(name) or 0
+    body = json.dumps({"prompt": "Hello", "max_tokens": 2000, "temperature": 0}).encode()
+    s = socket.create_connection(("127.0.0.1", server.http_port), timeout=30)
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+              TOKEN.encode() + b"\r\nContent-Type: application/json\r\nContent-Length: " +
+              str(len(body)).encode() + b"\r\n\r\n" + body)
+    running = False
+    for _ in range(200):
+        running = server.gauge("gqa_requests_running") == 1
+        if running:
+            break
+        time.sleep(0.02)
+    s.close()
+    closed = time.time()
+    cancelled = idle = None
+    while time.time() - closed < 3:
+        cancelled = server.gauge(name)
+        idle = server.gauge("gqa_requests_running") == 0
+        if cancelled == before + 1 and idle:
+            break
+        time.sleep(0.05)
+    check(running and cancelled == before + 1 and idle,
+          f"non-streaming: a client that leaves cancels its request (running before {running}, "
+          f"cancelled {before} -> {cancelled}, idle {idle}, {time.time() - closed:.2f} s)")
+
+
 def test_overload_and_drain(args, work):
     # One sequence at a time, one waiting: a third concurrent request gets 429.
     # A larger model, so that a 2000-token stream lasts seconds.
@@ -434,6 +545,7 @@ def test_overload_and_drain(args, work):
         t.join()
     check(429 in statuses and 200 in statuses, f"429 when the waiting queue is full: {statuses}")
     test_disconnect(server)
+    test_unstreamed_disconnect(server)
 
     # Draining: /health and new requests get 503 while a stream finishes.
     conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=60)
@@ -462,8 +574,46 @@ def test_tls(args, work):
                     "-out", cert, "-days", "1", "-subj", "/CN=localhost",
                     "-addext", "subjectAltName=IP:127.0.0.1"], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server = Server(args, work, "tls", f"--tls_cert={cert}", f"--tls_key={key}")
+    server = Server(args, work, "tls", f"--tls_cert={cert}", f"--tls_key={key}",
+                    "--http_connections=2")
+    context = ssl.create_default_context(cafile=str(cert))
+
+    def connect():
+        return context.wrap_socket(socket.create_connection(("127.0.0.1", server.http_port),
+                                                            timeout=10),
+                                   server_hostname="127.0.0.1")
+
+    def health():
+        sock = connect()
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        reply = b""
+        while chunk := sock.recv(4096):
+            reply += chunk
+        sock.close()
+        return reply.decode("utf-8", "replace")
+
     try:
+        header_flood(server, connect, "/health", lambda: health().startswith("HTTP/1.1 200"),
+                     "HTTPS port")
+        # --http_connections=2: with two connections held, a third gets 503 at once.
+        held = [connect() for _ in range(2)]
+        for sock in held:
+            sock.sendall(b"GET /health HTTP/1.1\r\n")  # and nothing more for now
+        time.sleep(0.3)
+        start = time.time()
+        busy = health()
+        check(busy.startswith("HTTP/1.1 503") and "Retry-After: 1" in busy and
+              '"error"' in busy and "busy" in busy and time.time() - start < 3,
+              f"every connection busy: 503 at once ({busy[:300]!r})")
+        for sock in held:
+            sock.close()
+        served = False
+        for _ in range(50):
+            served = health().startswith("HTTP/1.1 200")
+            if served:
+                break
+            time.sleep(0.1)
+        check(served, "once connections close, requests are served again")
         client = openai.OpenAI(base_url=f"https://127.0.0.1:{server.http_port}/v1",
                                api_key=TOKEN, max_retries=0, timeout=30,
                                http_client=openai.DefaultHttpxClient(verify=str(cert)))
@@ -480,24 +630,41 @@ def test_tls(args, work):
 
 def test_loadgen(args, work):
     """gqa-loadgen --http_url drives streaming /v1/completions: every request completes with
-    exactly its output length, as over gRPC on the same server."""
-    server = Server(args, work, "loadgen", auth=False)
-    try:
-        reports = {}
-        for proto, extra in (("grpc", []), ("http", [f"--http_url=http://127.0.0.1:"
-                                                     f"{server.http_port}"])):
-            out = work / f"{proto}.json"
-            subprocess.run([args.loadgen, f"--server={server.grpc}", "--concurrency=4",
-                            "--num_requests=8", "--input_len=8", "--output_len=16",
-                            f"--json={out}", *extra], check=False, capture_output=True,
-                           timeout=120)
-            reports[proto] = json.loads(out.read_text()) if out.exists() else {}
-        for proto, r in reports.items():
-            check(r.get("completed") == 8 and r.get("output_tokens") == 8 * 16,
-                  f"gqa-loadgen over {proto}: 8 requests of 16 tokens "
-                  f"({ {k: r.get(k) for k in ('completed', 'failed', 'errors', 'output_tokens')} })")
-    finally:
-        server.stop()
+    exactly its output length, as over gRPC on the same server; the HTTP run streams (TPOT from
+    the chunks' arrival, > 0) and its 4 streams share engine steps (mean batch > 1), also on a
+    model without a tokenizer (whose chunks have no text), as on the GPU benchmark's model."""
+    subprocess.run([args.make_checkpoint, f"--out={work / 'no-tokenizer'}", "--layers=1",
+                    "--hidden=64", "--heads=4", "--kv_heads=2", "--vocab=300", "--seed=3",
+                    "--eos=-1"], check=True, stdout=subprocess.DEVNULL)
+    for model in ("model", "no-tokenizer"):
+        server = Server(args, work, f"loadgen-{model}", auth=False, model=model)
+        try:
+            backlog = listen_backlog(server.http_port)
+            if backlog is None:
+                print("skip the listen backlog check: no ss", flush=True)
+            else:
+                check(backlog >= 64, f"{model}: HTTP listen backlog {backlog} (httplib's 5 makes "
+                                     "a burst of connections wait for a SYN retransmission)")
+            reports = {}
+            for proto, extra in (("grpc", []), ("http", [f"--http_url=http://127.0.0.1:"
+                                                         f"{server.http_port}"])):
+                out = work / f"{model}-{proto}.json"
+                subprocess.run([args.loadgen, f"--server={server.grpc}", "--concurrency=4",
+                                "--num_requests=8", "--input_len=8", "--output_len=16",
+                                f"--metrics_url={server.metrics}", f"--json={out}", *extra],
+                               check=False, capture_output=True, timeout=120)
+                reports[proto] = json.loads(out.read_text()) if out.exists() else {}
+            for proto, r in reports.items():
+                check(r.get("completed") == 8 and r.get("output_tokens") == 8 * 16,
+                      f"{model}: gqa-loadgen over {proto}: 8 requests of 16 tokens "
+                      f"({ {k: r.get(k) for k in ('completed', 'failed', 'errors', 'output_tokens')} })")
+                tpot = r.get("tpot_s", {}).get("mean", 0)
+                batch = r.get("server", {}).get("decode_mean_batch", 0)
+                check(tpot > 0 and batch > 1,
+                      f"{model}: gqa-loadgen over {proto} streams: TPOT {tpot * 1e3:.3f} ms > 0, "
+                      f"decode mean batch {batch:.2f} > 1")
+        finally:
+            server.stop()
 
 
 def main():
@@ -523,6 +690,7 @@ def main():
             test_logprobs(server)
             test_errors(server)
             test_hostile_connections(server)
+            test_header_floods(server)
         finally:
             server.stop()
         test_overload_and_drain(args, work)

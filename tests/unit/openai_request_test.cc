@@ -107,6 +107,18 @@ TEST(OpenAiRequestTest, EngineRequestsUseTheEngineChecksUnderOpenAiNames) {
             "max_tokens: 100 plus the prompt's 2 tokens exceeds max_model_len 64");
 }
 
+TEST(OpenAiRequestTest, AnOverLongPromptIsNamedAsSent) {
+  const CommonParams p;
+  const EngineDefaults defaults{nullptr, {100, 64}, 16};
+  const std::vector<int32_t> long_prompt(70, 1);
+  const absl::Status completion = ToEngineRequest(p, long_prompt, defaults, "id", 0, 5).status();
+  EXPECT_EQ(ParamOf(completion.message()), "prompt") << completion;
+  const absl::Status chat =
+      ToEngineRequest(p, long_prompt, defaults, "id", 0, 5, "messages").status();
+  EXPECT_EQ(ParamOf(chat.message()), "messages") << chat;
+  EXPECT_EQ(ErrorBody(400, chat.message())["error"]["param"], "messages");
+}
+
 TEST(OpenAiFormatTest, ErrorObjectsAndStatuses) {
   const json e = ErrorBody(400, "top_p: 2 must be in (0, 1]");
   EXPECT_EQ(e["error"]["param"], "top_p");
