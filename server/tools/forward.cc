@@ -41,6 +41,7 @@ struct Seq {
   std::vector<int32_t> tokens;
   std::vector<int32_t> blocks;
   int computed = 0;
+  int blocks_sent = 0;  // blocks the backend's table holds
 };
 
 absl::StatusOr<std::vector<float>> Run(gqa::Backend& backend, Seq& seq, int n, int block_size,
@@ -48,9 +49,21 @@ absl::StatusOr<std::vector<float>> Run(gqa::Backend& backend, Seq& seq, int n, i
   while (static_cast<int>(seq.blocks.size()) * block_size < seq.computed + n) {
     seq.blocks.push_back((*next_block)--);
   }
-  gqa::ForwardSeq fs{std::span<const int32_t>(seq.tokens).subspan(seq.computed, n), seq.computed,
-                     seq.blocks, true};
-  if (auto st = backend.Forward({&fs, 1}); !st.ok()) return st;
+  gqa::StepPlan plan;
+  if (static_cast<int>(seq.blocks.size()) > seq.blocks_sent) {
+    plan.tables.rows.push_back(
+        {1, seq.blocks_sent,
+         std::vector<int32_t>(seq.blocks.begin() + seq.blocks_sent, seq.blocks.end())});
+    seq.blocks_sent = static_cast<int>(seq.blocks.size());
+  }
+  gqa::ScheduledSeq step;
+  step.seq_id = 1;
+  step.chunk = std::span<const int32_t>(seq.tokens).subspan(seq.computed, n);
+  step.start_pos = seq.computed;
+  step.samples = true;
+  step.is_decode = n == 1 && seq.computed > 0;
+  plan.seqs.push_back(step);
+  if (auto out = backend.ExecuteStep(plan); !out.ok()) return out.status();
   seq.computed += n;
   return backend.LogitsToHost();
 }

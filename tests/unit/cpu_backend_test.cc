@@ -25,8 +25,8 @@ std::vector<float> Logits(const std::filesystem::path& dir) {
   EXPECT_TRUE(backend.ok());
   const std::vector<int32_t> tokens = {3, 14, 15, 92, 65, 35};
   const std::vector<int32_t> blocks = {5, 2};
-  const ForwardSeq seq{tokens, 0, blocks, /*wants_logits=*/true};
-  EXPECT_TRUE((*backend)->Forward(std::span(&seq, 1)).ok());
+  const WholeTableSeq seq{tokens, 0, blocks, /*samples=*/true};
+  EXPECT_TRUE((*backend)->ExecuteStep(WholeTablePlanner().Plan({&seq, 1})).ok());
   return *(*backend)->LogitsToHost();
 }
 
