@@ -91,8 +91,9 @@ int Scheduler::AttachCachedPrefix(Sequence& seq) {
   // Prompt logprobs need logits at every prompt position, which cached positions do not have.
   if (!allocator_->caching() || !seq.blocks.empty() || seq.needs_prompt_logprobs()) return 0;
   int max_blocks = (seq.num_tokens() - 1) / config_.block_size;
-  // A prompt never starts with a one-token chunk: on the GPU that token would take the decode
-  // kernel, whose rounding differs from the prefill kernel's an uncached run uses.
+  // A prompt never starts with a one-token chunk. The rule dates from when such a token took
+  // the decode kernel on the GPU (now IsDecodeChunk sends it to the prefill kernel, as an
+  // uncached run's); it costs at most one block of hits.
   if (seq.num_generated() == 0 && max_blocks > 0 &&
       seq.num_tokens() - max_blocks * config_.block_size == 1) {
     --max_blocks;

@@ -23,6 +23,11 @@ struct TableRowUpdate {
 // For each packed row r < num_rows: writes the row's new blocks into its slot of
 // `persistent`, and step_tables[r] = the slot's blocks covering context_lens[r] tokens. One
 // block of threads per row; each slot appears at most once per step.
+//
+// Launched first in the step, without programmatic dependent launch (kernels/cuda/pdl.cuh), and
+// never letting the next kernel start early: every later kernel of the step starts after it has
+// exited, so the attention kernels may read the step's rows before their WaitForPrevious as
+// they read any uploaded input.
 cudaError_t UpdateBlockTables(const TableRowUpdate* rows,   // [num_rows]
                               const int32_t* new_blocks,    // [sum of num_new]
                               const int32_t* context_lens,  // [num_rows]

@@ -71,7 +71,8 @@ class StepInputs {
 
   StepArrays& host() { return host_; }
   const StepArrays& device() const { return device_; }
-  const int32_t* device_block_tables() const { return step_tables_; }  // [max_seqs, width]
+  const int32_t* device_block_tables() const { return step_tables_; }      // [max_seqs, width]
+  const int32_t* device_persistent_tables() const { return persistent_; }  // by slot (tests)
   const StepCapacity& capacity() const { return capacity_; }
 
  private:
