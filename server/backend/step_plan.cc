@@ -68,7 +68,10 @@ StepLogprobsQueries BuildLogprobsQueries(std::span<const ScheduledSeq> seqs,
 }
 
 void StoreLogprobs(const StepLogprobsQueries& asked, std::span<const LogprobsResult> answers,
-                   StepOutput& out) {
+                   size_t num_seqs, StepOutput& out) {
+  if (asked.targets.empty()) return;
+  out.sampled_logprobs.resize(out.sampled.size());
+  out.prompt_logprobs.resize(num_seqs);
   for (size_t q = 0; q < asked.targets.size() && q < answers.size(); ++q) {
     const auto& target = asked.targets[q];
     if (target.prompt) {

@@ -71,9 +71,10 @@ struct StepPlan {
 
 struct StepOutput {
   std::vector<int32_t> sampled;  // one token per sampling sequence, in plan order
-  // Parallel to `sampled`: the sampled token's logprobs where top_logprobs >= 0.
+  // Both empty when the plan asks for no logprobs (the usual step costs nothing for them).
+  // Otherwise parallel to `sampled`: the sampled token's logprobs where top_logprobs >= 0;
   std::vector<std::optional<LogprobsResult>> sampled_logprobs;
-  // One list per plan sequence: the prompt positions' logprobs this chunk computed, in order.
+  // and one list per plan sequence: the prompt positions' logprobs its chunk computed, in order.
   std::vector<std::vector<LogprobsResult>> prompt_logprobs;
 };
 
@@ -96,9 +97,10 @@ struct StepLogprobsQueries {
 };
 StepLogprobsQueries BuildLogprobsQueries(std::span<const ScheduledSeq> seqs,
                                          std::span<const int32_t> sampled);
-// Fills `out`'s logprobs from the answers to BuildLogprobsQueries' queries.
+// Fills `out`'s logprobs (sized for `num_seqs` plan sequences) from the answers to
+// BuildLogprobsQueries' queries; leaves them empty when nothing was asked.
 void StoreLogprobs(const StepLogprobsQueries& asked, std::span<const LogprobsResult> answers,
-                   StepOutput& out);
+                   size_t num_seqs, StepOutput& out);
 
 // The persistent block tables: [max_seqs, max_blocks_per_seq] block ids, -1 where empty, one
 // row (slot) per live sequence, the lowest free slot taken first. The CPU backend reads it; the

@@ -281,8 +281,10 @@ absl::StatusOr<UpdateResult> Scheduler::Update(const SchedulerOutput& out, const
   const std::vector<ScheduledSeq>& plan = out.plan.seqs;
   const size_t samples = static_cast<size_t>(
       std::count_if(plan.begin(), plan.end(), [](const ScheduledSeq& s) { return s.samples; }));
+  const bool logprobs = !step.sampled_logprobs.empty() || !step.prompt_logprobs.empty();
   if (plan.size() != out.chunks.size() || step.sampled.size() != samples ||
-      step.sampled_logprobs.size() != samples || step.prompt_logprobs.size() != plan.size()) {
+      (logprobs &&
+       (step.sampled_logprobs.size() != samples || step.prompt_logprobs.size() != plan.size()))) {
     return absl::InternalError(absl::StrCat("step output: ", step.sampled.size(), " tokens for ",
                                             samples, " sampling sequences"));
   }
@@ -292,13 +294,15 @@ absl::StatusOr<UpdateResult> Scheduler::Update(const SchedulerOutput& out, const
   size_t row = 0;
   for (size_t i = 0; i < plan.size(); ++i) {
     Sequence& s = *out.chunks[i].seq;
-    for (const LogprobsResult& lp : step.prompt_logprobs[i]) {
-      s.prompt_logprobs.push_back(ToTokenLogprob(s.tokens[s.prompt_logprobs.size()], lp));
+    if (logprobs) {
+      for (const LogprobsResult& lp : step.prompt_logprobs[i]) {
+        s.prompt_logprobs.push_back(ToTokenLogprob(s.tokens[s.prompt_logprobs.size()], lp));
+      }
     }
     if (!plan[i].samples) continue;
     const int32_t token = step.sampled[row];
-    if (const auto& lp = step.sampled_logprobs[row]) {
-      s.pending_logprobs.push_back(ToTokenLogprob(token, *lp));
+    if (logprobs && step.sampled_logprobs[row]) {
+      s.pending_logprobs.push_back(ToTokenLogprob(token, *step.sampled_logprobs[row]));
     }
     ++row;
     int32_t matched = 0;

@@ -110,8 +110,6 @@ class FakeBackendBase : public Backend {
     for (const ScheduledSeq& s : plan.seqs) {
       if (s.samples) out.sampled.push_back(token);
     }
-    out.sampled_logprobs.resize(out.sampled.size());
-    out.prompt_logprobs.resize(plan.seqs.size());
     return out;
   }
 

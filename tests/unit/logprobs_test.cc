@@ -99,8 +99,6 @@ class LogitsFakeBackend : public testing::FakeBackendBase {
       out.sampled.push_back(
           kernels::cpu::SampleToken(logits_.data() + r * kVocab, kVocab, s.sampling));
     }
-    out.sampled_logprobs.resize(out.sampled.size());
-    out.prompt_logprobs.resize(plan.seqs.size());
     const StepLogprobsQueries asked = BuildLogprobsQueries(plan.seqs, out.sampled);
     if (asked.queries.empty()) return out;
     ++logprobs_calls_;
@@ -109,7 +107,7 @@ class LogitsFakeBackend : public testing::FakeBackendBase {
       if ((q.row + 1) * size_t(kVocab) > logits_.size()) return absl::InternalError("row");
       answers.push_back(kernels::cpu::ComputeLogprobs(logits_.data() + q.row * kVocab, kVocab, q));
     }
-    StoreLogprobs(asked, answers, out);
+    StoreLogprobs(asked, answers, plan.seqs.size(), out);
     return out;
   }
 

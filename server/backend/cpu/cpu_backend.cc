@@ -272,12 +272,10 @@ absl::StatusOr<StepOutput> CpuBackend::ExecuteStep(const StepPlan& plan) {
   if (!in->token_ids.empty()) Forward(*in);
   StepOutput out;
   out.sampled = Sample(plan);
-  out.sampled_logprobs.resize(out.sampled.size());
-  out.prompt_logprobs.resize(plan.seqs.size());
   const StepLogprobsQueries asked = BuildLogprobsQueries(plan.seqs, out.sampled);
   absl::StatusOr<std::vector<LogprobsResult>> answers = Logprobs(asked.queries);
   if (!answers.ok()) return answers.status();
-  StoreLogprobs(asked, *answers, out);
+  StoreLogprobs(asked, *answers, plan.seqs.size(), out);
   if (profiling_) {
     pending_timing_.step_seconds = SecondsSince(start);
     last_timing_ = pending_timing_;

@@ -530,11 +530,9 @@ absl::StatusOr<StepOutput> CudaBackend<T>::ExecuteStep(const StepPlan& plan) {
   ASSIGN_OR_RETURN(const StepShape shape, Forward(plan));
   StepOutput out;
   ASSIGN_OR_RETURN(out.sampled, Sample(shape));
-  out.sampled_logprobs.resize(out.sampled.size());
-  out.prompt_logprobs.resize(plan.seqs.size());
   const StepLogprobsQueries asked = BuildLogprobsQueries(plan.seqs, out.sampled);
   ASSIGN_OR_RETURN(const std::vector<LogprobsResult> answers, Logprobs(asked.queries));
-  StoreLogprobs(asked, answers, out);
+  StoreLogprobs(asked, answers, plan.seqs.size(), out);
   return out;
 }
 
