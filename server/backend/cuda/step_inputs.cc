@@ -44,6 +44,9 @@ absl::StatusOr<StepInputs> StepInputs::Create(const StepCapacity& capacity) {
   in.blocks_at_ = reinterpret_cast<const std::byte*>(in.host_.new_blocks) -
                   static_cast<const std::byte*>(in.host_memory_.get());
   ASSIGN_OR_RETURN(in.uploaded_, CudaEvent::Create());
+  // Zero ids, never garbage, where a kernel prefetches past a sequence's blocks.
+  GQA_CUDA_RETURN_IF_ERROR(cudaMemset(in.table_memory_.get(), 0, 2 * table_bytes));
+  GQA_CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());
   in.persistent_ = static_cast<int32_t*>(in.table_memory_.get());
   in.step_tables_ = in.persistent_ + table_bytes / 4;
   return in;
