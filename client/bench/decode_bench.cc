@@ -100,13 +100,20 @@ struct Timing {
   bool fits = false;
 };
 
-// The bench's sequences in the backend's block tables: ids never reused, and the rows of the
-// last measurement, removed by the next plan.
+// The bench's sequences in the backend's block tables: ids never reused, and the rows to
+// remove when a measurement ends (the backend is handed to an engine afterwards).
 struct BenchRows {
   uint64_t next_id = 1;
   std::vector<uint64_t> leaving;
 };
 BenchRows bench_rows;
+
+// A plan of removals only: the backend frees the rows and computes nothing.
+void ReleaseRows(Backend& backend) {
+  StepPlan plan;
+  plan.tables.removed = std::exchange(bench_rows.leaving, {});
+  if (auto out = backend.ExecuteStep(plan); !out.ok()) Die(out.status());
+}
 
 // Decode steps of `batch` sequences at `context` tokens each, blocks interleaved across them
 // (sent once, as the engine's deltas do); with `profiled`, every step is timed on the device
@@ -154,6 +161,7 @@ Timing TimeDecode(Backend& backend, int batch, int context, int steps, bool prof
     if (auto timing = backend.LastStepTiming()) device.push_back(timing->step_seconds * 1e3);
   }
   if (!device.empty()) t.device_ms = Median(device);
+  ReleaseRows(backend);
   return t;
 }
 
@@ -179,6 +187,7 @@ double TimePrefill(Backend& backend, int length) {
     if (i >= 3)
       ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - start).count());
   }
+  ReleaseRows(backend);
   return length / (Median(ms) * 1e-3);
 }
 

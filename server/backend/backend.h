@@ -55,7 +55,7 @@ class Backend {
   // Applies the plan's block-table deltas, appends every chunk token's K/V to the cache, samples
   // one token per sampling sequence and computes the logprobs asked for (where the logits are:
   // on the GPU only the results cross to the host). The deltas are applied even when the step
-  // then fails.
+  // then fails; a plan without sequences only applies them.
   virtual absl::StatusOr<StepOutput> ExecuteStep(const StepPlan& plan) = 0;
   // The last step's logits, [rows, vocab] laid out as LogitsRowOfTokens says (tests and tools).
   virtual absl::StatusOr<std::vector<float>> LogitsToHost() = 0;

@@ -526,6 +526,7 @@ absl::StatusOr<StepOutput> CudaBackend<T>::ExecuteStep(const StepPlan& plan) {
   profiling_ = std::exchange(profile_next_, false);
   last_timing_.reset();
   RETURN_IF_ERROR(tables_.Apply(plan.tables));  // the host mirror; the device's in the step
+  if (plan.seqs.empty()) return StepOutput{};   // removals only: nothing on the device
   if (broken_) return absl::InternalError("the GPU is in an unrecoverable error state");
   ASSIGN_OR_RETURN(const StepShape shape, Forward(plan));
   StepOutput out;
