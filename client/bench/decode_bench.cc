@@ -14,6 +14,7 @@
 #include <mutex>
 #include <numeric>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "backend/cuda/cuda_backend.h"
@@ -94,54 +95,73 @@ double Median(std::vector<double> v) {
 }
 
 struct Timing {
-  double step_ms = NAN;    // Forward + Sample, one after the other (what the engine does)
-  double device_ms = NAN;  // Forward only, queued back to back: the GPU's own time per step
+  double step_ms = NAN;    // ExecuteStep, wall clock (what the engine waits for)
+  double device_ms = NAN;  // the same steps profiled: first kernel to last, on the device
   bool fits = false;
 };
 
-// Decode steps of `batch` sequences at `context` tokens each, blocks interleaved across them;
-// with `profiled`, every step is timed on the device (ProfileNextStep), as a server does one
-// step in --step_profile_interval.
+// The bench's sequences in the backend's block tables: ids never reused, and the rows to
+// remove when a measurement ends (the backend is handed to an engine afterwards).
+struct BenchRows {
+  uint64_t next_id = 1;
+  std::vector<uint64_t> leaving;
+};
+BenchRows bench_rows;
+
+// A plan of removals only: the backend frees the rows and computes nothing.
+void ReleaseRows(Backend& backend) {
+  StepPlan plan;
+  plan.tables.removed = std::exchange(bench_rows.leaving, {});
+  if (auto out = backend.ExecuteStep(plan); !out.ok()) Die(out.status());
+}
+
+// Decode steps of `batch` sequences at `context` tokens each, blocks interleaved across them
+// (sent once, as the engine's deltas do); with `profiled`, every step is timed on the device
+// (ProfileNextStep), as a server does one step in --step_profile_interval. The device time is
+// the median of 10 more steps, profiled.
 Timing TimeDecode(Backend& backend, int batch, int context, int steps, bool profiled = false) {
   const KvCacheSpec& kv = backend.kv_spec();
   const int blocks_per_seq = (context + kv.block_size - 1) / kv.block_size;
   Timing t;
   if (int64_t(batch) * blocks_per_seq > kv.num_blocks) return t;
   t.fits = true;
-  std::vector<std::vector<int32_t>> tables(batch);
-  for (int s = 0; s < batch; ++s) {
-    for (int b = 0; b < blocks_per_seq; ++b) tables[s].push_back(b * batch + s);
-  }
+  StepPlan plan;
+  plan.tables.removed = std::exchange(bench_rows.leaving, {});
   std::vector<int32_t> token(batch, 1);
-  std::vector<ForwardSeq> seqs;
   for (int s = 0; s < batch; ++s) {
-    seqs.push_back({std::span<const int32_t>(&token[s], 1), context - 1, tables[s], true});
+    const uint64_t id = bench_rows.next_id++;
+    bench_rows.leaving.push_back(id);
+    BlockTableRow row{id, 0, {}};
+    for (int b = 0; b < blocks_per_seq; ++b) row.blocks.push_back(b * batch + s);
+    plan.tables.rows.push_back(std::move(row));
+    ScheduledSeq seq;
+    seq.seq_id = id;
+    seq.chunk = std::span<const int32_t>(&token[s], 1);
+    seq.start_pos = context - 1;
+    seq.samples = true;
+    seq.is_decode = true;
+    plan.seqs.push_back(seq);
   }
-  std::vector<SamplingRow> rows(batch);
-  auto step = [&] {
-    if (profiled) backend.ProfileNextStep();
-    absl::Status st = backend.Forward(seqs);
-    if (st.ok()) st = backend.Sample(rows).status();
-    if (!st.ok()) Die(st);
+  auto step = [&](bool timed) {
+    if (timed) backend.ProfileNextStep();
+    if (auto out = backend.ExecuteStep(plan); !out.ok()) Die(out.status());
+    plan.tables = {};
   };
-  for (int i = 0; i < 5; ++i) step();
+  for (int i = 0; i < 5; ++i) step(profiled);
   std::vector<double> ms;
   for (int i = 0; i < steps; ++i) {
     const auto start = Clock::now();
-    step();
+    step(profiled);
     ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - start).count());
   }
   t.step_ms = Median(ms);
-  std::vector<double> queued;
-  for (int r = 0; r < 5; ++r) {
-    const auto start = Clock::now();
-    for (int i = 0; i < 10; ++i) {
-      if (absl::Status st = backend.Forward(seqs); !st.ok()) Die(st);
-    }
-    if (auto logits = backend.LogitsToHost(); !logits.ok()) Die(logits.status());
-    queued.push_back(std::chrono::duration<double, std::milli>(Clock::now() - start).count() / 10);
+  std::vector<double> device;
+  for (int i = 0; i < 10; ++i) {
+    step(true);
+    if (auto timing = backend.LastStepTiming()) device.push_back(timing->step_seconds * 1e3);
   }
-  t.device_ms = Median(queued);
+  if (!device.empty()) t.device_ms = Median(device);
+  ReleaseRows(backend);
   return t;
 }
 
@@ -150,17 +170,24 @@ double TimePrefill(Backend& backend, int length) {
   std::vector<int32_t> tokens(length), table((length + kv.block_size - 1) / kv.block_size);
   for (int i = 0; i < length; ++i) tokens[i] = (i * 7919) % 128000;
   std::iota(table.begin(), table.end(), 0);
-  const ForwardSeq seq{tokens, 0, table, true};
-  const SamplingRow row;
   std::vector<double> ms;
   for (int i = 0; i < 13; ++i) {
+    StepPlan plan;  // a new sequence each time, the previous one removed
+    plan.tables.removed = std::exchange(bench_rows.leaving, {});
+    const uint64_t id = bench_rows.next_id++;
+    bench_rows.leaving.push_back(id);
+    plan.tables.rows.push_back({id, 0, table});
+    ScheduledSeq seq;
+    seq.seq_id = id;
+    seq.chunk = tokens;
+    seq.samples = true;
+    plan.seqs.push_back(seq);
     const auto start = Clock::now();
-    absl::Status st = backend.Forward({&seq, 1});
-    if (st.ok()) st = backend.Sample({&row, 1}).status();
-    if (!st.ok()) Die(st);
+    if (auto out = backend.ExecuteStep(plan); !out.ok()) Die(out.status());
     if (i >= 3)
       ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - start).count());
   }
+  ReleaseRows(backend);
   return length / (Median(ms) * 1e-3);
 }
 
@@ -410,8 +437,8 @@ int DecodeBenchMain(int argc, char** argv) {
   const auto peers =
       peer.empty() ? std::map<std::string, double>{} : RunPeer(peer, rows, &peer_prefill);
   std::printf(
-      "decode steps, bf16, random weights, %s; step = Forward + Sample (wall clock, "
-      "median of %d); device = Forward queued back to back\n",
+      "decode steps, bf16, random weights, %s; step = ExecuteStep (wall clock, "
+      "median of %d); device = profiled steps, first kernel to last\n",
       eager ? "eager" : "CUDA graphs", steps);
   std::printf("%5s %3s %5s %5s | %8s %8s %8s %7s %9s | %8s %7s %7s\n", "model", "kv", "batch",
               "ctx", "step_ms", "dev_ms", "floor_ms", "of_flr", "tok/s", "peer_ms", "pr_flr",

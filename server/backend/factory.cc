@@ -25,7 +25,8 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCpu(const BackendOptions& o,
           ? o.num_kv_blocks
           : static_cast<int>(std::min<uint64_t>(bytes / probe.bytes_per_block(), 1u << 30));
   if (blocks < 1) return absl::InvalidArgumentError("--kv_cache_memory holds not even one block");
-  auto backend = CpuBackend::Create(std::move(ckpt), o.block_size, blocks);
+  auto backend =
+      CpuBackend::Create(std::move(ckpt), o.block_size, blocks, o.max_num_seqs, o.max_model_len);
   if (!backend.ok()) return backend.status();
   return std::unique_ptr<Backend>(std::move(*backend));
 }

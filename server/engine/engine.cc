@@ -11,20 +11,6 @@ namespace {
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
-bool Contains(const std::vector<int32_t>& ids, int32_t id) {
-  return std::find(ids.begin(), ids.end(), id) != ids.end();
-}
-
-TokenLogprob ToTokenLogprob(int32_t token, const LogprobsResult& result) {
-  TokenLogprob out;
-  out.token = token;
-  out.logprob = result.token_logprob;
-  for (int i = 0; i < result.top_k; ++i) {
-    out.top.emplace_back(result.top_ids[i], result.top_logprobs[i]);
-  }
-  return out;
-}
-
 }  // namespace
 
 const char* FinishReasonName(FinishReason reason) {
@@ -51,7 +37,8 @@ Engine::Engine(const EngineConfig& config, std::unique_ptr<Backend> backend,
       allocator_(backend_->kv_spec().num_blocks, {.enabled = config.scheduler.enable_prefix_caching,
                                                   .block_size = config.scheduler.block_size,
                                                   .salt = config.scheduler.prefix_cache_salt}),
-      scheduler_(config.scheduler, &allocator_) {}
+      scheduler_(config.scheduler, &allocator_,
+                 StopRules{config.eos_token_ids, config.limits.max_model_len}) {}
 
 Engine::~Engine() { StopThread(); }
 
@@ -159,22 +146,12 @@ void Engine::Step() {
   // them in the gauges.
   UpdateGauges();
   if (out.empty()) return;
-  std::vector<ForwardSeq> batch;
-  std::vector<SamplingRow> rows;
   for (const ScheduledChunk& c : out.chunks) {
     Sequence& s = *c.seq;
-    if (!s.first_scheduled) {
-      s.first_scheduled = start;
-      if (observer_) {
-        observer_->OnRequestScheduled(Seconds(start - s.request.arrival), s.num_prompt_tokens);
-      }
-    }
-    batch.push_back({std::span<const int32_t>(s.tokens).subspan(s.num_computed, c.num_tokens),
-                     s.num_computed, s.blocks, c.samples(), s.needs_prompt_logprobs()});
-    if (c.samples()) {
-      const SamplingParams& p = s.request.sampling;
-      rows.push_back(
-          {p.temperature, p.top_p, p.top_k, p.seed, static_cast<uint64_t>(s.num_generated())});
+    if (s.first_scheduled) continue;
+    s.first_scheduled = start;
+    if (observer_) {
+      observer_->OnRequestScheduled(Seconds(start - s.request.arrival), s.num_prompt_tokens);
     }
   }
   StepStats stats = DescribeStep(out, config_.cost);
@@ -184,112 +161,25 @@ void Engine::Step() {
   const bool profiled =
       interval > 0 && std::uniform_int_distribution<int>(0, interval - 1)(profile_rng_) == 0;
   if (profiled) backend_->ProfileNextStep();
-  absl::Status status = backend_->Forward(batch);
-  absl::StatusOr<std::vector<int32_t>> sampled =
-      status.ok() ? backend_->Sample(rows) : absl::StatusOr<std::vector<int32_t>>(status);
-  if (!sampled.ok()) return FailStep(out, sampled.status());
-  if (absl::Status st = CollectLogprobs(out, batch, *sampled); !st.ok()) return FailStep(out, st);
+  absl::StatusOr<StepOutput> result = backend_->ExecuteStep(out.plan);
+  if (!result.ok()) return FailStep(out, result.status());
   if (profiled) stats.device = backend_->LastStepTiming();
-  scheduler_.Commit(out);
-  size_t row = 0;
-  struct Finished {
-    uint64_t id;
-    FinishReason reason;
-    int32_t matched_stop;
-  };
-  std::vector<Finished> finished;
-  for (const ScheduledChunk& c : out.chunks) {
-    if (c.seq->num_computed != c.seq->num_tokens()) continue;  // a prefill chunk, no sample
-    Sequence& s = *c.seq;
-    s.tokens.push_back((*sampled)[row++]);
-    int32_t matched = 0;
-    std::optional<int> stop_string;
-    if (s.text) s.pending_text = s.text->Add(s.tokens.back(), &stop_string);
-    if (stop_string) {
-      finished.push_back({s.id, FinishReason::kStopString, *stop_string});
-    } else if (const auto finish = CheckFinish(s, &matched)) {
-      if (s.text) s.pending_text += s.text->Flush(&stop_string);
-      finished.push_back({s.id, stop_string ? FinishReason::kStopString : *finish,
-                          stop_string ? *stop_string : matched});
-    } else {
-      Emit(s, {s.tokens.back()}, std::move(s.pending_text), std::nullopt);
-    }
+  absl::StatusOr<UpdateResult> update = scheduler_.Update(out, *result);
+  if (!update.ok()) return FailStep(out, update.status());
+  for (Sequence* s : update->continuing) {
+    Emit(*s, {s->tokens.back()}, std::move(s->pending_text), std::nullopt);
   }
   stats.wall_seconds = Seconds(Clock::now() - start);
   if (observer_) observer_->OnStep(stats);
-  // Free finished sequences' blocks before telling their clients, so that what a client sees
-  // after its final message (metrics, capacity) already counts them as gone.
-  for (const Finished& f : finished) {
-    std::unique_ptr<Sequence> seq = scheduler_.Remove(f.id);
-    UpdateGauges();
-    Emit(*seq, {seq->tokens.back()}, std::move(seq->pending_text), f.reason, f.matched_stop);
+  // The finished sequences' blocks are free already: what a client sees after its final message
+  // (metrics, capacity) counts them as gone.
+  UpdateGauges();
+  for (FinishedSeq& f : update->finished) {
+    Sequence& seq = *f.seq;
+    Emit(seq, {seq.tokens.back()}, std::move(seq.pending_text), f.reason, f.matched_stop);
     std::lock_guard lock(mu_);
     if (--in_flight_ == 0) idle_.notify_all();
   }
-  UpdateGauges();
-}
-
-absl::Status Engine::CollectLogprobs(const SchedulerOutput& out, std::span<const ForwardSeq> batch,
-                                     const std::vector<int32_t>& sampled) {
-  const bool any = std::any_of(out.chunks.begin(), out.chunks.end(), [](const ScheduledChunk& c) {
-    return c.seq->request.logprobs.top_logprobs >= 0 || c.seq->needs_prompt_logprobs();
-  });
-  if (!any) return absl::OkStatus();
-  struct Target {
-    Sequence* seq;
-    int32_t token;
-    bool prompt;
-  };
-  std::vector<LogprobsQuery> queries;
-  std::vector<Target> targets;
-  const std::vector<int32_t> row_of_token = LogitsRowOfTokens(batch);
-  int32_t sample_row = 0;
-  size_t flat = 0;  // the chunk's first token in row_of_token
-  for (size_t i = 0; i < out.chunks.size(); ++i) {
-    Sequence& s = *out.chunks[i].seq;
-    const int n = out.chunks[i].num_tokens;
-    if (batch[i].wants_all_logits) {
-      // Row t predicts the token at position start + t + 1; the first not yet known is next.
-      const int next = static_cast<int>(s.prompt_logprobs.size());
-      for (int t = 0; t < n; ++t) {
-        const int target = s.num_computed + t + 1;
-        if (target < next || target >= s.num_prompt_tokens) continue;
-        queries.push_back(
-            {row_of_token[flat + t], s.tokens[target], s.request.logprobs.prompt_top_logprobs});
-        targets.push_back({&s, s.tokens[target], true});
-      }
-    }
-    if (batch[i].wants_logits) {
-      if (s.request.logprobs.top_logprobs >= 0) {
-        queries.push_back({sample_row, sampled[sample_row], s.request.logprobs.top_logprobs});
-        targets.push_back({&s, sampled[sample_row], false});
-      }
-      ++sample_row;
-    }
-    flat += n;
-  }
-  absl::StatusOr<std::vector<LogprobsResult>> results = backend_->Logprobs(queries);
-  if (!results.ok()) return results.status();
-  for (size_t q = 0; q < targets.size(); ++q) {
-    Sequence& s = *targets[q].seq;
-    auto& into = targets[q].prompt ? s.prompt_logprobs : s.pending_logprobs;
-    into.push_back(ToTokenLogprob(targets[q].token, (*results)[q]));
-  }
-  return absl::OkStatus();
-}
-
-std::optional<FinishReason> Engine::CheckFinish(const Sequence& s, int32_t* matched_stop) const {
-  const int32_t token = s.tokens.back();
-  const StoppingParams& stop = s.request.stopping;
-  if (!stop.ignore_eos && Contains(config_.eos_token_ids, token)) return FinishReason::kEos;
-  if (Contains(stop.stop_token_ids, token)) {
-    *matched_stop = token;
-    return FinishReason::kStopToken;
-  }
-  if (s.num_generated() >= stop.max_new_tokens || s.num_tokens() >= config_.limits.max_model_len) {
-    return FinishReason::kLength;
-  }
-  return std::nullopt;
 }
 
 void Engine::Emit(Sequence& s, std::vector<int32_t> tokens, std::string text,

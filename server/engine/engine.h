@@ -1,5 +1,6 @@
 // The engine: one thread that owns the scheduler, the block allocator and the backend, and runs
-// steps (schedule, forward, sample, emit) while there is work. Other threads only Submit and
+// steps while there is work: Scheduler::Schedule -> Backend::ExecuteStep -> Scheduler::Update
+// -> emit. Other threads only Submit and
 // Cancel, which enqueue messages and never block on a step.
 #pragma once
 
@@ -72,14 +73,8 @@ class Engine {
   // Moves queued requests and cancellations into the scheduler; false once stopping.
   bool TakeInbox();
   void Step();
-  // Asks the backend for the logprobs this step's sequences want (nothing when none does) and
-  // stores them in each sequence: the sampled token's in pending_logprobs, the prompt's in
-  // prompt_logprobs. Before Scheduler::Commit: it reads each chunk's start.
-  absl::Status CollectLogprobs(const SchedulerOutput& out, std::span<const ForwardSeq> batch,
-                               const std::vector<int32_t>& sampled);
   void Emit(Sequence& seq, std::vector<int32_t> tokens, std::string text,
             std::optional<FinishReason> finish, int32_t matched_stop = 0);
-  std::optional<FinishReason> CheckFinish(const Sequence& seq, int32_t* matched_stop) const;
   void Finish(uint64_t seq_id, FinishReason reason, int32_t matched_stop = 0);
   void FailStep(const SchedulerOutput& out, const absl::Status& status);
   void UpdateGauges();

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <span>
 
+#include "absl/strings/str_cat.h"
+
 namespace gqa {
 
 const char* StepPhaseName(StepPhase phase) {
@@ -24,8 +26,8 @@ StepPhase SchedulerOutput::phase() const {
   return any_decode ? StepPhase::kDecode : StepPhase::kPrefill;
 }
 
-Scheduler::Scheduler(const SchedulerConfig& config, BlockAllocator* allocator)
-    : config_(config), allocator_(allocator) {}
+Scheduler::Scheduler(const SchedulerConfig& config, BlockAllocator* allocator, StopRules stops)
+    : config_(config), allocator_(allocator), stops_(std::move(stops)) {}
 
 void Scheduler::Add(std::unique_ptr<Sequence> seq) { waiting_.push_back(std::move(seq)); }
 
@@ -45,6 +47,7 @@ bool Scheduler::Reserve(Sequence& seq, int num_tokens) {
 void Scheduler::PreemptLast(SchedulerOutput& out) {
   std::unique_ptr<Sequence> victim = std::move(running_.back());
   running_.pop_back();
+  LeaveTables(*victim);
   DetachCachedPrefix(*victim);
   ++victim->preemptions;
   out.preempted.push_back(victim.get());
@@ -88,8 +91,9 @@ int Scheduler::AttachCachedPrefix(Sequence& seq) {
   // Prompt logprobs need logits at every prompt position, which cached positions do not have.
   if (!allocator_->caching() || !seq.blocks.empty() || seq.needs_prompt_logprobs()) return 0;
   int max_blocks = (seq.num_tokens() - 1) / config_.block_size;
-  // A prompt never starts with a one-token chunk: on the GPU that token would take the decode
-  // kernel, whose rounding differs from the prefill kernel's an uncached run uses.
+  // A prompt never starts with a one-token chunk. The rule dates from when such a token took
+  // the decode kernel on the GPU (now IsDecodeChunk sends it to the prefill kernel, as an
+  // uncached run's); it costs at most one block of hits.
   if (seq.num_generated() == 0 && max_blocks > 0 &&
       seq.num_tokens() - max_blocks * config_.block_size == 1) {
     --max_blocks;
@@ -155,7 +159,44 @@ SchedulerOutput Scheduler::Schedule() {
     if (!ScheduleRunning(i, budget, out)) break;
   }
   if (out.preempted.empty()) AdmitWaiting(budget, out);
+  MakePlan(out);
   return out;
+}
+
+void Scheduler::LeaveTables(Sequence& seq) {
+  if (seq.blocks_in_tables >= 0) leaving_tables_.push_back(seq.id);
+  seq.blocks_in_tables = -1;
+}
+
+void Scheduler::MakePlan(SchedulerOutput& out) {
+  if (out.chunks.empty()) return;  // removals wait for a step the backend runs
+  out.plan.tables.removed = std::move(leaving_tables_);
+  leaving_tables_.clear();
+  for (const ScheduledChunk& c : out.chunks) {
+    Sequence& s = *c.seq;
+    const int known = std::max(s.blocks_in_tables, 0);
+    if (s.blocks_in_tables < 0 || static_cast<int>(s.blocks.size()) > known) {
+      out.plan.tables.rows.push_back(
+          {s.id, known, BlockList(s.blocks.begin() + known, s.blocks.end())});
+      s.blocks_in_tables = static_cast<int>(s.blocks.size());
+    }
+    ScheduledSeq seq;
+    seq.seq_id = s.id;
+    seq.chunk = std::span<const int32_t>(s.tokens).subspan(s.num_computed, c.num_tokens);
+    seq.start_pos = s.num_computed;
+    seq.samples = c.samples();
+    seq.is_decode = c.decodes();
+    const SamplingParams& p = s.request.sampling;
+    seq.sampling = {p.temperature, p.top_p, p.top_k, p.seed,
+                    static_cast<uint64_t>(s.num_generated())};
+    seq.top_logprobs = s.request.logprobs.top_logprobs;
+    if (s.needs_prompt_logprobs()) {
+      seq.prompt_top_logprobs = s.request.logprobs.prompt_top_logprobs;
+      seq.prompt_logprobs_from = static_cast<int32_t>(s.prompt_logprobs.size());
+      seq.prompt = std::span<const int32_t>(s.tokens).first(s.num_prompt_tokens);
+    }
+    out.plan.seqs.push_back(seq);
+  }
 }
 
 void Scheduler::Commit(const SchedulerOutput& out) {
@@ -177,10 +218,103 @@ std::unique_ptr<Sequence> Scheduler::Remove(uint64_t seq_id) {
     waiting_.erase(wit);
   }
   if (seq) {
+    LeaveTables(*seq);
     allocator_->Free(seq->blocks);  // cached blocks keep their content until evicted
     seq->blocks.clear();
   }
   return seq;
+}
+
+namespace {
+
+bool Contains(const std::vector<int32_t>& ids, int32_t id) {
+  return std::find(ids.begin(), ids.end(), id) != ids.end();
+}
+
+TokenLogprob ToTokenLogprob(int32_t token, const LogprobsResult& result) {
+  TokenLogprob out;
+  out.token = token;
+  out.logprob = result.token_logprob;
+  for (int i = 0; i < result.top_k; ++i) {
+    out.top.emplace_back(result.top_ids[i], result.top_logprobs[i]);
+  }
+  return out;
+}
+
+}  // namespace
+
+std::optional<FinishReason> Scheduler::CheckStops(const Sequence& s, int32_t* matched_stop) const {
+  const int32_t token = s.tokens.back();
+  const StoppingParams& stop = s.request.stopping;
+  if (!stop.ignore_eos && Contains(stops_.eos_token_ids, token)) return FinishReason::kEos;
+  if (Contains(stop.stop_token_ids, token)) {
+    *matched_stop = token;
+    return FinishReason::kStopToken;
+  }
+  if (s.num_generated() >= stop.max_new_tokens ||
+      (stops_.max_model_len > 0 && s.num_tokens() >= stops_.max_model_len)) {
+    return FinishReason::kLength;
+  }
+  return std::nullopt;
+}
+
+std::optional<FinishReason> Scheduler::AcceptToken(Sequence& s, int32_t token,
+                                                   int32_t* matched_stop) {
+  s.tokens.push_back(token);
+  std::optional<int> stop_string;
+  if (s.text) s.pending_text = s.text->Add(token, &stop_string);
+  if (stop_string) {
+    *matched_stop = *stop_string;
+    return FinishReason::kStopString;
+  }
+  const std::optional<FinishReason> finish = CheckStops(s, matched_stop);
+  if (!finish) return std::nullopt;
+  if (s.text) s.pending_text += s.text->Flush(&stop_string);
+  if (stop_string) {
+    *matched_stop = *stop_string;
+    return FinishReason::kStopString;
+  }
+  return finish;
+}
+
+absl::StatusOr<UpdateResult> Scheduler::Update(const SchedulerOutput& out, const StepOutput& step) {
+  const std::vector<ScheduledSeq>& plan = out.plan.seqs;
+  const size_t samples = static_cast<size_t>(
+      std::count_if(plan.begin(), plan.end(), [](const ScheduledSeq& s) { return s.samples; }));
+  const bool logprobs = !step.sampled_logprobs.empty() || !step.prompt_logprobs.empty();
+  if (plan.size() != out.chunks.size() || step.sampled.size() != samples ||
+      (logprobs &&
+       (step.sampled_logprobs.size() != samples || step.prompt_logprobs.size() != plan.size()))) {
+    return absl::InternalError(absl::StrCat("step output: ", step.sampled.size(), " tokens for ",
+                                            samples, " sampling sequences"));
+  }
+  Commit(out);
+  UpdateResult result;
+  std::vector<uint64_t> finished;
+  size_t row = 0;
+  for (size_t i = 0; i < plan.size(); ++i) {
+    Sequence& s = *out.chunks[i].seq;
+    if (logprobs) {
+      for (const LogprobsResult& lp : step.prompt_logprobs[i]) {
+        s.prompt_logprobs.push_back(ToTokenLogprob(s.tokens[s.prompt_logprobs.size()], lp));
+      }
+    }
+    if (!plan[i].samples) continue;
+    const int32_t token = step.sampled[row];
+    if (logprobs && step.sampled_logprobs[row]) {
+      s.pending_logprobs.push_back(ToTokenLogprob(token, *step.sampled_logprobs[row]));
+    }
+    ++row;
+    int32_t matched = 0;
+    if (const std::optional<FinishReason> finish = AcceptToken(s, token, &matched)) {
+      result.finished.push_back({nullptr, *finish, matched, s.blocks});
+      finished.push_back(s.id);
+    } else {
+      result.continuing.push_back(&s);
+    }
+  }
+  for (size_t f = 0; f < finished.size(); ++f) result.finished[f].seq = Remove(finished[f]);
+  return result;
 }
 
 Sequence* Scheduler::Find(uint64_t seq_id) {

@@ -58,6 +58,8 @@ struct Sequence {
   BlockChain cache_chain;
   int cached_prompt_tokens = 0;     // prompt tokens found in the cache at the first admission
   int num_cached_at_admission = 0;  // tokens found in the cache at the latest admission
+  // Blocks of its row in the backend's block tables; -1: no row (waiting, never sent).
+  int blocks_in_tables = -1;
 };
 
 }  // namespace gqa

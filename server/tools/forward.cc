@@ -38,9 +38,12 @@ constexpr int kNumBlocks = 512;
 // One sequence's view of the cache; blocks handed out from the top of the pool down, so the
 // block table is not contiguous in ascending order.
 struct Seq {
+  uint64_t id = 1;
+  uint64_t replaces = 0;  // a sequence whose row its first step removes
   std::vector<int32_t> tokens;
   std::vector<int32_t> blocks;
   int computed = 0;
+  int blocks_sent = 0;  // blocks the backend's table holds
 };
 
 absl::StatusOr<std::vector<float>> Run(gqa::Backend& backend, Seq& seq, int n, int block_size,
@@ -48,9 +51,23 @@ absl::StatusOr<std::vector<float>> Run(gqa::Backend& backend, Seq& seq, int n, i
   while (static_cast<int>(seq.blocks.size()) * block_size < seq.computed + n) {
     seq.blocks.push_back((*next_block)--);
   }
-  gqa::ForwardSeq fs{std::span<const int32_t>(seq.tokens).subspan(seq.computed, n), seq.computed,
-                     seq.blocks, true};
-  if (auto st = backend.Forward({&fs, 1}); !st.ok()) return st;
+  gqa::StepPlan plan;
+  if (seq.blocks_sent == 0 && seq.replaces != 0) plan.tables.removed.push_back(seq.replaces);
+  if (static_cast<int>(seq.blocks.size()) > seq.blocks_sent) {
+    plan.tables.rows.push_back(
+        {seq.id, seq.blocks_sent,
+         std::vector<int32_t>(seq.blocks.begin() + seq.blocks_sent, seq.blocks.end())});
+    seq.blocks_sent = static_cast<int>(seq.blocks.size());
+  }
+  gqa::ScheduledSeq step;
+  step.seq_id = seq.id;
+  step.chunk = std::span<const int32_t>(seq.tokens).subspan(seq.computed, n);
+  step.start_pos = seq.computed;
+  step.samples = true;
+  // Token by token (position_logits, greedy) through the decode kernel, as the tool always did.
+  step.is_decode = n == 1 && seq.computed > 0;
+  plan.seqs.push_back(step);
+  if (auto out = backend.ExecuteStep(plan); !out.ok()) return out.status();
   seq.computed += n;
   return backend.LogitsToHost();
 }
@@ -166,6 +183,8 @@ int main(int argc, char** argv) {
   out["prefill_logits"] = logits;
 
   Seq stepped;
+  stepped.id = 2;
+  stepped.replaces = chunked.id;
   stepped.tokens = prompt;
   out["position_logits"] = nlohmann::json::array();
   for (size_t i = 0; i < prompt.size(); ++i) {

@@ -41,9 +41,12 @@ ModelConfig Shape(int heads, int kv_heads, int head_dim) {
 }
 
 struct Seq {
+  uint64_t id = 0;
   std::vector<int32_t> tokens;
   std::vector<int32_t> blocks;
   int computed = 0;
+  int prompt_len = 0;
+  int blocks_sent = 0;  // blocks the backends' tables hold (the deltas send the rest)
 };
 
 struct Chunk {
@@ -82,8 +85,10 @@ class Pair {
 
   int AddSeq(int prompt_len, int vocab) {
     Seq s;
+    s.id = seqs_.size() + 1;
     std::uniform_int_distribution<int> id(0, vocab - 1);
     for (int i = 0; i < prompt_len; ++i) s.tokens.push_back(id(rng_));
+    s.prompt_len = prompt_len;
     seqs_.push_back(std::move(s));
     return static_cast<int>(seqs_.size()) - 1;
   }
@@ -93,21 +98,24 @@ class Pair {
   // (computed, shared, never written again), then `suffix_len` tokens of its own.
   int AddSharingSeq(int from, int blocks, int suffix_len, int vocab) {
     Seq s;
+    s.id = seqs_.size() + 1;
     const Seq& f = seqs_[from];
     s.tokens.assign(f.tokens.begin(), f.tokens.begin() + blocks * kBlockSize);
     s.blocks.assign(f.blocks.begin(), f.blocks.begin() + blocks);
     s.computed = blocks * kBlockSize;
     std::uniform_int_distribution<int> id(0, vocab - 1);
     for (int i = 0; i < suffix_len; ++i) s.tokens.push_back(id(rng_));
+    s.prompt_len = static_cast<int>(s.tokens.size());
     seqs_.push_back(std::move(s));
     return static_cast<int>(seqs_.size()) - 1;
   }
 
-  // Runs one step on both backends; appends the reference's greedy token to each sequence that
-  // reached its end and compares the logits.
+  // Runs one step on both backends (block tables sent as deltas: new rows, appended blocks);
+  // appends the reference's greedy token to each sequence that reached its end and compares
+  // the logits.
   void Step(const std::vector<Chunk>& chunks, const std::string& what) {
     SCOPED_TRACE(what);
-    std::vector<ForwardSeq> batch;
+    StepPlan plan;
     std::vector<int> sampling;
     for (const Chunk& c : chunks) {
       Seq& s = seqs_[c.seq];
@@ -115,14 +123,25 @@ class Pair {
         s.blocks.push_back(free_.back());
         free_.pop_back();
       }
-      const bool last = s.computed + c.tokens == static_cast<int>(s.tokens.size());
-      batch.push_back({std::span<const int32_t>(s.tokens).subspan(s.computed, c.tokens), s.computed,
-                       s.blocks, last});
-      if (last) sampling.push_back(c.seq);
+      if (static_cast<int>(s.blocks.size()) > s.blocks_sent) {
+        plan.tables.rows.push_back(
+            {s.id, s.blocks_sent,
+             std::vector<int32_t>(s.blocks.begin() + s.blocks_sent, s.blocks.end())});
+        s.blocks_sent = static_cast<int>(s.blocks.size());
+      }
+      const int num_tokens = static_cast<int>(s.tokens.size());
+      ScheduledSeq seq;
+      seq.seq_id = s.id;
+      seq.chunk = std::span<const int32_t>(s.tokens).subspan(s.computed, c.tokens);
+      seq.start_pos = s.computed;
+      seq.samples = s.computed + c.tokens == num_tokens;
+      seq.is_decode = IsDecodeChunk(c.tokens, s.computed, num_tokens, num_tokens - s.prompt_len);
+      plan.seqs.push_back(seq);
+      if (seq.samples) sampling.push_back(c.seq);
     }
-    ASSERT_TRUE(cpu_->Forward(batch).ok());
-    const absl::Status gpu_status = gpu_->Forward(batch);
-    ASSERT_TRUE(gpu_status.ok()) << gpu_status;
+    ASSERT_TRUE(cpu_->ExecuteStep(plan).ok());
+    const absl::StatusOr<StepOutput> sampled = gpu_->ExecuteStep(plan);
+    ASSERT_TRUE(sampled.ok()) << sampled.status();
     auto want = cpu_->LogitsToHost();
     auto got = gpu_->LogitsToHost();
     ASSERT_TRUE(want.ok() && got.ok());
@@ -149,12 +168,10 @@ class Pair {
       seqs_[sampling[r]].tokens.push_back(ref_top);  // both continue from the reference's token
     }
     // The backend's own sampler agrees with its logits (greedy).
-    std::vector<SamplingRow> rows(sampling.size());
-    auto sampled = gpu_->Sample(rows);
-    ASSERT_TRUE(sampled.ok()) << sampled.status();
+    ASSERT_EQ(sampled->sampled.size(), sampling.size());
     for (size_t r = 0; r < sampling.size(); ++r) {
       const float* out = got->data() + r * vocab;
-      EXPECT_EQ((*sampled)[r], int(std::max_element(out, out + vocab) - out));
+      EXPECT_EQ(sampled->sampled[r], int(std::max_element(out, out + vocab) - out));
     }
     for (const Chunk& c : chunks) seqs_[c.seq].computed += c.tokens;
   }
@@ -274,18 +291,18 @@ TEST(CudaBackendTest, ProfiledStepsComputeTheSameAndTimeTheirAttention) {
 
     std::vector<int32_t> prompt(40, 3), table = {5, 9, 2, 7};
     for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = int32_t(i * 7 % config.vocab_size);
-    std::vector<ForwardSeq> prefill = {{prompt, 0, table, true}};
-    std::vector<ForwardSeq> decode = {
+    std::vector<WholeTableSeq> prefill = {{prompt, 0, table, true}};
+    std::vector<WholeTableSeq> decode = {
         {std::span<const int32_t>(prompt).subspan(39, 1), 39, table, true}};
+    WholeTablePlanner planner;  // each step's row sent anew
     for (const auto* step : {&prefill, &decode}) {
       std::vector<std::vector<float>> logits;
       for (bool profiled : {false, true}) {
         if (profiled) gpu.ProfileNextStep();
-        ASSERT_TRUE(gpu.Forward(*step).ok());
+        ASSERT_TRUE(gpu.ExecuteStep(planner.Plan(*step)).ok());
         auto host = gpu.LogitsToHost();
         ASSERT_TRUE(host.ok());
         logits.push_back(*host);
-        ASSERT_TRUE(gpu.Sample(std::vector<SamplingRow>(1)).ok());
         const std::optional<StepTiming> timing = gpu.LastStepTiming();
         ASSERT_EQ(timing.has_value(), profiled);
         if (profiled) {
@@ -333,70 +350,107 @@ TEST(CudaBackendTest, LogprobsMatchTheCpuBackend) {
   for (auto& t : a) t = int32_t(rng() % vocab);
   for (auto& t : b) t = int32_t(rng() % vocab);
   const std::vector<int32_t> table_a = {1, 2}, table_b = {3};
-  auto step = [&](const std::vector<ForwardSeq>& batch, const std::vector<LogprobsQuery>& queries,
-                  const std::string& what) {
+  // The answers of a step in the order of its queries (BuildLogprobsQueries, as the backends).
+  auto answers = [](const StepLogprobsQueries& asked, const StepOutput& out) {
+    std::vector<LogprobsResult> flat;
+    std::vector<size_t> next_prompt(out.prompt_logprobs.size(), 0);
+    for (const auto& target : asked.targets) {
+      flat.push_back(target.prompt ? out.prompt_logprobs[target.seq][next_prompt[target.seq]++]
+                                   : *out.sampled_logprobs[target.sample_index]);
+    }
+    return flat;
+  };
+  // Runs `plan` on both; compares every prompt query, and the sampled tokens' where both sampled
+  // the same token (greedy: they differ only where the logits nearly tie).
+  auto step = [&](const StepPlan& plan, size_t expected_queries, const std::string& what) {
     SCOPED_TRACE(what);
-    ASSERT_TRUE(cpu.Forward(batch).ok());
-    ASSERT_TRUE(gpu.Forward(batch).ok());
-    int samples = 0;
-    for (const auto& s : batch) samples += s.wants_logits ? 1 : 0;
-    ASSERT_TRUE(cpu.Sample(std::vector<SamplingRow>(samples)).ok());
-    ASSERT_TRUE(gpu.Sample(std::vector<SamplingRow>(samples)).ok());
-    auto want = cpu.Logprobs(queries);
-    auto got = gpu.Logprobs(queries);
+    auto cpu_out = cpu.ExecuteStep(plan);
+    auto gpu_out = gpu.ExecuteStep(plan);
+    ASSERT_TRUE(cpu_out.ok() && gpu_out.ok()) << gpu_out.status();
     auto cpu_logits = cpu.LogitsToHost();
     auto gpu_logits = gpu.LogitsToHost();
-    ASSERT_TRUE(want.ok() && got.ok() && cpu_logits.ok() && gpu_logits.ok()) << got.status();
+    ASSERT_TRUE(cpu_logits.ok() && gpu_logits.ok());
     ASSERT_EQ(cpu_logits->size(), gpu_logits->size());
-    for (size_t q = 0; q < queries.size(); ++q) {
-      const float* ref = cpu_logits->data() + size_t(queries[q].row) * vocab;
+    const StepLogprobsQueries asked = BuildLogprobsQueries(plan.seqs, gpu_out->sampled);
+    const StepLogprobsQueries cpu_asked = BuildLogprobsQueries(plan.seqs, cpu_out->sampled);
+    ASSERT_EQ(asked.queries.size(), expected_queries);
+    const std::vector<LogprobsResult> got = answers(asked, *gpu_out);
+    const std::vector<LogprobsResult> want = answers(cpu_asked, *cpu_out);
+    for (size_t q = 0; q < asked.queries.size(); ++q) {
+      const LogprobsQuery& query = asked.queries[q];
+      const float* ref = cpu_logits->data() + size_t(query.row) * vocab;
       double rms = 0;
       for (int v = 0; v < vocab; ++v) rms += double(ref[v]) * ref[v];
       rms = std::sqrt(rms / vocab);
-      EXPECT_NEAR((*got)[q].token_logprob, (*want)[q].token_logprob, 4 * kLogitTolerance * rms)
-          << "query " << q;
-      const auto own = kernels::cpu::ComputeLogprobs(
-          gpu_logits->data() + size_t(queries[q].row) * vocab, vocab, queries[q]);
-      EXPECT_NEAR((*got)[q].token_logprob, own.token_logprob, 1e-4) << "query " << q;
-      ASSERT_EQ((*got)[q].top_k, own.top_k);
+      if (cpu_asked.queries[q].token == query.token) {
+        EXPECT_NEAR(got[q].token_logprob, want[q].token_logprob, 4 * kLogitTolerance * rms)
+            << "query " << q;
+      }
+      const auto own = kernels::cpu::ComputeLogprobs(gpu_logits->data() + size_t(query.row) * vocab,
+                                                     vocab, query);
+      EXPECT_NEAR(got[q].token_logprob, own.token_logprob, 1e-4) << "query " << q;
+      ASSERT_EQ(got[q].top_k, own.top_k);
       for (int i = 0; i < own.top_k; ++i) {
-        EXPECT_EQ((*got)[q].top_ids[i], own.top_ids[i]) << "query " << q << " top " << i;
-        EXPECT_NEAR((*got)[q].top_logprobs[i], own.top_logprobs[i], 1e-4);
+        EXPECT_EQ(got[q].top_ids[i], own.top_ids[i]) << "query " << q << " top " << i;
+        EXPECT_NEAR(got[q].top_logprobs[i], own.top_logprobs[i], 1e-4);
       }
     }
   };
-  // Step 1: a's first 6 tokens, every logits row (rows 0..5); b's prompt, sampled (row 0 first).
+  auto seq = [](uint64_t id, std::span<const int32_t> chunk, int start, bool samples,
+                bool is_decode, int top_logprobs) {
+    ScheduledSeq s;
+    s.seq_id = id;
+    s.chunk = chunk;
+    s.start_pos = start;
+    s.samples = samples;
+    s.is_decode = is_decode;
+    s.top_logprobs = top_logprobs;
+    return s;
+  };
+  const std::vector<int32_t> prompt_a = a;  // a's prompt logprobs target these
+  // Step 1: a's first 6 tokens, every logits row (rows 1..6); b's prompt, sampled (row 0).
   {
-    const std::vector<ForwardSeq> batch = {
-        {std::span<const int32_t>(a).subspan(0, 6), 0, table_a, false, true},
-        {b, 0, table_b, true, false}};
-    std::vector<LogprobsQuery> queries = {{0, 7, 20}};
-    for (int t = 0; t < 6; ++t) queries.push_back({1 + t, a[t + 1], 5});
-    step(batch, queries, "prefill with every logits row");
+    StepPlan plan;
+    plan.tables.rows = {{1, 0, table_a}, {2, 0, table_b}};
+    plan.seqs.push_back(seq(1, std::span<const int32_t>(a).subspan(0, 6), 0, false, false, -1));
+    plan.seqs.back().prompt_top_logprobs = 5;
+    plan.seqs.back().prompt_logprobs_from = 1;
+    plan.seqs.back().prompt = prompt_a;
+    plan.seqs.push_back(seq(2, b, 0, true, false, 20));
+    step(plan, 7, "prefill with every logits row");
   }
   b.push_back(int32_t(rng() % vocab));
   // Step 2: b decodes (row 0); a's last 5 tokens, the last sampled (row 1), the others 2..5.
   {
-    const std::vector<ForwardSeq> batch = {
-        {std::span<const int32_t>(b).subspan(3, 1), 3, table_b, true, false},
-        {std::span<const int32_t>(a).subspan(6, 5), 6, table_a, true, true}};
-    std::vector<LogprobsQuery> queries = {{0, 1, 0}, {1, 2, 20}};
-    for (int t = 0; t < 4; ++t) queries.push_back({2 + t, a[7 + t], 3});
-    step(batch, queries, "mixed, sampling row among every-token rows");
+    StepPlan plan;
+    plan.seqs.push_back(seq(2, std::span<const int32_t>(b).subspan(3, 1), 3, true, true, 0));
+    plan.seqs.push_back(seq(1, std::span<const int32_t>(a).subspan(6, 5), 6, true, false, 20));
+    plan.seqs.back().prompt_top_logprobs = 3;
+    plan.seqs.back().prompt_logprobs_from = 7;
+    plan.seqs.back().prompt = prompt_a;
+    step(plan, 6, "mixed, sampling row among every-token rows");
   }
   a.push_back(int32_t(rng() % vocab));
   b.push_back(int32_t(rng() % vocab));
   // Decode steps (CUDA graphs): both sampled.
   for (int i = 0; i < 4; ++i) {
-    const std::vector<ForwardSeq> batch = {{std::span<const int32_t>(a).subspan(a.size() - 1, 1),
-                                            int32_t(a.size() - 1), table_a, true, false},
-                                           {std::span<const int32_t>(b).subspan(b.size() - 1, 1),
-                                            int32_t(b.size() - 1), table_b, true, false}};
-    step(batch, {{0, 3, 20}, {1, int32_t(i), 1}}, "decode " + std::to_string(i));
+    StepPlan plan;
+    plan.seqs.push_back(seq(1, std::span<const int32_t>(a).subspan(a.size() - 1, 1),
+                            int32_t(a.size() - 1), true, true, 20));
+    plan.seqs.push_back(seq(2, std::span<const int32_t>(b).subspan(b.size() - 1, 1),
+                            int32_t(b.size() - 1), true, true, 1));
+    step(plan, 2, "decode " + std::to_string(i));
     a.push_back(int32_t(rng() % vocab));
     b.push_back(int32_t(rng() % vocab));
   }
-  EXPECT_TRUE(gpu.Logprobs({}).ok()) << "no queries: nothing to do";
+  // No logprobs asked: none computed.
+  StepPlan plain;
+  plain.seqs.push_back(seq(2, std::span<const int32_t>(b).subspan(b.size() - 1, 1),
+                           int32_t(b.size() - 1), true, true, -1));
+  auto out = gpu.ExecuteStep(plain);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_TRUE(out->sampled_logprobs.empty() && out->prompt_logprobs.empty())
+      << "no queries: nothing to do";
 }
 
 TEST(CudaBackendTest, RefusesUnsupportedShapes) {
@@ -430,7 +484,8 @@ TEST(CudaBackendTest, ChunksOverSharedPrefixBlocks) {
   pair.Step({{owner, 50}}, "prefill the owner");
   const int a = pair.AddSharingSeq(owner, 3, 9, config.vocab_size);  // 48 cached + 9
   const int b = pair.AddSharingSeq(owner, 2, 2, config.vocab_size);  // 32 cached + 2
-  const int c = pair.AddSharingSeq(owner, 3, 1, config.vocab_size);  // one token: decode kernel
+  // One token: a prompt's last chunk, the prefill kernel (not a decode: IsDecodeChunk).
+  const int c = pair.AddSharingSeq(owner, 3, 1, config.vocab_size);
   pair.Step({{owner, 1}, {a, 9}, {b, 2}, {c, 1}}, "mixed over shared blocks");
   for (int i = 0; i < 8; ++i) {
     pair.Step({{owner, 1}, {a, 1}, {b, 1}, {c, 1}}, "decode " + std::to_string(i));

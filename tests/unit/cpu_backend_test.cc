@@ -25,8 +25,8 @@ std::vector<float> Logits(const std::filesystem::path& dir) {
   EXPECT_TRUE(backend.ok());
   const std::vector<int32_t> tokens = {3, 14, 15, 92, 65, 35};
   const std::vector<int32_t> blocks = {5, 2};
-  const ForwardSeq seq{tokens, 0, blocks, /*wants_logits=*/true};
-  EXPECT_TRUE((*backend)->Forward(std::span(&seq, 1)).ok());
+  const WholeTableSeq seq{tokens, 0, blocks, /*samples=*/true};
+  EXPECT_TRUE((*backend)->ExecuteStep(WholeTablePlanner().Plan({&seq, 1})).ok());
   return *(*backend)->LogitsToHost();
 }
 
@@ -63,6 +63,38 @@ TEST(CpuBackendTest, MisalignedTensorsGiveTheSameLogits) {
     ASSERT_FALSE(want.empty());
     EXPECT_EQ(Logits(shifted.path()), want) << DTypeName(dtype);
   }
+}
+
+// The block tables persist between steps and change only by deltas: one slot, so a second
+// sequence fits only once a plan (here one of removals only, which computes nothing) frees it.
+TEST(CpuBackendTest, BlockTablesChangeOnlyByDeltas) {
+  testing::TempDir dir;
+  testing::WriteRandomCheckpoint(dir.path(), testing::TinyConfig(2), 3);
+  auto ckpt = Checkpoint::Load(dir.path(), LoadFormat::kSafetensors);
+  ASSERT_TRUE(ckpt.ok());
+  auto backend = CpuBackend::Create(std::move(*ckpt), 4, 8, /*max_seqs=*/1, /*max_model_len=*/16);
+  ASSERT_TRUE(backend.ok());
+  const std::vector<int32_t> tokens = {3, 14, 15, 92, 65};
+  auto plan = [&](uint64_t id, BlockTableDelta tables) {
+    StepPlan p;
+    p.tables = std::move(tables);
+    ScheduledSeq s;
+    s.seq_id = id;
+    s.chunk = tokens;
+    s.samples = true;
+    p.seqs.push_back(s);
+    return p;
+  };
+  ASSERT_TRUE((*backend)->ExecuteStep(plan(1, {.removed = {}, .rows = {{1, 0, {4, 6}}}})).ok());
+  EXPECT_FALSE((*backend)->ExecuteStep(plan(2, {.removed = {}, .rows = {{2, 0, {1, 2}}}})).ok())
+      << "no free slot";
+  EXPECT_FALSE((*backend)->ExecuteStep(plan(3, {})).ok()) << "a sequence without a row";
+  ASSERT_TRUE((*backend)->ExecuteStep(plan(1, {})).ok()) << "its row persists";
+  auto removed =
+      (*backend)->ExecuteStep(StepPlan{.seqs = {}, .tables = {.removed = {1}, .rows = {}}});
+  ASSERT_TRUE(removed.ok());
+  EXPECT_TRUE(removed->sampled.empty());
+  EXPECT_TRUE((*backend)->ExecuteStep(plan(2, {.removed = {}, .rows = {{2, 0, {1, 2}}}})).ok());
 }
 
 }  // namespace

@@ -13,54 +13,15 @@
 
 #include "absl/strings/str_cat.h"
 #include "backend/cpu/cpu_backend.h"
+#include "common/fake_backend.h"
 #include "common/test_checkpoint.h"
 #include "metrics/engine_metrics.h"
 
 namespace gqa {
 namespace {
 
-// Collects every request's tokens and finish, and waits for them.
-class Collector {
- public:
-  EventSink SinkFor(const std::string& id) {
-    return [this, id](TokenEvent e) {
-      std::lock_guard lock(mu_);
-      auto& r = results_[id];
-      r.tokens.insert(r.tokens.end(), e.new_tokens.begin(), e.new_tokens.end());
-      if (!e.error.ok()) {
-        r.error = std::string(e.error.message());
-        r.error_code = e.error.code();
-      }
-      if (e.finish) {
-        r.finish = *e.finish;
-        r.preemptions = e.preemptions;
-        ++finished_;
-        cv_.notify_all();
-      }
-    };
-  }
-  void WaitFor(int n) {
-    std::unique_lock lock(mu_);
-    ASSERT_TRUE(cv_.wait_for(lock, std::chrono::seconds(60), [&] { return finished_ >= n; }));
-  }
-  struct Result {
-    std::vector<int32_t> tokens;
-    std::optional<FinishReason> finish;
-    int preemptions = 0;
-    std::optional<std::string> error;
-    absl::StatusCode error_code = absl::StatusCode::kOk;
-  };
-  std::map<std::string, Result> results() {
-    std::lock_guard lock(mu_);
-    return results_;
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::map<std::string, Result> results_;
-  int finished_ = 0;
-};
+using Collector = testing::EventCollector;
+using testing::FakeBackend;
 
 class EngineTest : public ::testing::Test {
  protected:
@@ -188,61 +149,6 @@ TEST_F(EngineTest, DrainFinishesRunningRequestsAndRefusesNewOnes) {
   EXPECT_EQ(engine->Submit(MakeRequest("late", 5, 3, 0, 0.0f, c)).status().code(),
             absl::StatusCode::kUnavailable);
 }
-
-// A backend that samples token 5 for every row and fails the steps it is told to; a failure
-// may leave it broken (a sticky device error).
-class FakeBackend final : public Backend {
- public:
-  FakeBackend(std::vector<int> failing_steps, bool sticky,
-              absl::StatusCode failure_code = absl::StatusCode::kInternal)
-      : failing_steps_(std::move(failing_steps)), sticky_(sticky), failure_code_(failure_code) {
-    spec_.block_size = 4;
-    spec_.num_blocks = 64;
-    spec_.num_kv_heads = 1;
-    spec_.head_dim = 8;
-    spec_.num_layers = 1;
-  }
-  std::string_view name() const override { return "fake"; }
-  std::string device_name() const override { return "fake"; }
-  const KvCacheSpec& kv_spec() const override { return spec_; }
-  bool broken() const override { return broken_; }
-  absl::Status Forward(std::span<const ForwardSeq> batch) override {
-    ++step_;
-    profiled_ = std::exchange(profile_next_, false);
-    if (std::find(failing_steps_.begin(), failing_steps_.end(), step_) != failing_steps_.end()) {
-      profiled_ = false;
-      broken_ = sticky_;
-      return absl::Status(failure_code_, "injected device failure");
-    }
-    rows_ = static_cast<int>(std::count_if(batch.begin(), batch.end(),
-                                           [](const ForwardSeq& s) { return s.wants_logits; }));
-    return absl::OkStatus();
-  }
-  absl::StatusOr<std::vector<int32_t>> Sample(std::span<const SamplingRow> rows) override {
-    if (static_cast<int>(rows.size()) != rows_) return absl::InternalError("row count");
-    return std::vector<int32_t>(rows.size(), 5);
-  }
-  absl::StatusOr<std::vector<float>> LogitsToHost() override { return std::vector<float>{}; }
-  uint64_t weight_bytes_per_step() const override { return 1000; }
-  absl::StatusOr<double> MeasureReadBandwidth() override { return 1e6; }
-  void ProfileNextStep() override { profile_next_ = true; }
-  // A profiled step takes 3 ms on the "device", 1 ms of it in attention.
-  std::optional<StepTiming> LastStepTiming() const override {
-    if (!profiled_) return std::nullopt;
-    return StepTiming{0.003, 0.001};
-  }
-
- private:
-  KvCacheSpec spec_;
-  bool profile_next_ = false;
-  bool profiled_ = false;
-  std::vector<int> failing_steps_;
-  bool sticky_;
-  absl::StatusCode failure_code_;
-  bool broken_ = false;
-  int step_ = 0;
-  int rows_ = 0;
-};
 
 std::unique_ptr<Engine> FakeEngine(std::unique_ptr<Backend> backend, EngineMetrics* metrics,
                                    std::function<void()> on_broken = {}) {

@@ -13,6 +13,7 @@
 
 #include "backend/backend.h"
 #include "backend/cpu/cpu_backend.h"
+#include "common/fake_backend.h"
 #include "common/test_checkpoint.h"
 #include "engine/engine.h"
 
@@ -65,71 +66,52 @@ void ExpectLogprob(const TokenLogprob& got, int32_t prev, int32_t pos, int k,
   }
 }
 
-// Logits rows as backend.h lays them out, from FakeLogits; samples with the CPU sampler and
+// Logits rows as step_plan.h lays them out, from FakeLogits; samples with the CPU sampler and
 // answers logprobs with the CPU reference. Records the largest step it saw.
-class LogitsFakeBackend : public Backend {
+class LogitsFakeBackend : public testing::FakeBackendBase {
  public:
-  explicit LogitsFakeBackend(int num_blocks) {
-    spec_.block_size = 4;
-    spec_.num_blocks = num_blocks;
-    spec_.num_kv_heads = 1;
-    spec_.head_dim = 8;
-    spec_.num_layers = 1;
-  }
-  std::string_view name() const override { return "logits-fake"; }
-  std::string device_name() const override { return "fake"; }
-  const KvCacheSpec& kv_spec() const override { return spec_; }
-  uint64_t weight_bytes_per_step() const override { return 1; }
-  absl::StatusOr<double> MeasureReadBandwidth() override { return 1.0; }
-  void ProfileNextStep() override {}
-  std::optional<StepTiming> LastStepTiming() const override { return std::nullopt; }
-
-  absl::Status Forward(std::span<const ForwardSeq> batch) override {
-    const std::vector<int32_t> row_of_token = LogitsRowOfTokens(batch);
-    const int rows = 1 + *std::max_element(row_of_token.begin(), row_of_token.end());
-    logits_.assign(size_t(std::max(rows, 0)) * kVocab, 0.0f);
-    sample_rows_ = 0;
-    size_t flat = 0;
-    for (const ForwardSeq& s : batch) {
-      sample_rows_ += s.wants_logits ? 1 : 0;
-      if (s.wants_all_logits) all_logits_tokens_ += static_cast<int>(s.tokens.size());
-      for (size_t i = 0; i < s.tokens.size(); ++i, ++flat) {
-        if (row_of_token[flat] < 0) continue;
-        const auto row = FakeLogits(s.tokens[i], s.start_pos + static_cast<int32_t>(i));
-        std::copy(row.begin(), row.end(), logits_.begin() + size_t(row_of_token[flat]) * kVocab);
-      }
-    }
-    max_rows_ = std::max(max_rows_.load(), rows);
-    return absl::OkStatus();
-  }
-  absl::StatusOr<std::vector<int32_t>> Sample(std::span<const SamplingRow> rows) override {
-    if (static_cast<int>(rows.size()) != sample_rows_) return absl::InternalError("row count");
-    std::vector<int32_t> tokens;
-    for (size_t r = 0; r < rows.size(); ++r) {
-      tokens.push_back(kernels::cpu::SampleToken(logits_.data() + r * kVocab, kVocab, rows[r]));
-    }
-    return tokens;
-  }
-  absl::StatusOr<std::vector<LogprobsResult>> Logprobs(
-      std::span<const LogprobsQuery> queries) override {
-    ++logprobs_calls_;
-    std::vector<LogprobsResult> out;
-    for (const LogprobsQuery& q : queries) {
-      if ((q.row + 1) * size_t(kVocab) > logits_.size()) return absl::InternalError("row");
-      out.push_back(kernels::cpu::ComputeLogprobs(logits_.data() + q.row * kVocab, kVocab, q));
-    }
-    return out;
-  }
+  explicit LogitsFakeBackend(int num_blocks) : FakeBackendBase(num_blocks) {}
   absl::StatusOr<std::vector<float>> LogitsToHost() override { return logits_; }
 
   std::atomic<int> max_rows_{0};
   std::atomic<int> all_logits_tokens_{0};
-  std::atomic<int> logprobs_calls_{0};
+  std::atomic<int> logprobs_calls_{0};  // steps that computed logprobs
 
  private:
-  KvCacheSpec spec_;
+  absl::StatusOr<StepOutput> Run(const StepPlan& plan) override {
+    const std::vector<int32_t> row_of_token = LogitsRowOfTokens(plan.seqs);
+    const int rows = 1 + *std::max_element(row_of_token.begin(), row_of_token.end());
+    logits_.assign(size_t(std::max(rows, 0)) * kVocab, 0.0f);
+    size_t flat = 0;
+    for (const ScheduledSeq& s : plan.seqs) {
+      if (s.wants_all_logits()) all_logits_tokens_ += static_cast<int>(s.chunk.size());
+      for (size_t i = 0; i < s.chunk.size(); ++i, ++flat) {
+        if (row_of_token[flat] < 0) continue;
+        const auto row = FakeLogits(s.chunk[i], s.start_pos + static_cast<int32_t>(i));
+        std::copy(row.begin(), row.end(), logits_.begin() + size_t(row_of_token[flat]) * kVocab);
+      }
+    }
+    max_rows_ = std::max(max_rows_.load(), rows);
+    StepOutput out;
+    for (const ScheduledSeq& s : plan.seqs) {
+      if (!s.samples) continue;
+      const size_t r = out.sampled.size();
+      out.sampled.push_back(
+          kernels::cpu::SampleToken(logits_.data() + r * kVocab, kVocab, s.sampling));
+    }
+    const StepLogprobsQueries asked = BuildLogprobsQueries(plan.seqs, out.sampled);
+    if (asked.queries.empty()) return out;
+    ++logprobs_calls_;
+    std::vector<LogprobsResult> answers;
+    for (const LogprobsQuery& q : asked.queries) {
+      if ((q.row + 1) * size_t(kVocab) > logits_.size()) return absl::InternalError("row");
+      answers.push_back(kernels::cpu::ComputeLogprobs(logits_.data() + q.row * kVocab, kVocab, q));
+    }
+    StoreLogprobs(asked, answers, plan.seqs.size(), out);
+    return out;
+  }
+
   std::vector<float> logits_;
-  int sample_rows_ = 0;
 };
 
 struct Outcome {
@@ -243,11 +225,19 @@ class LogprobsEngineTest : public ::testing::Test {
 
 TEST(LogitsLayoutTest, SamplingRowsFirstThenEveryOtherTokenOfAllLogitsChunks) {
   const std::vector<int32_t> a = {1, 2, 3}, b = {4}, c = {5, 6}, d = {7, 8};
-  const std::vector<ForwardSeq> batch = {
-      {a, 0, {}, /*wants_logits=*/false, /*wants_all_logits=*/true},
-      {b, 9, {}, true, false},
-      {c, 0, {}, true, true},
-      {d, 0, {}, false, false},
+  auto chunk = [](std::span<const int32_t> tokens, int start, bool samples, bool all_logits) {
+    ScheduledSeq s;
+    s.chunk = tokens;
+    s.start_pos = start;
+    s.samples = samples;
+    s.prompt_top_logprobs = all_logits ? 0 : -1;
+    return s;
+  };
+  const std::vector<ScheduledSeq> batch = {
+      chunk(a, 0, /*samples=*/false, /*all_logits=*/true),
+      chunk(b, 9, true, false),
+      chunk(c, 0, true, true),
+      chunk(d, 0, false, false),
   };
   // Sampling rows: b (0), c's last (1); then a's three tokens (2, 3, 4), c's first (5).
   EXPECT_EQ(LogitsRowOfTokens(batch), (std::vector<int32_t>{2, 3, 4, 0, 5, 1, -1, -1}));
@@ -390,8 +380,8 @@ TEST(CpuBackendLogprobsTest, ChunkedPromptLogprobsEqualOneWholeForward) {
   ASSERT_TRUE(reference.ok());
   std::vector<int32_t> blocks(8);
   std::iota(blocks.begin(), blocks.end(), 0);
-  const ForwardSeq whole{prompt, 0, blocks, /*wants_logits=*/true, /*wants_all_logits=*/true};
-  ASSERT_TRUE((*reference)->Forward({&whole, 1}).ok());
+  const WholeTableSeq whole{prompt, 0, blocks, /*samples=*/true, /*wants_all_logits=*/true};
+  ASSERT_TRUE((*reference)->ExecuteStep(WholeTablePlanner().Plan({&whole, 1})).ok());
   auto logits = (*reference)->LogitsToHost();
   ASSERT_TRUE(logits.ok());
   ASSERT_EQ(logits->size(), prompt.size() * vocab);

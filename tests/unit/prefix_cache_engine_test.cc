@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "backend/cpu/cpu_backend.h"
+#include "common/fake_backend.h"
 #include "common/test_checkpoint.h"
 #include "engine/engine.h"
 #include "metrics/engine_metrics.h"
@@ -18,43 +19,8 @@
 namespace gqa {
 namespace {
 
-struct Result {
-  std::vector<int32_t> tokens;
-  int cached_prompt_tokens = -1;
-  int preemptions = 0;
-};
-
-// Collects every request's tokens and its final usage, and waits for them.
-class Collector {
- public:
-  EventSink SinkFor(const std::string& id) {
-    return [this, id](TokenEvent e) {
-      std::lock_guard lock(mu_);
-      Result& r = results_[id];
-      r.tokens.insert(r.tokens.end(), e.new_tokens.begin(), e.new_tokens.end());
-      if (e.finish) {
-        r.cached_prompt_tokens = e.cached_prompt_tokens;
-        r.preemptions = e.preemptions;
-        ++finished_;
-        cv_.notify_all();
-      }
-    };
-  }
-  void WaitFor(int n) {
-    std::unique_lock lock(mu_);
-    ASSERT_TRUE(cv_.wait_for(lock, std::chrono::seconds(120), [&] { return finished_ >= n; }));
-  }
-  std::map<std::string, Result> results() {
-    std::lock_guard lock(mu_);
-    return results_;
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::map<std::string, Result> results_;
-  int finished_ = 0;
-};
+using Collector = testing::EventCollector;
+using Result = Collector::Result;
 
 constexpr int kBlock = 4;
 
@@ -224,14 +190,17 @@ TEST_F(PrefixCacheEngineTest, AChunkOverAnotherSequencesBlocksGivesTheFullPrefil
   ASSERT_TRUE(backend.ok());
   std::vector<int32_t> prompt;
   for (int i = 0; i < 13; ++i) prompt.push_back(3 + i * 9 % 100);
+  WholeTablePlanner planner;
   const std::vector<int32_t> first_table = {0, 1, 2, 3};
-  ASSERT_TRUE((*backend)->Forward(std::vector<ForwardSeq>{{prompt, 0, first_table, true}}).ok());
+  const WholeTableSeq first{prompt, 0, first_table, true};
+  ASSERT_TRUE((*backend)->ExecuteStep(planner.Plan({&first, 1})).ok());
   auto full = (*backend)->LogitsToHost();
   ASSERT_TRUE(full.ok());
   // A second sequence reuses blocks 0 and 1 (8 tokens) and computes the rest into its own.
   const std::vector<int32_t> second_table = {0, 1, 7, 9};
   const auto rest = std::span<const int32_t>(prompt).subspan(8);
-  ASSERT_TRUE((*backend)->Forward(std::vector<ForwardSeq>{{rest, 8, second_table, true}}).ok());
+  const WholeTableSeq second{rest, 8, second_table, true};
+  ASSERT_TRUE((*backend)->ExecuteStep(planner.Plan({&second, 1})).ok());
   auto reused = (*backend)->LogitsToHost();
   ASSERT_TRUE(reused.ok());
   ASSERT_EQ(full->size(), reused->size());

@@ -100,11 +100,19 @@ absl::StatusOr<double> CpuBackend::MeasureReadBandwidth() {
 }
 
 absl::StatusOr<std::unique_ptr<CpuBackend>> CpuBackend::Create(
-    std::shared_ptr<const Checkpoint> checkpoint, int block_size, int num_blocks) {
+    std::shared_ptr<const Checkpoint> checkpoint, int block_size, int num_blocks, int max_seqs,
+    int max_model_len) {
   if (block_size <= 0 || num_blocks <= 0) {
     return absl::InvalidArgumentError("KV cache needs a positive block size and block count");
   }
-  auto backend = std::unique_ptr<CpuBackend>(new CpuBackend(std::move(checkpoint)));
+  if (max_seqs <= 0 || max_model_len <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("block tables need positive max_seqs (",
+                                                   max_seqs, ") and max_model_len (", max_model_len,
+                                                   ")"));
+  }
+  BlockTables tables(max_seqs, (max_model_len + block_size - 1) / block_size);
+  auto backend =
+      std::unique_ptr<CpuBackend>(new CpuBackend(std::move(checkpoint), std::move(tables)));
   const ModelConfig& c = backend->config_;
   backend->spec_ =
       KvCacheSpec{block_size, num_blocks, c.num_kv_heads, c.head_dim, c.num_layers, DType::kF32};
@@ -160,26 +168,40 @@ void CpuBackend::LoadWeights() {
   }
 }
 
-CpuBackend::StepInputs CpuBackend::Flatten(std::span<const ForwardSeq> batch) const {
+absl::StatusOr<CpuBackend::StepInputs> CpuBackend::Flatten(const StepPlan& plan) const {
   StepInputs in;
   in.query_start.push_back(0);
-  for (const auto& s : batch) in.max_blocks = std::max(in.max_blocks, int(s.block_table.size()));
-  for (const auto& s : batch) {
-    const int n = static_cast<int>(s.tokens.size());
-    for (int i = 0; i < n; ++i) {
-      const int pos = s.start_pos + i;
-      in.token_ids.push_back(s.tokens[i]);
+  std::vector<int> slots;
+  for (const ScheduledSeq& s : plan.seqs) {
+    const int slot = tables_.SlotOf(s.seq_id);
+    const int needed =
+        (s.start_pos + static_cast<int>(s.chunk.size()) + spec_.block_size - 1) / spec_.block_size;
+    if (s.chunk.empty() || slot < 0 || tables_.NumBlocks(slot) < needed) {
+      return absl::InternalError(
+          absl::StrCat("step plan: sequence ", s.seq_id, " lacks tokens or cache blocks"));
+    }
+    slots.push_back(slot);
+    in.max_blocks = std::max(in.max_blocks, needed);
+  }
+  for (size_t i = 0; i < plan.seqs.size(); ++i) {
+    const ScheduledSeq& s = plan.seqs[i];
+    const std::span<const int32_t> table = tables_.Row(slots[i]);
+    const int n = static_cast<int>(s.chunk.size());
+    for (int t = 0; t < n; ++t) {
+      const int pos = s.start_pos + t;
+      in.token_ids.push_back(s.chunk[t]);
       in.positions.push_back(pos);
-      const int block = s.block_table[pos / spec_.block_size];
+      const int block = table[pos / spec_.block_size];
       in.slots.push_back(static_cast<int64_t>(block) * spec_.block_size + pos % spec_.block_size);
     }
     in.query_start.push_back(in.query_start.back() + n);
     in.context_lens.push_back(s.start_pos + n);
-    in.block_tables.insert(in.block_tables.end(), s.block_table.begin(), s.block_table.end());
-    in.block_tables.resize(in.block_tables.size() + in.max_blocks - s.block_table.size(), -1);
-    in.sample_rows += s.wants_logits ? 1 : 0;
+    const auto row = table.first(std::min<size_t>(table.size(), in.max_blocks));
+    in.block_tables.insert(in.block_tables.end(), row.begin(), row.end());
+    in.block_tables.resize(in.block_tables.size() + in.max_blocks - row.size(), -1);
+    in.sample_rows += s.samples ? 1 : 0;
   }
-  const std::vector<int32_t> row_of_token = LogitsRowOfTokens(batch);
+  const std::vector<int32_t> row_of_token = LogitsRowOfTokens(plan.seqs);
   for (size_t t = 0; t < row_of_token.size(); ++t) {
     if (row_of_token[t] < 0) continue;
     if (static_cast<size_t>(row_of_token[t]) >= in.logit_rows.size()) {
@@ -239,19 +261,31 @@ void CpuBackend::ComputeLogits(const StepInputs& in, const Activations& act) {
   cpu::Matmul(rows.data(), lm_head_, nullptr, logit_rows_, config_.vocab_size, h, logits_.data());
 }
 
-absl::Status CpuBackend::Forward(std::span<const ForwardSeq> batch) {
+absl::StatusOr<StepOutput> CpuBackend::ExecuteStep(const StepPlan& plan) {
   const auto start = SteadyClock::now();
   profiling_ = std::exchange(profile_next_, false);
   pending_timing_ = StepTiming{};
   last_timing_.reset();
-  const ModelConfig& c = config_;
-  for (const auto& s : batch) {
-    const size_t needed = (s.start_pos + s.tokens.size() + spec_.block_size - 1) / spec_.block_size;
-    if (s.tokens.empty() || s.block_table.size() < needed) {
-      return absl::InternalError("forward batch: a sequence lacks tokens or cache blocks");
-    }
+  if (absl::Status st = tables_.Apply(plan.tables); !st.ok()) return st;
+  absl::StatusOr<StepInputs> in = Flatten(plan);
+  if (!in.ok()) return in.status();
+  if (!in->token_ids.empty()) Forward(*in);
+  StepOutput out;
+  out.sampled = Sample(plan);
+  const StepLogprobsQueries asked = BuildLogprobsQueries(plan.seqs, out.sampled);
+  absl::StatusOr<std::vector<LogprobsResult>> answers = Logprobs(asked.queries);
+  if (!answers.ok()) return answers.status();
+  StoreLogprobs(asked, *answers, plan.seqs.size(), out);
+  if (profiling_) {
+    pending_timing_.step_seconds = SecondsSince(start);
+    last_timing_ = pending_timing_;
+    profiling_ = false;
   }
-  const StepInputs in = Flatten(batch);
+  return out;
+}
+
+void CpuBackend::Forward(const StepInputs& in) {
+  const ModelConfig& c = config_;
   const int n = static_cast<int>(in.token_ids.size());
   Activations act;
   act.residual.resize(static_cast<size_t>(n) * c.hidden_size);
@@ -279,31 +313,22 @@ absl::Status CpuBackend::Forward(std::span<const ForwardSeq> batch) {
                     c.rms_norm_eps, act.normed.data());
   }
   ComputeLogits(in, act);
-  if (profiling_) pending_timing_.step_seconds = SecondsSince(start);
-  return absl::OkStatus();
 }
 
-absl::StatusOr<std::vector<int32_t>> CpuBackend::Sample(std::span<const SamplingRow> rows) {
-  if (static_cast<int>(rows.size()) != sample_rows_) {
-    return absl::InternalError(
-        absl::StrCat("sample: ", rows.size(), " rows for ", sample_rows_, " sampling rows"));
-  }
-  const auto start = SteadyClock::now();
-  std::vector<int32_t> tokens(rows.size());
+std::vector<int32_t> CpuBackend::Sample(const StepPlan& plan) const {
+  std::vector<int32_t> tokens;
   const size_t vocab = config_.vocab_size;
-  for (size_t r = 0; r < rows.size(); ++r) {
-    tokens[r] =
-        kernels::cpu::SampleToken(logits_.data() + r * vocab, static_cast<int>(vocab), rows[r]);
-  }
-  if (std::exchange(profiling_, false)) {  // published only for a whole step
-    pending_timing_.step_seconds += SecondsSince(start);
-    last_timing_ = pending_timing_;
+  for (const ScheduledSeq& s : plan.seqs) {
+    if (!s.samples) continue;
+    const size_t r = tokens.size();
+    tokens.push_back(
+        kernels::cpu::SampleToken(logits_.data() + r * vocab, static_cast<int>(vocab), s.sampling));
   }
   return tokens;
 }
 
 absl::StatusOr<std::vector<LogprobsResult>> CpuBackend::Logprobs(
-    std::span<const LogprobsQuery> queries) {
+    std::span<const LogprobsQuery> queries) const {
   const int vocab = config_.vocab_size;
   std::vector<LogprobsResult> results(queries.size());
   for (size_t q = 0; q < queries.size(); ++q) {

@@ -18,16 +18,15 @@ namespace gqa {
 class CpuBackend final : public Backend {
  public:
   // Keeps `checkpoint` (its mapped files) for as long as the backend lives.
+  // Its block tables hold `max_seqs` live sequences of up to `max_model_len` tokens.
   static absl::StatusOr<std::unique_ptr<CpuBackend>> Create(
-      std::shared_ptr<const Checkpoint> checkpoint, int block_size, int num_blocks);
+      std::shared_ptr<const Checkpoint> checkpoint, int block_size, int num_blocks,
+      int max_seqs = 256, int max_model_len = 4096);
 
   std::string_view name() const override { return "cpu"; }
   std::string device_name() const override { return "cpu"; }
   const KvCacheSpec& kv_spec() const override { return spec_; }
-  absl::Status Forward(std::span<const ForwardSeq> batch) override;
-  absl::StatusOr<std::vector<int32_t>> Sample(std::span<const SamplingRow> rows) override;
-  absl::StatusOr<std::vector<LogprobsResult>> Logprobs(
-      std::span<const LogprobsQuery> queries) override;
+  absl::StatusOr<StepOutput> ExecuteStep(const StepPlan& plan) override;
   absl::StatusOr<std::vector<float>> LogitsToHost() override { return logits_; }
   uint64_t weight_bytes_per_step() const override;
   // A parallel read of a 128 MiB buffer (the CPU backend is compute-bound: far from this floor).
@@ -43,12 +42,12 @@ class CpuBackend final : public Backend {
     std::vector<float> q_bias, k_bias, v_bias, o_bias, gate_bias, up_bias, down_bias;
     std::vector<float> k_cache, v_cache;  // [num_blocks, num_kv_heads, block_size, head_dim]
   };
-  // Per-step inputs, flattened over the batch.
+  // Per-step inputs, flattened over the plan; block_tables are the plan's rows of tables_.
   struct StepInputs {
     std::vector<int32_t> token_ids, positions, query_start, context_lens, block_tables;
     std::vector<int64_t> slots;
     std::vector<int32_t> logit_rows;  // token row of each logits row (LogitsRowOfTokens)
-    int sample_rows = 0;              // the first of them, one per wants_logits sequence
+    int sample_rows = 0;              // the first of them, one per sampling sequence
     int max_blocks = 0;
   };
   // Activations for the step, sized for its token count.
@@ -56,12 +55,18 @@ class CpuBackend final : public Backend {
     std::vector<float> residual, normed, q, k, v, attn, proj, gate, up;
   };
 
-  explicit CpuBackend(std::shared_ptr<const Checkpoint> checkpoint)
-      : checkpoint_(std::move(checkpoint)), config_(checkpoint_->config()) {}
+  CpuBackend(std::shared_ptr<const Checkpoint> checkpoint, BlockTables tables)
+      : checkpoint_(std::move(checkpoint)),
+        config_(checkpoint_->config()),
+        tables_(std::move(tables)) {}
   void LoadWeights();
   uint64_t CountWeightBytes() const;
   WeightView Matrix(const std::string& name);
-  StepInputs Flatten(std::span<const ForwardSeq> batch) const;
+  absl::StatusOr<StepInputs> Flatten(const StepPlan& plan) const;
+  void Forward(const StepInputs& in);
+  std::vector<int32_t> Sample(const StepPlan& plan) const;
+  absl::StatusOr<std::vector<LogprobsResult>> Logprobs(
+      std::span<const LogprobsQuery> queries) const;
   void Attention(Layer& layer, const StepInputs& in, Activations& act, int num_tokens);
   void Mlp(const Layer& layer, Activations& act, int num_tokens);
   void ComputeLogits(const StepInputs& in, const Activations& act);
@@ -74,14 +79,15 @@ class CpuBackend final : public Backend {
   std::vector<float> final_norm_;
   std::vector<std::vector<float>> widened_;  // fp32 copies of matrices too misaligned to map
   std::vector<Layer> layers_;
+  BlockTables tables_;         // one row per live sequence, kept by the plans' deltas
   std::vector<float> logits_;  // [rows, vocab] of the last Forward
   int logit_rows_ = 0;         // rows of logits_
-  int sample_rows_ = 0;        // its first rows, one per wants_logits sequence
+  int sample_rows_ = 0;        // its first rows, one per sampling sequence
   // Profiling (ProfileNextStep): asked for the next step; this step is timed; its timing so far.
   bool profile_next_ = false;
   bool profiling_ = false;
   uint64_t weight_bytes_ = 0;  // read by every step
-  StepTiming pending_timing_;  // this step's, until Sample completes it
+  StepTiming pending_timing_;  // this step's, until it completes
   std::optional<StepTiming> last_timing_;
 };
 

@@ -83,10 +83,7 @@ class CudaBackend final : public Backend {
             {"graphs", graph_bytes_}};
   }
   bool broken() const override { return broken_; }
-  absl::Status Forward(std::span<const ForwardSeq> batch) override;
-  absl::StatusOr<std::vector<int32_t>> Sample(std::span<const SamplingRow> rows) override;
-  absl::StatusOr<std::vector<LogprobsResult>> Logprobs(
-      std::span<const LogprobsQuery> queries) override;
+  absl::StatusOr<StepOutput> ExecuteStep(const StepPlan& plan) override;
   absl::StatusOr<std::vector<float>> LogitsToHost() override;
   uint64_t weight_bytes_per_step() const override {
     return WeightBytesPerStep(config_, DTypeSize(options_.dtype));
@@ -104,8 +101,14 @@ class CudaBackend final : public Backend {
 
  private:
   CudaBackend(const CudaBackendOptions& options, const ModelConfig& config)
-      : options_(options), config_(config) {}
+      : options_(options), config_(config), tables_(1, 1) {}
   absl::Status Init(const Checkpoint* checkpoint);
+  // The step's launches (a graph replay for a decode-only step), up to the logits.
+  absl::StatusOr<StepShape> Forward(const StepPlan& plan);
+  // One token per sampling row of the step just launched; waits for the step.
+  absl::StatusOr<std::vector<int32_t>> Sample(const StepShape& shape);
+  // Log-probabilities over the last step's logits rows, computed on the device.
+  absl::StatusOr<std::vector<LogprobsResult>> Logprobs(std::span<const LogprobsQuery> queries);
   absl::Status AllocateActivations();
   absl::Status AllocateKvCache();
   absl::Status CaptureGraphs();
@@ -134,6 +137,7 @@ class CudaBackend final : public Backend {
   cuda::DeviceWeights weights_;
   std::unique_ptr<cuda::Gemm> gemm_;
   cuda::StepInputs inputs_;
+  BlockTables tables_;  // the host mirror of the device tables: slots, and the KV slot mapping
   DeviceMemory activation_memory_, kv_memory_;
   Activations<T> act_{};
   T* kv_base_ = nullptr;  // [layers][k, v][num_blocks, kv_heads, block_size, head_dim]
@@ -142,12 +146,11 @@ class CudaBackend final : public Backend {
   std::map<int, cudaGraphExec_t> graphs_;           // by padded batch size
   std::map<int, cudaGraphExec_t> profiled_graphs_;  // the same, with the profiler's events
   uint64_t graph_bytes_ = 0;
-  int logit_rows_ = 0;   // rows of act_.logits computed by the last Forward
-  int sample_rows_ = 0;  // its first rows, one per wants_logits sequence
+  int logit_rows_ = 0;  // rows of act_.logits computed by the last Forward
   cuda::StepProfiler profiler_;
   double read_bandwidth_ = 0;  // bytes/s, device-to-device copy (read + written)
   bool profile_next_ = false;  // ProfileNextStep was called
-  bool profiling_ = false;     // this step (Forward to Sample) records the profiler's events
+  bool profiling_ = false;     // this step records the profiler's events
   std::optional<StepTiming> last_timing_;
   bool broken_ = false;
 };
@@ -388,6 +391,7 @@ absl::Status CudaBackend<T>::Launch(const StepShape& shape) {
   const cuda::StepArrays& in = inputs_.device();
   cudaStream_t stream = device_->stream();
   const int n = shape.num_tokens, h = c.hidden_size;
+  GQA_CUDA_RETURN_IF_ERROR(inputs_.UpdateTables(shape, spec_.block_size, stream));
   GQA_CUDA_RETURN_IF_ERROR(k::EmbeddingGather<T>(static_cast<const T*>(weights_.embed()),
                                                  in.token_ids, n, h, act_.residual, stream));
   GQA_CUDA_RETURN_IF_ERROR(k::AddRmsNorm<T>(nullptr, act_.residual,
@@ -406,13 +410,12 @@ absl::Status CudaBackend<T>::CaptureGraphs() {
   const auto start = std::chrono::steady_clock::now();
   size_t free_before = 0, free_after = 0, total = 0;
   GQA_CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free_before, &total));
-  std::vector<int32_t> token{0}, table{0};
   cudaStream_t stream = device_->stream();
   for (int size : CaptureSizes(options_.max_num_seqs)) {
-    // Inert rows only: the padding rows write nothing to the cache.
-    auto shape = inputs_.Pack({}, spec_.block_size, spec_.num_blocks, size);
+    // Inert rows only: the padding rows write nothing to the cache or the tables.
+    auto shape = inputs_.Pack(StepPlan{}, tables_, spec_.block_size, spec_.num_blocks, size);
     if (!shape.ok()) return shape.status();
-    RETURN_IF_ERROR(inputs_.Upload(*shape, stream));
+    RETURN_IF_ERROR(inputs_.Upload(stream));
     RETURN_IF_ERROR(Launch(*shape));  // warm-up: makes the cuBLAS plans outside the capture
     GQA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
     ASSIGN_OR_RETURN(graphs_[size], CaptureGraph(*shape, GraphKind::kPlain));
@@ -508,6 +511,7 @@ absl::Status CudaBackend<T>::Init(const Checkpoint* checkpoint) {
   const int max_blocks = (options_.max_model_len + spec_.block_size - 1) / spec_.block_size;
   ASSIGN_OR_RETURN(inputs_, cuda::StepInputs::Create(
                                 {max_tokens_, options_.max_num_seqs, std::max(1, max_blocks)}));
+  tables_ = BlockTables(options_.max_num_seqs, std::max(1, max_blocks));
   cuda::GemmOptions gemm;
   gemm.mode = options_.deterministic ? cuda::GemmMode::kBatchInvariant : cuda::GemmMode::kFastest;
   gemm.invariant_m = options_.max_num_seqs;
@@ -535,46 +539,54 @@ absl::StatusOr<std::unique_ptr<Backend>> CudaBackend<T>::Create(const CudaBacken
 }
 
 template <typename T>
-absl::Status CudaBackend<T>::Forward(std::span<const ForwardSeq> batch) {
+absl::StatusOr<StepOutput> CudaBackend<T>::ExecuteStep(const StepPlan& plan) {
   profiling_ = std::exchange(profile_next_, false);
   last_timing_.reset();
+  RETURN_IF_ERROR(tables_.Apply(plan.tables));  // the host mirror; the device's in the step
+  if (plan.seqs.empty()) return StepOutput{};   // removals only: nothing on the device
   if (broken_) return absl::InternalError("the GPU is in an unrecoverable error state");
-  bool all_decode = !batch.empty();
-  for (const ForwardSeq& s : batch) all_decode &= s.tokens.size() == 1 && s.wants_logits;
+  ASSIGN_OR_RETURN(const StepShape shape, Forward(plan));
+  StepOutput out;
+  ASSIGN_OR_RETURN(out.sampled, Sample(shape));
+  const StepLogprobsQueries asked = BuildLogprobsQueries(plan.seqs, out.sampled);
+  ASSIGN_OR_RETURN(const std::vector<LogprobsResult> answers, Logprobs(asked.queries));
+  StoreLogprobs(asked, answers, plan.seqs.size(), out);
+  return out;
+}
+
+template <typename T>
+absl::StatusOr<StepShape> CudaBackend<T>::Forward(const StepPlan& plan) {
+  const std::vector<ScheduledSeq>& seqs = plan.seqs;
+  const bool all_decode =
+      !seqs.empty() && std::all_of(seqs.begin(), seqs.end(), [](auto& s) { return s.is_decode; });
   int padded = 0;
   if (all_decode && !graphs_.empty()) {
-    auto it = graphs_.lower_bound(static_cast<int>(batch.size()));
+    auto it = graphs_.lower_bound(static_cast<int>(seqs.size()));
     if (it != graphs_.end()) padded = it->first;
   }
-  auto shape = inputs_.Pack(batch, spec_.block_size, spec_.num_blocks, padded);
-  if (!shape.ok()) return shape.status();
-  RETURN_IF_ERROR(Check(inputs_.Upload(*shape, device_->stream())));
-  sample_rows_ = static_cast<int>(std::count_if(
-      batch.begin(), batch.end(), [](const ForwardSeq& s) { return s.wants_logits; }));
+  ASSIGN_OR_RETURN(const StepShape shape,
+                   inputs_.Pack(plan, tables_, spec_.block_size, spec_.num_blocks, padded));
+  RETURN_IF_ERROR(Check(inputs_.Upload(device_->stream())));
   // A padded (graph) step has only sampling rows, then the inert rows' logits.
-  logit_rows_ = padded > 0 ? sample_rows_ : shape->num_logit_rows;
+  logit_rows_ = padded > 0 ? shape.num_samples : shape.num_logit_rows;
   if (profiling_) {
     RETURN_IF_ERROR(Check(
         cuda::CudaStatus(profiler_.RecordStepStart(device_->stream()), "profiler: step start")));
   }
   if (padded > 0) {
     const auto& graphs = profiling_ ? profiled_graphs_ : graphs_;
-    return Check(
-        cuda::CudaStatus(cudaGraphLaunch(graphs.at(padded), device_->stream()), "cudaGraphLaunch"));
+    RETURN_IF_ERROR(Check(cuda::CudaStatus(cudaGraphLaunch(graphs.at(padded), device_->stream()),
+                                           "cudaGraphLaunch")));
+  } else {
+    RETURN_IF_ERROR(Check(Launch(shape)));
   }
-  return Check(Launch(*shape));
+  return shape;
 }
 
 template <typename T>
-absl::StatusOr<std::vector<int32_t>> CudaBackend<T>::Sample(std::span<const SamplingRow> rows) {
-  if (static_cast<int>(rows.size()) != sample_rows_) {
-    return absl::InternalError(
-        absl::StrCat("sample: ", rows.size(), " rows for ", sample_rows_, " sampling rows"));
-  }
-  const int n = sample_rows_;
-  std::copy(rows.begin(), rows.end(), inputs_.host().sampling);
+absl::StatusOr<std::vector<int32_t>> CudaBackend<T>::Sample(const StepShape& shape) {
+  const int n = shape.num_samples;
   cudaStream_t stream = device_->stream();
-  RETURN_IF_ERROR(Check(inputs_.UploadSampling(n, stream)));
   RETURN_IF_ERROR(Check(cuda::CudaStatus(k::SampleTokens(act_.logits, inputs_.device().sampling, n,
                                                          config_.vocab_size, act_.sampled, stream),
                                          "SampleTokens")));

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <numeric>
+#include <unordered_map>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -18,6 +19,8 @@ size_t StepInputs::Carve(StepArrays& a, void* base) const {
   a.prefill_query_start = carve.Take<int32_t>(s + 1);
   a.logit_rows = carve.Take<int32_t>(s);
   a.sampling = carve.Take<kernels::SamplingRow>(s);
+  a.table_rows = carve.Take<TableRowUpdate>(s);
+  a.new_blocks = carve.Take<int32_t>(s * capacity_.max_blocks_per_seq);  // last: copied in part
   return carve.bytes();
 }
 
@@ -25,90 +28,111 @@ absl::StatusOr<StepInputs> StepInputs::Create(const StepCapacity& capacity) {
   StepInputs in;
   in.capacity_ = capacity;
   StepArrays sizing;
-  const size_t arrays_total = in.Carve(sizing, nullptr);
-  const size_t table_bytes = size_t(capacity.max_seqs) * capacity.max_blocks_per_seq * 4;
-  const size_t total = (arrays_total + 255) / 256 * 256 + table_bytes;
+  const size_t total = in.Carve(sizing, nullptr);
   auto host = PinnedMemory::Allocate(total);
   if (!host.ok()) return host.status();
   auto device = DeviceMemory::Allocate(total, "the step inputs");
   if (!device.ok()) return device.status();
+  const size_t table_bytes = size_t(capacity.max_seqs) * capacity.max_blocks_per_seq * 4;
+  auto tables = DeviceMemory::Allocate(2 * table_bytes, "the block tables");
+  if (!tables.ok()) return tables.status();
   in.host_memory_ = std::move(*host);
   in.device_memory_ = std::move(*device);
+  in.table_memory_ = std::move(*tables);
   in.Carve(in.host_, in.host_memory_.get());
   in.Carve(in.device_, in.device_memory_.get());
-  // Upload copies everything before `sampling` (carved last; Sample fills it while a step's
-  // inputs may still be in flight, and copies it itself).
-  in.arrays_bytes_ = reinterpret_cast<const std::byte*>(in.host_.sampling) -
-                     static_cast<const std::byte*>(in.host_memory_.get());
-  const size_t tables_at = (arrays_total + 255) / 256 * 256;
+  in.blocks_at_ = reinterpret_cast<const std::byte*>(in.host_.new_blocks) -
+                  static_cast<const std::byte*>(in.host_memory_.get());
   ASSIGN_OR_RETURN(in.uploaded_, CudaEvent::Create());
-  in.host_tables_ =
-      reinterpret_cast<int32_t*>(static_cast<std::byte*>(in.host_memory_.get()) + tables_at);
-  in.device_tables_ =
-      reinterpret_cast<int32_t*>(static_cast<std::byte*>(in.device_memory_.get()) + tables_at);
+  // Zero ids, never garbage, where a kernel prefetches past a sequence's blocks.
+  GQA_CUDA_RETURN_IF_ERROR(cudaMemset(in.table_memory_.get(), 0, 2 * table_bytes));
+  GQA_CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());
+  in.persistent_ = static_cast<int32_t*>(in.table_memory_.get());
+  in.step_tables_ = in.persistent_ + table_bytes / 4;
   return in;
 }
 
-absl::StatusOr<StepShape> StepInputs::Pack(std::span<const ForwardSeq> batch, int block_size,
-                                           int num_blocks, int padded_seqs) {
-  // The previous step's copies must have read the staging area before it is rewritten (a
-  // failed step, or Forwards queued back to back, leave them in flight).
+absl::Status StepInputs::PackTableRow(int packed, int slot, const BlockTableRow* delta,
+                                      int num_blocks) {
+  TableRowUpdate& u = host_.table_rows[packed];
+  u = TableRowUpdate{slot, 0, 0, num_new_blocks_};
+  if (delta == nullptr) return absl::OkStatus();
+  u.first_new = delta->first_block;
+  u.num_new = static_cast<int32_t>(delta->blocks.size());
+  for (int32_t block : delta->blocks) {
+    if (block < 0 || block >= num_blocks) {
+      return absl::InternalError(
+          absl::StrCat("step plan: block id ", block, " outside the pool of ", num_blocks));
+    }
+    host_.new_blocks[num_new_blocks_++] = block;
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<StepShape> StepInputs::Pack(const StepPlan& plan, const BlockTables& tables,
+                                           int block_size, int num_blocks, int padded_seqs) {
+  // The previous step's copy must have read the staging area before it is rewritten (a failed
+  // step leaves it in flight).
   GQA_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(uploaded_.get()));
-  const int n = static_cast<int>(batch.size());
+  const std::vector<ScheduledSeq>& seqs = plan.seqs;
+  const int n = static_cast<int>(seqs.size());
   StepShape shape;
   if (n > capacity_.max_seqs || padded_seqs > capacity_.max_seqs) {
     return absl::InternalError(
         absl::StrCat("step of ", n, " sequences; the backend holds ", capacity_.max_seqs));
   }
-  // Decode sequences (one token) first, then prefill chunks, each in batch order.
+  // Decodes first, then prefill chunks, each in plan order.
   std::vector<int> order(n);
   std::iota(order.begin(), order.end(), 0);
-  std::stable_partition(order.begin(), order.end(),
-                        [&](int i) { return batch[i].tokens.size() == 1; });
-  table_width_ = 1;
-  for (const ForwardSeq& s : batch) {
-    const int blocks =
-        (s.start_pos + static_cast<int>(s.tokens.size()) + block_size - 1) / block_size;
-    if (s.tokens.empty() || static_cast<int>(s.block_table.size()) < blocks) {
-      return absl::InternalError("forward batch: a sequence lacks tokens or cache blocks");
+  std::stable_partition(order.begin(), order.end(), [&](int i) { return seqs[i].is_decode; });
+  std::vector<int> slots(n);
+  for (int i = 0; i < n; ++i) {
+    const ScheduledSeq& s = seqs[i];
+    const int len = static_cast<int>(s.chunk.size());
+    slots[i] = tables.SlotOf(s.seq_id);
+    const int blocks = (s.start_pos + len + block_size - 1) / block_size;
+    if (len == 0 || slots[i] < 0 || tables.NumBlocks(slots[i]) < blocks) {
+      return absl::InternalError(
+          absl::StrCat("step plan: sequence ", s.seq_id, " lacks tokens or cache blocks"));
     }
-    if (blocks > capacity_.max_blocks_per_seq) {
-      return absl::InternalError(absl::StrCat("forward batch: a sequence needs ", blocks,
-                                              " blocks; the block table holds ",
-                                              capacity_.max_blocks_per_seq));
+    if (s.is_decode && (len != 1 || !s.samples)) {
+      return absl::InternalError(
+          absl::StrCat("step plan: sequence ", s.seq_id, " decodes ", len, " tokens"));
     }
-    table_width_ = std::max(table_width_, blocks);
-    shape.num_tokens += static_cast<int>(s.tokens.size());
+    shape.num_tokens += len;
+    shape.num_samples += s.samples ? 1 : 0;
   }
   if (shape.num_tokens > capacity_.max_tokens) {
     return absl::InternalError(absl::StrCat("step of ", shape.num_tokens,
                                             " tokens; the backend holds ", capacity_.max_tokens));
   }
+  // Each delta row belongs to a sequence of this step (the only time its device row changes).
+  std::unordered_map<uint64_t, const BlockTableRow*> delta_of;
+  for (const BlockTableRow& row : plan.tables.rows) delta_of[row.seq_id] = &row;
+  num_new_blocks_ = 0;
+  size_t matched = 0;
   StepArrays& h = host_;
-  std::vector<int> first_row(n);  // each batch entry's first token row
+  std::vector<int> first_row(n);  // each plan entry's first token row
   int row = 0, prefill_seqs = 0;
   h.prefill_query_start[0] = 0;
   for (int packed = 0; packed < n; ++packed) {
-    const ForwardSeq& s = batch[order[packed]];
-    const int len = static_cast<int>(s.tokens.size());
-    first_row[order[packed]] = row;
-    int32_t* table = host_tables_ + size_t(packed) * table_width_;
-    const int blocks = (s.start_pos + len + block_size - 1) / block_size;
-    for (int b = 0; b < blocks; ++b) {
-      if (s.block_table[b] < 0 || s.block_table[b] >= num_blocks) {
-        return absl::InternalError(absl::StrCat("forward batch: block id ", s.block_table[b],
-                                                " outside the pool of ", num_blocks));
-      }
-      table[b] = s.block_table[b];
-    }
-    for (int i = 0; i < len; ++i, ++row) {
-      const int pos = s.start_pos + i;
-      h.token_ids[row] = s.tokens[i];
+    const int i = order[packed];
+    const ScheduledSeq& s = seqs[i];
+    const int len = static_cast<int>(s.chunk.size());
+    first_row[i] = row;
+    const auto delta = delta_of.find(s.seq_id);
+    matched += delta != delta_of.end();
+    RETURN_IF_ERROR(PackTableRow(packed, slots[i],
+                                 delta == delta_of.end() ? nullptr : delta->second, num_blocks));
+    const std::span<const int32_t> table = tables.Row(slots[i]);
+    for (int t = 0; t < len; ++t, ++row) {
+      const int pos = s.start_pos + t;
+      h.token_ids[row] = s.chunk[t];
       h.positions[row] = pos;
       h.slots[row] = int64_t(table[pos / block_size]) * block_size + pos % block_size;
     }
     h.context_lens[packed] = s.start_pos + len;
-    if (len == 1) {
+    if (s.is_decode) {
       ++shape.num_decode;
     } else {
       ++prefill_seqs;
@@ -117,22 +141,28 @@ absl::StatusOr<StepShape> StepInputs::Pack(std::span<const ForwardSeq> batch, in
       shape.max_prefill_context = std::max(shape.max_prefill_context, s.start_pos + len);
     }
   }
-  const bool every_token = std::any_of(batch.begin(), batch.end(),
-                                       [](const ForwardSeq& s) { return s.wants_all_logits; });
-  if (!every_token) {  // the usual step: one row per sampling sequence, in batch order
+  if (matched != plan.tables.rows.size()) {
+    return absl::InternalError("step plan: a block-table row for a sequence the step skips");
+  }
+  const bool every_token = std::any_of(seqs.begin(), seqs.end(),
+                                       [](const ScheduledSeq& s) { return s.wants_all_logits(); });
+  for (int i = 0, r = 0; i < n; ++i) {
+    if (seqs[i].samples) h.sampling[r++] = seqs[i].sampling;
+  }
+  if (!every_token) {  // the usual step: one row per sampling sequence, in plan order
     for (int i = 0; i < n; ++i) {
-      if (batch[i].wants_logits) {
-        h.logit_rows[shape.num_logit_rows++] = first_row[i] + int(batch[i].tokens.size()) - 1;
+      if (seqs[i].samples) {
+        h.logit_rows[shape.num_logit_rows++] = first_row[i] + int(seqs[i].chunk.size()) - 1;
       }
     }
-  } else {  // the engine's layout (LogitsRowOfTokens), mapped to this step's packed token rows
-    const std::vector<int32_t> row_of_token = LogitsRowOfTokens(batch);
+  } else {  // LogitsRowOfTokens' layout, mapped to this step's packed token rows
+    const std::vector<int32_t> row_of_token = LogitsRowOfTokens(seqs);
     for (int i = 0, flat = 0; i < n; ++i) {
-      for (int t = 0; t < int(batch[i].tokens.size()); ++t, ++flat) {
+      for (int t = 0; t < int(seqs[i].chunk.size()); ++t, ++flat) {
         const int32_t logits_row = row_of_token[flat];
         if (logits_row < 0) continue;
         if (logits_row >= capacity_.max_seqs) {
-          return absl::InternalError(absl::StrCat("forward batch: logits row ", logits_row,
+          return absl::InternalError(absl::StrCat("step plan: logits row ", logits_row,
                                                   " beyond the ", capacity_.max_seqs,
                                                   " the backend holds"));
         }
@@ -149,7 +179,7 @@ absl::StatusOr<StepShape> StepInputs::Pack(std::span<const ForwardSeq> batch, in
       h.positions[row] = 0;
       h.slots[row] = -1;
       h.context_lens[p] = 1;
-      host_tables_[size_t(p) * table_width_] = 0;
+      h.table_rows[p] = TableRowUpdate{};
       h.logit_rows[shape.num_logit_rows++] = row;
     }
     shape.num_tokens = row;
@@ -159,23 +189,18 @@ absl::StatusOr<StepShape> StepInputs::Pack(std::span<const ForwardSeq> batch, in
   return shape;
 }
 
-absl::Status StepInputs::Upload(const StepShape& shape, cudaStream_t stream) {
-  GQA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(device_memory_.get(), host_memory_.get(), arrays_bytes_,
+absl::Status StepInputs::Upload(cudaStream_t stream) {
+  const size_t bytes = blocks_at_ + size_t(num_new_blocks_) * sizeof(int32_t);
+  GQA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(device_memory_.get(), host_memory_.get(), bytes,
                                            cudaMemcpyHostToDevice, stream));
-  const size_t width = size_t(table_width_) * sizeof(int32_t);
-  GQA_CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(
-      device_tables_, size_t(capacity_.max_blocks_per_seq) * sizeof(int32_t), host_tables_, width,
-      width, shape.num_seqs, cudaMemcpyHostToDevice, stream));
   GQA_CUDA_RETURN_IF_ERROR(cudaEventRecord(uploaded_.get(), stream));
   return absl::OkStatus();
 }
 
-absl::Status StepInputs::UploadSampling(int rows, cudaStream_t stream) {
-  if (rows == 0) return absl::OkStatus();
-  GQA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(device_.sampling, host_.sampling,
-                                           size_t(rows) * sizeof(kernels::SamplingRow),
-                                           cudaMemcpyHostToDevice, stream));
-  return absl::OkStatus();
+cudaError_t StepInputs::UpdateTables(const StepShape& shape, int block_size, cudaStream_t stream) {
+  return UpdateBlockTables(device_.table_rows, device_.new_blocks, device_.context_lens,
+                           shape.num_seqs, block_size, capacity_.max_blocks_per_seq, persistent_,
+                           step_tables_, stream);
 }
 
 }  // namespace gqa::cuda

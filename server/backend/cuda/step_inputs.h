@@ -1,10 +1,15 @@
 // A step's inputs: a page-locked host staging area and its fixed device twin, filled without a
-// synchronization and copied with one asynchronous copy (plus one 2-D copy of the block
-// tables). Their addresses never change, so captured CUDA graphs read each step's values.
+// synchronization and copied with one asynchronous copy: the token arrays, the sampling rows,
+// and the block-table deltas (one TableRowUpdate per packed row, then only the new block ids).
+// Their addresses never change, so captured CUDA graphs read each step's values.
 //
-// Within a step the sequences are reordered: those computing one token (decoding) first, then
-// the others (prefill chunks), so one decode kernel and one prefill kernel each take a
-// contiguous range. Logit rows stay in the engine's batch order.
+// The block tables persist on the device (one row per live sequence's slot, the twin of the
+// backend's host BlockTables); the step's first launch (UpdateBlockTables, inside the graphs)
+// applies the deltas and gathers the step's rows in packed order. Nothing is rebuilt per step.
+//
+// Within a step the sequences are reordered: the decodes (ScheduledSeq::is_decode) first, then
+// the others (prefill chunks, a prompt's one-token last chunk included), so one decode kernel and
+// one prefill kernel each take a contiguous range. Logit rows stay in the plan's order.
 #pragma once
 
 #include <cstdint>
@@ -12,6 +17,7 @@
 
 #include "absl/status/status.h"
 #include "backend/backend.h"
+#include "backend/cuda/block_tables_cuda.h"
 #include "backend/cuda/device.h"
 #include "gqa/kernels/sampling.h"
 
@@ -27,7 +33,8 @@ struct StepCapacity {
 struct StepShape {
   int num_tokens = 0;
   int num_seqs = 0;             // padded: rows past the batch are inert
-  int num_decode = 0;           // sequences [0, num_decode) compute one token each
+  int num_decode = 0;           // sequences [0, num_decode) decode (one token each)
+  int num_samples = 0;          // sampling rows (the first logits rows), in plan order
   int max_query_len = 0;        // the longest prefill chunk
   int max_prefill_context = 0;  // the longest prefill sequence's context, its chunk included
   int num_logit_rows = 0;       // rows of logits computed
@@ -42,39 +49,47 @@ struct StepArrays {
   int32_t* prefill_query_start = nullptr;    // [max_seqs + 1], over the prefill sequences only
   int32_t* logit_rows = nullptr;             // [max_seqs], token rows whose logits are wanted
   kernels::SamplingRow* sampling = nullptr;  // [max_seqs]
+  TableRowUpdate* table_rows = nullptr;      // [max_seqs], per packed row
+  int32_t* new_blocks = nullptr;             // [max_seqs * max_blocks_per_seq], carved last
 };
 
 class StepInputs {
  public:
   static absl::StatusOr<StepInputs> Create(const StepCapacity& capacity);
 
-  // Fills the host side for `batch`, padded to `padded_seqs` decode rows (graph replay) when it
-  // is larger than the batch. Checks the batch against the capacity and `num_blocks`. Waits
-  // first for the previous Upload's copies to have read the staging area.
-  absl::StatusOr<StepShape> Pack(std::span<const ForwardSeq> batch, int block_size, int num_blocks,
-                                 int padded_seqs);
-  // Copies the packed step to the device (asynchronous on `stream`).
-  absl::Status Upload(const StepShape& shape, cudaStream_t stream);
-  // Copies the first `rows` sampling rows (set in host().sampling) to the device.
-  absl::Status UploadSampling(int rows, cudaStream_t stream);
+  // Fills the host side for `plan` (its deltas already applied to `tables`), padded to
+  // `padded_seqs` decode rows (graph replay) when it is larger than the plan. Checks the plan
+  // against the capacity and `num_blocks`. Waits first for the previous Upload's copy to have
+  // read the staging area.
+  absl::StatusOr<StepShape> Pack(const StepPlan& plan, const BlockTables& tables, int block_size,
+                                 int num_blocks, int padded_seqs);
+  // Copies the packed step to the device: one asynchronous copy on `stream`, up to the last new
+  // block id.
+  absl::Status Upload(cudaStream_t stream);
+  // Applies the uploaded deltas to the persistent tables and gathers the step's rows (a launch
+  // on `stream`, captured in the graphs).
+  cudaError_t UpdateTables(const StepShape& shape, int block_size, cudaStream_t stream);
 
   StepArrays& host() { return host_; }
   const StepArrays& device() const { return device_; }
-  const int32_t* device_block_tables() const { return device_tables_; }  // [max_seqs, width]
+  const int32_t* device_block_tables() const { return step_tables_; }      // [max_seqs, width]
+  const int32_t* device_persistent_tables() const { return persistent_; }  // by slot (tests)
   const StepCapacity& capacity() const { return capacity_; }
 
  private:
   size_t Carve(StepArrays& arrays, void* base) const;
+  // Packs row `packed`'s table update: its slot and its delta's new blocks (when it has one).
+  absl::Status PackTableRow(int packed, int slot, const BlockTableRow* delta, int num_blocks);
 
   StepCapacity capacity_;
   PinnedMemory host_memory_;
-  DeviceMemory device_memory_;
+  DeviceMemory device_memory_, table_memory_;
   StepArrays host_, device_;
-  size_t arrays_bytes_ = 0;           // the step arrays before `sampling`, copied whole
-  CudaEvent uploaded_;                // recorded after each Upload's copies
-  int32_t* host_tables_ = nullptr;    // [max_seqs, table_width_] packed
-  int32_t* device_tables_ = nullptr;  // [max_seqs, max_blocks_per_seq]
-  int table_width_ = 0;               // this step's packed width
+  size_t blocks_at_ = 0;            // byte offset of new_blocks in the staging area
+  int num_new_blocks_ = 0;          // this step's new block ids
+  CudaEvent uploaded_;              // recorded after each Upload's copy
+  int32_t* persistent_ = nullptr;   // [max_seqs, max_blocks_per_seq], by slot
+  int32_t* step_tables_ = nullptr;  // [max_seqs, max_blocks_per_seq], by packed row
 };
 
 }  // namespace gqa::cuda
