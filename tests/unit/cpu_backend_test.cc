@@ -5,6 +5,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <iterator>
@@ -63,6 +66,83 @@ TEST(CpuBackendTest, MisalignedTensorsGiveTheSameLogits) {
     ASSERT_FALSE(want.empty());
     EXPECT_EQ(Logits(shifted.path()), want) << DTypeName(dtype);
   }
+}
+
+// --kv_cache_dtype=fp8_e4m3: the logits of a batch of two sequences (a prompt, then decode steps).
+// Sequence 0 alone or beside sequence 1 gives the same bits (batch invariance).
+std::vector<float> Fp8Logits(const std::filesystem::path& dir, KvCacheDType cache_dtype,
+                             bool with_neighbour) {
+  auto ckpt = Checkpoint::Load(dir, LoadFormat::kSafetensors);
+  EXPECT_TRUE(ckpt.ok()) << ckpt.status();
+  if (!ckpt.ok()) return {};
+  auto backend =
+      CpuBackend::Create(std::move(*ckpt), /*block_size=*/4, /*num_blocks=*/16, cache_dtype);
+  EXPECT_TRUE(backend.ok()) << backend.status();
+  EXPECT_EQ((*backend)->kv_spec().cache_dtype, cache_dtype);
+  std::vector<int32_t> tokens = {3, 14, 15, 92, 65, 35, 89, 79, 32};
+  const std::vector<int32_t> blocks = {5, 2, 9, 0}, other_blocks = {1, 7, 3};
+  const std::vector<int32_t> other = {8, 9, 7, 9, 3, 2, 3, 8, 4};
+  std::vector<float> all;
+  int pos = 0;
+  for (int step = 0; step < 4; ++step) {
+    const int n = step == 0 ? 6 : 1;  // a prompt of 6, then one token per step
+    std::vector<ForwardSeq> batch = {
+        {std::span(tokens).subspan(pos, n), pos, blocks, /*wants_logits=*/true}};
+    if (with_neighbour) {
+      batch.push_back({std::span(other).subspan(pos, n), pos, other_blocks, true});
+    }
+    EXPECT_TRUE((*backend)->Forward(batch).ok());
+    const std::vector<float> logits = *(*backend)->LogitsToHost();
+    all.insert(all.end(), logits.begin(), logits.begin() + 128);  // sequence 0's row
+    pos += n;
+  }
+  return all;
+}
+
+TEST(CpuBackendFp8Test, LogitsCloseToFp32DeterministicAndBatchInvariant) {
+  testing::TempDir dir;
+  testing::WriteRandomCheckpoint(dir.path(), testing::TinyConfig(2, DType::kBF16), 5);
+  const auto fp32 = Fp8Logits(dir.path(), KvCacheDType::kCompute, false);
+  const auto fp8 = Fp8Logits(dir.path(), KvCacheDType::kFp8E4M3, false);
+  ASSERT_EQ(fp8.size(), fp32.size());
+  EXPECT_EQ(Fp8Logits(dir.path(), KvCacheDType::kFp8E4M3, false), fp8);  // deterministic
+  EXPECT_EQ(Fp8Logits(dir.path(), KvCacheDType::kFp8E4M3, true), fp8);   // batch-invariant
+  double max_diff = 0, max_abs = 0;
+  for (size_t i = 0; i < fp8.size(); ++i) {
+    max_diff = std::max(max_diff, double(std::fabs(fp8[i] - fp32[i])));
+    max_abs = std::max(max_abs, double(std::fabs(fp32[i])));
+  }
+  EXPECT_NE(fp8, fp32);  // FP8 rounding does reach the logits
+  // E4M3 keeps 3 mantissa bits (relative error <= 2^-4 per element): on this tiny model the
+  // logits move by under 5% of their largest magnitude.
+  EXPECT_LT(max_diff, 0.05 * max_abs) << "max |fp8 - fp32| " << max_diff << " of " << max_abs;
+  std::printf("fp8 vs fp32 logits: max |diff| %.4g, max |logit| %.4g\n", max_diff, max_abs);
+}
+
+TEST(CpuBackendFp8Test, PoolHoldsFourTimesTheTokensOfFp32) {
+  KvCacheSpec spec{16, 10, 2, 64, 4, DType::kF32, KvCacheDType::kCompute};
+  const uint64_t fp32_block = spec.bytes_per_block();
+  spec.cache_dtype = KvCacheDType::kFp8E4M3;
+  EXPECT_EQ(spec.bytes_per_block() * 4, fp32_block);
+  EXPECT_EQ(spec.cache_dtype_name(), "fp8_e4m3");
+  spec.dtype = DType::kBF16;
+  const KvCacheSpec bf16{16, 10, 2, 64, 4, DType::kBF16};
+  EXPECT_EQ(spec.bytes_per_block() * 2, bf16.bytes_per_block());
+  EXPECT_EQ(spec.total_bytes() * 2, bf16.total_bytes());
+}
+
+TEST(KvCacheDTypeTest, ParsesAndRefusesNamingTheFlag) {
+  EXPECT_EQ(*ParseKvCacheDType("auto", DType::kBF16), KvCacheDType::kCompute);
+  EXPECT_EQ(*ParseKvCacheDType("bfloat16", DType::kBF16), KvCacheDType::kCompute);
+  EXPECT_EQ(*ParseKvCacheDType("fp8_e4m3", DType::kF32), KvCacheDType::kFp8E4M3);
+  const auto other = ParseKvCacheDType("float16", DType::kBF16);
+  ASSERT_FALSE(other.ok());
+  EXPECT_NE(other.status().message().find("--kv_cache_dtype=float16"), std::string::npos);
+  const auto cpu16 = ParseKvCacheDType("bfloat16", DType::kF32);
+  EXPECT_FALSE(cpu16.ok());
+  const auto bad = ParseKvCacheDType("int4", DType::kBF16);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("--kv_cache_dtype=int4"), std::string::npos);
 }
 
 }  // namespace
