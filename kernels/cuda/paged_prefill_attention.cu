@@ -18,35 +18,43 @@ using namespace attention;  // NOLINT: the shared tile building blocks
 
 constexpr int kRowsPerBlock = kWarps * 16;
 
-template <int D>
+// KV: the cache element; an FP8 stage is widened into one 16-bit stage before the products.
+template <int D, typename KV = __nv_bfloat16>
 struct PrefillSmem {
   static constexpr size_t kQueryElems = size_t(kRowsPerBlock) * kRow<D>;
-  static constexpr size_t kStageElems = size_t(2) * kTile * kRow<D>;  // K then V
-  static constexpr size_t kBytes = (kQueryElems + kStages * kStageElems) * 2;
+  static constexpr size_t kStageElems = size_t(2) * kTile * kRowOf<KV, D>;  // K then V
+  static constexpr size_t kWideElems = kIsFp8<KV> ? size_t(2) * kTile * kRow<D> : 0;
+  static constexpr size_t kBytes =
+      (kQueryElems + kWideElems) * 2 + kStages * kStageElems * sizeof(KV);
 };
 
 // All threads of the block copy one 16-key tile (keys tok0.., in cache block `block`); keys at
 // or past `end` (the sequence's length) are zero-filled, so stale cache data never reaches P.V.
-template <typename T, int D>
-__device__ __forceinline__ void LoadTileBlock(const PagedKvView<T>& cache, int block, int kv_head,
-                                              int tok0, int end, T* stage) {
+template <typename KV, int D>
+__device__ __forceinline__ void LoadTileBlock(const PagedKvView<KV>& cache, int block, int kv_head,
+                                              int tok0, int end, KV* stage) {
   const size_t base = ((size_t(block) * cache.num_kv_heads + kv_head) * cache.block_size +
                        tok0 % cache.block_size) *
                       D;
-  constexpr int kChunks = kTile * D / 8;
+  constexpr int kChunkElems = 16 / int(sizeof(KV));
+  constexpr int kStride = kRowOf<KV, D>;
+  constexpr int kChunks = kTile * D / kChunkElems;
   for (int c = threadIdx.x; c < kChunks; c += kThreads) {
-    const int t = c / (D / 8), col = (c % (D / 8)) * 8;
+    const int t = c / (D / kChunkElems), col = (c % (D / kChunkElems)) * kChunkElems;
     const size_t src = base + size_t(t) * D + col;
-    CpAsync16(stage + t * kRow<D> + col, cache.k + src, tok0 + t < end);
-    CpAsync16(stage + (kTile + t) * kRow<D> + col, cache.v + src, tok0 + t < end);
+    CpAsync16(stage + t * kStride + col, cache.k + src, tok0 + t < end);
+    CpAsync16(stage + (kTile + t) * kStride + col, cache.v + src, tok0 + t < end);
   }
 }
 
-template <typename T, int D>
-__global__ void __launch_bounds__(kThreads) PrefillKernel(PrefillAttentionArgs<T> args, int group) {
+template <typename T, typename KV, int D>
+__global__ void __launch_bounds__(kThreads)
+    PrefillKernel(PrefillAttentionArgs<T, KV> args, int group) {
+  using Layout = PrefillSmem<D, KV>;
   extern __shared__ __align__(16) unsigned char smem[];
   T* q_smem = reinterpret_cast<T*>(smem);
-  T* stages = q_smem + PrefillSmem<D>::kQueryElems;
+  T* wide = q_smem + Layout::kQueryElems;  // FP8: the widened stage
+  KV* stages = reinterpret_cast<KV*>(wide + Layout::kWideElems);
   const int kv_head = blockIdx.y, seq = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int q_begin = args.query_start[seq];
@@ -75,8 +83,8 @@ __global__ void __launch_bounds__(kThreads) PrefillKernel(PrefillAttentionArgs<T
   CpAsyncCommit();
   auto load = [&](int j) {
     const int tok0 = j * kTile;
-    LoadTileBlock<T, D>(args.cache, table_row[tok0 / args.cache.block_size], kv_head, tok0,
-                        first_pos + q_len, stages + (j % kStages) * PrefillSmem<D>::kStageElems);
+    LoadTileBlock<KV, D>(args.cache, table_row[tok0 / args.cache.block_size], kv_head, tok0,
+                         first_pos + q_len, stages + (j % kStages) * Layout::kStageElems);
   };
 #pragma unroll
   for (int j = first_tile; j < first_tile + kStages - 1; ++j) {
@@ -107,16 +115,25 @@ __global__ void __launch_bounds__(kThreads) PrefillKernel(PrefillAttentionArgs<T
 
   WarpState<D, 1> st;
   st.Init();
-  const float scale_log2 = args.scale * kLog2e;
+  // An FP8 cache's K scale multiplies every score of the KV head: folded into the softmax scale.
+  const float scale_log2 = args.scale * kLog2e * KvScale(args.cache.k_scale, kv_head);
   for (int j = first_tile; j < num_tiles; ++j) {
     if (j + kStages - 1 < num_tiles) load(j + kStages - 1);
     CpAsyncCommit();
     CpAsyncWait<kStages - 1>();
     __syncthreads();
+    const T* attended;
+    if constexpr (kIsFp8<KV>) {
+      DequantizeTiles<T, D>(stages + (j % kStages) * Layout::kStageElems, wide, 2 * kTile,
+                            threadIdx.x, kThreads);
+      __syncthreads();  // the barrier at the end of the step keeps it until every warp is done
+      attended = wide;
+    } else {
+      attended = stages + (j % kStages) * Layout::kStageElems;
+    }
     const int tok0 = j * kTile;
     if (tok0 < warp_max && tok0 + kTile > warp_first_min) {  // a row of the warp sees a key
-      AttendTile<T, D, 1>(q_smem + warp * 16 * kRow<D>,
-                          stages + (j % kStages) * PrefillSmem<D>::kStageElems, tok0, limit, first,
+      AttendTile<T, D, 1>(q_smem + warp * 16 * kRow<D>, attended, tok0, limit, first,
                           tok0 + kTile > warp_min || tok0 < warp_first_max, scale_log2, st, lane);
     }
     __syncthreads();  // the stage is refilled next iteration
@@ -124,6 +141,7 @@ __global__ void __launch_bounds__(kThreads) PrefillKernel(PrefillAttentionArgs<T
   CpAsyncWait<0>();
 
   const int tig = lane % 4;
+  const float v_scale = KvScale(args.cache.v_scale, kv_head);  // FP8: every output row's factor
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     float total = st.sum[0][r];
@@ -131,7 +149,7 @@ __global__ void __launch_bounds__(kThreads) PrefillKernel(PrefillAttentionArgs<T
     total += __shfl_xor_sync(0xffffffffu, total, 2);
     const int row = row0 + warp * 16 + g + r * 8;
     if (row >= rows) continue;
-    const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+    const float inv = total > 0.0f ? v_scale / total : 0.0f;
     T* dst = args.out +
              (size_t(q_begin + row / group) * args.num_heads + kv_head * group + row % group) * D;
 #pragma unroll
@@ -142,22 +160,22 @@ __global__ void __launch_bounds__(kThreads) PrefillKernel(PrefillAttentionArgs<T
   }
 }
 
-template <typename T, int D>
-cudaError_t LaunchPrefill(const PrefillAttentionArgs<T>& args, cudaStream_t stream) {
-  constexpr size_t kSmem = PrefillSmem<D>::kBytes;
-  if (const cudaError_t e = AllowDynamicSmem<PrefillKernel<T, D>>(int(kSmem)); e != cudaSuccess)
+template <typename T, typename KV, int D>
+cudaError_t LaunchPrefill(const PrefillAttentionArgs<T, KV>& args, cudaStream_t stream) {
+  constexpr size_t kSmem = PrefillSmem<D, KV>::kBytes;
+  if (const cudaError_t e = AllowDynamicSmem<PrefillKernel<T, KV, D>>(int(kSmem)); e != cudaSuccess)
     return e;
   const int group = args.num_heads / args.cache.num_kv_heads;
   const int row_tiles = (args.max_query_len * group + kRowsPerBlock - 1) / kRowsPerBlock;
   const dim3 grid(row_tiles, args.cache.num_kv_heads, args.num_seqs);
-  PrefillKernel<T, D><<<grid, kThreads, kSmem, stream>>>(args, group);
+  PrefillKernel<T, KV, D><<<grid, kThreads, kSmem, stream>>>(args, group);
   return cudaGetLastError();
 }
 
 }  // namespace
 
-template <typename T>
-cudaError_t PagedPrefillAttention(const PrefillAttentionArgs<T>& args, cudaStream_t stream) {
+template <typename T, typename KV>
+cudaError_t PagedPrefillAttention(const PrefillAttentionArgs<T, KV>& args, cudaStream_t stream) {
   if (args.num_seqs <= 0 || args.max_query_len <= 0) return cudaSuccess;
   if (args.cache.num_kv_heads <= 0 || args.num_heads % args.cache.num_kv_heads != 0 ||
       args.num_heads / args.cache.num_kv_heads > kRowsPerBlock ||
@@ -166,17 +184,21 @@ cudaError_t PagedPrefillAttention(const PrefillAttentionArgs<T>& args, cudaStrea
   }
   switch (args.cache.head_dim) {
     case 64:
-      return LaunchPrefill<T, 64>(args, stream);
+      return LaunchPrefill<T, KV, 64>(args, stream);
     case 128:
-      return LaunchPrefill<T, 128>(args, stream);
+      return LaunchPrefill<T, KV, 128>(args, stream);
     default:
       return cudaErrorInvalidValue;
   }
 }
 
-template cudaError_t PagedPrefillAttention<__nv_bfloat16>(
-    const PrefillAttentionArgs<__nv_bfloat16>&, cudaStream_t);
-template cudaError_t PagedPrefillAttention<__half>(const PrefillAttentionArgs<__half>&,
-                                                   cudaStream_t);
+template cudaError_t PagedPrefillAttention<__nv_bfloat16, __nv_bfloat16>(
+    const PrefillAttentionArgs<__nv_bfloat16, __nv_bfloat16>&, cudaStream_t);
+template cudaError_t PagedPrefillAttention<__half, __half>(
+    const PrefillAttentionArgs<__half, __half>&, cudaStream_t);
+template cudaError_t PagedPrefillAttention<__nv_bfloat16, __nv_fp8_e4m3>(
+    const PrefillAttentionArgs<__nv_bfloat16, __nv_fp8_e4m3>&, cudaStream_t);
+template cudaError_t PagedPrefillAttention<__half, __nv_fp8_e4m3>(
+    const PrefillAttentionArgs<__half, __nv_fp8_e4m3>&, cudaStream_t);
 
 }  // namespace gqa::kernels::cuda
