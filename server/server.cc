@@ -101,7 +101,7 @@ void LogLoaded(const ServerConfig& sc, const ModelConfig& c, const Backend& back
       return s;
     }();
     spdlog::info(
-        "kv cache dtype {}: {} byte(s) per element, {}x the tokens a {} cache holds in the same "
+        "kv cache dtype {}: {} byte per K/V element, {}x the tokens a {} cache holds in the same "
         "memory ({} tokens instead of {})",
         kv.cache_dtype_name(), kv.element_bytes(),
         as_compute.bytes_per_block() / kv.bytes_per_block(), DTypeTorchName(kv.dtype), capacity,
