@@ -273,7 +273,7 @@ TEST(CudaBackendTest, Fp8KvCacheDoublesTheTokenCapacity) {
     o.kind = BackendKind::kCuda;
     o.dtype = "bfloat16";
     o.kv_cache_dtype = kv_cache_dtype;
-    o.kv_cache_bytes = 64ull << 20;
+    o.kv_cache_bytes = 3ull << 23;  // 1024 bf16 blocks of this shape (24 KiB each)
     o.max_num_seqs = 4;
     o.max_model_len = 256;
     o.enforce_eager = true;

@@ -14,8 +14,10 @@
 #include <numeric>
 #include <vector>
 
+#include "backend/kv_scales.h"
 #include "common/test_checkpoint.h"
 #include "model/checkpoint.h"
+#include "model/safetensors.h"
 
 namespace gqa {
 namespace {
@@ -129,6 +131,78 @@ TEST(CpuBackendFp8Test, PoolHoldsFourTimesTheTokensOfFp32) {
   const KvCacheSpec bf16{16, 10, 2, 64, 4, DType::kBF16};
   EXPECT_EQ(spec.bytes_per_block() * 2, bf16.bytes_per_block());
   EXPECT_EQ(spec.total_bytes() * 2, bf16.total_bytes());
+}
+
+// Copies the checkpoint in `from` to `to` with extra tensors (vLLM's KV cache scales).
+void CopyWithExtraTensors(const std::filesystem::path& from, const std::filesystem::path& to,
+                          const std::vector<TensorToWrite>& extra) {
+  auto ckpt = Checkpoint::Load(from, LoadFormat::kSafetensors);
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  std::vector<TensorToWrite> tensors = extra;
+  for (const TensorSpec& spec : ExpectedTensors((*ckpt)->config())) {
+    const TensorView& t = (*ckpt)->Get(spec.name);
+    tensors.push_back({spec.name, t.dtype, t.shape, t.data, t.nbytes});
+  }
+  std::filesystem::create_directories(to);
+  for (const char* file : {"config.json", "generation_config.json"}) {
+    if (std::filesystem::exists(from / file)) std::filesystem::copy_file(from / file, to / file);
+  }
+  ASSERT_TRUE(WriteSafetensors(to / "model.safetensors", tensors, {}).ok());
+}
+
+TEST(KvScalesTest, FromTheCheckpointPerHeadOrPerLayerElseOne) {
+  testing::TempDir dir;
+  const ModelConfig config = testing::TinyConfig(2, DType::kF32);  // 2 layers, 2 KV heads
+  testing::WriteRandomCheckpoint(dir.path() / "plain", config, 9);
+  const float per_head[2] = {0.5f, 4.0f}, per_layer = 2.0f;
+  CopyWithExtraTensors(dir.path() / "plain", dir.path() / "scaled",
+                       {{"model.layers.0.self_attn.k_scale", DType::kF32, {2}, per_head, 8},
+                        {"model.layers.1.self_attn.v_scale", DType::kF32, {}, &per_layer, 4}});
+  auto ckpt = Checkpoint::Load(dir.path() / "scaled", LoadFormat::kSafetensors);
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  auto scales = LoadKvScales(**ckpt);
+  ASSERT_TRUE(scales.ok()) << scales.status();
+  EXPECT_TRUE(scales->from_checkpoint);
+  EXPECT_EQ(scales->k, (std::vector<float>{0.5f, 4.0f, 1.0f, 1.0f}));  // [layer][kv head]
+  EXPECT_EQ(scales->v, (std::vector<float>{1.0f, 1.0f, 2.0f, 2.0f}));
+  auto plain = Checkpoint::Load(dir.path() / "plain", LoadFormat::kSafetensors);
+  ASSERT_TRUE(plain.ok());
+  EXPECT_FALSE(LoadKvScales(**plain)->from_checkpoint);
+
+  // The scales reach the cache: other logits than with scales of 1, still close to fp32's.
+  auto logits = [&](const std::string& name, KvCacheDType cache_dtype) {
+    auto c = Checkpoint::Load(dir.path() / name, LoadFormat::kSafetensors);
+    auto backend = CpuBackend::Create(std::move(*c), 4, 8, cache_dtype);
+    EXPECT_TRUE(backend.ok()) << backend.status();
+    const std::vector<int32_t> tokens = {3, 14, 15, 92, 65, 35};
+    const std::vector<int32_t> blocks = {5, 2};
+    const ForwardSeq seq{tokens, 0, blocks, /*wants_logits=*/true};
+    EXPECT_TRUE((*backend)->Forward(std::span(&seq, 1)).ok());
+    return *(*backend)->LogitsToHost();
+  };
+  EXPECT_NE(logits("scaled", KvCacheDType::kFp8E4M3), logits("plain", KvCacheDType::kFp8E4M3));
+  EXPECT_EQ(logits("scaled", KvCacheDType::kCompute), logits("plain", KvCacheDType::kCompute));
+}
+
+TEST(KvScalesTest, RefusesAScaleOfTheWrongSizeOrValueNamingIt) {
+  testing::TempDir dir;
+  const ModelConfig config = testing::TinyConfig(2, DType::kF32);
+  testing::WriteRandomCheckpoint(dir.path() / "plain", config, 9);
+  const float three[3] = {1, 1, 1}, zero = 0.0f;
+  CopyWithExtraTensors(dir.path() / "plain", dir.path() / "three",
+                       {{"model.layers.0.self_attn.k_scale", DType::kF32, {3}, three, 12}});
+  CopyWithExtraTensors(dir.path() / "plain", dir.path() / "zero",
+                       {{"model.layers.1.self_attn.v_scale", DType::kF32, {1}, &zero, 4}});
+  for (const char* name : {"three", "zero"}) {
+    auto ckpt = Checkpoint::Load(dir.path() / name, LoadFormat::kSafetensors);
+    ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+    auto scales = LoadKvScales(**ckpt);
+    ASSERT_FALSE(scales.ok()) << name;
+    EXPECT_NE(scales.status().message().find("self_attn."), std::string::npos) << scales.status();
+    // The CPU backend refuses it too, but only when it stores FP8.
+    auto fp8 = CpuBackend::Create(std::move(*ckpt), 4, 8, KvCacheDType::kFp8E4M3);
+    EXPECT_FALSE(fp8.ok());
+  }
 }
 
 TEST(KvCacheDTypeTest, ParsesAndRefusesNamingTheFlag) {
