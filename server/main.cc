@@ -21,6 +21,10 @@ ABSL_FLAG(std::string, backend, "auto",
 ABSL_FLAG(std::string, dtype, "auto",
           "GPU weights and activations: auto (the checkpoint's 16-bit type; bfloat16 for F32 "
           "checkpoints), bfloat16, float16");
+ABSL_FLAG(std::string, kv_cache_dtype, "auto",
+          "how the KV cache stores K/V: auto (the compute dtype: fp32 on the CPU, --dtype on a "
+          "GPU), bfloat16 or float16 (that dtype, named), fp8_e4m3 (1 byte per element with "
+          "per-layer, per-KV-head scales: twice the tokens; GPUs of compute capability 8.9+)");
 ABSL_FLAG(double, gpu_memory_utilization, 0.9,
           "share of the GPU's memory for weights, activations and the KV cache");
 ABSL_FLAG(bool, enforce_eager, false, "GPU: launch every step's kernels, no CUDA graphs");
@@ -139,6 +143,7 @@ int main(int argc, char** argv) {
   }
   config.block_size = absl::GetFlag(FLAGS_block_size);
   config.dtype = absl::GetFlag(FLAGS_dtype);
+  config.kv_cache_dtype = absl::GetFlag(FLAGS_kv_cache_dtype);
   config.gpu_memory_utilization = absl::GetFlag(FLAGS_gpu_memory_utilization);
   config.enforce_eager = absl::GetFlag(FLAGS_enforce_eager);
   config.deterministic = absl::GetFlag(FLAGS_deterministic);

@@ -57,6 +57,7 @@ BackendOptions MakeBackendOptions(const ServerConfig& sc, BackendKind kind, int 
   BackendOptions o;
   o.kind = kind;
   o.dtype = sc.dtype;
+  o.kv_cache_dtype = sc.kv_cache_dtype;
   o.block_size = sc.block_size;
   o.kv_cache_bytes = sc.kv_cache_bytes;
   o.num_kv_blocks = sc.num_kv_blocks;
@@ -75,7 +76,7 @@ BackendOptions MakeBackendOptions(const ServerConfig& sc, BackendKind kind, int 
 // tokens (one model per process today; a LoRA adapter would enter here).
 uint64_t PrefixCacheSalt(const ServerConfig& sc, const ModelConfig& c, const Backend& b) {
   return std::hash<std::string>{}(absl::StrCat(sc.model_dir, "|", c.architecture_name, "|",
-                                               std::string(DTypeTorchName(b.kv_spec().dtype)), "|",
+                                               std::string(b.kv_spec().cache_dtype_name()), "|",
                                                sc.dummy_seed));
 }
 
@@ -90,9 +91,22 @@ void LogLoaded(const ServerConfig& sc, const ModelConfig& c, const Backend& back
       "prefix caching {}; backend {} on {}; grpc :{}, metrics :{}",
       sc.model_dir, c.architecture_name, c.num_layers, c.num_heads, c.num_kv_heads, c.group_size(),
       c.head_dim, DTypeTorchName(c.dtype), kv.num_blocks, kv.block_size, capacity,
-      kv.total_bytes() / 1048576.0, DTypeTorchName(kv.dtype), kv.num_blocks / blocks_per_seq,
+      kv.total_bytes() / 1048576.0, kv.cache_dtype_name(), kv.num_blocks / blocks_per_seq,
       max_model_len, sc.enable_prefix_caching ? "on" : "off", backend.name(), backend.device_name(),
       grpc_port, metrics_port);
+  if (kv.cache_dtype != KvCacheDType::kCompute) {
+    const KvCacheSpec as_compute = [&] {
+      KvCacheSpec s = kv;
+      s.cache_dtype = KvCacheDType::kCompute;
+      return s;
+    }();
+    spdlog::info(
+        "kv cache dtype {}: {} byte per K/V element, {}x the tokens a {} cache holds in the same "
+        "memory ({} tokens instead of {})",
+        kv.cache_dtype_name(), kv.element_bytes(),
+        as_compute.bytes_per_block() / kv.bytes_per_block(), DTypeTorchName(kv.dtype), capacity,
+        kv.total_bytes() / as_compute.bytes_per_block() * kv.block_size);
+  }
   for (const auto& [kind, bytes] : backend.memory_by_kind()) {
     spdlog::info("gpu memory: {} {:.1f} MiB", kind, bytes / 1048576.0);
   }

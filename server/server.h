@@ -12,8 +12,9 @@ struct ServerConfig {
   std::string model_dir;
   LoadFormat load_format = LoadFormat::kSafetensors;
   uint64_t dummy_seed = 0;
-  std::string backend = "auto";  // auto, cpu, cuda
-  std::string dtype = "auto";    // GPU: auto, bfloat16, float16
+  std::string backend = "auto";         // auto, cpu, cuda
+  std::string dtype = "auto";           // GPU: auto, bfloat16, float16
+  std::string kv_cache_dtype = "auto";  // auto, bfloat16, float16, fp8_e4m3
   double gpu_memory_utilization = 0.9;
   bool enforce_eager = false;
   bool deterministic = false;

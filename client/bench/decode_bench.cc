@@ -52,11 +52,12 @@ ModelConfig ModelShape(const std::string& model, int kv_heads) {
 }
 
 // Bytes one decode step must read: every weight matrix once (the embedding table only through
-// the lm_head) plus the K/V of every sequence's context, bf16.
-// The same terms as the server's gqa_step_read_bytes_total (backend/roofline.h).
-double FloorBytes(const ModelConfig& c, int batch, int context) {
+// the lm_head) plus the K/V of every sequence's context, bf16 weights and `kv_element_bytes` per
+// K/V element (2: bf16, 1: FP8). The same terms as the server's gqa_step_read_bytes_total
+// (backend/roofline.h).
+double FloorBytes(const ModelConfig& c, int batch, int context, int kv_element_bytes = 2) {
   const double kv_bytes = double(batch) * context * 2 * c.num_layers * c.kv_size();
-  return double(WeightBytesPerStep(c, 2)) + 2 * kv_bytes;
+  return double(WeightBytesPerStep(c, 2)) + kv_element_bytes * kv_bytes;
 }
 
 double CopyBandwidth() {  // bytes read + written per second, device to device
@@ -400,7 +401,7 @@ int ProfileBenchMain(int argc, char** argv) {
 int DecodeBenchMain(int argc, char** argv) {
   std::string peer;
   std::vector<Row> only;
-  bool eager = false, deterministic = false;
+  bool eager = false, deterministic = false, fp8 = false;
   int steps = 50;
   int skinny_max_rows = CudaBackendOptions().skinny_gemm_max_rows;
   for (int i = 2; i < argc; ++i) {
@@ -409,6 +410,15 @@ int DecodeBenchMain(int argc, char** argv) {
     if (arg == "--steps" && i + 1 < argc) steps = std::atoi(argv[++i]);
     if (arg == "--eager") eager = true;
     if (arg == "--deterministic") deterministic = true;
+    if (arg == "--kv_cache_dtype" && i + 1 < argc) {
+      const std::string value = argv[++i];
+      if (value != "fp8_e4m3" && value != "bfloat16" && value != "auto") {
+        std::fprintf(stderr, "--kv_cache_dtype=%s: expected auto, bfloat16 or fp8_e4m3\n",
+                     value.c_str());
+        return 2;
+      }
+      fp8 = value == "fp8_e4m3";
+    }
     if (arg == "--skinny_max_rows" && i + 1 < argc) skinny_max_rows = std::atoi(argv[++i]);
     char model[8];
     Row r;
@@ -438,8 +448,15 @@ int DecodeBenchMain(int argc, char** argv) {
       peer.empty() ? std::map<std::string, double>{} : RunPeer(peer, rows, &peer_prefill);
   std::printf(
       "decode steps, bf16, random weights, %s; step = ExecuteStep (wall clock, "
-      "median of %d); device = profiled steps, first kernel to last\n",
-      eager ? "eager" : "CUDA graphs", steps);
+      "median of %d); device = profiled steps, first kernel to last%s
+      ",
+          eager
+          ? "eager"
+          : "CUDA graphs",
+      steps,
+      fp8 ? "; each row followed by the same step with an FP8 (E4M3) KV cache, its floor from "
+            "1-byte K/V"
+          : "");
   std::printf("%5s %3s %5s %5s | %8s %8s %8s %7s %9s | %8s %7s %7s\n", "model", "kv", "batch",
               "ctx", "step_ms", "dev_ms", "floor_ms", "of_flr", "tok/s", "peer_ms", "pr_flr",
               "vs_peer");
@@ -455,13 +472,29 @@ int DecodeBenchMain(int argc, char** argv) {
     o.enforce_eager = eager;
     o.deterministic = deterministic;
     o.skinny_gemm_max_rows = skinny_max_rows;
+    // The FP8 timings first (when asked), from their own backend: one holds the card at a time.
+    std::vector<Timing> fp8_timings;
+    if (fp8) {
+      CudaBackendOptions fp8_options = o;
+      fp8_options.kv_cache_dtype = KvCacheDType::kFp8E4M3;
+      auto fp8_backend = CreateCudaBackendWithRandomWeights(fp8_options, config);
+      if (!fp8_backend.ok()) {
+        std::printf("%5s %3d fp8: %s\n", key.first.c_str(), key.second,
+                    std::string(fp8_backend.status().message()).c_str());
+      } else {
+        for (const Row& r : group) {
+          fp8_timings.push_back(TimeDecode(**fp8_backend, r.batch, r.context, steps));
+        }
+      }
+    }
     auto backend = CreateCudaBackendWithRandomWeights(o, config);
     if (!backend.ok()) {
       std::printf("%5s %3d: %s\n", key.first.c_str(), key.second,
                   std::string(backend.status().message()).c_str());
       continue;
     }
-    for (const Row& r : group) {
+    for (size_t i = 0; i < group.size(); ++i) {
+      const Row& r = group[i];
       const Timing t = TimeDecode(**backend, r.batch, r.context, steps);
       if (!t.fits) {
         std::printf("%5s %3d %5d %5d | does not fit in the KV pool\n", r.model.c_str(), r.kv_heads,
@@ -476,6 +509,16 @@ int DecodeBenchMain(int argc, char** argv) {
                   r.model.c_str(), r.kv_heads, r.batch, r.context, t.step_ms, t.device_ms, floor_ms,
                   100 * floor_ms / t.step_ms, r.batch / t.step_ms * 1e3, peer_ms,
                   100 * floor_ms / peer_ms, peer_ms / t.step_ms);
+      if (i < fp8_timings.size() && fp8_timings[i].fits) {
+        const Timing& f = fp8_timings[i];
+        const double fp8_floor_ms =
+            FloorBytes(config, r.batch, r.context, /*kv_element_bytes=*/1) / bandwidth * 1e3;
+        std::printf(
+            "%5s %3s %5s %5s | %8.3f %8.3f %8.3f %6.1f%% %9.0f | fp8_e4m3: %.2fx the "
+            "bf16 step\n",
+            "", "", "", "fp8", f.step_ms, f.device_ms, fp8_floor_ms, 100 * fp8_floor_ms / f.step_ms,
+            r.batch / f.step_ms * 1e3, t.step_ms / f.step_ms);
+      }
       std::fflush(stdout);
     }
     if (key == std::make_pair(std::string("1b"), 8)) prefill = TimePrefill(**backend, 2048);

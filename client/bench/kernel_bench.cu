@@ -1,9 +1,12 @@
 // gqa-bench kernels: times the paged decode attention kernel on the GPU and prints each shape
 // beside its bandwidth floor (K/V bytes / measured copy bandwidth) and beside PyTorch's
 // scaled_dot_product_attention (enable_gqa=True, and with K/V repeated per query head), which a
-// Python script measures on the same device in the same run.
+// Python script measures on the same device in the same run. With --kv_cache_dtype fp8_e4m3,
+// each decode row is followed by the same shape over an FP8 (E4M3) cache, beside its own floor
+// (half the K/V bytes), and the prefill table gains an FP8 column.
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -47,6 +50,8 @@ int g_window = 0;      // --window N: a sliding window of N keys (decode only)
 constexpr int kBlockSize = 16;
 constexpr size_t kRotateBytes = 512ull << 20;  // > 8x the L2 of a Hopper card
 bool g_contiguous = false;                     // --contiguous: blocks in order (no paging scatter)
+bool g_fp8 = false;  // --kv_cache_dtype fp8_e4m3: FP8 rows beside the bf16 ones
+using Fp8 = __nv_fp8_e4m3;
 
 __global__ void FillRandom(T* data, size_t n, uint64_t seed) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
@@ -54,6 +59,16 @@ __global__ void FillRandom(T* data, size_t n, uint64_t seed) {
     uint64_t z = (i + seed) * 0x9e3779b97f4a7c15ull;
     z = (z ^ (z >> 31)) * 0xbf58476d1ce4e5b9ull;
     data[i] = __float2bfloat16(float(int64_t(z >> 40) - (1 << 23)) / float(1 << 23));
+  }
+}
+
+// Random E4M3 values in [-1, 1] (no NaN bytes).
+__global__ void FillRandom(Fp8* data, size_t n, uint64_t seed) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+       i += size_t(gridDim.x) * blockDim.x) {
+    uint64_t z = (i + seed) * 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 31)) * 0xbf58476d1ce4e5b9ull;
+    data[i] = Fp8(float(int64_t(z >> 40) - (1 << 23)) / float(1 << 23));
   }
 }
 
@@ -103,8 +118,11 @@ struct Shape {
 };
 
 // One copy of a shape's inputs; several copies rotate so that timings do not come from L2.
+// KV: the cache element (T, or Fp8).
+template <typename KV>
 struct Instance {
-  T *k, *v, *q, *out;
+  KV *k, *v;
+  T *q, *out;
   int32_t *tables, *lens;
   void* workspace;
 };
@@ -112,16 +130,19 @@ struct Instance {
 // Returns the eager median (us per call) and sets *graph_us to the graph-replay time per call.
 using gqa::kernels::DecodeVariant;
 
+template <typename KV = T>
 double TimeDecode(const Shape& s, int sm_count, double* kv_bytes, int* splits, double* graph_us,
                   int splits_override = 0, DecodeVariant variant = {0, 0, 0}) {
+  constexpr bool kFp8 = sizeof(KV) == 1;
   const int blocks_per_seq = (s.context + kBlockSize - 1) / kBlockSize;
   const int num_blocks = s.batch * blocks_per_seq;
   const size_t pool = size_t(num_blocks) * s.kv_heads * kBlockSize * g_head_dim;
   const int attended = g_window > 0 ? std::min(s.context, g_window) : s.context;
-  *kv_bytes = 2.0 * s.batch * attended * s.kv_heads * g_head_dim * sizeof(T);
+  *kv_bytes = 2.0 * s.batch * attended * s.kv_heads * g_head_dim * sizeof(KV);
   const int max_keys = gqa::kernels::DecodeKeysPerQuery(s.context, g_window);
-  auto choice = gqa::kernels::SelectDecodeKernel(kHeads, s.kv_heads, g_head_dim, kBlockSize,
-                                                 s.batch, max_keys, sm_count, splits_override);
+  auto choice = gqa::kernels::SelectDecodeKernel(
+      kHeads, s.kv_heads, g_head_dim, kBlockSize, s.batch, max_keys, sm_count, splits_override,
+      kFp8 ? gqa::kernels::KvElement::kFp8E4M3 : gqa::kernels::KvElement::k16Bit);
   if (variant.warps > 0) {
     choice.warps = variant.warps;
     choice.stages = variant.stages;
@@ -136,11 +157,11 @@ double TimeDecode(const Shape& s, int sm_count, double* kv_bytes, int* splits, d
   const size_t q_elems = size_t(s.batch) * kHeads * g_head_dim;
   const size_t ws =
       gqa::kernels::cuda::DecodeWorkspaceBytes(s.batch, kHeads, g_head_dim, choice.num_splits);
-  std::vector<Instance> inst(copies);
+  std::vector<Instance<KV>> inst(copies);
   for (int c = 0; c < copies; ++c) {
-    Instance& in = inst[c];
-    CHECK_CUDA(cudaMalloc(&in.k, pool * sizeof(T)));
-    CHECK_CUDA(cudaMalloc(&in.v, pool * sizeof(T)));
+    Instance<KV>& in = inst[c];
+    CHECK_CUDA(cudaMalloc(&in.k, pool * sizeof(KV)));
+    CHECK_CUDA(cudaMalloc(&in.v, pool * sizeof(KV)));
     CHECK_CUDA(cudaMalloc(&in.q, q_elems * sizeof(T)));
     CHECK_CUDA(cudaMalloc(&in.out, q_elems * sizeof(T)));
     CHECK_CUDA(cudaMalloc(&in.tables, tables.size() * 4));
@@ -154,12 +175,12 @@ double TimeDecode(const Shape& s, int sm_count, double* kv_bytes, int* splits, d
     CHECK_CUDA(cudaMemcpy(in.lens, lens.data(), lens.size() * 4, cudaMemcpyHostToDevice));
   }
   auto launch = [&](int c, cudaStream_t stream) {
-    const Instance& in = inst[c];
-    gqa::kernels::cuda::DecodeAttentionArgs<T> args;
+    const Instance<KV>& in = inst[c];
+    gqa::kernels::cuda::DecodeAttentionArgs<T, KV> args;
     args.q = in.q;
     args.out = in.out;
     args.cache =
-        PagedKvView<T>{in.k, in.v, in.tables, blocks_per_seq, s.kv_heads, kBlockSize, g_head_dim};
+        PagedKvView<KV>{in.k, in.v, in.tables, blocks_per_seq, s.kv_heads, kBlockSize, g_head_dim};
     args.context_lens = in.lens;
     args.num_seqs = s.batch;
     args.num_heads = kHeads;
@@ -267,17 +288,20 @@ double MatmulRate() {
 
 // Causal prefill of `batch` chunks of `len` tokens, each the last of a context of `context`
 // tokens (context == len: whole prompts; more: a chunk after a cached prefix), its keys in
-// `key_splits` ranges; returns the median us per call.
+// `key_splits` ranges; returns the median us per call
+// over a cache of KV.
+template <typename KV = T>
 double TimePrefill(int kv_heads, int batch, int len, int context = 0, int key_splits = 1,
                    int key_tiles_per_step = 0) {
   if (context < len) context = len;
   const int blocks_per_seq = (context + kBlockSize - 1) / kBlockSize;
   const size_t pool = size_t(batch) * blocks_per_seq * kv_heads * kBlockSize * g_head_dim;
   const size_t q_elems = size_t(batch) * len * kHeads * g_head_dim;
-  T *k, *v, *q, *out;
+  KV *k, *v;
+  T *q, *out;
   int32_t *tables, *lens, *starts;
-  CHECK_CUDA(cudaMalloc(&k, pool * sizeof(T)));
-  CHECK_CUDA(cudaMalloc(&v, pool * sizeof(T)));
+  CHECK_CUDA(cudaMalloc(&k, pool * sizeof(KV)));
+  CHECK_CUDA(cudaMalloc(&v, pool * sizeof(KV)));
   CHECK_CUDA(cudaMalloc(&q, q_elems * sizeof(T)));
   CHECK_CUDA(cudaMalloc(&out, q_elems * sizeof(T)));
   FillRandom<<<1024, 256>>>(k, pool, 21);
@@ -294,10 +318,10 @@ double TimePrefill(int kv_heads, int batch, int len, int context = 0, int key_sp
   CHECK_CUDA(cudaMemcpy(tables, table.data(), table.size() * 4, cudaMemcpyHostToDevice));
   CHECK_CUDA(cudaMemcpy(lens, len_v.data(), batch * 4, cudaMemcpyHostToDevice));
   CHECK_CUDA(cudaMemcpy(starts, start_v.data(), (batch + 1) * 4, cudaMemcpyHostToDevice));
-  gqa::kernels::cuda::PrefillAttentionArgs<T> args;
+  gqa::kernels::cuda::PrefillAttentionArgs<T, KV> args;
   args.q = q;
   args.out = out;
-  args.cache = PagedKvView<T>{k, v, tables, blocks_per_seq, kv_heads, kBlockSize, g_head_dim};
+  args.cache = PagedKvView<KV>{k, v, tables, blocks_per_seq, kv_heads, kBlockSize, g_head_dim};
   args.query_start = starts;
   args.context_lens = lens;
   args.num_seqs = batch;
@@ -350,9 +374,9 @@ void PrefillTable(const std::string& peer) {
   std::vector<Shape> shapes = {
       {32, 1, 4096}, {8, 1, 4096}, {1, 1, 4096}, {8, 4, 2048}, {8, 1, 16384}};
   const auto peers = peer.empty() ? std::map<std::string, double>{} : RunPrefillPeer(peer, shapes);
-  std::printf("%3s %5s %6s | %9s %9s %8s %7s | %9s %7s | variants (16-key tiles per step): us\n",
+  std::printf("%3s %5s %6s | %9s %9s %8s %7s | %9s %7s | variants (16-key tiles per step): us%s\n",
               "kv", "batch", "len", "ours_us", "floor_us", "TFLOP/s", "of_gemm", "sdpa_us",
-              "vs_sdpa");
+              "vs_sdpa", g_fp8 ? " | fp8_us fp8_vs_bf16" : "");
   for (const auto& s : shapes) {
     // Q.K^T and P.V over the causal half: 2 x 2 x len^2 / 2 x head_dim flops per head.
     const double flops = 2.0 * s.batch * kHeads * double(s.context) * s.context * g_head_dim;
@@ -366,6 +390,10 @@ void PrefillTable(const std::string& peer) {
     for (int key_tiles : {1, 2, 4}) {
       std::printf(" %d:%.1f", key_tiles,
                   TimePrefill(s.kv_heads, s.batch, s.context, 0, 1, key_tiles));
+    }
+    if (g_fp8) {
+      const double fp8_us = TimePrefill<Fp8>(s.kv_heads, s.batch, s.context);
+      std::printf(" | %6.1f %10.2fx", fp8_us, us / fp8_us);
     }
     std::printf("\n");
   }
@@ -422,7 +450,7 @@ int KernelBenchMain(int argc, char** argv) {
         stderr,
         "usage: gqa-bench kernels [--peer 'python3 client/bench/sdpa_peer.py'] "
         "[--prefill] [--only kv,batch,ctx]... [--sweep-splits] [--variants] [--contiguous] "
-        "[--head_dim 64|128] [--window N]\n");
+        "[--head_dim 64|128] [--window N] [--kv_cache_dtype bfloat16|fp8_e4m3]\n");
     return 2;
   }
   std::string peer;
@@ -431,6 +459,15 @@ int KernelBenchMain(int argc, char** argv) {
     if (std::string(argv[i]) == "--peer") peer = argv[i + 1];
     if (std::string(argv[i]) == "--head_dim") g_head_dim = std::atoi(argv[i + 1]);
     if (std::string(argv[i]) == "--window") g_window = std::atoi(argv[i + 1]);
+    if (std::string(argv[i]) == "--kv_cache_dtype") {
+      const std::string value = argv[i + 1];
+      if (value != "fp8_e4m3" && value != "bfloat16" && value != "auto") {
+        std::fprintf(stderr, "--kv_cache_dtype=%s: expected auto, bfloat16 or fp8_e4m3\n",
+                     value.c_str());
+        return 2;
+      }
+      g_fp8 = value == "fp8_e4m3";
+    }
     Shape s;
     if (std::string(argv[i]) == "--only" &&
         std::sscanf(argv[i + 1], "%d,%d,%d", &s.kv_heads, &s.batch, &s.context) == 3) {
@@ -439,6 +476,11 @@ int KernelBenchMain(int argc, char** argv) {
   }
   cudaDeviceProp prop;
   CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
+  if (g_fp8 && prop.major * 10 + prop.minor < 89) {
+    std::fprintf(stderr, "--kv_cache_dtype=fp8_e4m3: needs compute capability 8.9+; %s is %d.%d\n",
+                 prop.name, prop.major, prop.minor);
+    return 2;
+  }
   const double bandwidth = CopyBandwidth();
   std::printf("device: %s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount,
               prop.l2CacheSize >> 20);
@@ -535,6 +577,19 @@ int KernelBenchMain(int argc, char** argv) {
         s.kv_heads, s.batch, s.context, splits, eager_us, graph_us, floor_us,
         bytes / graph_us / 1e3, 100.0 * floor_us / graph_us, p.sdpa_eager, p.sdpa_graph,
         p.naive_graph, p.sdpa_graph / graph_us, p.sdpa_eager / eager_us);
+    if (g_fp8) {  // the same shape over an FP8 cache: its floor is half the bytes
+      double fp8_bytes, fp8_graph_us;
+      int fp8_splits;
+      const double fp8_eager_us =
+          TimeDecode<Fp8>(s, prop.multiProcessorCount, &fp8_bytes, &fp8_splits, &fp8_graph_us);
+      const double fp8_floor_us = fp8_bytes / bandwidth * 1e6;
+      std::printf(
+          "%3s %5s %6s %6d | %8.1f %8.1f %8.1f %6.0f %6.0f%% | fp8_e4m3: %.2fx the bf16 graph "
+          "time\n",
+          "", "", "fp8", fp8_splits, fp8_eager_us, fp8_graph_us, fp8_floor_us,
+          fp8_bytes / fp8_graph_us / 1e3, 100.0 * fp8_floor_us / fp8_graph_us,
+          graph_us / fp8_graph_us);
+    }
   }
   bool prefill = false;
   for (int i = 2; i < argc; ++i) prefill |= std::string(argv[i]) == "--prefill";

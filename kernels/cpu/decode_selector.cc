@@ -42,7 +42,7 @@ int CeilDiv(int a, int b) { return (a + b - 1) / b; }
 
 DecodeKernelChoice SelectDecodeKernel(int num_heads, int num_kv_heads, int head_dim, int block_size,
                                       int num_seqs, int max_context_len, int sm_count,
-                                      int num_splits_override) {
+                                      int num_splits_override, KvElement kv) {
   if (num_kv_heads <= 0 || num_heads % num_kv_heads != 0) {
     return Unsupported("num_attention_heads must be a multiple of num_key_value_heads");
   }
@@ -60,6 +60,10 @@ DecodeKernelChoice SelectDecodeKernel(int num_heads, int num_kv_heads, int head_
   c.warps = variant.warps;
   c.stages = variant.stages;
   c.key_tiles = variant.key_tiles;
+  c.kv = kv;
+  if (!DecodeVariantBuilt(head_dim, c.query_tiles, variant, KvElementBytes(kv))) {
+    return Unsupported("no decode kernel variant fits shared memory for this cache element");
+  }
   const int tiles = std::max(1, CeilDiv(max_context_len, kDecodeTileTokens));
   int splits = num_splits_override;
   if (splits <= 0) {
@@ -84,9 +88,9 @@ DecodeKernelChoice SelectDecodeKernel(int num_heads, int num_kv_heads, int head_
 
 DecodeKernelChoice SelectFixedGridDecodeKernel(int num_heads, int num_kv_heads, int head_dim,
                                                int block_size, int num_seqs, int max_context_len,
-                                               int sm_count) {
+                                               int sm_count, KvElement kv) {
   DecodeKernelChoice c = SelectDecodeKernel(num_heads, num_kv_heads, head_dim, block_size, num_seqs,
-                                            max_context_len, sm_count);
+                                            max_context_len, sm_count, 0, kv);
   c.split_tokens = 0;
   return c;
 }

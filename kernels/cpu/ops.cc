@@ -8,6 +8,7 @@
 #endif
 
 #include "gqa/kernels/cpu_ops.h"
+#include "gqa/kernels/fp8_e4m3.h"
 #include "gqa/kernels/parallel.h"
 
 namespace gqa::kernels::cpu {
@@ -232,15 +233,56 @@ void PagedKvAppend(const float* k, const float* v, const int64_t* slots, int tok
   }
 }
 
+void PagedKvAppend(const float* k, const float* v, const int64_t* slots, int tokens,
+                   const PagedKvView<uint8_t>& cache) {
+  const int row = cache.num_kv_heads * cache.head_dim;
+  for (int t = 0; t < tokens; ++t) {
+    for (int h = 0; h < cache.num_kv_heads; ++h) {
+      const float k_scale = cache.k_scale ? cache.k_scale[h] : 1.0f;
+      const float v_scale = cache.v_scale ? cache.v_scale[h] : 1.0f;
+      const size_t dst = cache.Offset(slots[t], h);
+      const size_t src = static_cast<size_t>(t) * row + static_cast<size_t>(h) * cache.head_dim;
+      for (int i = 0; i < cache.head_dim; ++i) {
+        cache.k[dst + i] = Fp8E4M3Quantize(k[src + i], k_scale);
+        cache.v[dst + i] = Fp8E4M3Quantize(v[src + i], v_scale);
+      }
+    }
+  }
+}
+
 namespace {
 
+// Where attention reads one K or V row: an fp32 cache in place, an FP8 cache dequantized into
+// `buffer` ([head_dim]).
+inline const float* KeyRow(const PagedKvView<float>& cache, int64_t slot, int kv_head, float*) {
+  return cache.k + cache.Offset(slot, kv_head);
+}
+inline const float* ValueRow(const PagedKvView<float>& cache, int64_t slot, int kv_head, float*) {
+  return cache.v + cache.Offset(slot, kv_head);
+}
+inline const float* Dequantize(const uint8_t* row, float scale, int d, float* buffer) {
+  for (int i = 0; i < d; ++i) buffer[i] = Fp8E4M3Dequantize(row[i], scale);
+  return buffer;
+}
+inline const float* KeyRow(const PagedKvView<uint8_t>& cache, int64_t slot, int kv_head,
+                           float* buffer) {
+  return Dequantize(cache.k + cache.Offset(slot, kv_head),
+                    cache.k_scale ? cache.k_scale[kv_head] : 1.0f, cache.head_dim, buffer);
+}
+inline const float* ValueRow(const PagedKvView<uint8_t>& cache, int64_t slot, int kv_head,
+                             float* buffer) {
+  return Dequantize(cache.v + cache.Offset(slot, kv_head),
+                    cache.v_scale ? cache.v_scale[kv_head] : 1.0f, cache.head_dim, buffer);
+}
+
 // One query head of one token against keys [first_key, num_keys) of sequence `seq`.
-void AttendOne(const float* q, const PagedKvView<float>& cache, int seq, int kv_head, int first_key,
-               int num_keys, float scale, float* scores, float* out) {
+template <typename E>
+void AttendOne(const float* q, const PagedKvView<E>& cache, int seq, int kv_head, int first_key,
+               int num_keys, float scale, float* scores, float* row_buffer, float* out) {
   const int d = cache.head_dim;
   float max_score = -INFINITY;
   for (int p = first_key; p < num_keys; ++p) {
-    scores[p] = Dot(q, cache.k + cache.Offset(cache.Slot(seq, p), kv_head), d) * scale;
+    scores[p] = Dot(q, KeyRow(cache, cache.Slot(seq, p), kv_head, row_buffer), d) * scale;
     max_score = std::max(max_score, scores[p]);
   }
   float denom = 0.0f;
@@ -250,23 +292,22 @@ void AttendOne(const float* q, const PagedKvView<float>& cache, int seq, int kv_
   }
   std::fill_n(out, d, 0.0f);
   for (int p = first_key; p < num_keys; ++p) {
-    const float* v = cache.v + cache.Offset(cache.Slot(seq, p), kv_head);
+    const float* v = ValueRow(cache, cache.Slot(seq, p), kv_head, row_buffer);
     const float weight = scores[p] / denom;
     for (int i = 0; i < d; ++i) out[i] += weight * v[i];
   }
 }
 
-}  // namespace
-
-void PagedAttention(const float* q, const PagedKvView<float>& cache, const int32_t* query_start,
-                    const int32_t* context_lens, int num_seqs, int num_heads, float scale,
-                    float* out, int sliding_window) {
+template <typename E>
+void PagedAttentionOver(const float* q, const PagedKvView<E>& cache, const int32_t* query_start,
+                        const int32_t* context_lens, int num_seqs, int num_heads, float scale,
+                        float* out, int sliding_window) {
   const int group = num_heads / cache.num_kv_heads;
   const int d = cache.head_dim;
   const int num_tokens = query_start[num_seqs];
   // Work item = (token, head); each owns one output row.
   ParallelFor(static_cast<int64_t>(num_tokens) * num_heads, 8, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores;
+    std::vector<float> scores, row_buffer(d);
     int seq = 0;
     for (int64_t item = begin; item < end; ++item) {
       const int token = static_cast<int>(item / num_heads);
@@ -278,9 +319,25 @@ void PagedAttention(const float* q, const PagedKvView<float>& cache, const int32
       const size_t row = (static_cast<size_t>(token) * num_heads + head) * d;
       const int first_key = sliding_window > 0 ? std::max(0, position + 1 - sliding_window) : 0;
       AttendOne(q + row, cache, seq, head / group, first_key, position + 1, scale, scores.data(),
-                out + row);
+                row_buffer.data(), out + row);
     }
   });
+}
+
+}  // namespace
+
+void PagedAttention(const float* q, const PagedKvView<float>& cache, const int32_t* query_start,
+                    const int32_t* context_lens, int num_seqs, int num_heads, float scale,
+                    float* out, int sliding_window) {
+  PagedAttentionOver(q, cache, query_start, context_lens, num_seqs, num_heads, scale, out,
+                     sliding_window);
+}
+
+void PagedAttention(const float* q, const PagedKvView<uint8_t>& cache, const int32_t* query_start,
+                    const int32_t* context_lens, int num_seqs, int num_heads, float scale,
+                    float* out, int sliding_window) {
+  PagedAttentionOver(q, cache, query_start, context_lens, num_seqs, num_heads, scale, out,
+                     sliding_window);
 }
 
 }  // namespace gqa::kernels::cpu

@@ -2,10 +2,16 @@
 // wrappers (cp.async, ldmatrix, mma.sync m16n8k16), one warp's online-softmax state over 16-row
 // query tiles, the copy of one 16-key K/V tile into shared memory, and the tile update itself.
 // Shared-memory tiles are [16 keys][head_dim + 8]: the 16-byte row padding keeps ldmatrix free
-// of bank conflicts.
+// of bank conflicts. An FP8 (E4M3) cache is copied into shared memory as it is stored (tiles of
+// [16 keys][head_dim + 16] bytes, half the bytes of a 16-bit tile) and DequantizeTiles turns it
+// into 16-bit tiles before the tensor-core products; its scales are applied to the scores (K) and
+// the output (V), once per row, not per element.
 #pragma once
 
+#include <cuda_fp8.h>
+
 #include <cstdint>
+#include <type_traits>
 
 #include "gqa/kernels/paged_kv.h"
 #include "vec.cuh"
@@ -22,6 +28,12 @@ constexpr float kLog2e = 1.4426950408889634f;
 // Shared-memory row stride in elements: 16 bytes of padding keeps ldmatrix conflict-free.
 template <int D>
 constexpr int kRow = D + 8;
+// The same for a tile of element type E as the cache stores it (16 bytes of padding).
+template <typename E, int D>
+constexpr int kRowOf = D + 16 / int(sizeof(E));
+
+template <typename E>
+constexpr bool kIsFp8 = sizeof(E) == 1;
 
 // ---------------------------------------------------------------- PTX wrappers
 
@@ -114,7 +126,8 @@ struct WarpState {
 // Issues this warp's share of the async copies of one 16-token tile of K and V (which lies in
 // cache block `block`) into a stage buffer: warp `part` of the kParts warps that share the stage
 // copies rows part * 16 / kParts ... . A stage holds kStageTiles tiles of K, then as many of V:
-// `stage` points at this tile's K rows, its V rows lie kStageTiles tiles further on.
+// `stage` points at this tile's K rows, its V rows lie kStageTiles tiles further on. Rows are
+// kRowOf<T, D> elements apart (kRow<D> for a 16-bit T; an FP8 tile is copied as stored).
 template <typename T, int D, int kParts = 1, int kStageTiles = 1>
 __device__ __forceinline__ void LoadTile(const PagedKvView<T>& cache, int block, int kv_head,
                                          int tok0, int end, T* stage, int lane, int part = 0) {
@@ -123,21 +136,65 @@ __device__ __forceinline__ void LoadTile(const PagedKvView<T>& cache, int block,
                       D;
   // Lane l copies 16-byte column chunk (l % kLanesPerRow) of rows l / kLanesPerRow,
   // + kRowsPerPass, ...: one address computation, then constant strides.
-  constexpr int kLanesPerRow = D / 8;
+  constexpr int kChunkElems = 16 / int(sizeof(T));
+  constexpr int kStride = kRowOf<T, D>;
+  constexpr int kLanesPerRow = D / kChunkElems;
   constexpr int kRowsPerPass = 32 / kLanesPerRow;
   constexpr int kPasses = kTile / kRowsPerPass / kParts;
+  static_assert(kPasses >= 1, "more parts than passes of the tile");
   const int row = part * kPasses * kRowsPerPass + lane / kLanesPerRow;
-  const int col = (lane % kLanesPerRow) * 8;
+  const int col = (lane % kLanesPerRow) * kChunkElems;
   const T* k_src = cache.k + base + size_t(row) * D + col;
   const T* v_src = cache.v + base + size_t(row) * D + col;
-  T* k_dst = stage + row * kRow<D> + col;
-  T* v_dst = k_dst + kStageTiles * kTile * kRow<D>;
+  T* k_dst = stage + row * kStride + col;
+  T* v_dst = k_dst + kStageTiles * kTile * kStride;
 #pragma unroll
   for (int pass = 0; pass < kPasses; ++pass) {
     const bool valid = tok0 + row + pass * kRowsPerPass < end;
-    CpAsync16(k_dst + pass * kRowsPerPass * kRow<D>, k_src + pass * kRowsPerPass * D, valid);
-    CpAsync16(v_dst + pass * kRowsPerPass * kRow<D>, v_src + pass * kRowsPerPass * D, valid);
+    CpAsync16(k_dst + pass * kRowsPerPass * kStride, k_src + pass * kRowsPerPass * D, valid);
+    CpAsync16(v_dst + pass * kRowsPerPass * kStride, v_src + pass * kRowsPerPass * D, valid);
   }
+}
+
+// Sixteen E4M3 values (one 16-byte chunk) as sixteen T, exactly (every E4M3 value is a bf16 and
+// an fp16 value), into two 16-byte chunks.
+template <typename T>
+__device__ __forceinline__ void DequantizeChunk(const uint4& in, uint4 (&out)[2]) {
+  const __nv_fp8x2_storage_t* pairs = reinterpret_cast<const __nv_fp8x2_storage_t*>(&in);
+  uint32_t* dst = reinterpret_cast<uint32_t*>(out);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(pairs[i], __NV_E4M3);
+    if constexpr (std::is_same_v<T, __half>) {
+      dst[i] = uint32_t(h.x) | (uint32_t(h.y) << 16);
+    } else {
+      const float2 f = __half22float2(__half2(h));
+      dst[i] = Pack<T>(f.x, f.y);
+    }
+  }
+}
+
+// Rows [0, rows) of an FP8 tile area (row stride kRowOf<uint8, D>) into 16-bit rows (stride
+// kRow<D>), chunks thread, thread + threads, ... of the caller's `threads` threads.
+template <typename T, int D, typename E>
+__device__ __forceinline__ void DequantizeTiles(const E* src, T* dst, int rows, int thread,
+                                                int threads) {
+  static_assert(kIsFp8<E>, "DequantizeTiles reads FP8 tiles");
+  constexpr int kChunksPerRow = D / 16;
+  for (int c = thread; c < rows * kChunksPerRow; c += threads) {
+    const int row = c / kChunksPerRow, col = (c % kChunksPerRow) * 16;
+    const uint4 in = *reinterpret_cast<const uint4*>(src + row * kRowOf<E, D> + col);
+    uint4 out[2];
+    DequantizeChunk<T>(in, out);
+    uint4* d = reinterpret_cast<uint4*>(dst + row * kRow<D> + col);
+    d[0] = out[0];
+    d[1] = out[1];
+  }
+}
+
+// The scale of KV head `kv_head` of an FP8 cache (1 for a 16-bit one or no scales).
+__device__ __forceinline__ float KvScale(const float* scales, int kv_head) {
+  return scales ? scales[kv_head] : 1.0f;
 }
 
 // One step of NK 16-key tiles (16 * NK keys, K rows then V rows in `stage`): S = Q.K^T (masked,

@@ -75,16 +75,21 @@ namespace {
 // ---------------------------------------------------------------- shared memory layout
 
 // D: head_dim; QT: 16-row query tiles; W: warps per block; S: pipeline stages per team; NK:
-// 16-token tiles per stage (the keys of one softmax step).
-template <int D, int QT, int W, int S, int NK>
+// 16-token tiles per stage (the keys of one softmax step); KV: the cache element (a 16-bit type,
+// or FP8, whose stages are widened into one 16-bit stage per team before the products).
+template <int D, int QT, int W, int S, int NK, typename KV = __nv_bfloat16>
 struct Smem {
   static constexpr int kThreads = W * 32;
   static constexpr int kRows = 16 * QT;  // query rows
   static constexpr int kTeams = W / QT;  // pipelines: QT warps share each one
   static constexpr size_t kQueryBytes = size_t(kRows) * kRow<D> * 2;  // [kRows][kRow]
   static constexpr int kStageTokens = NK * kTile;
-  static constexpr size_t kStageElems = size_t(2) * kStageTokens * kRow<D>;  // K then V tiles
-  static constexpr size_t kPipeBytes = size_t(kTeams) * S * kStageElems * 2;
+  // K then V tiles, as the cache stores them ([rows][kRowOf<KV, D>]).
+  static constexpr size_t kStageElems = size_t(2) * kStageTokens * kRowOf<KV, D>;
+  // FP8: the team's widened copy of the stage it attends ([rows][kRow<D>] 16-bit).
+  static constexpr size_t kWideElems = kIsFp8<KV> ? size_t(2) * kStageTokens * kRow<D> : 0;
+  static constexpr size_t kPipeBytes =
+      size_t(kTeams) * S * kStageElems * sizeof(KV) + size_t(kTeams) * kWideElems * 2;
   // Per team: running max and sum per row, then its unnormalized output rows (fp32).
   static constexpr size_t kMergeFloatsPerTeam = size_t(2) * kRows + size_t(kRows) * D;
   // Then each team's weight per row and each row's log-sum-exp.
@@ -129,12 +134,12 @@ __device__ __forceinline__ int SequenceSplitTokens(int len, int num_splits) {
 // QT is the number of 16-row query tiles (group <= 16: 1, else 2). The block's W warps form
 // W / QT teams; the QT warps of a team share one K/V pipeline of S stages and each attends with
 // its own query tile, so a group of 32 costs each warp the work of a group of 16.
-template <typename T, int D, int QT, int W, int S, int NK>
+template <typename T, typename KV, int D, int QT, int W, int S, int NK>
 __global__ void __launch_bounds__(W * 32)
-    DecodeKernel(DecodeAttentionArgs<T> args, int group, int split_tokens, int num_splits,
+    DecodeKernel(DecodeAttentionArgs<T, KV> args, int group, int split_tokens, int num_splits,
                  float* partial_out,    // [num_seqs, num_heads, num_splits, D]
                  float* partial_lse) {  // [num_seqs, num_heads, num_splits], log2 units
-  using Layout = Smem<D, QT, W, S, NK>;
+  using Layout = Smem<D, QT, W, S, NK, KV>;
   constexpr int kStageTokens = Layout::kStageTokens;
   constexpr int kStepsPerFetch = 32 / NK;  // steps whose block ids one prefetch holds
   constexpr int kThreads = Layout::kThreads;
@@ -143,7 +148,7 @@ __global__ void __launch_bounds__(W * 32)
   constexpr int kTeams = Layout::kTeams;
   extern __shared__ __align__(16) unsigned char smem[];
   T* q_smem = reinterpret_cast<T*>(smem);                               // [kRows][kRow<D>]
-  T* pipe = reinterpret_cast<T*>(smem + Layout::kQueryBytes);           // per team, per stage
+  KV* pipe = reinterpret_cast<KV*>(smem + Layout::kQueryBytes);         // per team, per stage
   float* merge = reinterpret_cast<float*>(smem + Layout::kQueryBytes);  // reuses the pipe
 
   TRACE_POINT(0);
@@ -216,17 +221,20 @@ __global__ void __launch_bounds__(W * 32)
   // A "tile" below is one step of NK 16-token tiles (kStageTokens keys): one pipeline stage.
   const int num_tiles = begin < end ? (end - begin + kStageTokens - 1) / kStageTokens : 0;
   const int my_tiles = num_tiles > team ? (num_tiles - team + kTeams - 1) / kTeams : 0;
-  T* stages = pipe + size_t(team) * kStages * Layout::kStageElems;
+  KV* stages = pipe + size_t(team) * kStages * Layout::kStageElems;
+  // FP8: the team's widened stage, after every team's FP8 stages.
+  T* wide = reinterpret_cast<T*>(pipe + size_t(kTeams) * kStages * Layout::kStageElems) +
+            size_t(team) * Layout::kWideElems;
   auto tile_start = [&](int j) { return begin + (team + j * kTeams) * kStageTokens; };
   auto load = [&](int j) {  // this warp's share of the team's j-th step into stage j % kStages
     if (j % kStepsPerFetch == 0 && j > 0)
       blocks = PrefetchBlocks<NK>(table_row, max_blocks, bs, begin, team, kTeams, j, lane);
-    T* stage = stages + (j % kStages) * Layout::kStageElems;
+    KV* stage = stages + (j % kStages) * Layout::kStageElems;
 #pragma unroll
     for (int sub = 0; sub < NK; ++sub) {
       const int block = __shfl_sync(0xffffffffu, blocks, (j % kStepsPerFetch) * NK + sub);
-      LoadTile<T, D, QT, NK>(args.cache, block, kv_head, tile_start(j) + sub * kTile, end,
-                             stage + sub * kTile * kRow<D>, lane, query_tile);
+      LoadTile<KV, D, QT, NK>(args.cache, block, kv_head, tile_start(j) + sub * kTile, end,
+                              stage + sub * kTile * kRowOf<KV, D>, lane, query_tile);
     }
   };
   // Then the first tiles: kStages async groups in all.
@@ -241,7 +249,8 @@ __global__ void __launch_bounds__(W * 32)
 
   WarpState<D, 1> st;
   st.Init();
-  const float scale_log2 = args.scale * kLog2e;
+  // An FP8 cache's K scale multiplies every score of the KV head: folded into the softmax scale.
+  const float scale_log2 = args.scale * kLog2e * KvScale(args.cache.k_scale, kv_head);
   const int limit[1][2] = {{end, end}};  // every query row sees keys up to the split's end
   const int first[1][2] = {{first_key, first_key}};
   const T* my_query = q_smem + query_tile * 16 * kRow<D>;
@@ -264,11 +273,25 @@ __global__ void __launch_bounds__(W * 32)
       if (ahead < my_tiles) load(ahead);
       CpAsyncCommit();
     }
+    const T* attended;
+    if constexpr (kIsFp8<KV>) {
+      // Widen the stage: each warp of the team its share of the rows, then the team meets again
+      // (the barrier at the top of the next step keeps the copy until both have attended).
+      DequantizeTiles<T, D>(stages + (j % kStages) * Layout::kStageElems, wide, 2 * kStageTokens,
+                            query_tile * 32 + lane, QT * 32);
+      if constexpr (QT == 1) {
+        __syncwarp();
+      } else {
+        TeamBarrier(team, QT * 32);
+      }
+      attended = wide;
+    } else {
+      attended = stages + (j % kStages) * Layout::kStageElems;
+    }
     if (j < my_tiles) {
       const int tok0 = tile_start(j);
-      AttendTile<T, D, 1, NK>(my_query, stages + (j % kStages) * Layout::kStageElems, tok0, limit,
-                              first, tok0 + kStageTokens > end || tok0 < first_key, scale_log2, st,
-                              lane);
+      AttendTile<T, D, 1, NK>(my_query, attended, tok0, limit, first,
+                              tok0 + kStageTokens > end || tok0 < first_key, scale_log2, st, lane);
     }
     if constexpr (QT == 1) __syncwarp();
   }
@@ -302,6 +325,7 @@ __global__ void __launch_bounds__(W * 32)
     row_lse[row] = total > 0.0f ? base + log2f(total) : -INFINITY;
   }
   __syncthreads();
+  const float v_scale = KvScale(args.cache.v_scale, kv_head);  // FP8: every output row's factor
   for (int i = threadIdx.x; i < group * D; i += kThreads) {
     const int row = i / D, d = i % D;
     float value = 0.0f;
@@ -310,6 +334,7 @@ __global__ void __launch_bounds__(W * 32)
       value += merge[t * Layout::kMergeFloatsPerTeam + 2 * kRows + row * D + d] *
                team_weight[t * kRows + row];
     }
+    value *= v_scale;
     const size_t head = size_t(seq) * args.num_heads + head0 + row;
     if (num_splits == 1) {
       args.out[head * D + d] = FromFloat<T>(value);
@@ -325,12 +350,12 @@ __global__ void __launch_bounds__(W * 32)
 #endif
 }
 
-template <typename T, int D, int QT, int W, int S, int NK>
-cudaError_t LaunchDecode(const DecodeAttentionArgs<T>& args, const DecodeKernelChoice& choice,
+template <typename T, typename KV, int D, int QT, int W, int S, int NK>
+cudaError_t LaunchDecode(const DecodeAttentionArgs<T, KV>& args, const DecodeKernelChoice& choice,
                          cudaStream_t stream) {
-  using Layout = Smem<D, QT, W, S, NK>;
+  using Layout = Smem<D, QT, W, S, NK, KV>;
   constexpr size_t kSmem = Layout::kBytes;
-  if (const cudaError_t e = AllowDynamicSmem<DecodeKernel<T, D, QT, W, S, NK>>(int(kSmem));
+  if (const cudaError_t e = AllowDynamicSmem<DecodeKernel<T, KV, D, QT, W, S, NK>>(int(kSmem));
       e != cudaSuccess)
     return e;
   const int num_kv_heads = args.cache.num_kv_heads;
@@ -343,7 +368,7 @@ cudaError_t LaunchDecode(const DecodeAttentionArgs<T>& args, const DecodeKernelC
   // A plain launch: launched after the previous kernel (QkvRopeAppend) with programmatic
   // serialization, MQA decode steps ran 20% slower on an H100 (its WaitForPrevious calls then
   // return at once).
-  DecodeKernel<T, D, QT, W, S, NK><<<grid, Layout::kThreads, kSmem, stream>>>(
+  DecodeKernel<T, KV, D, QT, W, S, NK><<<grid, Layout::kThreads, kSmem, stream>>>(
       args, group, choice.split_tokens, choice.num_splits, partial_out, partial_lse);
   if (choice.num_splits == 1) return cudaGetLastError();
   // Programmatic dependent launch (Hopper): the merge grid is scheduled while the decode grid
@@ -372,6 +397,35 @@ __global__ void AppendKernel(const T* k, const T* v, const int64_t* slots, int n
   *reinterpret_cast<uint4*>(cache.v + dst) = *reinterpret_cast<const uint4*>(v + src);
 }
 
+// Eight elements of T, quantized with `scale`, as eight E4M3 bytes.
+template <typename T>
+__device__ __forceinline__ uint2 QuantizeChunk(const T* src, float scale) {
+  const Vec8<T> in = Vec8<T>::Load(src);
+  uint8_t bytes[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) bytes[i] = QuantizeE4M3(in.Get(i), scale);
+  return *reinterpret_cast<const uint2*>(bytes);
+}
+
+// The FP8 append: one thread per 8 elements of one head row, K and V.
+template <typename T, int D>
+__global__ void AppendFp8Kernel(const T* k, const T* v, const int64_t* slots, int num_tokens,
+                                PagedKvView<__nv_fp8_e4m3> cache) {
+  constexpr int kChunks = D / 8;
+  const int per_token = cache.num_kv_heads * kChunks;
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= int64_t(num_tokens) * per_token) return;
+  const int token = int(i / per_token);
+  const int head = int(i % per_token) / kChunks;
+  const int col = int(i % kChunks) * 8;
+  const int64_t slot = slots[token];
+  if (slot < 0) return;  // padding
+  const size_t src = (size_t(token) * cache.num_kv_heads + head) * D + col;
+  const size_t dst = cache.Offset(slot, head) + col;
+  *reinterpret_cast<uint2*>(cache.k + dst) = QuantizeChunk(k + src, KvScale(cache.k_scale, head));
+  *reinterpret_cast<uint2*>(cache.v + dst) = QuantizeChunk(v + src, KvScale(cache.v_scale, head));
+}
+
 }  // namespace
 
 #ifdef GQA_DECODE_TRACE
@@ -393,66 +447,68 @@ size_t DecodeWorkspaceBytes(int num_seqs, int num_heads, int head_dim, int num_s
 
 // Launches variant (W warps, S stages, NK tiles per step) if `choice` names it and its shared
 // memory fits a block; returns false when it does not apply.
-template <typename T, int D, int QT, int W, int S, int NK>
-bool TryVariant(const DecodeAttentionArgs<T>& args, const DecodeKernelChoice& choice,
+template <typename T, typename KV, int D, int QT, int W, int S, int NK>
+bool TryVariant(const DecodeAttentionArgs<T, KV>& args, const DecodeKernelChoice& choice,
                 cudaStream_t stream, cudaError_t* result) {
   constexpr DecodeVariant kVariant{W, S, NK};
-  if constexpr (!DecodeVariantBuilt(D, QT, kVariant)) {
+  constexpr int kKvBytes = int(sizeof(KV));
+  if constexpr (!DecodeVariantBuilt(D, QT, kVariant, kKvBytes)) {
     return false;
   } else {
-    static_assert(Smem<D, QT, W, S, NK>::kBytes == DecodeSharedBytes(D, QT, kVariant));
+    static_assert(Smem<D, QT, W, S, NK, KV>::kBytes ==
+                  DecodeSharedBytes(D, QT, kVariant, kKvBytes));
     if (choice.warps != W || choice.stages != S || choice.key_tiles != NK) return false;
-    *result = LaunchDecode<T, D, QT, W, S, NK>(args, choice, stream);
+    *result = LaunchDecode<T, KV, D, QT, W, S, NK>(args, choice, stream);
     return true;
   }
 }
 
 // Every variant of kDecodeVariantCandidates (gqa/kernels/decode_selector.h) that
 // DecodeVariantBuilt accepts; the tests launch each of them.
-template <typename T, int D, int QT>
-cudaError_t LaunchDecodeVariant(const DecodeAttentionArgs<T>& args,
+template <typename T, typename KV, int D, int QT>
+cudaError_t LaunchDecodeVariant(const DecodeAttentionArgs<T, KV>& args,
                                 const DecodeKernelChoice& choice, cudaStream_t stream) {
   cudaError_t e = cudaErrorInvalidValue;
-  (void)(TryVariant<T, D, QT, 4, 3, 1>(args, choice, stream, &e) ||
-         TryVariant<T, D, QT, 4, 6, 1>(args, choice, stream, &e) ||
-         TryVariant<T, D, QT, 4, 3, 2>(args, choice, stream, &e) ||
-         TryVariant<T, D, QT, 4, 3, 4>(args, choice, stream, &e) ||
-         TryVariant<T, D, QT, 8, 3, 1>(args, choice, stream, &e) ||
-         TryVariant<T, D, QT, 8, 6, 1>(args, choice, stream, &e) ||
-         TryVariant<T, D, QT, 8, 3, 2>(args, choice, stream, &e) ||
-         TryVariant<T, D, QT, 8, 3, 4>(args, choice, stream, &e));
+  (void)(TryVariant<T, KV, D, QT, 4, 3, 1>(args, choice, stream, &e) ||
+         TryVariant<T, KV, D, QT, 4, 6, 1>(args, choice, stream, &e) ||
+         TryVariant<T, KV, D, QT, 4, 3, 2>(args, choice, stream, &e) ||
+         TryVariant<T, KV, D, QT, 4, 3, 4>(args, choice, stream, &e) ||
+         TryVariant<T, KV, D, QT, 8, 3, 1>(args, choice, stream, &e) ||
+         TryVariant<T, KV, D, QT, 8, 6, 1>(args, choice, stream, &e) ||
+         TryVariant<T, KV, D, QT, 8, 3, 2>(args, choice, stream, &e) ||
+         TryVariant<T, KV, D, QT, 8, 3, 4>(args, choice, stream, &e));
   return e;
 }
 
-template <typename T, int D>
-cudaError_t LaunchDecodeHeadDim(const DecodeAttentionArgs<T>& args,
+template <typename T, typename KV, int D>
+cudaError_t LaunchDecodeHeadDim(const DecodeAttentionArgs<T, KV>& args,
                                 const DecodeKernelChoice& choice, cudaStream_t stream) {
-  return choice.query_tiles == 1 ? LaunchDecodeVariant<T, D, 1>(args, choice, stream)
-                                 : LaunchDecodeVariant<T, D, 2>(args, choice, stream);
+  return choice.query_tiles == 1 ? LaunchDecodeVariant<T, KV, D, 1>(args, choice, stream)
+                                 : LaunchDecodeVariant<T, KV, D, 2>(args, choice, stream);
 }
 
-template <typename T>
-cudaError_t PagedDecodeAttention(const DecodeAttentionArgs<T>& args,
+template <typename T, typename KV>
+cudaError_t PagedDecodeAttention(const DecodeAttentionArgs<T, KV>& args,
                                  const DecodeKernelChoice& choice, cudaStream_t stream) {
   if (!choice.supported || args.num_seqs <= 0) return cudaErrorInvalidValue;
-  if (choice.head_dim == 64) return LaunchDecodeHeadDim<T, 64>(args, choice, stream);
-  if (choice.head_dim == 128) return LaunchDecodeHeadDim<T, 128>(args, choice, stream);
+  if ((choice.kv == KvElement::kFp8E4M3) != kIsFp8<KV>) return cudaErrorInvalidValue;
+  if (choice.head_dim == 64) return LaunchDecodeHeadDim<T, KV, 64>(args, choice, stream);
+  if (choice.head_dim == 128) return LaunchDecodeHeadDim<T, KV, 128>(args, choice, stream);
   return cudaErrorInvalidValue;
 }
 
 template <typename T>
-cudaError_t PagedKvAppend(const T* k, const T* v, const int64_t* slots, int num_tokens,
-                          const PagedKvView<T>& cache, cudaStream_t stream) {
-  if (num_tokens <= 0) return cudaSuccess;
+cudaError_t PagedKvAppendFp8(const T* k, const T* v, const int64_t* slots, int num_tokens,
+                             const PagedKvView<__nv_fp8_e4m3>& cache, cudaStream_t stream) {
   const int64_t chunks = int64_t(num_tokens) * cache.num_kv_heads * (cache.head_dim / 8);
   const int threads = 256;
   const unsigned blocks = unsigned((chunks + threads - 1) / threads);
   switch (cache.head_dim) {
     case 64:
-      AppendKernel<T, 64><<<blocks, threads, 0, stream>>>(k, v, slots, num_tokens, cache);
+      AppendFp8Kernel<T, 64><<<blocks, threads, 0, stream>>>(k, v, slots, num_tokens, cache);
       break;
     case 128:
-      AppendKernel<T, 128><<<blocks, threads, 0, stream>>>(k, v, slots, num_tokens, cache);
+      AppendFp8Kernel<T, 128><<<blocks, threads, 0, stream>>>(k, v, slots, num_tokens, cache);
       break;
     default:
       return cudaErrorInvalidValue;
@@ -460,14 +516,40 @@ cudaError_t PagedKvAppend(const T* k, const T* v, const int64_t* slots, int num_
   return cudaGetLastError();
 }
 
-template cudaError_t PagedDecodeAttention<__nv_bfloat16>(const DecodeAttentionArgs<__nv_bfloat16>&,
-                                                         const DecodeKernelChoice&, cudaStream_t);
-template cudaError_t PagedDecodeAttention<__half>(const DecodeAttentionArgs<__half>&,
-                                                  const DecodeKernelChoice&, cudaStream_t);
-template cudaError_t PagedKvAppend<__nv_bfloat16>(const __nv_bfloat16*, const __nv_bfloat16*,
-                                                  const int64_t*, int,
-                                                  const PagedKvView<__nv_bfloat16>&, cudaStream_t);
-template cudaError_t PagedKvAppend<__half>(const __half*, const __half*, const int64_t*, int,
-                                           const PagedKvView<__half>&, cudaStream_t);
+template <typename T, typename KV>
+cudaError_t PagedKvAppend(const T* k, const T* v, const int64_t* slots, int num_tokens,
+                          const PagedKvView<KV>& cache, cudaStream_t stream) {
+  if (num_tokens <= 0) return cudaSuccess;
+  if constexpr (kIsFp8<KV>) {
+    return PagedKvAppendFp8(k, v, slots, num_tokens, cache, stream);
+  } else {
+    static_assert(std::is_same_v<T, KV>, "a 16-bit cache holds the compute type");
+    const int64_t chunks = int64_t(num_tokens) * cache.num_kv_heads * (cache.head_dim / 8);
+    const int threads = 256;
+    const unsigned blocks = unsigned((chunks + threads - 1) / threads);
+    switch (cache.head_dim) {
+      case 64:
+        AppendKernel<T, 64><<<blocks, threads, 0, stream>>>(k, v, slots, num_tokens, cache);
+        break;
+      case 128:
+        AppendKernel<T, 128><<<blocks, threads, 0, stream>>>(k, v, slots, num_tokens, cache);
+        break;
+      default:
+        return cudaErrorInvalidValue;
+    }
+    return cudaGetLastError();
+  }
+}
+
+#define GQA_INSTANTIATE(T, KV)                                                               \
+  template cudaError_t PagedDecodeAttention<T, KV>(const DecodeAttentionArgs<T, KV>&,        \
+                                                   const DecodeKernelChoice&, cudaStream_t); \
+  template cudaError_t PagedKvAppend<T, KV>(const T*, const T*, const int64_t*, int,         \
+                                            const PagedKvView<KV>&, cudaStream_t);
+GQA_INSTANTIATE(__nv_bfloat16, __nv_bfloat16)
+GQA_INSTANTIATE(__half, __half)
+GQA_INSTANTIATE(__nv_bfloat16, __nv_fp8_e4m3)
+GQA_INSTANTIATE(__half, __nv_fp8_e4m3)
+#undef GQA_INSTANTIATE
 
 }  // namespace gqa::kernels::cuda

@@ -26,30 +26,34 @@ using namespace attention;  // NOLINT: the shared tile building blocks
 constexpr int kRowsPerBlock = kWarps * 16;
 static_assert(kRowsPerBlock == kPrefillRowsPerBlock, "the selector counts blocks of these rows");
 
-// D: head_dim; NK: 16-key tiles per pipeline step (the keys of one softmax step); S: stages.
-template <int D, int NK, int S>
+// D: head_dim; NK: 16-key tiles per pipeline step (the keys of one softmax step); S: stages;
+// KV: the cache element (an FP8 stage is widened into one 16-bit stage before the products).
+template <int D, int NK, int S, typename KV = __nv_bfloat16>
 struct PrefillSmem {
   static constexpr int kStepKeys = NK * kTile;
   static constexpr size_t kQueryElems = size_t(kRowsPerBlock) * kRow<D>;
-  static constexpr size_t kStageElems = size_t(2) * kStepKeys * kRow<D>;  // K then V
-  static constexpr size_t kBytes = (kQueryElems + S * kStageElems) * 2;
+  static constexpr size_t kStageElems = size_t(2) * kStepKeys * kRowOf<KV, D>;  // K then V
+  static constexpr size_t kWideElems = kIsFp8<KV> ? size_t(2) * kStepKeys * kRow<D> : 0;
+  static constexpr size_t kBytes = (kQueryElems + kWideElems) * 2 + S * kStageElems * sizeof(KV);
 };
 
 // All threads of the block copy one 16-key tile (keys tok0.., in cache block `block`) into tile
 // `sub` of a step of NK tiles (K rows, then V rows NK tiles further on); keys at or past `end`
 // (the sequence's length) are zero-filled, so stale cache data never reaches P.V.
-template <typename T, int D, int NK>
-__device__ __forceinline__ void LoadTileBlock(const PagedKvView<T>& cache, int block, int kv_head,
-                                              int tok0, int end, T* stage) {
+template <typename KV, int D, int NK>
+__device__ __forceinline__ void LoadTileBlock(const PagedKvView<KV>& cache, int block, int kv_head,
+                                              int tok0, int end, KV* stage) {
   const size_t base = ((size_t(block) * cache.num_kv_heads + kv_head) * cache.block_size +
                        tok0 % cache.block_size) *
                       D;
-  constexpr int kChunks = kTile * D / 8;
+  constexpr int kChunkElems = 16 / int(sizeof(KV));
+  constexpr int kStride = kRowOf<KV, D>;
+  constexpr int kChunks = kTile * D / kChunkElems;
   for (int c = threadIdx.x; c < kChunks; c += kThreads) {
-    const int t = c / (D / 8), col = (c % (D / 8)) * 8;
+    const int t = c / (D / kChunkElems), col = (c % (D / kChunkElems)) * kChunkElems;
     const size_t src = base + size_t(t) * D + col;
-    CpAsync16(stage + t * kRow<D> + col, cache.k + src, tok0 + t < end);
-    CpAsync16(stage + (NK * kTile + t) * kRow<D> + col, cache.v + src, tok0 + t < end);
+    CpAsync16(stage + t * kStride + col, cache.k + src, tok0 + t < end);
+    CpAsync16(stage + (NK * kTile + t) * kStride + col, cache.v + src, tok0 + t < end);
   }
 }
 
@@ -68,7 +72,7 @@ template <int D>
 __device__ __forceinline__ void StorePartialRows(const WarpState<D, 1>& st, const int (&rows)[2],
                                                  int num_rows, int query_token0, int group,
                                                  int head0, int num_heads, int key_splits,
-                                                 int split, int lane,
+                                                 int split, float v_scale, int lane,
                                                  float* partial_out,  // [tokens, heads, splits, D]
                                                  float* partial_lse) {  // [tokens, heads, splits]
   const int tig = lane % 4;
@@ -78,7 +82,7 @@ __device__ __forceinline__ void StorePartialRows(const WarpState<D, 1>& st, cons
     total += __shfl_xor_sync(0xffffffffu, total, 1);
     total += __shfl_xor_sync(0xffffffffu, total, 2);
     if (rows[r] >= num_rows) continue;
-    const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+    const float inv = total > 0.0f ? v_scale / total : 0.0f;
     const size_t head =
         size_t(query_token0 + rows[r] / group) * num_heads + head0 + rows[r] % group;
     const size_t at = head * key_splits + split;
@@ -92,18 +96,19 @@ __device__ __forceinline__ void StorePartialRows(const WarpState<D, 1>& st, cons
   }
 }
 
-template <typename T, int D, int NK, int S>
+template <typename T, typename KV, int D, int NK, int S>
 __global__ void __launch_bounds__(kThreads)
-    PrefillKernel(PrefillAttentionArgs<T> args, int group,
+    PrefillKernel(PrefillAttentionArgs<T, KV> args, int group,
                   float* partial_out,    // [tokens, heads, key_splits, D] when key_splits > 1
                   float* partial_lse) {  // [tokens, heads, key_splits]
   const int key_splits = args.key_splits > 1 ? args.key_splits : 1;
   const int split = blockIdx.x % key_splits;
   extern __shared__ __align__(16) unsigned char smem[];
   T* q_smem = reinterpret_cast<T*>(smem);
-  using Layout = PrefillSmem<D, NK, S>;
+  using Layout = PrefillSmem<D, NK, S, KV>;
   constexpr int kStep = Layout::kStepKeys;
-  T* stages = q_smem + Layout::kQueryElems;
+  T* wide = q_smem + Layout::kQueryElems;  // FP8: the widened stage
+  KV* stages = reinterpret_cast<KV*>(wide + Layout::kWideElems);
   const int kv_head = blockIdx.y, seq = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int q_begin = args.query_start[seq];
@@ -132,13 +137,13 @@ __global__ void __launch_bounds__(kThreads)
   }
   CpAsyncCommit();
   auto load = [&](int j) {  // step j: NK tiles, each in its own part of a cache block
-    T* stage = stages + (j % S) * Layout::kStageElems;
+    KV* stage = stages + (j % S) * Layout::kStageElems;
 #pragma unroll
     for (int sub = 0; sub < NK; ++sub) {
       const int tok0 = j * kStep + sub * kTile;
       const int entry = min(tok0 / args.cache.block_size, args.cache.max_blocks_per_seq - 1);
-      LoadTileBlock<T, D, NK>(args.cache, table_row[entry], kv_head, tok0, first_pos + q_len,
-                              stage + sub * kTile * kRow<D>);
+      LoadTileBlock<KV, D, NK>(args.cache, table_row[entry], kv_head, tok0, first_pos + q_len,
+                               stage + sub * kTile * kRowOf<KV, D>);
     }
   };
 #pragma unroll
@@ -170,26 +175,37 @@ __global__ void __launch_bounds__(kThreads)
 
   WarpState<D, 1> st;
   st.Init();
-  const float scale_log2 = args.scale * kLog2e;
+  // An FP8 cache's K scale multiplies every score of the KV head: folded into the softmax scale.
+  const float scale_log2 = args.scale * kLog2e * KvScale(args.cache.k_scale, kv_head);
   for (int j = first_step; j < num_steps; ++j) {
     if (j + S - 1 < num_steps) load(j + S - 1);
     CpAsyncCommit();
     CpAsyncWait<S - 1>();
     __syncthreads();
+    const T* attended;
+    if constexpr (kIsFp8<KV>) {
+      DequantizeTiles<T, D>(stages + (j % S) * Layout::kStageElems, wide, 2 * kStep, threadIdx.x,
+                            kThreads);
+      __syncthreads();  // the barrier at the end of the step keeps it until every warp is done
+      attended = wide;
+    } else {
+      attended = stages + (j % S) * Layout::kStageElems;
+    }
     const int tok0 = j * kStep;
     if (tok0 < warp_max && tok0 + kStep > warp_first_min) {  // a row of the warp sees a key
-      AttendTile<T, D, 1, NK>(q_smem + warp * 16 * kRow<D>, stages + (j % S) * Layout::kStageElems,
-                              tok0, limit, first, tok0 + kStep > warp_min || tok0 < warp_first_max,
-                              scale_log2, st, lane);
+      AttendTile<T, D, 1, NK>(q_smem + warp * 16 * kRow<D>, attended, tok0, limit, first,
+                              tok0 + kStep > warp_min || tok0 < warp_first_max, scale_log2, st,
+                              lane);
     }
     __syncthreads();  // the stage is refilled next iteration
   }
   CpAsyncWait<0>();
 
+  const float v_scale = KvScale(args.cache.v_scale, kv_head);  // FP8: every output row's factor
   if (key_splits > 1) {
     const int rows_of_thread[2] = {row0 + warp * 16 + g, row0 + warp * 16 + g + 8};
     StorePartialRows<D>(st, rows_of_thread, rows, q_begin, group, kv_head * group, args.num_heads,
-                        key_splits, split, lane, partial_out, partial_lse);
+                        key_splits, split, v_scale, lane, partial_out, partial_lse);
     return;
   }
   const int tig = lane % 4;
@@ -200,7 +216,7 @@ __global__ void __launch_bounds__(kThreads)
     total += __shfl_xor_sync(0xffffffffu, total, 2);
     const int row = row0 + warp * 16 + g + r * 8;
     if (row >= rows) continue;
-    const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+    const float inv = total > 0.0f ? v_scale / total : 0.0f;
     T* dst = args.out +
              (size_t(q_begin + row / group) * args.num_heads + kv_head * group + row % group) * D;
 #pragma unroll
@@ -211,10 +227,10 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-template <typename T, int D, int NK, int S>
-cudaError_t LaunchPrefill(const PrefillAttentionArgs<T>& args, cudaStream_t stream) {
-  constexpr size_t kSmem = PrefillSmem<D, NK, S>::kBytes;
-  if (const cudaError_t e = AllowDynamicSmem<PrefillKernel<T, D, NK, S>>(int(kSmem));
+template <typename T, typename KV, int D, int NK, int S>
+cudaError_t LaunchPrefill(const PrefillAttentionArgs<T, KV>& args, cudaStream_t stream) {
+  constexpr size_t kSmem = PrefillSmem<D, NK, S, KV>::kBytes;
+  if (const cudaError_t e = AllowDynamicSmem<PrefillKernel<T, KV, D, NK, S>>(int(kSmem));
       e != cudaSuccess)
     return e;
   const int group = args.num_heads / args.cache.num_kv_heads;
@@ -224,7 +240,7 @@ cudaError_t LaunchPrefill(const PrefillAttentionArgs<T>& args, cudaStream_t stre
   const size_t rows = size_t(args.num_query_tokens) * args.num_heads * key_splits;
   float* partial_lse = partial_out ? partial_out + rows * D : nullptr;
   const dim3 grid(row_tiles * key_splits, args.cache.num_kv_heads, args.num_seqs);
-  PrefillKernel<T, D, NK, S>
+  PrefillKernel<T, KV, D, NK, S>
       <<<grid, kThreads, kSmem, stream>>>(args, group, partial_out, partial_lse);
   if (key_splits == 1) return cudaGetLastError();
   return LaunchAfterPrevious(MergeSplitsKernel<T, D>, dim3(args.num_heads, args.num_query_tokens),
@@ -235,17 +251,17 @@ cudaError_t LaunchPrefill(const PrefillAttentionArgs<T>& args, cudaStream_t stre
 
 // The built variants (16-key tiles per step x stages); args.key_tiles_per_step = 0 picks
 // PrefillKeyTilesPerStep's.
-template <typename T, int D>
-cudaError_t LaunchPrefillVariant(const PrefillAttentionArgs<T>& args, cudaStream_t stream) {
+template <typename T, typename KV, int D>
+cudaError_t LaunchPrefillVariant(const PrefillAttentionArgs<T, KV>& args, cudaStream_t stream) {
   const int key_tiles = args.key_tiles_per_step > 0 ? args.key_tiles_per_step
                                                     : PrefillKeyTilesPerStep(D, args.key_splits);
   switch (key_tiles) {
     case 1:
-      return LaunchPrefill<T, D, 1, 3>(args, stream);
+      return LaunchPrefill<T, KV, D, 1, 3>(args, stream);
     case 2:
-      return LaunchPrefill<T, D, 2, 3>(args, stream);
+      return LaunchPrefill<T, KV, D, 2, 3>(args, stream);
     case 4:
-      return LaunchPrefill<T, D, 4, 3>(args, stream);
+      return LaunchPrefill<T, KV, D, 4, 3>(args, stream);
     default:
       return cudaErrorInvalidValue;
   }
@@ -258,8 +274,8 @@ size_t PrefillWorkspaceBytes(int num_query_tokens, int num_heads, int head_dim, 
   return size_t(num_query_tokens) * num_heads * key_splits * (head_dim + 1) * sizeof(float);
 }
 
-template <typename T>
-cudaError_t PagedPrefillAttention(const PrefillAttentionArgs<T>& args, cudaStream_t stream) {
+template <typename T, typename KV>
+cudaError_t PagedPrefillAttention(const PrefillAttentionArgs<T, KV>& args, cudaStream_t stream) {
   if (args.num_seqs <= 0 || args.max_query_len <= 0) return cudaSuccess;
   if (args.cache.num_kv_heads <= 0 || args.num_heads % args.cache.num_kv_heads != 0 ||
       args.num_heads / args.cache.num_kv_heads > kRowsPerBlock ||
@@ -274,17 +290,21 @@ cudaError_t PagedPrefillAttention(const PrefillAttentionArgs<T>& args, cudaStrea
   }
   switch (args.cache.head_dim) {
     case 64:
-      return LaunchPrefillVariant<T, 64>(args, stream);
+      return LaunchPrefillVariant<T, KV, 64>(args, stream);
     case 128:
-      return LaunchPrefillVariant<T, 128>(args, stream);
+      return LaunchPrefillVariant<T, KV, 128>(args, stream);
     default:
       return cudaErrorInvalidValue;
   }
 }
 
-template cudaError_t PagedPrefillAttention<__nv_bfloat16>(
-    const PrefillAttentionArgs<__nv_bfloat16>&, cudaStream_t);
-template cudaError_t PagedPrefillAttention<__half>(const PrefillAttentionArgs<__half>&,
-                                                   cudaStream_t);
+template cudaError_t PagedPrefillAttention<__nv_bfloat16, __nv_bfloat16>(
+    const PrefillAttentionArgs<__nv_bfloat16, __nv_bfloat16>&, cudaStream_t);
+template cudaError_t PagedPrefillAttention<__half, __half>(
+    const PrefillAttentionArgs<__half, __half>&, cudaStream_t);
+template cudaError_t PagedPrefillAttention<__nv_bfloat16, __nv_fp8_e4m3>(
+    const PrefillAttentionArgs<__nv_bfloat16, __nv_fp8_e4m3>&, cudaStream_t);
+template cudaError_t PagedPrefillAttention<__half, __nv_fp8_e4m3>(
+    const PrefillAttentionArgs<__half, __nv_fp8_e4m3>&, cudaStream_t);
 
 }  // namespace gqa::kernels::cuda

@@ -10,11 +10,22 @@
 namespace gqa::kernels::cuda {
 namespace {
 
+// A value as the cache stores it: T, or an E4M3 byte of value / scale.
+template <typename T, typename KV>
+__device__ __forceinline__ void StoreKv(KV* dst, float value, const float* scales, int kv_head) {
+  if constexpr (sizeof(KV) == 1) {
+    const float scale = scales ? scales[kv_head] : 1.0f;
+    *reinterpret_cast<uint8_t*>(dst) = QuantizeE4M3(value, scale);
+  } else {
+    *dst = FromFloat<T>(value);
+  }
+}
+
 // One thread per (token, head, rotation pair) over query heads, then key heads, then value heads.
-template <typename T>
+template <typename T, typename KV>
 __global__ void QkvRopeAppendKernel(const T* qkv, const int32_t* positions, const float* inv_freq,
                                     const int64_t* slots, int tokens, int num_heads, T* q_out,
-                                    PagedKvView<T> cache) {
+                                    PagedKvView<KV> cache) {
   WaitForPrevious();  // qkv comes from the projection before
   AllowNext();
   const int d = cache.head_dim, half = d / 2, kv_heads = cache.num_kv_heads;
@@ -33,41 +44,46 @@ __global__ void QkvRopeAppendKernel(const T* qkv, const int32_t* positions, cons
     x1 = r1;
     x2 = r2;
   }
-  T* dst;
   if (head < num_heads) {
-    dst = q_out + (size_t(token) * num_heads + head) * d;
-  } else {
-    const int64_t slot = slots[token];
-    if (slot < 0) return;  // padding
-    const bool is_key = head < num_heads + kv_heads;
-    const int kv_head = is_key ? head - num_heads : head - num_heads - kv_heads;
-    dst = (is_key ? cache.k : cache.v) + cache.Offset(slot, kv_head);
+    T* dst = q_out + (size_t(token) * num_heads + head) * d;
+    dst[pair] = FromFloat<T>(x1);
+    dst[pair + half] = FromFloat<T>(x2);
+    return;
   }
-  dst[pair] = FromFloat<T>(x1);
-  dst[pair + half] = FromFloat<T>(x2);
+  const int64_t slot = slots[token];
+  if (slot < 0) return;  // padding
+  const bool is_key = head < num_heads + kv_heads;
+  const int kv_head = is_key ? head - num_heads : head - num_heads - kv_heads;
+  KV* dst = (is_key ? cache.k : cache.v) + cache.Offset(slot, kv_head);
+  const float* scales = is_key ? cache.k_scale : cache.v_scale;
+  StoreKv<T>(dst + pair, x1, scales, kv_head);
+  StoreKv<T>(dst + pair + half, x2, scales, kv_head);
 }
 
 }  // namespace
 
-template <typename T>
+template <typename T, typename KV>
 cudaError_t QkvRopeAppend(const T* qkv, const int32_t* positions, const float* inv_freq,
                           const int64_t* slots, int num_tokens, int num_heads, T* q_out,
-                          const PagedKvView<T>& cache, cudaStream_t stream) {
+                          const PagedKvView<KV>& cache, cudaStream_t stream) {
   if (cache.head_dim % 2 != 0) return cudaErrorInvalidValue;
   const int64_t n =
       int64_t(num_tokens) * (num_heads + 2 * cache.num_kv_heads) * (cache.head_dim / 2);
   if (n == 0) return cudaSuccess;
   const int threads = 256;
-  return LaunchAfterPrevious(QkvRopeAppendKernel<T>, dim3(unsigned((n + threads - 1) / threads)),
-                             dim3(threads), 0, stream, qkv, positions, inv_freq, slots, num_tokens,
-                             num_heads, q_out, cache);
+  return LaunchAfterPrevious(QkvRopeAppendKernel<T, KV>,
+                             dim3(unsigned((n + threads - 1) / threads)), dim3(threads), 0, stream,
+                             qkv, positions, inv_freq, slots, num_tokens, num_heads, q_out, cache);
 }
 
-#define GQA_INSTANTIATE(T)                                                                      \
-  template cudaError_t QkvRopeAppend<T>(const T*, const int32_t*, const float*, const int64_t*, \
-                                        int, int, T*, const PagedKvView<T>&, cudaStream_t);
-GQA_INSTANTIATE(__nv_bfloat16)
-GQA_INSTANTIATE(__half)
+#define GQA_INSTANTIATE(T, KV)                                                                    \
+  template cudaError_t QkvRopeAppend<T, KV>(const T*, const int32_t*, const float*,               \
+                                            const int64_t*, int, int, T*, const PagedKvView<KV>&, \
+                                            cudaStream_t);
+GQA_INSTANTIATE(__nv_bfloat16, __nv_bfloat16)
+GQA_INSTANTIATE(__half, __half)
+GQA_INSTANTIATE(__nv_bfloat16, __nv_fp8_e4m3)
+GQA_INSTANTIATE(__half, __nv_fp8_e4m3)
 #undef GQA_INSTANTIATE
 
 }  // namespace gqa::kernels::cuda

@@ -3,6 +3,7 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 
 #include <cstdint>
 
@@ -20,6 +21,12 @@ __device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float x) {
 template <>
 __device__ __forceinline__ __half FromFloat<__half>(float x) {
   return __float2half_rn(x);
+}
+
+// x / scale as an E4M3 byte: round to nearest even, +-448 for anything beyond (an infinity
+// included), NaN only from NaN (gqa/kernels/fp8_e4m3.h is the host reference).
+__device__ __forceinline__ uint8_t QuantizeE4M3(float x, float scale) {
+  return __nv_cvt_float_to_fp8(x / scale, __NV_SATFINITE, __NV_E4M3);
 }
 
 // Eight T in one 16-byte register group. Load/Store need 16-byte aligned addresses.

@@ -17,16 +17,19 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCpu(const BackendOptions& o,
                                                    std::shared_ptr<const Checkpoint> ckpt) {
   kernels::cpu::SetNumThreads(o.cpu_threads);
   const ModelConfig& c = ckpt->config();
-  // The CPU backend keeps its cache in fp32.
-  const KvCacheSpec probe{o.block_size, 0, c.num_kv_heads, c.head_dim, c.num_layers, DType::kF32};
+  // The CPU backend computes in fp32 and keeps its cache in fp32 or FP8.
+  absl::StatusOr<KvCacheDType> cache_dtype = ParseKvCacheDType(o.kv_cache_dtype, DType::kF32);
+  if (!cache_dtype.ok()) return cache_dtype.status();
+  const KvCacheSpec probe{o.block_size, 0,           c.num_kv_heads, c.head_dim,
+                          c.num_layers, DType::kF32, *cache_dtype};
   const uint64_t bytes = o.kv_cache_bytes > 0 ? o.kv_cache_bytes : kDefaultCpuKvBytes;
   const int blocks =
       o.num_kv_blocks > 0
           ? o.num_kv_blocks
           : static_cast<int>(std::min<uint64_t>(bytes / probe.bytes_per_block(), 1u << 30));
   if (blocks < 1) return absl::InvalidArgumentError("--kv_cache_memory holds not even one block");
-  auto backend =
-      CpuBackend::Create(std::move(ckpt), o.block_size, blocks, o.max_num_seqs, o.max_model_len);
+  auto backend = CpuBackend::Create(std::move(ckpt), o.block_size, blocks, *cache_dtype,
+                                    o.max_num_seqs, o.max_model_len);
   if (!backend.ok()) return backend.status();
   return std::unique_ptr<Backend>(std::move(*backend));
 }
@@ -98,6 +101,9 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& o,
       if (!dtype.ok()) return dtype.status();
       CudaBackendOptions c;
       c.dtype = *dtype;
+      auto cache_dtype = ParseKvCacheDType(o.kv_cache_dtype, *dtype);
+      if (!cache_dtype.ok()) return cache_dtype.status();
+      c.kv_cache_dtype = *cache_dtype;
       c.block_size = o.block_size;
       c.kv_cache_bytes = o.kv_cache_bytes;
       c.num_kv_blocks = o.num_kv_blocks;

@@ -25,6 +25,8 @@ absl::StatusOr<BackendKind> ResolveBackendKind(BackendKind kind, std::string* de
 struct BackendOptions {
   BackendKind kind = BackendKind::kAuto;
   std::string dtype = "auto";  // CUDA: auto (the checkpoint's 16-bit type), bfloat16, float16
+  // auto (the compute dtype: fp32 on the CPU, --dtype on a GPU), that dtype's name, or fp8_e4m3
+  std::string kv_cache_dtype = "auto";
   int block_size = 16;
   uint64_t kv_cache_bytes = 0;  // 0: 1 GiB on the CPU, gpu_memory_utilization on a GPU
   int num_kv_blocks = 0;        // > 0: exactly this many blocks

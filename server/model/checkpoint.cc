@@ -195,6 +195,17 @@ absl::Status Checkpoint::AddFileTensors(const SafetensorsFile& file) {
   return absl::OkStatus();
 }
 
+// model.layers.<l>.self_attn.k_scale or .v_scale of a layer the model has.
+bool Checkpoint::IsKvCacheScale(const std::string& name) const {
+  for (int l = 0; l < config_.num_layers; ++l) {
+    if (name == LayerTensorName(l, tensor_names::kKScale) ||
+        name == LayerTensorName(l, tensor_names::kVScale)) {
+      return true;
+    }
+  }
+  return false;
+}
+
 absl::Status Checkpoint::CheckTensors() const {
   std::set<std::string> expected;
   for (const TensorSpec& spec : ExpectedTensors(config_)) {
@@ -213,6 +224,7 @@ absl::Status Checkpoint::CheckTensors() const {
   for (const auto& [name, view] : tensors_) {
     // Tied checkpoints sometimes still carry lm_head.weight; Hugging Face ignores it too.
     if (config_.tie_word_embeddings && name == tensor_names::kLmHead) continue;
+    if (IsKvCacheScale(name)) continue;  // optional; backend/kv_scales.cc checks its shape
     if (!expected.contains(name)) {
       return absl::InvalidArgumentError(
           absl::StrCat(tensor_file_.at(name), ": unexpected tensor \"", name, "\""));

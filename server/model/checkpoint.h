@@ -51,6 +51,7 @@ class Checkpoint {
   absl::Status LoadShards(const std::filesystem::path& index_path);
   absl::Status AddFileTensors(const SafetensorsFile& file);
   absl::Status CheckTensors() const;
+  bool IsKvCacheScale(const std::string& name) const;
   void FillRandom(uint64_t seed);
 
   ModelConfig config_;

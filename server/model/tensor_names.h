@@ -25,5 +25,8 @@ inline constexpr char kDown[] = "mlp.down_proj.weight";
 inline constexpr char kGateBias[] = "mlp.gate_proj.bias";
 inline constexpr char kUpBias[] = "mlp.up_proj.bias";
 inline constexpr char kDownBias[] = "mlp.down_proj.bias";
+// Optional FP8 KV cache scales (vLLM's names): one value, or one per KV head.
+inline constexpr char kKScale[] = "self_attn.k_scale";
+inline constexpr char kVScale[] = "self_attn.v_scale";
 
 }  // namespace gqa::tensor_names

@@ -28,6 +28,7 @@ ABSL_FLAG(int, generate, 8, "greedy tokens to generate");
 ABSL_FLAG(int, block_size, 16, "KV block size");
 ABSL_FLAG(std::string, backend, "cpu", "cpu, cuda or auto");
 ABSL_FLAG(std::string, dtype, "auto", "CUDA: auto, bfloat16 or float16");
+ABSL_FLAG(std::string, kv_cache_dtype, "auto", "auto (the compute dtype) or fp8_e4m3");
 ABSL_FLAG(bool, enforce_eager, false, "CUDA: no graphs");
 ABSL_FLAG(int, logprobs, -1, "also run the engine with this many top logprobs (-1: don't)");
 
@@ -154,6 +155,7 @@ int main(int argc, char** argv) {
   gqa::BackendOptions options;
   options.kind = *kind;
   options.dtype = absl::GetFlag(FLAGS_dtype);
+  options.kv_cache_dtype = absl::GetFlag(FLAGS_kv_cache_dtype);
   options.block_size = bs;
   options.num_kv_blocks = kNumBlocks;
   options.max_num_seqs = 1;

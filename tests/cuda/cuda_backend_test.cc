@@ -56,7 +56,11 @@ struct Chunk {
 
 class Pair {
  public:
-  Pair(const std::filesystem::path& dir, bool enforce_eager, uint64_t seed) : rng_(seed) {
+  // kv_cache_dtype: both backends' --kv_cache_dtype; logit_tolerance: the rows' allowed relative
+  // L2 error.
+  Pair(const std::filesystem::path& dir, bool enforce_eager, uint64_t seed,
+       const std::string& kv_cache_dtype = "auto", double logit_tolerance = kLogitTolerance)
+      : rng_(seed), tolerance_(logit_tolerance) {
     auto cpu_ckpt = Checkpoint::Load(dir, LoadFormat::kSafetensors);
     auto gpu_ckpt = Checkpoint::Load(dir, LoadFormat::kSafetensors);
     EXPECT_TRUE(cpu_ckpt.ok()) << cpu_ckpt.status();
@@ -68,6 +72,7 @@ class Pair {
     o.max_num_batched_tokens = 256;
     o.max_model_len = 512;
     o.enforce_eager = enforce_eager;
+    o.kv_cache_dtype = kv_cache_dtype;
     o.kind = BackendKind::kCpu;
     auto cpu = CreateBackend(o, std::move(*cpu_ckpt));
     o.kind = BackendKind::kCuda;
@@ -156,13 +161,13 @@ class Pair {
         den += double(ref[v]) * ref[v];
       }
       const double rel = std::sqrt(num / den);
-      EXPECT_LT(rel, kLogitTolerance) << "row " << r << " (sequence " << sampling[r] << ")";
+      EXPECT_LT(rel, tolerance_) << "row " << r << " (sequence " << sampling[r] << ")";
       const int ref_top = int(std::max_element(ref, ref + vocab) - ref);
       const int out_top = int(std::max_element(out, out + vocab) - out);
       if (ref_top != out_top) {
         // Allowed only where the reference itself nearly ties.
         const double rms = std::sqrt(den / vocab);
-        EXPECT_LT(ref[ref_top] - ref[out_top], kLogitTolerance * rms * 4)
+        EXPECT_LT(ref[ref_top] - ref[out_top], tolerance_ * rms * 4)
             << "greedy token differs: row " << r << " cpu " << ref_top << " gpu " << out_top;
       }
       seqs_[sampling[r]].tokens.push_back(ref_top);  // both continue from the reference's token
@@ -178,19 +183,22 @@ class Pair {
 
  private:
   std::mt19937 rng_;
+  double tolerance_;
   std::unique_ptr<Backend> cpu_, gpu_;
   std::vector<Seq> seqs_;
   std::vector<int32_t> free_;
 };
 
-void CheckAgainstCpu(const ModelConfig& config, bool enforce_eager) {
+void CheckAgainstCpu(const ModelConfig& config, bool enforce_eager,
+                     const std::string& kv_cache_dtype = "auto",
+                     double logit_tolerance = kLogitTolerance) {
   const uint64_t seed = std::random_device{}();
-  SCOPED_TRACE(::testing::Message()
-               << "heads " << config.num_heads << " kv " << config.num_kv_heads << " head_dim "
-               << config.head_dim << " eager " << enforce_eager << " seed " << seed);
+  SCOPED_TRACE(::testing::Message() << "heads " << config.num_heads << " kv " << config.num_kv_heads
+                                    << " head_dim " << config.head_dim << " eager " << enforce_eager
+                                    << " kv cache " << kv_cache_dtype << " seed " << seed);
   testing::TempDir dir;
   testing::WriteRandomCheckpoint(dir.path(), config, seed);
-  Pair pair(dir.path(), enforce_eager, seed);
+  Pair pair(dir.path(), enforce_eager, seed, kv_cache_dtype, logit_tolerance);
   ASSERT_TRUE(pair.ok());
   const int a = pair.AddSeq(37, config.vocab_size);  // crosses two block boundaries
   const int b = pair.AddSeq(16, config.vocab_size);  // exactly one block
@@ -239,6 +247,64 @@ TEST(CudaBackendTest, MistralSlidingWindow) {
     c.sliding_window = 20;
     CheckAgainstCpu(c, false);
   }
+}
+
+bool HaveFp8Gpu() {
+  int major = 0, minor = 0;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0);
+  return major * 10 + minor >= 89;
+}
+
+// Both backends with --kv_cache_dtype=fp8_e4m3 (the CPU backend emulates it exactly). The GPU's
+// keys come from a bf16 projection, so a few round to the neighbouring E4M3 value (one step is
+// 6-12%): the logits' tolerance is twice the bf16 one.
+constexpr double kFp8LogitTolerance = 2 * kLogitTolerance;
+
+TEST(CudaBackendTest, Fp8KvCacheMatchesTheCpuBackend) {
+  REQUIRE_GPU();
+  if (!HaveFp8Gpu()) GTEST_SKIP() << "GPU below compute capability 8.9: FP8 skipped";
+  for (int kv : {8, 2, 1}) {
+    CheckAgainstCpu(Shape(8, kv, 64), false, "fp8_e4m3", kFp8LogitTolerance);
+  }
+  CheckAgainstCpu(Shape(8, 4, 128), /*enforce_eager=*/true, "fp8_e4m3", kFp8LogitTolerance);
+  CheckAgainstCpu(Shape(32, 1, 128), false, "fp8_e4m3", kFp8LogitTolerance);  // two query tiles
+  ModelConfig mistral = Shape(8, 2, 64);
+  mistral.architecture_name = "MistralForCausalLM";
+  mistral.architecture = Architecture::kMistral;
+  mistral.sliding_window = 20;
+  CheckAgainstCpu(mistral, false, "fp8_e4m3", kFp8LogitTolerance);
+}
+
+// The same KV memory holds twice the tokens as FP8; a mismatched 16-bit name is refused.
+TEST(CudaBackendTest, Fp8KvCacheDoublesTheTokenCapacity) {
+  REQUIRE_GPU();
+  if (!HaveFp8Gpu()) GTEST_SKIP() << "GPU below compute capability 8.9: FP8 skipped";
+  testing::TempDir dir;
+  const ModelConfig config = Shape(8, 2, 64);
+  testing::WriteRandomCheckpoint(dir.path(), config, 3);
+  auto capacity = [&](const std::string& kv_cache_dtype) -> absl::StatusOr<uint64_t> {
+    auto ckpt = Checkpoint::Load(dir.path(), LoadFormat::kSafetensors);
+    if (!ckpt.ok()) return ckpt.status();
+    BackendOptions o;
+    o.kind = BackendKind::kCuda;
+    o.dtype = "bfloat16";
+    o.kv_cache_dtype = kv_cache_dtype;
+    o.kv_cache_bytes = 3ull << 23;  // 1024 bf16 blocks of this shape (24 KiB each)
+    o.max_num_seqs = 4;
+    o.max_model_len = 256;
+    o.enforce_eager = true;
+    auto b = CreateBackend(o, std::move(*ckpt));
+    if (!b.ok()) return b.status();
+    return (*b)->kv_spec().token_capacity();
+  };
+  const auto bf16 = capacity("auto"), fp8 = capacity("fp8_e4m3");
+  ASSERT_TRUE(bf16.ok()) << bf16.status();
+  ASSERT_TRUE(fp8.ok()) << fp8.status();
+  EXPECT_EQ(*fp8, 2 * *bf16);
+  const auto fp16 = capacity("float16");
+  ASSERT_FALSE(fp16.ok());
+  EXPECT_NE(fp16.status().message().find("--kv_cache_dtype=float16"), std::string::npos);
 }
 
 TEST(CudaBackendTest, Llama3RopeAndMlpBias) {

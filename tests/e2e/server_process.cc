@@ -101,6 +101,11 @@ ServerProcess::ServerProcess(const std::filesystem::path& model_dir,
     argv.push_back("--deterministic");
     argv.push_back("--kv_cache_memory=256MiB");
   }
+  // GQA_E2E_KV_CACHE_DTYPE=fp8_e4m3 runs every server with an FP8 KV cache (the same assertions:
+  // outputs identical alone and batched, streams, limits).
+  if (const char* kv = std::getenv("GQA_E2E_KV_CACHE_DTYPE"); kv && *kv) {
+    argv.push_back(std::string("--kv_cache_dtype=") + kv);
+  }
   argv.insert(argv.end(), extra_args.begin(), extra_args.end());
   pid_ = Spawn(argv, log_path_);
   if (until == Until::kServing) {

@@ -5,7 +5,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <random>
+#include <string>
 #include <thread>
 
 #include "common/generate_client.h"
@@ -38,8 +40,14 @@ double WeightBytes(const ModelConfig& c) {
   return (c.num_layers * layer + double(c.vocab_size) * h + h) * ElementBytes();
 }
 
+// An FP8 cache (GQA_E2E_KV_CACHE_DTYPE=fp8_e4m3) stores 1 byte per K/V element.
+double KvElementBytes() {
+  const char* kv = std::getenv("GQA_E2E_KV_CACHE_DTYPE");
+  return kv && std::string(kv) == "fp8_e4m3" ? 1.0 : ElementBytes();
+}
+
 double KvBytesPerToken(const ModelConfig& c) {
-  return 2.0 * c.num_layers * c.num_kv_heads * c.head_dim * ElementBytes();
+  return 2.0 * c.num_layers * c.num_kv_heads * c.head_dim * KvElementBytes();
 }
 
 class StepMetricsTest : public ::testing::Test {

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "backend/kv_scales.h"
 #include "gqa/kernels/cpu_ops.h"
 #include "gqa/kernels/parallel.h"
 #include "gqa/kernels/rope.h"
@@ -100,8 +101,8 @@ absl::StatusOr<double> CpuBackend::MeasureReadBandwidth() {
 }
 
 absl::StatusOr<std::unique_ptr<CpuBackend>> CpuBackend::Create(
-    std::shared_ptr<const Checkpoint> checkpoint, int block_size, int num_blocks, int max_seqs,
-    int max_model_len) {
+    std::shared_ptr<const Checkpoint> checkpoint, int block_size, int num_blocks,
+    KvCacheDType cache_dtype, int max_seqs, int max_model_len) {
   if (block_size <= 0 || num_blocks <= 0) {
     return absl::InvalidArgumentError("KV cache needs a positive block size and block count");
   }
@@ -114,10 +115,11 @@ absl::StatusOr<std::unique_ptr<CpuBackend>> CpuBackend::Create(
   auto backend =
       std::unique_ptr<CpuBackend>(new CpuBackend(std::move(checkpoint), std::move(tables)));
   const ModelConfig& c = backend->config_;
-  backend->spec_ =
-      KvCacheSpec{block_size, num_blocks, c.num_kv_heads, c.head_dim, c.num_layers, DType::kF32};
+  backend->spec_ = KvCacheSpec{block_size,   num_blocks,  c.num_kv_heads, c.head_dim,
+                               c.num_layers, DType::kF32, cache_dtype};
   backend->inv_freq_ = kernels::RopeInverseFrequencies(c.rope_theta, c.head_dim, c.rope_scaling);
   backend->LoadWeights();
+  if (absl::Status e = backend->AllocateKvCache(); !e.ok()) return e;
   backend->weight_bytes_ = backend->CountWeightBytes();
   return backend;
 }
@@ -142,8 +144,6 @@ void CpuBackend::LoadWeights() {
   embed_ = Matrix(tensor_names::kEmbed);
   final_norm_ = get(tensor_names::kFinalNorm);
   lm_head_ = config_.tie_word_embeddings ? embed_ : Matrix(tensor_names::kLmHead);
-  const size_t cache_elems = static_cast<size_t>(spec_.num_blocks) * spec_.num_kv_heads *
-                             spec_.block_size * spec_.head_dim;
   layers_.resize(config_.num_layers);
   for (int l = 0; l < config_.num_layers; ++l) {
     Layer& L = layers_[l];
@@ -163,9 +163,33 @@ void CpuBackend::LoadWeights() {
     L.gate_bias = get_if(config_.mlp_bias, l, tensor_names::kGateBias);
     L.up_bias = get_if(config_.mlp_bias, l, tensor_names::kUpBias);
     L.down_bias = get_if(config_.mlp_bias, l, tensor_names::kDownBias);
-    L.k_cache.assign(cache_elems, 0.0f);
-    L.v_cache.assign(cache_elems, 0.0f);
   }
+}
+
+absl::Status CpuBackend::AllocateKvCache() {
+  const size_t cache_elems = static_cast<size_t>(spec_.num_blocks) * spec_.num_kv_heads *
+                             spec_.block_size * spec_.head_dim;
+  const bool fp8 = spec_.cache_dtype == KvCacheDType::kFp8E4M3;
+  KvScales scales;
+  if (fp8) {
+    absl::StatusOr<KvScales> loaded = LoadKvScales(*checkpoint_);
+    if (!loaded.ok()) return loaded.status();
+    scales = std::move(*loaded);
+  }
+  const size_t heads = spec_.num_kv_heads;
+  for (int l = 0; l < config_.num_layers; ++l) {
+    Layer& L = layers_[l];
+    if (fp8) {
+      L.k_cache8.assign(cache_elems, 0);
+      L.v_cache8.assign(cache_elems, 0);
+      L.k_scale.assign(scales.k.begin() + l * heads, scales.k.begin() + (l + 1) * heads);
+      L.v_scale.assign(scales.v.begin() + l * heads, scales.v.begin() + (l + 1) * heads);
+    } else {
+      L.k_cache.assign(cache_elems, 0.0f);
+      L.v_cache.assign(cache_elems, 0.0f);
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<CpuBackend::StepInputs> CpuBackend::Flatten(const StepPlan& plan) const {
@@ -224,14 +248,24 @@ void CpuBackend::Attention(Layer& L, const StepInputs& in, Activations& act, int
   cpu::ApplyRope(act.q.data(), in.positions.data(), inv_freq_.data(), n, c.num_heads, c.head_dim);
   cpu::ApplyRope(act.k.data(), in.positions.data(), inv_freq_.data(), n, c.num_kv_heads,
                  c.head_dim);
-  kernels::PagedKvView<float> cache{L.k_cache.data(), L.v_cache.data(), in.block_tables.data(),
-                                    in.max_blocks,    c.num_kv_heads,   spec_.block_size,
-                                    c.head_dim};
-  cpu::PagedKvAppend(act.k.data(), act.v.data(), in.slots.data(), n, cache);
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
-  cpu::PagedAttention(act.q.data(), cache, in.query_start.data(), in.context_lens.data(),
-                      static_cast<int>(in.context_lens.size()), c.num_heads, scale, act.attn.data(),
-                      c.attention_window());
+  const int num_seqs = static_cast<int>(in.context_lens.size());
+  if (spec_.cache_dtype == KvCacheDType::kFp8E4M3) {
+    const kernels::PagedKvView<uint8_t> cache{
+        L.k_cache8.data(), L.v_cache8.data(), in.block_tables.data(),
+        in.max_blocks,     c.num_kv_heads,    spec_.block_size,
+        c.head_dim,        L.k_scale.data(),  L.v_scale.data()};
+    cpu::PagedKvAppend(act.k.data(), act.v.data(), in.slots.data(), n, cache);
+    cpu::PagedAttention(act.q.data(), cache, in.query_start.data(), in.context_lens.data(),
+                        num_seqs, c.num_heads, scale, act.attn.data(), c.attention_window());
+  } else {
+    const kernels::PagedKvView<float> cache{
+        L.k_cache.data(), L.v_cache.data(), in.block_tables.data(), in.max_blocks, c.num_kv_heads,
+        spec_.block_size, c.head_dim};
+    cpu::PagedKvAppend(act.k.data(), act.v.data(), in.slots.data(), n, cache);
+    cpu::PagedAttention(act.q.data(), cache, in.query_start.data(), in.context_lens.data(),
+                        num_seqs, c.num_heads, scale, act.attn.data(), c.attention_window());
+  }
   if (profiling_) pending_timing_.attention_seconds += SecondsSince(attention_start);
   cpu::Matmul(act.attn.data(), L.o, OrNull(L.o_bias), n, c.hidden_size, c.q_size(),
               act.proj.data());

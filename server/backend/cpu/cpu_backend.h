@@ -1,5 +1,6 @@
-// The CPU backend: fp32 arithmetic over F32/F16/BF16 weights, an fp32 paged KV cache, the
-// kernels/cpu reference ops. The weight matrices are used in place, memory-mapped from the
+// The CPU backend: fp32 arithmetic over F32/F16/BF16 weights, an fp32 paged KV cache (or FP8
+// E4M3 bytes with per-(layer, KV head) scales, --kv_cache_dtype=fp8_e4m3), the kernels/cpu
+// reference ops. The weight matrices are used in place, memory-mapped from the
 // checkpoint at their stored size (the ops widen each element to fp32 as they read it); only the
 // norm weights and biases are copied to fp32.
 #pragma once
@@ -21,7 +22,8 @@ class CpuBackend final : public Backend {
   // Its block tables hold `max_seqs` live sequences of up to `max_model_len` tokens.
   static absl::StatusOr<std::unique_ptr<CpuBackend>> Create(
       std::shared_ptr<const Checkpoint> checkpoint, int block_size, int num_blocks,
-      int max_seqs = 256, int max_model_len = 4096);
+      KvCacheDType cache_dtype = KvCacheDType::kCompute, int max_seqs = 256,
+      int max_model_len = 4096);
 
   std::string_view name() const override { return "cpu"; }
   std::string device_name() const override { return "cpu"; }
@@ -40,7 +42,10 @@ class CpuBackend final : public Backend {
     WeightView q, k, v, o, gate, up, down;  // [out_features, in_features] as stored
     std::vector<float> input_norm, post_norm;
     std::vector<float> q_bias, k_bias, v_bias, o_bias, gate_bias, up_bias, down_bias;
-    std::vector<float> k_cache, v_cache;  // [num_blocks, num_kv_heads, block_size, head_dim]
+    // [num_blocks, num_kv_heads, block_size, head_dim]: fp32, or FP8 bytes (the other is empty)
+    std::vector<float> k_cache, v_cache;
+    std::vector<uint8_t> k_cache8, v_cache8;
+    std::vector<float> k_scale, v_scale;  // [num_kv_heads], FP8 only
   };
   // Per-step inputs, flattened over the plan; block_tables are the plan's rows of tables_.
   struct StepInputs {
@@ -60,6 +65,7 @@ class CpuBackend final : public Backend {
         config_(checkpoint_->config()),
         tables_(std::move(tables)) {}
   void LoadWeights();
+  absl::Status AllocateKvCache();
   uint64_t CountWeightBytes() const;
   WeightView Matrix(const std::string& name);
   absl::StatusOr<StepInputs> Flatten(const StepPlan& plan) const;

@@ -2,6 +2,7 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 
 #include <algorithm>
 #include <chrono>
@@ -15,6 +16,7 @@
 #include "backend/cuda/step_inputs.h"
 #include "backend/cuda/step_profiler.h"
 #include "backend/cuda/weights.h"
+#include "backend/kv_scales.h"
 #include "backend/roofline.h"
 #include "common/status_macros.h"
 #include "gqa/kernels/decode_selector.h"
@@ -122,11 +124,20 @@ class CudaBackend final : public Backend {
   absl::Status Launch(const StepShape& shape);
   absl::Status Layer(int l, const StepShape& shape);
   absl::Status Attention(int l, const StepShape& shape);
+  template <typename KV>
+  absl::Status AttentionOver(int l, const StepShape& shape, const kernels::PagedKvView<KV>& cache);
+  absl::Status UploadKvScales(const Checkpoint* checkpoint);
   // y[m, n] = x[m, k] @ w^T + bias; with kSiluGateUp, x = silu(gate) * up of gate_up rows.
   template <typename Out>
   absl::Status Linear(const T* input, k::SkinnyInput kind, const void* w, const void* bias, int m,
                       int n, int k, Out* y);
-  kernels::PagedKvView<T> Cache(int l) const;
+  // Layer l's pools as the cache stores them (KV = T, or __nv_fp8_e4m3 with its scales).
+  template <typename KV>
+  kernels::PagedKvView<KV> Cache(int l) const;
+  kernels::KvElement kv_element() const {
+    return spec_.cache_dtype == KvCacheDType::kFp8E4M3 ? kernels::KvElement::kFp8E4M3
+                                                       : kernels::KvElement::k16Bit;
+  }
   // Records a failed CUDA call; a sticky error marks the backend broken.
   absl::Status Check(absl::Status status);
 
@@ -138,9 +149,11 @@ class CudaBackend final : public Backend {
   std::unique_ptr<cuda::Gemm> gemm_;
   cuda::StepInputs inputs_;
   BlockTables tables_;  // the host mirror of the device tables: slots, and the KV slot mapping
-  DeviceMemory activation_memory_, kv_memory_;
+  DeviceMemory activation_memory_, kv_memory_, kv_scale_memory_;
   Activations<T> act_{};
-  T* kv_base_ = nullptr;  // [layers][k, v][num_blocks, kv_heads, block_size, head_dim]
+  // [layers][k, v][num_blocks, kv_heads, block_size, head_dim] of T or FP8 bytes
+  std::byte* kv_base_ = nullptr;
+  float* kv_scales_ = nullptr;  // FP8: [layers][k, v][kv_heads]
   int max_tokens_ = 0;
   int skinny_max_rows_ = 0;
   std::map<int, cudaGraphExec_t> graphs_;           // by padded batch size
@@ -184,7 +197,7 @@ kernels::DecodeKernelChoice CudaBackend<T>::DecodeChoice(int num_seqs) const {
       kernels::DecodeKeysPerQuery(options_.max_model_len, config_.attention_window());
   return kernels::SelectFixedGridDecodeKernel(
       config_.num_heads, config_.num_kv_heads, config_.head_dim, spec_.block_size,
-      options_.deterministic ? 1 : num_seqs, max_keys, device_->sm_count());
+      options_.deterministic ? 1 : num_seqs, max_keys, device_->sm_count(), kv_element());
 }
 
 template <typename T>
@@ -258,7 +271,7 @@ absl::Status CudaBackend<T>::AllocateKvCache() {
   auto memory = DeviceMemory::Allocate(spec_.total_bytes(), "the KV cache");
   if (!memory.ok()) return memory.status();
   kv_memory_ = std::move(*memory);
-  kv_base_ = static_cast<T*>(kv_memory_.get());
+  kv_base_ = static_cast<std::byte*>(kv_memory_.get());
   GQA_CUDA_RETURN_IF_ERROR(
       cudaMemsetAsync(kv_memory_.get(), 0, kv_memory_.bytes(), device_->stream()));
   GQA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(device_->stream()));
@@ -266,24 +279,64 @@ absl::Status CudaBackend<T>::AllocateKvCache() {
 }
 
 template <typename T>
-kernels::PagedKvView<T> CudaBackend<T>::Cache(int l) const {
+absl::Status CudaBackend<T>::UploadKvScales(const Checkpoint* checkpoint) {
+  if (spec_.cache_dtype != KvCacheDType::kFp8E4M3) return absl::OkStatus();
+  KvScales scales = UnitKvScales(config_);
+  if (checkpoint) {
+    ASSIGN_OR_RETURN(scales, LoadKvScales(*checkpoint));
+  }
+  const size_t heads = config_.num_kv_heads;
+  std::vector<float> packed;  // [layers][k, v][kv_heads]
+  for (int l = 0; l < config_.num_layers; ++l) {
+    packed.insert(packed.end(), scales.k.begin() + l * heads, scales.k.begin() + (l + 1) * heads);
+    packed.insert(packed.end(), scales.v.begin() + l * heads, scales.v.begin() + (l + 1) * heads);
+  }
+  ASSIGN_OR_RETURN(kv_scale_memory_,
+                   DeviceMemory::Allocate(packed.size() * sizeof(float), "the KV cache scales"));
+  kv_scales_ = static_cast<float*>(kv_scale_memory_.get());
+  GQA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(kv_scales_, packed.data(), packed.size() * sizeof(float),
+                                           cudaMemcpyHostToDevice, device_->stream()));
+  GQA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(device_->stream()));
+  spdlog::info("kv cache fp8_e4m3 scales: {}", scales.from_checkpoint
+                                                   ? "the checkpoint's k_scale / v_scale"
+                                                   : "1.0 (the checkpoint has none)");
+  return absl::OkStatus();
+}
+
+template <typename T>
+template <typename KV>
+kernels::PagedKvView<KV> CudaBackend<T>::Cache(int l) const {
   const size_t per_pool =
       size_t(spec_.num_blocks) * spec_.num_kv_heads * spec_.block_size * spec_.head_dim;
-  T* k_pool = kv_base_ + size_t(2 * l) * per_pool;
-  return {k_pool,
-          k_pool + per_pool,
-          inputs_.device_block_tables(),
-          inputs_.capacity().max_blocks_per_seq,
-          spec_.num_kv_heads,
-          spec_.block_size,
-          spec_.head_dim};
+  KV* k_pool = reinterpret_cast<KV*>(kv_base_) + size_t(2 * l) * per_pool;
+  kernels::PagedKvView<KV> view{k_pool,
+                                k_pool + per_pool,
+                                inputs_.device_block_tables(),
+                                inputs_.capacity().max_blocks_per_seq,
+                                spec_.num_kv_heads,
+                                spec_.block_size,
+                                spec_.head_dim};
+  if (kv_scales_) {
+    view.k_scale = kv_scales_ + size_t(2 * l) * spec_.num_kv_heads;
+    view.v_scale = view.k_scale + spec_.num_kv_heads;
+  }
+  return view;
 }
 
 template <typename T>
 absl::Status CudaBackend<T>::Attention(int l, const StepShape& shape) {
+  if (spec_.cache_dtype == KvCacheDType::kFp8E4M3) {
+    return AttentionOver(l, shape, Cache<__nv_fp8_e4m3>(l));
+  }
+  return AttentionOver(l, shape, Cache<T>(l));
+}
+
+template <typename T>
+template <typename KV>
+absl::Status CudaBackend<T>::AttentionOver(int l, const StepShape& shape,
+                                           const kernels::PagedKvView<KV>& cache) {
   const ModelConfig& c = config_;
   const cuda::StepArrays& in = inputs_.device();
-  const kernels::PagedKvView<T> cache = Cache(l);
   cudaStream_t stream = device_->stream();
   if (profiling_) GQA_CUDA_RETURN_IF_ERROR(profiler_.RecordAttentionBegin(l, stream));
   GQA_CUDA_RETURN_IF_ERROR(k::QkvRopeAppend<T>(act_.qkv, in.positions, act_.inv_freq, in.slots,
@@ -291,7 +344,7 @@ absl::Status CudaBackend<T>::Attention(int l, const StepShape& shape) {
                                                stream));
   const float scale = 1.0f / std::sqrt(float(c.head_dim));
   if (shape.num_decode > 0) {
-    k::DecodeAttentionArgs<T> args;
+    k::DecodeAttentionArgs<T, KV> args;
     args.q = act_.q;
     args.out = act_.attn;
     args.cache = cache;
@@ -307,7 +360,7 @@ absl::Status CudaBackend<T>::Attention(int l, const StepShape& shape) {
   const int prefill_seqs = shape.num_seqs - shape.num_decode;
   if (prefill_seqs > 0) {
     const size_t first = size_t(shape.num_decode) * c.q_size();  // decode rows come first
-    k::PrefillAttentionArgs<T> args;
+    k::PrefillAttentionArgs<T, KV> args;
     args.q = act_.q + first;
     args.out = act_.attn + first;
     args.cache = cache;
@@ -484,8 +537,10 @@ absl::StatusOr<double> CudaBackend<T>::ProbeReadBandwidth() {
 template <typename T>
 absl::Status CudaBackend<T>::Init(const Checkpoint* checkpoint) {
   const ModelConfig& c = config_;
+  const bool fp8 = options_.kv_cache_dtype == KvCacheDType::kFp8E4M3;
   const kernels::DecodeKernelChoice support = kernels::SelectDecodeKernel(
-      c.num_heads, c.num_kv_heads, c.head_dim, options_.block_size, 1, 1, 1);
+      c.num_heads, c.num_kv_heads, c.head_dim, options_.block_size, 1, 1, 1, 0,
+      fp8 ? kernels::KvElement::kFp8E4M3 : kernels::KvElement::k16Bit);
   if (!support.supported) {
     return absl::InvalidArgumentError(
         absl::StrCat("the CUDA backend cannot serve this model: ", support.reason));
@@ -495,6 +550,13 @@ absl::Status CudaBackend<T>::Init(const Checkpoint* checkpoint) {
         "the CUDA backend needs hidden_size and intermediate_size to be multiples of 8");
   }
   ASSIGN_OR_RETURN(device_, cuda::CudaDevice::Open(options_.device_index));
+  if (fp8 && device_->compute_capability() < 89) {
+    const int cc = device_->compute_capability();
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--kv_cache_dtype=fp8_e4m3: needs a GPU of compute capability 8.9 or newer (Ada, "
+        "Hopper); ",
+        device_->name(), " is ", cc / 10, ".", cc % 10));
+  }
   if (checkpoint) {
     ASSIGN_OR_RETURN(weights_,
                      cuda::DeviceWeights::Upload(*checkpoint, options_.dtype, {}, *device_));
@@ -506,8 +568,9 @@ absl::Status CudaBackend<T>::Init(const Checkpoint* checkpoint) {
   skinny_max_rows_ = options_.deterministic
                          ? 0
                          : std::clamp(options_.skinny_gemm_max_rows, 0, k::kSkinnyGemmMaxRows);
-  spec_ =
-      KvCacheSpec{options_.block_size, 0, c.num_kv_heads, c.head_dim, c.num_layers, options_.dtype};
+  spec_ = KvCacheSpec{
+      options_.block_size,    0, c.num_kv_heads, c.head_dim, c.num_layers, options_.dtype,
+      options_.kv_cache_dtype};
   const int max_blocks = (options_.max_model_len + spec_.block_size - 1) / spec_.block_size;
   ASSIGN_OR_RETURN(inputs_, cuda::StepInputs::Create(
                                 {max_tokens_, options_.max_num_seqs, std::max(1, max_blocks)}));
@@ -523,6 +586,7 @@ absl::Status CudaBackend<T>::Init(const Checkpoint* checkpoint) {
   // Before the KV pool takes its share of the card, so that the probe's buffers fit.
   ASSIGN_OR_RETURN(read_bandwidth_, ProbeReadBandwidth());
   RETURN_IF_ERROR(AllocateKvCache());
+  RETURN_IF_ERROR(UploadKvScales(checkpoint));
   ASSIGN_OR_RETURN(profiler_, cuda::StepProfiler::Create(c.num_layers));
   if (!options_.enforce_eager) RETURN_IF_ERROR(CaptureGraphs());
   gemm_->FinishTuning();  // no timing runs inside a serving step

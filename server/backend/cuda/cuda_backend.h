@@ -20,6 +20,8 @@ namespace gqa {
 struct CudaBackendOptions {
   int device_index = 0;
   DType dtype = DType::kBF16;  // bf16 or fp16
+  // K/V in `dtype`, or FP8 E4M3 with per-(layer, KV head) scales (compute capability 8.9+)
+  KvCacheDType kv_cache_dtype = KvCacheDType::kCompute;
   int block_size = 16;
   uint64_t kv_cache_bytes = 0;          // > 0: exactly this much KV cache
   int num_kv_blocks = 0;                // > 0: exactly this many blocks (overrides bytes)

@@ -121,6 +121,7 @@ absl::StatusOr<std::unique_ptr<CudaDevice>> CudaDevice::Open(int index) {
   GQA_CUDA_RETURN_IF_ERROR(cudaGetDeviceProperties(&prop, index));
   device->name_ = prop.name;
   device->sm_count_ = prop.multiProcessorCount;
+  device->compute_capability_ = 10 * prop.major + prop.minor;
   device->total_memory_ = prop.totalGlobalMem;
   if (prop.major < 8) {
     return absl::FailedPreconditionError(

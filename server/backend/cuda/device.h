@@ -123,6 +123,7 @@ class CudaDevice {
   int index() const { return index_; }
   const std::string& name() const { return name_; }
   int sm_count() const { return sm_count_; }
+  int compute_capability() const { return compute_capability_; }  // 10 * major + minor, e.g. 90
   size_t total_memory() const { return total_memory_; }
   cudaStream_t stream() const { return stream_; }
   cublasLtHandle_t cublaslt() const { return cublaslt_; }
@@ -135,6 +136,7 @@ class CudaDevice {
   int index_ = 0;
   std::string name_;
   int sm_count_ = 0;
+  int compute_capability_ = 0;
   size_t total_memory_ = 0;
   cudaStream_t stream_ = nullptr;
   cublasLtHandle_t cublaslt_ = nullptr;

@@ -79,6 +79,12 @@ void PagedKvAppend(const float* k,        // [tokens, num_kv_heads, head_dim]
                    const int64_t* slots,  // [tokens]
                    int tokens, const PagedKvView<float>& cache);
 
+// The same into an FP8 (E4M3) cache: each element stored as round_e4m3(x / scale of its head).
+void PagedKvAppend(const float* k,        // [tokens, num_kv_heads, head_dim]
+                   const float* v,        // [tokens, num_kv_heads, head_dim]
+                   const int64_t* slots,  // [tokens]
+                   int tokens, const PagedKvView<uint8_t>& cache);
+
 // Causal grouped-query attention over the paged cache. Sequence s owns query rows
 // [query_start[s], query_start[s + 1]); its last query row sits at position context_lens[s] - 1
 // and the rows before it at the positions before that. Query head h reads KV head
@@ -86,6 +92,15 @@ void PagedKvAppend(const float* k,        // [tokens, num_kv_heads, head_dim]
 // sees only keys p - sliding_window + 1 ... p (Hugging Face's mask).
 void PagedAttention(const float* q,  // [tokens, num_heads, head_dim]
                     const PagedKvView<float>& cache,
+                    const int32_t* query_start,   // [num_seqs + 1]
+                    const int32_t* context_lens,  // [num_seqs]
+                    int num_seqs, int num_heads, float scale,
+                    float* out,  // [tokens, num_heads, head_dim]
+                    int sliding_window = 0);
+// The same over an FP8 (E4M3) cache: every K and V element read as e4m3 * scale (fp32), then
+// exactly the fp32 computation above.
+void PagedAttention(const float* q,  // [tokens, num_heads, head_dim]
+                    const PagedKvView<uint8_t>& cache,
                     const int32_t* query_start,   // [num_seqs + 1]
                     const int32_t* context_lens,  // [num_seqs]
                     int num_seqs, int num_heads, float scale,

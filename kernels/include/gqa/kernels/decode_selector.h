@@ -7,6 +7,10 @@
 
 namespace gqa::kernels {
 
+// How the cache stores K/V: the 16-bit compute type, or FP8 E4M3 bytes.
+enum class KvElement { k16Bit, kFp8E4M3 };
+constexpr int KvElementBytes(KvElement kv) { return kv == KvElement::kFp8E4M3 ? 1 : 2; }
+
 struct DecodeKernelChoice {
   bool supported = false;
   std::string reason;   // why not, when unsupported
@@ -25,6 +29,7 @@ struct DecodeKernelChoice {
   // early. Then the grid does not depend on the step's lengths (what a captured CUDA graph
   // needs), and a sequence's result depends only on its own length (deterministic mode).
   int split_tokens = 0;
+  KvElement kv = KvElement::k16Bit;  // the cache the kernel reads
 };
 
 constexpr int kDecodeTileTokens = 16;
@@ -45,7 +50,8 @@ constexpr int DecodeKeysPerQuery(int max_context_len, int window) {
 // multiprocessors with at least two 16-token tiles per warp.
 DecodeKernelChoice SelectDecodeKernel(int num_heads, int num_kv_heads, int head_dim, int block_size,
                                       int num_seqs, int max_context_len, int sm_count,
-                                      int num_splits_override = 0);
+                                      int num_splits_override = 0,
+                                      KvElement kv = KvElement::k16Bit);
 
 // A decode kernel variant (see DecodeKernelChoice).
 struct DecodeVariant {
@@ -58,23 +64,29 @@ inline constexpr DecodeVariant kDecodeVariantCandidates[] = {
     {4, 3, 1}, {4, 6, 1}, {4, 3, 2}, {4, 3, 4}, {8, 3, 1}, {8, 6, 1}, {8, 3, 2}, {8, 3, 4}};
 
 // Shared memory of one decode block: the query rows, then the larger of the K/V pipeline (per
-// team of query_tiles warps: stages x key_tiles 16-token tiles of K and of V, rows padded by 8
-// elements) and the teams' fp32 merge area. 2-byte elements.
-constexpr size_t DecodeSharedBytes(int head_dim, int query_tiles, DecodeVariant v) {
+// team of query_tiles warps: stages x key_tiles 16-token tiles of K and of V, rows padded by 16
+// bytes) and the teams' fp32 merge area. 2-byte query elements; kv_bytes-byte cache elements (an
+// FP8 pipeline adds one 16-bit copy of a stage per team, what the products read).
+constexpr size_t DecodeSharedBytes(int head_dim, int query_tiles, DecodeVariant v,
+                                   int kv_bytes = 2) {
   const size_t row = size_t(head_dim) + 8, rows = size_t(16) * query_tiles;
+  const size_t kv_row = size_t(head_dim) + 16 / kv_bytes;
   const size_t teams = size_t(v.warps / query_tiles);
   const size_t query = rows * row * 2;
-  const size_t pipe = teams * v.stages * (2 * size_t(16) * v.key_tiles * row) * 2;
+  const size_t stage_rows = 2 * size_t(16) * v.key_tiles;
+  const size_t widened = kv_bytes == 2 ? 0 : teams * stage_rows * row * 2;
+  const size_t pipe = teams * v.stages * stage_rows * kv_row * kv_bytes + widened;
   const size_t merge = (teams * (2 * rows + rows * head_dim) + teams * rows + rows) * 4;
   return query + (pipe > merge ? pipe : merge);
 }
 
 // Whether the CUDA decode kernel is built for this variant: 8 warps only pair up for 2 query
 // tiles, and the block's shared memory must fit Hopper's 227 KB.
-constexpr bool DecodeVariantBuilt(int head_dim, int query_tiles, DecodeVariant v) {
+constexpr bool DecodeVariantBuilt(int head_dim, int query_tiles, DecodeVariant v,
+                                  int kv_bytes = 2) {
   if (query_tiles != 1 && query_tiles != 2) return false;
   if (v.warps == 8 && query_tiles == 1) return false;
-  return DecodeSharedBytes(head_dim, query_tiles, v) <= size_t(227) * 1024;
+  return DecodeSharedBytes(head_dim, query_tiles, v, kv_bytes) <= size_t(227) * 1024;
 }
 
 // The per-sequence split choice (split_tokens = 0) for a fixed grid of up to `num_seqs`
@@ -82,6 +94,6 @@ constexpr bool DecodeVariantBuilt(int head_dim, int query_tiles, DecodeVariant v
 // that shape.
 DecodeKernelChoice SelectFixedGridDecodeKernel(int num_heads, int num_kv_heads, int head_dim,
                                                int block_size, int num_seqs, int max_context_len,
-                                               int sm_count);
+                                               int sm_count, KvElement kv = KvElement::k16Bit);
 
 }  // namespace gqa::kernels

@@ -6,10 +6,17 @@
 // per step. The context is cut into `num_splits` ranges for parallelism at small batch; the
 // partial results are merged with their log-sum-exp. Scores and softmax are fp32; Q.K^T and
 // P.V run on tensor cores (mma.sync m16n8k16, bf16 or fp16 in, fp32 accumulate).
+//
+// The cache element type KV is the compute type T or __nv_fp8_e4m3 (an FP8 cache, compute
+// capability 8.9+): the append kernels store round_e4m3(x / scale) with the cache view's
+// per-KV-head scales (saturating at +-448), the attention kernels copy the FP8 tiles into shared
+// memory (half the bytes) and widen them to T there before the tensor-core products, applying the K
+// scale to the scores and the V scale to the output.
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
 #include <cstddef>
@@ -23,11 +30,11 @@ namespace gqa::kernels::cuda {
 // Bytes of fp32 scratch the split merge needs: partial outputs and their log-sum-exps.
 size_t DecodeWorkspaceBytes(int num_seqs, int num_heads, int head_dim, int num_splits);
 
-template <typename T>
+template <typename T, typename KV = T>
 struct DecodeAttentionArgs {
   const T* q = nullptr;                   // [num_seqs, num_heads, head_dim]
   T* out = nullptr;                       // [num_seqs, num_heads, head_dim]
-  PagedKvView<T> cache;                   // k, v: [num_blocks, num_kv_heads, block_size, head_dim]
+  PagedKvView<KV> cache;                  // k, v: [num_blocks, num_kv_heads, block_size, head_dim]
   const int32_t* context_lens = nullptr;  // [num_seqs], each >= 1, device memory
   int num_seqs = 0;
   int num_heads = 0;
@@ -39,16 +46,17 @@ struct DecodeAttentionArgs {
   int window = 0;
 };
 
-// Launches the kernel `choice` names (from SelectDecodeKernel for the same shape).
-template <typename T>
-cudaError_t PagedDecodeAttention(const DecodeAttentionArgs<T>& args,
+// Launches the kernel `choice` names (from SelectDecodeKernel for the same shape and cache
+// element: choice.kv must name KV).
+template <typename T, typename KV = T>
+cudaError_t PagedDecodeAttention(const DecodeAttentionArgs<T, KV>& args,
                                  const DecodeKernelChoice& choice, cudaStream_t stream);
 
-template <typename T>
+template <typename T, typename KV = T>
 struct PrefillAttentionArgs {
   const T* q = nullptr;                   // [num_tokens, num_heads, head_dim]
   T* out = nullptr;                       // [num_tokens, num_heads, head_dim]
-  PagedKvView<T> cache;                   // holds every sequence's keys up to its context_len
+  PagedKvView<KV> cache;                  // holds every sequence's keys up to its context_len
   const int32_t* query_start = nullptr;   // [num_seqs + 1], device memory
   const int32_t* context_lens = nullptr;  // [num_seqs], device memory
   int num_seqs = 0;
@@ -78,27 +86,27 @@ size_t PrefillWorkspaceBytes(int num_query_tokens, int num_heads, int head_dim, 
 // group head) rows of one KV head, its warps 16 rows each, and streams 16-key tiles through
 // shared memory with an online softmax on tensor cores; no score matrix is ever stored.
 // head_dim 64 or 128; group size up to 64.
-template <typename T>
-cudaError_t PagedPrefillAttention(const PrefillAttentionArgs<T>& args, cudaStream_t stream);
+template <typename T, typename KV = T>
+cudaError_t PagedPrefillAttention(const PrefillAttentionArgs<T, KV>& args, cudaStream_t stream);
 
-// Writes each token's K and V into its slot of the paged cache.
-template <typename T>
+// Writes each token's K and V into its slot of the paged cache (FP8: quantized).
+template <typename T, typename KV = T>
 cudaError_t PagedKvAppend(const T* k,            // [num_tokens, num_kv_heads, head_dim]
                           const T* v,            // [num_tokens, num_kv_heads, head_dim]
                           const int64_t* slots,  // [num_tokens], device memory
-                          int num_tokens, const PagedKvView<T>& cache, cudaStream_t stream);
+                          int num_tokens, const PagedKvView<KV>& cache, cudaStream_t stream);
 
 // Splits a fused Q|K|V projection row by row: applies the rotate-half rotary embedding
 // (angle = positions[t] * inv_freq[i], as ApplyRope) to the query and key heads, writes the
 // queries to q_out and the keys and values to their slots of the cache (slot < 0: padding,
-// skipped).
-template <typename T>
+// skipped; FP8: quantized from the fp32 rotated value).
+template <typename T, typename KV = T>
 cudaError_t QkvRopeAppend(const T* qkv,  // [num_tokens, num_heads + 2 * num_kv_heads, head_dim]
                           const int32_t* positions,  // [num_tokens], device memory
                           const float* inv_freq,     // [head_dim / 2], device memory
                           const int64_t* slots,      // [num_tokens], device memory
                           int num_tokens, int num_heads,
                           T* q_out,  // [num_tokens, num_heads, head_dim]
-                          const PagedKvView<T>& cache, cudaStream_t stream);
+                          const PagedKvView<KV>& cache, cudaStream_t stream);
 
 }  // namespace gqa::kernels::cuda

@@ -5,6 +5,9 @@
 // A sequence's token at position p lives in block block_table[p / block_size], slot
 // p % block_size. Its "slot index" is block_id * block_size + p % block_size.
 // block_tables: [num_seqs, max_blocks_per_seq], row s lists sequence s's blocks in order.
+// An FP8 (E4M3) cache (T = uint8_t on the host, __nv_fp8_e4m3 on the GPU) stores
+// round_e4m3(x / scale) and reads back e4m3 * scale, with one scale per KV head for K and one for
+// V (gqa/kernels/fp8_e4m3.h).
 #pragma once
 
 #include <cstddef>
@@ -27,6 +30,9 @@ struct PagedKvView {
   int32_t num_kv_heads = 0;
   int32_t block_size = 0;
   int32_t head_dim = 0;
+  // FP8 caches only: [num_kv_heads] each, in the memory the cache lives in; nullptr means 1.
+  const float* k_scale = nullptr;
+  const float* v_scale = nullptr;
 
   // Element offset of (slot index, kv head) in k or v.
   GQA_HOST_DEVICE constexpr size_t Offset(int64_t slot, int32_t kv_head) const {
