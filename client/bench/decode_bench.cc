@@ -447,13 +447,9 @@ int DecodeBenchMain(int argc, char** argv) {
   const auto peers =
       peer.empty() ? std::map<std::string, double>{} : RunPeer(peer, rows, &peer_prefill);
   std::printf(
-      "decode steps, bf16, random weights, %s; step = ExecuteStep (wall clock, "
-      "median of %d); device = profiled steps, first kernel to last%s
-      ",
-          eager
-          ? "eager"
-          : "CUDA graphs",
-      steps,
+      "decode steps, bf16, random weights, %s; step = ExecuteStep (wall clock, median of %d); "
+      "device = profiled steps, first kernel to last%s\n",
+      eager ? "eager" : "CUDA graphs", steps,
       fp8 ? "; each row followed by the same step with an FP8 (E4M3) KV cache, its floor from "
             "1-byte K/V"
           : "");
