@@ -497,21 +497,19 @@ cudaError_t PagedDecodeAttention(const DecodeAttentionArgs<T, KV>& args,
   return cudaErrorInvalidValue;
 }
 
-template <typename T>
-cudaError_t PagedKvAppendFp8(const T* k, const T* v, const int64_t* slots, int num_tokens,
-                             const PagedKvView<__nv_fp8_e4m3>& cache, cudaStream_t stream) {
-  const int64_t chunks = int64_t(num_tokens) * cache.num_kv_heads * (cache.head_dim / 8);
+// One thread per 16-byte chunk of a token's K or V head row: AppendKernel copies 16-bit rows,
+// AppendFp8Kernel quantizes them.
+template <typename T, typename KV, int D>
+cudaError_t LaunchAppend(const T* k, const T* v, const int64_t* slots, int num_tokens,
+                         const PagedKvView<KV>& cache, cudaStream_t stream) {
+  const int64_t chunks = int64_t(num_tokens) * cache.num_kv_heads * (D / 8);
   const int threads = 256;
   const unsigned blocks = unsigned((chunks + threads - 1) / threads);
-  switch (cache.head_dim) {
-    case 64:
-      AppendFp8Kernel<T, 64><<<blocks, threads, 0, stream>>>(k, v, slots, num_tokens, cache);
-      break;
-    case 128:
-      AppendFp8Kernel<T, 128><<<blocks, threads, 0, stream>>>(k, v, slots, num_tokens, cache);
-      break;
-    default:
-      return cudaErrorInvalidValue;
+  if constexpr (kIsFp8<KV>) {
+    AppendFp8Kernel<T, D><<<blocks, threads, 0, stream>>>(k, v, slots, num_tokens, cache);
+  } else {
+    static_assert(std::is_same_v<T, KV>, "a 16-bit cache holds the compute type");
+    AppendKernel<T, D><<<blocks, threads, 0, stream>>>(k, v, slots, num_tokens, cache);
   }
   return cudaGetLastError();
 }
@@ -520,24 +518,13 @@ template <typename T, typename KV>
 cudaError_t PagedKvAppend(const T* k, const T* v, const int64_t* slots, int num_tokens,
                           const PagedKvView<KV>& cache, cudaStream_t stream) {
   if (num_tokens <= 0) return cudaSuccess;
-  if constexpr (kIsFp8<KV>) {
-    return PagedKvAppendFp8(k, v, slots, num_tokens, cache, stream);
-  } else {
-    static_assert(std::is_same_v<T, KV>, "a 16-bit cache holds the compute type");
-    const int64_t chunks = int64_t(num_tokens) * cache.num_kv_heads * (cache.head_dim / 8);
-    const int threads = 256;
-    const unsigned blocks = unsigned((chunks + threads - 1) / threads);
-    switch (cache.head_dim) {
-      case 64:
-        AppendKernel<T, 64><<<blocks, threads, 0, stream>>>(k, v, slots, num_tokens, cache);
-        break;
-      case 128:
-        AppendKernel<T, 128><<<blocks, threads, 0, stream>>>(k, v, slots, num_tokens, cache);
-        break;
-      default:
-        return cudaErrorInvalidValue;
-    }
-    return cudaGetLastError();
+  switch (cache.head_dim) {
+    case 64:
+      return LaunchAppend<T, KV, 64>(k, v, slots, num_tokens, cache, stream);
+    case 128:
+      return LaunchAppend<T, KV, 128>(k, v, slots, num_tokens, cache, stream);
+    default:
+      return cudaErrorInvalidValue;
   }
 }
 
