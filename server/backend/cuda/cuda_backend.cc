@@ -92,7 +92,7 @@ class CudaBackend final : public Backend {
   }
   // Measured once, when the backend is created.
   absl::StatusOr<double> MeasureReadBandwidth() override { return read_bandwidth_; }
-  void ProfileNextStep() override { profile_next_ = (options_.backend.step_profile_interval > 0); }
+  void ProfileNextStep() override { profile_next_ = step_profiling(); }
   std::optional<StepTiming> LastStepTiming() const override { return last_timing_; }
   ~CudaBackend() override {
     if (device_) cudaStreamSynchronize(device_->stream());
@@ -102,6 +102,8 @@ class CudaBackend final : public Backend {
   }
 
  private:
+  // Also capture each decode graph with timing events (ProfileNextStep replays that copy).
+  bool step_profiling() const { return options_.backend.step_profile_interval > 0; }
   CudaBackend(const CudaBackendOptions& options, const ModelConfig& config)
       : options_(options), config_(config), tables_(1, 1) {}
   absl::Status Init(const Checkpoint* checkpoint);
@@ -472,7 +474,7 @@ absl::Status CudaBackend<T>::CaptureGraphs() {
     RETURN_IF_ERROR(Launch(*shape));  // warm-up: makes the cuBLAS plans outside the capture
     GQA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
     ASSIGN_OR_RETURN(graphs_[size], CaptureGraph(*shape, GraphKind::kPlain));
-    if ((options_.backend.step_profile_interval > 0)) {
+    if (step_profiling()) {
       ASSIGN_OR_RETURN(profiled_graphs_[size], CaptureGraph(*shape, GraphKind::kProfiled));
     }
   }
