@@ -40,47 +40,15 @@ int Fail(const std::string& message) {
   return 1;
 }
 
-// The longest sequence served. A sliding window that the backends do not apply (Qwen2's, in only
-// some layers) caps it at the window (where every key is inside the window anyway); Mistral's
-// is applied by both backends.
-int MaxModelLen(const ServerConfig& sc, const ModelConfig& c) {
-  int len = sc.max_model_len > 0 ? sc.max_model_len : c.max_position_embeddings;
-  const bool window_applied = c.attention_window() > 0;
-  if (c.sliding_window && !window_applied && *c.sliding_window < len) {
-    spdlog::info("max_model_len capped at the sliding window, {} tokens", *c.sliding_window);
-    len = *c.sliding_window;
-  }
-  return len;
-}
-
-BackendOptions MakeBackendOptions(const ServerConfig& sc, BackendKind kind, int max_model_len) {
-  BackendOptions o;
-  o.kind = kind;
-  o.dtype = sc.dtype;
-  o.kv_cache_dtype = sc.kv_cache_dtype;
-  o.block_size = sc.block_size;
-  o.kv_cache_bytes = sc.kv_cache_bytes;
-  o.num_kv_blocks = sc.num_kv_blocks;
-  o.gpu_memory_utilization = sc.gpu_memory_utilization;
-  o.max_num_seqs = sc.max_num_seqs;
-  o.max_num_batched_tokens = sc.max_num_batched_tokens;
-  o.max_model_len = max_model_len;
-  o.enforce_eager = sc.enforce_eager;
-  o.deterministic = sc.deterministic;
-  o.step_profiling = sc.step_profile_interval > 0;
-  o.cpu_threads = sc.cpu_threads;
-  return o;
-}
-
 // The root of the prefix cache's hash chains: everything the served K/V depend on besides the
 // tokens (one model per process today; a LoRA adapter would enter here).
-uint64_t PrefixCacheSalt(const ServerConfig& sc, const ModelConfig& c, const Backend& b) {
-  return std::hash<std::string>{}(absl::StrCat(sc.model_dir, "|", c.architecture_name, "|",
+uint64_t PrefixCacheSalt(const ModelOptions& mo, const ModelConfig& c, const Backend& b) {
+  return std::hash<std::string>{}(absl::StrCat(mo.dir, "|", c.architecture_name, "|",
                                                std::string(b.kv_spec().cache_dtype_name()), "|",
-                                               sc.dummy_seed));
+                                               mo.dummy_seed));
 }
 
-void LogLoaded(const ServerConfig& sc, const ModelConfig& c, const Backend& backend,
+void LogLoaded(const ServingOptions& so, const ModelConfig& c, const Backend& backend,
                int max_model_len, int grpc_port, int metrics_port) {
   const KvCacheSpec& kv = backend.kv_spec();
   const uint64_t capacity = kv.token_capacity();
@@ -89,11 +57,11 @@ void LogLoaded(const ServerConfig& sc, const ModelConfig& c, const Backend& back
       "serving {} ({}): {} layers, {} heads, {} kv heads (group {}), head_dim {}, {}; "
       "kv cache {} blocks x {} tokens = {} tokens ({:.1f} MiB {}, {} max-length sequences of {}); "
       "prefix caching {}; backend {} on {}; grpc :{}, metrics :{}",
-      sc.model_dir, c.architecture_name, c.num_layers, c.num_heads, c.num_kv_heads, c.group_size(),
+      so.model.dir, c.architecture_name, c.num_layers, c.num_heads, c.num_kv_heads, c.group_size(),
       c.head_dim, DTypeTorchName(c.dtype), kv.num_blocks, kv.block_size, capacity,
       kv.total_bytes() / 1048576.0, kv.cache_dtype_name(), kv.num_blocks / blocks_per_seq,
-      max_model_len, sc.enable_prefix_caching ? "on" : "off", backend.name(), backend.device_name(),
-      grpc_port, metrics_port);
+      max_model_len, so.cache.enable_prefix_caching ? "on" : "off", backend.name(),
+      backend.device_name(), grpc_port, metrics_port);
   if (kv.cache_dtype != KvCacheDType::kCompute) {
     const KvCacheSpec as_compute = [&] {
       KvCacheSpec s = kv;
@@ -137,16 +105,9 @@ void BlockSignals() {
 }
 
 // Plaintext, TLS (--tls_cert, --tls_key) or mutual TLS (and --tls_client_ca).
-absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const ServerConfig& sc) {
-  if (sc.tls_cert_file.empty() != sc.tls_key_file.empty()) {
-    return absl::InvalidArgumentError("--tls_cert and --tls_key go together");
-  }
-  if (sc.tls_cert_file.empty()) {
-    if (!sc.tls_client_ca_file.empty()) {
-      return absl::InvalidArgumentError("--tls_client_ca needs --tls_cert and --tls_key");
-    }
-    return grpc::InsecureServerCredentials();
-  }
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const ServiceOptions& sc) {
+  // Validated: --tls_cert and --tls_key together, --tls_client_ca only with them.
+  if (sc.tls_cert_file.empty()) return grpc::InsecureServerCredentials();
   grpc::SslServerCredentialsOptions options(
       sc.tls_client_ca_file.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
                                     : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
@@ -166,7 +127,7 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const Serve
   return grpc::SslServerCredentials(options);
 }
 
-absl::StatusOr<BearerToken> AuthToken(const ServerConfig& sc) {
+absl::StatusOr<BearerToken> AuthToken(const ServiceOptions& sc) {
   if (sc.auth_token_file.empty()) return BearerToken();
   ASSIGN_OR_RETURN(std::string token, ReadTextFile(sc.auth_token_file, 4096));
   while (!token.empty() && std::isspace(static_cast<unsigned char>(token.back()))) {
@@ -180,14 +141,15 @@ absl::StatusOr<BearerToken> AuthToken(const ServerConfig& sc) {
 }
 
 // The model's name in the HTTP API: --served_model_name, or the model directory's last part.
-std::string ServedModelName(const ServerConfig& sc) {
-  if (!sc.served_model_name.empty()) return sc.served_model_name;
-  std::filesystem::path dir(sc.model_dir);
+std::string ServedModelName(const ServingOptions& so) {
+  if (!so.service.served_model_name.empty()) return so.service.served_model_name;
+  std::filesystem::path dir(so.model.dir);
   if (!dir.has_filename()) dir = dir.parent_path();  // "models/x/" -> "models/x"
   return dir.filename().string();
 }
 
-http::HttpOptions MakeHttpOptions(const ServerConfig& sc, const BearerToken& auth) {
+http::HttpOptions MakeHttpOptions(const ServingOptions& so, const BearerToken& auth) {
+  const ServiceOptions& sc = so.service;
   http::HttpOptions o;
   o.host = sc.host;
   o.port = sc.http_port < 0 ? 0 : sc.http_port;
@@ -197,7 +159,7 @@ http::HttpOptions MakeHttpOptions(const ServerConfig& sc, const BearerToken& aut
   o.auth_token = auth.token();
   o.max_body_bytes = sc.max_request_bytes;
   o.worker_threads = static_cast<size_t>(sc.http_connections);
-  o.served_model_name = ServedModelName(sc);
+  o.served_model_name = ServedModelName(so);
   return o;
 }
 
@@ -223,36 +185,60 @@ http::ChatRenderer ChatRendererOf(const std::optional<chat::LoadedChatTemplate>&
 }
 
 // The model's chat template, logged either way; a template we cannot render fails the startup.
-absl::Status LoadChatTemplateInto(const ServerConfig& sc, LoadedModel& model) {
-  absl::StatusOr<std::optional<chat::LoadedChatTemplate>> loaded =
-      chat::LoadChatTemplate(sc.model_dir);
+absl::Status LoadChatTemplateInto(const ModelOptions& mo, LoadedModel& model) {
+  absl::StatusOr<std::optional<chat::LoadedChatTemplate>> loaded = chat::LoadChatTemplate(mo.dir);
   if (!loaded.ok()) return loaded.status();
   model.chat_template = *std::move(loaded);
   if (!model.chat_template) {
     spdlog::info("no chat template in {}/tokenizer_config.json: prompt.messages is refused",
-                 sc.model_dir);
+                 mo.dir);
   } else if (model.tokenizer == nullptr) {
     spdlog::warn("a chat template but no tokenizer.json: prompt.messages is refused");
   } else {
-    spdlog::info("chat template: from {}/tokenizer_config.json (prompt.messages accepted)",
-                 sc.model_dir);
+    spdlog::info("chat template: from {}/tokenizer_config.json (prompt.messages accepted)", mo.dir);
   }
   return absl::OkStatus();
 }
 
-absl::StatusOr<LoadedModel> LoadModel(const ServerConfig& sc, BackendKind kind,
+// The engine's view of the tree: the scheduler part with the block size the backend's pool took,
+// the model's limits and eos ids, and the roofline terms.
+EngineConfig MakeEngineConfig(const ServingOptions& so, const LoadedModel& model, const Backend& b,
+                              int max_model_len) {
+  EngineConfig ec;
+  ec.scheduler = {b.kv_spec().block_size, so.scheduler.max_num_seqs,
+                  so.scheduler.max_num_batched_tokens, so.cache.enable_prefix_caching,
+                  PrefixCacheSalt(so.model, model.config, b)};
+  ec.limits = {model.config.vocab_size, max_model_len};
+  ec.eos_token_ids.assign(model.config.eos_token_ids.begin(), model.config.eos_token_ids.end());
+  ec.tokenizer = model.tokenizer.get();
+  ec.max_waiting_requests = so.scheduler.max_waiting_requests;
+  ec.cost = {b.weight_bytes_per_step(), KvBytesPerToken(b.kv_spec()),
+             model.config.attention_window()};
+  ec.step_profile_interval = so.backend.step_profile_interval;
+  return ec;
+}
+
+absl::StatusOr<LoadedModel> LoadModel(const ServingOptions& so, BackendKind kind,
                                       EngineMetrics& metrics, std::function<void()> on_broken) {
-  auto ckpt = Checkpoint::Load(sc.model_dir, sc.load_format, sc.dummy_seed);
+  const ModelOptions& mo = so.model;
+  auto ckpt = Checkpoint::Load(
+      mo.dir, mo.load_format == "dummy" ? LoadFormat::kDummy : LoadFormat::kSafetensors,
+      mo.dummy_seed);
   if (!ckpt.ok()) return ckpt.status();
   LoadedModel model{(*ckpt)->config(), nullptr, nullptr, std::nullopt};
-  if (std::filesystem::exists(std::filesystem::path(sc.model_dir) / "tokenizer.json")) {
-    auto tokenizer = Tokenizer::Load(sc.model_dir);
+  if (std::filesystem::exists(std::filesystem::path(mo.dir) / "tokenizer.json")) {
+    auto tokenizer = Tokenizer::Load(mo.dir);
     if (!tokenizer.ok()) return tokenizer.status();
     model.tokenizer = std::move(*tokenizer);
   }
-  if (absl::Status chat = LoadChatTemplateInto(sc, model); !chat.ok()) return chat;
-  const int max_model_len = MaxModelLen(sc, model.config);
-  auto backend = CreateBackend(MakeBackendOptions(sc, kind, max_model_len), std::move(*ckpt));
+  if (absl::Status chat = LoadChatTemplateInto(mo, model); !chat.ok()) return chat;
+  const int max_model_len = ServedMaxModelLen(so.scheduler, model.config);
+  const int asked = so.scheduler.max_model_len > 0 ? so.scheduler.max_model_len
+                                                   : model.config.max_position_embeddings;
+  if (max_model_len < asked) {
+    spdlog::info("max_model_len capped at the sliding window, {} tokens", max_model_len);
+  }
+  auto backend = CreateBackend(so, kind, std::move(*ckpt));
   if (!backend.ok()) return backend.status();
   Backend& b = **backend;
   metrics.SetModelInfo(model.config, b.kv_spec(), std::string(b.name()), b.device_name(),
@@ -265,30 +251,19 @@ absl::StatusOr<LoadedModel> LoadModel(const ServerConfig& sc, BackendKind kind,
   } else {
     spdlog::warn("no memory bandwidth for the roofline metrics: {}", bandwidth.status().ToString());
   }
-  EngineConfig engine_config;
-  // The block size enters once: the backend's pool decides it.
-  engine_config.scheduler = {b.kv_spec().block_size, sc.max_num_seqs, sc.max_num_batched_tokens,
-                             sc.enable_prefix_caching, PrefixCacheSalt(sc, model.config, b)};
-  engine_config.limits = {model.config.vocab_size, max_model_len};
-  engine_config.eos_token_ids.assign(model.config.eos_token_ids.begin(),
-                                     model.config.eos_token_ids.end());
-  engine_config.tokenizer = model.tokenizer.get();
+  EngineConfig engine_config = MakeEngineConfig(so, model, b, max_model_len);
   engine_config.on_backend_broken = std::move(on_broken);
-  engine_config.max_waiting_requests = sc.max_waiting_requests;
-  engine_config.cost = {b.weight_bytes_per_step(), KvBytesPerToken(b.kv_spec()),
-                        model.config.attention_window()};
-  engine_config.step_profile_interval = sc.step_profile_interval;
   model.engine = std::make_unique<Engine>(engine_config, std::move(*backend), &metrics);
   return model;  // the CPU backend keeps the checkpoint: it reads the mapped weights in place
 }
 
 }  // namespace
 
-int RunServer(const ServerConfig& sc) {
+int RunServer(const ServingOptions& so) {
+  const ServiceOptions& sc = so.service;
   BlockSignals();
-  absl::StatusOr<BackendKind> kind = ParseBackendKind(sc.backend);
   std::string device;
-  if (kind.ok()) kind = ResolveBackendKind(*kind, &device);
+  absl::StatusOr<BackendKind> kind = ResolveBackendKind(so.backend.kind, &device);
   if (!kind.ok()) return Fail(std::string(kind.status().message()));
   MetricsRegistry registry;
   EngineMetrics metrics(registry);
@@ -307,7 +282,7 @@ int RunServer(const ServerConfig& sc) {
   std::unique_ptr<http::OpenAiHttpServer> openai;
   int http_port = 0;
   if (sc.http_port != 0) {
-    openai = std::make_unique<http::OpenAiHttpServer>(MakeHttpOptions(sc, *auth), &metrics);
+    openai = std::make_unique<http::OpenAiHttpServer>(MakeHttpOptions(so, *auth), &metrics);
     absl::StatusOr<int> bound = openai->Start();
     if (!bound.ok()) return Fail(std::string(bound.status().message()));
     http_port = *bound;
@@ -349,7 +324,7 @@ int RunServer(const ServerConfig& sc) {
                              " (is another process using the port?)"));
   }
   spdlog::info("listening: grpc :{}, metrics :{}, http :{}; loading {} for the {} backend on {}",
-               grpc_port, *metrics_port, http_port, sc.model_dir, BackendKindName(*kind), device);
+               grpc_port, *metrics_port, http_port, so.model.dir, BackendKindName(*kind), device);
 
   // A device error that the GPU cannot recover from: stop answering and exit, so that an
   // orchestrator restarts the process.
@@ -359,7 +334,7 @@ int RunServer(const ServerConfig& sc) {
     spdlog::critical("the GPU is in an unrecoverable error state: exiting");
     std::_Exit(3);
   };
-  absl::StatusOr<LoadedModel> model = LoadModel(sc, *kind, metrics, on_broken);
+  absl::StatusOr<LoadedModel> model = LoadModel(so, *kind, metrics, on_broken);
   if (!model.ok()) {
     server->Shutdown();
     return Fail(std::string(model.status().message()));
@@ -368,7 +343,7 @@ int RunServer(const ServerConfig& sc) {
   engine.Start();
   const chat::LoadedChatTemplate* chat_template =
       model->chat_template && model->tokenizer ? &*model->chat_template : nullptr;
-  service.Attach(&engine, {model->config, sc.expose_model_path ? sc.model_dir : std::string(),
+  service.Attach(&engine, {model->config, sc.expose_model_path ? so.model.dir : std::string(),
                            sc.default_max_new_tokens, model->tokenizer.get(), chat_template});
   if (openai) {
     openai->Attach(
@@ -377,7 +352,7 @@ int RunServer(const ServerConfig& sc) {
   }
   health.SetServing(true);
   serving.store(true);
-  LogLoaded(sc, model->config, engine.backend(), engine.config().limits.max_model_len, grpc_port,
+  LogLoaded(so, model->config, engine.backend(), engine.config().limits.max_model_len, grpc_port,
             *metrics_port);
   if (!sc.port_file.empty()) {
     std::ofstream(sc.port_file) << grpc_port << " " << *metrics_port << " " << http_port << "\n";

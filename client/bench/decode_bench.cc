@@ -279,10 +279,10 @@ int EngineBenchMain(int argc, char** argv) {
   }
   const ModelConfig config = ModelShape("1b", 8);
   CudaBackendOptions o;
-  o.max_num_seqs = batch;
-  o.max_num_batched_tokens = 2048;
+  o.scheduler.max_num_seqs = batch;
+  o.scheduler.max_num_batched_tokens = 2048;
   o.max_model_len = prompt + new_tokens + 16;
-  o.kv_cache_bytes =
+  o.cache.kv_cache_bytes =
       uint64_t(batch) * (prompt + new_tokens + 16) * 2 * config.num_layers * config.kv_size() * 2;
   auto backend = CreateCudaBackendWithRandomWeights(o, config);
   if (!backend.ok()) Die(backend.status());
@@ -291,7 +291,7 @@ int EngineBenchMain(int argc, char** argv) {
   MetricsRegistry registry;
   EngineMetrics metrics(registry);
   EngineConfig ec;
-  ec.scheduler = {(*backend)->kv_spec().block_size, batch, o.max_num_batched_tokens};
+  ec.scheduler = {(*backend)->kv_spec().block_size, batch, o.scheduler.max_num_batched_tokens};
   ec.limits = {config.vocab_size, o.max_model_len};
   // As the server runs it: step metrics on, one step in 16 profiled.
   ec.cost = {(*backend)->weight_bytes_per_step(), KvBytesPerToken((*backend)->kv_spec()), 0};
@@ -350,9 +350,9 @@ int ProfileBenchMain(int argc, char** argv) {
   for (const Row& r : rows) {
     const ModelConfig config = ModelShape(r.model, r.kv_heads);
     CudaBackendOptions o;
-    o.max_num_seqs = std::max(8, r.batch);
+    o.scheduler.max_num_seqs = std::max(8, r.batch);
     o.max_model_len = r.context + 64;
-    o.kv_cache_bytes =
+    o.cache.kv_cache_bytes =
         uint64_t(r.batch) * (r.context + 64) * 4 * config.num_layers * config.kv_size();
     auto backend = CreateCudaBackendWithRandomWeights(o, config);
     if (!backend.ok()) Die(backend.status());
@@ -403,7 +403,7 @@ int DecodeBenchMain(int argc, char** argv) {
   std::vector<Row> only;
   bool eager = false, deterministic = false, fp8 = false;
   int steps = 50;
-  int skinny_max_rows = CudaBackendOptions().skinny_gemm_max_rows;
+  int skinny_max_rows = CudaOptions().skinny_gemm_max_rows;
   for (int i = 2; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--peer" && i + 1 < argc) peer = argv[++i];
@@ -462,12 +462,12 @@ int DecodeBenchMain(int argc, char** argv) {
   for (const auto& [key, group] : groups) {
     const ModelConfig config = ModelShape(key.first, key.second);
     CudaBackendOptions o;
-    o.max_num_seqs = 64;
-    o.max_num_batched_tokens = 2048;
+    o.scheduler.max_num_seqs = 64;
+    o.scheduler.max_num_batched_tokens = 2048;
     o.max_model_len = 8192 + 64;
-    o.enforce_eager = eager;
-    o.deterministic = deterministic;
-    o.skinny_gemm_max_rows = skinny_max_rows;
+    o.cuda.enforce_eager = eager;
+    o.backend.deterministic = deterministic;
+    o.cuda.skinny_gemm_max_rows = skinny_max_rows;
     // The FP8 timings first (when asked), from their own backend: one holds the card at a time.
     std::vector<Timing> fp8_timings;
     if (fp8) {

@@ -85,10 +85,10 @@ nlohmann::json ToJson(const std::vector<gqa::TokenLogprob>& logprobs) {
 absl::StatusOr<nlohmann::json> RunEngine(std::unique_ptr<gqa::Backend> backend,
                                          const std::vector<int32_t>& prompt, int chunk,
                                          int generate, int top, int vocab,
-                                         const gqa::BackendOptions& options) {
+                                         const gqa::ServingOptions& options) {
   gqa::EngineConfig config;
-  config.scheduler = {options.block_size, options.max_num_seqs, chunk};
-  config.limits = {vocab, options.max_model_len};
+  config.scheduler = {options.cache.block_size, options.scheduler.max_num_seqs, chunk};
+  config.limits = {vocab, options.scheduler.max_model_len};
   config.step_profile_interval = 0;
   gqa::Engine engine(config, std::move(backend), nullptr);
   std::mutex mu;
@@ -152,18 +152,17 @@ int main(int argc, char** argv) {
     std::cerr << kind.status().message() << "\n";
     return 2;
   }
-  gqa::BackendOptions options;
-  options.kind = *kind;
-  options.dtype = absl::GetFlag(FLAGS_dtype);
-  options.kv_cache_dtype = absl::GetFlag(FLAGS_kv_cache_dtype);
-  options.block_size = bs;
-  options.num_kv_blocks = kNumBlocks;
-  options.max_num_seqs = 1;
-  options.max_num_batched_tokens = std::max<int>(2048, prompt.size());
-  options.max_model_len = kNumBlocks * bs;
-  options.enforce_eager = absl::GetFlag(FLAGS_enforce_eager);
+  gqa::ServingOptions options;
+  options.backend.dtype = absl::GetFlag(FLAGS_dtype);
+  options.cache.kv_cache_dtype = absl::GetFlag(FLAGS_kv_cache_dtype);
+  options.cache.block_size = bs;
+  options.cache.num_kv_blocks = kNumBlocks;
+  options.scheduler.max_num_seqs = 1;
+  options.scheduler.max_num_batched_tokens = std::max<int>(2048, prompt.size());
+  options.scheduler.max_model_len = kNumBlocks * bs;
+  options.cuda.enforce_eager = absl::GetFlag(FLAGS_enforce_eager);
   const int vocab = (*ckpt)->config().vocab_size;
-  auto backend = gqa::CreateBackend(options, std::move(*ckpt));
+  auto backend = gqa::CreateBackend(options, *kind, std::move(*ckpt));
   if (!backend.ok()) {
     std::cerr << backend.status().message() << "\n";
     return 2;
@@ -209,8 +208,9 @@ int main(int argc, char** argv) {
     auto engine_ckpt =
         gqa::Checkpoint::Load(absl::GetFlag(FLAGS_model), gqa::LoadFormat::kSafetensors);
     if (!engine_ckpt.ok()) return 1;
-    options.max_num_seqs = 8;  // logits rows per step: prompt logprobs come 8 at a time at most
-    auto engine_backend = gqa::CreateBackend(options, std::move(*engine_ckpt));
+    options.scheduler.max_num_seqs =
+        8;  // logits rows per step: prompt logprobs come 8 at a time at most
+    auto engine_backend = gqa::CreateBackend(options, *kind, std::move(*engine_ckpt));
     if (!engine_backend.ok()) {
       std::cerr << engine_backend.status().message() << "\n";
       return 2;

@@ -92,7 +92,7 @@ class CudaBackend final : public Backend {
   }
   // Measured once, when the backend is created.
   absl::StatusOr<double> MeasureReadBandwidth() override { return read_bandwidth_; }
-  void ProfileNextStep() override { profile_next_ = options_.step_profiling; }
+  void ProfileNextStep() override { profile_next_ = step_profiling(); }
   std::optional<StepTiming> LastStepTiming() const override { return last_timing_; }
   ~CudaBackend() override {
     if (device_) cudaStreamSynchronize(device_->stream());
@@ -102,6 +102,8 @@ class CudaBackend final : public Backend {
   }
 
  private:
+  // Also capture each decode graph with timing events (ProfileNextStep replays that copy).
+  bool step_profiling() const { return options_.backend.step_profile_interval > 0; }
   CudaBackend(const CudaBackendOptions& options, const ModelConfig& config)
       : options_(options), config_(config), tables_(1, 1) {}
   absl::Status Init(const Checkpoint* checkpoint);
@@ -184,7 +186,7 @@ absl::Status CudaBackend<T>::Check(absl::Status status) {
 template <typename T>
 int CudaBackend<T>::MaxDecodeWorkspaceRows() const {
   int rows = 0;
-  for (int b = 1; b <= options_.max_num_seqs; ++b) {
+  for (int b = 1; b <= options_.scheduler.max_num_seqs; ++b) {
     rows = std::max(rows, b * DecodeChoice(b).num_splits);
   }
   return rows;
@@ -197,18 +199,18 @@ kernels::DecodeKernelChoice CudaBackend<T>::DecodeChoice(int num_seqs) const {
       kernels::DecodeKeysPerQuery(options_.max_model_len, config_.attention_window());
   return kernels::SelectFixedGridDecodeKernel(
       config_.num_heads, config_.num_kv_heads, config_.head_dim, spec_.block_size,
-      options_.deterministic ? 1 : num_seqs, max_keys, device_->sm_count(), kv_element());
+      options_.backend.deterministic ? 1 : num_seqs, max_keys, device_->sm_count(), kv_element());
 }
 
 template <typename T>
 absl::Status CudaBackend<T>::AllocateActivations() {
   const ModelConfig& c = config_;
-  const size_t t = max_tokens_, s = options_.max_num_seqs, h = c.hidden_size;
+  const size_t t = max_tokens_, s = options_.scheduler.max_num_seqs, h = c.hidden_size;
   // Split partials for the most (sequence x split) rows any batch size asks for.
   // Shared with the prefill key splits (they run after the decode merge, on the same stream).
   const size_t workspace = std::max(
       k::DecodeWorkspaceBytes(/*num_seqs=*/1, c.num_heads, c.head_dim, MaxDecodeWorkspaceRows()),
-      options_.deterministic
+      options_.backend.deterministic
           ? size_t(0)
           : k::PrefillWorkspaceBytes(kernels::kPrefillSplitRows / 2, c.num_heads, c.head_dim, 2));
   auto carve = [&](void* base) {
@@ -247,22 +249,22 @@ template <typename T>
 absl::Status CudaBackend<T>::AllocateKvCache() {
   KvCacheSpec probe = spec_;
   probe.num_blocks = 1;
-  int64_t blocks = options_.num_kv_blocks;
-  if (blocks <= 0 && options_.kv_cache_bytes > 0) {
-    blocks = options_.kv_cache_bytes / probe.bytes_per_block();
+  int64_t blocks = options_.cache.num_kv_blocks;
+  if (blocks <= 0 && options_.cache.kv_cache_bytes > 0) {
+    blocks = options_.cache.kv_cache_bytes / probe.bytes_per_block();
   } else if (blocks <= 0) {
     size_t free = 0, total = 0;
     GQA_CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free, &total));
-    const double budget = options_.gpu_memory_utilization * double(total) - double(total - free) -
-                          double(kGraphReserveBytes);
+    const double budget = options_.cache.gpu_memory_utilization * double(total) -
+                          double(total - free) - double(kGraphReserveBytes);
     blocks = budget > 0 ? int64_t(budget / probe.bytes_per_block()) : 0;
     if (blocks < 1) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("the model does not fit on ", device_->name(), ": weights ",
-                       weights_.bytes() / 1073741824.0, " GiB and activations ",
-                       activation_memory_.bytes() / 1073741824.0,
-                       " GiB leave no room for a KV cache within ", "--gpu_memory_utilization ",
-                       options_.gpu_memory_utilization, " of ", total / 1073741824.0, " GiB"));
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "the model does not fit on ", device_->name(), ": weights ",
+          weights_.bytes() / 1073741824.0, " GiB and activations ",
+          activation_memory_.bytes() / 1073741824.0, " GiB leave no room for a KV cache within ",
+          "--gpu_memory_utilization ", options_.cache.gpu_memory_utilization, " of ",
+          total / 1073741824.0, " GiB"));
     }
   }
   blocks = std::min<int64_t>(blocks, (int64_t(1) << 31) / spec_.block_size - 1);
@@ -381,7 +383,7 @@ absl::Status CudaBackend<T>::AttentionOver(int l, const StepShape& shape,
     split_shape.group = c.num_heads / c.num_kv_heads;
     split_shape.num_kv_heads = c.num_kv_heads;
     split_shape.sm_count = device_->sm_count();
-    split_shape.deterministic = options_.deterministic;  // splits would follow the batch
+    split_shape.deterministic = options_.backend.deterministic;  // splits would follow the batch
     args.key_splits = kernels::SelectPrefillKeySplits(split_shape);
     args.workspace = act_.decode_workspace;
     GQA_CUDA_RETURN_IF_ERROR(k::PagedPrefillAttention<T>(args, stream));
@@ -464,7 +466,7 @@ absl::Status CudaBackend<T>::CaptureGraphs() {
   size_t free_before = 0, free_after = 0, total = 0;
   GQA_CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free_before, &total));
   cudaStream_t stream = device_->stream();
-  for (int size : CaptureSizes(options_.max_num_seqs)) {
+  for (int size : CaptureSizes(options_.scheduler.max_num_seqs)) {
     // Inert rows only: the padding rows write nothing to the cache or the tables.
     auto shape = inputs_.Pack(StepPlan{}, tables_, spec_.block_size, spec_.num_blocks, size);
     if (!shape.ok()) return shape.status();
@@ -472,7 +474,7 @@ absl::Status CudaBackend<T>::CaptureGraphs() {
     RETURN_IF_ERROR(Launch(*shape));  // warm-up: makes the cuBLAS plans outside the capture
     GQA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
     ASSIGN_OR_RETURN(graphs_[size], CaptureGraph(*shape, GraphKind::kPlain));
-    if (options_.step_profiling) {
+    if (step_profiling()) {
       ASSIGN_OR_RETURN(profiled_graphs_[size], CaptureGraph(*shape, GraphKind::kProfiled));
     }
   }
@@ -480,7 +482,7 @@ absl::Status CudaBackend<T>::CaptureGraphs() {
   GQA_CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free_after, &total));
   graph_bytes_ = free_before > free_after ? free_before - free_after : 0;
   spdlog::info("captured {} decode graphs (batch 1..{}{}) in {:.2f} s, {:.1f} MiB",
-               graphs_.size() + profiled_graphs_.size(), options_.max_num_seqs,
+               graphs_.size() + profiled_graphs_.size(), options_.scheduler.max_num_seqs,
                profiled_graphs_.empty() ? "" : "; each also with timing events",
                std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
                graph_bytes_ / 1048576.0);
@@ -539,7 +541,7 @@ absl::Status CudaBackend<T>::Init(const Checkpoint* checkpoint) {
   const ModelConfig& c = config_;
   const bool fp8 = options_.kv_cache_dtype == KvCacheDType::kFp8E4M3;
   const kernels::DecodeKernelChoice support = kernels::SelectDecodeKernel(
-      c.num_heads, c.num_kv_heads, c.head_dim, options_.block_size, 1, 1, 1, 0,
+      c.num_heads, c.num_kv_heads, c.head_dim, options_.cache.block_size, 1, 1, 1, 0,
       fp8 ? kernels::KvElement::kFp8E4M3 : kernels::KvElement::k16Bit);
   if (!support.supported) {
     return absl::InvalidArgumentError(
@@ -549,7 +551,7 @@ absl::Status CudaBackend<T>::Init(const Checkpoint* checkpoint) {
     return absl::InvalidArgumentError(
         "the CUDA backend needs hidden_size and intermediate_size to be multiples of 8");
   }
-  ASSIGN_OR_RETURN(device_, cuda::CudaDevice::Open(options_.device_index));
+  ASSIGN_OR_RETURN(device_, cuda::CudaDevice::Open(options_.cuda.device_index));
   if (fp8 && device_->compute_capability() < 89) {
     const int cc = device_->compute_capability();
     return absl::FailedPreconditionError(absl::StrCat(
@@ -564,22 +566,24 @@ absl::Status CudaBackend<T>::Init(const Checkpoint* checkpoint) {
     ASSIGN_OR_RETURN(
         weights_, cuda::DeviceWeights::Random(c, options_.dtype, options_.random_seed, *device_));
   }
-  max_tokens_ = std::max(options_.max_num_batched_tokens, options_.max_num_seqs);
-  skinny_max_rows_ = options_.deterministic
+  max_tokens_ =
+      std::max(options_.scheduler.max_num_batched_tokens, options_.scheduler.max_num_seqs);
+  skinny_max_rows_ = options_.backend.deterministic
                          ? 0
-                         : std::clamp(options_.skinny_gemm_max_rows, 0, k::kSkinnyGemmMaxRows);
+                         : std::clamp(options_.cuda.skinny_gemm_max_rows, 0, k::kSkinnyGemmMaxRows);
   spec_ = KvCacheSpec{
-      options_.block_size,    0, c.num_kv_heads, c.head_dim, c.num_layers, options_.dtype,
+      options_.cache.block_size, 0, c.num_kv_heads, c.head_dim, c.num_layers, options_.dtype,
       options_.kv_cache_dtype};
   const int max_blocks = (options_.max_model_len + spec_.block_size - 1) / spec_.block_size;
-  ASSIGN_OR_RETURN(inputs_, cuda::StepInputs::Create(
-                                {max_tokens_, options_.max_num_seqs, std::max(1, max_blocks)}));
-  tables_ = BlockTables(options_.max_num_seqs, std::max(1, max_blocks));
+  ASSIGN_OR_RETURN(inputs_, cuda::StepInputs::Create({max_tokens_, options_.scheduler.max_num_seqs,
+                                                      std::max(1, max_blocks)}));
+  tables_ = BlockTables(options_.scheduler.max_num_seqs, std::max(1, max_blocks));
   cuda::GemmOptions gemm;
-  gemm.mode = options_.deterministic ? cuda::GemmMode::kBatchInvariant : cuda::GemmMode::kFastest;
-  gemm.invariant_m = options_.max_num_seqs;
+  gemm.mode =
+      options_.backend.deterministic ? cuda::GemmMode::kBatchInvariant : cuda::GemmMode::kFastest;
+  gemm.invariant_m = options_.scheduler.max_num_seqs;
   gemm.fallback_m = max_tokens_;
-  gemm.tune_max_m = options_.max_num_seqs;
+  gemm.tune_max_m = options_.scheduler.max_num_seqs;
   gemm_ = std::make_unique<cuda::Gemm>(
       device_.get(), options_.dtype == DType::kBF16 ? CUDA_R_16BF : CUDA_R_16F, gemm);
   RETURN_IF_ERROR(AllocateActivations());
@@ -588,7 +592,7 @@ absl::Status CudaBackend<T>::Init(const Checkpoint* checkpoint) {
   RETURN_IF_ERROR(AllocateKvCache());
   RETURN_IF_ERROR(UploadKvScales(checkpoint));
   ASSIGN_OR_RETURN(profiler_, cuda::StepProfiler::Create(c.num_layers));
-  if (!options_.enforce_eager) RETURN_IF_ERROR(CaptureGraphs());
+  if (!options_.cuda.enforce_eager) RETURN_IF_ERROR(CaptureGraphs());
   gemm_->FinishTuning();  // no timing runs inside a serving step
   return absl::OkStatus();
 }
@@ -681,9 +685,9 @@ absl::StatusOr<std::vector<LogprobsResult>> CudaBackend<T>::Logprobs(
     std::span<const LogprobsQuery> queries) {
   const int n = static_cast<int>(queries.size());
   if (n == 0) return std::vector<LogprobsResult>{};  // no launch, no copy
-  if (n > options_.max_num_seqs) {
-    return absl::InternalError(
-        absl::StrCat("logprobs: ", n, " queries; the backend holds ", options_.max_num_seqs));
+  if (n > options_.scheduler.max_num_seqs) {
+    return absl::InternalError(absl::StrCat("logprobs: ", n, " queries; the backend holds ",
+                                            options_.scheduler.max_num_seqs));
   }
   for (const LogprobsQuery& q : queries) {
     if (q.row < 0 || q.row >= logit_rows_ || q.token < 0 || q.token >= config_.vocab_size) {

@@ -14,32 +14,25 @@
 #include "absl/status/statusor.h"
 #include "backend/backend.h"
 #include "model/checkpoint.h"
+#include "options/serving_options.h"
 
 namespace gqa {
 
+// The options tree's parts the GPU uses, and what the factory resolves from them and the model.
 struct CudaBackendOptions {
-  int device_index = 0;
-  DType dtype = DType::kBF16;  // bf16 or fp16
-  // K/V in `dtype`, or FP8 E4M3 with per-(layer, KV head) scales (compute capability 8.9+)
+  SchedulerOptions scheduler;  // max_num_seqs, max_num_batched_tokens
+  CacheOptions cache;          // block_size, kv_cache_bytes, num_kv_blocks, gpu_memory_utilization
+  BackendOptions backend;      // deterministic, step_profile_interval (> 0: profiled graphs too)
+  CudaOptions cuda;            // device_index, enforce_eager, skinny_gemm_max_rows
+  // Resolved: backend.dtype (bf16 or fp16); cache.kv_cache_dtype (K/V in `dtype`, or FP8 E4M3
+  // with per-(layer, KV head) scales, compute capability 8.9+); scheduler.max_model_len.
+  DType dtype = DType::kBF16;
   KvCacheDType kv_cache_dtype = KvCacheDType::kCompute;
-  int block_size = 16;
-  uint64_t kv_cache_bytes = 0;          // > 0: exactly this much KV cache
-  int num_kv_blocks = 0;                // > 0: exactly this many blocks (overrides bytes)
-  double gpu_memory_utilization = 0.9;  // otherwise: this share of the card, minus the rest
-  int max_num_seqs = 256;
-  int max_num_batched_tokens = 2048;
   int max_model_len = 4096;
-  bool enforce_eager = false;  // no CUDA graphs
-  bool deterministic = false;  // a sequence's results do not depend on its batch
-  // Products of up to this many rows run our skinny GEMM kernel instead of cuBLAS (not in
-  // deterministic mode, where every product goes through one cuBLAS algorithm per shape).
-  int skinny_gemm_max_rows = 1;
-  // Also capture each decode graph with timing events (ProfileNextStep replays that copy).
-  bool step_profiling = true;
   uint64_t random_seed = 0;  // CreateCudaBackendWithRandomWeights
 };
 
-// Loads `checkpoint` onto GPU `options.device_index`. Fails with one clear message when no GPU
+// Loads `checkpoint` onto GPU `options.cuda.device_index`. Fails with one clear message when no GPU
 // is visible, the model's shape is unsupported, or it does not fit.
 absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(
     const CudaBackendOptions& options, std::shared_ptr<const Checkpoint> checkpoint);

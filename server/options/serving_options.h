@@ -1,0 +1,100 @@
+// The options tree: everything gqa-server is told, filled once from the flags
+// (options/serving_flags.h) and validated once (ValidateServingOptions). Each component takes its
+// part by const reference: the scheduler and cache parts the backend factory and the engine, the
+// backend and CUDA parts the backends, the service part the front ends. A leaf: it knows no
+// engine, backend or service type.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace gqa {
+
+// The model served and how its weights are made.
+struct ModelOptions {
+  std::string dir;                   // --model: Hugging Face directory (config.json + safetensors)
+  std::string load_format = "auto";  // auto or safetensors (the same), dummy (random weights)
+  uint64_t dummy_seed = 0;
+};
+
+// What one engine step may hold, and the engine's queue.
+struct SchedulerOptions {
+  int max_num_seqs = 256;
+  int max_num_batched_tokens = 2048;
+  int max_model_len = 0;            // 0: the model's maximum (see ServedMaxModelLen)
+  int max_waiting_requests = 1024;  // beyond: RESOURCE_EXHAUSTED (0: no limit)
+};
+
+// The paged KV cache: block shape, pool size, element type, prefix reuse.
+struct CacheOptions {
+  int block_size = 16;
+  uint64_t kv_cache_bytes = 0;          // 0: the backend's default (1 GiB on the CPU; on a GPU what
+                                        // gpu_memory_utilization leaves)
+  int num_kv_blocks = 0;                // > 0: exactly this many blocks (overrides kv_cache_bytes)
+  double gpu_memory_utilization = 0.9;  // share of the GPU for weights, activations and cache
+  std::string kv_cache_dtype = "auto";  // auto (the compute dtype), bfloat16, float16, fp8_e4m3
+  bool enable_prefix_caching = true;
+};
+
+enum class BackendKind { kAuto, kCpu, kCuda };
+
+// "auto", "cpu", "cuda"; otherwise an error naming --backend and quoting `name`.
+absl::StatusOr<BackendKind> ParseBackendKind(std::string_view name);
+std::string_view BackendKindName(BackendKind kind);
+
+// Which backend computes, in what type, and what both backends honour.
+struct BackendOptions {
+  BackendKind kind = BackendKind::kAuto;  // auto: CUDA when a GPU is visible
+  std::string dtype = "auto";      // GPU: auto (the checkpoint's 16-bit type), bfloat16, float16
+  bool deterministic = false;      // GPU: a request's output does not depend on its batch
+  int cpu_threads = 0;             // CPU backend threads (0: all cores)
+  int step_profile_interval = 16;  // one step in this many timed on the device (0: never)
+};
+
+// The CUDA backend alone.
+struct CudaOptions {
+  int device_index = 0;
+  bool enforce_eager = false;  // no CUDA graphs
+  // Products of up to this many rows run our skinny GEMM kernel instead of cuBLAS (not in
+  // deterministic mode, where every product goes through one cuBLAS algorithm per shape).
+  int skinny_gemm_max_rows = 1;
+};
+
+// The front ends (gRPC, OpenAI-compatible HTTP, /metrics): ports, TLS, tokens, limits.
+struct ServiceOptions {
+  std::string host = "0.0.0.0";
+  int port = 50051;
+  int metrics_port = 50052;
+  std::string metrics_host;       // empty: `host`
+  int http_port = 8000;           // 0: off; -1: any free port
+  int http_connections = 256;     // HTTP connections served at once (beyond: 503)
+  std::string served_model_name;  // /v1/models' id (empty: the model directory's name)
+  std::string port_file;  // written once serving: "<grpc port> <metrics port> <http port or 0>"
+  std::string tls_cert_file, tls_key_file;  // PEM; both or neither: TLS
+  std::string tls_client_ca_file;           // PEM; clients must present a certificate it signed
+  std::string auth_token_file;              // calls must send "authorization: Bearer <token>"
+  bool expose_model_path = false;           // GetModelInfo reports the model directory
+  uint64_t max_request_bytes = 4 << 20;     // a request's size (compressed requests: refused)
+  int max_streams_per_connection = 256;
+  int default_max_new_tokens = 256;
+  int drain_grace_seconds = 30;
+};
+
+struct ServingOptions {
+  ModelOptions model;
+  SchedulerOptions scheduler;
+  CacheOptions cache;
+  BackendOptions backend;
+  CudaOptions cuda;
+  ServiceOptions service;
+};
+
+// Every check of the options that needs no model or device, in one place: the first refusal,
+// naming its flag (INVALID_ARGUMENT), or OK.
+absl::Status ValidateServingOptions(const ServingOptions& options);
+
+}  // namespace gqa
