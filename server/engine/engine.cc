@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <random>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "spdlog/spdlog.h"
@@ -70,6 +71,7 @@ absl::StatusOr<uint64_t> Engine::Submit(Request request) {
   }
   const uint64_t id = next_id_++;
   auto seq = std::make_unique<Sequence>(std::move(request), id);
+  if (seq->request.sink) delivery_.Open(id, std::exchange(seq->request.sink, nullptr));
   if (config_.tokenizer) {
     seq->text = std::make_unique<TextStream>(config_.tokenizer,
                                              std::move(seq->request.stopping.stop_strings));
@@ -105,6 +107,7 @@ void Engine::StopThread() {
   }
   wake_.notify_one();
   if (thread_.joinable()) thread_.join();
+  delivery_.Stop();
 }
 
 bool Engine::TakeInbox() {
@@ -133,8 +136,11 @@ bool Engine::TakeInbox() {
 }
 
 void Engine::Loop() {
-  while (TakeInbox()) {
-    if (!scheduler_.idle()) Step();
+  bool running = true;
+  while (running) {
+    running = TakeInbox();
+    if (running && !scheduler_.idle()) Step();
+    DeliverEvents();
   }
 }
 
@@ -169,6 +175,7 @@ void Engine::Step() {
   for (Sequence* s : update->continuing) {
     Emit(*s, {s->tokens.back()}, std::move(s->pending_text), std::nullopt);
   }
+  DeliverEvents();
   stats.wall_seconds = Seconds(Clock::now() - start);
   if (observer_) observer_->OnStep(stats);
   // The finished sequences' blocks are free already: what a client sees after its final message
@@ -219,7 +226,7 @@ void Engine::Emit(Sequence& s, std::vector<int32_t> tokens, std::string text,
     event.total_seconds = Seconds(now - arrival);
     if (observer_) observer_->OnRequestFinished(*finish, event.total_seconds);
   }
-  if (s.request.sink) s.request.sink(std::move(event));
+  outbox_.emplace_back(s.id, std::move(event));
 }
 
 void Engine::Finish(uint64_t seq_id, FinishReason reason, int32_t matched_stop) {
@@ -243,11 +250,16 @@ void Engine::FailStep(const SchedulerOutput& out, const absl::Status& status) {
     TokenEvent event;
     event.finish = FinishReason::kCancelled;
     event.error = status.ok() ? absl::InternalError("engine step failed") : status;
-    if (seq->request.sink) seq->request.sink(std::move(event));
+    outbox_.emplace_back(seq->id, std::move(event));
     std::lock_guard lock(mu_);
     if (--in_flight_ == 0) idle_.notify_all();
   }
-  if (backend_->broken() && config_.on_backend_broken) config_.on_backend_broken();
+  DeliverEvents();
+  if (backend_->broken() && config_.on_backend_broken) {
+    // The process is about to exit: give the failed requests' errors a moment to go out.
+    delivery_.WaitUntilDelivered(std::chrono::seconds(1));
+    config_.on_backend_broken();
+  }
 }
 
 void Engine::UpdateGauges() {

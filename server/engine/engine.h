@@ -1,7 +1,8 @@
 // The engine: one thread that owns the scheduler, the block allocator and the backend, and runs
 // steps while there is work: Scheduler::Schedule -> Backend::ExecuteStep -> Scheduler::Update
 // -> emit. Other threads only Submit and
-// Cancel, which enqueue messages and never block on a step.
+// Cancel, which enqueue messages and never block on a step. The events a step emits go to the
+// delivery thread (engine/event_delivery.h), which runs the requests' sinks.
 #pragma once
 
 #include <atomic>
@@ -19,6 +20,7 @@
 #include "backend/backend.h"
 #include "engine/block_allocator.h"
 #include "engine/engine_observer.h"
+#include "engine/event_delivery.h"
 #include "engine/scheduler.h"
 #include "engine/step_stats.h"
 #include "engine/validation.h"
@@ -60,7 +62,8 @@ class Engine {
   // already finished) are ignored.
   void Cancel(uint64_t id);
   // Stops accepting requests, waits up to `grace` for the admitted ones to finish, then cancels
-  // what is left and stops the engine thread.
+  // what is left, stops the engine thread and delivers every event (each request's final one
+  // included) before it returns.
   void Drain(std::chrono::milliseconds grace);
 
   const EngineConfig& config() const { return config_; }
@@ -77,6 +80,8 @@ class Engine {
             std::optional<FinishReason> finish, int32_t matched_stop = 0);
   void Finish(uint64_t seq_id, FinishReason reason, int32_t matched_stop = 0);
   void FailStep(const SchedulerOutput& out, const absl::Status& status);
+  // Hands the events emitted so far to the delivery thread.
+  void DeliverEvents() { delivery_.Post(outbox_); }
   void UpdateGauges();
   void StopThread();
 
@@ -97,6 +102,8 @@ class Engine {
   std::atomic<int64_t> scheduler_waiting_{0};            // written by the engine thread
   bool stop_ = false;                                    // guarded by mu_
   std::mt19937 profile_rng_{0x9e3779b9};                 // engine thread only
+  std::vector<EventDelivery::Outgoing> outbox_;          // engine thread only: not yet posted
+  EventDelivery delivery_;
   std::thread thread_;
 };
 

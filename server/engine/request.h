@@ -76,7 +76,9 @@ struct TokenEvent {
   absl::Status error;
 };
 
-// Called on the engine thread; must not block.
+// Called on the engine's delivery thread (engine/event_delivery.h), never on the engine thread:
+// one request's events in order and never two at once; events that pile up while it runs are
+// merged into one. Should not block: a blocked sink delays other requests' events (not steps).
 using EventSink = std::function<void(TokenEvent)>;
 
 struct Request {

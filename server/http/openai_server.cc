@@ -49,7 +49,7 @@ void SendError(httplib::Response& res, const absl::Status& status) {
 }
 
 // One HTTP generation request: its engine requests (one per choice) and the events they send,
-// handed from the engine thread (Push) to the connection's worker thread (Take).
+// handed from the engine's delivery thread (Push) to the connection's worker thread (Take).
 class Exchange {
  public:
   Exchange(Engine* engine, int choices, std::atomic<int>* open)
@@ -99,7 +99,7 @@ class Exchange {
   }
 
  private:
-  // Engine thread: never blocks beyond the lock.
+  // The engine's delivery thread: never blocks beyond the lock.
   void Push(int index, TokenEvent event) {
     std::lock_guard lock(mu_);
     const bool last = event.finish.has_value() || !event.error.ok();

@@ -69,8 +69,9 @@ grpc::ServerUnaryReactor* ServeUnary(grpc::CallbackServerContext* context, const
 }
 
 // Streams one request's events. Owned jointly by gRPC (until OnDone) and the engine's sink
-// (until the sequence is gone), so neither side can outlive the other's use of it. State changes
-// happen under mu_; the gRPC calls they decide on (StartWrite, Finish) happen after unlocking.
+// (until its final event is delivered), so neither side can outlive the other's use of it. State
+// changes happen under mu_; the gRPC calls they decide on (StartWrite, Finish) happen after
+// unlocking.
 class GenerateReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
                         public std::enable_shared_from_this<GenerateReactor> {
  public:
@@ -141,7 +142,8 @@ class GenerateReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
  private:
   enum class Action { kNone, kWrite, kFinish };
 
-  // Engine thread: merge the event into the pending message and write if the stream is free.
+  // The engine's delivery thread: merge the event into the pending message and write if the
+  // stream is free.
   void OnEvent(TokenEvent event) {
     Action action;
     {
