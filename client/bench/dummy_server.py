@@ -1,7 +1,8 @@
-"""gqa-server on a config.json-only model directory (--load_format dummy: random weights), the
-launcher sweep.py and prefix_bench.py share: a context manager that writes the config into a
-temporary directory, starts the server with every port picked free, waits for its port file and
-SIGTERMs it on exit (the temporary directory removed)."""
+"""gqa-server launchers the benchmark scripts share. ModelServer serves a model directory with
+every port picked free: a context manager that starts the server, waits for its port file and
+SIGTERMs it on exit. DummyServer first writes a config.json-only model into a temporary
+directory (--load_format dummy: random weights) and removes it after (sweep.py, prefix_bench.py);
+fp8_quality.py serves a real model with ModelServer."""
 import json
 import os
 import shutil
@@ -19,28 +20,30 @@ def read_text(path):
         return ""
 
 
-class DummyServer:
-    """`config`: config.json's content; `flags`: gqa-server's flags beyond the model, the ports
-    and the load format. `grpc_port` and `metrics_port` are set once it serves."""
+class ModelServer:
+    """gqa-server on `model_dir` with `flags` beyond the model and the ports. `grpc_port` and
+    `metrics_port` are set once it serves; `address` is its gRPC host:port."""
 
-    def __init__(self, server_bin, config, flags, log_path, start_timeout_s,
-                 prefix="gqa-bench-model-"):
-        self.server_bin, self.config, self.flags = server_bin, config, list(flags)
+    def __init__(self, server_bin, model_dir, flags, log_path, start_timeout_s,
+                 prefix="gqa-bench-server-"):
+        self.server_bin, self.model_dir, self.flags = server_bin, model_dir, list(flags)
         self.log_path, self.start_timeout_s, self.prefix = log_path, start_timeout_s, prefix
-        self.proc = self.tmp = self.log_file = None
+        self.proc = self.log_file = self.tmp = None  # tmp: the port file's directory
         self.grpc_port = self.metrics_port = None
 
-    def command(self, model_dir, port_file):
-        return [self.server_bin, "--model", model_dir, "--load_format", "dummy", "--port", "0",
-                "--metrics_port", "0", "--http_port", "0", "--port_file", port_file, "--host",
-                "127.0.0.1", *self.flags]
+    @property
+    def address(self):
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def command(self, port_file):
+        return [self.server_bin, "--model", self.model_dir, "--port", "0", "--metrics_port", "0",
+                "--http_port", "0", "--port_file", port_file, "--host", "127.0.0.1", *self.flags]
 
     def __enter__(self):
-        self.tmp = tempfile.mkdtemp(prefix=self.prefix)
-        with open(os.path.join(self.tmp, "config.json"), "w") as f:
-            json.dump(self.config, f, indent=1)
+        if self.tmp is None:
+            self.tmp = tempfile.mkdtemp(prefix=self.prefix)
         port_file = os.path.join(self.tmp, "ports")
-        cmd = self.command(self.tmp, port_file)
+        cmd = self.command(port_file)
         self.log_file = open(self.log_path, "w")
         self.log_file.write("# " + " ".join(cmd) + "\n")
         self.log_file.flush()
@@ -82,3 +85,22 @@ class DummyServer:
     def __exit__(self, *exc):
         self.stop()
         return False
+
+
+class DummyServer(ModelServer):
+    """`config`: config.json's content, written to a temporary model directory served with
+    --load_format dummy; `flags`: gqa-server's flags beyond the model, the ports and the load
+    format."""
+
+    def __init__(self, server_bin, config, flags, log_path, start_timeout_s,
+                 prefix="gqa-bench-model-"):
+        super().__init__(server_bin, None, ["--load_format", "dummy", *flags], log_path,
+                         start_timeout_s, prefix)
+        self.config = config
+
+    def __enter__(self):
+        self.tmp = tempfile.mkdtemp(prefix=self.prefix)  # the model and the port file
+        self.model_dir = self.tmp
+        with open(os.path.join(self.tmp, "config.json"), "w") as f:
+            json.dump(self.config, f, indent=1)
+        return super().__enter__()

@@ -26,7 +26,9 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from dummy_server import ModelServer  # noqa: E402
 
 # A fixed text (public-domain style prose, no special tokens) so that runs compare.
 TEXT = (
@@ -61,35 +63,6 @@ def first_message(out):
         if "prompt_logprobs" in message or "token_ids" in message:
             return message
     raise SystemExit("fp8_quality: gqa-cli printed no response")
-
-
-class Server:
-    """gqa-server on free ports with one --kv_cache_dtype, stopped on exit."""
-
-    def __init__(self, args, kv_cache_dtype, tmp, run):
-        ports = os.path.join(tmp, f"ports-{run}")
-        self.log = os.path.join(tmp, f"server-{run}.log")
-        command = [args.server, f"--model={args.model}", f"--backend={args.backend}",
-                   f"--kv_cache_dtype={kv_cache_dtype}", "--port=0", "--metrics_port=0",
-                   "--http_port=0", f"--port_file={ports}", "--deterministic"] + args.server_arg
-        self.process = subprocess.Popen(command, stdout=open(self.log, "w"),
-                                        stderr=subprocess.STDOUT)
-        deadline = time.time() + args.startup_timeout
-        while time.time() < deadline:
-            if os.path.exists(ports) and os.path.getsize(ports) > 0:
-                self.address = f"127.0.0.1:{open(ports).read().split()[0]}"
-                return
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.25)
-        self.stop()
-        raise SystemExit(f"fp8_quality: gqa-server --kv_cache_dtype={kv_cache_dtype} did not "
-                         f"start:\n{open(self.log).read()[-3000:]}")
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait()
 
 
 def measure(args, address, ids):
@@ -166,16 +139,17 @@ def main():
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for run, dtype in enumerate((args.reference, args.candidate)):
-            server = Server(args, dtype, tmp, run)
-            try:
+            # One configuration at a time, so that one GPU holds one copy.
+            flags = [f"--backend={args.backend}", f"--kv_cache_dtype={dtype}", "--deterministic",
+                     *args.server_arg]
+            with ModelServer(args.server, args.model, flags, os.path.join(tmp, f"server-{run}.log"),
+                             args.startup_timeout) as server:
                 if args.ids:
                     ids = [int(x) for x in args.ids.split(",") if x.strip()]
                 else:
                     text = open(args.file, encoding="utf-8").read() if args.file else TEXT
                     ids = json.loads(run_cli(args, server.address, ["--tokenize", f"--text={text}"]))
                 results[run] = measure(args, server.address, ids)
-            finally:
-                server.stop()
     figures = compare(results[0], results[1])
     figures.update({"reference": args.reference, "candidate": args.candidate, "model": args.model})
     if args.json:
