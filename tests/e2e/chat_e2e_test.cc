@@ -6,7 +6,6 @@
 
 #include <fstream>
 #include <random>
-#include <ranges>
 
 #include "chat_template/chat_template.h"
 #include "common/generate_client.h"
@@ -126,11 +125,7 @@ TEST(ChatE2eTest, TemplateWeCannotRenderStopsStartupWithOneLineNamingFileAndCons
   auto [code, output] = RunCommand({ServerBin(), "--model=" + model.path().string(), "--port=0",
                                     "--metrics_port=0", "--http_port=0"});
   EXPECT_NE(code, 0);
-  std::vector<std::string> errors;
-  for (const auto line : std::views::split(output, '\n')) {
-    const std::string text(line.begin(), line.end());
-    if (text.find(" error ") != std::string::npos) errors.push_back(text);
-  }
+  const std::vector<std::string> errors = ErrorLines(output);
   ASSERT_EQ(errors.size(), 1u) << output;
   EXPECT_NE(errors[0].find((model.path() / "tokenizer_config.json").string()), std::string::npos)
       << output;

@@ -10,7 +10,6 @@
 #include <iostream>
 #include <map>
 #include <random>
-#include <ranges>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -679,11 +678,7 @@ TEST(ServerLifecycleTest, BrokenCheckpointStopsStartupWithOneLineNamingTheFile) 
   EXPECT_NE(code, 0);
   // Before the failure the log says where it listens; the failure itself is one error line,
   // naming the file.
-  std::vector<std::string> errors;
-  for (const auto line : std::views::split(output, '\n')) {
-    const std::string text(line.begin(), line.end());
-    if (text.find(" error ") != std::string::npos) errors.push_back(text);
-  }
+  const std::vector<std::string> errors = ErrorLines(output);
   ASSERT_EQ(errors.size(), 1u) << output;
   EXPECT_NE(errors[0].find(file.string()), std::string::npos) << output;
   EXPECT_EQ(std::count(output.begin(), output.end(), '\n'), 2) << output;  // listening + error

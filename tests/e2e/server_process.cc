@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <random>
+#include <ranges>
 #include <regex>
 #include <sstream>
 #include <thread>
@@ -203,6 +204,15 @@ std::pair<int, std::string> RunCommand(const std::vector<std::string>& argv) {
   std::string out = ReadFile(log);
   std::filesystem::remove(log);
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+std::vector<std::string> ErrorLines(const std::string& log) {
+  std::vector<std::string> errors;
+  for (const auto line : std::views::split(log, '\n')) {
+    const std::string text(line.begin(), line.end());
+    if (text.find(" error ") != std::string::npos) errors.push_back(text);
+  }
+  return errors;
 }
 
 }  // namespace gqa::testing

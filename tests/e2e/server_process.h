@@ -64,4 +64,8 @@ ModelConfig E2eConfig(int num_kv_heads);
 // Runs a command to completion; returns its exit code and merged output.
 std::pair<int, std::string> RunCommand(const std::vector<std::string>& argv);
 
+// The lines of a server's log at error level (spdlog's " error " field): a refused startup must
+// print exactly one.
+std::vector<std::string> ErrorLines(const std::string& log);
+
 }  // namespace gqa::testing
