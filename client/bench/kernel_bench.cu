@@ -332,7 +332,7 @@ double TimePrefill(int kv_heads, int batch, int len, int context = 0, int key_sp
   args.key_tiles_per_step = key_tiles_per_step;
   args.num_query_tokens = batch * len;
   void* workspace = nullptr;
-  const size_t workspace_bytes = gqa::kernels::cuda::PrefillWorkspaceBytes(
+  const size_t workspace_bytes = gqa::kernels::PrefillWorkspaceBytes(
       args.num_query_tokens, kHeads, g_head_dim, key_splits);
   if (workspace_bytes > 0) CHECK_CUDA(cudaMalloc(&workspace, workspace_bytes));
   args.workspace = workspace;

@@ -269,11 +269,6 @@ cudaError_t LaunchPrefillVariant(const PrefillAttentionArgs<T, KV>& args, cudaSt
 
 }  // namespace
 
-size_t PrefillWorkspaceBytes(int num_query_tokens, int num_heads, int head_dim, int key_splits) {
-  if (key_splits <= 1) return 0;
-  return size_t(num_query_tokens) * num_heads * key_splits * (head_dim + 1) * sizeof(float);
-}
-
 template <typename T, typename KV>
 cudaError_t PagedPrefillAttention(const PrefillAttentionArgs<T, KV>& args, cudaStream_t stream) {
   if (args.num_seqs <= 0 || args.max_query_len <= 0) return cudaSuccess;

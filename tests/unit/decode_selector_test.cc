@@ -116,5 +116,25 @@ TEST(PrefillSelectorTest, KeysPerStepFollowTheHeadDimAndTheSplits) {
   EXPECT_EQ(PrefillKeyTilesPerStep(128, 8), 1);
 }
 
+TEST(PrefillSelectorTest, TheWorkspaceHoldsWhatEverySelectedSplitNeeds) {
+  EXPECT_EQ(PrefillWorkspaceBytes(100, 32, 64, 1), 0u);
+  EXPECT_EQ(PrefillWorkspaceBytes(100, 32, 64, 8), 100u * 32 * 8 * 65 * 4);
+  for (int tokens : {1, 7, 100, 300, 2048}) {
+    for (int context : {tokens, tokens + 2000, tokens + 30000}) {
+      PrefillShapeForSplits shape;
+      shape.max_query_len = shape.num_query_tokens = tokens;
+      shape.max_context = context;
+      shape.num_seqs = 1;
+      shape.group = 32;
+      shape.num_kv_heads = 1;
+      shape.sm_count = 132;
+      const int splits = SelectPrefillKeySplits(shape);
+      EXPECT_LE(PrefillWorkspaceBytes(tokens, 32, 128, splits),
+                PrefillWorkspaceCapacityBytes(32, 128))
+          << tokens << " tokens over " << context;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace gqa::kernels

@@ -212,7 +212,7 @@ absl::Status CudaBackend<T>::AllocateActivations() {
       k::DecodeWorkspaceBytes(/*num_seqs=*/1, c.num_heads, c.head_dim, MaxDecodeWorkspaceRows()),
       options_.backend.deterministic
           ? size_t(0)
-          : k::PrefillWorkspaceBytes(kernels::kPrefillSplitRows / 2, c.num_heads, c.head_dim, 2));
+          : kernels::PrefillWorkspaceCapacityBytes(c.num_heads, c.head_dim));
   auto carve = [&](void* base) {
     BufferCarver b(base);
     act_.residual = b.Take<T>(t * h);

@@ -24,6 +24,7 @@
 
 #include "gqa/kernels/decode_selector.h"
 #include "gqa/kernels/paged_kv.h"
+#include "gqa/kernels/prefill_selector.h"
 
 namespace gqa::kernels::cuda {
 
@@ -74,10 +75,6 @@ struct PrefillAttentionArgs {
   // PrefillKeyTilesPerStep(head_dim, key_splits). Tests and benchmarks set it.
   int key_tiles_per_step = 0;
 };
-
-// Bytes of fp32 scratch the prefill key splits need (num_query_tokens * key_splits <=
-// kPrefillSplitRows).
-size_t PrefillWorkspaceBytes(int num_query_tokens, int num_heads, int head_dim, int key_splits);
 
 // Causal grouped-query attention of several query tokens per sequence over the paged cache
 // (prefill, chunked prefill, a prompt that extends cached tokens). Sequence s's queries are the

@@ -54,6 +54,21 @@ constexpr int SelectPrefillKeySplits(const PrefillShapeForSplits& s) {
   return std::max(1, splits);
 }
 
+// Bytes of fp32 scratch the key splits need: each (query token, head, split) row's normalized
+// output and its log-sum-exp. 0 without splits.
+constexpr size_t PrefillWorkspaceBytes(int num_query_tokens, int num_heads, int head_dim,
+                                       int key_splits) {
+  return key_splits <= 1
+             ? 0
+             : size_t(num_query_tokens) * num_heads * key_splits * (head_dim + 1) * sizeof(float);
+}
+
+// The most any step's key splits need: SelectPrefillKeySplits keeps tokens x splits within
+// kPrefillSplitRows.
+constexpr size_t PrefillWorkspaceCapacityBytes(int num_heads, int head_dim) {
+  return size_t(kPrefillSplitRows) * num_heads * (head_dim + 1) * sizeof(float);
+}
+
 // The kernel variant, in 16-key tiles per pipeline step: 32 keys, except 16 for a split chunk at
 // head_dim 128. Measured on an H200 (kernels/BENCHMARKS.md step 20): 32 keys cut a whole
 // prompt's attention 6% at head_dim 128 and 17-18% at 64 (64 keys: 21% slower at 128, where 177
