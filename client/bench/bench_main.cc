@@ -10,6 +10,7 @@ int KernelBenchMain(int argc, char** argv);
 namespace gqa {
 int DecodeBenchMain(int argc, char** argv);
 int EngineBenchMain(int argc, char** argv);
+int GemmBenchMain(int argc, char** argv);
 int ProfileBenchMain(int argc, char** argv);
 }  // namespace gqa
 
@@ -18,12 +19,14 @@ int main(int argc, char** argv) {
   if (mode == "kernels") return KernelBenchMain(argc, argv);
   if (mode == "decode") return gqa::DecodeBenchMain(argc, argv);
   if (mode == "engine") return gqa::EngineBenchMain(argc, argv);
+  if (mode == "gemm") return gqa::GemmBenchMain(argc, argv);
   if (mode == "profile") return gqa::ProfileBenchMain(argc, argv);
   std::fprintf(stderr,
                "usage: gqa-bench kernels [--peer CMD] [--prefill] [--only kv,batch,ctx]...\n"
                "       gqa-bench decode [--peer 'python3 client/bench/decode_peer.py'] "
                "[--only MODEL:KV:BATCH:CTX]... [--steps N] [--eager] [--deterministic] "
-               "[--skinny_max_rows N]\n"
+               "[--skinny_max_rows N] [--tensor_core_max_rows N]\n"
+               "       gqa-bench gemm [--only 1b|8b|PRODUCT] [--rows M]\n"
                "       gqa-bench engine [--batch 64] [--prompt 2048] [--new_tokens 192]\n"
                "       gqa-bench profile [--interval 16] [--steps 200]\n");
   return 2;

@@ -19,6 +19,7 @@
 
 #include "backend/cuda/cuda_backend.h"
 #include "backend/roofline.h"
+#include "copy_bandwidth.h"
 #include "engine/engine.h"
 #include "metrics/engine_metrics.h"
 #include "model/config.h"
@@ -58,30 +59,6 @@ ModelConfig ModelShape(const std::string& model, int kv_heads) {
 double FloorBytes(const ModelConfig& c, int batch, int context, int kv_element_bytes = 2) {
   const double kv_bytes = double(batch) * context * 2 * c.num_layers * c.kv_size();
   return double(WeightBytesPerStep(c, 2)) + kv_element_bytes * kv_bytes;
-}
-
-double CopyBandwidth() {  // bytes read + written per second, device to device
-  const size_t bytes = 2ull << 30;
-  void *a = nullptr, *b = nullptr;
-  cudaMalloc(&a, bytes);
-  cudaMalloc(&b, bytes);
-  cudaEvent_t start, stop;
-  cudaEventCreate(&start);
-  cudaEventCreate(&stop);
-  std::vector<double> times;
-  for (int i = 0; i < 12; ++i) {
-    cudaEventRecord(start);
-    cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice);
-    cudaEventRecord(stop);
-    cudaEventSynchronize(stop);
-    float ms = 0;
-    cudaEventElapsedTime(&ms, start, stop);
-    if (i >= 2) times.push_back(ms);
-  }
-  cudaFree(a);
-  cudaFree(b);
-  std::sort(times.begin(), times.end());
-  return 2.0 * bytes / (times[times.size() / 2] * 1e-3);
 }
 
 [[noreturn]] void Die(const absl::Status& status) {
@@ -404,6 +381,7 @@ int DecodeBenchMain(int argc, char** argv) {
   bool eager = false, deterministic = false, fp8 = false;
   int steps = 50;
   int skinny_max_rows = CudaOptions().skinny_gemm_max_rows;
+  int tensor_core_max_rows = CudaOptions().tensor_core_gemm_max_rows;
   for (int i = 2; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--peer" && i + 1 < argc) peer = argv[++i];
@@ -420,6 +398,9 @@ int DecodeBenchMain(int argc, char** argv) {
       fp8 = value == "fp8_e4m3";
     }
     if (arg == "--skinny_max_rows" && i + 1 < argc) skinny_max_rows = std::atoi(argv[++i]);
+    if (arg == "--tensor_core_max_rows" && i + 1 < argc) {
+      tensor_core_max_rows = std::atoi(argv[++i]);
+    }
     char model[8];
     Row r;
     if (arg == "--only" && i + 1 < argc &&
@@ -468,6 +449,7 @@ int DecodeBenchMain(int argc, char** argv) {
     o.cuda.enforce_eager = eager;
     o.backend.deterministic = deterministic;
     o.cuda.skinny_gemm_max_rows = skinny_max_rows;
+    o.cuda.tensor_core_gemm_max_rows = tensor_core_max_rows;
     // The FP8 timings first (when asked), from their own backend: one holds the card at a time.
     std::vector<Timing> fp8_timings;
     if (fp8) {

@@ -62,6 +62,10 @@ struct CudaOptions {
   // Products of up to this many rows run our skinny GEMM kernel instead of cuBLAS (not in
   // deterministic mode, where every product goes through one cuBLAS algorithm per shape).
   int skinny_gemm_max_rows = 1;
+  // Decode products of up to this many rows (at most 64) also time the tensor-core skinny
+  // kernel against cuBLASLt's candidates at startup and run it where it is faster (not in
+  // deterministic mode); 0: cuBLASLt only.
+  int tensor_core_gemm_max_rows = 64;
 };
 
 // The front ends (gRPC, OpenAI-compatible HTTP, /metrics): ports, TLS, tokens, limits.

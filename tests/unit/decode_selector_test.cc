@@ -1,5 +1,6 @@
 #include "gqa/kernels/decode_selector.h"
 #include "gqa/kernels/prefill_selector.h"
+#include "gqa/kernels/skinny_mma_plan.h"
 
 #include <gtest/gtest.h>
 
@@ -132,6 +133,47 @@ TEST(PrefillSelectorTest, TheWorkspaceHoldsWhatEverySelectedSplitNeeds) {
       EXPECT_LE(PrefillWorkspaceBytes(tokens, 32, 128, splits),
                 PrefillWorkspaceCapacityBytes(32, 128))
           << tokens << " tokens over " << context;
+    }
+  }
+}
+
+// The tensor-core skinny product's cut (gqa/kernels/skinny_mma_plan.h).
+TEST(SkinnyMmaPlanTest, SplitsFillTheMachineWithinTheirByteBudget) {
+  // 1B attention output (2048 x 2048) at 8 rows: 32 row blocks, 8 splits of 4 stages.
+  SkinnyMmaPlan plan = PlanSkinnyMma(8, 2048, 2048, 132);
+  EXPECT_EQ(plan.row_blocks, 32);
+  EXPECT_EQ(plan.splits, 8);
+  EXPECT_EQ(plan.stages_per_split, 4);
+  // At 64 rows the partial sums would pass an eighth of the weight's bytes: unsplit.
+  EXPECT_EQ(PlanSkinnyMma(64, 2048, 2048, 132).splits, 1);
+  // A wide weight (the lm_head) fills the machine by rows alone.
+  EXPECT_EQ(PlanSkinnyMma(8, 128256, 2048, 132).splits, 1);
+  EXPECT_EQ(PlanSkinnyMma(8, 128256, 2048, 132).row_blocks, 2004);
+  for (int m : {1, 8, 9, 16, 17, 32, 33, 64}) {
+    for (int n : {7, 64, 960, 2048, 3072, 4096, 8255, 16384}) {
+      for (int k : {8, 200, 576, 2048, 8192, 14336}) {
+        plan = PlanSkinnyMma(m, n, k, 132);
+        const int stages = (k + kSkinnyMmaStageK - 1) / kSkinnyMmaStageK;
+        SCOPED_TRACE(testing::Message() << m << " x " << n << " x " << k);
+        EXPECT_GE(plan.splits, 1);
+        // Every split has stages, and together they cover k exactly once.
+        EXPECT_LT((plan.splits - 1) * plan.stages_per_split, stages);
+        EXPECT_GE(plan.splits * plan.stages_per_split, stages);
+        if (plan.splits > 1) {
+          EXPECT_LE(plan.splits * plan.row_blocks, 2 * 132 + plan.row_blocks);
+          EXPECT_LE(8.0 * SkinnyMmaPartialFloats(plan, m) / plan.row_blocks,
+                    (2.0 * kSkinnyMmaBlockWeightRows * k) / 8);  // bytes: partials vs weight
+        } else {
+          EXPECT_EQ(SkinnyMmaPartialFloats(plan, m), 0u);
+          EXPECT_EQ(SkinnyMmaCounters(plan), 0u);
+        }
+        EXPECT_LE(SkinnyMmaPartialFloats(plan, m), SkinnyMmaMaxPartialFloats(132));
+        EXPECT_LE(SkinnyMmaCounters(plan), SkinnyMmaMaxCounters(132));
+        // The cut depends on m only through its row bucket.
+        const SkinnyMmaPlan bucket = PlanSkinnyMma(SkinnyMmaRowBucket(m), n, k, 132);
+        EXPECT_EQ(plan.splits, bucket.splits);
+        EXPECT_EQ(plan.stages_per_split, bucket.stages_per_split);
+      }
     }
   }
 }

@@ -584,6 +584,8 @@ absl::Status CudaBackend<T>::Init(const Checkpoint* checkpoint) {
   gemm.invariant_m = options_.scheduler.max_num_seqs;
   gemm.fallback_m = max_tokens_;
   gemm.tune_max_m = options_.scheduler.max_num_seqs;
+  gemm.skinny_mma_max_m = options_.cuda.tensor_core_gemm_max_rows;
+  gemm.sm_count = device_->sm_count();
   gemm_ = std::make_unique<cuda::Gemm>(
       device_.get(), options_.dtype == DType::kBF16 ? CUDA_R_16BF : CUDA_R_16F, gemm);
   RETURN_IF_ERROR(AllocateActivations());

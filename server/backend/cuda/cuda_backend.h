@@ -23,7 +23,7 @@ struct CudaBackendOptions {
   SchedulerOptions scheduler;  // max_num_seqs, max_num_batched_tokens
   CacheOptions cache;          // block_size, kv_cache_bytes, num_kv_blocks, gpu_memory_utilization
   BackendOptions backend;      // deterministic, step_profile_interval (> 0: profiled graphs too)
-  CudaOptions cuda;            // device_index, enforce_eager, skinny_gemm_max_rows
+  CudaOptions cuda;            // device, eager, skinny and tensor-core GEMM row limits
   // Resolved: backend.dtype (bf16 or fp16); cache.kv_cache_dtype (K/V in `dtype`, or FP8 E4M3
   // with per-(layer, KV head) scales, compute capability 8.9+); scheduler.max_model_len.
   DType dtype = DType::kBF16;

@@ -6,6 +6,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "gqa/kernels/skinny_gemm_cuda.h"
+#include "gqa/kernels/skinny_mma_plan.h"
 
 namespace gqa::cuda {
 
@@ -15,6 +17,7 @@ struct Gemm::Plan {
   cublasLtMatmulDesc_t op = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
   cublasLtMatmulAlgo_t algo{};
+  bool skinny_mma = false;  // our tensor-core skinny kernel instead of cuBLASLt
   ~Plan() {
     if (a) cublasLtMatrixLayoutDestroy(a);
     if (b) cublasLtMatrixLayoutDestroy(b);
@@ -58,8 +61,7 @@ absl::Status Gemm::Launch(const Plan& plan, const cublasLtMatmulAlgo_t& algo, co
   return absl::OkStatus();
 }
 
-absl::StatusOr<cublasLtMatmulAlgo_t> Gemm::Fastest(
-    Plan& plan, const std::vector<cublasLtMatmulAlgo_t>& candidates, const Operands& operands) {
+absl::StatusOr<float> Gemm::MedianUs(const std::function<absl::Status()>& launch) {
   constexpr size_t kFlushBytes = 128ull << 20;  // > 2x the L2 of a Hopper card
   if (flush_.bytes() == 0) {
     ASSIGN_OR_RETURN(flush_, DeviceMemory::Allocate(kFlushBytes, "GEMM tuning"));
@@ -68,33 +70,78 @@ absl::StatusOr<cublasLtMatmulAlgo_t> Gemm::Fastest(
   cudaEvent_t start = nullptr, stop = nullptr;
   GQA_CUDA_RETURN_IF_ERROR(cudaEventCreate(&start));
   GQA_CUDA_RETURN_IF_ERROR(cudaEventCreate(&stop));
-  float best_us = INFINITY;
-  cublasLtMatmulAlgo_t best = candidates.front();
-  for (const cublasLtMatmulAlgo_t& algo : candidates) {
-    std::vector<float> times;
-    for (int rep = 0; rep < 7; ++rep) {
-      cudaMemsetAsync(flush_.get(), rep, kFlushBytes, stream);
-      cudaEventRecord(start, stream);
-      const absl::Status launched = Launch(plan, algo, operands);
-      cudaEventRecord(stop, stream);
-      if (!launched.ok()) break;
-      cudaEventSynchronize(stop);
-      float ms = 0;
-      cudaEventElapsedTime(&ms, start, stop);
-      if (rep > 0) times.push_back(ms * 1000);
-    }
-    if (times.size() < 6) continue;
-    std::sort(times.begin(), times.end());
-    if (times[times.size() / 2] < best_us) {
-      best_us = times[times.size() / 2];
-      best = algo;
-    }
+  std::vector<float> times;
+  for (int rep = 0; rep < 7; ++rep) {
+    cudaMemsetAsync(flush_.get(), rep, kFlushBytes, stream);
+    cudaEventRecord(start, stream);
+    const absl::Status launched = launch();
+    cudaEventRecord(stop, stream);
+    if (!launched.ok()) break;
+    cudaEventSynchronize(stop);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, start, stop);
+    if (rep > 0) times.push_back(ms * 1000);
   }
   cudaEventDestroy(start);
   cudaEventDestroy(stop);
   GQA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
-  if (best_us == INFINITY) return absl::InternalError("no cuBLASLt candidate ran");
+  if (times.size() < 6) return INFINITY;
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+absl::StatusOr<Gemm::Timed> Gemm::Fastest(Plan& plan,
+                                          const std::vector<cublasLtMatmulAlgo_t>& candidates,
+                                          const Operands& operands) {
+  Timed best{candidates.front(), INFINITY};
+  for (const cublasLtMatmulAlgo_t& algo : candidates) {
+    ASSIGN_OR_RETURN(const float us, MedianUs([&] { return Launch(plan, algo, operands); }));
+    if (us < best.us) best = {algo, us};
+  }
+  if (best.us == INFINITY) return absl::InternalError("no cuBLASLt candidate ran");
   return best;
+}
+
+absl::Status Gemm::LaunchSkinnyMma(const Key& key, const Operands& o) {
+  namespace k = kernels::cuda;
+  const auto [m, n, k_dim, bias, fp32_out] = key;
+  const int sms = options_.sm_count;
+  const k::SkinnyMmaWorkspace workspace{
+      static_cast<float*>(skinny_workspace_.get()), kernels::SkinnyMmaMaxPartialFloats(sms),
+      reinterpret_cast<int*>(static_cast<float*>(skinny_workspace_.get()) +
+                             kernels::SkinnyMmaMaxPartialFloats(sms)),
+      kernels::SkinnyMmaMaxCounters(sms), sms};
+  cudaStream_t stream = device_->stream();
+  auto run = [&]<typename T>(T*) {
+    if (fp32_out) {
+      return k::SkinnyMmaGemm<T, float>(static_cast<const T*>(o.x), k_dim,
+                                        static_cast<const T*>(o.w), static_cast<const T*>(o.bias),
+                                        m, n, k_dim, static_cast<float*>(o.y), workspace, stream);
+    }
+    return k::SkinnyMmaGemm<T, T>(static_cast<const T*>(o.x), k_dim, static_cast<const T*>(o.w),
+                                  static_cast<const T*>(o.bias), m, n, k_dim, static_cast<T*>(o.y),
+                                  workspace, stream);
+  };
+  const cudaError_t e = io_type_ == CUDA_R_16BF ? run(static_cast<__nv_bfloat16*>(nullptr))
+                                                : run(static_cast<__half*>(nullptr));
+  return CudaStatus(e, "SkinnyMmaGemm");
+}
+
+absl::StatusOr<bool> Gemm::SkinnyMmaWins(const Key& key, const Operands& operands,
+                                         float cublas_us) {
+  const int m = std::get<0>(key), k = std::get<2>(key);
+  if (m > std::min(options_.skinny_mma_max_m, kernels::kSkinnyMmaMaxRows) || k % 8 != 0) {
+    return false;
+  }
+  if (skinny_workspace_.bytes() == 0) {
+    const int sms = options_.sm_count;
+    const size_t bytes = kernels::SkinnyMmaMaxPartialFloats(sms) * sizeof(float) +
+                         kernels::SkinnyMmaMaxCounters(sms) * sizeof(int);
+    ASSIGN_OR_RETURN(skinny_workspace_, DeviceMemory::Allocate(bytes, "skinny GEMM workspace"));
+    GQA_CUDA_RETURN_IF_ERROR(cudaMemset(skinny_workspace_.get(), 0, bytes));  // the counters
+  }
+  ASSIGN_OR_RETURN(const float us, MedianUs([&] { return LaunchSkinnyMma(key, operands); }));
+  return us < cublas_us;
 }
 
 absl::StatusOr<std::vector<cublasLtMatmulAlgo_t>> Gemm::Candidates(const Plan& plan, int m, int n,
@@ -168,7 +215,9 @@ absl::StatusOr<cublasLtMatmulAlgo_t> Gemm::PickAlgorithm(Plan& plan, const Key& 
   cudaStreamIsCapturing(device_->stream(), &capturing);
   if (tuning_ && m <= options_.tune_max_m && capturing == cudaStreamCaptureStatusNone) {
     auto fastest = Fastest(plan, candidates, operands);
-    if (fastest.ok()) return *fastest;  // else (no memory to flush L2) the heuristic's pick
+    if (!fastest.ok()) return candidates.front();  // (no memory to flush L2) the heuristic's
+    ASSIGN_OR_RETURN(plan.skinny_mma, SkinnyMmaWins(key, operands, fastest->us));
+    return fastest->algo;
   }
   return candidates.front();
 }
@@ -205,7 +254,9 @@ absl::Status Gemm::Run(const void* x, const void* w, const void* bias, int m, in
                        bool fp32_out) {
   if (m == 0) return absl::OkStatus();
   const Operands operands{x, w, bias, y};
-  ASSIGN_OR_RETURN(Plan * plan, GetPlan({m, n, k, bias != nullptr, fp32_out}, operands));
+  const Key key{m, n, k, bias != nullptr, fp32_out};
+  ASSIGN_OR_RETURN(Plan * plan, GetPlan(key, operands));
+  if (plan->skinny_mma) return LaunchSkinnyMma(key, operands);
   if (bias) {
     GQA_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(
         plan->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));

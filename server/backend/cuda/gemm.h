@@ -7,6 +7,7 @@
 #include <cublasLt.h>
 #include <library_types.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <tuple>
@@ -34,6 +35,11 @@ struct GemmOptions {
   // heuristic's candidates, with L2 flushed before each run as a decode step finds it, and keep
   // the fastest.
   int tune_max_m = 0;
+  // kFastest: tuned shapes of up to this many rows (at most kernels::kSkinnyMmaMaxRows) also
+  // time our tensor-core skinny kernel (gqa/kernels/skinny_gemm_cuda.h) and run it where it is
+  // the fastest; 0: cuBLASLt only.
+  int skinny_mma_max_m = 0;
+  int sm_count = 1;  // for the skinny kernel's cut
 };
 
 class Gemm {
@@ -74,17 +80,29 @@ class Gemm {
   absl::StatusOr<cublasLtMatmulAlgo_t> InvariantAlgorithm(const Plan& plan, const Key& key);
   absl::StatusOr<cublasLtMatmulAlgo_t> PickAlgorithm(Plan& plan, const Key& key,
                                                      const Operands& operands);
-  // The fastest of `candidates` on these operands (microseconds, median of a few runs).
-  absl::StatusOr<cublasLtMatmulAlgo_t> Fastest(Plan& plan,
-                                               const std::vector<cublasLtMatmulAlgo_t>& candidates,
-                                               const Operands& operands);
+  // The fastest of `candidates` on these operands and its time (median of a few runs).
+  struct Timed {
+    cublasLtMatmulAlgo_t algo;
+    float us;
+  };
+  absl::StatusOr<Timed> Fastest(Plan& plan, const std::vector<cublasLtMatmulAlgo_t>& candidates,
+                                const Operands& operands);
+  // Median microseconds of `launch` on the stream with L2 flushed before each run; infinity when
+  // it fails.
+  absl::StatusOr<float> MedianUs(const std::function<absl::Status()>& launch);
+  // Whether the tensor-core skinny kernel beats `cublas_us` on this product (tuning only).
+  absl::StatusOr<bool> SkinnyMmaWins(const Key& key, const Operands& operands, float cublas_us);
   absl::Status Launch(const Plan& plan, const cublasLtMatmulAlgo_t& algo, const Operands& operands);
+  absl::Status LaunchSkinnyMma(const Key& key, const Operands& operands);
 
   const CudaDevice* device_;
   cudaDataType_t io_type_;
   GemmOptions options_;
   bool tuning_ = true;
   DeviceMemory flush_;  // written between timed runs to push the weights out of L2
+  // The skinny kernel's partial sums and split counters, sized once for any product
+  // (kernels::SkinnyMmaWorkspaceBytes) the first time it is timed: graphs keep the pointers.
+  DeviceMemory skinny_workspace_;
   std::map<InvariantKey, cublasLtMatmulAlgo_t> invariant_algos_;
   std::map<Key, std::unique_ptr<Plan>> plans_;
 };

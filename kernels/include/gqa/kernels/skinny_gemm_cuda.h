@@ -4,10 +4,15 @@
 // cuBLAS reaches ~45-85% of copy bandwidth on these shapes (kernels/BENCHMARKS.md).
 //
 // A row's result does not depend on how many rows are computed with it.
+//
+// SkinnyMmaGemm is the tensor-core version for 1-64 rows (gqa/kernels/skinny_mma_plan.h says how
+// it cuts the work): the few rows are the tensor cores' 8-row side, so the fp32 products of the
+// CUDA-core kernel, which make it compute-bound beyond one row, become mma.sync work.
 #pragma once
 
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
 
 namespace gqa::kernels::cuda {
@@ -28,5 +33,27 @@ cudaError_t SkinnyGemm(const T* input,  // [m, input_stride]
                        int m, int n, int k,
                        Out* y,  // [m, n]
                        cudaStream_t stream);
+
+// Scratch of SkinnyMmaGemm, sized by the caller for every product it runs (skinny_mma_plan.h:
+// SkinnyMmaPartialFloats, SkinnyMmaCounters); one product at a time on a stream.
+struct SkinnyMmaWorkspace {
+  float* partials = nullptr;  // [partial_floats]
+  size_t partial_floats = 0;
+  int* counters = nullptr;  // [counters_size], zeroed once before the first product
+  size_t counters_size = 0;
+  int sm_count = 1;  // the device's multiprocessors (the plan depends on it)
+};
+
+// y[m, n] = x[m, 0:k] @ w^T (+ bias). m <= kSkinnyMmaMaxRows (64); k and x_stride multiples of 8;
+// 16-byte aligned x and w. cudaErrorInvalidValue when the workspace is too small for the plan.
+// A row's result depends on m only through its row bucket (8, 16, 32, 64), which sets the splits.
+template <typename T, typename Out>
+cudaError_t SkinnyMmaGemm(const T* x,  // [m, x_stride]
+                          int x_stride,
+                          const T* w,     // [n, k]
+                          const T* bias,  // [n] or nullptr
+                          int m, int n, int k,
+                          Out* y,  // [m, n]
+                          const SkinnyMmaWorkspace& workspace, cudaStream_t stream);
 
 }  // namespace gqa::kernels::cuda

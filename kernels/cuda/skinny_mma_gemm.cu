@@ -1,0 +1,293 @@
+// Tensor-core skinny products: see skinny_gemm_cuda.h and gqa/kernels/skinny_mma_plan.h.
+//
+// Block (4 warps) = 64 weight rows x one k range (a split); warp w owns weight rows 16w..16w+15
+// of the block and every x row of the bucket (8 x kTiles). Weight and x tiles of 64 k go through
+// a cp.async pipeline of kStages stages into shared memory; the weight copies of the first
+// stages are issued before the kernel waits for the kernels before it (weights never depend on
+// them).
+//
+// The mma.sync m16n8k16 fragments are read with 16-byte shared loads instead of ldmatrix by
+// permuting k, the same way for both operands (a dot product does not care): for lane (g, q)
+// = (lane / 4, lane % 4) and a 32-wide slice of k, the fragment elements that mma calls
+// k = 2q, 2q+1, 2q+8, 2q+9 are physical k = 8q .. 8q+3 of the slice for the first product and
+// 8q+4 .. 8q+7 for the second. One 16-byte load of weight row g (and one of row g + 8) and one of
+// x row g per 8-row x tile feed two products. Shared rows are 64 k (128 bytes) with their 16-byte
+// chunks swizzled (chunk c of row r stored at c ^ 4 (r & 1)) so that the 8 lanes of a load
+// phase (rows 2p and 2p + 1, chunks q) hit 8 distinct bank groups.
+#include <cstdint>
+
+#include "gqa/kernels/skinny_gemm_cuda.h"
+#include "gqa/kernels/skinny_mma_plan.h"
+#include "pdl.cuh"
+#include "ptx.cuh"
+#include "vec.cuh"
+
+namespace gqa::kernels::cuda {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kRows = kSkinnyMmaBlockWeightRows;  // 64 = kWarps x 16
+constexpr int kStageK = kSkinnyMmaStageK;         // 64
+constexpr int kChunks = kStageK / 8;              // 16-byte chunks per shared row
+static_assert(kRows == kWarps * 16 && kChunks == 8);
+
+// Pipeline depth by x-row tiles: ~2-3 blocks per multiprocessor and 4-7 stages in flight each.
+template <int kTiles>
+constexpr int kStages = kTiles <= 2   ? 6
+                        : kTiles == 4 ? 5
+                                      : 4;
+
+__device__ __forceinline__ int Swizzled(int row, int chunk) {
+  return row * kChunks + (chunk ^ ((row & 1) << 2));
+}
+
+template <typename Out>
+__device__ __forceinline__ Out Store(float v);
+template <>
+__device__ __forceinline__ float Store<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 Store<__nv_bfloat16>(float v) {
+  return FromFloat<__nv_bfloat16>(v);
+}
+template <>
+__device__ __forceinline__ __half Store<__half>(float v) {
+  return FromFloat<__half>(v);
+}
+
+template <typename T, typename Out>
+struct Args {
+  const T* x;  // [m, x_stride]
+  int x_stride;
+  const T* w;     // [n, k]
+  const T* bias;  // [n] or nullptr
+  int m, n, k;
+  Out* y;  // [m, n]
+  int splits, stages_per_split;
+  float* partials;  // [splits][row blocks][kRows][8 kTiles] when splits > 1
+  int* counters;    // [row blocks], zero on entry and on exit
+};
+
+// Stage st (64 k from k0) of the block's weight rows: 64 rows x 8 chunks, 4 per thread.
+template <typename T>
+__device__ __forceinline__ void LoadWeightStage(const T* w, int n, int k, int row0, int k0,
+                                                uint4* dst) {
+  const int chunk = threadIdx.x % kChunks;
+  const int kk = k0 + chunk * 8;
+#pragma unroll
+  for (int i = 0; i < kRows * kChunks / kThreads; ++i) {
+    const int r = threadIdx.x / kChunks + i * (kThreads / kChunks);
+    const int row = row0 + r;
+    const bool valid = row < n && kk < k;
+    CpAsync16(dst + Swizzled(r, chunk), valid ? w + size_t(row) * k + kk : w, valid);
+  }
+}
+
+// The same for the x rows of the bucket (8 x kTiles rows; rows >= m read as zero).
+template <typename T, int kTiles>
+__device__ __forceinline__ void LoadInputStage(const T* x, int x_stride, int m, int k, int k0,
+                                               uint4* dst) {
+  for (int i = threadIdx.x; i < 8 * kTiles * kChunks; i += kThreads) {
+    const int r = i / kChunks, chunk = i % kChunks;
+    const int kk = k0 + chunk * 8;
+    const bool valid = r < m && kk < k;
+    CpAsync16(dst + Swizzled(r, chunk), valid ? x + size_t(r) * x_stride + kk : x, valid);
+  }
+}
+
+// acc[t] += this warp's 16 weight rows x x-row tile t over one stage (64 k).
+template <typename T, int kTiles>
+__device__ __forceinline__ void MultiplyStage(const uint4* w_stage, const uint4* x_stage, int warp,
+                                              int lane, float (&acc)[kTiles][4]) {
+  const int g = lane / 4, q = lane % 4;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {  // two 32-wide k slices
+    const int chunk = half * 4 + q;
+    const uint4 lo = w_stage[Swizzled(warp * 16 + g, chunk)];
+    const uint4 hi = w_stage[Swizzled(warp * 16 + g + 8, chunk)];
+    const uint32_t a0[4] = {lo.x, hi.x, lo.y, hi.y};
+    const uint32_t a1[4] = {lo.z, hi.z, lo.w, hi.w};
+#pragma unroll
+    for (int t = 0; t < kTiles; ++t) {
+      const uint4 b = x_stage[Swizzled(t * 8 + g, chunk)];
+      Mma<T>(acc[t], a0, b.x, b.y);
+      Mma<T>(acc[t], a1, b.z, b.w);
+    }
+  }
+}
+
+// Thread (warp, g, q)'s four results of tile t: weight rows 16 warp + g (+8), x rows 8t + 2q (+1),
+// in acc order; the same slots in a partial-sum tile of [kRows][8 kTiles].
+template <int kTiles>
+__device__ __forceinline__ int PartialIndex(int warp, int lane, int t, int e) {
+  const int row = warp * 16 + lane / 4 + (e >= 2 ? 8 : 0);
+  const int col = t * 8 + (lane % 4) * 2 + (e & 1);
+  return row * (8 * kTiles) + col;
+}
+
+template <typename T, typename Out, int kTiles>
+__device__ __forceinline__ void StoreResults(const Args<T, Out>& a, int row0, int warp, int lane,
+                                             const float (&acc)[kTiles][4]) {
+#pragma unroll
+  for (int t = 0; t < kTiles; ++t) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int row = row0 + warp * 16 + lane / 4 + (e >= 2 ? 8 : 0);
+      const int col = t * 8 + (lane % 4) * 2 + (e & 1);
+      if (row < a.n && col < a.m) {
+        const float b = a.bias ? ToFloat(a.bias[row]) : 0.0f;
+        a.y[size_t(col) * a.n + row] = Store<Out>(acc[t][e] + b);
+      }
+    }
+  }
+}
+
+// Splits: every block stores its partial tile; the last of a row block to arrive adds the
+// tiles in split order (its own from registers) and stores the result.
+template <typename T, typename Out, int kTiles>
+__device__ __forceinline__ void ReduceSplits(const Args<T, Out>& a, int row0, int warp, int lane,
+                                             float (&acc)[kTiles][4]) {
+  constexpr int kTileFloats = kRows * 8 * kTiles;
+  const int split = blockIdx.y, row_block = blockIdx.x;
+  float* mine = a.partials + (size_t(split) * gridDim.x + row_block) * kTileFloats;
+#pragma unroll
+  for (int t = 0; t < kTiles; ++t) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) mine[PartialIndex<kTiles>(warp, lane, t, e)] = acc[t][e];
+  }
+  __threadfence();
+  __syncthreads();
+  __shared__ int arrived_before;
+  if (threadIdx.x == 0) arrived_before = atomicAdd(a.counters + row_block, 1);
+  __syncthreads();
+  if (arrived_before != a.splits - 1) return;
+  __threadfence();
+  float sum[kTiles][4] = {};
+  for (int s = 0; s < a.splits; ++s) {
+    const float* tile = a.partials + (size_t(s) * gridDim.x + row_block) * kTileFloats;
+#pragma unroll
+    for (int t = 0; t < kTiles; ++t) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        sum[t][e] += s == split ? acc[t][e] : __ldcg(tile + PartialIndex<kTiles>(warp, lane, t, e));
+      }
+    }
+  }
+  if (threadIdx.x == 0) a.counters[row_block] = 0;
+  StoreResults<T, Out, kTiles>(a, row0, warp, lane, sum);
+}
+
+template <typename T, typename Out, int kTiles>
+__global__ void __launch_bounds__(kThreads) SkinnyMmaKernel(const Args<T, Out> a) {
+  constexpr int S = kStages<kTiles>;
+  constexpr int kWeightChunks = kRows * kChunks;      // per stage
+  constexpr int kInputChunks = 8 * kTiles * kChunks;  // per stage
+  extern __shared__ uint4 smem[];                     // [S][kWeightChunks], then [S][kInputChunks]
+  uint4* w_stages = smem;
+  uint4* x_stages = smem + S * kWeightChunks;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int row0 = blockIdx.x * kRows;
+  const int total_stages = (a.k + kStageK - 1) / kStageK;
+  const int first = blockIdx.y * a.stages_per_split;
+  const int count = min(a.stages_per_split, total_stages - first);
+  auto k_of = [&](int i) { return (first + i) * kStageK; };
+
+  // The weights of the first S - 1 stages before the wait; then x. Group i holds x stage i
+  // (group 0 also every prologue weight copy), so waiting for group i covers stage i.
+  for (int i = 0; i < S - 1; ++i) {
+    if (i < count) LoadWeightStage(a.w, a.n, a.k, row0, k_of(i), w_stages + i * kWeightChunks);
+  }
+  WaitForPrevious();
+  for (int i = 0; i < S - 1; ++i) {
+    if (i < count) {
+      LoadInputStage<T, kTiles>(a.x, a.x_stride, a.m, a.k, k_of(i), x_stages + i * kInputChunks);
+    }
+    CpAsyncCommit();
+  }
+
+  float acc[kTiles][4] = {};
+  for (int i = 0; i < count; ++i) {
+    CpAsyncWait<S - 2>();
+    __syncthreads();  // stage i visible to all; stage i - 1 read by all
+    const int slot = i % S;
+    MultiplyStage<T, kTiles>(w_stages + slot * kWeightChunks, x_stages + slot * kInputChunks, warp,
+                             lane, acc);
+    const int next = i + S - 1;
+    if (next < count) {
+      const int next_slot = next % S;
+      LoadWeightStage(a.w, a.n, a.k, row0, k_of(next), w_stages + next_slot * kWeightChunks);
+      LoadInputStage<T, kTiles>(a.x, a.x_stride, a.m, a.k, k_of(next),
+                                x_stages + next_slot * kInputChunks);
+    }
+    CpAsyncCommit();
+  }
+  AllowNext();
+  if (a.splits > 1) {
+    ReduceSplits<T, Out, kTiles>(a, row0, warp, lane, acc);
+  } else {
+    StoreResults<T, Out, kTiles>(a, row0, warp, lane, acc);
+  }
+}
+
+template <typename T, typename Out, int kTiles>
+cudaError_t Launch(const Args<T, Out>& a, int row_blocks, cudaStream_t stream) {
+  constexpr int S = kStages<kTiles>;
+  constexpr int smem = S * (kRows + 8 * kTiles) * kChunks * 16;
+  if (const cudaError_t e = AllowDynamicSmem<SkinnyMmaKernel<T, Out, kTiles>>(smem);
+      e != cudaSuccess) {
+    return e;
+  }
+  return LaunchAfterPrevious(SkinnyMmaKernel<T, Out, kTiles>, dim3(row_blocks, a.splits),
+                             dim3(kThreads), smem, stream, a);
+}
+
+}  // namespace
+
+template <typename T, typename Out>
+cudaError_t SkinnyMmaGemm(const T* x, int x_stride, const T* w, const T* bias, int m, int n, int k,
+                          Out* y, const SkinnyMmaWorkspace& workspace, cudaStream_t stream) {
+  if (m <= 0 || n <= 0) return cudaSuccess;
+  if (m > kSkinnyMmaMaxRows || k <= 0 || k % 8 != 0 || x_stride % 8 != 0) {
+    return cudaErrorInvalidValue;
+  }
+  const SkinnyMmaPlan plan = PlanSkinnyMma(m, n, k, workspace.sm_count);
+  if (SkinnyMmaPartialFloats(plan, m) > workspace.partial_floats ||
+      SkinnyMmaCounters(plan) > workspace.counters_size) {
+    return cudaErrorInvalidValue;  // the caller sized the workspace for other products
+  }
+  Args<T, Out> a{x,
+                 x_stride,
+                 w,
+                 bias,
+                 m,
+                 n,
+                 k,
+                 y,
+                 plan.splits,
+                 plan.stages_per_split,
+                 workspace.partials,
+                 workspace.counters};
+  switch (SkinnyMmaRowBucket(m)) {
+    case 8:
+      return Launch<T, Out, 1>(a, plan.row_blocks, stream);
+    case 16:
+      return Launch<T, Out, 2>(a, plan.row_blocks, stream);
+    case 32:
+      return Launch<T, Out, 4>(a, plan.row_blocks, stream);
+    default:
+      return Launch<T, Out, 8>(a, plan.row_blocks, stream);
+  }
+}
+
+#define GQA_INSTANTIATE(T, Out)                                                                \
+  template cudaError_t SkinnyMmaGemm<T, Out>(const T*, int, const T*, const T*, int, int, int, \
+                                             Out*, const SkinnyMmaWorkspace&, cudaStream_t);
+GQA_INSTANTIATE(__nv_bfloat16, __nv_bfloat16)
+GQA_INSTANTIATE(__nv_bfloat16, float)
+GQA_INSTANTIATE(__half, __half)
+GQA_INSTANTIATE(__half, float)
+#undef GQA_INSTANTIATE
+
+}  // namespace gqa::kernels::cuda

@@ -1,0 +1,157 @@
+// The tensor-core skinny product (SkinnyMmaGemm) against the CPU reference Matmul on fresh
+// random inputs with poisoned outputs: every row count 1-64, weights of row counts and k that
+// are not multiples of the 64-row block or the 64-wide stage, split and unsplit k, bias, fp32
+// out, fp16, strided x; within a row bucket a row's result does not depend on how many rows
+// are computed with it; the split counters are left zero (a second run gives the same bits).
+#include <gtest/gtest.h>
+
+#include <cstring>
+
+#include "cuda_test_util.h"
+#include "gqa/kernels/cpu_ops.h"
+#include "gqa/kernels/skinny_gemm_cuda.h"
+#include "gqa/kernels/skinny_mma_plan.h"
+
+namespace gqa::kernels::cuda {
+namespace {
+
+int SmCount() {
+  int device = 0, sms = 0;
+  cudaGetDevice(&device);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  return sms;
+}
+
+// Workspace sized for one product, as a caller sizes it for all of its own.
+struct Workspace {
+  Workspace(int m, int n, int k)
+      : plan(PlanSkinnyMma(m, n, k, SmCount())),
+        partials(SkinnyMmaPartialFloats(plan, m)),
+        counters(SkinnyMmaCounters(plan)) {
+    EXPECT_EQ(cudaMemset(partials.ptr, 0xff, partials.size * sizeof(float)), cudaSuccess);
+    EXPECT_EQ(cudaMemset(counters.ptr, 0, counters.size * sizeof(int)), cudaSuccess);
+    view = {partials.ptr, partials.size, counters.ptr, counters.size, SmCount()};
+  }
+  SkinnyMmaPlan plan;
+  DeviceBuffer<float> partials;
+  DeviceBuffer<int> counters;
+  SkinnyMmaWorkspace view;
+};
+
+template <typename Out>
+std::vector<float> OutFloats(const std::vector<Out>& v) {
+  if constexpr (std::is_same_v<Out, float>) {
+    return v;
+  } else {
+    return ToFloats(v);
+  }
+}
+
+template <typename T, typename Out>
+std::vector<Out> Run(const DeviceBuffer<T>& x, int stride, const DeviceBuffer<T>& w, const T* bias,
+                     int m, int n, int k, const SkinnyMmaWorkspace& ws) {
+  DeviceBuffer<Out> y(size_t(m) * n);
+  EXPECT_EQ(cudaMemset(y.ptr, 0xff, y.size * sizeof(Out)), cudaSuccess);  // NaN poison
+  const cudaError_t launched =
+      SkinnyMmaGemm<T, Out>(x.ptr, stride, w.ptr, bias, m, n, k, y.ptr, ws, nullptr);
+  EXPECT_EQ(launched, cudaSuccess);
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  return y.Download();
+}
+
+template <typename T, typename Out>
+void Check(int m, int n, int k, bool with_bias, int stride = 0) {
+  if (stride == 0) stride = k;
+  const SkinnyMmaPlan plan = PlanSkinnyMma(m, n, k, SmCount());
+  SCOPED_TRACE(::testing::Message() << "m " << m << " n " << n << " k " << k << " stride " << stride
+                                    << " bias " << with_bias << " splits " << plan.splits);
+  const auto input = RandomVector<T>(size_t(m) * stride);
+  const auto weight = RandomVector<T>(size_t(n) * k, 0.05f);
+  const auto bias = RandomVector<T>(n);
+  DeviceBuffer<T> x_d(input.size()), w_d(weight.size()), b_d(n);
+  x_d.Upload(input);
+  w_d.Upload(weight);
+  b_d.Upload(bias);
+  const T* bias_d = with_bias ? b_d.ptr : nullptr;
+  Workspace ws(m, n, k);
+  const std::vector<Out> out = Run<T, Out>(x_d, stride, w_d, bias_d, m, n, k, ws.view);
+
+  std::vector<float> x(size_t(m) * k);
+  const auto f = ToFloats(input);
+  for (int r = 0; r < m; ++r) {
+    std::copy_n(f.data() + size_t(r) * stride, k, x.data() + size_t(r) * k);
+  }
+  std::vector<float> ref(size_t(m) * n);
+  const auto bias_f = ToFloats(bias);
+  cpu::Matmul(x.data(), ToFloats(weight).data(), with_bias ? bias_f.data() : nullptr, m, n, k,
+              ref.data());
+  const std::vector<float> got = OutFloats<Out>(out);
+  double num = 0, den = 0;
+  size_t non_finite = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    non_finite += !std::isfinite(got[i]);
+    num += (got[i] - ref[i]) * double(got[i] - ref[i]);
+    den += double(ref[i]) * ref[i];
+  }
+  EXPECT_EQ(non_finite, 0u);
+  const double tolerance = std::is_same_v<Out, float> ? 1e-4 : Tolerance<T>();
+  EXPECT_LT(std::sqrt(num / den), tolerance);
+
+  // The split counters came back to zero: the same product again gives the same bits.
+  const std::vector<Out> again = Run<T, Out>(x_d, stride, w_d, bias_d, m, n, k, ws.view);
+  EXPECT_EQ(std::memcmp(again.data(), out.data(), out.size() * sizeof(Out)), 0)
+      << "a second run differs";
+
+  // The first row alone, when it shares m's row bucket, gives bitwise the same result.
+  if (m > 1 && SkinnyMmaRowBucket(1) == SkinnyMmaRowBucket(m)) {
+    const std::vector<Out> alone = Run<T, Out>(x_d, stride, w_d, bias_d, 1, n, k, ws.view);
+    EXPECT_EQ(std::memcmp(alone.data(), out.data(), n * sizeof(Out)), 0)
+        << "row 0 depends on the batch";
+  }
+}
+
+TEST(SkinnyMmaGemmCuda, EveryRowCountBf16) {
+  REQUIRE_GPU();
+  for (int m = 1; m <= kSkinnyMmaMaxRows; ++m) {
+    Check<__nv_bfloat16, __nv_bfloat16>(m, 1000, 2048, m % 2 == 0);
+  }
+}
+
+TEST(SkinnyMmaGemmCuda, SplitAndUnsplitShapes) {
+  REQUIRE_GPU();
+  Check<__nv_bfloat16, __nv_bfloat16>(8, 2048, 2048, false);       // 8 splits
+  Check<__nv_bfloat16, __nv_bfloat16>(8, 2048, 8192, true);        // 9 splits, the last shorter
+  Check<__nv_bfloat16, __nv_bfloat16>(64, 2048, 8192, true);       // split at the full bucket
+  Check<__nv_bfloat16, __nv_bfloat16>(64, 16384, 2048, false);     // many row blocks, unsplit
+  Check<__nv_bfloat16, __nv_bfloat16>(3, 960, 576, true);          // SmolLM2's QKV: 15 row blocks
+  Check<__nv_bfloat16, __nv_bfloat16>(20, 77, 200, false);         // partial block and stage
+  Check<__nv_bfloat16, __nv_bfloat16>(2, 7, 8, true);              // k of one chunk
+  Check<__nv_bfloat16, __nv_bfloat16>(5, 300, 1024, false, 1536);  // strided x
+}
+
+TEST(SkinnyMmaGemmCuda, Types) {
+  REQUIRE_GPU();
+  Check<__nv_bfloat16, float>(5, 4099, 512, false);  // fp32 logits
+  Check<__nv_bfloat16, float>(64, 4099, 2048, false);
+  Check<__half, __half>(12, 640, 1024, true);
+  Check<__half, float>(40, 300, 4096, false);
+}
+
+TEST(SkinnyMmaGemmCuda, RefusesWhatItCannotRun) {
+  REQUIRE_GPU();
+  DeviceBuffer<__nv_bfloat16> x(64 * 2048), w(2048 * 2048);
+  DeviceBuffer<__nv_bfloat16> y(64 * 2048);
+  const SkinnyMmaWorkspace none{nullptr, 0, nullptr, 0, SmCount()};
+  // 8 rows of this product split k: no workspace, no launch.
+  ASSERT_GT(PlanSkinnyMma(8, 2048, 2048, SmCount()).splits, 1);
+  auto run = [&](int m, int k) {
+    return SkinnyMmaGemm<__nv_bfloat16, __nv_bfloat16>(x.ptr, 2048, w.ptr, nullptr, m, 2048, k,
+                                                       y.ptr, none, nullptr);
+  };
+  EXPECT_EQ(run(8, 2048), cudaErrorInvalidValue);
+  EXPECT_EQ(run(65, 2048), cudaErrorInvalidValue);  // more rows than the kernel takes
+  EXPECT_EQ(run(8, 12), cudaErrorInvalidValue);     // k not a multiple of 8
+}
+
+}  // namespace
+}  // namespace gqa::kernels::cuda
