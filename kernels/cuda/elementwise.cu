@@ -79,6 +79,8 @@ template <typename T>
 __global__ void SiluMulKernel(const T* gate, const T* up, int rows, int dim, int in_stride,
                               T* out) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  WaitForPrevious();  // gate|up comes from the product before
+  AllowNext();        // the next product (down) may start streaming its weights
   if (i >= int64_t(rows) * dim) return;
   const int64_t row = i / dim, col = i % dim;
   const float g = ToFloat(gate[row * in_stride + col]);
@@ -135,8 +137,8 @@ cudaError_t SiluMul(const T* gate, const T* up, int rows, int dim, int in_stride
                     cudaStream_t stream) {
   const int64_t n = int64_t(rows) * dim;
   if (n == 0) return cudaSuccess;
-  SiluMulKernel<T><<<Blocks(n, 256), 256, 0, stream>>>(gate, up, rows, dim, in_stride, out);
-  return cudaGetLastError();
+  return LaunchAfterPrevious(SiluMulKernel<T>, dim3(Blocks(n, 256)), dim3(256), 0, stream, gate, up,
+                             rows, dim, in_stride, out);
 }
 
 template <typename T>
