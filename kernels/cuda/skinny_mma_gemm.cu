@@ -15,6 +15,7 @@
 // chunks swizzled (chunk c of row r stored at c ^ 4 (r & 1)) so that the 8 lanes of a load
 // phase (rows 2p and 2p + 1, chunks q) hit 8 distinct bank groups.
 #include <cstdint>
+#include <type_traits>
 
 #include "gqa/kernels/skinny_gemm_cuda.h"
 #include "gqa/kernels/skinny_mma_plan.h"
@@ -68,6 +69,7 @@ struct Args {
   int splits, stages_per_split;
   float* partials;  // [splits][row blocks][kRows][8 kTiles] when splits > 1
   int* counters;    // [row blocks], zero on entry and on exit
+  SkinnyMmaFusion<T> fusion;
 };
 
 // Stage st (64 k from k0) of the block's weight rows: 64 rows x 8 chunks, 4 per thread.
@@ -94,6 +96,36 @@ __device__ __forceinline__ void LoadInputStage(const T* x, int x_stride, int m, 
     const int kk = k0 + chunk * 8;
     const bool valid = r < m && kk < k;
     CpAsync16(dst + Swizzled(r, chunk), valid ? x + size_t(r) * x_stride + kk : x, valid);
+  }
+}
+
+// x rows of a stage, staged as the residual stream, normalised in place as AddRmsNorm does:
+// x = T(norm_weight[c] * (x * inv_rms[row])).
+template <typename T, int kTiles>
+__device__ __forceinline__ void NormalizeInputStage(const T* norm_weight, const float* inv_rms,
+                                                    int k, int k0, uint4* stage) {
+  for (int i = threadIdx.x; i < 8 * kTiles * kChunks; i += kThreads) {
+    const int r = i / kChunks, chunk = i % kChunks;
+    const int kk = k0 + chunk * 8;
+    if (kk >= k) continue;
+    Vec8<T> x{stage[Swizzled(r, chunk)]};
+    const Vec8<T> w{__ldg(reinterpret_cast<const uint4*>(norm_weight + kk))};
+#pragma unroll
+    for (int e = 0; e < 8; ++e) x.Set(e, w.Get(e) * (x.Get(e) * inv_rms[r]));
+    stage[Swizzled(r, chunk)] = x.raw;
+  }
+}
+
+// inv_rms[r] for the bucket's rows from the sums of squares [blocks][kSkinnyMmaMaxRows] the
+// product before left (added in block order).
+__device__ __forceinline__ void InverseRms(const float* sums, int blocks, int m, int dim, float eps,
+                                           int rows, float* inv_rms) {
+  for (int r = threadIdx.x; r < rows; r += kThreads) {
+    float sum = 0.0f;
+    if (r < m) {
+      for (int b = 0; b < blocks; ++b) sum += __ldcg(sums + b * kSkinnyMmaMaxRows + r);
+    }
+    inv_rms[r] = rsqrtf(sum / float(dim) + eps);
   }
 }
 
@@ -127,21 +159,60 @@ __device__ __forceinline__ int PartialIndex(int warp, int lane, int t, int e) {
   return row * (8 * kTiles) + col;
 }
 
+// The block's sums of squares of its new residual columns, per x row, into
+// sums[row block][kSkinnyMmaMaxRows] (lanes of one q hold the same x rows: add over g, then over
+// the warps in order).
+template <int kTiles>
+__device__ __forceinline__ void StoreSquareSums(float (&sq)[kTiles][2], int warp, int lane,
+                                                float* sums) {
+  __shared__ float per_warp[kWarps][8 * kTiles];
+#pragma unroll
+  for (int t = 0; t < kTiles; ++t) {
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+#pragma unroll
+      for (int offset = 4; offset < 32; offset *= 2) {
+        sq[t][j] += __shfl_xor_sync(0xffffffffu, sq[t][j], offset);
+      }
+      if (lane < 4) per_warp[warp][t * 8 + lane * 2 + j] = sq[t][j];
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x < 8 * kTiles) {
+    float sum = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) sum += per_warp[w][threadIdx.x];
+    sums[blockIdx.x * kSkinnyMmaMaxRows + threadIdx.x] = sum;
+  }
+}
+
 template <typename T, typename Out, int kTiles>
 __device__ __forceinline__ void StoreResults(const Args<T, Out>& a, int row0, int warp, int lane,
                                              const float (&acc)[kTiles][4]) {
+  T* residual = a.fusion.residual;
+  float sq[kTiles][2] = {};  // squares of the new residual, x rows 8t + 2q (+1)
 #pragma unroll
   for (int t = 0; t < kTiles; ++t) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int row = row0 + warp * 16 + lane / 4 + (e >= 2 ? 8 : 0);
       const int col = t * 8 + (lane % 4) * 2 + (e & 1);
-      if (row < a.n && col < a.m) {
-        const float b = a.bias ? ToFloat(a.bias[row]) : 0.0f;
-        a.y[size_t(col) * a.n + row] = Store<Out>(acc[t][e] + b);
+      if (row >= a.n || col >= a.m) continue;
+      const float b = a.bias ? ToFloat(a.bias[row]) : 0.0f;
+      const size_t at = size_t(col) * a.n + row;
+      if constexpr (std::is_same_v<Out, T>) {
+        if (residual) {  // as AddRmsNorm: the product rounded to T, then the sum rounded to T
+          const float sum = ToFloat(residual[at]) + ToFloat(FromFloat<T>(acc[t][e] + b));
+          const T stored = FromFloat<T>(sum);
+          residual[at] = stored;
+          sq[t][e & 1] += ToFloat(stored) * ToFloat(stored);
+          continue;
+        }
       }
+      a.y[at] = Store<Out>(acc[t][e] + b);
     }
   }
+  if (residual) StoreSquareSums<kTiles>(sq, warp, lane, a.fusion.norm_sums_out);
 }
 
 // Splits: every block stores its partial tile; the last of a row block to arrive adds the
@@ -185,8 +256,10 @@ __global__ void __launch_bounds__(kThreads) SkinnyMmaKernel(const Args<T, Out> a
   constexpr int kWeightChunks = kRows * kChunks;      // per stage
   constexpr int kInputChunks = 8 * kTiles * kChunks;  // per stage
   extern __shared__ uint4 smem[];                     // [S][kWeightChunks], then [S][kInputChunks]
+  __shared__ float inv_rms[8 * kTiles];
   uint4* w_stages = smem;
   uint4* x_stages = smem + S * kWeightChunks;
+  const bool normalize = a.fusion.norm_weight != nullptr;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row0 = blockIdx.x * kRows;
   const int total_stages = (a.k + kStageK - 1) / kStageK;
@@ -200,6 +273,10 @@ __global__ void __launch_bounds__(kThreads) SkinnyMmaKernel(const Args<T, Out> a
     if (i < count) LoadWeightStage(a.w, a.n, a.k, row0, k_of(i), w_stages + i * kWeightChunks);
   }
   WaitForPrevious();
+  if (normalize) {
+    InverseRms(a.fusion.norm_sums_in, a.fusion.norm_sum_blocks, a.m, a.k, a.fusion.eps, 8 * kTiles,
+               inv_rms);
+  }
   for (int i = 0; i < S - 1; ++i) {
     if (i < count) {
       LoadInputStage<T, kTiles>(a.x, a.x_stride, a.m, a.k, k_of(i), x_stages + i * kInputChunks);
@@ -212,6 +289,11 @@ __global__ void __launch_bounds__(kThreads) SkinnyMmaKernel(const Args<T, Out> a
     CpAsyncWait<S - 2>();
     __syncthreads();  // stage i visible to all; stage i - 1 read by all
     const int slot = i % S;
+    if (normalize) {
+      NormalizeInputStage<T, kTiles>(a.fusion.norm_weight, inv_rms, a.k, k_of(i),
+                                     x_stages + slot * kInputChunks);
+      __syncthreads();
+    }
     MultiplyStage<T, kTiles>(w_stages + slot * kWeightChunks, x_stages + slot * kInputChunks, warp,
                              lane, acc);
     const int next = i + S - 1;
@@ -243,11 +325,10 @@ cudaError_t Launch(const Args<T, Out>& a, int row_blocks, cudaStream_t stream) {
                              dim3(kThreads), smem, stream, a);
 }
 
-}  // namespace
-
 template <typename T, typename Out>
-cudaError_t SkinnyMmaGemm(const T* x, int x_stride, const T* w, const T* bias, int m, int n, int k,
-                          Out* y, const SkinnyMmaWorkspace& workspace, cudaStream_t stream) {
+cudaError_t Dispatch(const T* x, int x_stride, const T* w, const T* bias, int m, int n, int k,
+                     Out* y, const SkinnyMmaFusion<T>& fusion, const SkinnyMmaWorkspace& workspace,
+                     cudaStream_t stream) {
   if (m <= 0 || n <= 0) return cudaSuccess;
   if (m > kSkinnyMmaMaxRows || k <= 0 || k % 8 != 0 || x_stride % 8 != 0) {
     return cudaErrorInvalidValue;
@@ -268,7 +349,8 @@ cudaError_t SkinnyMmaGemm(const T* x, int x_stride, const T* w, const T* bias, i
                  plan.splits,
                  plan.stages_per_split,
                  workspace.partials,
-                 workspace.counters};
+                 workspace.counters,
+                 fusion};
   switch (SkinnyMmaRowBucket(m)) {
     case 8:
       return Launch<T, Out, 1>(a, plan.row_blocks, stream);
@@ -281,6 +363,27 @@ cudaError_t SkinnyMmaGemm(const T* x, int x_stride, const T* w, const T* bias, i
   }
 }
 
+}  // namespace
+
+template <typename T, typename Out>
+cudaError_t SkinnyMmaGemm(const T* x, int x_stride, const T* w, const T* bias, int m, int n, int k,
+                          Out* y, const SkinnyMmaWorkspace& workspace, cudaStream_t stream) {
+  return Dispatch<T, Out>(x, x_stride, w, bias, m, n, k, y, {}, workspace, stream);
+}
+
+template <typename T>
+cudaError_t SkinnyMmaGemmFused(const T* x, int x_stride, const T* w, const T* bias, int m, int n,
+                               int k, T* y, const SkinnyMmaFusion<T>& fusion,
+                               const SkinnyMmaWorkspace& workspace, cudaStream_t stream) {
+  const bool bad_in = fusion.norm_weight != nullptr &&
+                      (fusion.norm_sums_in == nullptr || fusion.norm_sum_blocks <= 0);
+  const bool bad_out = fusion.residual != nullptr && fusion.norm_sums_out == nullptr;
+  if (bad_in || bad_out || (fusion.residual == nullptr && y == nullptr)) {
+    return cudaErrorInvalidValue;
+  }
+  return Dispatch<T, T>(x, x_stride, w, bias, m, n, k, y, fusion, workspace, stream);
+}
+
 #define GQA_INSTANTIATE(T, Out)                                                                \
   template cudaError_t SkinnyMmaGemm<T, Out>(const T*, int, const T*, const T*, int, int, int, \
                                              Out*, const SkinnyMmaWorkspace&, cudaStream_t);
@@ -289,5 +392,14 @@ GQA_INSTANTIATE(__nv_bfloat16, float)
 GQA_INSTANTIATE(__half, __half)
 GQA_INSTANTIATE(__half, float)
 #undef GQA_INSTANTIATE
+template cudaError_t SkinnyMmaGemmFused<__nv_bfloat16>(const __nv_bfloat16*, int,
+                                                       const __nv_bfloat16*, const __nv_bfloat16*,
+                                                       int, int, int, __nv_bfloat16*,
+                                                       const SkinnyMmaFusion<__nv_bfloat16>&,
+                                                       const SkinnyMmaWorkspace&, cudaStream_t);
+template cudaError_t SkinnyMmaGemmFused<__half>(const __half*, int, const __half*, const __half*,
+                                                int, int, int, __half*,
+                                                const SkinnyMmaFusion<__half>&,
+                                                const SkinnyMmaWorkspace&, cudaStream_t);
 
 }  // namespace gqa::kernels::cuda

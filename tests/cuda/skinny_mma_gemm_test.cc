@@ -3,12 +3,15 @@
 // are not multiples of the 64-row block or the 64-wide stage, split and unsplit k, bias, fp32
 // out, fp16, strided x; within a row bucket a row's result does not depend on how many rows
 // are computed with it; the split counters are left zero (a second run gives the same bits).
+// The fused norms: an output projection adding into the residual stream, then a product that
+// normalises it on the way in, against the same two products with an AddRmsNorm between them.
 #include <gtest/gtest.h>
 
 #include <cstring>
 
 #include "cuda_test_util.h"
 #include "gqa/kernels/cpu_ops.h"
+#include "gqa/kernels/elementwise_cuda.h"
 #include "gqa/kernels/skinny_gemm_cuda.h"
 #include "gqa/kernels/skinny_mma_plan.h"
 
@@ -151,6 +154,111 @@ TEST(SkinnyMmaGemmCuda, RefusesWhatItCannotRun) {
   EXPECT_EQ(run(8, 2048), cudaErrorInvalidValue);
   EXPECT_EQ(run(65, 2048), cudaErrorInvalidValue);  // more rows than the kernel takes
   EXPECT_EQ(run(8, 12), cudaErrorInvalidValue);     // k not a multiple of 8
+}
+
+// o-proj-like product into the residual stream, then a gate|up-like product of its RMS norm:
+// fused (the residual add and the sums of squares in the first product's epilogue, the norm in
+// the second's staging) against the same products with AddRmsNorm between them.
+void CheckFusedNorm(int m, int hidden, int q_size, int inter) {
+  using T = __nv_bfloat16;
+  const int n2 = 2 * inter;
+  SCOPED_TRACE(::testing::Message()
+               << "m " << m << " hidden " << hidden << " q " << q_size << " gate|up " << n2);
+  const auto attn = RandomVector<T>(size_t(m) * q_size);
+  const auto residual = RandomVector<T>(size_t(m) * hidden, 4.0f);
+  const auto w_o = RandomVector<T>(size_t(hidden) * q_size, 0.05f);
+  const auto w_gu = RandomVector<T>(size_t(n2) * hidden, 0.05f);
+  const auto gamma = RandomVector<T>(hidden, 2.0f);
+  DeviceBuffer<T> attn_d(attn.size()), wo_d(w_o.size()), wgu_d(w_gu.size()), gamma_d(hidden);
+  DeviceBuffer<T> res_plain(residual.size()), res_fused(residual.size());
+  attn_d.Upload(attn);
+  wo_d.Upload(w_o);
+  wgu_d.Upload(w_gu);
+  gamma_d.Upload(gamma);
+  res_plain.Upload(residual);
+  res_fused.Upload(residual);
+  Workspace ws_o(m, hidden, q_size), ws_gu(m, n2, hidden);
+  const float eps = 1e-5f;
+
+  // Unfused: proj, AddRmsNorm, gate|up.
+  DeviceBuffer<T> proj(size_t(m) * hidden), normed(size_t(m) * hidden), y_plain(size_t(m) * n2);
+  CUDA_OK((SkinnyMmaGemm<T, T>(attn_d.ptr, q_size, wo_d.ptr, nullptr, m, hidden, q_size, proj.ptr,
+                               ws_o.view, nullptr)));
+  CUDA_OK(AddRmsNorm<T>(proj.ptr, res_plain.ptr, gamma_d.ptr, m, hidden, eps, normed.ptr, nullptr));
+  CUDA_OK((SkinnyMmaGemm<T, T>(normed.ptr, hidden, wgu_d.ptr, nullptr, m, n2, hidden, y_plain.ptr,
+                               ws_gu.view, nullptr)));
+
+  // Fused: the same two products and nothing between them.
+  const int sum_blocks = (hidden + kSkinnyMmaBlockWeightRows - 1) / kSkinnyMmaBlockWeightRows;
+  DeviceBuffer<float> sums(size_t(sum_blocks) * kSkinnyMmaMaxRows);
+  DeviceBuffer<T> y_fused(size_t(m) * n2);
+  CUDA_OK(cudaMemset(y_fused.ptr, 0xff, y_fused.size * sizeof(T)));
+  SkinnyMmaFusion<T> out;
+  out.residual = res_fused.ptr;
+  out.norm_sums_out = sums.ptr;
+  CUDA_OK(SkinnyMmaGemmFused<T>(attn_d.ptr, q_size, wo_d.ptr, nullptr, m, hidden, q_size, nullptr,
+                                out, ws_o.view, nullptr));
+  SkinnyMmaFusion<T> in;
+  in.norm_weight = gamma_d.ptr;
+  in.norm_sums_in = sums.ptr;
+  in.norm_sum_blocks = sum_blocks;
+  in.eps = eps;
+  CUDA_OK(SkinnyMmaGemmFused<T>(res_fused.ptr, hidden, wgu_d.ptr, nullptr, m, n2, hidden,
+                                y_fused.ptr, in, ws_gu.view, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+
+  // The residual stream: bitwise what AddRmsNorm stores (the same product, the same roundings).
+  const auto r_plain = res_plain.Download(), r_fused = res_fused.Download();
+  EXPECT_EQ(std::memcmp(r_plain.data(), r_fused.data(), r_plain.size() * sizeof(T)), 0)
+      << "the fused residual add differs from AddRmsNorm's";
+  // The sums of squares of each 64-column block, against the residual stream they came from.
+  const auto got_sums = sums.Download();
+  const auto r = ToFloats(r_fused);
+  for (int row = 0; row < m; ++row) {
+    for (int b = 0; b < sum_blocks; ++b) {
+      double want = 0;
+      for (int c = b * 64; c < std::min(hidden, b * 64 + 64); ++c) {
+        want += double(r[size_t(row) * hidden + c]) * r[size_t(row) * hidden + c];
+      }
+      EXPECT_NEAR(got_sums[size_t(b) * kSkinnyMmaMaxRows + row], want, 1e-4 * want + 1e-6)
+          << "row " << row << " block " << b;
+    }
+  }
+  // The second product: equal up to the norm's summation order (an inv_rms a few fp32 ulps
+  // apart can move a normalised element by one bf16 ulp).
+  const auto a = ToFloats(y_plain.Download()), b = ToFloats(y_fused.Download());
+  double num = 0, den = 0;
+  size_t non_finite = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    non_finite += !std::isfinite(b[i]);
+    num += (a[i] - b[i]) * double(a[i] - b[i]);
+    den += double(a[i]) * a[i];
+  }
+  EXPECT_EQ(non_finite, 0u);
+  EXPECT_LT(std::sqrt(num / den), 2e-3);
+}
+
+TEST(SkinnyMmaGemmCuda, FusedNormMatchesAddRmsNorm) {
+  REQUIRE_GPU();
+  for (int m : {1, 5, 8, 13, 32, 64}) CheckFusedNorm(m, 2048, 2048, 8192 / 4);
+  CheckFusedNorm(3, 576, 576, 1536);  // SmolLM2: 9 blocks of sums
+  CheckFusedNorm(7, 200, 64, 96);     // a partial last block
+}
+
+TEST(SkinnyMmaGemmCuda, FusedRefusesMissingBuffers) {
+  REQUIRE_GPU();
+  DeviceBuffer<__nv_bfloat16> x(8 * 64), w(64 * 64), y(8 * 64);
+  const SkinnyMmaWorkspace none{nullptr, 0, nullptr, 0, SmCount()};
+  SkinnyMmaFusion<__nv_bfloat16> in;
+  in.norm_weight = w.ptr;  // without its sums
+  EXPECT_EQ(SkinnyMmaGemmFused<__nv_bfloat16>(x.ptr, 64, w.ptr, nullptr, 8, 64, 64, y.ptr, in, none,
+                                              nullptr),
+            cudaErrorInvalidValue);
+  SkinnyMmaFusion<__nv_bfloat16> out;
+  out.residual = y.ptr;  // without a place for its sums
+  EXPECT_EQ(SkinnyMmaGemmFused<__nv_bfloat16>(x.ptr, 64, w.ptr, nullptr, 8, 64, 64, nullptr, out,
+                                              none, nullptr),
+            cudaErrorInvalidValue);
 }
 
 }  // namespace

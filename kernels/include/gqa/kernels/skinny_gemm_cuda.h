@@ -56,4 +56,34 @@ cudaError_t SkinnyMmaGemm(const T* x,  // [m, x_stride]
                           Out* y,  // [m, n]
                           const SkinnyMmaWorkspace& workspace, cudaStream_t stream);
 
+// What SkinnyMmaGemmFused folds into the product, on either side of it (the decode layer's
+// RMSNorms, which otherwise run as AddRmsNorm kernels between the products):
+// - in: x is the residual stream and each x row is normalised while it is staged, as AddRmsNorm
+//   computes it: x'[r, c] = T(norm_weight[c] * (x[r, c] * inv_rms[r])), inv_rms[r] =
+//   rsqrt(sum of squares / k + eps) from the sums the product before left in norm_sums_in
+//   ([norm_sum_blocks][kSkinnyMmaMaxRows], added in block order);
+// - out: instead of y, residual[r, c] = T(residual[r, c] + T(y[r, c])), and the sums of squares
+//   of the new residual of each 64 columns (the block's weight rows) into norm_sums_out
+//   [ceil(n / 64)][kSkinnyMmaMaxRows], for the next product's input.
+template <typename T>
+struct SkinnyMmaFusion {
+  const T* norm_weight = nullptr;       // [k]; null: x as it is
+  const float* norm_sums_in = nullptr;  // [norm_sum_blocks][kSkinnyMmaMaxRows]
+  int norm_sum_blocks = 0;
+  float eps = 0.0f;
+  T* residual = nullptr;           // [m, n]; null: y
+  float* norm_sums_out = nullptr;  // [ceil(n / 64)][kSkinnyMmaMaxRows]
+};
+
+// SkinnyMmaGemm with the fusions above (y may be null when residual is set).
+template <typename T>
+cudaError_t SkinnyMmaGemmFused(const T* x,  // [m, x_stride]
+                               int x_stride,
+                               const T* w,     // [n, k]
+                               const T* bias,  // [n] or nullptr
+                               int m, int n, int k,
+                               T* y,  // [m, n] or nullptr
+                               const SkinnyMmaFusion<T>& fusion,
+                               const SkinnyMmaWorkspace& workspace, cudaStream_t stream);
+
 }  // namespace gqa::kernels::cuda
