@@ -87,15 +87,33 @@ __device__ __forceinline__ void LoadWeightStage(const T* w, int n, int k, int ro
   }
 }
 
-// The same for the x rows of the bucket (8 x kTiles rows; rows >= m read as zero).
+// The same for the x rows of the bucket (8 x kTiles rows; rows >= m read as zero). With `up` (a
+// gate|up input), the up half of each row (k further on) goes to `up`, the stage after dst.
 template <typename T, int kTiles>
 __device__ __forceinline__ void LoadInputStage(const T* x, int x_stride, int m, int k, int k0,
-                                               uint4* dst) {
+                                               uint4* dst, uint4* up) {
   for (int i = threadIdx.x; i < 8 * kTiles * kChunks; i += kThreads) {
     const int r = i / kChunks, chunk = i % kChunks;
     const int kk = k0 + chunk * 8;
     const bool valid = r < m && kk < k;
-    CpAsync16(dst + Swizzled(r, chunk), valid ? x + size_t(r) * x_stride + kk : x, valid);
+    const T* src = x + size_t(r) * x_stride + kk;
+    CpAsync16(dst + Swizzled(r, chunk), valid ? src : x, valid);
+    if (up) CpAsync16(up + Swizzled(r, chunk), valid ? src + k : x, valid);
+  }
+}
+
+// gate = T(silu(gate) * up) in place over a stage, as SiluMul computes it.
+template <typename T, int kTiles>
+__device__ __forceinline__ void SiluGateUpStage(uint4* gate, const uint4* up) {
+  for (int i = threadIdx.x; i < 8 * kTiles * kChunks; i += kThreads) {
+    Vec8<T> g{gate[i]};
+    const Vec8<T> u{up[i]};
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const float gv = g.Get(e);
+      g.Set(e, gv / (1.0f + __expf(-gv)) * u.Get(e));
+    }
+    gate[i] = g.raw;
   }
 }
 
@@ -254,12 +272,16 @@ template <typename T, typename Out, int kTiles>
 __global__ void __launch_bounds__(kThreads) SkinnyMmaKernel(const Args<T, Out> a) {
   constexpr int S = kStages<kTiles>;
   constexpr int kWeightChunks = kRows * kChunks;      // per stage
-  constexpr int kInputChunks = 8 * kTiles * kChunks;  // per stage
-  extern __shared__ uint4 smem[];                     // [S][kWeightChunks], then [S][kInputChunks]
+  constexpr int kInputChunks = 8 * kTiles * kChunks;  // per stage (twice with gate|up)
+  extern __shared__ uint4 smem[];                     // [S][kWeightChunks], [S][x_stage_chunks]
   __shared__ float inv_rms[8 * kTiles];
   uint4* w_stages = smem;
   uint4* x_stages = smem + S * kWeightChunks;
   const bool normalize = a.fusion.norm_weight != nullptr;
+  const bool silu = a.fusion.silu_gate_up;
+  const int x_stage_chunks = silu ? 2 * kInputChunks : kInputChunks;
+  auto x_stage = [&](int slot) { return x_stages + slot * x_stage_chunks; };
+  auto up_stage = [&](int slot) { return silu ? x_stage(slot) + kInputChunks : nullptr; };
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row0 = blockIdx.x * kRows;
   const int total_stages = (a.k + kStageK - 1) / kStageK;
@@ -279,7 +301,7 @@ __global__ void __launch_bounds__(kThreads) SkinnyMmaKernel(const Args<T, Out> a
   }
   for (int i = 0; i < S - 1; ++i) {
     if (i < count) {
-      LoadInputStage<T, kTiles>(a.x, a.x_stride, a.m, a.k, k_of(i), x_stages + i * kInputChunks);
+      LoadInputStage<T, kTiles>(a.x, a.x_stride, a.m, a.k, k_of(i), x_stage(i), up_stage(i));
     }
     CpAsyncCommit();
   }
@@ -290,18 +312,19 @@ __global__ void __launch_bounds__(kThreads) SkinnyMmaKernel(const Args<T, Out> a
     __syncthreads();  // stage i visible to all; stage i - 1 read by all
     const int slot = i % S;
     if (normalize) {
-      NormalizeInputStage<T, kTiles>(a.fusion.norm_weight, inv_rms, a.k, k_of(i),
-                                     x_stages + slot * kInputChunks);
+      NormalizeInputStage<T, kTiles>(a.fusion.norm_weight, inv_rms, a.k, k_of(i), x_stage(slot));
+      __syncthreads();
+    } else if (silu) {
+      SiluGateUpStage<T, kTiles>(x_stage(slot), up_stage(slot));
       __syncthreads();
     }
-    MultiplyStage<T, kTiles>(w_stages + slot * kWeightChunks, x_stages + slot * kInputChunks, warp,
-                             lane, acc);
+    MultiplyStage<T, kTiles>(w_stages + slot * kWeightChunks, x_stage(slot), warp, lane, acc);
     const int next = i + S - 1;
     if (next < count) {
       const int next_slot = next % S;
       LoadWeightStage(a.w, a.n, a.k, row0, k_of(next), w_stages + next_slot * kWeightChunks);
-      LoadInputStage<T, kTiles>(a.x, a.x_stride, a.m, a.k, k_of(next),
-                                x_stages + next_slot * kInputChunks);
+      LoadInputStage<T, kTiles>(a.x, a.x_stride, a.m, a.k, k_of(next), x_stage(next_slot),
+                                up_stage(next_slot));
     }
     CpAsyncCommit();
   }
@@ -316,7 +339,8 @@ __global__ void __launch_bounds__(kThreads) SkinnyMmaKernel(const Args<T, Out> a
 template <typename T, typename Out, int kTiles>
 cudaError_t Launch(const Args<T, Out>& a, int row_blocks, cudaStream_t stream) {
   constexpr int S = kStages<kTiles>;
-  constexpr int smem = S * (kRows + 8 * kTiles) * kChunks * 16;
+  const int x_rows = 8 * kTiles * (a.fusion.silu_gate_up ? 2 : 1);
+  const int smem = S * (kRows + x_rows) * kChunks * 16;
   if (const cudaError_t e = AllowDynamicSmem<SkinnyMmaKernel<T, Out, kTiles>>(smem);
       e != cudaSuccess) {
     return e;
@@ -378,7 +402,8 @@ cudaError_t SkinnyMmaGemmFused(const T* x, int x_stride, const T* w, const T* bi
   const bool bad_in = fusion.norm_weight != nullptr &&
                       (fusion.norm_sums_in == nullptr || fusion.norm_sum_blocks <= 0);
   const bool bad_out = fusion.residual != nullptr && fusion.norm_sums_out == nullptr;
-  if (bad_in || bad_out || (fusion.residual == nullptr && y == nullptr)) {
+  const bool bad_silu = fusion.silu_gate_up && (fusion.norm_weight != nullptr || x_stride < 2 * k);
+  if (bad_in || bad_out || bad_silu || (fusion.residual == nullptr && y == nullptr)) {
     return cudaErrorInvalidValue;
   }
   return Dispatch<T, T>(x, x_stride, w, bias, m, n, k, y, fusion, workspace, stream);

@@ -66,6 +66,10 @@ struct CudaOptions {
   // kernel against cuBLASLt's candidates at startup and run it where it is faster (not in
   // deterministic mode); 0: cuBLASLt only.
   int tensor_core_gemm_max_rows = 64;
+  // Steps of up to this many tokens (at most 64) run each layer's four products on the
+  // tensor-core skinny kernel with the RMSNorms and SiLU folded into them, instead of separate
+  // norm and SiLU kernels (not in deterministic mode); 0: never.
+  int fused_norm_max_rows = 64;
 };
 
 // The front ends (gRPC, OpenAI-compatible HTTP, /metrics): ports, TLS, tokens, limits.

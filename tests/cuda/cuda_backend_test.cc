@@ -59,7 +59,8 @@ class Pair {
   // kv_cache_dtype: both backends' --kv_cache_dtype; logit_tolerance: the rows' allowed relative
   // L2 error.
   Pair(const std::filesystem::path& dir, bool enforce_eager, uint64_t seed,
-       const std::string& kv_cache_dtype = "auto", double logit_tolerance = kLogitTolerance)
+       const std::string& kv_cache_dtype = "auto", double logit_tolerance = kLogitTolerance,
+       int fused_norm_max_rows = CudaOptions().fused_norm_max_rows)
       : rng_(seed), tolerance_(logit_tolerance) {
     auto cpu_ckpt = Checkpoint::Load(dir, LoadFormat::kSafetensors);
     auto gpu_ckpt = Checkpoint::Load(dir, LoadFormat::kSafetensors);
@@ -72,6 +73,7 @@ class Pair {
     o.scheduler.max_num_batched_tokens = 256;
     o.scheduler.max_model_len = 512;
     o.cuda.enforce_eager = enforce_eager;
+    o.cuda.fused_norm_max_rows = fused_norm_max_rows;
     o.cache.kv_cache_dtype = kv_cache_dtype;
     o.backend.kind = BackendKind::kCpu;
     auto cpu = CreateBackend(o, o.backend.kind, std::move(*cpu_ckpt));
@@ -189,16 +191,20 @@ class Pair {
   std::vector<int32_t> free_;
 };
 
+// fused_norm_max_rows: the CUDA backend's steps of up to this many tokens run the layers with
+// the norms folded into the tensor-core skinny products (the default: 64); 0: never.
 void CheckAgainstCpu(const ModelConfig& config, bool enforce_eager,
                      const std::string& kv_cache_dtype = "auto",
-                     double logit_tolerance = kLogitTolerance) {
+                     double logit_tolerance = kLogitTolerance,
+                     int fused_norm_max_rows = CudaOptions().fused_norm_max_rows) {
   const uint64_t seed = std::random_device{}();
-  SCOPED_TRACE(::testing::Message() << "heads " << config.num_heads << " kv " << config.num_kv_heads
-                                    << " head_dim " << config.head_dim << " eager " << enforce_eager
-                                    << " kv cache " << kv_cache_dtype << " seed " << seed);
+  SCOPED_TRACE(::testing::Message()
+               << "heads " << config.num_heads << " kv " << config.num_kv_heads << " head_dim "
+               << config.head_dim << " eager " << enforce_eager << " kv cache " << kv_cache_dtype
+               << " fused norms up to " << fused_norm_max_rows << " seed " << seed);
   testing::TempDir dir;
   testing::WriteRandomCheckpoint(dir.path(), config, seed);
-  Pair pair(dir.path(), enforce_eager, seed, kv_cache_dtype, logit_tolerance);
+  Pair pair(dir.path(), enforce_eager, seed, kv_cache_dtype, logit_tolerance, fused_norm_max_rows);
   ASSERT_TRUE(pair.ok());
   const int a = pair.AddSeq(37, config.vocab_size);  // crosses two block boundaries
   const int b = pair.AddSeq(16, config.vocab_size);  // exactly one block
@@ -218,6 +224,14 @@ void CheckAgainstCpu(const ModelConfig& config, bool enforce_eager,
 TEST(CudaBackendTest, MhaGqaMqaHeadDim64) {
   REQUIRE_GPU();
   for (int kv : {8, 2, 1}) CheckAgainstCpu(Shape(8, kv, 64), /*enforce_eager=*/false);
+}
+
+// Small steps without the fused norms: the products through cuBLASLt or the skinny kernels, with
+// AddRmsNorm and SiluMul between them.
+TEST(CudaBackendTest, UnfusedNormsMatchTheCpuBackend) {
+  REQUIRE_GPU();
+  CheckAgainstCpu(Shape(8, 2, 64), /*enforce_eager=*/false, "auto", kLogitTolerance,
+                  /*fused_norm_max_rows=*/0);
 }
 
 TEST(CudaBackendTest, GqaAndMqaHeadDim128Eager) {

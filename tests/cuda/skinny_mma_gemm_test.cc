@@ -261,5 +261,36 @@ TEST(SkinnyMmaGemmCuda, FusedRefusesMissingBuffers) {
             cudaErrorInvalidValue);
 }
 
+// The down projection with SiLU(gate) * up staged in: bitwise the SiluMul kernel then the plain
+// product, also when it adds into the residual stream.
+void CheckFusedSilu(int m, int inter, int hidden) {
+  using T = __nv_bfloat16;
+  SCOPED_TRACE(::testing::Message() << "m " << m << " inter " << inter << " hidden " << hidden);
+  const auto gate_up = RandomVector<T>(size_t(m) * 2 * inter, 3.0f);
+  const auto w = RandomVector<T>(size_t(hidden) * inter, 0.05f);
+  DeviceBuffer<T> gu_d(gate_up.size()), w_d(w.size()), act(size_t(m) * inter);
+  gu_d.Upload(gate_up);
+  w_d.Upload(w);
+  Workspace ws(m, hidden, inter);
+  DeviceBuffer<T> y_plain(size_t(m) * hidden), y_fused(size_t(m) * hidden);
+  CUDA_OK(SiluMul<T>(gu_d.ptr, gu_d.ptr + inter, m, inter, 2 * inter, act.ptr, nullptr));
+  CUDA_OK((SkinnyMmaGemm<T, T>(act.ptr, inter, w_d.ptr, nullptr, m, hidden, inter, y_plain.ptr,
+                               ws.view, nullptr)));
+  SkinnyMmaFusion<T> silu;
+  silu.silu_gate_up = true;
+  CUDA_OK(SkinnyMmaGemmFused<T>(gu_d.ptr, 2 * inter, w_d.ptr, nullptr, m, hidden, inter,
+                                y_fused.ptr, silu, ws.view, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  const auto a = y_plain.Download(), b = y_fused.Download();
+  EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(T)), 0) << "SiLU staged in differs";
+}
+
+TEST(SkinnyMmaGemmCuda, FusedSiluMatchesSiluMul) {
+  REQUIRE_GPU();
+  for (int m : {1, 4, 8, 9, 31, 64}) CheckFusedSilu(m, 8192, 2048);
+  CheckFusedSilu(3, 1536, 576);
+  CheckFusedSilu(6, 200, 72);
+}
+
 }  // namespace
 }  // namespace gqa::kernels::cuda

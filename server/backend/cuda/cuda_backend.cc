@@ -26,6 +26,7 @@
 #include "gqa/kernels/rope.h"
 #include "gqa/kernels/sampling_cuda.h"
 #include "gqa/kernels/skinny_gemm_cuda.h"
+#include "gqa/kernels/skinny_mma_plan.h"
 #include "spdlog/spdlog.h"
 
 namespace gqa {
@@ -56,6 +57,10 @@ struct Activations {
   kernels::LogprobsResult* logprobs_results;  // [max_seqs]
   float* inv_freq;                            // [head_dim / 2]
   void* decode_workspace;
+  // Fused norms: sums of squares of the residual stream per 64 columns, after the attention
+  // block and after the MLP ([ceil(hidden / 64)][kSkinnyMmaMaxRows] each).
+  float* norm_sums_attn;
+  float* norm_sums_mlp;
 };
 
 // The graph capture sizes: 1, 2, 4, 8, then multiples of 8 up to max_num_seqs.
@@ -125,6 +130,14 @@ class CudaBackend final : public Backend {
   // Every kernel of one step, in order, on the device stream.
   absl::Status Launch(const StepShape& shape);
   absl::Status Layer(int l, const StepShape& shape);
+  // The same layer with its norms folded into the tensor-core skinny products (steps of up to
+  // fused_max_rows_ tokens): no AddRmsNorm or SiluMul kernel between them.
+  absl::Status FusedLayer(int l, const StepShape& shape);
+  int NormSumBlocks() const {
+    return (config_.hidden_size + kernels::kSkinnyMmaBlockWeightRows - 1) /
+           kernels::kSkinnyMmaBlockWeightRows;
+  }
+  bool fused(const StepShape& shape) const { return shape.num_tokens <= fused_max_rows_; }
   absl::Status Attention(int l, const StepShape& shape);
   template <typename KV>
   absl::Status AttentionOver(int l, const StepShape& shape, const kernels::PagedKvView<KV>& cache);
@@ -158,7 +171,9 @@ class CudaBackend final : public Backend {
   float* kv_scales_ = nullptr;  // FP8: [layers][k, v][kv_heads]
   int max_tokens_ = 0;
   int skinny_max_rows_ = 0;
-  std::map<int, cudaGraphExec_t> graphs_;           // by padded batch size
+  int fused_max_rows_ = 0;                    // steps of up to this many tokens run FusedLayer
+  k::SkinnyMmaWorkspace skinny_workspace_{};  // Gemm's: one product at a time on the stream
+  std::map<int, cudaGraphExec_t> graphs_;     // by padded batch size
   std::map<int, cudaGraphExec_t> profiled_graphs_;  // the same, with the profiler's events
   uint64_t graph_bytes_ = 0;
   int logit_rows_ = 0;  // rows of act_.logits computed by the last Forward
@@ -230,6 +245,8 @@ absl::Status CudaBackend<T>::AllocateActivations() {
     act_.logprobs_results = b.Take<kernels::LogprobsResult>(s);
     act_.inv_freq = b.Take<float>(c.head_dim / 2);
     act_.decode_workspace = b.Take<std::byte>(workspace);
+    act_.norm_sums_attn = b.Take<float>(NormSumBlocks() * kernels::kSkinnyMmaMaxRows);
+    act_.norm_sums_mlp = b.Take<float>(NormSumBlocks() * kernels::kSkinnyMmaMaxRows);
     return b.bytes();
   };
   auto memory = DeviceMemory::Allocate(carve(nullptr), "activations");
@@ -441,6 +458,57 @@ absl::Status CudaBackend<T>::Layer(int l, const StepShape& shape) {
 }
 
 template <typename T>
+absl::Status CudaBackend<T>::FusedLayer(int l, const StepShape& shape) {
+  const ModelConfig& c = config_;
+  const cuda::LayerWeights& w = weights_.layer(l);
+  const int n = shape.num_tokens, h = c.hidden_size, inter = c.intermediate_size;
+  cudaStream_t stream = device_->stream();
+  auto cast = [](const void* p) { return static_cast<const T*>(p); };
+  // The input norm: layer 0's came from Launch's RmsNorm, later ones from the sums the
+  // previous layer's down projection left.
+  k::SkinnyMmaFusion<T> qkv_in;
+  const T* qkv_x = act_.normed;
+  if (l > 0) {
+    qkv_x = act_.residual;
+    qkv_in.norm_weight = cast(w.input_norm);
+    qkv_in.norm_sums_in = act_.norm_sums_mlp;
+    qkv_in.norm_sum_blocks = NormSumBlocks();
+    qkv_in.eps = c.rms_norm_eps;
+  }
+  const int qkv_n = c.q_size() + 2 * c.kv_size();
+  GQA_CUDA_RETURN_IF_ERROR(k::SkinnyMmaGemmFused<T>(qkv_x, h, cast(w.qkv), cast(w.qkv_bias), n,
+                                                    qkv_n, h, act_.qkv, qkv_in, skinny_workspace_,
+                                                    stream));
+  RETURN_IF_ERROR(Attention(l, shape));
+  k::SkinnyMmaFusion<T> o_out;
+  o_out.residual = act_.residual;
+  o_out.norm_sums_out = act_.norm_sums_attn;
+  GQA_CUDA_RETURN_IF_ERROR(k::SkinnyMmaGemmFused<T>(act_.attn, c.q_size(), cast(w.o),
+                                                    cast(w.o_bias), n, h, c.q_size(), nullptr,
+                                                    o_out, skinny_workspace_, stream));
+  k::SkinnyMmaFusion<T> gate_up_in;
+  gate_up_in.norm_weight = cast(w.post_norm);
+  gate_up_in.norm_sums_in = act_.norm_sums_attn;
+  gate_up_in.norm_sum_blocks = NormSumBlocks();
+  gate_up_in.eps = c.rms_norm_eps;
+  GQA_CUDA_RETURN_IF_ERROR(
+      k::SkinnyMmaGemmFused<T>(act_.residual, h, cast(w.gate_up), cast(w.gate_up_bias), n,
+                               2 * inter, h, act_.gate_up, gate_up_in, skinny_workspace_, stream));
+  k::SkinnyMmaFusion<T> down;
+  down.silu_gate_up = true;
+  down.residual = act_.residual;
+  down.norm_sums_out = act_.norm_sums_mlp;
+  GQA_CUDA_RETURN_IF_ERROR(k::SkinnyMmaGemmFused<T>(act_.gate_up, 2 * inter, cast(w.down),
+                                                    cast(w.down_bias), n, h, inter, nullptr, down,
+                                                    skinny_workspace_, stream));
+  if (l + 1 == c.num_layers) {  // the final norm, for the logit rows
+    GQA_CUDA_RETURN_IF_ERROR(k::AddRmsNorm<T>(nullptr, act_.residual, cast(weights_.final_norm()),
+                                              n, h, c.rms_norm_eps, act_.normed, stream));
+  }
+  return absl::OkStatus();
+}
+
+template <typename T>
 absl::Status CudaBackend<T>::Launch(const StepShape& shape) {
   const ModelConfig& c = config_;
   const cuda::StepArrays& in = inputs_.device();
@@ -452,7 +520,9 @@ absl::Status CudaBackend<T>::Launch(const StepShape& shape) {
   GQA_CUDA_RETURN_IF_ERROR(k::AddRmsNorm<T>(nullptr, act_.residual,
                                             static_cast<const T*>(weights_.layer(0).input_norm), n,
                                             h, c.rms_norm_eps, act_.normed, stream));
-  for (int l = 0; l < c.num_layers; ++l) RETURN_IF_ERROR(Layer(l, shape));
+  for (int l = 0; l < c.num_layers; ++l) {
+    RETURN_IF_ERROR(fused(shape) ? FusedLayer(l, shape) : Layer(l, shape));
+  }
   // The wanted rows only, then the vocabulary projection in fp32.
   GQA_CUDA_RETURN_IF_ERROR(k::EmbeddingGather<T>(act_.normed, in.logit_rows, shape.num_logit_rows,
                                                  h, act_.logit_hidden, stream));
@@ -588,6 +658,12 @@ absl::Status CudaBackend<T>::Init(const Checkpoint* checkpoint) {
   gemm.sm_count = device_->sm_count();
   gemm_ = std::make_unique<cuda::Gemm>(
       device_.get(), options_.dtype == DType::kBF16 ? CUDA_R_16BF : CUDA_R_16F, gemm);
+  fused_max_rows_ = options_.backend.deterministic ? 0
+                                                   : std::clamp(options_.cuda.fused_norm_max_rows,
+                                                                0, kernels::kSkinnyMmaMaxRows);
+  if (fused_max_rows_ > 0 || gemm.skinny_mma_max_m > 0) {
+    ASSIGN_OR_RETURN(skinny_workspace_, gemm_->SkinnyMmaWorkspace());
+  }
   RETURN_IF_ERROR(AllocateActivations());
   // Before the KV pool takes its share of the card, so that the probe's buffers fit.
   ASSIGN_OR_RETURN(read_bandwidth_, ProbeReadBandwidth());

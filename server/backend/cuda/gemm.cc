@@ -102,15 +102,24 @@ absl::StatusOr<Gemm::Timed> Gemm::Fastest(Plan& plan,
   return best;
 }
 
+absl::StatusOr<kernels::cuda::SkinnyMmaWorkspace> Gemm::SkinnyMmaWorkspace() {
+  const int sms = options_.sm_count;
+  const size_t partials = kernels::SkinnyMmaMaxPartialFloats(sms);
+  const size_t counters = kernels::SkinnyMmaMaxCounters(sms);
+  if (skinny_workspace_.bytes() == 0) {
+    const size_t bytes = partials * sizeof(float) + counters * sizeof(int);
+    ASSIGN_OR_RETURN(skinny_workspace_, DeviceMemory::Allocate(bytes, "skinny GEMM workspace"));
+    GQA_CUDA_RETURN_IF_ERROR(cudaMemset(skinny_workspace_.get(), 0, bytes));  // the counters
+  }
+  float* base = static_cast<float*>(skinny_workspace_.get());
+  return kernels::cuda::SkinnyMmaWorkspace{base, partials, reinterpret_cast<int*>(base + partials),
+                                           counters, sms};
+}
+
 absl::Status Gemm::LaunchSkinnyMma(const Key& key, const Operands& o) {
   namespace k = kernels::cuda;
   const auto [m, n, k_dim, bias, fp32_out] = key;
-  const int sms = options_.sm_count;
-  const k::SkinnyMmaWorkspace workspace{
-      static_cast<float*>(skinny_workspace_.get()), kernels::SkinnyMmaMaxPartialFloats(sms),
-      reinterpret_cast<int*>(static_cast<float*>(skinny_workspace_.get()) +
-                             kernels::SkinnyMmaMaxPartialFloats(sms)),
-      kernels::SkinnyMmaMaxCounters(sms), sms};
+  ASSIGN_OR_RETURN(const k::SkinnyMmaWorkspace workspace, SkinnyMmaWorkspace());
   cudaStream_t stream = device_->stream();
   auto run = [&]<typename T>(T*) {
     if (fp32_out) {
@@ -132,13 +141,6 @@ absl::StatusOr<bool> Gemm::SkinnyMmaWins(const Key& key, const Operands& operand
   const int m = std::get<0>(key), k = std::get<2>(key);
   if (m > std::min(options_.skinny_mma_max_m, kernels::kSkinnyMmaMaxRows) || k % 8 != 0) {
     return false;
-  }
-  if (skinny_workspace_.bytes() == 0) {
-    const int sms = options_.sm_count;
-    const size_t bytes = kernels::SkinnyMmaMaxPartialFloats(sms) * sizeof(float) +
-                         kernels::SkinnyMmaMaxCounters(sms) * sizeof(int);
-    ASSIGN_OR_RETURN(skinny_workspace_, DeviceMemory::Allocate(bytes, "skinny GEMM workspace"));
-    GQA_CUDA_RETURN_IF_ERROR(cudaMemset(skinny_workspace_.get(), 0, bytes));  // the counters
   }
   ASSIGN_OR_RETURN(const float us, MedianUs([&] { return LaunchSkinnyMma(key, operands); }));
   return us < cublas_us;

@@ -15,6 +15,7 @@
 
 #include "absl/status/status.h"
 #include "backend/cuda/device.h"
+#include "gqa/kernels/skinny_gemm_cuda.h"
 
 namespace gqa::cuda {
 
@@ -57,6 +58,9 @@ class Gemm {
                    int m, int n, int k,
                    void* y,  // [m, n]
                    bool fp32_out = false);
+  // The tensor-core skinny kernel's workspace, allocated (zeroed) on the first call: sized for
+  // any product, shared by every skinny product on the stream (one at a time).
+  absl::StatusOr<kernels::cuda::SkinnyMmaWorkspace> SkinnyMmaWorkspace();
   // Ends tuning (after warm-up and graph capture: never inside a serving step) and releases
   // what it needed. Shapes first seen later take the heuristic's first algorithm.
   void FinishTuning() {

@@ -62,6 +62,8 @@ cudaError_t SkinnyMmaGemm(const T* x,  // [m, x_stride]
 //   computes it: x'[r, c] = T(norm_weight[c] * (x[r, c] * inv_rms[r])), inv_rms[r] =
 //   rsqrt(sum of squares / k + eps) from the sums the product before left in norm_sums_in
 //   ([norm_sum_blocks][kSkinnyMmaMaxRows], added in block order);
+// - in, for a down projection: x rows hold gate (columns 0..k-1) then up (k..2k-1), and are
+//   staged as T(silu(gate) * up), as SiluMul computes it (not with norm_weight);
 // - out: instead of y, residual[r, c] = T(residual[r, c] + T(y[r, c])), and the sums of squares
 //   of the new residual of each 64 columns (the block's weight rows) into norm_sums_out
 //   [ceil(n / 64)][kSkinnyMmaMaxRows], for the next product's input.
@@ -71,7 +73,8 @@ struct SkinnyMmaFusion {
   const float* norm_sums_in = nullptr;  // [norm_sum_blocks][kSkinnyMmaMaxRows]
   int norm_sum_blocks = 0;
   float eps = 0.0f;
-  T* residual = nullptr;           // [m, n]; null: y
+  bool silu_gate_up = false;  // x rows are gate|up ([m, x_stride >= 2k]): x' = T(silu(gate) * up)
+  T* residual = nullptr;      // [m, n]; null: y
   float* norm_sums_out = nullptr;  // [ceil(n / 64)][kSkinnyMmaMaxRows]
 };
 
