@@ -1,9 +1,10 @@
-// The interface the engine drives: one ExecuteStep per engine step (backend/step_plan.h: the
-// chunks to compute, the block-table deltas; the sampled tokens and logprobs back). CpuBackend
-// and CudaBackend implement it.
+// The interface the engine drives: one ExecuteStep (or SubmitStep, later CollectStep) per engine
+// step (backend/step_plan.h: the chunks to compute, the block-table deltas; the sampled tokens and
+// logprobs back). CpuBackend and CudaBackend implement it.
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <optional>
 #include <span>
 #include <string>
@@ -55,10 +56,34 @@ class Backend {
   // Applies the plan's block-table deltas, appends every chunk token's K/V to the cache, samples
   // one token per sampling sequence and computes the logprobs asked for (where the logits are:
   // on the GPU only the results cross to the host). The deltas are applied even when the step
-  // then fails; a plan without sequences only applies them.
+  // then fails; a plan without sequences only applies them. SubmitStep then CollectStep.
   virtual absl::StatusOr<StepOutput> ExecuteStep(const StepPlan& plan) = 0;
+
+  // Async scheduling: SubmitStep launches the plan's step and returns without waiting for it
+  // where the device allows (the GPU); CollectStep waits for the oldest step submitted and
+  // returns its output (or its failure). At most kMaxStepsInFlight steps are submitted and not
+  // collected; a plan's placeholder tokens (ScheduledSeq::placeholder_sample_row) read the step
+  // submitted just before it. The default computes the whole step in SubmitStep (ExecuteStep),
+  // which suits a backend that computes on the host: its results are the same either way.
+  static constexpr int kMaxStepsInFlight = 2;
+  virtual absl::Status SubmitStep(const StepPlan& plan) {
+    if (submitted_.size() >= kMaxStepsInFlight) {
+      return absl::FailedPreconditionError("SubmitStep: two steps are in flight already");
+    }
+    submitted_.push_back(ExecuteStep(plan));
+    return absl::OkStatus();
+  }
+  virtual absl::StatusOr<StepOutput> CollectStep() {
+    if (submitted_.empty()) return absl::FailedPreconditionError("CollectStep: no step in flight");
+    absl::StatusOr<StepOutput> out = std::move(submitted_.front());
+    submitted_.pop_front();
+    return out;
+  }
   // The last step's logits, [rows, vocab] laid out as LogitsRowOfTokens says (tests and tools).
   virtual absl::StatusOr<std::vector<float>> LogitsToHost() = 0;
+
+ private:
+  std::deque<absl::StatusOr<StepOutput>> submitted_;  // the default SubmitStep's results
 };
 
 }  // namespace gqa
