@@ -74,6 +74,8 @@ class Engine {
   const KvCacheSpec& kv_spec() const { return backend_->kv_spec(); }
   std::string_view backend_name() const { return backend_->name(); }
   const Backend& backend() const { return *backend_; }
+  // Read on the engine thread only (a test backend's checks, in its steps).
+  const BlockAllocator& allocator() const { return allocator_; }
 
  private:
   // A step scheduled and submitted, not yet collected.
