@@ -66,24 +66,15 @@ class Backend {
   // submitted just before it. The default computes the whole step in SubmitStep (ExecuteStep),
   // which suits a backend that computes on the host: its results are the same either way.
   static constexpr int kMaxStepsInFlight = 2;
-  virtual absl::Status SubmitStep(const StepPlan& plan) {
-    if (submitted_.size() >= kMaxStepsInFlight) {
-      return absl::FailedPreconditionError("SubmitStep: two steps are in flight already");
-    }
-    submitted_.push_back(ExecuteStep(plan));
-    return absl::OkStatus();
-  }
-  virtual absl::StatusOr<StepOutput> CollectStep() {
-    if (submitted_.empty()) return absl::FailedPreconditionError("CollectStep: no step in flight");
-    absl::StatusOr<StepOutput> out = std::move(submitted_.front());
-    submitted_.pop_front();
-    return out;
-  }
+  virtual absl::Status SubmitStep(const StepPlan& plan);
+  virtual absl::StatusOr<StepOutput> CollectStep();
+
   // The last step's logits, [rows, vocab] laid out as LogitsRowOfTokens says (tests and tools).
   virtual absl::StatusOr<std::vector<float>> LogitsToHost() = 0;
 
  private:
-  std::deque<absl::StatusOr<StepOutput>> submitted_;  // the default SubmitStep's results
+  // The default SubmitStep's results: a failure, or OK and the output.
+  std::deque<std::pair<absl::Status, StepOutput>> submitted_;
 };
 
 }  // namespace gqa

@@ -79,6 +79,7 @@ bool Scheduler::ReachedLength(const Sequence& seq) const {
 void Scheduler::DeferPreemption(SchedulerOutput& out) {
   std::unique_ptr<Sequence> victim = std::move(running_.back());
   running_.pop_back();
+  ++victim->preemptions;
   out.preempted.push_back(victim.get());
   deferred_.push_back({std::move(victim), /*preempt=*/true});
 }
@@ -117,7 +118,6 @@ void Scheduler::SettleDeferred(UpdateResult& result) {
     seq.num_placeholders = 0;
     if (d.preempt) {
       DetachCachedPrefix(seq);
-      ++seq.preemptions;
       waiting_.push_front(std::move(d.seq));
       continue;
     }

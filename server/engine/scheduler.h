@@ -70,7 +70,7 @@ struct ChunkFacts {
 struct ScheduledChunk {
   Sequence* seq;
   int num_tokens;
-  std::optional<ChunkFacts> facts;  // set by the scheduler
+  std::optional<ChunkFacts> facts = std::nullopt;  // set by the scheduler
   int start() const { return facts ? facts->start_pos : seq->num_computed; }
   // True when the chunk reaches the sequence's last token, so a new token is sampled.
   bool samples() const {

@@ -1,0 +1,26 @@
+#include "backend/backend.h"
+
+namespace gqa {
+
+absl::Status Backend::SubmitStep(const StepPlan& plan) {
+  if (submitted_.size() >= kMaxStepsInFlight) {
+    return absl::FailedPreconditionError("SubmitStep: two steps are in flight already");
+  }
+  absl::StatusOr<StepOutput> out = ExecuteStep(plan);
+  if (out.ok()) {
+    submitted_.push_back({absl::OkStatus(), *std::move(out)});
+  } else {
+    submitted_.push_back({out.status(), StepOutput{}});
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<StepOutput> Backend::CollectStep() {
+  if (submitted_.empty()) return absl::FailedPreconditionError("CollectStep: no step in flight");
+  auto [status, output] = std::move(submitted_.front());
+  submitted_.pop_front();
+  if (!status.ok()) return status;
+  return output;
+}
+
+}  // namespace gqa
