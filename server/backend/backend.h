@@ -68,13 +68,25 @@ class Backend {
   static constexpr int kMaxStepsInFlight = 2;
   virtual absl::Status SubmitStep(const StepPlan& plan);
   virtual absl::StatusOr<StepOutput> CollectStep();
+  // The timing of the step CollectStep returned last, when it was profiled: with the default
+  // SubmitStep, LastStepTiming() may already be the next step's.
+  std::optional<StepTiming> CollectedStepTiming() const {
+    return default_collected_ ? default_timing_ : LastStepTiming();
+  }
 
   // The last step's logits, [rows, vocab] laid out as LogitsRowOfTokens says (tests and tools).
   virtual absl::StatusOr<std::vector<float>> LogitsToHost() = 0;
 
  private:
-  // The default SubmitStep's results: a failure, or OK and the output.
-  std::deque<std::pair<absl::Status, StepOutput>> submitted_;
+  // The default SubmitStep's results: a failure, or OK, the output and the step's timing.
+  struct ComputedStep {
+    absl::Status status;
+    StepOutput output;
+    std::optional<StepTiming> timing;
+  };
+  std::deque<ComputedStep> submitted_;
+  bool default_collected_ = false;  // the default CollectStep ran
+  std::optional<StepTiming> default_timing_;
 };
 
 }  // namespace gqa

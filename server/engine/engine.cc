@@ -204,7 +204,7 @@ void Engine::CollectAndUpdate(SubmittedStep& step, std::optional<SubmittedStep>*
   absl::StatusOr<StepOutput> result =
       step.submitted.ok() ? backend_->CollectStep() : absl::StatusOr<StepOutput>(step.submitted);
   if (result.ok()) {
-    if (step.profiled) step.stats.device = backend_->LastStepTiming();
+    if (step.profiled) step.stats.device = backend_->CollectedStepTiming();
     absl::StatusOr<UpdateResult> update = scheduler_.Update(step.out, *result);
     if (update.ok()) {
       // The step's own time: from its schedule, or from the previous step's update when it was

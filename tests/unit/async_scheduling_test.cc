@@ -14,6 +14,7 @@
 #include "common/fake_backend.h"
 #include "common/test_checkpoint.h"
 #include "engine/engine.h"
+#include "engine/engine_observer.h"
 #include "engine/scheduler.h"
 #include "metrics/engine_metrics.h"
 #include "tokenizer/tokenizer.h"
@@ -398,6 +399,67 @@ TEST(AsyncEngineTest, CancelsAndPreemptsWhileAStepIsInFlight) {
   EXPECT_GT(preemptions, 0) << "the pool was meant to be too small";
   EXPECT_GT(cancels, 0) << "the cancellations were meant to land mid-request";
   EXPECT_EQ(run.free_blocks_after, run.total_blocks) << "every block came back";
+}
+
+// Numbers its steps and, when profiled, reports the step's number as its device time.
+class NumberedStepsBackend final : public testing::FakeBackendBase {
+ public:
+  void ProfileNextStep() override { profile_next_ = true; }
+  std::optional<StepTiming> LastStepTiming() const override {
+    if (!profiled_) return std::nullopt;
+    return StepTiming{double(step_), 0.0};
+  }
+
+ private:
+  absl::StatusOr<StepOutput> Run(const StepPlan& plan) override {
+    ++step_;
+    profiled_ = std::exchange(profile_next_, false);
+    return FixedTokens(plan, 5);
+  }
+  bool profile_next_ = false, profiled_ = false;
+  int step_ = 0;
+};
+
+class StepRecorder final : public EngineObserver {
+ public:
+  void OnPreemptions(size_t) override {}
+  void OnRequestScheduled(double, int) override {}
+  void OnTokensEmitted(size_t, std::optional<double>, std::optional<double>) override {}
+  void OnRequestFinished(FinishReason, double) override {}
+  void OnStep(const StepStats& step) override { steps.push_back(step); }
+  void OnOccupancy(const EngineOccupancy&) override {}
+  std::vector<StepStats> steps;  // engine thread; read once it stopped
+};
+
+// A step's statistics are its own: the device time of step k is step k's, though the backend
+// has computed step k + 1 (the default SubmitStep) by the time step k is collected.
+TEST(AsyncEngineTest, EachStepReportsItsOwnDeviceTime) {
+  StepRecorder recorder;
+  EngineConfig config;
+  config.scheduler = {kBlock, 8, 64};
+  config.scheduler.async_scheduling = true;
+  config.limits = {26, 256};
+  config.step_profile_interval = 1;
+  Engine engine(config, std::make_unique<NumberedStepsBackend>(), &recorder);
+  engine.Start();
+  EventCollector c;
+  for (int i = 0; i < 3; ++i) {
+    Request r;
+    r.id = absl::StrCat("r", i);
+    r.prompt = {3, 4, 5};
+    r.stopping.max_new_tokens = 6;
+    r.stopping.ignore_eos = true;
+    r.sink = c.SinkFor(r.id);
+    ASSERT_TRUE(engine.Submit(std::move(r)).ok());
+  }
+  c.WaitFor(3);
+  engine.Drain(std::chrono::milliseconds(1000));
+  ASSERT_GE(recorder.steps.size(), 6u);
+  for (size_t k = 0; k < recorder.steps.size(); ++k) {
+    ASSERT_TRUE(recorder.steps[k].device) << "step " << k + 1;
+    EXPECT_EQ(recorder.steps[k].device->step_seconds, double(k + 1)) << "step " << k + 1;
+    EXPECT_GT(recorder.steps[k].wall_seconds, 0.0);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
