@@ -205,8 +205,10 @@ void Scheduler::CacheFullBlocks(Sequence& seq) {
 }
 
 void Scheduler::AdmitWaiting(Budget& budget, SchedulerOutput& out) {
+  // A deferred sequence (async: leaving once its step is updated) still holds its row of the
+  // backend's block tables, which hold max_num_seqs rows: it counts until it has left.
   while (!waiting_.empty() && budget.tokens > 0 &&
-         static_cast<int>(running_.size()) < config_.max_num_seqs) {
+         static_cast<int>(running_.size() + deferred_.size()) < config_.max_num_seqs) {
     Sequence& seq = *waiting_.front();
     const int cached = AttachCachedPrefix(seq);
     const int n = ChunkSize(seq, budget, 0);

@@ -76,7 +76,9 @@ class EventCollector {
 // profiling. Subclasses compute a step in Run.
 class FakeBackendBase : public Backend {
  public:
-  explicit FakeBackendBase(int num_blocks = 64, int block_size = 4) : tables_(256, 256) {
+  // Its block tables hold `max_seqs` sequences (the engine's max_num_seqs, as a real backend's).
+  explicit FakeBackendBase(int num_blocks = 64, int block_size = 4, int max_seqs = 256)
+      : tables_(max_seqs, 256) {
     spec_.block_size = block_size;
     spec_.num_blocks = num_blocks;
     spec_.num_kv_heads = 1;
@@ -169,8 +171,10 @@ class FakeBackend final : public FakeBackendBase {
 class AsyncFakeBackend final : public FakeBackendBase {
  public:
   AsyncFakeBackend(int num_blocks, std::chrono::microseconds submit_delay,
-                   std::chrono::microseconds collect_delay)
-      : FakeBackendBase(num_blocks), submit_delay_(submit_delay), collect_delay_(collect_delay) {}
+                   std::chrono::microseconds collect_delay, int max_seqs = 256)
+      : FakeBackendBase(num_blocks, 4, max_seqs),
+        submit_delay_(submit_delay),
+        collect_delay_(collect_delay) {}
   // Called on the engine thread only (Submit and Collect); set before the engine starts.
   void Watch(const BlockAllocator* allocator) { allocator_ = allocator; }
 

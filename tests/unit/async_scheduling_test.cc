@@ -195,6 +195,33 @@ TEST(AsyncSchedulerTest, ACancellationInFlightWaitsForItsStep) {
   EXPECT_NE(s.Cancel(3), nullptr);
 }
 
+// The backend's block tables hold max_num_seqs rows; a leaving sequence keeps its row until the
+// plan after its step's update removes it, so nothing is admitted into that row before.
+TEST(AsyncSchedulerTest, ALeavingSequenceHoldsItsTableRowUntilItHasLeft) {
+  BlockAllocator alloc(16);
+  Scheduler s(AsyncConfig(/*max_num_seqs=*/1), &alloc);
+  BlockTables tables(/*max_seqs=*/1, /*max_blocks_per_seq=*/8);
+  s.Add(Seq(1, 5));
+  s.Add(Seq(2, 5));
+  const SchedulerOutput one = s.Schedule();
+  ASSERT_TRUE(tables.Apply(one.plan.tables).ok());
+  const SchedulerOutput two = s.Schedule();
+  ASSERT_TRUE(tables.Apply(two.plan.tables).ok());
+  EXPECT_EQ(s.Cancel(1), nullptr);
+  EXPECT_TRUE(s.Schedule().empty()) << "sequence 1 still holds the only row";
+  ASSERT_TRUE(s.Update(one, Sampled({5})).ok());
+  EXPECT_TRUE(s.Schedule().empty()) << "step 2 still computes sequence 1";
+  absl::StatusOr<UpdateResult> r = s.Update(two, Sampled({6}));
+  ASSERT_TRUE(r.ok());
+  ASSERT_EQ(r->finished.size(), 1u);
+  EXPECT_EQ(r->finished[0].reason, FinishReason::kCancelled);
+  const SchedulerOutput three = s.Schedule();
+  ASSERT_EQ(three.plan.seqs.size(), 1u);
+  EXPECT_EQ(three.plan.seqs[0].seq_id, 2u);
+  EXPECT_EQ(three.plan.tables.removed, (std::vector<uint64_t>{1}));
+  EXPECT_TRUE(tables.Apply(three.plan.tables).ok()) << "the row is free once 1 has left";
+}
+
 TEST(AsyncSchedulerTest, APreemptionInFlightTakesEffectOnceItsStepIsUpdated) {
   BlockAllocator alloc(3);  // a block each for two 4-token prompts, one to spare
   Scheduler s(AsyncConfig(), &alloc);
@@ -399,6 +426,49 @@ TEST(AsyncEngineTest, CancelsAndPreemptsWhileAStepIsInFlight) {
   EXPECT_GT(preemptions, 0) << "the pool was meant to be too small";
   EXPECT_GT(cancels, 0) << "the cancellations were meant to land mid-request";
   EXPECT_EQ(run.free_blocks_after, run.total_blocks) << "every block came back";
+}
+
+// A client that goes away mid-stream while the next request waits (the HTTP front end's
+// disconnect test, one sequence at a time): each request ends cancelled, and the next one gets
+// the backend's only block-table row once the cancelled one has left it.
+TEST(AsyncEngineTest, ACancelledRequestEndsCancelledAndTheNextOneRuns) {
+  auto backend = std::make_unique<AsyncFakeBackend>(64, 20us, 200us, /*max_seqs=*/1);
+  AsyncFakeBackend* fake = backend.get();
+  EngineConfig config;
+  config.scheduler = {kBlock, /*max_num_seqs=*/1, 64};
+  config.scheduler.async_scheduling = true;
+  config.limits = {26, 256};
+  Engine engine(config, std::move(backend), nullptr);
+  fake->Watch(&engine.allocator());
+  engine.Start();
+  EventCollector c;
+  auto submit = [&](const std::string& id, int max_new) {
+    Request r;
+    r.id = id;
+    r.prompt = {3, 4, 5};
+    r.stopping.max_new_tokens = max_new;
+    r.sink = c.SinkFor(id);
+    absl::StatusOr<uint64_t> engine_id = engine.Submit(std::move(r));
+    EXPECT_TRUE(engine_id.ok()) << engine_id.status();
+    return engine_id.value_or(0);
+  };
+  for (int i = 0; i < 4; ++i) {
+    const uint64_t cancelled = submit(absl::StrCat("cancelled", i), 200);
+    submit(absl::StrCat("next", i), 6);
+    std::this_thread::sleep_for(2ms + 300us * i);
+    engine.Cancel(cancelled);
+  }
+  c.WaitFor(8);
+  for (const auto& [id, result] : c.results()) {
+    EXPECT_FALSE(result.error) << id << ": " << *result.error;
+    if (id.starts_with("cancelled")) {
+      EXPECT_EQ(result.finish, FinishReason::kCancelled) << id;
+      EXPECT_LT(result.tokens.size(), 200u) << id;
+    } else {
+      EXPECT_EQ(result.finish, FinishReason::kLength) << id;
+      EXPECT_EQ(result.tokens.size(), 6u) << id;
+    }
+  }
 }
 
 // Numbers its steps and, when profiled, reports the step's number as its device time.
