@@ -66,6 +66,9 @@ class Backend {
   // submitted just before it. The default computes the whole step in SubmitStep (ExecuteStep),
   // which suits a backend that computes on the host: its results are the same either way.
   static constexpr int kMaxStepsInFlight = 2;
+  // True when SubmitStep returns before the step is computed (the GPU); false for the default,
+  // which computes it in SubmitStep.
+  virtual bool SubmitReturnsEarly() const { return false; }
   virtual absl::Status SubmitStep(const StepPlan& plan);
   virtual absl::StatusOr<StepOutput> CollectStep();
   // The timing of the step CollectStep returned last, when it was profiled: with the default

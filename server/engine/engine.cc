@@ -203,13 +203,16 @@ std::optional<Engine::SubmittedStep> Engine::ScheduleAndSubmit() {
 void Engine::CollectAndUpdate(SubmittedStep& step, std::optional<SubmittedStep>* next) {
   absl::StatusOr<StepOutput> result =
       step.submitted.ok() ? backend_->CollectStep() : absl::StatusOr<StepOutput>(step.submitted);
+  // The step's own time: from its schedule or, when it was queued behind the previous step on a
+  // device that runs steps while the host works, from the end of that step (its collection),
+  // to its tokens emitted. It holds the step's device time and no other step's.
+  const Clock::time_point previous_collected = std::exchange(last_collect_end_, Clock::now());
+  const Clock::time_point begin =
+      backend_->SubmitReturnsEarly() ? std::max(step.start, previous_collected) : step.start;
   if (result.ok()) {
     if (step.profiled) step.stats.device = backend_->CollectedStepTiming();
     absl::StatusOr<UpdateResult> update = scheduler_.Update(step.out, *result);
     if (update.ok()) {
-      // The step's own time: from its schedule, or from the previous step's update when it was
-      // scheduled while that one ran (async), to its tokens emitted.
-      const Clock::time_point begin = std::max(step.start, last_update_end_);
       DeliverEventsOf(*update, step.stats, begin);
       return;
     }
@@ -230,8 +233,7 @@ void Engine::DeliverEventsOf(UpdateResult& update, StepStats& stats, Clock::time
     Emit(*s, {s->last_known_token()}, std::move(s->pending_text), std::nullopt);
   }
   DeliverEvents();
-  last_update_end_ = Clock::now();
-  stats.wall_seconds = Seconds(last_update_end_ - begin);
+  stats.wall_seconds = Seconds(Clock::now() - begin);
   if (observer_) observer_->OnStep(stats);
   // The finished sequences' blocks are free already: what a client sees after its final message
   // (metrics, capacity) counts them as gone.

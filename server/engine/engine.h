@@ -129,7 +129,7 @@ class Engine {
   std::mt19937 profile_rng_{0x9e3779b9};                 // engine thread only
   std::vector<EventDelivery::Outgoing> outbox_;          // engine thread only: not yet posted
   std::optional<SubmittedStep> in_flight_step_;          // engine thread only (async)
-  Clock::time_point last_update_end_;                    // engine thread only (async)
+  Clock::time_point last_collect_end_;                   // engine thread only (async)
   EventDelivery delivery_;
   std::thread thread_;
 };

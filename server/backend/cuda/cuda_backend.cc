@@ -97,6 +97,7 @@ class CudaBackend final : public Backend {
   absl::Status SubmitStep(const StepPlan& plan) override;
   // Waits for the oldest step's sampled tokens.
   absl::StatusOr<StepOutput> CollectStep() override;
+  bool SubmitReturnsEarly() const override { return true; }
   absl::StatusOr<std::vector<float>> LogitsToHost() override;
   uint64_t weight_bytes_per_step() const override {
     return WeightBytesPerStep(config_, DTypeSize(options_.dtype));
