@@ -125,15 +125,17 @@ class CudaBackend final : public Backend {
     int slot = 0;  // its rows of sampled_host_ and its event
     bool profiled = false;
     std::optional<absl::StatusOr<StepOutput>> done;  // completed within SubmitStep
-    std::optional<StepTiming> timing;                // done and profiled
+    std::optional<StepTiming> timing;                // profiled, and read already
   };
   // The step's launches (a graph replay for a decode-only step), up to the logits.
   absl::StatusOr<StepShape> Forward(const StepPlan& plan);
   // Samples one token per sampling row of the step just launched into act_.sampled and queues
   // their copy to sampled_host_'s `slot`, then records the slot's event.
   absl::Status LaunchSampling(const StepShape& shape, int slot);
-  // Waits for `slot`'s copy; reads the profiler when the step was profiled.
-  absl::StatusOr<std::vector<int32_t>> WaitForSampled(int slot, int num_samples, bool profiled);
+  // Waits for `slot`'s copy (and so for its step).
+  absl::StatusOr<std::vector<int32_t>> WaitForSampled(int slot, int num_samples);
+  // The profiled step's timing, once it has completed; nullopt (and a warning) when unreadable.
+  std::optional<StepTiming> ReadProfiler();
   // The whole step now: sampled tokens and the logprobs asked for.
   absl::StatusOr<StepOutput> CompleteStep(const StepPlan& plan, const StepShape& shape, int slot);
   // Log-probabilities over the last step's logits rows, computed on the device.
@@ -648,10 +650,16 @@ absl::Status CudaBackend<T>::SubmitStep(const StepPlan& plan) {
   if (submitted_.size() >= kMaxStepsInFlight) {
     return absl::FailedPreconditionError("SubmitStep: two steps are in flight already");
   }
-  // The profiler's events serve one step at a time: a step behind a profiled one is not timed.
-  const bool profiled_in_flight = std::any_of(submitted_.begin(), submitted_.end(),
-                                              [](const SubmittedStep& s) { return s.profiled; });
-  profiling_ = std::exchange(profile_next_, false) && !profiled_in_flight;
+  profiling_ = std::exchange(profile_next_, false);
+  // The profiler's events serve one step at a time: a profiled step still in flight is waited
+  // for and read before this one records into them (two profiled steps in a row lose overlap).
+  for (SubmittedStep& s : submitted_) {
+    if (!profiling_ || !s.profiled) continue;
+    RETURN_IF_ERROR(Check(
+        cuda::CudaStatus(cudaEventSynchronize(sampled_ready_[s.slot].get()), "profiled step")));
+    s.timing = ReadProfiler();
+    s.profiled = false;
+  }
   RETURN_IF_ERROR(tables_.Apply(plan.tables));  // the host mirror; the device's in the step
   SubmittedStep step;
   if (plan.seqs.empty()) {  // removals only: nothing on the device
@@ -688,7 +696,8 @@ absl::StatusOr<StepOutput> CudaBackend<T>::CollectStep() {
   last_timing_ = step.timing;
   if (step.done) return std::move(*step.done);
   StepOutput out;
-  ASSIGN_OR_RETURN(out.sampled, WaitForSampled(step.slot, step.num_samples, step.profiled));
+  ASSIGN_OR_RETURN(out.sampled, WaitForSampled(step.slot, step.num_samples));
+  if (step.profiled) last_timing_ = ReadProfiler();
   return out;
 }
 
@@ -697,7 +706,9 @@ absl::StatusOr<StepOutput> CudaBackend<T>::CompleteStep(const StepPlan& plan,
                                                         const StepShape& shape, int slot) {
   RETURN_IF_ERROR(LaunchSampling(shape, slot));
   StepOutput out;
-  ASSIGN_OR_RETURN(out.sampled, WaitForSampled(slot, shape.num_samples, profiling_));
+  ASSIGN_OR_RETURN(out.sampled, WaitForSampled(slot, shape.num_samples));
+  last_timing_.reset();
+  if (profiling_) last_timing_ = ReadProfiler();
   const StepLogprobsQueries asked = BuildLogprobsQueries(plan.seqs, out.sampled);
   ASSIGN_OR_RETURN(const std::vector<LogprobsResult> answers, Logprobs(asked.queries));
   StoreLogprobs(asked, answers, plan.seqs.size(), out);
@@ -755,24 +766,21 @@ absl::Status CudaBackend<T>::LaunchSampling(const StepShape& shape, int slot) {
 }
 
 template <typename T>
-absl::StatusOr<std::vector<int32_t>> CudaBackend<T>::WaitForSampled(int slot, int num_samples,
-                                                                    bool profiled) {
+absl::StatusOr<std::vector<int32_t>> CudaBackend<T>::WaitForSampled(int slot, int num_samples) {
   RETURN_IF_ERROR(
       Check(cuda::CudaStatus(cudaEventSynchronize(sampled_ready_[slot].get()), "decode step")));
   const int32_t* host = static_cast<const int32_t*>(sampled_host_.get()) +
                         size_t(slot) * options_.scheduler.max_num_seqs;
-  std::vector<int32_t> tokens(host, host + num_samples);
-  last_timing_.reset();
-  if (profiled) {
-    absl::StatusOr<StepTiming> timing = profiler_.Read();
-    if (timing.ok()) {
-      last_timing_ = *timing;
-    } else {
-      cudaGetLastError();  // not sticky: the next step's launches must not report it
-      spdlog::warn("step profiling: {}", timing.status().ToString());
-    }
-  }
-  return tokens;
+  return std::vector<int32_t>(host, host + num_samples);
+}
+
+template <typename T>
+std::optional<StepTiming> CudaBackend<T>::ReadProfiler() {
+  absl::StatusOr<StepTiming> timing = profiler_.Read();
+  if (timing.ok()) return *timing;
+  cudaGetLastError();  // not sticky: the next step's launches must not report it
+  spdlog::warn("step profiling: {}", timing.status().ToString());
+  return std::nullopt;
 }
 
 template <typename T>
