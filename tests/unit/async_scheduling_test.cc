@@ -471,6 +471,44 @@ TEST(AsyncEngineTest, ACancelledRequestEndsCancelledAndTheNextOneRuns) {
   }
 }
 
+// Draining while a step is in flight (the stop's cancellations wait for it; a pool small enough
+// to preempt): the engine collects that step before it stops, so every request still gets its
+// final event and every block is back.
+TEST(AsyncEngineTest, DrainEndsEveryRequestWithAStepInFlight) {
+  for (int round = 0; round < 5; ++round) {
+    auto backend = std::make_unique<AsyncFakeBackend>(16, 20us, 300us);
+    AsyncFakeBackend* fake = backend.get();
+    EngineConfig config;
+    config.scheduler = {kBlock, 8, 64};
+    config.scheduler.async_scheduling = true;
+    config.limits = {26, 256};
+    Engine engine(config, std::move(backend), nullptr);
+    fake->Watch(&engine.allocator());
+    engine.Start();
+    EventCollector c;
+    for (int i = 0; i < 8; ++i) {
+      Request r;
+      r.id = absl::StrCat("r", i);
+      r.prompt = {3, 4, 5, int32_t(6 + i)};
+      r.stopping.max_new_tokens = 40;
+      r.sink = c.SinkFor(r.id);
+      ASSERT_TRUE(engine.Submit(std::move(r)).ok());
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(2000 + 900 * round));
+    engine.Drain(std::chrono::milliseconds(0));
+    const auto results = c.results();
+    int preemptions = 0;
+    for (int i = 0; i < 8; ++i) {
+      const std::string id = absl::StrCat("r", i);
+      ASSERT_TRUE(results.count(id) && results.at(id).finish) << id << " got no final event";
+      EXPECT_FALSE(results.at(id).error) << id << ": " << *results.at(id).error;
+      preemptions += results.at(id).preemptions;
+    }
+    EXPECT_EQ(engine.allocator().num_free(), engine.allocator().num_total());
+    SCOPED_TRACE(preemptions);
+  }
+}
+
 // Numbers its steps and, when profiled, reports the step's number as its device time.
 class NumberedStepsBackend final : public testing::FakeBackendBase {
  public:
