@@ -56,11 +56,12 @@ void LogLoaded(const ServingOptions& so, const ModelConfig& c, const Backend& ba
   spdlog::info(
       "serving {} ({}): {} layers, {} heads, {} kv heads (group {}), head_dim {}, {}; "
       "kv cache {} blocks x {} tokens = {} tokens ({:.1f} MiB {}, {} max-length sequences of {}); "
-      "prefix caching {}; backend {} on {}; grpc :{}, metrics :{}",
+      "prefix caching {}; async scheduling {}; backend {} on {}; grpc :{}, metrics :{}",
       so.model.dir, c.architecture_name, c.num_layers, c.num_heads, c.num_kv_heads, c.group_size(),
       c.head_dim, DTypeTorchName(c.dtype), kv.num_blocks, kv.block_size, capacity,
       kv.total_bytes() / 1048576.0, kv.cache_dtype_name(), kv.num_blocks / blocks_per_seq,
-      max_model_len, so.cache.enable_prefix_caching ? "on" : "off", backend.name(),
+      max_model_len, so.cache.enable_prefix_caching ? "on" : "off",
+      UsesAsyncScheduling(so.backend, backend.name()) ? "on" : "off", backend.name(),
       backend.device_name(), grpc_port, metrics_port);
   if (kv.cache_dtype != KvCacheDType::kCompute) {
     const KvCacheSpec as_compute = [&] {
@@ -205,9 +206,12 @@ absl::Status LoadChatTemplateInto(const ModelOptions& mo, LoadedModel& model) {
 EngineConfig MakeEngineConfig(const ServingOptions& so, const LoadedModel& model, const Backend& b,
                               int max_model_len) {
   EngineConfig ec;
-  ec.scheduler = {b.kv_spec().block_size, so.scheduler.max_num_seqs,
-                  so.scheduler.max_num_batched_tokens, so.cache.enable_prefix_caching,
-                  PrefixCacheSalt(so.model, model.config, b)};
+  ec.scheduler = {b.kv_spec().block_size,
+                  so.scheduler.max_num_seqs,
+                  so.scheduler.max_num_batched_tokens,
+                  so.cache.enable_prefix_caching,
+                  PrefixCacheSalt(so.model, model.config, b),
+                  UsesAsyncScheduling(so.backend, b.name())};
   ec.limits = {model.config.vocab_size, max_model_len};
   ec.eos_token_ids.assign(model.config.eos_token_ids.begin(), model.config.eos_token_ids.end());
   ec.tokenizer = model.tokenizer.get();

@@ -245,11 +245,14 @@ class Arrivals {
 
 // gqa-bench engine: the whole engine (scheduler, backend, sampling, events) decoding `batch`
 // requests at once, against the backend's own decode step at the same shape: how much the
-// engine's host work between steps adds to a step.
+// engine's host work between steps adds to a step. --async_scheduling on (the server's default
+// on the GPU) or off.
 int EngineBenchMain(int argc, char** argv) {
   int batch = 64, prompt = 2048, new_tokens = 192;
+  bool async = true;
   for (int i = 2; i + 1 < argc; ++i) {
     const std::string arg = argv[i];
+    if (arg == "--async_scheduling") async = std::string(argv[++i]) != "off";
     if (arg == "--batch") batch = std::atoi(argv[++i]);
     if (arg == "--prompt") prompt = std::atoi(argv[++i]);
     if (arg == "--new_tokens") new_tokens = std::atoi(argv[++i]);
@@ -269,6 +272,7 @@ int EngineBenchMain(int argc, char** argv) {
   EngineMetrics metrics(registry);
   EngineConfig ec;
   ec.scheduler = {(*backend)->kv_spec().block_size, batch, o.scheduler.max_num_batched_tokens};
+  ec.scheduler.async_scheduling = async;
   ec.limits = {config.vocab_size, o.max_model_len};
   // As the server runs it: step metrics on, one step in 16 profiled.
   ec.cost = {(*backend)->weight_bytes_per_step(), KvBytesPerToken((*backend)->kv_spec()), 0};
@@ -293,12 +297,13 @@ int EngineBenchMain(int argc, char** argv) {
   const double engine_ms = arrivals.MedianIntervalMs(/*skip=*/new_tokens / 2);
   const Histogram* decode = metrics.step_duration[static_cast<int>(StepPhase::kDecode)];
   std::printf(
-      "engine, 1b shape, 8 kv heads, %d requests of %d prompt + %d new tokens: %.3f ms between "
+      "engine (async scheduling %s), 1b shape, 8 kv heads, %d requests of %d prompt + %d new "
+      "tokens: %.3f ms between "
       "a request's tokens (median); engine decode step %.3f ms (mean of %llu); backend alone "
       "%.3f ms per step at context %d: the engine adds %.1f%%\n",
-      batch, prompt, new_tokens, engine_ms, decode->sum() / decode->count() * 1e3,
-      static_cast<unsigned long long>(decode->count()), alone.step_ms, prompt + new_tokens / 2,
-      100 * (engine_ms / alone.step_ms - 1));
+      async ? "on" : "off", batch, prompt, new_tokens, engine_ms,
+      decode->sum() / decode->count() * 1e3, static_cast<unsigned long long>(decode->count()),
+      alone.step_ms, prompt + new_tokens / 2, 100 * (engine_ms / alone.step_ms - 1));
   return 0;
 }
 

@@ -1,9 +1,10 @@
-// The interface the engine drives: one ExecuteStep per engine step (backend/step_plan.h: the
-// chunks to compute, the block-table deltas; the sampled tokens and logprobs back). CpuBackend
-// and CudaBackend implement it.
+// The interface the engine drives: one ExecuteStep (or SubmitStep, later CollectStep) per engine
+// step (backend/step_plan.h: the chunks to compute, the block-table deltas; the sampled tokens and
+// logprobs back). CpuBackend and CudaBackend implement it.
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <optional>
 #include <span>
 #include <string>
@@ -55,10 +56,40 @@ class Backend {
   // Applies the plan's block-table deltas, appends every chunk token's K/V to the cache, samples
   // one token per sampling sequence and computes the logprobs asked for (where the logits are:
   // on the GPU only the results cross to the host). The deltas are applied even when the step
-  // then fails; a plan without sequences only applies them.
+  // then fails; a plan without sequences only applies them. SubmitStep then CollectStep.
   virtual absl::StatusOr<StepOutput> ExecuteStep(const StepPlan& plan) = 0;
+
+  // Async scheduling: SubmitStep launches the plan's step and returns without waiting for it
+  // where the device allows (the GPU); CollectStep waits for the oldest step submitted and
+  // returns its output (or its failure). At most kMaxStepsInFlight steps are submitted and not
+  // collected; a plan's placeholder tokens (ScheduledSeq::placeholder_sample_row) read the step
+  // submitted just before it. The default computes the whole step in SubmitStep (ExecuteStep),
+  // which suits a backend that computes on the host: its results are the same either way.
+  static constexpr int kMaxStepsInFlight = 2;
+  // True when SubmitStep returns before the step is computed (the GPU); false for the default,
+  // which computes it in SubmitStep.
+  virtual bool SubmitReturnsEarly() const { return false; }
+  virtual absl::Status SubmitStep(const StepPlan& plan);
+  virtual absl::StatusOr<StepOutput> CollectStep();
+  // The timing of the step CollectStep returned last, when it was profiled: with the default
+  // SubmitStep, LastStepTiming() may already be the next step's.
+  std::optional<StepTiming> CollectedStepTiming() const {
+    return default_collected_ ? default_timing_ : LastStepTiming();
+  }
+
   // The last step's logits, [rows, vocab] laid out as LogitsRowOfTokens says (tests and tools).
   virtual absl::StatusOr<std::vector<float>> LogitsToHost() = 0;
+
+ private:
+  // The default SubmitStep's results: a failure, or OK, the output and the step's timing.
+  struct ComputedStep {
+    absl::Status status;
+    StepOutput output;
+    std::optional<StepTiming> timing;
+  };
+  std::deque<ComputedStep> submitted_;
+  bool default_collected_ = false;  // the default CollectStep ran
+  std::optional<StepTiming> default_timing_;
 };
 
 }  // namespace gqa

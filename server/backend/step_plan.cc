@@ -12,6 +12,29 @@ int StepPlan::num_tokens() const {
   return n;
 }
 
+bool StepPlan::wants_logprobs() const {
+  return std::any_of(seqs.begin(), seqs.end(),
+                     [](const ScheduledSeq& s) { return s.wants_logprobs(); });
+}
+
+absl::StatusOr<std::vector<int32_t>> ResolvedTokens(std::span<const ScheduledSeq> seqs,
+                                                    std::span<const int32_t> previous_sampled) {
+  std::vector<int32_t> tokens;
+  for (const ScheduledSeq& s : seqs) {
+    const size_t first = tokens.size();
+    tokens.insert(tokens.end(), s.chunk.begin(), s.chunk.end());
+    const int32_t row = s.placeholder_sample_row;
+    if (row < 0) continue;
+    if (s.chunk.size() != 1 || static_cast<size_t>(row) >= previous_sampled.size()) {
+      return absl::InternalError(absl::StrCat("step plan: sequence ", s.seq_id, " reads row ", row,
+                                              " of the previous step's ", previous_sampled.size(),
+                                              " sampled tokens"));
+    }
+    tokens[first] = previous_sampled[row];
+  }
+  return tokens;
+}
+
 std::vector<int32_t> LogitsRowOfTokens(std::span<const ScheduledSeq> seqs) {
   size_t total = 0;
   for (const ScheduledSeq& s : seqs) total += s.chunk.size();

@@ -31,6 +31,11 @@ inline bool IsDecodeChunk(int num_tokens, int start_pos, int seq_tokens, int num
   return num_tokens == 1 && start_pos == seq_tokens - 1 && num_generated > 0;
 }
 
+// Async scheduling: a chunk token that the sequence samples in the step still in flight (vLLM's
+// -1). The plan says which of that step's sampling rows holds it; the backend reads it there
+// (on the GPU, from the device buffer the previous step sampled into).
+inline constexpr int32_t kPlaceholderToken = -1;
+
 // One sequence's chunk in a step: tokens at positions [start_pos, start_pos + chunk.size()),
 // whose K/V go to the cache and whose queries attend to positions [0, their own], through the
 // sequence's table (whose blocks cover them once this plan's deltas are applied).
@@ -48,7 +53,11 @@ struct ScheduledSeq {
   int prompt_top_logprobs = -1;
   int32_t prompt_logprobs_from = 0;
   std::span<const int32_t> prompt;  // the whole prompt, when prompt logprobs are asked for
+  // >= 0: the chunk is one placeholder token (a decode): the token the previous step (the one
+  // submitted just before this plan's) sampled in this sampling row, in that plan's order.
+  int32_t placeholder_sample_row = -1;
   bool wants_all_logits() const { return prompt_top_logprobs >= 0; }
+  bool wants_logprobs() const { return top_logprobs >= 0 || wants_all_logits(); }
 };
 
 struct BlockTableRow {
@@ -63,10 +72,13 @@ struct BlockTableDelta {
   bool empty() const { return removed.empty() && rows.empty(); }
 };
 
+// The chunks' spans point into the scheduler's sequences: valid until the next Schedule (a
+// backend reads them in SubmitStep, never in CollectStep).
 struct StepPlan {
   std::vector<ScheduledSeq> seqs;  // in the scheduler's order
   BlockTableDelta tables;
   int num_tokens() const;
+  bool wants_logprobs() const;
 };
 
 struct StepOutput {
@@ -95,6 +107,12 @@ struct StepLogprobsQueries {
   };
   std::vector<Target> targets;
 };
+// The plan's chunk tokens, concatenated in plan order, with each placeholder replaced by the
+// previous step's token (`previous_sampled`, that step's StepOutput::sampled). Fails on a
+// placeholder without a valid row (the host backends' check of the scheduler).
+absl::StatusOr<std::vector<int32_t>> ResolvedTokens(std::span<const ScheduledSeq> seqs,
+                                                    std::span<const int32_t> previous_sampled);
+
 StepLogprobsQueries BuildLogprobsQueries(std::span<const ScheduledSeq> seqs,
                                          std::span<const int32_t> sampled);
 // Fills `out`'s logprobs (sized for `num_seqs` plan sequences) from the answers to

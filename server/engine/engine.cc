@@ -139,51 +139,110 @@ void Engine::Loop() {
   bool running = true;
   while (running) {
     running = TakeInbox();
-    if (running && !scheduler_.idle()) Step();
+    if (running && !scheduler_.idle()) {
+      if (config_.scheduler.async_scheduling) {
+        AsyncStep();
+      } else {
+        Step();
+      }
+    }
+    DeliverEvents();
+  }
+  // Stopping (every sequence cancelled): the step in flight still ends its sequences' flight.
+  if (in_flight_step_) {
+    SubmittedStep step = std::move(*in_flight_step_);
+    in_flight_step_.reset();
+    CollectAndUpdate(step, nullptr);
     DeliverEvents();
   }
 }
 
 void Engine::Step() {
-  const Clock::time_point start = Clock::now();
-  SchedulerOutput out = scheduler_.Schedule();
-  if (observer_) observer_->OnPreemptions(out.preempted.size());
+  std::optional<SubmittedStep> step = ScheduleAndSubmit();
+  if (step) CollectAndUpdate(*step, nullptr);
+}
+
+void Engine::AsyncStep() {
+  std::optional<SubmittedStep> next = ScheduleAndSubmit();
+  if (in_flight_step_) {
+    SubmittedStep step = std::move(*in_flight_step_);
+    in_flight_step_.reset();
+    CollectAndUpdate(step, &next);
+  }
+  in_flight_step_ = std::move(next);
+}
+
+std::optional<Engine::SubmittedStep> Engine::ScheduleAndSubmit() {
+  SubmittedStep step;
+  step.start = Clock::now();
+  step.out = scheduler_.Schedule();
+  if (observer_) observer_->OnPreemptions(step.out.preempted.size());
   // The step's blocks are allocated now: a client that reads this step's token must already see
   // them in the gauges.
   UpdateGauges();
-  if (out.empty()) return;
-  for (const ScheduledChunk& c : out.chunks) {
+  if (step.out.empty()) return std::nullopt;
+  for (const ScheduledChunk& c : step.out.chunks) {
     Sequence& s = *c.seq;
     if (s.first_scheduled) continue;
-    s.first_scheduled = start;
+    s.first_scheduled = step.start;
     if (observer_) {
-      observer_->OnRequestScheduled(Seconds(start - s.request.arrival), s.num_prompt_tokens);
+      observer_->OnRequestScheduled(Seconds(step.start - s.request.arrival), s.num_prompt_tokens);
     }
   }
-  StepStats stats = DescribeStep(out, config_.cost);
+  step.stats = DescribeStep(step.out, config_.cost);
   const int interval = config_.step_profile_interval;
   // At random, one step in `interval` on average: a fixed stride could alias with a periodic
   // load (closed loops of fixed lengths) and always profile the same kind of step.
-  const bool profiled =
+  step.profiled =
       interval > 0 && std::uniform_int_distribution<int>(0, interval - 1)(profile_rng_) == 0;
-  if (profiled) backend_->ProfileNextStep();
-  absl::StatusOr<StepOutput> result = backend_->ExecuteStep(out.plan);
-  if (!result.ok()) return FailStep(out, result.status());
-  if (profiled) stats.device = backend_->LastStepTiming();
-  absl::StatusOr<UpdateResult> update = scheduler_.Update(out, *result);
-  if (!update.ok()) return FailStep(out, update.status());
-  for (Sequence* s : update->continuing) {
-    Emit(*s, {s->tokens.back()}, std::move(s->pending_text), std::nullopt);
+  if (step.profiled) backend_->ProfileNextStep();
+  step.submitted = backend_->SubmitStep(step.out.plan);
+  return step;
+}
+
+void Engine::CollectAndUpdate(SubmittedStep& step, std::optional<SubmittedStep>* next) {
+  absl::StatusOr<StepOutput> result =
+      step.submitted.ok() ? backend_->CollectStep() : absl::StatusOr<StepOutput>(step.submitted);
+  // The step's own time: from its schedule or, when it was queued behind the previous step on a
+  // device that runs steps while the host works, from the end of that step (its collection),
+  // to its tokens emitted. It holds the step's device time and no other step's.
+  const Clock::time_point previous_collected = std::exchange(last_collect_end_, Clock::now());
+  const Clock::time_point begin =
+      backend_->SubmitReturnsEarly() ? std::max(step.start, previous_collected) : step.start;
+  if (result.ok()) {
+    if (step.profiled) step.stats.device = backend_->CollectedStepTiming();
+    absl::StatusOr<UpdateResult> update = scheduler_.Update(step.out, *result);
+    if (update.ok()) {
+      DeliverEventsOf(*update, step.stats, begin);
+      return;
+    }
+    result = update.status();
+  }
+  // The step behind it shares its sequences: it is collected (its results dropped) and fails too.
+  const SchedulerOutput* behind = nullptr;
+  if (next != nullptr && next->has_value()) {
+    if ((*next)->submitted.ok()) (void)backend_->CollectStep();
+    behind = &(*next)->out;
+  }
+  FailStep(step.out, result.status(), behind);
+  if (next != nullptr) next->reset();
+}
+
+void Engine::DeliverEventsOf(UpdateResult& update, StepStats& stats, Clock::time_point begin) {
+  for (Sequence* s : update.continuing) {
+    Emit(*s, {s->last_known_token()}, std::move(s->pending_text), std::nullopt);
   }
   DeliverEvents();
-  stats.wall_seconds = Seconds(Clock::now() - start);
+  stats.wall_seconds = Seconds(Clock::now() - begin);
   if (observer_) observer_->OnStep(stats);
   // The finished sequences' blocks are free already: what a client sees after its final message
   // (metrics, capacity) counts them as gone.
   UpdateGauges();
-  for (FinishedSeq& f : update->finished) {
+  for (FinishedSeq& f : update.finished) {
     Sequence& seq = *f.seq;
-    Emit(seq, {seq.tokens.back()}, std::move(seq.pending_text), f.reason, f.matched_stop);
+    std::vector<int32_t> last;
+    if (f.sampled_last) last.push_back(seq.tokens.back());
+    Emit(seq, std::move(last), std::move(seq.pending_text), f.reason, f.matched_stop);
     std::lock_guard lock(mu_);
     if (--in_flight_ == 0) idle_.notify_all();
   }
@@ -230,7 +289,8 @@ void Engine::Emit(Sequence& s, std::vector<int32_t> tokens, std::string text,
 }
 
 void Engine::Finish(uint64_t seq_id, FinishReason reason, int32_t matched_stop) {
-  std::unique_ptr<Sequence> seq = scheduler_.Remove(seq_id);
+  // In a step in flight (async): the Update that ends its flight finishes it.
+  std::unique_ptr<Sequence> seq = scheduler_.Cancel(seq_id);
   if (!seq) return;
   UpdateGauges();
   Emit(*seq, {}, "", reason, matched_stop);
@@ -238,12 +298,20 @@ void Engine::Finish(uint64_t seq_id, FinishReason reason, int32_t matched_stop) 
   if (--in_flight_ == 0) idle_.notify_all();
 }
 
-void Engine::FailStep(const SchedulerOutput& out, const absl::Status& status) {
+void Engine::FailStep(const SchedulerOutput& out, const absl::Status& status,
+                      const SchedulerOutput* next) {
   spdlog::error("engine step failed: {}", status.ToString());
+  // Nothing is in flight any more (the caller collected the step behind): blocks may be freed.
+  scheduler_.AbandonStepsInFlight();
+  std::vector<uint64_t> ids;
+  for (const SchedulerOutput* o : {&out, next}) {
+    if (o == nullptr) continue;
+    for (const ScheduledChunk& c : o->chunks) ids.push_back(c.seq->id);
+  }
   // Free every failed sequence's blocks before telling any client, as a finished step does.
   std::vector<std::unique_ptr<Sequence>> failed;
-  for (const auto& c : out.chunks) {
-    if (auto seq = scheduler_.Remove(c.seq->id)) failed.push_back(std::move(seq));
+  for (uint64_t id : ids) {
+    if (auto seq = scheduler_.Remove(id)) failed.push_back(std::move(seq));
   }
   UpdateGauges();
   for (auto& seq : failed) {

@@ -1,8 +1,11 @@
 // The engine: one thread that owns the scheduler, the block allocator and the backend, and runs
 // steps while there is work: Scheduler::Schedule -> Backend::ExecuteStep -> Scheduler::Update
-// -> emit. Other threads only Submit and
-// Cancel, which enqueue messages and never block on a step. The events a step emits go to the
-// delivery thread (engine/event_delivery.h), which runs the requests' sinks.
+// -> emit. With async scheduling (SchedulerConfig::async_scheduling) the loop overlaps the host
+// with the device: schedule(n+1) -> SubmitStep(n+1) -> CollectStep(n) -> Update(n) -> emit, so
+// step n+1 runs while step n's tokens are committed, detokenized, checked and streamed (see
+// docs/step-protocol.md). Other threads only Submit and Cancel, which enqueue messages and never
+// block on a step. The events a step emits go to the delivery thread (engine/event_delivery.h),
+// which runs the requests' sinks.
 #pragma once
 
 #include <atomic>
@@ -12,6 +15,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <thread>
 #include <vector>
@@ -70,16 +74,37 @@ class Engine {
   const KvCacheSpec& kv_spec() const { return backend_->kv_spec(); }
   std::string_view backend_name() const { return backend_->name(); }
   const Backend& backend() const { return *backend_; }
+  // Read on the engine thread only (a test backend's checks, in its steps).
+  const BlockAllocator& allocator() const { return allocator_; }
 
  private:
+  // A step scheduled and submitted, not yet collected.
+  struct SubmittedStep {
+    SchedulerOutput out;
+    StepStats stats;
+    bool profiled = false;
+    Clock::time_point start;
+    absl::Status submitted;  // SubmitStep's answer: not OK means nothing to collect
+  };
   void Loop();
   // Moves queued requests and cancellations into the scheduler; false once stopping.
   bool TakeInbox();
   void Step();
+  // Async: schedules and submits the next step, then collects and updates the one in flight.
+  void AsyncStep();
+  // Schedules a step and submits it; nullopt when there is nothing to run.
+  std::optional<SubmittedStep> ScheduleAndSubmit();
+  // Collects `step` (the oldest submitted) and updates it; `next`, when given, is in flight
+  // behind it (a failure fails both, and `next` is reset).
+  void CollectAndUpdate(SubmittedStep& step, std::optional<SubmittedStep>* next);
+  // Emits an updated step's tokens and finishes; `begin`: when the step's own time began.
+  void DeliverEventsOf(UpdateResult& update, StepStats& stats, Clock::time_point begin);
   void Emit(Sequence& seq, std::vector<int32_t> tokens, std::string text,
             std::optional<FinishReason> finish, int32_t matched_stop = 0);
   void Finish(uint64_t seq_id, FinishReason reason, int32_t matched_stop = 0);
-  void FailStep(const SchedulerOutput& out, const absl::Status& status);
+  // Fails every sequence of the steps (the first and, async, the one in flight behind it).
+  void FailStep(const SchedulerOutput& out, const absl::Status& status,
+                const SchedulerOutput* next = nullptr);
   // Hands the events emitted so far to the delivery thread.
   void DeliverEvents() { delivery_.Post(outbox_); }
   void UpdateGauges();
@@ -103,6 +128,8 @@ class Engine {
   bool stop_ = false;                                    // guarded by mu_
   std::mt19937 profile_rng_{0x9e3779b9};                 // engine thread only
   std::vector<EventDelivery::Outgoing> outbox_;          // engine thread only: not yet posted
+  std::optional<SubmittedStep> in_flight_step_;          // engine thread only (async)
+  Clock::time_point last_collect_end_;                   // engine thread only (async)
   EventDelivery delivery_;
   std::thread thread_;
 };

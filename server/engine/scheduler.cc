@@ -56,7 +56,78 @@ void Scheduler::PreemptLast(SchedulerOutput& out) {
 
 int Scheduler::LogitsRows(const Sequence& seq, int num_tokens) {
   if (seq.needs_prompt_logprobs()) return num_tokens;
-  return seq.num_computed + num_tokens == seq.num_tokens() ? 1 : 0;
+  return seq.num_scheduled() + num_tokens == seq.num_tokens() ? 1 : 0;
+}
+
+ScheduledChunk Scheduler::MakeChunk(Sequence& seq, int num_tokens) const {
+  const int start = seq.num_scheduled();
+  const bool samples = start + num_tokens == seq.num_tokens();
+  const bool decodes = IsDecodeChunk(num_tokens, start, seq.num_tokens(), seq.num_generated());
+  return {&seq, num_tokens, ChunkFacts{start, samples, decodes}};
+}
+
+bool Scheduler::InFlight(const Sequence& seq) const {
+  return config_.async_scheduling && seq.last_step > updated_step_;
+}
+
+bool Scheduler::ReachedLength(const Sequence& seq) const {
+  if (seq.num_placeholders == 0) return false;
+  return seq.num_generated() >= seq.request.stopping.max_new_tokens ||
+         (stops_.max_model_len > 0 && seq.num_tokens() >= stops_.max_model_len);
+}
+
+void Scheduler::DeferPreemption(SchedulerOutput& out) {
+  std::unique_ptr<Sequence> victim = std::move(running_.back());
+  running_.pop_back();
+  ++victim->preemptions;
+  out.preempted.push_back(victim.get());
+  deferred_.push_back({std::move(victim), /*preempt=*/true});
+}
+
+Scheduler::Deferred* Scheduler::FindDeferred(uint64_t seq_id) {
+  for (Deferred& d : deferred_) {
+    if (d.seq->id == seq_id) return &d;
+  }
+  return nullptr;
+}
+
+void Scheduler::DeferFinish(uint64_t seq_id, FinishReason reason, int32_t matched_stop,
+                            bool sampled_last) {
+  if (Deferred* d = FindDeferred(seq_id)) {  // a preemption becomes the finish
+    *d = {std::move(d->seq), false, reason, matched_stop, sampled_last};
+    return;
+  }
+  auto it = std::find_if(running_.begin(), running_.end(),
+                         [seq_id](const std::unique_ptr<Sequence>& s) { return s->id == seq_id; });
+  if (it == running_.end()) return;
+  deferred_.push_back({std::move(*it), false, reason, matched_stop, sampled_last});
+  running_.erase(it);
+}
+
+void Scheduler::SettleDeferred(UpdateResult& result) {
+  std::vector<Deferred> still;
+  for (Deferred& d : deferred_) {
+    Sequence& seq = *d.seq;
+    if (InFlight(seq)) {
+      still.push_back(std::move(d));
+      continue;
+    }
+    LeaveTables(seq);
+    // Its step is updated: no placeholder is left but those of steps after its finish.
+    seq.tokens.resize(seq.num_known_tokens());
+    seq.num_placeholders = 0;
+    if (d.preempt) {
+      DetachCachedPrefix(seq);
+      waiting_.push_front(std::move(d.seq));
+      continue;
+    }
+    BlockList blocks = seq.blocks;
+    allocator_->Free(seq.blocks);
+    seq.blocks.clear();
+    result.finished.push_back(
+        {std::move(d.seq), d.reason, d.matched_stop, std::move(blocks), d.sampled_last});
+  }
+  deferred_ = std::move(still);
 }
 
 int Scheduler::ChunkSize(const Sequence& seq, const Budget& budget, int reserved_rows) const {
@@ -73,14 +144,20 @@ bool Scheduler::ScheduleRunning(size_t index, Budget& budget, SchedulerOutput& o
   // One logits row kept for each later running sequence: a long prompt's logprobs never take a
   // decoding sequence's row.
   const int later = static_cast<int>(running_.size() - index - 1);
+  if (ReachedLength(seq)) return true;  // its last token is in flight
   const int n = ChunkSize(seq, budget, later);
   if (n <= 0) return true;
-  while (!Reserve(seq, seq.num_computed + n)) {
+  while (!Reserve(seq, seq.num_scheduled() + n)) {
     const bool self = index == running_.size() - 1;
+    if (InFlight(*running_.back())) {
+      // Its blocks come back once its step is updated: this sequence waits a step for them.
+      DeferPreemption(out);
+      return !self;
+    }
     PreemptLast(out);
     if (self) return false;
   }
-  out.chunks.push_back({&seq, n});
+  out.chunks.push_back(MakeChunk(seq, n));
   out.num_tokens += n;
   budget.tokens -= n;
   budget.logits_rows -= LogitsRows(seq, n);
@@ -111,6 +188,7 @@ void Scheduler::DetachCachedPrefix(Sequence& seq) {
   allocator_->Free(seq.blocks);
   seq.blocks.clear();
   seq.num_computed = 0;
+  seq.num_in_flight = 0;
   seq.num_cached_blocks = 0;
   seq.cache_chain = {};
 }
@@ -127,8 +205,10 @@ void Scheduler::CacheFullBlocks(Sequence& seq) {
 }
 
 void Scheduler::AdmitWaiting(Budget& budget, SchedulerOutput& out) {
+  // A deferred sequence (async: leaving once its step is updated) still holds its row of the
+  // backend's block tables, which hold max_num_seqs rows: it counts until it has left.
   while (!waiting_.empty() && budget.tokens > 0 &&
-         static_cast<int>(running_.size()) < config_.max_num_seqs) {
+         static_cast<int>(running_.size() + deferred_.size()) < config_.max_num_seqs) {
     Sequence& seq = *waiting_.front();
     const int cached = AttachCachedPrefix(seq);
     const int n = ChunkSize(seq, budget, 0);
@@ -143,7 +223,7 @@ void Scheduler::AdmitWaiting(Budget& budget, SchedulerOutput& out) {
     if (seq.preemptions == 0) seq.cached_prompt_tokens = std::min(cached, seq.num_prompt_tokens);
     seq.num_cached_at_admission = cached;
     seq.admission_order = next_admission_++;
-    out.chunks.push_back({&seq, n});
+    out.chunks.push_back(MakeChunk(seq, n));
     out.num_tokens += n;
     budget.tokens -= n;
     budget.logits_rows -= LogitsRows(seq, n);
@@ -170,9 +250,30 @@ void Scheduler::LeaveTables(Sequence& seq) {
 
 void Scheduler::MakePlan(SchedulerOutput& out) {
   if (out.chunks.empty()) return;  // removals wait for a step the backend runs
+  out.step = ++last_step_;
   out.plan.tables.removed = std::move(leaving_tables_);
   leaving_tables_.clear();
-  for (const ScheduledChunk& c : out.chunks) {
+  // Async: each chunk's placeholder input (one left by the step in flight), then this step's
+  // own placeholders, appended before any span into the tokens is taken.
+  std::vector<int32_t> placeholder_rows(out.chunks.size(), -1);
+  if (config_.async_scheduling) {
+    int sample_row = 0;
+    for (size_t i = 0; i < out.chunks.size(); ++i) {
+      const ScheduledChunk& c = out.chunks[i];
+      Sequence& s = *c.seq;
+      if (s.num_placeholders > 0 && c.start() >= s.num_known_tokens()) {
+        placeholder_rows[i] = s.sample_row;
+      }
+      s.num_in_flight += c.num_tokens;
+      s.last_step = out.step;
+      if (!c.samples()) continue;
+      s.sample_row = sample_row++;
+      s.tokens.push_back(kPlaceholderToken);
+      ++s.num_placeholders;
+    }
+  }
+  for (size_t i = 0; i < out.chunks.size(); ++i) {
+    const ScheduledChunk& c = out.chunks[i];
     Sequence& s = *c.seq;
     const int known = std::max(s.blocks_in_tables, 0);
     if (s.blocks_in_tables < 0 || static_cast<int>(s.blocks.size()) > known) {
@@ -182,13 +283,16 @@ void Scheduler::MakePlan(SchedulerOutput& out) {
     }
     ScheduledSeq seq;
     seq.seq_id = s.id;
-    seq.chunk = std::span<const int32_t>(s.tokens).subspan(s.num_computed, c.num_tokens);
-    seq.start_pos = s.num_computed;
+    seq.chunk = std::span<const int32_t>(s.tokens).subspan(c.start(), c.num_tokens);
+    seq.start_pos = c.start();
     seq.samples = c.samples();
     seq.is_decode = c.decodes();
+    seq.placeholder_sample_row = placeholder_rows[i];
     const SamplingParams& p = s.request.sampling;
+    // The tokens generated before the one sampled (not this step's own placeholder).
+    const int own_placeholder = config_.async_scheduling && c.samples() ? 1 : 0;
     seq.sampling = {p.temperature, p.top_p, p.top_k, p.seed,
-                    static_cast<uint64_t>(s.num_generated())};
+                    static_cast<uint64_t>(s.num_generated() - own_placeholder)};
     seq.top_logprobs = s.request.logprobs.top_logprobs;
     if (s.needs_prompt_logprobs()) {
       seq.prompt_top_logprobs = s.request.logprobs.prompt_top_logprobs;
@@ -202,6 +306,7 @@ void Scheduler::MakePlan(SchedulerOutput& out) {
 void Scheduler::Commit(const SchedulerOutput& out) {
   for (const auto& chunk : out.chunks) {
     chunk.seq->num_computed += chunk.num_tokens;
+    if (config_.async_scheduling) chunk.seq->num_in_flight -= chunk.num_tokens;
     CacheFullBlocks(*chunk.seq);
   }
 }
@@ -216,6 +321,11 @@ std::unique_ptr<Sequence> Scheduler::Remove(uint64_t seq_id) {
              wit != waiting_.end()) {
     seq = std::move(*wit);
     waiting_.erase(wit);
+  } else if (auto dit = std::find_if(deferred_.begin(), deferred_.end(),
+                                     [&](const Deferred& d) { return match(d.seq); });
+             dit != deferred_.end()) {
+    seq = std::move(dit->seq);
+    deferred_.erase(dit);
   }
   if (seq) {
     LeaveTables(*seq);
@@ -223,6 +333,17 @@ std::unique_ptr<Sequence> Scheduler::Remove(uint64_t seq_id) {
     seq->blocks.clear();
   }
   return seq;
+}
+
+std::unique_ptr<Sequence> Scheduler::Cancel(uint64_t seq_id) {
+  if (Deferred* d = FindDeferred(seq_id)) {  // in flight, leaving: a preemption becomes this
+    if (d->preempt) *d = {std::move(d->seq), false, FinishReason::kCancelled, 0, false};
+    return nullptr;
+  }
+  Sequence* seq = Find(seq_id);
+  if (seq == nullptr || !InFlight(*seq)) return Remove(seq_id);
+  DeferFinish(seq_id, FinishReason::kCancelled, 0, /*sampled_last=*/false);
+  return nullptr;
 }
 
 namespace {
@@ -244,15 +365,15 @@ TokenLogprob ToTokenLogprob(int32_t token, const LogprobsResult& result) {
 }  // namespace
 
 std::optional<FinishReason> Scheduler::CheckStops(const Sequence& s, int32_t* matched_stop) const {
-  const int32_t token = s.tokens.back();
+  const int32_t token = s.last_known_token();
   const StoppingParams& stop = s.request.stopping;
   if (!stop.ignore_eos && Contains(stops_.eos_token_ids, token)) return FinishReason::kEos;
   if (Contains(stop.stop_token_ids, token)) {
     *matched_stop = token;
     return FinishReason::kStopToken;
   }
-  if (s.num_generated() >= stop.max_new_tokens ||
-      (stops_.max_model_len > 0 && s.num_tokens() >= stops_.max_model_len)) {
+  if (s.num_known_generated() >= stop.max_new_tokens ||
+      (stops_.max_model_len > 0 && s.num_known_tokens() >= stops_.max_model_len)) {
     return FinishReason::kLength;
   }
   return std::nullopt;
@@ -260,7 +381,12 @@ std::optional<FinishReason> Scheduler::CheckStops(const Sequence& s, int32_t* ma
 
 std::optional<FinishReason> Scheduler::AcceptToken(Sequence& s, int32_t token,
                                                    int32_t* matched_stop) {
-  s.tokens.push_back(token);
+  if (s.num_placeholders > 0) {  // async: the oldest placeholder was this token
+    s.tokens[s.num_known_tokens()] = token;
+    --s.num_placeholders;
+  } else {
+    s.tokens.push_back(token);
+  }
   std::optional<int> stop_string;
   if (s.text) s.pending_text = s.text->Add(token, &stop_string);
   if (stop_string) {
@@ -289,11 +415,17 @@ absl::StatusOr<UpdateResult> Scheduler::Update(const SchedulerOutput& out, const
                                             samples, " sampling sequences"));
   }
   Commit(out);
+  updated_step_ = std::max(updated_step_, out.step);
   UpdateResult result;
   std::vector<uint64_t> finished;
   size_t row = 0;
   for (size_t i = 0; i < plan.size(); ++i) {
     Sequence& s = *out.chunks[i].seq;
+    const Deferred* deferred = FindDeferred(s.id);
+    if (deferred != nullptr && !deferred->preempt) {  // finished or cancelled: results discarded
+      row += plan[i].samples ? 1 : 0;
+      continue;
+    }
     if (logprobs) {
       for (const LogprobsResult& lp : step.prompt_logprobs[i]) {
         s.prompt_logprobs.push_back(ToTokenLogprob(s.tokens[s.prompt_logprobs.size()], lp));
@@ -307,6 +439,10 @@ absl::StatusOr<UpdateResult> Scheduler::Update(const SchedulerOutput& out, const
     ++row;
     int32_t matched = 0;
     if (const std::optional<FinishReason> finish = AcceptToken(s, token, &matched)) {
+      if (deferred != nullptr || InFlight(s)) {  // in a later step: its blocks wait for it
+        DeferFinish(s.id, *finish, matched, /*sampled_last=*/true);
+        continue;
+      }
       result.finished.push_back({nullptr, *finish, matched, s.blocks});
       finished.push_back(s.id);
     } else {
@@ -314,6 +450,7 @@ absl::StatusOr<UpdateResult> Scheduler::Update(const SchedulerOutput& out, const
     }
   }
   for (size_t f = 0; f < finished.size(); ++f) result.finished[f].seq = Remove(finished[f]);
+  SettleDeferred(result);
   return result;
 }
 
@@ -324,6 +461,7 @@ Sequence* Scheduler::Find(uint64_t seq_id) {
   for (auto& s : waiting_) {
     if (s->id == seq_id) return s.get();
   }
+  if (Deferred* d = FindDeferred(seq_id)) return d->seq.get();
   return nullptr;
 }
 

@@ -25,10 +25,17 @@ struct Sequence {
     }
   }
 
+  // Placeholders included (async scheduling: tokens sampled by a step in flight).
   int num_tokens() const { return static_cast<int>(tokens.size()); }
   int num_generated() const { return num_tokens() - num_prompt_tokens; }
-  // Tokens still to compute before the next token can be sampled.
-  int num_uncomputed() const { return num_tokens() - num_computed; }
+  // The tokens known on the host: without the trailing placeholders.
+  int num_known_tokens() const { return num_tokens() - num_placeholders; }
+  int num_known_generated() const { return num_known_tokens() - num_prompt_tokens; }
+  int32_t last_known_token() const { return tokens[num_known_tokens() - 1]; }
+  // Tokens computed or in a step in flight; the next chunk starts there.
+  int num_scheduled() const { return num_computed + num_in_flight; }
+  // Tokens still to schedule before the next token can be sampled.
+  int num_uncomputed() const { return num_tokens() - num_scheduled(); }
   // Its next chunk needs the logits of every token: prompt logprobs are asked for and not all
   // computed yet (after a preemption, the recomputed prompt's are not computed again).
   bool needs_prompt_logprobs() const {
@@ -60,6 +67,11 @@ struct Sequence {
   int num_cached_at_admission = 0;  // tokens found in the cache at the latest admission
   // Blocks of its row in the backend's block tables; -1: no row (waiting, never sent).
   int blocks_in_tables = -1;
+  // Async scheduling (Scheduler: steps scheduled before the previous one's tokens are known):
+  int num_in_flight = 0;     // tokens [num_computed, num_scheduled()) are in steps in flight
+  int num_placeholders = 0;  // trailing kPlaceholderToken tokens, sampled by steps in flight
+  int sample_row = -1;       // its sampling row in the last step that samples for it
+  uint64_t last_step = 0;    // the last step it was scheduled in (Scheduler's step ids, from 1)
 };
 
 }  // namespace gqa

@@ -21,8 +21,8 @@ StepStats DescribeStep(const SchedulerOutput& out, const StepCostModel& cost) {
     }
     // Back from preemption, in its first chunk: a decode when the prefix cache still held all
     // of it but its last token.
-    if (s.preemptions > 0 && s.num_computed == s.num_cached_at_admission) ++stats.resumed;
-    const int64_t attended = AttendedTokens(s.num_computed, c.num_tokens, cost.attention_window);
+    if (s.preemptions > 0 && c.start() == s.num_cached_at_admission) ++stats.resumed;
+    const int64_t attended = AttendedTokens(c.start(), c.num_tokens, cost.attention_window);
     stats.kv_bytes += static_cast<uint64_t>(attended) * cost.kv_bytes_per_token;
   }
   return stats;

@@ -36,7 +36,8 @@ struct StepStats {
   uint64_t read_bytes() const { return weight_bytes + kv_bytes; }
 };
 
-// The step `out` describes, before Scheduler::Commit (it reads each sequence's computed count).
+// The step `out` describes (each chunk's start: its facts, or, made by hand, its sequence's
+// computed count before Scheduler::Commit).
 // Leaves the timings empty.
 StepStats DescribeStep(const SchedulerOutput& out, const StepCostModel& cost);
 

@@ -22,6 +22,10 @@ ABSL_FLAG(double, gpu_memory_utilization, 0.9,
 ABSL_FLAG(bool, enforce_eager, false, "GPU: launch every step's kernels, no CUDA graphs");
 ABSL_FLAG(bool, deterministic, false,
           "GPU: a request's output does not depend on what is batched with it");
+ABSL_FLAG(std::string, async_scheduling, "auto",
+          "schedule and launch step n+1 while step n runs, its sampled tokens fed on the device "
+          "(the host's commit, detokenization, stops and streaming overlap the GPU): auto (on "
+          "for the CUDA backend, off for the CPU backend), on, off");
 ABSL_FLAG(std::string, host, "0.0.0.0", "address to listen on (gRPC and metrics)");
 ABSL_FLAG(int, port, 50051, "gRPC port (0 picks a free one)");
 ABSL_FLAG(int, metrics_port, 50052, "HTTP port for /metrics and /healthz (0 picks a free one)");
@@ -110,6 +114,7 @@ absl::StatusOr<BackendOptions> BackendFromFlags() {
   b.deterministic = absl::GetFlag(FLAGS_deterministic);
   b.cpu_threads = absl::GetFlag(FLAGS_cpu_threads);
   b.step_profile_interval = absl::GetFlag(FLAGS_step_profile_interval);
+  ASSIGN_OR_RETURN(b.async_scheduling, ParseAsyncScheduling(absl::GetFlag(FLAGS_async_scheduling)));
   return b;
 }
 

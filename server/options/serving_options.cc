@@ -74,6 +74,26 @@ absl::StatusOr<BackendKind> ParseBackendKind(std::string_view name) {
       absl::StrCat("--backend=", std::string(name), ": expected auto, cpu or cuda"));
 }
 
+absl::StatusOr<AsyncScheduling> ParseAsyncScheduling(std::string_view value) {
+  if (value == "auto") return AsyncScheduling::kAuto;
+  if (value == "on" || value == "true") return AsyncScheduling::kOn;
+  if (value == "off" || value == "false") return AsyncScheduling::kOff;
+  return absl::InvalidArgumentError(
+      absl::StrCat("--async_scheduling=", std::string(value), ": expected auto, on or off"));
+}
+
+bool UsesAsyncScheduling(const BackendOptions& backend, std::string_view backend_name) {
+  switch (backend.async_scheduling) {
+    case AsyncScheduling::kOn:
+      return true;
+    case AsyncScheduling::kOff:
+      return false;
+    case AsyncScheduling::kAuto:
+      break;
+  }
+  return backend_name == "cuda";
+}
+
 std::string_view BackendKindName(BackendKind kind) {
   switch (kind) {
     case BackendKind::kAuto:

@@ -46,6 +46,12 @@ enum class BackendKind { kAuto, kCpu, kCuda };
 absl::StatusOr<BackendKind> ParseBackendKind(std::string_view name);
 std::string_view BackendKindName(BackendKind kind);
 
+// Whether the engine schedules step n+1 while step n runs (docs/step-protocol.md).
+enum class AsyncScheduling { kAuto, kOn, kOff };  // auto: on for the CUDA backend only
+
+// "auto", "on"/"true", "off"/"false"; otherwise an error naming --async_scheduling.
+absl::StatusOr<AsyncScheduling> ParseAsyncScheduling(std::string_view value);
+
 // Which backend computes, in what type, and what both backends honour.
 struct BackendOptions {
   BackendKind kind = BackendKind::kAuto;  // auto: CUDA when a GPU is visible
@@ -53,7 +59,13 @@ struct BackendOptions {
   bool deterministic = false;      // GPU: a request's output does not depend on its batch
   int cpu_threads = 0;             // CPU backend threads (0: all cores)
   int step_profile_interval = 16;  // one step in this many timed on the device (0: never)
+  AsyncScheduling async_scheduling = AsyncScheduling::kAuto;
 };
+
+// Whether the engine over the backend named `backend_name` ("cpu", "cuda") schedules ahead:
+// auto is on for the GPU, whose steps run while the host works, and off for the CPU backend,
+// which computes its step on the engine thread (nothing to overlap).
+bool UsesAsyncScheduling(const BackendOptions& backend, std::string_view backend_name);
 
 // The CUDA backend alone.
 struct CudaOptions {

@@ -1,8 +1,8 @@
 // The device block tables against their host mirror: a shuffled run of admissions, preemptions,
 // cancellations, finishes and prefix-shared admissions (the scheduler's plans), each step's
 // deltas uploaded and applied by UpdateBlockTables, leaves every live slot's device row equal
-// to the host BlockTables row, and the step's gathered rows equal to its sequences' tables.
-// Skips without a GPU.
+// to the host BlockTables row, and the step's gathered rows equal to its sequences' tables. And
+// the placeholder tokens of async scheduling, resolved by the same launch. Skips without a GPU.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -116,6 +116,52 @@ TEST(DeviceBlockTablesTest, DeltasKeepTheDeviceTablesEqualToTheHostMirror) {
   }
   EXPECT_GT(steps_run, 300);
   EXPECT_GT(preempted, 5);
+  cudaStreamDestroy(stream);
+}
+
+// Async scheduling: a step scheduled before the previous one's tokens are known decodes
+// placeholders; UpdateBlockTables resolves each from the previous step's sampled tokens (on
+// the device) before any kernel reads the step's token ids, as ResolvedTokens does on the host.
+TEST(DeviceBlockTablesTest, PlaceholderTokensAreReadFromThePreviousStepsSampledRows) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device on this machine: GPU test skipped";
+  cudaStream_t stream = nullptr;
+  ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+  auto inputs = cuda::StepInputs::Create({/*max_tokens=*/64, kMaxSeqs, kWidth});
+  ASSERT_TRUE(inputs.ok()) << inputs.status();
+  BlockAllocator alloc(kNumBlocks);
+  SchedulerConfig config{kBlock, kMaxSeqs, /*max_num_batched_tokens=*/32, false};
+  config.async_scheduling = true;
+  Scheduler s(config, &alloc);
+  BlockTables tables(kMaxSeqs, kWidth);
+  for (uint64_t id = 1; id <= 3; ++id) s.Add(Seq(id, {1, 2, int32_t(id)}, 20));
+  const SchedulerOutput one = s.Schedule();  // three prompts, three sampling rows
+  ASSERT_EQ(one.plan.seqs.size(), 3u);
+  s.Add(Seq(4, {3, 3, 3, 3, 3}, 20));
+  const SchedulerOutput two = s.Schedule();  // three placeholder decodes, then a prompt
+  ASSERT_EQ(two.plan.seqs.size(), 4u);
+  ASSERT_TRUE(tables.Apply(one.plan.tables).ok());
+  ASSERT_TRUE(tables.Apply(two.plan.tables).ok());
+  auto shape = inputs->Pack(two.plan, tables, kBlock, kNumBlocks, /*padded_seqs=*/0);
+  ASSERT_TRUE(shape.ok()) << shape.status();
+  ASSERT_EQ(shape->num_decode, 3);
+  const std::vector<int32_t> sampled = {101, 102, 103};  // step one's tokens, in its plan order
+  int32_t* previous = nullptr;
+  ASSERT_EQ(cudaMalloc(&previous, kMaxSeqs * sizeof(int32_t)), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(previous, sampled.data(), sampled.size() * sizeof(int32_t),
+                       cudaMemcpyHostToDevice),
+            cudaSuccess);
+  ASSERT_TRUE(inputs->Upload(stream).ok());
+  ASSERT_EQ(inputs->UpdateTables(*shape, kBlock, stream, previous), cudaSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  const auto device_tokens = ToHost(inputs->device().token_ids, size_t(shape->num_tokens));
+  // The host's resolution, in plan order; the device's rows are packed decodes first (here the
+  // plan's own order: the three decodes, then the prompt).
+  absl::StatusOr<std::vector<int32_t>> expected = ResolvedTokens(two.plan.seqs, sampled);
+  ASSERT_TRUE(expected.ok()) << expected.status();
+  EXPECT_EQ(device_tokens, *expected);
+  EXPECT_EQ(std::vector<int32_t>(device_tokens.begin(), device_tokens.begin() + 3),
+            (std::vector<int32_t>{101, 102, 103}));
+  cudaFree(previous);
   cudaStreamDestroy(stream);
 }
 

@@ -2,18 +2,22 @@
 // MQA, head_dim 64 and 128, Qwen2 biases with tied embeddings, llama3 rope; prompts that cross
 // block boundaries, chunked prefill, mixed prefill + decode steps, decode steps through CUDA
 // graphs and eagerly. Logits within a bf16 tolerance; the greedy token equal except where the
-// reference's top two logits are closer than that tolerance. Skips without a GPU.
+// reference's top two logits are closer than that tolerance. And the engine over the CUDA
+// backend with async scheduling on and off (the same tokens). Skips without a GPU.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <numeric>
 #include <random>
 
 #include "backend/factory.h"
 #include "backend/roofline.h"
+#include "common/fake_backend.h"
 #include "common/test_checkpoint.h"
+#include "engine/engine.h"
 #include "gqa/kernels/sampling.h"
 #include "model/checkpoint.h"
 
@@ -569,6 +573,103 @@ TEST(CudaBackendTest, ChunksOverSharedPrefixBlocks) {
   pair.Step({{owner, 1}, {a, 9}, {b, 2}, {c, 1}}, "mixed over shared blocks");
   for (int i = 0; i < 8; ++i) {
     pair.Step({{owner, 1}, {a, 1}, {b, 1}, {c, 1}}, "decode " + std::to_string(i));
+  }
+}
+
+// Async scheduling on the GPU: the engine over the CUDA backend, --deterministic (a request's
+// tokens do not depend on what is batched with it), gives the same tokens with async scheduling
+// on and off: placeholder tokens resolved on the device (in the graphs' first kernel, and
+// eagerly), prefills beside decodes, stops, logprobs steps (completed within SubmitStep), profiled
+// steps; and preemptions in flight (a pool too small for the batch), where a preempted request's
+// recomputed K/V change its bf16 rounding even in --deterministic (README): its length is
+// compared, and the tokens of the requests preempted in neither run.
+std::map<std::string, testing::EventCollector::Result> RunEngineOnGpu(
+    const std::filesystem::path& dir, const ModelConfig& config, bool async, bool eager,
+    int num_kv_blocks) {
+  auto ckpt = Checkpoint::Load(dir, LoadFormat::kSafetensors);
+  EXPECT_TRUE(ckpt.ok()) << ckpt.status();
+  if (!ckpt.ok()) return {};
+  ServingOptions o;
+  o.cache.block_size = kBlockSize;
+  o.cache.num_kv_blocks = num_kv_blocks;
+  o.scheduler.max_num_seqs = 8;
+  // Room for every prompt at once: no prompt is cut into chunks at places that depend on what
+  // else a step holds (in deterministic mode a chunk boundary may still move bf16 rounding).
+  o.scheduler.max_num_batched_tokens = 1024;
+  o.scheduler.max_model_len = 512;
+  o.cuda.enforce_eager = eager;
+  o.backend.deterministic = true;
+  o.backend.kind = BackendKind::kCuda;
+  o.backend.dtype = "bfloat16";
+  auto backend = CreateBackend(o, o.backend.kind, std::move(*ckpt));
+  EXPECT_TRUE(backend.ok()) << backend.status();
+  if (!backend.ok()) return {};
+  EngineConfig ec;
+  ec.scheduler = {kBlockSize, o.scheduler.max_num_seqs, o.scheduler.max_num_batched_tokens};
+  ec.scheduler.async_scheduling = async;
+  ec.limits = {config.vocab_size, o.scheduler.max_model_len};
+  ec.step_profile_interval = 3;
+  Engine engine(ec, std::move(*backend), nullptr);
+  engine.Start();
+  testing::EventCollector c;
+  const int n = 12;
+  for (int i = 0; i < n; ++i) {
+    Request r;
+    r.id = "r" + std::to_string(i);
+    for (int t = 0; t < 5 + 7 * i; ++t)
+      r.prompt.push_back(1 + (t * 13 + i * 29) % (config.vocab_size - 1));
+    r.stopping.max_new_tokens = 8 + 3 * (i % 5);
+    r.stopping.ignore_eos = true;
+    if (i % 4 == 3) r.stopping.stop_token_ids = {7, 11, 19, 23};
+    if (i % 5 == 2) r.logprobs.top_logprobs = 2;
+    r.sampling.temperature = i % 3 ? 0.9f : 0.0f;
+    r.sampling.seed = 1000 + i;
+    r.sink = c.SinkFor(r.id);
+    EXPECT_TRUE(engine.Submit(std::move(r)).ok());
+  }
+  c.WaitFor(n);
+  return c.results();
+}
+
+TEST(CudaBackendTest, AsyncSchedulingGivesTheSameTokens) {
+  REQUIRE_GPU();
+  const ModelConfig config = Shape(8, 2, 64);
+  const uint64_t seed = std::random_device{}();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  testing::TempDir dir;
+  testing::WriteRandomCheckpoint(dir.path(), config, seed);
+  // 96 blocks hold every sequence (up to 7 blocks each); 24 (384 tokens) force preemptions.
+  for (const auto& [eager, blocks] :
+       {std::pair{false, 96}, std::pair{true, 96}, std::pair{false, 24}, std::pair{true, 24}}) {
+    SCOPED_TRACE(::testing::Message()
+                 << (eager ? "eager" : "graphs") << ", " << blocks << " blocks");
+    const auto sync = RunEngineOnGpu(dir.path(), config, /*async=*/false, eager, blocks);
+    const auto async = RunEngineOnGpu(dir.path(), config, /*async=*/true, eager, blocks);
+    ASSERT_EQ(sync.size(), 12u);
+    ASSERT_EQ(async.size(), 12u);
+    int preemptions = 0, compared = 0;
+    for (const auto& [id, r] : sync) {
+      const auto& a = async.at(id);
+      EXPECT_FALSE(r.error) << id << ": " << *r.error;
+      EXPECT_FALSE(a.error) << id << ": " << *a.error;
+      EXPECT_FALSE(r.tokens.empty()) << id;
+      preemptions += a.preemptions;
+      if (a.preemptions > 0 || r.preemptions > 0) {
+        if (a.finish == FinishReason::kLength && r.finish == FinishReason::kLength) {
+          EXPECT_EQ(a.tokens.size(), r.tokens.size()) << id;
+        }
+        continue;
+      }
+      ++compared;
+      EXPECT_EQ(a.tokens, r.tokens) << id;
+      EXPECT_EQ(a.finish, r.finish) << id;
+    }
+    if (blocks == 96) {
+      EXPECT_EQ(preemptions, 0);
+      EXPECT_EQ(compared, 12);
+    } else {
+      EXPECT_GT(preemptions, 0) << "the pool was meant to be too small";
+    }
   }
 }
 

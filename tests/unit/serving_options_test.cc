@@ -52,6 +52,7 @@ TEST_F(FlagsTest, EachFlagFillsItsPart) {
        {"deterministic", "true"},
        {"cpu_threads", "3"},
        {"step_profile_interval", "0"},
+       {"async_scheduling", "off"},
        {"enforce_eager", "true"},
        {"host", "127.0.0.1"},
        {"port", "1"},
@@ -93,6 +94,7 @@ TEST_F(FlagsTest, EachFlagFillsItsPart) {
   EXPECT_TRUE(o->backend.deterministic);
   EXPECT_EQ(o->backend.cpu_threads, 3);
   EXPECT_EQ(o->backend.step_profile_interval, 0);
+  EXPECT_EQ(o->backend.async_scheduling, AsyncScheduling::kOff);
 
   EXPECT_TRUE(o->cuda.enforce_eager);
   EXPECT_EQ(o->cuda.device_index, 0);
@@ -139,6 +141,7 @@ TEST_F(FlagsTest, DefaultsAreTheTreesDefaults) {
   EXPECT_EQ(o->backend.dtype, d.backend.dtype);
   EXPECT_EQ(o->backend.deterministic, d.backend.deterministic);
   EXPECT_EQ(o->backend.step_profile_interval, d.backend.step_profile_interval);
+  EXPECT_EQ(o->backend.async_scheduling, d.backend.async_scheduling);
   EXPECT_EQ(o->cuda.enforce_eager, d.cuda.enforce_eager);
   EXPECT_EQ(o->service.host, d.service.host);
   EXPECT_EQ(o->service.port, d.service.port);
@@ -155,6 +158,7 @@ TEST_F(FlagsTest, DefaultsAreTheTreesDefaults) {
 TEST_F(FlagsTest, TextThatDoesNotParseNamesItsFlag) {
   const std::vector<std::pair<std::pair<std::string, std::string>, std::string>> cases = {
       {{"backend", "tpu"}, "--backend=tpu: expected auto, cpu or cuda"},
+      {{"async_scheduling", "maybe"}, "--async_scheduling=maybe: expected auto, on or off"},
       {{"kv_cache_memory", "lots"}, "--kv_cache_memory: expected a size like 512MiB or 2GiB"},
       {{"max_request_size", "big"}, "--max_request_size: expected a size from 1KiB to 1GiB"},
   };
@@ -165,6 +169,20 @@ TEST_F(FlagsTest, TextThatDoesNotParseNamesItsFlag) {
     EXPECT_EQ(o.status().code(), absl::StatusCode::kInvalidArgument) << flag.first;
     EXPECT_EQ(o.status().message(), message);
   }
+}
+
+// auto: on where the device runs while the host works (the GPU), off on the CPU backend.
+TEST(AsyncSchedulingOption, AutoIsOnForTheGpuOnly) {
+  BackendOptions b;
+  EXPECT_EQ(b.async_scheduling, AsyncScheduling::kAuto);
+  EXPECT_TRUE(UsesAsyncScheduling(b, "cuda"));
+  EXPECT_FALSE(UsesAsyncScheduling(b, "cpu"));
+  b.async_scheduling = AsyncScheduling::kOn;
+  EXPECT_TRUE(UsesAsyncScheduling(b, "cpu"));
+  b.async_scheduling = AsyncScheduling::kOff;
+  EXPECT_FALSE(UsesAsyncScheduling(b, "cuda"));
+  EXPECT_EQ(*ParseAsyncScheduling("true"), AsyncScheduling::kOn);
+  EXPECT_EQ(*ParseAsyncScheduling("false"), AsyncScheduling::kOff);
 }
 
 ServingOptions Valid() {

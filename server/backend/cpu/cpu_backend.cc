@@ -194,6 +194,9 @@ absl::Status CpuBackend::AllocateKvCache() {
 
 absl::StatusOr<CpuBackend::StepInputs> CpuBackend::Flatten(const StepPlan& plan) const {
   StepInputs in;
+  absl::StatusOr<std::vector<int32_t>> tokens = ResolvedTokens(plan.seqs, previous_sampled_);
+  if (!tokens.ok()) return tokens.status();
+  in.token_ids = std::move(*tokens);
   in.query_start.push_back(0);
   std::vector<int> slots;
   for (const ScheduledSeq& s : plan.seqs) {
@@ -213,7 +216,6 @@ absl::StatusOr<CpuBackend::StepInputs> CpuBackend::Flatten(const StepPlan& plan)
     const int n = static_cast<int>(s.chunk.size());
     for (int t = 0; t < n; ++t) {
       const int pos = s.start_pos + t;
-      in.token_ids.push_back(s.chunk[t]);
       in.positions.push_back(pos);
       const int block = table[pos / spec_.block_size];
       in.slots.push_back(static_cast<int64_t>(block) * spec_.block_size + pos % spec_.block_size);
@@ -306,6 +308,8 @@ absl::StatusOr<StepOutput> CpuBackend::ExecuteStep(const StepPlan& plan) {
   if (!in->token_ids.empty()) Forward(*in);
   StepOutput out;
   out.sampled = Sample(plan);
+  if (!plan.seqs.empty())
+    previous_sampled_ = out.sampled;  // what the next plan's placeholders read
   const StepLogprobsQueries asked = BuildLogprobsQueries(plan.seqs, out.sampled);
   absl::StatusOr<std::vector<LogprobsResult>> answers = Logprobs(asked.queries);
   if (!answers.ok()) return answers.status();

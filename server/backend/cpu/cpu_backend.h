@@ -78,6 +78,7 @@ class CpuBackend final : public Backend {
   void ComputeLogits(const StepInputs& in, const Activations& act);
 
   std::shared_ptr<const Checkpoint> checkpoint_;  // owns the mapped weight matrices
+  std::vector<int32_t> previous_sampled_;         // the last step's sampled tokens
   ModelConfig config_;
   KvCacheSpec spec_;
   std::vector<float> inv_freq_;  // [head_dim / 2]

@@ -5,8 +5,13 @@ namespace {
 
 __global__ void UpdateBlockTablesKernel(const TableRowUpdate* rows, const int32_t* new_blocks,
                                         const int32_t* context_lens, int block_size, int width,
-                                        int32_t* persistent, int32_t* step_tables) {
+                                        int32_t* persistent, int32_t* step_tables,
+                                        PlaceholderTokens placeholders) {
   const int r = blockIdx.x;
+  if (placeholders.source != nullptr && threadIdx.x == 0) {
+    const int32_t source = placeholders.source[r];
+    if (source >= 0) placeholders.token_ids[r] = placeholders.sampled[source];
+  }
   const TableRowUpdate u = rows[r];
   const int needed = min((context_lens[r] + block_size - 1) / block_size, width);
   int32_t* slot_row = u.slot >= 0 ? persistent + size_t(u.slot) * width : nullptr;
@@ -28,10 +33,11 @@ __global__ void UpdateBlockTablesKernel(const TableRowUpdate* rows, const int32_
 
 cudaError_t UpdateBlockTables(const TableRowUpdate* rows, const int32_t* new_blocks,
                               const int32_t* context_lens, int num_rows, int block_size, int width,
-                              int32_t* persistent, int32_t* step_tables, cudaStream_t stream) {
+                              int32_t* persistent, int32_t* step_tables, cudaStream_t stream,
+                              PlaceholderTokens placeholders) {
   if (num_rows == 0) return cudaSuccess;
-  UpdateBlockTablesKernel<<<num_rows, 128, 0, stream>>>(rows, new_blocks, context_lens, block_size,
-                                                        width, persistent, step_tables);
+  UpdateBlockTablesKernel<<<num_rows, 128, 0, stream>>>(
+      rows, new_blocks, context_lens, block_size, width, persistent, step_tables, placeholders);
   return cudaGetLastError();
 }
 

@@ -20,9 +20,19 @@ struct TableRowUpdate {
   int32_t offset = 0;
 };
 
+// Async scheduling: the decode rows whose token is a placeholder (backend/step_plan.h) read it
+// from the previous step's sampled tokens. Packed row r is token row r for decodes (one token
+// each, packed first).
+struct PlaceholderTokens {
+  const int32_t* source = nullptr;   // [num_rows]: the previous step's sampling row, or -1
+  const int32_t* sampled = nullptr;  // [previous step's sampling rows]
+  int32_t* token_ids = nullptr;      // [num_tokens]: the step's input tokens, resolved in place
+};
+
 // For each packed row r < num_rows: writes the row's new blocks into its slot of
-// `persistent`, and step_tables[r] = the slot's blocks covering context_lens[r] tokens. One
-// block of threads per row; each slot appears at most once per step.
+// `persistent`, and step_tables[r] = the slot's blocks covering context_lens[r] tokens; with
+// `placeholders`, resolves row r's token. One block of threads per row; each slot appears at
+// most once per step.
 //
 // Launched first in the step, without programmatic dependent launch (kernels/cuda/pdl.cuh), and
 // never letting the next kernel start early: every later kernel of the step starts after it has
@@ -34,6 +44,6 @@ cudaError_t UpdateBlockTables(const TableRowUpdate* rows,   // [num_rows]
                               int num_rows, int block_size, int width,
                               int32_t* persistent,   // [max_seqs, width], by slot
                               int32_t* step_tables,  // [num_rows, width], by packed row
-                              cudaStream_t stream);
+                              cudaStream_t stream, PlaceholderTokens placeholders = {});
 
 }  // namespace gqa::cuda

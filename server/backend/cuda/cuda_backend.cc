@@ -5,8 +5,10 @@
 #include <cuda_fp8.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
+#include <deque>
 #include <type_traits>
 #include <utility>
 
@@ -90,7 +92,17 @@ class CudaBackend final : public Backend {
             {"graphs", graph_bytes_}};
   }
   bool broken() const override { return broken_; }
-  absl::StatusOr<StepOutput> ExecuteStep(const StepPlan& plan) override;
+  absl::StatusOr<StepOutput> ExecuteStep(const StepPlan& plan) override {
+    RETURN_IF_ERROR(SubmitStep(plan));
+    return CollectStep();
+  }
+  // Launches the step and its sampling and queues the sampled tokens' copy to the host; a step
+  // that asks for logprobs (read from its logits, which the next step overwrites) or has no
+  // sequences completes here.
+  absl::Status SubmitStep(const StepPlan& plan) override;
+  // Waits for the oldest step's sampled tokens.
+  absl::StatusOr<StepOutput> CollectStep() override;
+  bool SubmitReturnsEarly() const override { return true; }
   absl::StatusOr<std::vector<float>> LogitsToHost() override;
   uint64_t weight_bytes_per_step() const override {
     return WeightBytesPerStep(config_, DTypeSize(options_.dtype));
@@ -112,10 +124,25 @@ class CudaBackend final : public Backend {
   CudaBackend(const CudaBackendOptions& options, const ModelConfig& config)
       : options_(options), config_(config), tables_(1, 1) {}
   absl::Status Init(const Checkpoint* checkpoint);
+  // A step submitted and not collected: where its sampled tokens land, or its whole output.
+  struct SubmittedStep {
+    int num_samples = 0;
+    int slot = 0;  // its rows of sampled_host_ and its event
+    bool profiled = false;
+    std::optional<absl::StatusOr<StepOutput>> done;  // completed within SubmitStep
+    std::optional<StepTiming> timing;                // profiled, and read already
+  };
   // The step's launches (a graph replay for a decode-only step), up to the logits.
   absl::StatusOr<StepShape> Forward(const StepPlan& plan);
-  // One token per sampling row of the step just launched; waits for the step.
-  absl::StatusOr<std::vector<int32_t>> Sample(const StepShape& shape);
+  // Samples one token per sampling row of the step just launched into act_.sampled and queues
+  // their copy to sampled_host_'s `slot`, then records the slot's event.
+  absl::Status LaunchSampling(const StepShape& shape, int slot);
+  // Waits for `slot`'s copy (and so for its step).
+  absl::StatusOr<std::vector<int32_t>> WaitForSampled(int slot, int num_samples);
+  // The profiled step's timing, once it has completed; nullopt (and a warning) when unreadable.
+  std::optional<StepTiming> ReadProfiler();
+  // The whole step now: sampled tokens and the logprobs asked for.
+  absl::StatusOr<StepOutput> CompleteStep(const StepPlan& plan, const StepShape& shape, int slot);
   // Log-probabilities over the last step's logits rows, computed on the device.
   absl::StatusOr<std::vector<LogprobsResult>> Logprobs(std::span<const LogprobsQuery> queries);
   absl::Status AllocateActivations();
@@ -177,6 +204,12 @@ class CudaBackend final : public Backend {
   std::map<int, cudaGraphExec_t> profiled_graphs_;  // the same, with the profiler's events
   uint64_t graph_bytes_ = 0;
   int logit_rows_ = 0;  // rows of act_.logits computed by the last Forward
+  // Async scheduling: steps submitted and not collected (at most kMaxStepsInFlight), each with
+  // its page-locked rows for the sampled tokens and an event recorded after their copy.
+  std::deque<SubmittedStep> submitted_;
+  cuda::PinnedMemory sampled_host_;  // [kMaxStepsInFlight, max_seqs] int32
+  std::array<cuda::CudaEvent, kMaxStepsInFlight> sampled_ready_;
+  int next_slot_ = 0;
   cuda::StepProfiler profiler_;
   double read_bandwidth_ = 0;  // bytes/s, device-to-device copy (read + written)
   bool profile_next_ = false;  // ProfileNextStep was called
@@ -514,7 +547,7 @@ absl::Status CudaBackend<T>::Launch(const StepShape& shape) {
   const cuda::StepArrays& in = inputs_.device();
   cudaStream_t stream = device_->stream();
   const int n = shape.num_tokens, h = c.hidden_size;
-  GQA_CUDA_RETURN_IF_ERROR(inputs_.UpdateTables(shape, spec_.block_size, stream));
+  GQA_CUDA_RETURN_IF_ERROR(inputs_.UpdateTables(shape, spec_.block_size, stream, act_.sampled));
   GQA_CUDA_RETURN_IF_ERROR(k::EmbeddingGather<T>(static_cast<const T*>(weights_.embed()),
                                                  in.token_ids, n, h, act_.residual, stream));
   GQA_CUDA_RETURN_IF_ERROR(k::AddRmsNorm<T>(nullptr, act_.residual,
@@ -670,6 +703,12 @@ absl::Status CudaBackend<T>::Init(const Checkpoint* checkpoint) {
   RETURN_IF_ERROR(AllocateKvCache());
   RETURN_IF_ERROR(UploadKvScales(checkpoint));
   ASSIGN_OR_RETURN(profiler_, cuda::StepProfiler::Create(c.num_layers));
+  ASSIGN_OR_RETURN(sampled_host_,
+                   cuda::PinnedMemory::Allocate(size_t(kMaxStepsInFlight) *
+                                                options_.scheduler.max_num_seqs * sizeof(int32_t)));
+  for (cuda::CudaEvent& event : sampled_ready_) {
+    ASSIGN_OR_RETURN(event, cuda::CudaEvent::Create());
+  }
   if (!options_.cuda.enforce_eager) RETURN_IF_ERROR(CaptureGraphs());
   gemm_->FinishTuning();  // no timing runs inside a serving step
   return absl::OkStatus();
@@ -685,15 +724,69 @@ absl::StatusOr<std::unique_ptr<Backend>> CudaBackend<T>::Create(const CudaBacken
 }
 
 template <typename T>
-absl::StatusOr<StepOutput> CudaBackend<T>::ExecuteStep(const StepPlan& plan) {
+absl::Status CudaBackend<T>::SubmitStep(const StepPlan& plan) {
+  if (submitted_.size() >= kMaxStepsInFlight) {
+    return absl::FailedPreconditionError("SubmitStep: two steps are in flight already");
+  }
   profiling_ = std::exchange(profile_next_, false);
-  last_timing_.reset();
+  // The profiler's events serve one step at a time: a profiled step still in flight is waited
+  // for and read before this one records into them (two profiled steps in a row lose overlap).
+  for (SubmittedStep& s : submitted_) {
+    if (!profiling_ || !s.profiled) continue;
+    RETURN_IF_ERROR(Check(
+        cuda::CudaStatus(cudaEventSynchronize(sampled_ready_[s.slot].get()), "profiled step")));
+    s.timing = ReadProfiler();
+    s.profiled = false;
+  }
   RETURN_IF_ERROR(tables_.Apply(plan.tables));  // the host mirror; the device's in the step
-  if (plan.seqs.empty()) return StepOutput{};   // removals only: nothing on the device
+  SubmittedStep step;
+  if (plan.seqs.empty()) {  // removals only: nothing on the device
+    step.done = StepOutput{};
+    submitted_.push_back(std::move(step));
+    return absl::OkStatus();
+  }
   if (broken_) return absl::InternalError("the GPU is in an unrecoverable error state");
   ASSIGN_OR_RETURN(const StepShape shape, Forward(plan));
+  step.num_samples = shape.num_samples;
+  step.slot = std::exchange(next_slot_, (next_slot_ + 1) % kMaxStepsInFlight);
+  step.profiled = profiling_;
+  if (plan.wants_logprobs()) {
+    step.done = CompleteStep(plan, shape, step.slot);
+    step.timing = last_timing_;
+    step.profiled = false;
+  } else {
+    step.done.reset();
+    if (absl::Status launched = LaunchSampling(shape, step.slot); !launched.ok()) {
+      step.done = launched;
+    }
+  }
+  profiling_ = false;
+  if (step.done && !step.done->ok()) return step.done->status();
+  submitted_.push_back(std::move(step));
+  return absl::OkStatus();
+}
+
+template <typename T>
+absl::StatusOr<StepOutput> CudaBackend<T>::CollectStep() {
+  if (submitted_.empty()) return absl::FailedPreconditionError("CollectStep: no step in flight");
+  SubmittedStep step = std::move(submitted_.front());
+  submitted_.pop_front();
+  last_timing_ = step.timing;
+  if (step.done) return std::move(*step.done);
   StepOutput out;
-  ASSIGN_OR_RETURN(out.sampled, Sample(shape));
+  ASSIGN_OR_RETURN(out.sampled, WaitForSampled(step.slot, step.num_samples));
+  if (step.profiled) last_timing_ = ReadProfiler();
+  return out;
+}
+
+template <typename T>
+absl::StatusOr<StepOutput> CudaBackend<T>::CompleteStep(const StepPlan& plan,
+                                                        const StepShape& shape, int slot) {
+  RETURN_IF_ERROR(LaunchSampling(shape, slot));
+  StepOutput out;
+  ASSIGN_OR_RETURN(out.sampled, WaitForSampled(slot, shape.num_samples));
+  last_timing_.reset();
+  if (profiling_) last_timing_ = ReadProfiler();
   const StepLogprobsQueries asked = BuildLogprobsQueries(plan.seqs, out.sampled);
   ASSIGN_OR_RETURN(const std::vector<LogprobsResult> answers, Logprobs(asked.queries));
   StoreLogprobs(asked, answers, plan.seqs.size(), out);
@@ -730,7 +823,7 @@ absl::StatusOr<StepShape> CudaBackend<T>::Forward(const StepPlan& plan) {
 }
 
 template <typename T>
-absl::StatusOr<std::vector<int32_t>> CudaBackend<T>::Sample(const StepShape& shape) {
+absl::Status CudaBackend<T>::LaunchSampling(const StepShape& shape, int slot) {
   const int n = shape.num_samples;
   cudaStream_t stream = device_->stream();
   RETURN_IF_ERROR(Check(cuda::CudaStatus(k::SampleTokens(act_.logits, inputs_.device().sampling, n,
@@ -739,23 +832,33 @@ absl::StatusOr<std::vector<int32_t>> CudaBackend<T>::Sample(const StepShape& sha
   if (profiling_) {
     RETURN_IF_ERROR(Check(cuda::CudaStatus(profiler_.RecordStepEnd(stream), "profiler: step end")));
   }
-  std::vector<int32_t> tokens(n);
-  // The one device-to-host copy of the step (pageable: 4 bytes per sequence).
+  // The one device-to-host copy of the step (4 bytes per sequence), into page-locked memory so
+  // that it is queued behind the step and the host goes on.
+  int32_t* host =
+      static_cast<int32_t*>(sampled_host_.get()) + size_t(slot) * options_.scheduler.max_num_seqs;
+  RETURN_IF_ERROR(Check(cuda::CudaStatus(
+      cudaMemcpyAsync(host, act_.sampled, n * sizeof(int32_t), cudaMemcpyDeviceToHost, stream),
+      "copy sampled tokens")));
+  return Check(cuda::CudaStatus(cudaEventRecord(sampled_ready_[slot].get(), stream),
+                                "record sampled tokens"));
+}
+
+template <typename T>
+absl::StatusOr<std::vector<int32_t>> CudaBackend<T>::WaitForSampled(int slot, int num_samples) {
   RETURN_IF_ERROR(
-      Check(cuda::CudaStatus(cudaMemcpyAsync(tokens.data(), act_.sampled, n * sizeof(int32_t),
-                                             cudaMemcpyDeviceToHost, stream),
-                             "copy sampled tokens")));
-  RETURN_IF_ERROR(Check(cuda::CudaStatus(cudaStreamSynchronize(stream), "decode step")));
-  if (std::exchange(profiling_, false)) {
-    absl::StatusOr<StepTiming> timing = profiler_.Read();
-    if (timing.ok()) {
-      last_timing_ = *timing;
-    } else {
-      cudaGetLastError();  // not sticky: the next step's launches must not report it
-      spdlog::warn("step profiling: {}", timing.status().ToString());
-    }
-  }
-  return tokens;
+      Check(cuda::CudaStatus(cudaEventSynchronize(sampled_ready_[slot].get()), "decode step")));
+  const int32_t* host = static_cast<const int32_t*>(sampled_host_.get()) +
+                        size_t(slot) * options_.scheduler.max_num_seqs;
+  return std::vector<int32_t>(host, host + num_samples);
+}
+
+template <typename T>
+std::optional<StepTiming> CudaBackend<T>::ReadProfiler() {
+  absl::StatusOr<StepTiming> timing = profiler_.Read();
+  if (timing.ok()) return *timing;
+  cudaGetLastError();  // not sticky: the next step's launches must not report it
+  spdlog::warn("step profiling: {}", timing.status().ToString());
+  return std::nullopt;
 }
 
 template <typename T>

@@ -20,6 +20,7 @@ size_t StepInputs::Carve(StepArrays& a, void* base) const {
   a.logit_rows = carve.Take<int32_t>(s);
   a.sampling = carve.Take<kernels::SamplingRow>(s);
   a.table_rows = carve.Take<TableRowUpdate>(s);
+  a.placeholder_source = carve.Take<int32_t>(s);
   a.new_blocks = carve.Take<int32_t>(s * capacity_.max_blocks_per_seq);  // last: copied in part
   return carve.bytes();
 }
@@ -99,6 +100,13 @@ absl::StatusOr<StepShape> StepInputs::Pack(const StepPlan& plan, const BlockTabl
       return absl::InternalError(
           absl::StrCat("step plan: sequence ", s.seq_id, " decodes ", len, " tokens"));
     }
+    // A placeholder is read by the decode's packed row (its token row) from a sampling row.
+    if (s.placeholder_sample_row >= 0 &&
+        (!s.is_decode || s.placeholder_sample_row >= capacity_.max_seqs)) {
+      return absl::InternalError(absl::StrCat("step plan: sequence ", s.seq_id,
+                                              " reads sampling row ", s.placeholder_sample_row,
+                                              " into a chunk that is not a decode"));
+    }
     shape.num_tokens += len;
     shape.num_samples += s.samples ? 1 : 0;
   }
@@ -132,6 +140,7 @@ absl::StatusOr<StepShape> StepInputs::Pack(const StepPlan& plan, const BlockTabl
       h.slots[row] = int64_t(table[pos / block_size]) * block_size + pos % block_size;
     }
     h.context_lens[packed] = s.start_pos + len;
+    h.placeholder_source[packed] = s.placeholder_sample_row;
     if (s.is_decode) {
       ++shape.num_decode;
     } else {
@@ -180,6 +189,7 @@ absl::StatusOr<StepShape> StepInputs::Pack(const StepPlan& plan, const BlockTabl
       h.slots[row] = -1;
       h.context_lens[p] = 1;
       h.table_rows[p] = TableRowUpdate{};
+      h.placeholder_source[p] = -1;
       h.logit_rows[shape.num_logit_rows++] = row;
     }
     shape.num_tokens = row;
@@ -197,10 +207,15 @@ absl::Status StepInputs::Upload(cudaStream_t stream) {
   return absl::OkStatus();
 }
 
-cudaError_t StepInputs::UpdateTables(const StepShape& shape, int block_size, cudaStream_t stream) {
+cudaError_t StepInputs::UpdateTables(const StepShape& shape, int block_size, cudaStream_t stream,
+                                     const int32_t* previous_sampled) {
+  PlaceholderTokens placeholders;
+  if (previous_sampled != nullptr) {
+    placeholders = {device_.placeholder_source, previous_sampled, device_.token_ids};
+  }
   return UpdateBlockTables(device_.table_rows, device_.new_blocks, device_.context_lens,
                            shape.num_seqs, block_size, capacity_.max_blocks_per_seq, persistent_,
-                           step_tables_, stream);
+                           step_tables_, stream, placeholders);
 }
 
 }  // namespace gqa::cuda

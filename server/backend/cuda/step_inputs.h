@@ -50,7 +50,10 @@ struct StepArrays {
   int32_t* logit_rows = nullptr;             // [max_seqs], token rows whose logits are wanted
   kernels::SamplingRow* sampling = nullptr;  // [max_seqs]
   TableRowUpdate* table_rows = nullptr;      // [max_seqs], per packed row
-  int32_t* new_blocks = nullptr;             // [max_seqs * max_blocks_per_seq], carved last
+  // [max_seqs], per packed row: the previous step's sampling row holding its (placeholder)
+  // token, -1 for none (async scheduling; decode rows only).
+  int32_t* placeholder_source = nullptr;
+  int32_t* new_blocks = nullptr;  // [max_seqs * max_blocks_per_seq], carved last
 };
 
 class StepInputs {
@@ -66,9 +69,11 @@ class StepInputs {
   // Copies the packed step to the device: one asynchronous copy on `stream`, up to the last new
   // block id.
   absl::Status Upload(cudaStream_t stream);
-  // Applies the uploaded deltas to the persistent tables and gathers the step's rows (a launch
-  // on `stream`, captured in the graphs).
-  cudaError_t UpdateTables(const StepShape& shape, int block_size, cudaStream_t stream);
+  // Applies the uploaded deltas to the persistent tables, gathers the step's rows and, given
+  // `previous_sampled` ([max_seqs], the sampled tokens of the step launched before on `stream`),
+  // resolves its placeholder tokens: one launch on `stream`, captured in the graphs.
+  cudaError_t UpdateTables(const StepShape& shape, int block_size, cudaStream_t stream,
+                           const int32_t* previous_sampled = nullptr);
 
   StepArrays& host() { return host_; }
   const StepArrays& device() const { return device_; }
