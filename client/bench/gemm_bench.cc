@@ -128,7 +128,15 @@ int GemmBenchMain(int argc, char** argv) {
   for (int i = 2; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--only" && i + 1 < argc) only = argv[++i];  // a product name prefix, e.g. 1b
-    if (arg == "--rows" && i + 1 < argc) rows = {std::atoi(argv[++i])};
+    if (arg == "--rows" && i + 1 < argc) {                  // a comma-separated list, e.g. 1,8,64
+      rows.clear();
+      for (const char* p = argv[++i]; *p != 0;) {
+        char* end = nullptr;
+        rows.push_back(int(std::strtol(p, &end, 10)));
+        p = *end == ',' ? end + 1 : end;
+        if (end == p && *p != 0) break;
+      }
+    }
   }
   auto device = cuda::CudaDevice::Open(0);
   if (!device.ok()) Die(std::string(device.status().message()));
