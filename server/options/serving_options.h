@@ -76,12 +76,14 @@ struct CudaOptions {
   int skinny_gemm_max_rows = 1;
   // Decode products of up to this many rows (at most 64) also time the tensor-core skinny
   // kernel against cuBLASLt's candidates at startup and run it where it is faster (not in
-  // deterministic mode); 0: cuBLASLt only.
-  int tensor_core_gemm_max_rows = 64;
+  // deterministic mode); 0: cuBLASLt only. Off: on an H200 it lost to cuBLASLt on every 1B
+  // product (docs/BENCHMARKS.md, step 6).
+  int tensor_core_gemm_max_rows = 0;
   // Steps of up to this many tokens (at most 64) run each layer's four products on the
   // tensor-core skinny kernel with the RMSNorms and SiLU folded into them, instead of separate
-  // norm and SiLU kernels (not in deterministic mode); 0: never.
-  int fused_norm_max_rows = 64;
+  // norm and SiLU kernels (not in deterministic mode); 0: never. Off: slower than the unfused
+  // step on an H200 until the kernel itself is (docs/BENCHMARKS.md, step 6).
+  int fused_norm_max_rows = 0;
 };
 
 // The front ends (gRPC, OpenAI-compatible HTTP, /metrics): ports, TLS, tokens, limits.
