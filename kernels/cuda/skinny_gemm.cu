@@ -20,21 +20,6 @@ constexpr int kRowsPerWarp = 2;
 constexpr int kRowsPerBlock = kWarps * kRowsPerWarp;
 constexpr int kUnroll = 8;  // 16-byte chunks per row per lane per pass
 
-template <typename Out>
-__device__ __forceinline__ Out Store(float v);
-template <>
-__device__ __forceinline__ float Store<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 Store<__nv_bfloat16>(float v) {
-  return FromFloat<__nv_bfloat16>(v);
-}
-template <>
-__device__ __forceinline__ __half Store<__half>(float v) {
-  return FromFloat<__half>(v);
-}
-
 template <typename T, int M>
 __device__ __forceinline__ void StageInput(const T* input, int input_stride, SkinnyInput kind,
                                            int m, int k, T* xs) {
@@ -128,7 +113,7 @@ __global__ void __launch_bounds__(kWarps * 32)
       const float b = bias ? ToFloat(bias[row]) : 0.0f;
 #pragma unroll
       for (int r = 0; r < M; ++r) {
-        if (r < m) y[size_t(r) * n + row] = Store<Out>(acc[j][r] + b);
+        if (r < m) y[size_t(r) * n + row] = FromFloat<Out>(acc[j][r] + b);
       }
     }
   }

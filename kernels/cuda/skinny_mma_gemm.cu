@@ -43,21 +43,6 @@ __device__ __forceinline__ int Swizzled(int row, int chunk) {
   return row * kChunks + (chunk ^ ((row & 1) << 2));
 }
 
-template <typename Out>
-__device__ __forceinline__ Out Store(float v);
-template <>
-__device__ __forceinline__ float Store<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 Store<__nv_bfloat16>(float v) {
-  return FromFloat<__nv_bfloat16>(v);
-}
-template <>
-__device__ __forceinline__ __half Store<__half>(float v) {
-  return FromFloat<__half>(v);
-}
-
 template <typename T, typename Out>
 struct Args {
   const T* x;  // [m, x_stride]
@@ -227,7 +212,7 @@ __device__ __forceinline__ void StoreResults(const Args<T, Out>& a, int row0, in
           continue;
         }
       }
-      a.y[at] = Store<Out>(acc[t][e] + b);
+      a.y[at] = FromFloat<Out>(acc[t][e] + b);
     }
   }
   if (residual) StoreSquareSums<kTiles>(sq, warp, lane, a.fusion.norm_sums_out);

@@ -22,6 +22,10 @@ template <>
 __device__ __forceinline__ __half FromFloat<__half>(float x) {
   return __float2half_rn(x);
 }
+template <>  // an fp32 output (logits) of a kernel templated on its output type
+__device__ __forceinline__ float FromFloat<float>(float x) {
+  return x;
+}
 
 // x / scale as an E4M3 byte: round to nearest even, +-448 for anything beyond (an infinity
 // included), NaN only from NaN (gqa/kernels/fp8_e4m3.h is the host reference).
