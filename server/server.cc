@@ -149,21 +149,6 @@ std::string ServedModelName(const ServingOptions& so) {
   return dir.filename().string();
 }
 
-http::HttpOptions MakeHttpOptions(const ServingOptions& so, const BearerToken& auth) {
-  const ServiceOptions& sc = so.service;
-  http::HttpOptions o;
-  o.host = sc.host;
-  o.port = sc.http_port < 0 ? 0 : sc.http_port;
-  o.tls_cert_file = sc.tls_cert_file;
-  o.tls_key_file = sc.tls_key_file;
-  o.tls_client_ca_file = sc.tls_client_ca_file;
-  o.auth_token = auth.token();
-  o.max_body_bytes = sc.max_request_bytes;
-  o.worker_threads = static_cast<size_t>(sc.http_connections);
-  o.served_model_name = ServedModelName(so);
-  return o;
-}
-
 // The model, the engine and what the service needs, built after the ports are open.
 struct LoadedModel {
   ModelConfig config;
@@ -286,7 +271,8 @@ int RunServer(const ServingOptions& so) {
   std::unique_ptr<http::OpenAiHttpServer> openai;
   int http_port = 0;
   if (sc.http_port != 0) {
-    openai = std::make_unique<http::OpenAiHttpServer>(MakeHttpOptions(so, *auth), &metrics);
+    openai = std::make_unique<http::OpenAiHttpServer>(so.service, auth->token(),
+                                                      ServedModelName(so), &metrics);
     absl::StatusOr<int> bound = openai->Start();
     if (!bound.ok()) return Fail(std::string(bound.status().message()));
     http_port = *bound;

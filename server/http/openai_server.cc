@@ -179,8 +179,12 @@ void Respond(Exchange& exchange, ResponseBuilder& builder, httplib::Response& re
 
 }  // namespace
 
-OpenAiHttpServer::OpenAiHttpServer(HttpOptions options, EngineMetrics* metrics)
-    : options_(std::move(options)), metrics_(metrics) {}
+OpenAiHttpServer::OpenAiHttpServer(const ServiceOptions& service, std::string auth_token,
+                                   std::string served_model_name, EngineMetrics* metrics)
+    : service_(service),
+      auth_token_(std::move(auth_token)),
+      served_model_name_(std::move(served_model_name)),
+      metrics_(metrics) {}
 
 OpenAiHttpServer::~OpenAiHttpServer() { Stop(); }
 
@@ -199,33 +203,33 @@ bool OpenAiHttpServer::WaitForRequests(std::chrono::milliseconds timeout) const 
 }
 
 absl::StatusOr<int> OpenAiHttpServer::Start() {
-  if (options_.tls_cert_file.empty() != options_.tls_key_file.empty()) {
+  if (service_.tls_cert_file.empty() != service_.tls_key_file.empty()) {
     return absl::InvalidArgumentError("--tls_cert and --tls_key go together");
   }
   // Each request's headers capped at net::kMaxHeaderBlockBytes (431); a connection that finds
   // every worker busy gets 503 at once.
   net::ConnectionOptions connections;
-  connections.workers = options_.worker_threads;
+  connections.workers = static_cast<size_t>(service_.http_connections);
   connections.refuse_when_busy = true;
   connections.refusal.format = [](int status, absl::string_view message) {
     return Dump(ErrorBody(status, message));
   };
-  const std::string& host = options_.host;
-  const int port = options_.port;
+  const std::string& host = service_.host;
+  const int port = service_.http_port < 0 ? 0 : service_.http_port;
   int bound = -1;
-  if (options_.tls_cert_file.empty()) {
+  if (service_.tls_cert_file.empty()) {
     auto plain = std::make_unique<net::BoundedServer>(std::move(connections));
     Register(*plain);
     bound = plain->BindAndListen(host, port);
     server_ = std::move(plain);
   } else {
     auto tls = std::make_unique<net::BoundedSslServer>(
-        std::move(connections), options_.tls_cert_file.c_str(), options_.tls_key_file.c_str(),
-        options_.tls_client_ca_file.empty() ? nullptr : options_.tls_client_ca_file.c_str());
+        std::move(connections), service_.tls_cert_file.c_str(), service_.tls_key_file.c_str(),
+        service_.tls_client_ca_file.empty() ? nullptr : service_.tls_client_ca_file.c_str());
     if (!tls->is_valid()) {
       return absl::InvalidArgumentError(
-          absl::StrCat("HTTP: cannot use --tls_cert ", options_.tls_cert_file, " and --tls_key ",
-                       options_.tls_key_file, " (not a PEM certificate and its key?)"));
+          absl::StrCat("HTTP: cannot use --tls_cert ", service_.tls_cert_file, " and --tls_key ",
+                       service_.tls_key_file, " (not a PEM certificate and its key?)"));
     }
     Register(*tls);
     bound = tls->BindAndListen(host, port);
@@ -249,7 +253,7 @@ void OpenAiHttpServer::Stop() {
 
 void OpenAiHttpServer::Register(httplib::Server& s) {
   // Bounded per client: the body, slow or idle connections, and the worker threads.
-  s.set_payload_max_length(options_.max_body_bytes);
+  s.set_payload_max_length(service_.max_request_bytes);
   s.set_read_timeout(10, 0);
   s.set_write_timeout(10, 0);
   s.set_keep_alive_timeout(5);
@@ -263,11 +267,11 @@ void OpenAiHttpServer::Register(httplib::Server& s) {
   // Before any body is read: the token, and bodies whose size the Content-Length does not bound
   // (chunked or compressed uploads).
   s.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
-    if (req.path != "/health" && !options_.auth_token.empty()) {
+    if (req.path != "/health" && !auth_token_.empty()) {
       const std::string header = req.get_header_value("Authorization");
       constexpr std::string_view kScheme = "Bearer ";
       if (!(header.size() > kScheme.size() && header.compare(0, kScheme.size(), kScheme) == 0 &&
-            SameBytes(std::string_view(header).substr(kScheme.size()), options_.auth_token))) {
+            SameBytes(std::string_view(header).substr(kScheme.size()), auth_token_))) {
         if (metrics_ != nullptr) metrics_->RequestsRejected("unauthenticated")->Inc();
         SendError(res, absl::UnauthenticatedError(
                            "authorization: send the header \"Authorization: Bearer <token>\" with "
@@ -286,11 +290,11 @@ void OpenAiHttpServer::Register(httplib::Server& s) {
     if (const std::string length = req.get_header_value("Content-Length"); !length.empty()) {
       char* end = nullptr;
       const unsigned long long bytes = std::strtoull(length.c_str(), &end, 10);
-      if (end == length.c_str() || *end != '\0' || bytes > options_.max_body_bytes) {
+      if (end == length.c_str() || *end != '\0' || bytes > service_.max_request_bytes) {
         res.set_header("Connection", "close");
         SendJson(res, 413,
                  ErrorBody(413, absl::StrCat("body: Content-Length ", length.substr(0, 32),
-                                             " is over the limit of ", options_.max_body_bytes,
+                                             " is over the limit of ", service_.max_request_bytes,
                                              " bytes (--max_request_size)")));
         return httplib::Server::HandlerResponse::Handled;
       }
@@ -309,7 +313,7 @@ void OpenAiHttpServer::Register(httplib::Server& s) {
     if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
     std::string message;
     if (res.status == 413) {
-      message = absl::StrCat("body: larger than ", options_.max_body_bytes,
+      message = absl::StrCat("body: larger than ", service_.max_request_bytes,
                              " bytes (--max_request_size)");
     } else if (res.status == 404) {
       message = absl::StrCat("path: no endpoint ", req.method, " ", req.path.substr(0, 128),
@@ -329,7 +333,7 @@ void OpenAiHttpServer::Register(httplib::Server& s) {
   });
   auto model_object = [this] {
     const Engine* engine = engine_.load(std::memory_order_acquire);
-    return json{{"id", options_.served_model_name},
+    return json{{"id", served_model_name_},
                 {"object", "model"},
                 {"created", info_.created},
                 {"owned_by", "gqa-serve"},
@@ -346,7 +350,7 @@ void OpenAiHttpServer::Register(httplib::Server& s) {
     if (engine_.load(std::memory_order_acquire) == nullptr) {
       return SendError(res, absl::UnavailableError("model: still loading; retry shortly"));
     }
-    if (req.matches[1] != options_.served_model_name) {
+    if (req.matches[1] != served_model_name_) {
       json error = ErrorBody(404, absl::StrCat("model: \"", req.matches[1].str().substr(0, 128),
                                                "\" is not served here"));
       error["error"]["code"] = "model_not_found";
@@ -414,10 +418,10 @@ absl::Status OpenAiHttpServer::Generate(Engine* engine, bool chat, uint64_t numb
   const std::string id =
       absl::StrCat(chat ? "chatcmpl-" : "cmpl-", number, "-", RandomNumber() % 100000000);
   const int64_t created = static_cast<int64_t>(std::time(nullptr));
-  FormatContext context{id, options_.served_model_name, created, info_.tokenizer};
+  FormatContext context{id, served_model_name_, created, info_.tokenizer};
   int prompt_top_logprobs = -1;
   if (chat) {
-    absl::StatusOr<ChatParams> parsed = ParseChatRequest(body, options_.served_model_name);
+    absl::StatusOr<ChatParams> parsed = ParseChatRequest(body, served_model_name_);
     if (!parsed.ok()) return parsed.status();
     if (!info_.chat || info_.tokenizer == nullptr) {
       return absl::InvalidArgumentError(
@@ -433,8 +437,7 @@ absl::Status OpenAiHttpServer::Generate(Engine* engine, bool chat, uint64_t numb
     params = std::move(parsed->common);
     builder = MakeChatBuilder(context, params);
   } else {
-    absl::StatusOr<CompletionParams> parsed =
-        ParseCompletionRequest(body, options_.served_model_name);
+    absl::StatusOr<CompletionParams> parsed = ParseCompletionRequest(body, served_model_name_);
     if (!parsed.ok()) return parsed.status();
     absl::StatusOr<std::vector<int32_t>> ids = CompletionPromptIds(*parsed, defaults);
     if (!ids.ok()) return ids.status();

@@ -17,6 +17,7 @@
 #include "engine/engine.h"
 #include "http/openai_request.h"
 #include "metrics/engine_metrics.h"
+#include "options/serving_options.h"
 #include "tokenizer/tokenizer.h"
 
 namespace httplib {
@@ -31,17 +32,6 @@ namespace gqa::http {
 using ChatRenderer = std::function<absl::StatusOr<std::string>(
     const std::vector<ChatMessageParam>& messages, bool add_generation_prompt)>;
 
-struct HttpOptions {
-  std::string host = "0.0.0.0";
-  int port = 8000;                          // 0 picks a free one
-  std::string tls_cert_file, tls_key_file;  // PEM; both or neither
-  std::string tls_client_ca_file;           // clients must present a certificate it signed
-  std::string auth_token;                   // non-empty: "Authorization: Bearer <token>"
-  size_t max_body_bytes = 4 << 20;          // larger: 413
-  size_t worker_threads = 256;              // connections served at once; beyond: 503
-  std::string served_model_name;
-};
-
 // What a loaded model gives the front end.
 struct HttpServeInfo {
   const Tokenizer* tokenizer = nullptr;
@@ -52,8 +42,11 @@ struct HttpServeInfo {
 
 class OpenAiHttpServer {
  public:
-  // `metrics` (may be null) counts refused requests.
-  OpenAiHttpServer(HttpOptions options, EngineMetrics* metrics);
+  // Serves on service.host:http_port (-1: any free port) with service's TLS files, limits
+  // (max_request_bytes, http_connections); a non-empty auth_token is required as
+  // "Authorization: Bearer <token>". `metrics` (may be null) counts refused requests.
+  OpenAiHttpServer(const ServiceOptions& service, std::string auth_token,
+                   std::string served_model_name, EngineMetrics* metrics);
   ~OpenAiHttpServer();
 
   // Binds and serves (503 for generation until Attach); returns the bound port.
@@ -77,7 +70,9 @@ class OpenAiHttpServer {
   absl::Status Generate(Engine* engine, bool chat, uint64_t number, const std::string& body,
                         httplib::Response& res);
 
-  HttpOptions options_;
+  ServiceOptions service_;
+  std::string auth_token_;
+  std::string served_model_name_;
   EngineMetrics* const metrics_;
   HttpServeInfo info_;                    // written once, before engine_ is published
   std::atomic<Engine*> engine_{nullptr};  // null while the model loads
