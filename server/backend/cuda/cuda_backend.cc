@@ -165,6 +165,16 @@ class CudaBackend final : public Backend {
            kernels::kSkinnyMmaBlockWeightRows;
   }
   bool fused(const StepShape& shape) const { return shape.num_tokens <= fused_max_rows_; }
+  // A fused product's input: the residual stream, RMS-normalised with `norm_weight` from the
+  // sums of squares the product before left in `sums`.
+  k::SkinnyMmaFusion<T> NormalizedInput(const void* norm_weight, const float* sums) const {
+    k::SkinnyMmaFusion<T> in;
+    in.norm_weight = static_cast<const T*>(norm_weight);
+    in.norm_sums_in = sums;
+    in.norm_sum_blocks = NormSumBlocks();
+    in.eps = config_.rms_norm_eps;
+    return in;
+  }
   absl::Status Attention(int l, const StepShape& shape);
   template <typename KV>
   absl::Status AttentionOver(int l, const StepShape& shape, const kernels::PagedKvView<KV>& cache);
@@ -499,15 +509,9 @@ absl::Status CudaBackend<T>::FusedLayer(int l, const StepShape& shape) {
   auto cast = [](const void* p) { return static_cast<const T*>(p); };
   // The input norm: layer 0's came from Launch's RmsNorm, later ones from the sums the
   // previous layer's down projection left.
-  k::SkinnyMmaFusion<T> qkv_in;
-  const T* qkv_x = act_.normed;
-  if (l > 0) {
-    qkv_x = act_.residual;
-    qkv_in.norm_weight = cast(w.input_norm);
-    qkv_in.norm_sums_in = act_.norm_sums_mlp;
-    qkv_in.norm_sum_blocks = NormSumBlocks();
-    qkv_in.eps = c.rms_norm_eps;
-  }
+  const k::SkinnyMmaFusion<T> qkv_in =
+      l > 0 ? NormalizedInput(w.input_norm, act_.norm_sums_mlp) : k::SkinnyMmaFusion<T>{};
+  const T* qkv_x = l > 0 ? act_.residual : act_.normed;
   const int qkv_n = c.q_size() + 2 * c.kv_size();
   GQA_CUDA_RETURN_IF_ERROR(k::SkinnyMmaGemmFused<T>(qkv_x, h, cast(w.qkv), cast(w.qkv_bias), n,
                                                     qkv_n, h, act_.qkv, qkv_in, skinny_workspace_,
@@ -519,11 +523,7 @@ absl::Status CudaBackend<T>::FusedLayer(int l, const StepShape& shape) {
   GQA_CUDA_RETURN_IF_ERROR(k::SkinnyMmaGemmFused<T>(act_.attn, c.q_size(), cast(w.o),
                                                     cast(w.o_bias), n, h, c.q_size(), nullptr,
                                                     o_out, skinny_workspace_, stream));
-  k::SkinnyMmaFusion<T> gate_up_in;
-  gate_up_in.norm_weight = cast(w.post_norm);
-  gate_up_in.norm_sums_in = act_.norm_sums_attn;
-  gate_up_in.norm_sum_blocks = NormSumBlocks();
-  gate_up_in.eps = c.rms_norm_eps;
+  const k::SkinnyMmaFusion<T> gate_up_in = NormalizedInput(w.post_norm, act_.norm_sums_attn);
   GQA_CUDA_RETURN_IF_ERROR(
       k::SkinnyMmaGemmFused<T>(act_.residual, h, cast(w.gate_up), cast(w.gate_up_bias), n,
                                2 * inter, h, act_.gate_up, gate_up_in, skinny_workspace_, stream));
