@@ -388,6 +388,7 @@ int DecodeBenchMain(int argc, char** argv) {
   int skinny_max_rows = CudaOptions().skinny_gemm_max_rows;
   int tensor_core_max_rows = CudaOptions().tensor_core_gemm_max_rows;
   int fused_max_rows = CudaOptions().fused_norm_max_rows;
+  bool skinny_fusion = CudaOptions().skinny_fusion;
   for (int i = 2; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--peer" && i + 1 < argc) peer = argv[++i];
@@ -408,6 +409,7 @@ int DecodeBenchMain(int argc, char** argv) {
       tensor_core_max_rows = std::atoi(argv[++i]);
     }
     if (arg == "--fused_max_rows" && i + 1 < argc) fused_max_rows = std::atoi(argv[++i]);
+    if (arg == "--skinny_fusion" && i + 1 < argc) skinny_fusion = std::string(argv[++i]) != "off";
     char model[8];
     Row r;
     if (arg == "--only" && i + 1 < argc &&
@@ -458,6 +460,7 @@ int DecodeBenchMain(int argc, char** argv) {
     o.cuda.skinny_gemm_max_rows = skinny_max_rows;
     o.cuda.tensor_core_gemm_max_rows = tensor_core_max_rows;
     o.cuda.fused_norm_max_rows = fused_max_rows;
+    o.cuda.skinny_fusion = skinny_fusion;
     // The FP8 timings first (when asked), from their own backend: one holds the card at a time.
     std::vector<Timing> fp8_timings;
     if (fp8) {

@@ -74,6 +74,10 @@ struct CudaOptions {
   // Products of up to this many rows run our skinny GEMM kernel instead of cuBLAS (not in
   // deterministic mode, where every product goes through one cuBLAS algorithm per shape).
   int skinny_gemm_max_rows = 1;
+  // Steps of up to skinny_gemm_max_rows tokens run each layer as five kernels plus attention:
+  // the skinny products with the RMSNorms, the residual adds, RoPE and the KV append folded
+  // into them (bitwise the unfused values); off: separate norm and RoPE/append kernels.
+  bool skinny_fusion = true;
   // Decode products of up to this many rows (at most 64) also time the tensor-core skinny
   // kernel against cuBLASLt's candidates at startup and run it where it is faster (not in
   // deterministic mode); 0: cuBLASLt only. Off: on an H200 it lost to cuBLASLt on every 1B

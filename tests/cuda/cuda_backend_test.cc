@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <numeric>
 #include <random>
@@ -632,6 +633,99 @@ std::map<std::string, testing::EventCollector::Result> RunEngineOnGpu(
   }
   c.WaitFor(n);
   return c.results();
+}
+
+// The logits of `steps` single-token steps of one sequence after a 20-token prompt (and of a
+// 1-token prompt beside it), from a CUDA backend with the skinny layers fused or not.
+std::vector<std::vector<float>> SingleTokenLogits(const std::filesystem::path& dir,
+                                                  bool skinny_fusion, bool enforce_eager,
+                                                  const std::string& kv_cache_dtype, int steps,
+                                                  int vocab) {
+  std::vector<std::vector<float>> logits;
+  auto checkpoint = Checkpoint::Load(dir, LoadFormat::kSafetensors);
+  EXPECT_TRUE(checkpoint.ok()) << checkpoint.status();
+  if (!checkpoint.ok()) return logits;
+  ServingOptions o;
+  o.cache.block_size = kBlockSize;
+  o.cache.num_kv_blocks = kNumBlocks;
+  o.cache.kv_cache_dtype = kv_cache_dtype;
+  o.scheduler.max_num_seqs = 4;
+  o.scheduler.max_num_batched_tokens = 64;
+  o.scheduler.max_model_len = 128;
+  o.cuda.enforce_eager = enforce_eager;
+  o.cuda.skinny_fusion = skinny_fusion;
+  o.backend.kind = BackendKind::kCuda;
+  o.backend.dtype = "bfloat16";
+  auto gpu = CreateBackend(o, o.backend.kind, std::move(*checkpoint));
+  EXPECT_TRUE(gpu.ok()) << gpu.status();
+  if (!gpu.ok()) return logits;
+  std::vector<int32_t> tokens(20);
+  for (int i = 0; i < 20; ++i) tokens[i] = (i * 37 + 11) % vocab;
+  const std::vector<int32_t> one = {7};
+  auto seq = [](uint64_t id, std::span<const int32_t> chunk, int start, bool is_decode) {
+    ScheduledSeq s;
+    s.seq_id = id;
+    s.chunk = chunk;
+    s.start_pos = start;
+    s.samples = true;
+    s.is_decode = is_decode;
+    return s;
+  };
+  auto run = [&](const StepPlan& plan) {
+    const absl::StatusOr<StepOutput> out = (*gpu)->ExecuteStep(plan);
+    EXPECT_TRUE(out.ok()) << out.status();
+    auto host = (*gpu)->LogitsToHost();
+    EXPECT_TRUE(host.ok());
+    if (!out.ok() || !host.ok()) return -1;
+    logits.push_back(*host);
+    return out->sampled.empty() ? -1 : out->sampled[0];
+  };
+  StepPlan prompt;  // sequence 1: blocks 0-2, its 20-token prompt
+  prompt.tables.rows.push_back({1, 0, {0, 1, 2}});
+  prompt.seqs.push_back(seq(1, tokens, 0, false));
+  tokens.push_back(run(prompt));
+  StepPlan single;  // sequence 2: block 3, a prompt of one token (a one-token step, not a decode)
+  single.tables.rows.push_back({2, 0, {3}});
+  single.seqs.push_back(seq(2, one, 0, false));
+  run(single);
+  for (int i = 0; i < steps; ++i) {
+    StepPlan decode;
+    const int pos = int(tokens.size()) - 1;
+    decode.seqs.push_back(seq(1, std::span<const int32_t>(tokens).subspan(pos, 1), pos, true));
+    tokens.push_back(run(decode));
+  }
+  return logits;
+}
+
+// Steps of one token run each layer's products on the CUDA-core skinny kernel with the norms,
+// residual adds, RoPE and the KV append folded in (CudaOptions::skinny_fusion): bitwise the
+// logits of the separate kernels, through graphs and eagerly, bf16 and FP8 caches.
+TEST(CudaBackendTest, SkinnyFusedLayersGiveBitwiseTheUnfusedLogits) {
+  REQUIRE_GPU();
+  for (const int kv : {2, 1}) {
+    const ModelConfig config = Shape(8, kv, kv == 1 ? 128 : 64);
+    const uint64_t seed = std::random_device{}();
+    testing::TempDir dir;
+    testing::WriteRandomCheckpoint(dir.path(), config, seed);
+    for (const bool eager : {false, true}) {
+      for (const std::string kv_cache : {"auto", "fp8_e4m3"}) {
+        if (kv_cache != "auto" && !HaveFp8Gpu()) continue;
+        SCOPED_TRACE(::testing::Message() << "kv " << kv << " eager " << eager << " cache "
+                                          << kv_cache << " seed " << seed);
+        const auto fused =
+            SingleTokenLogits(dir.path(), true, eager, kv_cache, 6, config.vocab_size);
+        const auto unfused =
+            SingleTokenLogits(dir.path(), false, eager, kv_cache, 6, config.vocab_size);
+        ASSERT_EQ(fused.size(), 8u);
+        ASSERT_EQ(unfused.size(), fused.size());
+        for (size_t i = 0; i < fused.size(); ++i) {
+          ASSERT_EQ(fused[i].size(), unfused[i].size());
+          EXPECT_EQ(std::memcmp(fused[i].data(), unfused[i].data(), fused[i].size() * 4), 0)
+              << "step " << i;
+        }
+      }
+    }
+  }
 }
 
 TEST(CudaBackendTest, AsyncSchedulingGivesTheSameTokens) {

@@ -160,6 +160,20 @@ class CudaBackend final : public Backend {
   // The same layer with its norms folded into the tensor-core skinny products (steps of up to
   // fused_max_rows_ tokens): no AddRmsNorm or SiluMul kernel between them.
   absl::Status FusedLayer(int l, const StepShape& shape);
+  // The same layer for steps of up to skinny_max_rows_ tokens, every product on the CUDA-core
+  // skinny kernel with the norms, the residual adds, RoPE and the KV append folded into it:
+  // five kernels and the attention's, bitwise the values of Layer.
+  absl::Status SkinnyFusedLayer(int l, const StepShape& shape);
+  template <typename KV>
+  absl::Status SkinnyQkvRopeAppend(int l, const StepShape& shape,
+                                   const kernels::PagedKvView<KV>& cache);
+  // The skinny kernel stages x (m rows of k) in shared memory.
+  static bool SkinnyFits(int m, int k) {
+    return k::SkinnyGemmSharedBytes(m, k, sizeof(T)) <= 200 * 1024;
+  }
+  bool skinny_fused(const StepShape& shape) const {
+    return skinny_fusion_ && shape.num_tokens <= skinny_max_rows_;
+  }
   int NormSumBlocks() const {
     return (config_.hidden_size + kernels::kSkinnyMmaBlockWeightRows - 1) /
            kernels::kSkinnyMmaBlockWeightRows;
@@ -175,9 +189,12 @@ class CudaBackend final : public Backend {
     in.eps = config_.rms_norm_eps;
     return in;
   }
-  absl::Status Attention(int l, const StepShape& shape);
+  // qkv_appended: the QKV product already rotated the queries and appended the keys and values
+  // (SkinnyFusedLayer); otherwise QkvRopeAppend does it first.
+  absl::Status Attention(int l, const StepShape& shape, bool qkv_appended = false);
   template <typename KV>
-  absl::Status AttentionOver(int l, const StepShape& shape, const kernels::PagedKvView<KV>& cache);
+  absl::Status AttentionOver(int l, const StepShape& shape, const kernels::PagedKvView<KV>& cache,
+                             bool qkv_appended);
   absl::Status UploadKvScales(const Checkpoint* checkpoint);
   // y[m, n] = x[m, k] @ w^T + bias; with kSiluGateUp, x = silu(gate) * up of gate_up rows.
   template <typename Out>
@@ -208,9 +225,10 @@ class CudaBackend final : public Backend {
   float* kv_scales_ = nullptr;  // FP8: [layers][k, v][kv_heads]
   int max_tokens_ = 0;
   int skinny_max_rows_ = 0;
-  int fused_max_rows_ = 0;                    // steps of up to this many tokens run FusedLayer
-  k::SkinnyMmaWorkspace skinny_workspace_{};  // Gemm's: one product at a time on the stream
-  std::map<int, cudaGraphExec_t> graphs_;     // by padded batch size
+  bool skinny_fusion_ = false;  // steps of up to skinny_max_rows_ tokens run SkinnyFusedLayer
+  int fused_max_rows_ = 0;      // steps of up to this many tokens run FusedLayer
+  k::SkinnyMmaWorkspace skinny_workspace_{};        // Gemm's: one product at a time on the stream
+  std::map<int, cudaGraphExec_t> graphs_;           // by padded batch size
   std::map<int, cudaGraphExec_t> profiled_graphs_;  // the same, with the profiler's events
   uint64_t graph_bytes_ = 0;
   int logit_rows_ = 0;  // rows of act_.logits computed by the last Forward
@@ -386,24 +404,27 @@ kernels::PagedKvView<KV> CudaBackend<T>::Cache(int l) const {
 }
 
 template <typename T>
-absl::Status CudaBackend<T>::Attention(int l, const StepShape& shape) {
+absl::Status CudaBackend<T>::Attention(int l, const StepShape& shape, bool qkv_appended) {
   if (spec_.cache_dtype == KvCacheDType::kFp8E4M3) {
-    return AttentionOver(l, shape, Cache<__nv_fp8_e4m3>(l));
+    return AttentionOver(l, shape, Cache<__nv_fp8_e4m3>(l), qkv_appended);
   }
-  return AttentionOver(l, shape, Cache<T>(l));
+  return AttentionOver(l, shape, Cache<T>(l), qkv_appended);
 }
 
 template <typename T>
 template <typename KV>
 absl::Status CudaBackend<T>::AttentionOver(int l, const StepShape& shape,
-                                           const kernels::PagedKvView<KV>& cache) {
+                                           const kernels::PagedKvView<KV>& cache,
+                                           bool qkv_appended) {
   const ModelConfig& c = config_;
   const cuda::StepArrays& in = inputs_.device();
   cudaStream_t stream = device_->stream();
   if (profiling_) GQA_CUDA_RETURN_IF_ERROR(profiler_.RecordAttentionBegin(l, stream));
-  GQA_CUDA_RETURN_IF_ERROR(k::QkvRopeAppend<T>(act_.qkv, in.positions, act_.inv_freq, in.slots,
-                                               shape.num_tokens, c.num_heads, act_.q, cache,
-                                               stream));
+  if (!qkv_appended) {
+    GQA_CUDA_RETURN_IF_ERROR(k::QkvRopeAppend<T>(act_.qkv, in.positions, act_.inv_freq, in.slots,
+                                                 shape.num_tokens, c.num_heads, act_.q, cache,
+                                                 stream));
+  }
   const float scale = 1.0f / std::sqrt(float(c.head_dim));
   if (shape.num_decode > 0) {
     k::DecodeAttentionArgs<T, KV> args;
@@ -458,9 +479,7 @@ absl::Status CudaBackend<T>::Linear(const T* input, k::SkinnyInput kind, const v
                                     const void* bias, int m, int n, int k, Out* y) {
   const bool silu = kind == k::SkinnyInput::kSiluGateUp;
   const int stride = silu ? 2 * k : k;
-  // The skinny kernel stages up to 8 rows of x in shared memory.
-  const bool skinny_fits = size_t(k::kSkinnyGemmMaxRows) * k * sizeof(T) <= 200 * 1024;
-  if (m <= skinny_max_rows_ && skinny_fits) {
+  if (m <= skinny_max_rows_ && SkinnyFits(m, k)) {
     return cuda::CudaStatus(
         k::SkinnyGemm<T, Out>(input, stride, kind, static_cast<const T*>(w),
                               static_cast<const T*>(bias), m, n, k, y, device_->stream()),
@@ -542,6 +561,62 @@ absl::Status CudaBackend<T>::FusedLayer(int l, const StepShape& shape) {
 }
 
 template <typename T>
+template <typename KV>
+absl::Status CudaBackend<T>::SkinnyQkvRopeAppend(int l, const StepShape& shape,
+                                                 const kernels::PagedKvView<KV>& cache) {
+  const ModelConfig& c = config_;
+  const cuda::LayerWeights& w = weights_.layer(l);
+  const cuda::StepArrays& in = inputs_.device();
+  k::SkinnyRopeAppend<T, KV> rope;
+  rope.positions = in.positions;
+  rope.inv_freq = act_.inv_freq;
+  rope.slots = in.slots;
+  rope.num_heads = c.num_heads;
+  rope.q_out = act_.q;
+  rope.cache = cache;
+  const int h = c.hidden_size;
+  const k::SkinnyNorm<T> norm{static_cast<const T*>(w.input_norm), c.rms_norm_eps};
+  return cuda::CudaStatus(
+      k::SkinnyGemmRopeAppend<T, KV>(act_.residual, h, norm, static_cast<const T*>(w.qkv),
+                                     static_cast<const T*>(w.qkv_bias), shape.num_tokens,
+                                     c.q_size() + 2 * c.kv_size(), h, rope, device_->stream()),
+      "SkinnyGemmRopeAppend");
+}
+
+template <typename T>
+absl::Status CudaBackend<T>::SkinnyFusedLayer(int l, const StepShape& shape) {
+  const ModelConfig& c = config_;
+  const cuda::LayerWeights& w = weights_.layer(l);
+  const int n = shape.num_tokens, h = c.hidden_size, inter = c.intermediate_size;
+  cudaStream_t stream = device_->stream();
+  auto cast = [](const void* p) { return static_cast<const T*>(p); };
+  constexpr auto kPlain = k::SkinnyInput::kPlain;
+  // The QKV product holds the RoPE and the KV append, so the profiler's attention time (from
+  // Attention) is the attention kernels' alone here.
+  if (spec_.cache_dtype == KvCacheDType::kFp8E4M3) {
+    RETURN_IF_ERROR(SkinnyQkvRopeAppend(l, shape, Cache<__nv_fp8_e4m3>(l)));
+  } else {
+    RETURN_IF_ERROR(SkinnyQkvRopeAppend(l, shape, Cache<T>(l)));
+  }
+  RETURN_IF_ERROR(Attention(l, shape, /*qkv_appended=*/true));
+  GQA_CUDA_RETURN_IF_ERROR(k::SkinnyGemmFused<T>(act_.attn, c.q_size(), kPlain, {}, cast(w.o),
+                                                 cast(w.o_bias), n, h, c.q_size(), nullptr,
+                                                 act_.residual, stream));
+  const k::SkinnyNorm<T> post_norm{cast(w.post_norm), c.rms_norm_eps};
+  GQA_CUDA_RETURN_IF_ERROR(k::SkinnyGemmFused<T>(act_.residual, h, kPlain, post_norm,
+                                                 cast(w.gate_up), cast(w.gate_up_bias), n,
+                                                 2 * inter, h, act_.gate_up, nullptr, stream));
+  GQA_CUDA_RETURN_IF_ERROR(
+      k::SkinnyGemmFused<T>(act_.gate_up, 2 * inter, k::SkinnyInput::kSiluGateUp, {}, cast(w.down),
+                            cast(w.down_bias), n, h, inter, nullptr, act_.residual, stream));
+  if (l + 1 == c.num_layers) {  // the final norm, for the logit rows
+    GQA_CUDA_RETURN_IF_ERROR(k::AddRmsNorm<T>(nullptr, act_.residual, cast(weights_.final_norm()),
+                                              n, h, c.rms_norm_eps, act_.normed, stream));
+  }
+  return absl::OkStatus();
+}
+
+template <typename T>
 absl::Status CudaBackend<T>::Launch(const StepShape& shape) {
   const ModelConfig& c = config_;
   const cuda::StepArrays& in = inputs_.device();
@@ -550,11 +625,15 @@ absl::Status CudaBackend<T>::Launch(const StepShape& shape) {
   GQA_CUDA_RETURN_IF_ERROR(inputs_.UpdateTables(shape, spec_.block_size, stream, act_.sampled));
   GQA_CUDA_RETURN_IF_ERROR(k::EmbeddingGather<T>(static_cast<const T*>(weights_.embed()),
                                                  in.token_ids, n, h, act_.residual, stream));
-  GQA_CUDA_RETURN_IF_ERROR(k::AddRmsNorm<T>(nullptr, act_.residual,
-                                            static_cast<const T*>(weights_.layer(0).input_norm), n,
-                                            h, c.rms_norm_eps, act_.normed, stream));
-  for (int l = 0; l < c.num_layers; ++l) {
-    RETURN_IF_ERROR(fused(shape) ? FusedLayer(l, shape) : Layer(l, shape));
+  if (skinny_fused(shape)) {  // each layer normalises its own input
+    for (int l = 0; l < c.num_layers; ++l) RETURN_IF_ERROR(SkinnyFusedLayer(l, shape));
+  } else {
+    GQA_CUDA_RETURN_IF_ERROR(k::AddRmsNorm<T>(nullptr, act_.residual,
+                                              static_cast<const T*>(weights_.layer(0).input_norm),
+                                              n, h, c.rms_norm_eps, act_.normed, stream));
+    for (int l = 0; l < c.num_layers; ++l) {
+      RETURN_IF_ERROR(fused(shape) ? FusedLayer(l, shape) : Layer(l, shape));
+    }
   }
   // The wanted rows only, then the vocabulary projection in fp32.
   GQA_CUDA_RETURN_IF_ERROR(k::EmbeddingGather<T>(act_.normed, in.logit_rows, shape.num_logit_rows,
@@ -674,6 +753,10 @@ absl::Status CudaBackend<T>::Init(const Checkpoint* checkpoint) {
   skinny_max_rows_ = options_.backend.deterministic
                          ? 0
                          : std::clamp(options_.cuda.skinny_gemm_max_rows, 0, k::kSkinnyGemmMaxRows);
+  // Every product of a layer must fit the skinny kernel for the fused layer.
+  skinny_fusion_ = options_.cuda.skinny_fusion && skinny_max_rows_ > 0 &&
+                   SkinnyFits(skinny_max_rows_, std::max(c.hidden_size, c.intermediate_size)) &&
+                   SkinnyFits(skinny_max_rows_, c.q_size());
   spec_ = KvCacheSpec{
       options_.cache.block_size, 0, c.num_kv_heads, c.head_dim, c.num_layers, options_.dtype,
       options_.kv_cache_dtype};

@@ -15,9 +15,17 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "gqa/kernels/paged_kv.h"
+
 namespace gqa::kernels::cuda {
 
 constexpr int kSkinnyGemmMaxRows = 8;
+
+// The x rows the kernel is compiled for (1, 2, 4 or 8) and the shared memory it stages x in.
+constexpr int SkinnyGemmRowBucket(int m) { return m == 1 ? 1 : m == 2 ? 2 : m <= 4 ? 4 : 8; }
+constexpr size_t SkinnyGemmSharedBytes(int m, int k, size_t element_bytes) {
+  return size_t(SkinnyGemmRowBucket(m)) * size_t(k) * element_bytes;
+}
 
 enum class SkinnyInput {
   kPlain,       // x[r] = input[r, 0:k]
@@ -33,6 +41,52 @@ cudaError_t SkinnyGemm(const T* input,  // [m, input_stride]
                        int m, int n, int k,
                        Out* y,  // [m, n]
                        cudaStream_t stream);
+
+// RMS-normalise each x row while staging it, bitwise as AddRmsNorm(nullptr, x, weight, ...)
+// computes it: x'[r, c] = T(weight[c] * (x[r, c] * rsqrt(sum of squares of x[r] / k + eps))).
+template <typename T>
+struct SkinnyNorm {
+  const T* weight = nullptr;  // [k]; null: no norm
+  float eps = 0.0f;
+};
+
+// SkinnyGemm with the decode layer's seams folded in, for steps of a token or a few (where every
+// product of a layer runs this kernel), each bitwise what the separate kernels compute:
+// - norm: x is the residual stream, normalised as SkinnyNorm says (kPlain input only);
+// - residual (instead of y): residual[r, c] = T(residual[r, c] + T(y[r, c])), AddRmsNorm's add.
+// Exactly one of y and residual is non-null.
+template <typename T>
+cudaError_t SkinnyGemmFused(const T* input,  // [m, input_stride]
+                            int input_stride, SkinnyInput input_kind, const SkinnyNorm<T>& norm,
+                            const T* w,     // [n, k]
+                            const T* bias,  // [n] or nullptr
+                            int m, int n, int k,
+                            T* y,         // [m, n] or nullptr
+                            T* residual,  // [m, n] or nullptr
+                            cudaStream_t stream);
+
+// The fused Q|K|V product with QkvRopeAppend's work in its epilogue (bitwise the same values):
+// each warp computes a rotation pair of weight rows (i and i + head_dim / 2 of one head), rotates
+// query and key pairs by positions[t] * inv_freq[i], and writes queries to q_out and keys and
+// values to their cache slots (slot < 0: padding, skipped; FP8: quantised with the head's scale).
+template <typename T, typename KV>
+struct SkinnyRopeAppend {
+  const int32_t* positions = nullptr;  // [m], device memory
+  const float* inv_freq = nullptr;     // [head_dim / 2], device memory
+  const int64_t* slots = nullptr;      // [m], device memory
+  int num_heads = 0;                   // query heads
+  T* q_out = nullptr;                  // [m, num_heads, head_dim]
+  PagedKvView<KV> cache;
+};
+
+// n must be (num_heads + 2 num_kv_heads) x head_dim, head_dim even.
+template <typename T, typename KV>
+cudaError_t SkinnyGemmRopeAppend(const T* input,  // [m, input_stride]
+                                 int input_stride, const SkinnyNorm<T>& norm,
+                                 const T* w,     // [n, k]
+                                 const T* bias,  // [n] or nullptr
+                                 int m, int n, int k, const SkinnyRopeAppend<T, KV>& rope,
+                                 cudaStream_t stream);
 
 // Scratch of SkinnyMmaGemm, sized by the caller for every product it runs (skinny_mma_plan.h:
 // SkinnyMmaPartialFloats, SkinnyMmaCounters); one product at a time on a stream.
