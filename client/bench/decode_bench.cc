@@ -389,6 +389,7 @@ int DecodeBenchMain(int argc, char** argv) {
   int tensor_core_max_rows = CudaOptions().tensor_core_gemm_max_rows;
   int fused_max_rows = CudaOptions().fused_norm_max_rows;
   bool skinny_fusion = CudaOptions().skinny_fusion;
+  bool programmatic_attention = CudaOptions().programmatic_attention;
   for (int i = 2; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--peer" && i + 1 < argc) peer = argv[++i];
@@ -410,6 +411,9 @@ int DecodeBenchMain(int argc, char** argv) {
     }
     if (arg == "--fused_max_rows" && i + 1 < argc) fused_max_rows = std::atoi(argv[++i]);
     if (arg == "--skinny_fusion" && i + 1 < argc) skinny_fusion = std::string(argv[++i]) != "off";
+    if (arg == "--programmatic_attention" && i + 1 < argc) {
+      programmatic_attention = std::string(argv[++i]) != "off";
+    }
     char model[8];
     Row r;
     if (arg == "--only" && i + 1 < argc &&
@@ -461,6 +465,7 @@ int DecodeBenchMain(int argc, char** argv) {
     o.cuda.tensor_core_gemm_max_rows = tensor_core_max_rows;
     o.cuda.fused_norm_max_rows = fused_max_rows;
     o.cuda.skinny_fusion = skinny_fusion;
+    o.cuda.programmatic_attention = programmatic_attention;
     // The FP8 timings first (when asked), from their own backend: one holds the card at a time.
     std::vector<Timing> fp8_timings;
     if (fp8) {

@@ -365,11 +365,18 @@ cudaError_t LaunchDecode(const DecodeAttentionArgs<T, KV>& args, const DecodeKer
   float* partial_lse = partial_out ? partial_out + rows * D : nullptr;
   if (choice.num_splits > 1 && partial_out == nullptr) return cudaErrorInvalidValue;
   const dim3 grid(choice.num_splits, num_kv_heads, args.num_seqs);
-  // A plain launch: launched after the previous kernel (QkvRopeAppend) with programmatic
-  // serialization, MQA decode steps ran 20% slower on an H100 (its WaitForPrevious calls then
-  // return at once).
-  DecodeKernel<T, KV, D, QT, W, S, NK><<<grid, Layout::kThreads, kSmem, stream>>>(
-      args, group, choice.split_tokens, choice.num_splits, partial_out, partial_lse);
+  // A plain launch unless asked (DecodeAttentionArgs::after_previous says when it pays).
+  if (args.after_previous) {
+    if (const cudaError_t e = LaunchAfterPrevious(
+            DecodeKernel<T, KV, D, QT, W, S, NK>, grid, dim3(Layout::kThreads), kSmem, stream, args,
+            group, choice.split_tokens, choice.num_splits, partial_out, partial_lse);
+        e != cudaSuccess) {
+      return e;
+    }
+  } else {
+    DecodeKernel<T, KV, D, QT, W, S, NK><<<grid, Layout::kThreads, kSmem, stream>>>(
+        args, group, choice.split_tokens, choice.num_splits, partial_out, partial_lse);
+  }
   if (choice.num_splits == 1) return cudaGetLastError();
   // Programmatic dependent launch (Hopper): the merge grid is scheduled while the decode grid
   // runs and starts the moment it completes, instead of after a full launch gap.

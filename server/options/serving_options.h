@@ -78,6 +78,9 @@ struct CudaOptions {
   // the skinny products with the RMSNorms, the residual adds, RoPE and the KV append folded
   // into them (bitwise the unfused values); off: separate norm and RoPE/append kernels.
   bool skinny_fusion = true;
+  // In those steps, launch the decode attention kernel with programmatic serialization after
+  // the QKV product (its prologue overlaps the product's end).
+  bool programmatic_attention = true;
   // Decode products of up to this many rows (at most 64) also time the tensor-core skinny
   // kernel against cuBLASLt's candidates at startup and run it where it is faster (not in
   // deterministic mode); 0: cuBLASLt only. Off: on an H200 it lost to cuBLASLt on every 1B

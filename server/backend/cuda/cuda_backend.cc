@@ -437,6 +437,8 @@ absl::Status CudaBackend<T>::AttentionOver(int l, const StepShape& shape,
     args.scale = scale;
     args.workspace = act_.decode_workspace;
     args.window = c.attention_window();
+    // After the skinny QKV product, which lets the next kernel start only at its end.
+    args.after_previous = qkv_appended && options_.cuda.programmatic_attention;
     GQA_CUDA_RETURN_IF_ERROR(
         k::PagedDecodeAttention<T>(args, DecodeChoice(shape.num_decode), stream));
   }

@@ -45,6 +45,11 @@ struct DecodeAttentionArgs {
   // cache blocks wholly before it are not read. The splits of `choice` then cover the window
   // from its first 16-token tile (size them with DecodeKeysPerQuery).
   int window = 0;
+  // Launch with programmatic serialization (pdl.cuh): the blocks may start, read the lengths and
+  // block ids and prefetch, while the kernel before finishes. Worth it after a kernel that lets
+  // its dependents start only at its end (the skinny QKV product); after one that does so at its
+  // start (QkvRopeAppend), waiting blocks held the multiprocessors and MQA steps ran 20% slower.
+  bool after_previous = false;
 };
 
 // Launches the kernel `choice` names (from SelectDecodeKernel for the same shape and cache
