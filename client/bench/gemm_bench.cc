@@ -5,9 +5,9 @@
 // bandwidth measured in the same run).
 //
 // With --variants, each row is followed by the tensor-core kernel's tuning variants
-// (gqa/kernels/skinny_mma_tuning_cuda.h): one line per register ring depth, microseconds per
-// call at the plan's splits and at 1, 2, 4, 8 and 16 splits forced ("-" where the workspace
-// holds no such cut), so one GPU run picks the defaults.
+// (gqa/kernels/skinny_mma_tuning_cuda.h): one line per variant (register ring depth, 16-row
+// weight tiles per warp), microseconds per call at the plan's splits and at 1, 2, 4, 8 and 16
+// splits forced ("-" where the workspace holds no such cut), so one GPU run picks the defaults.
 //
 // Each method runs 30 times back to back on the stream (as a step's kernels follow each other),
 // each call on another copy of the weight so that L2 (50-60 MB) never serves it; the time is the
@@ -74,16 +74,17 @@ double MeanUs(cudaStream_t stream, int copies, const std::function<cudaError_t(i
   return ms * 1000 / kCalls;
 }
 
-// One line per ring depth: the tuned kernel's microseconds per call at each cut.
+// One line per variant: the tuned kernel's microseconds per call at each cut.
 void VariantRows(const Product& p, int m, cudaStream_t stream, int copies,
                  const std::function<const T*(int)>& w, const T* x, T* y,
                  const k::SkinnyMmaWorkspace& workspace) {
   constexpr int kSplits[] = {0, 1, 2, 4, 8, 16};
-  std::printf("%-11s %3d variants: ring (default %d) | us at splits plan(%d) 1 2 4 8 16\n", p.name,
-              m, k::SkinnyMmaDefaultRingStages(m),
+  const k::SkinnyMmaVariant d = k::SkinnyMmaDefaultVariant(m);
+  std::printf("%-11s %3d variants (default ring %d tiles %d) | us at splits plan(%d) 1 2 4 8 16\n",
+              p.name, m, d.ring_stages, d.row_tiles,
               kernels::PlanSkinnyMma(m, p.n, p.k, workspace.sm_count).splits);
-  for (int ring : k::kSkinnyMmaRingChoices) {
-    std::printf("%-11s %3d ring %d |", p.name, m, ring);
+  for (const k::SkinnyMmaVariant& variant : k::kSkinnyMmaVariants) {
+    std::printf("%-11s %3d ring %d tiles %d |", p.name, m, variant.ring_stages, variant.row_tiles);
     for (int splits : kSplits) {
       const kernels::SkinnyMmaPlan plan =
           splits > 0 ? kernels::SkinnyMmaPlanOfSplits(p.n, p.k, splits)
@@ -93,7 +94,7 @@ void VariantRows(const Product& p, int m, cudaStream_t stream, int copies,
         std::printf(" %7s", "-");
         continue;
       }
-      const k::SkinnyMmaTuning tuning{ring, splits};
+      const k::SkinnyMmaTuning tuning{variant, splits};
       std::printf(" %7.1f", MeanUs(stream, copies, [&](int c) {
                     return k::SkinnyMmaGemmTuned<T>(x, p.k, w(c), nullptr, m, p.n, p.k, y, tuning,
                                                     workspace, stream);

@@ -1,10 +1,13 @@
 // Tensor-core skinny products: see skinny_gemm_cuda.h and gqa/kernels/skinny_mma_plan.h.
 //
-// Block (4 warps) = 64 weight rows x one k range (a split); warp w owns weight rows 16w..16w+15
-// of the block and every x row of the bucket (8 x kTiles). The weights go straight from memory
-// into registers: each lane keeps a ring of kRing stages (64 k each, four 16-byte loads per
-// stage) in flight, the loop unrolled by kRing so that every ring slot is a register, and slot j
-// is refilled with the stage kRing further on as soon as its products are issued. The first
+// Block (4 warps) = kRowTiles row blocks of 64 weight rows x one k range (a split); warp w owns
+// weight rows 16w..16w+15 of each of the block's row blocks and every x row of the bucket
+// (8 x kTiles), each x fragment it reads multiplied with all kRowTiles of its weight tiles. The
+// weights go straight from memory into registers: each lane keeps a ring of kRing stages (64 k
+// each, four 16-byte loads per stage and row tile) in flight, the loop unrolled by kRing so that
+// every ring slot is a register, and slot j is refilled with the stage kRing further on as soon
+// as its products are issued. Partial sums, split counters and sums of squares stay per row
+// block of 64 rows (the plan's), a block of two using the counter of its first. The first
 // kRing stages are issued before the kernel waits for the kernels before it (weights never
 // depend on them). The loop meets no barrier for the weights; x alone goes through shared
 // memory, in windows of several stages (the split's whole k range when it fits in
@@ -21,7 +24,9 @@
 // 2p and 2p + 1, chunks q) hit 8 distinct bank groups.
 #include <algorithm>
 #include <cstdint>
+#include <iterator>
 #include <type_traits>
+#include <utility>
 
 #include "gqa/kernels/skinny_gemm_cuda.h"
 #include "gqa/kernels/skinny_mma_plan.h"
@@ -45,7 +50,20 @@ static_assert(kRows == kWarps * 16 && kChunks == 8);
 // the kernel under 170 registers (ptxas: 168 at 8-16 rows with 6, 158-162 at 32-64 rows with 4)
 // so that three blocks fit a multiprocessor and a split plan's ~2 per multiprocessor all run in
 // one wave; 8 at 8 rows takes 212 registers (two blocks), a second wave for 288 blocks.
-constexpr int DefaultRing(int tiles) { return tiles <= 2 ? 6 : 4; }
+// One row tile per warp (64 weight rows per block) until a GPU run says otherwise.
+constexpr SkinnyMmaVariant DefaultVariant(int tiles) { return {tiles <= 2 ? 6 : 4, 1}; }
+
+// f(ring, row_tiles) for every variant of kSkinnyMmaVariants, as std::integral_constants.
+template <typename F, size_t... I>
+void ForEachVariant(F&& f, std::index_sequence<I...>) {
+  (f(std::integral_constant<int, kSkinnyMmaVariants[I].ring_stages>{},
+     std::integral_constant<int, kSkinnyMmaVariants[I].row_tiles>{}),
+   ...);
+}
+template <typename F>
+void ForEachVariant(F&& f) {
+  ForEachVariant(f, std::make_index_sequence<std::size(kSkinnyMmaVariants)>{});
+}
 
 __device__ __forceinline__ int Swizzled(int row, int chunk) {
   return row * kChunks + (chunk ^ ((row & 1) << 2));
@@ -58,7 +76,8 @@ struct Args {
   const T* w;     // [n, k]
   const T* bias;  // [n] or nullptr
   int m, n, k;
-  Out* y;  // [m, n]
+  Out* y;          // [m, n]
+  int row_blocks;  // of kRows weight rows (a block takes kRowTiles of them)
   int splits, stages_per_split;
   int window_stages;  // x stages per shared window
   float* partials;    // [splits][row blocks][kRows][8 kTiles] when splits > 1
@@ -146,22 +165,30 @@ __device__ __forceinline__ void InverseRms(const float* sums, int blocks, int m,
   }
 }
 
-// acc[t] += this warp's 16 weight rows (this lane's part of them in w, as LoadWeightStage
-// leaves it) x x-row tile t over one stage (64 k) of x in shared memory.
-template <typename T, int kTiles>
-__device__ __forceinline__ void MultiplyStage(const uint4 (&w)[4], const uint4* x_stage, int lane,
-                                              float (&acc)[kTiles][4]) {
+// acc[r][t] += this warp's 16 weight rows of row tile r (this lane's part of them in w[r], as
+// LoadWeightStage leaves it) x x-row tile t over one stage (64 k) of x in shared memory; each x
+// fragment read once for all row tiles.
+template <typename T, int kTiles, int kRowTiles>
+__device__ __forceinline__ void MultiplyStage(const uint4 (&w)[kRowTiles][4], const uint4* x_stage,
+                                              int lane, float (&acc)[kRowTiles][kTiles][4]) {
   const int g = lane / 4, q = lane % 4;
 #pragma unroll
   for (int slice = 0; slice < 2; ++slice) {
-    const uint4 lo = w[2 * slice], hi = w[2 * slice + 1];
-    const uint32_t a0[4] = {lo.x, hi.x, lo.y, hi.y};
-    const uint32_t a1[4] = {lo.z, hi.z, lo.w, hi.w};
+    uint32_t a0[kRowTiles][4], a1[kRowTiles][4];
+#pragma unroll
+    for (int r = 0; r < kRowTiles; ++r) {
+      const uint4 lo = w[r][2 * slice], hi = w[r][2 * slice + 1];
+      a0[r][0] = lo.x, a0[r][1] = hi.x, a0[r][2] = lo.y, a0[r][3] = hi.y;
+      a1[r][0] = lo.z, a1[r][1] = hi.z, a1[r][2] = lo.w, a1[r][3] = hi.w;
+    }
 #pragma unroll
     for (int t = 0; t < kTiles; ++t) {
       const uint4 b = x_stage[Swizzled(t * 8 + g, slice * 4 + q)];
-      Mma<T>(acc[t], a0, b.x, b.y);
-      Mma<T>(acc[t], a1, b.z, b.w);
+#pragma unroll
+      for (int r = 0; r < kRowTiles; ++r) {
+        Mma<T>(acc[r][t], a0[r], b.x, b.y);
+        Mma<T>(acc[r][t], a1[r], b.z, b.w);
+      }
     }
   }
 }
@@ -175,13 +202,14 @@ __device__ __forceinline__ int PartialIndex(int warp, int lane, int t, int e) {
   return row * (8 * kTiles) + col;
 }
 
-// The block's sums of squares of its new residual columns, per x row, into
+// The sums of squares of a row block's new residual columns, per x row, into
 // sums[row block][kSkinnyMmaMaxRows] (lanes of one q hold the same x rows: add over g, then over
 // the warps in order).
 template <int kTiles>
 __device__ __forceinline__ void StoreSquareSums(float (&sq)[kTiles][2], int warp, int lane,
-                                                float* sums) {
+                                                int row_block, float* sums) {
   __shared__ float per_warp[kWarps][8 * kTiles];
+  __syncthreads();  // the row block before (a block of two row tiles) read per_warp
 #pragma unroll
   for (int t = 0; t < kTiles; ++t) {
 #pragma unroll
@@ -198,14 +226,16 @@ __device__ __forceinline__ void StoreSquareSums(float (&sq)[kTiles][2], int warp
     float sum = 0.0f;
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) sum += per_warp[w][threadIdx.x];
-    sums[blockIdx.x * kSkinnyMmaMaxRows + threadIdx.x] = sum;
+    sums[row_block * kSkinnyMmaMaxRows + threadIdx.x] = sum;
   }
 }
 
+// Row block row_block's results (this thread's in acc) into y, or added into the residual.
 template <typename T, typename Out, int kTiles>
-__device__ __forceinline__ void StoreResults(const Args<T, Out>& a, int row0, int warp, int lane,
-                                             const float (&acc)[kTiles][4]) {
+__device__ __forceinline__ void StoreResults(const Args<T, Out>& a, int row_block, int warp,
+                                             int lane, const float (&acc)[kTiles][4]) {
   T* residual = a.fusion.residual;
+  const int row0 = row_block * kRows;
   float sq[kTiles][2] = {};  // squares of the new residual, x rows 8t + 2q (+1)
 #pragma unroll
   for (int t = 0; t < kTiles; ++t) {
@@ -228,42 +258,62 @@ __device__ __forceinline__ void StoreResults(const Args<T, Out>& a, int row0, in
       a.y[at] = FromFloat<Out>(acc[t][e] + b);
     }
   }
-  if (residual) StoreSquareSums<kTiles>(sq, warp, lane, a.fusion.norm_sums_out);
+  if (residual) StoreSquareSums<kTiles>(sq, warp, lane, row_block, a.fusion.norm_sums_out);
 }
 
-// Splits: every block stores its partial tile; the last of a row block to arrive adds the
-// tiles in split order (its own from registers) and stores the result.
-template <typename T, typename Out, int kTiles>
-__device__ __forceinline__ void ReduceSplits(const Args<T, Out>& a, int row0, int warp, int lane,
-                                             float (&acc)[kTiles][4]) {
+// The row blocks of this block (kRowTiles from blockIdx.x kRowTiles, those below row_blocks).
+template <typename T, typename Out, int kRowTiles>
+__device__ __forceinline__ int RowTilesHere(const Args<T, Out>& a) {
+  return min(kRowTiles, a.row_blocks - int(blockIdx.x) * kRowTiles);
+}
+
+// Splits: every block stores its partial tiles; the last of a row block range to arrive (one
+// counter per block, at its first row block) adds the tiles in split order (its own from
+// registers) and stores the result.
+template <typename T, typename Out, int kTiles, int kRowTiles>
+__device__ __forceinline__ void ReduceSplits(const Args<T, Out>& a, int warp, int lane,
+                                             const float (&acc)[kRowTiles][kTiles][4]) {
   constexpr int kTileFloats = kRows * 8 * kTiles;
-  const int split = blockIdx.y, row_block = blockIdx.x;
-  float* mine = a.partials + (size_t(split) * gridDim.x + row_block) * kTileFloats;
+  const int split = blockIdx.y, first_block = blockIdx.x * kRowTiles;
+  const int tiles = RowTilesHere<T, Out, kRowTiles>(a);
+  auto tile_of = [&](int s, int r) {
+    return a.partials + (size_t(s) * a.row_blocks + first_block + r) * kTileFloats;
+  };
 #pragma unroll
-  for (int t = 0; t < kTiles; ++t) {
+  for (int r = 0; r < kRowTiles; ++r) {
+    if (r >= tiles) break;
+    float* mine = tile_of(split, r);
 #pragma unroll
-    for (int e = 0; e < 4; ++e) mine[PartialIndex<kTiles>(warp, lane, t, e)] = acc[t][e];
+    for (int t = 0; t < kTiles; ++t) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) mine[PartialIndex<kTiles>(warp, lane, t, e)] = acc[r][t][e];
+    }
   }
   __threadfence();
   __syncthreads();
   __shared__ int arrived_before;
-  if (threadIdx.x == 0) arrived_before = atomicAdd(a.counters + row_block, 1);
+  if (threadIdx.x == 0) arrived_before = atomicAdd(a.counters + first_block, 1);
   __syncthreads();
   if (arrived_before != a.splits - 1) return;
   __threadfence();
-  float sum[kTiles][4] = {};
-  for (int s = 0; s < a.splits; ++s) {
-    const float* tile = a.partials + (size_t(s) * gridDim.x + row_block) * kTileFloats;
 #pragma unroll
-    for (int t = 0; t < kTiles; ++t) {
+  for (int r = 0; r < kRowTiles; ++r) {
+    if (r >= tiles) break;
+    float sum[kTiles][4] = {};
+    for (int s = 0; s < a.splits; ++s) {
+      const float* tile = tile_of(s, r);
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        sum[t][e] += s == split ? acc[t][e] : __ldcg(tile + PartialIndex<kTiles>(warp, lane, t, e));
+      for (int t = 0; t < kTiles; ++t) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          sum[t][e] +=
+              s == split ? acc[r][t][e] : __ldcg(tile + PartialIndex<kTiles>(warp, lane, t, e));
+        }
       }
     }
+    StoreResults<T, Out, kTiles>(a, first_block + r, warp, lane, sum);
   }
-  if (threadIdx.x == 0) a.counters[row_block] = 0;
-  StoreResults<T, Out, kTiles>(a, row0, warp, lane, sum);
+  if (threadIdx.x == 0) a.counters[first_block] = 0;
 }
 
 // Shared x windows of a block's split (stages [first, first + count)): window v holds stages
@@ -318,7 +368,7 @@ __device__ __forceinline__ const uint4* BeginWindow(const Args<T, Out>& a, int f
   return window;
 }
 
-template <typename T, typename Out, int kTiles, int kRing>
+template <typename T, typename Out, int kTiles, int kRing, int kRowTiles>
 __global__ void __launch_bounds__(kThreads) SkinnyMmaKernel(const Args<T, Out> a) {
   constexpr int kStageChunks = 8 * kTiles * kChunks;  // x chunks per stage
   extern __shared__ uint4 smem[];  // x windows: [1 or 2][window_stages][kStageChunks] (x2 gate|up)
@@ -327,15 +377,27 @@ __global__ void __launch_bounds__(kThreads) SkinnyMmaKernel(const Args<T, Out> a
   const int total_stages = (a.k + kStageK - 1) / kStageK;
   const int first = blockIdx.y * a.stages_per_split;
   const int count = min(a.stages_per_split, total_stages - first);
-  const int row0 = blockIdx.x * kRows;
-  const int lo_row = row0 + warp * 16 + lane / 4, hi_row = lo_row + 8;
-  const T* lo = a.w + size_t(min(lo_row, a.n - 1)) * a.k;  // [k] weight row g of the warp
-  const T* hi = a.w + size_t(min(hi_row, a.n - 1)) * a.k;  // [k] weight row g + 8
-  auto load_weights = [&](int i, uint4(&w)[4]) {
-    LoadWeightStage(lo, hi, lo_row < a.n, hi_row < a.n, a.k, (first + i) * kStageK, lane % 4, w);
+  // Row tile r of the block: weight rows (blockIdx.x kRowTiles + r) kRows + 16 warp + g (+ 8).
+  const T* lo[kRowTiles];  // [k] weight row g of the warp's 16 in row tile r
+  const T* hi[kRowTiles];  // [k] weight row g + 8
+  bool lo_valid[kRowTiles], hi_valid[kRowTiles];
+#pragma unroll
+  for (int r = 0; r < kRowTiles; ++r) {
+    const int lo_row = (blockIdx.x * kRowTiles + r) * kRows + warp * 16 + lane / 4;
+    lo[r] = a.w + size_t(min(lo_row, a.n - 1)) * a.k;
+    hi[r] = a.w + size_t(min(lo_row + 8, a.n - 1)) * a.k;
+    lo_valid[r] = lo_row < a.n;
+    hi_valid[r] = lo_row + 8 < a.n;
+  }
+  auto load_weights = [&](int i, uint4(&w)[kRowTiles][4]) {
+#pragma unroll
+    for (int r = 0; r < kRowTiles; ++r) {
+      LoadWeightStage(lo[r], hi[r], lo_valid[r], hi_valid[r], a.k, (first + i) * kStageK, lane % 4,
+                      w[r]);
+    }
   };
 
-  uint4 ring[kRing][4];  // stage i in slot i % kRing
+  uint4 ring[kRing][kRowTiles][4];  // stage i in slot i % kRing
 #pragma unroll
   for (int j = 0; j < kRing; ++j) {
     if (j < count) load_weights(j, ring[j]);
@@ -347,7 +409,7 @@ __global__ void __launch_bounds__(kThreads) SkinnyMmaKernel(const Args<T, Out> a
                inv_rms);
   }
 
-  float acc[kTiles][4] = {};
+  float acc[kRowTiles][kTiles][4] = {};
   const uint4* window = nullptr;
   int v = 0, in_window = 0;  // window, stage within it
   for (int base = 0; base < count; base += kRing) {
@@ -356,7 +418,7 @@ __global__ void __launch_bounds__(kThreads) SkinnyMmaKernel(const Args<T, Out> a
       const int i = base + j;
       if (i >= count) break;
       if (in_window == 0) window = BeginWindow<T, Out, kTiles>(a, first, count, v, smem, inv_rms);
-      MultiplyStage<T, kTiles>(ring[j], window + in_window * kStageChunks, lane, acc);
+      MultiplyStage<T, kTiles, kRowTiles>(ring[j], window + in_window * kStageChunks, lane, acc);
       if (i + kRing < count) load_weights(i + kRing, ring[j]);
       if (++in_window == a.window_stages) {
         in_window = 0;
@@ -366,14 +428,18 @@ __global__ void __launch_bounds__(kThreads) SkinnyMmaKernel(const Args<T, Out> a
   }
   AllowNext();
   if (a.splits > 1) {
-    ReduceSplits<T, Out, kTiles>(a, row0, warp, lane, acc);
-  } else {
-    StoreResults<T, Out, kTiles>(a, row0, warp, lane, acc);
+    ReduceSplits<T, Out, kTiles, kRowTiles>(a, warp, lane, acc);
+    return;
+  }
+  const int tiles = RowTilesHere<T, Out, kRowTiles>(a);
+#pragma unroll
+  for (int r = 0; r < kRowTiles; ++r) {
+    if (r < tiles) StoreResults<T, Out, kTiles>(a, blockIdx.x * kRowTiles + r, warp, lane, acc[r]);
   }
 }
 
-template <typename T, typename Out, int kTiles, int kRing>
-cudaError_t Launch(Args<T, Out> a, int row_blocks, cudaStream_t stream) {
+template <typename T, typename Out, int kTiles, int kRing, int kRowTiles>
+cudaError_t Launch(Args<T, Out> a, cudaStream_t stream) {
   // Windows of at most kWindowBytes, as even as whole stages allow; two buffers when a split
   // has more than one.
   const int stage_bytes = 8 * kTiles * kChunks * 16 * (a.fusion.silu_gate_up ? 2 : 1);
@@ -381,40 +447,37 @@ cudaError_t Launch(Args<T, Out> a, int row_blocks, cudaStream_t stream) {
   const int windows = (a.stages_per_split + most - 1) / most;
   a.window_stages = (a.stages_per_split + windows - 1) / windows;
   const int smem = (windows > 1 ? 2 : 1) * a.window_stages * stage_bytes;
-  if (const cudaError_t e = AllowDynamicSmem<SkinnyMmaKernel<T, Out, kTiles, kRing>>(smem);
-      e != cudaSuccess) {
-    return e;
-  }
-  return LaunchAfterPrevious(SkinnyMmaKernel<T, Out, kTiles, kRing>, dim3(row_blocks, a.splits),
-                             dim3(kThreads), smem, stream, a);
+  constexpr auto kKernel = SkinnyMmaKernel<T, Out, kTiles, kRing, kRowTiles>;
+  if (const cudaError_t e = AllowDynamicSmem<kKernel>(smem); e != cudaSuccess) return e;
+  const int blocks = (a.row_blocks + kRowTiles - 1) / kRowTiles;
+  return LaunchAfterPrevious(kKernel, dim3(blocks, a.splits), dim3(kThreads), smem, stream, a);
 }
 
-// kEveryRing: the kernels of every ring depth in kSkinnyMmaRingChoices (the tuned entry);
+// kEveryVariant: the kernels of every variant in kSkinnyMmaVariants (the tuned entry);
 // otherwise only the default's.
-template <typename T, typename Out, int kTiles, bool kEveryRing>
-cudaError_t LaunchRing(const Args<T, Out>& a, int row_blocks, int ring, cudaStream_t stream) {
-  constexpr int kDefault = DefaultRing(kTiles);
-  if (ring == 0) ring = kDefault;
-  if constexpr (kEveryRing) {
-    switch (ring) {
-      case 2:
-        return Launch<T, Out, kTiles, 2>(a, row_blocks, stream);
-      case 4:
-        return Launch<T, Out, kTiles, 4>(a, row_blocks, stream);
-      case 6:
-        return Launch<T, Out, kTiles, 6>(a, row_blocks, stream);
-      case 8:
-        return Launch<T, Out, kTiles, 8>(a, row_blocks, stream);
-      default:
-        return cudaErrorInvalidValue;
-    }
+template <typename T, typename Out, int kTiles, bool kEveryVariant>
+cudaError_t LaunchVariant(const Args<T, Out>& a, SkinnyMmaVariant variant, cudaStream_t stream) {
+  constexpr SkinnyMmaVariant kDefault = DefaultVariant(kTiles);
+  if (variant.ring_stages == 0) variant.ring_stages = kDefault.ring_stages;
+  if (variant.row_tiles == 0) variant.row_tiles = kDefault.row_tiles;
+  if constexpr (kEveryVariant) {
+    cudaError_t result = cudaErrorInvalidValue;
+    ForEachVariant([&](auto ring, auto row_tiles) {
+      constexpr int kRing = decltype(ring)::value, kRowTiles = decltype(row_tiles)::value;
+      if (variant.ring_stages == kRing && variant.row_tiles == kRowTiles) {
+        result = Launch<T, Out, kTiles, kRing, kRowTiles>(a, stream);
+      }
+    });
+    return result;
   } else {
-    if (ring != kDefault) return cudaErrorInvalidValue;
-    return Launch<T, Out, kTiles, kDefault>(a, row_blocks, stream);
+    if (variant.ring_stages != kDefault.ring_stages || variant.row_tiles != kDefault.row_tiles) {
+      return cudaErrorInvalidValue;
+    }
+    return Launch<T, Out, kTiles, kDefault.ring_stages, kDefault.row_tiles>(a, stream);
   }
 }
 
-template <typename T, typename Out, bool kEveryRing = false>
+template <typename T, typename Out, bool kEveryVariant = false>
 cudaError_t Dispatch(const T* x, int x_stride, const T* w, const T* bias, int m, int n, int k,
                      Out* y, const SkinnyMmaFusion<T>& fusion, const SkinnyMmaWorkspace& workspace,
                      cudaStream_t stream, const SkinnyMmaTuning& tuning = {}) {
@@ -436,22 +499,22 @@ cudaError_t Dispatch(const T* x, int x_stride, const T* w, const T* bias, int m,
                  n,
                  k,
                  y,
+                 plan.row_blocks,
                  plan.splits,
                  plan.stages_per_split,
                  0,
                  workspace.partials,
                  workspace.counters,
                  fusion};
-  const int ring = tuning.ring_stages;
   switch (SkinnyMmaRowBucket(m)) {
     case 8:
-      return LaunchRing<T, Out, 1, kEveryRing>(a, plan.row_blocks, ring, stream);
+      return LaunchVariant<T, Out, 1, kEveryVariant>(a, tuning.variant, stream);
     case 16:
-      return LaunchRing<T, Out, 2, kEveryRing>(a, plan.row_blocks, ring, stream);
+      return LaunchVariant<T, Out, 2, kEveryVariant>(a, tuning.variant, stream);
     case 32:
-      return LaunchRing<T, Out, 4, kEveryRing>(a, plan.row_blocks, ring, stream);
+      return LaunchVariant<T, Out, 4, kEveryVariant>(a, tuning.variant, stream);
     default:
-      return LaunchRing<T, Out, 8, kEveryRing>(a, plan.row_blocks, ring, stream);
+      return LaunchVariant<T, Out, 8, kEveryVariant>(a, tuning.variant, stream);
   }
 }
 
@@ -463,7 +526,9 @@ cudaError_t SkinnyMmaGemm(const T* x, int x_stride, const T* w, const T* bias, i
   return Dispatch<T, Out>(x, x_stride, w, bias, m, n, k, y, {}, workspace, stream);
 }
 
-int SkinnyMmaDefaultRingStages(int m) { return DefaultRing(SkinnyMmaRowBucket(m) / 8); }
+SkinnyMmaVariant SkinnyMmaDefaultVariant(int m) {
+  return DefaultVariant(SkinnyMmaRowBucket(m) / 8);
+}
 
 template <typename T>
 cudaError_t SkinnyMmaGemmTuned(const T* x, int x_stride, const T* w, const T* bias, int m, int n,

@@ -5,8 +5,8 @@
 // are computed with it; the split counters are left zero (a second run gives the same bits).
 // The fused norms: an output projection adding into the residual stream, then a product that
 // normalises it on the way in, against the same two products with an AddRmsNorm between them.
-// Every tuning variant (SkinnyMmaGemmTuned: ring depth, forced splits) against the same
-// reference, the ring depths bitwise equal to each other and to the default entry.
+// Every tuning variant (SkinnyMmaGemmTuned: ring depth, row tiles per warp, forced splits)
+// against the same reference, the variants bitwise equal to each other and to the default entry.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -153,11 +153,11 @@ std::vector<T> RunTuned(const DeviceBuffer<T>& x, const DeviceBuffer<T>& w, cons
   return y.Download();
 }
 
-// Every ring depth at `splits` (0: the plan's) against the CPU reference; the depths only
-// change when loads are issued, so their results are bitwise equal, and equal to
-// SkinnyMmaGemm's when the plan cuts the product.
+// Every variant at `splits` (0: the plan's) against the CPU reference; the variants only change
+// when loads are issued and which warp multiplies which rows, not the order of any sum, so their
+// results are bitwise equal, and equal to SkinnyMmaGemm's when the plan cuts the product.
 template <typename T>
-void CheckEveryRing(int m, int n, int k, int splits) {
+void CheckEveryVariantAt(int m, int n, int k, int splits) {
   const SkinnyMmaPlan plan =
       splits > 0 ? SkinnyMmaPlanOfSplits(n, k, splits) : PlanSkinnyMma(m, n, k, SmCount());
   SCOPED_TRACE(::testing::Message() << "m " << m << " n " << n << " k " << k << " splits "
@@ -174,15 +174,16 @@ void CheckEveryRing(int m, int n, int k, int splits) {
               ref.data());
   Workspace ws(m, plan);
   std::vector<T> first;
-  for (int ring : kSkinnyMmaRingChoices) {
-    SCOPED_TRACE(::testing::Message() << "ring " << ring);
-    const std::vector<T> out = RunTuned<T>(x_d, w_d, b_d.ptr, m, n, k, {ring, splits}, ws.view);
+  for (const SkinnyMmaVariant& variant : kSkinnyMmaVariants) {
+    SCOPED_TRACE(::testing::Message()
+                 << "ring " << variant.ring_stages << " row tiles " << variant.row_tiles);
+    const std::vector<T> out = RunTuned<T>(x_d, w_d, b_d.ptr, m, n, k, {variant, splits}, ws.view);
     EXPECT_LT(RelativeError(out, ref), Tolerance<T>());  // NaN (a non-finite output) fails
     if (first.empty()) {
       first = out;
     } else {
       EXPECT_EQ(std::memcmp(out.data(), first.data(), out.size() * sizeof(T)), 0)
-          << "the ring depth changed the result";
+          << "the variant changed the result";
     }
   }
   if (splits == 0) {
@@ -194,23 +195,24 @@ void CheckEveryRing(int m, int n, int k, int splits) {
 
 // Split (the plan's and 3 forced) and unsplit (forced), k not a multiple of the 64-wide stage:
 // at 1-8 rows an unsplit 2000 of k is one shared x window, at 33-64 rows eight (double-buffered);
-// 200 of k is fewer stages than any ring but the shortest holds.
+// 200 of k is fewer stages than any ring but the shortest holds. 520 weight rows are 9 row
+// blocks (the last of 8 rows): two row tiles per warp leave the last block's second tile empty.
 template <typename T>
 void CheckEveryVariant() {
   for (int m : {1, 7, 8, 9, 20, 33, 64}) {
     for (int splits : {0, 1, 3}) {
-      CheckEveryRing<T>(m, 520, 2000, splits);
-      CheckEveryRing<T>(m, 77, 200, splits);
+      CheckEveryVariantAt<T>(m, 520, 2000, splits);
+      CheckEveryVariantAt<T>(m, 77, 200, splits);
     }
   }
 }
 
-TEST(SkinnyMmaGemmCuda, EveryRingDepthAndSplitBf16) {
+TEST(SkinnyMmaGemmCuda, EveryVariantAndSplitBf16) {
   REQUIRE_GPU();
   CheckEveryVariant<__nv_bfloat16>();
 }
 
-TEST(SkinnyMmaGemmCuda, EveryRingDepthAndSplitFp16) {
+TEST(SkinnyMmaGemmCuda, EveryVariantAndSplitFp16) {
   REQUIRE_GPU();
   CheckEveryVariant<__half>();
 }
@@ -220,20 +222,23 @@ TEST(SkinnyMmaGemmCuda, TunedRefusesWhatItCannotRun) {
   using T = __nv_bfloat16;
   DeviceBuffer<T> x(64 * 2048), w(2048 * 2048), y(64 * 2048);
   Workspace unsplit(8, SkinnyMmaPlanOfSplits(2048, 2048, 1));
-  auto run = [&](int ring, int splits, const SkinnyMmaWorkspace& ws) {
-    return SkinnyMmaGemmTuned<T>(x.ptr, 2048, w.ptr, nullptr, 8, 2048, 2048, y.ptr, {ring, splits},
-                                 ws, nullptr);
+  auto run = [&](int ring, int row_tiles, int splits, const SkinnyMmaWorkspace& ws) {
+    return SkinnyMmaGemmTuned<T>(x.ptr, 2048, w.ptr, nullptr, 8, 2048, 2048, y.ptr,
+                                 {{ring, row_tiles}, splits}, ws, nullptr);
   };
-  EXPECT_EQ(run(3, 1, unsplit.view), cudaErrorInvalidValue);  // no kernel of that depth
-  EXPECT_EQ(run(4, 4, unsplit.view), cudaErrorInvalidValue);  // no workspace for the splits
-  EXPECT_EQ(run(4, 1, unsplit.view), cudaSuccess);
+  EXPECT_EQ(run(3, 1, 1, unsplit.view), cudaErrorInvalidValue);  // no kernel of that depth
+  EXPECT_EQ(run(4, 3, 1, unsplit.view), cudaErrorInvalidValue);  // nor of 3 row tiles
+  EXPECT_EQ(run(4, 1, 4, unsplit.view), cudaErrorInvalidValue);  // no workspace for the splits
+  EXPECT_EQ(run(4, 1, 1, unsplit.view), cudaSuccess);
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  // SkinnyMmaGemm's depth is one the tuned entry runs, for every row count.
+  // SkinnyMmaGemm's variant is one the tuned entry runs, for every row count.
   for (int m = 1; m <= kSkinnyMmaMaxRows; ++m) {
-    const int ring = SkinnyMmaDefaultRingStages(m);
-    EXPECT_NE(std::find(std::begin(kSkinnyMmaRingChoices), std::end(kSkinnyMmaRingChoices), ring),
-              std::end(kSkinnyMmaRingChoices))
-        << "m " << m << " ring " << ring;
+    const SkinnyMmaVariant d = SkinnyMmaDefaultVariant(m);
+    EXPECT_TRUE(std::any_of(std::begin(kSkinnyMmaVariants), std::end(kSkinnyMmaVariants),
+                            [&](const SkinnyMmaVariant& v) {
+                              return v.ring_stages == d.ring_stages && v.row_tiles == d.row_tiles;
+                            }))
+        << "m " << m << " ring " << d.ring_stages << " row tiles " << d.row_tiles;
   }
 }
 

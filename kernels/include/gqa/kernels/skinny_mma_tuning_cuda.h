@@ -10,19 +10,28 @@
 
 namespace gqa::kernels::cuda {
 
-// Depths of the register ring of weight stages (64 k each) a kernel is built for.
-constexpr int kSkinnyMmaRingChoices[] = {2, 4, 6, 8};
-
-struct SkinnyMmaTuning {
-  int ring_stages = 0;  // one of kSkinnyMmaRingChoices; 0: the default for m's row bucket
-  int splits = 0;       // k splits (SkinnyMmaPlanOfSplits); 0: PlanSkinnyMma's
+// A kernel of the family: how many stages of weights (64 k each) each lane keeps in flight in
+// registers, and how many 16-row weight tiles each warp multiplies with every x fragment it
+// reads (2: 128 weight rows per block of 4 warps, half the x bytes read from L2 and shared
+// memory per weight byte, twice the accumulator and ring registers). 0: m's default.
+struct SkinnyMmaVariant {
+  int ring_stages = 0;
+  int row_tiles = 0;
 };
 
-// The default ring depth for m's row bucket (what SkinnyMmaGemm uses).
-int SkinnyMmaDefaultRingStages(int m);
+// The variants the kernel is built for (the defaults among them).
+constexpr SkinnyMmaVariant kSkinnyMmaVariants[] = {{2, 1}, {4, 1}, {6, 1}, {8, 1}, {2, 2}, {4, 2}};
 
-// SkinnyMmaGemm (Out = T) cut and pipelined as `tuning` says. cudaErrorInvalidValue for a ring
-// depth not in kSkinnyMmaRingChoices or a workspace too small for the forced splits.
+struct SkinnyMmaTuning {
+  SkinnyMmaVariant variant;
+  int splits = 0;  // k splits (SkinnyMmaPlanOfSplits); 0: PlanSkinnyMma's
+};
+
+// The variant SkinnyMmaGemm runs for m rows (it depends on m's row bucket).
+SkinnyMmaVariant SkinnyMmaDefaultVariant(int m);
+
+// SkinnyMmaGemm (Out = T) cut and pipelined as `tuning` says. cudaErrorInvalidValue for a
+// variant not in kSkinnyMmaVariants or a workspace too small for the forced splits.
 template <typename T>
 cudaError_t SkinnyMmaGemmTuned(const T* x,  // [m, x_stride]
                                int x_stride,
