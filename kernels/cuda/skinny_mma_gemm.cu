@@ -47,9 +47,9 @@ constexpr int kWindowBytes = 32 << 10;            // shared x bytes per window (
 static_assert(kRows == kWarps * 16 && kChunks == 8);
 
 // Ring depth by x-row tiles: kRing x 8 KB of weights in flight per block. Both defaults keep
-// the kernel under 170 registers (ptxas: 168 at 8-16 rows with 6, 158-162 at 32-64 rows with 4)
+// the kernel under 170 registers (ptxas: 168 at 8-16 rows with 6, 158-168 at 32-64 rows with 4)
 // so that three blocks fit a multiprocessor and a split plan's ~2 per multiprocessor all run in
-// one wave; 8 at 8 rows takes 212 registers (two blocks), a second wave for 288 blocks.
+// one wave; 8 at 8 rows takes 214 registers (two blocks), a second wave for 288 blocks.
 // One row tile per warp (64 weight rows per block) until a GPU run says otherwise.
 constexpr SkinnyMmaVariant DefaultVariant(int tiles) { return {tiles <= 2 ? 6 : 4, 1}; }
 
