@@ -4,6 +4,11 @@
 // kernel (up to 8 rows), printed beside the floor (weight bytes / the device-to-device copy
 // bandwidth measured in the same run).
 //
+// With --variants, each row is followed by the tensor-core kernel's tuning variants
+// (gqa/kernels/skinny_mma_tuning_cuda.h): one line per variant (register ring depth, 16-row
+// weight tiles per warp), microseconds per call at the plan's splits and at 1, 2, 4, 8 and 16
+// splits forced ("-" where the workspace holds no such cut), so one GPU run picks the defaults.
+//
 // Each method runs 30 times back to back on the stream (as a step's kernels follow each other),
 // each call on another copy of the weight so that L2 (50-60 MB) never serves it; the time is the
 // mean per call between two events.
@@ -21,6 +26,7 @@
 #include "copy_bandwidth.h"
 #include "gqa/kernels/skinny_gemm_cuda.h"
 #include "gqa/kernels/skinny_mma_plan.h"
+#include "gqa/kernels/skinny_mma_tuning_cuda.h"
 
 namespace gqa {
 namespace {
@@ -68,7 +74,38 @@ double MeanUs(cudaStream_t stream, int copies, const std::function<cudaError_t(i
   return ms * 1000 / kCalls;
 }
 
-void Row(const Product& p, int m, double bandwidth, cuda::CudaDevice& device) {
+// One line per variant: the tuned kernel's microseconds per call at each cut.
+void VariantRows(const Product& p, int m, cudaStream_t stream, int copies,
+                 const std::function<const T*(int)>& w, const T* x, T* y,
+                 const k::SkinnyMmaWorkspace& workspace) {
+  constexpr int kSplits[] = {0, 1, 2, 4, 8, 16};
+  const k::SkinnyMmaVariant d = k::SkinnyMmaDefaultVariant(m);
+  std::printf("%-11s %3d variants (default ring %d tiles %d) | us at splits plan(%d) 1 2 4 8 16\n",
+              p.name, m, d.ring_stages, d.row_tiles,
+              kernels::PlanSkinnyMma(m, p.n, p.k, workspace.sm_count).splits);
+  for (const k::SkinnyMmaVariant& variant : k::kSkinnyMmaVariants) {
+    std::printf("%-11s %3d ring %d tiles %d |", p.name, m, variant.ring_stages, variant.row_tiles);
+    for (int splits : kSplits) {
+      const kernels::SkinnyMmaPlan plan =
+          splits > 0 ? kernels::SkinnyMmaPlanOfSplits(p.n, p.k, splits)
+                     : kernels::PlanSkinnyMma(m, p.n, p.k, workspace.sm_count);
+      if (kernels::SkinnyMmaPartialFloats(plan, m) > workspace.partial_floats ||
+          kernels::SkinnyMmaCounters(plan) > workspace.counters_size) {
+        std::printf(" %7s", "-");
+        continue;
+      }
+      const k::SkinnyMmaTuning tuning{variant, splits};
+      std::printf(" %7.1f", MeanUs(stream, copies, [&](int c) {
+                    return k::SkinnyMmaGemmTuned<T>(x, p.k, w(c), nullptr, m, p.n, p.k, y, tuning,
+                                                    workspace, stream);
+                  }));
+    }
+    std::printf("\n");
+    std::fflush(stdout);
+  }
+}
+
+void Row(const Product& p, int m, double bandwidth, bool variants, cuda::CudaDevice& device) {
   cudaStream_t stream = device.stream();
   const size_t weight_bytes = size_t(p.n) * p.k * sizeof(T);
   const int copies = int(std::max<size_t>(2, (320ull << 20) / weight_bytes + 1));
@@ -113,6 +150,7 @@ void Row(const Product& p, int m, double bandwidth, cuda::CudaDevice& device) {
               p.name, m, p.n, p.k, weight_bytes / 1e6, floor_us, cublas_us, mma_us, cuda_core_us,
               100 * floor_us / cublas_us, 100 * floor_us / best, cublas_us / mma_us, plan.splits);
   std::fflush(stdout);
+  if (variants) VariantRows(p, m, stream, copies, w, x, y, workspace);
   cudaFree(weights);
   cudaFree(x);
   cudaFree(y);
@@ -125,8 +163,10 @@ void Row(const Product& p, int m, double bandwidth, cuda::CudaDevice& device) {
 int GemmBenchMain(int argc, char** argv) {
   std::vector<int> rows = {1, 2, 4, 8, 16, 32, 64};
   std::string only;
+  bool variants = false;
   for (int i = 2; i < argc; ++i) {
     const std::string arg = argv[i];
+    if (arg == "--variants") variants = true;  // the tensor-core kernel's tuning variants too
     if (arg == "--only" && i + 1 < argc) only = argv[++i];  // a product name prefix, e.g. 1b
     if (arg == "--rows" && i + 1 < argc) {                  // a comma-separated list, e.g. 1,8,64
       rows.clear();
@@ -147,7 +187,7 @@ int GemmBenchMain(int argc, char** argv) {
               "k", "MB", "floor_us", "cublas", "mma", "cudacore", "cub%", "best%", "mma_x", "spl");
   for (const Product& p : kProducts) {
     if (!only.empty() && std::string(p.name).rfind(only, 0) != 0) continue;
-    for (int m : rows) Row(p, m, bandwidth, **device);
+    for (int m : rows) Row(p, m, bandwidth, variants, **device);
   }
   return 0;
 }

@@ -1,5 +1,6 @@
-// PTX wrappers shared by the tensor-core kernels: 16-byte cp.async copies into shared memory
-// and the mma.sync m16n8k16 product with fp32 accumulation.
+// PTX wrappers shared by the tensor-core kernels: 16-byte cp.async copies into shared memory,
+// 16-byte streaming loads into registers and the mma.sync m16n8k16 product with fp32
+// accumulation.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -23,6 +24,25 @@ __device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_
 template <int N>
 __device__ __forceinline__ void CpAsyncWait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// 16 bytes read once (weights): through the non-coherent path, not kept in L1, L2 fetching the
+// 256 aligned bytes around them from DRAM at once; zeros and no read when !valid.
+__device__ __forceinline__ uint4 LoadStreaming16(const void* gmem, bool valid) {
+  uint4 v;
+  asm volatile(
+      "{\n"
+      "  .reg .pred p;\n"
+      "  setp.ne.b32 p, %5, 0;\n"
+      "  mov.b32 %0, 0;\n"
+      "  mov.b32 %1, 0;\n"
+      "  mov.b32 %2, 0;\n"
+      "  mov.b32 %3, 0;\n"
+      "  @p ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+      "}\n"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(gmem), "r"(int(valid)));
+  return v;
 }
 
 // d += a (16x16, row) * b (16x8, col); fp32 accumulate.

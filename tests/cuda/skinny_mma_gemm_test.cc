@@ -5,15 +5,20 @@
 // are computed with it; the split counters are left zero (a second run gives the same bits).
 // The fused norms: an output projection adding into the residual stream, then a product that
 // normalises it on the way in, against the same two products with an AddRmsNorm between them.
+// Every tuning variant (SkinnyMmaGemmTuned: ring depth, row tiles per warp, forced splits)
+// against the same reference, the variants bitwise equal to each other and to the default entry.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
+#include <iterator>
 
 #include "cuda_test_util.h"
 #include "gqa/kernels/cpu_ops.h"
 #include "gqa/kernels/elementwise_cuda.h"
 #include "gqa/kernels/skinny_gemm_cuda.h"
 #include "gqa/kernels/skinny_mma_plan.h"
+#include "gqa/kernels/skinny_mma_tuning_cuda.h"
 
 namespace gqa::kernels::cuda {
 namespace {
@@ -27,10 +32,9 @@ int SmCount() {
 
 // Workspace sized for one product, as a caller sizes it for all of its own.
 struct Workspace {
-  Workspace(int m, int n, int k)
-      : plan(PlanSkinnyMma(m, n, k, SmCount())),
-        partials(SkinnyMmaPartialFloats(plan, m)),
-        counters(SkinnyMmaCounters(plan)) {
+  Workspace(int m, int n, int k) : Workspace(m, PlanSkinnyMma(m, n, k, SmCount())) {}
+  Workspace(int m, const SkinnyMmaPlan& cut)
+      : plan(cut), partials(SkinnyMmaPartialFloats(plan, m)), counters(SkinnyMmaCounters(plan)) {
     EXPECT_EQ(cudaMemset(partials.ptr, 0xff, partials.size * sizeof(float)), cudaSuccess);
     EXPECT_EQ(cudaMemset(counters.ptr, 0, counters.size * sizeof(int)), cudaSuccess);
     view = {partials.ptr, partials.size, counters.ptr, counters.size, SmCount()};
@@ -136,6 +140,106 @@ TEST(SkinnyMmaGemmCuda, RefusesWhatItCannotRun) {
   EXPECT_EQ(run(8, 2048), cudaErrorInvalidValue);
   EXPECT_EQ(run(65, 2048), cudaErrorInvalidValue);  // more rows than the kernel takes
   EXPECT_EQ(run(8, 12), cudaErrorInvalidValue);     // k not a multiple of 8
+}
+
+template <typename T>
+std::vector<T> RunTuned(const DeviceBuffer<T>& x, const DeviceBuffer<T>& w, const T* bias, int m,
+                        int n, int k, const SkinnyMmaTuning& tuning, const SkinnyMmaWorkspace& ws) {
+  DeviceBuffer<T> y(size_t(m) * n);
+  EXPECT_EQ(cudaMemset(y.ptr, 0xff, y.size * sizeof(T)), cudaSuccess);  // NaN poison
+  EXPECT_EQ(SkinnyMmaGemmTuned<T>(x.ptr, k, w.ptr, bias, m, n, k, y.ptr, tuning, ws, nullptr),
+            cudaSuccess);
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  return y.Download();
+}
+
+// Every variant at `splits` (0: the plan's) against the CPU reference; the variants only change
+// when loads are issued and which warp multiplies which rows, not the order of any sum, so their
+// results are bitwise equal, and equal to SkinnyMmaGemm's when the plan cuts the product.
+template <typename T>
+void CheckEveryVariantAt(int m, int n, int k, int splits) {
+  const SkinnyMmaPlan plan =
+      splits > 0 ? SkinnyMmaPlanOfSplits(n, k, splits) : PlanSkinnyMma(m, n, k, SmCount());
+  SCOPED_TRACE(::testing::Message() << "m " << m << " n " << n << " k " << k << " splits "
+                                    << plan.splits << " of " << plan.stages_per_split);
+  const auto input = RandomVector<T>(size_t(m) * k);
+  const auto weight = RandomVector<T>(size_t(n) * k, 0.05f);
+  const auto bias = RandomVector<T>(n);
+  DeviceBuffer<T> x_d(input.size()), w_d(weight.size()), b_d(n);
+  x_d.Upload(input);
+  w_d.Upload(weight);
+  b_d.Upload(bias);
+  std::vector<float> ref(size_t(m) * n);
+  cpu::Matmul(ToFloats(input).data(), ToFloats(weight).data(), ToFloats(bias).data(), m, n, k,
+              ref.data());
+  Workspace ws(m, plan);
+  std::vector<T> first;
+  for (const SkinnyMmaVariant& variant : kSkinnyMmaVariants) {
+    SCOPED_TRACE(::testing::Message()
+                 << "ring " << variant.ring_stages << " row tiles " << variant.row_tiles);
+    const std::vector<T> out = RunTuned<T>(x_d, w_d, b_d.ptr, m, n, k, {variant, splits}, ws.view);
+    EXPECT_LT(RelativeError(out, ref), Tolerance<T>());  // NaN (a non-finite output) fails
+    if (first.empty()) {
+      first = out;
+    } else {
+      EXPECT_EQ(std::memcmp(out.data(), first.data(), out.size() * sizeof(T)), 0)
+          << "the variant changed the result";
+    }
+  }
+  if (splits == 0) {
+    const std::vector<T> plain = Run<T, T>(x_d, k, w_d, b_d.ptr, m, n, k, ws.view);
+    EXPECT_EQ(std::memcmp(plain.data(), first.data(), plain.size() * sizeof(T)), 0)
+        << "SkinnyMmaGemm differs from its tuned entry";
+  }
+}
+
+// Split (the plan's and 3 forced) and unsplit (forced), k not a multiple of the 64-wide stage:
+// at 1-8 rows an unsplit 2000 of k is one shared x window, at 33-64 rows eight (double-buffered);
+// 200 of k is fewer stages than any ring but the shortest holds. 520 weight rows are 9 row
+// blocks (the last of 8 rows): two row tiles per warp leave the last block's second tile empty.
+template <typename T>
+void CheckEveryVariant() {
+  for (int m : {1, 7, 8, 9, 20, 33, 64}) {
+    for (int splits : {0, 1, 3}) {
+      CheckEveryVariantAt<T>(m, 520, 2000, splits);
+      CheckEveryVariantAt<T>(m, 77, 200, splits);
+    }
+  }
+}
+
+TEST(SkinnyMmaGemmCuda, EveryVariantAndSplitBf16) {
+  REQUIRE_GPU();
+  CheckEveryVariant<__nv_bfloat16>();
+}
+
+TEST(SkinnyMmaGemmCuda, EveryVariantAndSplitFp16) {
+  REQUIRE_GPU();
+  CheckEveryVariant<__half>();
+}
+
+TEST(SkinnyMmaGemmCuda, TunedRefusesWhatItCannotRun) {
+  REQUIRE_GPU();
+  using T = __nv_bfloat16;
+  DeviceBuffer<T> x(64 * 2048), w(2048 * 2048), y(64 * 2048);
+  Workspace unsplit(8, SkinnyMmaPlanOfSplits(2048, 2048, 1));
+  auto run = [&](int ring, int row_tiles, int splits, const SkinnyMmaWorkspace& ws) {
+    return SkinnyMmaGemmTuned<T>(x.ptr, 2048, w.ptr, nullptr, 8, 2048, 2048, y.ptr,
+                                 {{ring, row_tiles}, splits}, ws, nullptr);
+  };
+  EXPECT_EQ(run(3, 1, 1, unsplit.view), cudaErrorInvalidValue);  // no kernel of that depth
+  EXPECT_EQ(run(4, 3, 1, unsplit.view), cudaErrorInvalidValue);  // nor of 3 row tiles
+  EXPECT_EQ(run(4, 1, 4, unsplit.view), cudaErrorInvalidValue);  // no workspace for the splits
+  EXPECT_EQ(run(4, 1, 1, unsplit.view), cudaSuccess);
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  // SkinnyMmaGemm's variant is one the tuned entry runs, for every row count.
+  for (int m = 1; m <= kSkinnyMmaMaxRows; ++m) {
+    const SkinnyMmaVariant d = SkinnyMmaDefaultVariant(m);
+    EXPECT_TRUE(std::any_of(std::begin(kSkinnyMmaVariants), std::end(kSkinnyMmaVariants),
+                            [&](const SkinnyMmaVariant& v) {
+                              return v.ring_stages == d.ring_stages && v.row_tiles == d.row_tiles;
+                            }))
+        << "m " << m << " ring " << d.ring_stages << " row tiles " << d.row_tiles;
+  }
 }
 
 // o-proj-like product into the residual stream, then a gate|up-like product of its RMS norm:

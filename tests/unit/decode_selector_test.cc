@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 namespace gqa::kernels {
 namespace {
 
@@ -137,6 +139,25 @@ TEST(PrefillSelectorTest, TheWorkspaceHoldsWhatEverySelectedSplitNeeds) {
   }
 }
 
+// A forced cut (the tuned entry's): clamped to 1..stages, every split non-empty.
+TEST(SkinnyMmaPlanTest, ForcedSplitsCoverKOnce) {
+  for (int k : {8, 200, 2000, 2048, 8192}) {
+    const int stages = (k + kSkinnyMmaStageK - 1) / kSkinnyMmaStageK;
+    for (int splits : {-1, 0, 1, 2, 3, 4, 7, 8, 16, 1000}) {
+      const SkinnyMmaPlan plan = SkinnyMmaPlanOfSplits(520, k, splits);
+      SCOPED_TRACE(testing::Message() << "k " << k << " splits " << splits);
+      EXPECT_EQ(plan.row_blocks, 9);
+      EXPECT_GE(plan.splits, 1);
+      EXPECT_LE(plan.splits, std::max(1, std::min(splits, stages)));
+      EXPECT_LT((plan.splits - 1) * plan.stages_per_split, stages);
+      EXPECT_GE(plan.splits * plan.stages_per_split, stages);
+    }
+  }
+  EXPECT_EQ(SkinnyMmaPlanOfSplits(520, 2000, 3).splits, 3);  // 11, 11 and 10 stages
+  EXPECT_EQ(SkinnyMmaPlanOfSplits(520, 2000, 3).stages_per_split, 11);
+  EXPECT_EQ(SkinnyMmaPlanOfSplits(77, 200, 3).splits, 2);  // 4 stages: 2 and 2
+}
+
 // The tensor-core skinny product's cut (gqa/kernels/skinny_mma_plan.h).
 TEST(SkinnyMmaPlanTest, SplitsFillTheMachineWithinTheirByteBudget) {
   // 1B attention output (2048 x 2048) at 8 rows: 32 row blocks, 8 splits of 4 stages.
@@ -144,8 +165,12 @@ TEST(SkinnyMmaPlanTest, SplitsFillTheMachineWithinTheirByteBudget) {
   EXPECT_EQ(plan.row_blocks, 32);
   EXPECT_EQ(plan.splits, 8);
   EXPECT_EQ(plan.stages_per_split, 4);
-  // At 64 rows the partial sums would pass an eighth of the weight's bytes: unsplit.
-  EXPECT_EQ(PlanSkinnyMma(64, 2048, 2048, 132).splits, 1);
+  // At 64 rows the byte budget binds: 4 splits (partial sums written and read = half the
+  // weight's bytes), not the 8 the length allows.
+  EXPECT_EQ(PlanSkinnyMma(64, 2048, 2048, 132).splits, 4);
+  EXPECT_EQ(PlanSkinnyMma(64, 2048, 2048, 132).stages_per_split, 8);
+  // A weight too short for a split of 4 stages stays whole.
+  EXPECT_EQ(PlanSkinnyMma(8, 2048, 192, 132).splits, 1);
   // A wide weight (the lm_head) fills the machine by rows alone.
   EXPECT_EQ(PlanSkinnyMma(8, 128256, 2048, 132).splits, 1);
   EXPECT_EQ(PlanSkinnyMma(8, 128256, 2048, 132).row_blocks, 2004);
@@ -162,13 +187,18 @@ TEST(SkinnyMmaPlanTest, SplitsFillTheMachineWithinTheirByteBudget) {
         if (plan.splits > 1) {
           EXPECT_LE(plan.splits * plan.row_blocks, 2 * 132 + plan.row_blocks);
           EXPECT_LE(8.0 * SkinnyMmaPartialFloats(plan, m) / plan.row_blocks,
-                    (2.0 * kSkinnyMmaBlockWeightRows * k) / 8);  // bytes: partials vs weight
+                    (2.0 * kSkinnyMmaBlockWeightRows * k) / 2);  // bytes: partials vs weight
         } else {
           EXPECT_EQ(SkinnyMmaPartialFloats(plan, m), 0u);
           EXPECT_EQ(SkinnyMmaCounters(plan), 0u);
         }
         EXPECT_LE(SkinnyMmaPartialFloats(plan, m), SkinnyMmaMaxPartialFloats(132));
         EXPECT_LE(SkinnyMmaCounters(plan), SkinnyMmaMaxCounters(132));
+        // A forced cut of the plan's splits is the plan's cut.
+        const SkinnyMmaPlan forced = SkinnyMmaPlanOfSplits(n, k, plan.splits);
+        EXPECT_EQ(forced.splits, plan.splits);
+        EXPECT_EQ(forced.stages_per_split, plan.stages_per_split);
+        EXPECT_EQ(forced.row_blocks, plan.row_blocks);
         // The cut depends on m only through its row bucket.
         const SkinnyMmaPlan bucket = PlanSkinnyMma(SkinnyMmaRowBucket(m), n, k, 132);
         EXPECT_EQ(plan.splits, bucket.splits);

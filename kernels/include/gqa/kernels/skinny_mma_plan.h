@@ -9,8 +9,15 @@
 // (an attention output projection of 2048 rows is 32 such blocks) would leave most
 // multiprocessors idle, so the k axis is cut into splits: each block sums its range, and the
 // last block of a row range to finish adds the partial sums in split order (deterministic).
-// Splits cost bytes (each writes m x 64 fp32 partial sums), so they are capped where those bytes
-// would pass an eighth of the weight's.
+// Splits cost bytes (each writes m x 64 fp32 partial sums per row block, which the last block
+// reads back), so they are capped where those bytes, written and read, would pass half the
+// weight's. The partial sums of one product are at most a few MB and live in L2 between the
+// write and the read, while the weight streams from DRAM, so the cap is loose on purpose: an
+// eighth (the first rule) left the 64-row QKV and O products of a 1B model unsplit, 48 and 32
+// blocks on an H100's or H200's 132 multiprocessors, each block with at most its register ring
+// of weights in flight (skinny_mma_gemm.cu: 32 KB), a quarter to a third of the bytes in flight the
+// copy bandwidth needs; with half they split 4 ways (192 and 128 blocks) for 3 and 2 MB of
+// partial sums against 12.6 and 8.4 MB of weights.
 #pragma once
 
 #include <algorithm>
@@ -32,23 +39,30 @@ struct SkinnyMmaPlan {
   int stages_per_split = 0;  // 64-wide k stages each split sums (the last may have fewer)
 };
 
-// The cut of one product on sm_count multiprocessors: enough blocks for about two per
-// multiprocessor, each split at least kSkinnyMmaMinStagesPerSplit stages, the partial sums at
-// most an eighth of the weight's bytes. Depends on m only through its row bucket.
-constexpr SkinnyMmaPlan PlanSkinnyMma(int m, int n, int k, int sm_count) {
+// The cut of a product into about `splits` k ranges of whole stages (clamped to 1..stages),
+// every range non-empty: the stages per split rounded up, then the splits recounted.
+constexpr SkinnyMmaPlan SkinnyMmaPlanOfSplits(int n, int k, int splits) {
   SkinnyMmaPlan plan;
   plan.row_blocks = (n + kSkinnyMmaBlockWeightRows - 1) / kSkinnyMmaBlockWeightRows;
   const int stages = (k + kSkinnyMmaStageK - 1) / kSkinnyMmaStageK;
-  const int bucket = SkinnyMmaRowBucket(m);
-  const int wanted = (2 * sm_count + plan.row_blocks - 1) / plan.row_blocks;
-  const int by_length = std::max(1, stages / kSkinnyMmaMinStagesPerSplit);
-  // Partial bytes (splits x bucket x n x 4, written and read) <= weight bytes (n x k x 2) / 8.
-  const int by_bytes = std::max(1, k / (32 * bucket));
-  plan.splits = std::max(1, std::min({wanted, by_length, by_bytes}));
-  plan.stages_per_split = (stages + plan.splits - 1) / plan.splits;
-  // Every split non-empty: recount after rounding the stages up.
+  splits = std::clamp(splits, 1, stages);
+  plan.stages_per_split = (stages + splits - 1) / splits;
   plan.splits = (stages + plan.stages_per_split - 1) / plan.stages_per_split;
   return plan;
+}
+
+// The cut of one product on sm_count multiprocessors: enough blocks for about two per
+// multiprocessor, each split at least kSkinnyMmaMinStagesPerSplit stages, the partial sums
+// (written and read) at most half the weight's bytes. Depends on m only through its row bucket.
+constexpr SkinnyMmaPlan PlanSkinnyMma(int m, int n, int k, int sm_count) {
+  const int row_blocks = (n + kSkinnyMmaBlockWeightRows - 1) / kSkinnyMmaBlockWeightRows;
+  const int stages = (k + kSkinnyMmaStageK - 1) / kSkinnyMmaStageK;
+  const int bucket = SkinnyMmaRowBucket(m);
+  const int wanted = (2 * sm_count + row_blocks - 1) / row_blocks;
+  const int by_length = std::max(1, stages / kSkinnyMmaMinStagesPerSplit);
+  // Partial bytes (splits x bucket x n x 4, written and read) <= weight bytes (n x k x 2) / 2.
+  const int by_bytes = std::max(1, k / (8 * bucket));
+  return SkinnyMmaPlanOfSplits(n, k, std::min({wanted, by_length, by_bytes}));
 }
 
 // Workspace one product needs: fp32 partial sums of every (split, row block), and one arrival
