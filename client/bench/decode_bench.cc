@@ -2,6 +2,7 @@
 // Llama-3.1-8B-shaped models with random weights, each printed beside its bandwidth floor
 // ((weight bytes + K/V bytes read) / the device-to-device copy bandwidth measured in the same
 // run) and beside a PyTorch peer measured on the same GPU by client/bench/decode_peer.py.
+#include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -86,6 +87,11 @@ struct BenchRows {
 };
 BenchRows bench_rows;
 
+// --cuda_profiler_step: one step of each row between cudaProfilerStart and Stop, after the
+// warm-up, for a profiler started with collection off (`ncu --profile-from-start off ...`):
+// every kernel of one served step and nothing of the startup.
+bool cuda_profiler_step = false;
+
 // A plan of removals only: the backend frees the rows and computes nothing.
 void ReleaseRows(Backend& backend) {
   StepPlan plan;
@@ -126,6 +132,11 @@ Timing TimeDecode(Backend& backend, int batch, int context, int steps, bool prof
     plan.tables = {};
   };
   for (int i = 0; i < 5; ++i) step(profiled);
+  if (cuda_profiler_step) {
+    cudaProfilerStart();
+    step(false);
+    cudaProfilerStop();
+  }
   std::vector<double> ms;
   for (int i = 0; i < steps; ++i) {
     const auto start = Clock::now();
@@ -410,6 +421,7 @@ int DecodeBenchMain(int argc, char** argv) {
       tensor_core_max_rows = std::atoi(argv[++i]);
     }
     if (arg == "--fused_max_rows" && i + 1 < argc) fused_max_rows = std::atoi(argv[++i]);
+    if (arg == "--cuda_profiler_step") cuda_profiler_step = true;
     if (arg == "--skinny_fusion" && i + 1 < argc) skinny_fusion = std::string(argv[++i]) != "off";
     if (arg == "--programmatic_attention" && i + 1 < argc) {
       programmatic_attention = std::string(argv[++i]) != "off";
