@@ -92,6 +92,10 @@ BenchRows bench_rows;
 // every kernel of one served step and nothing of the startup.
 bool cuda_profiler_step = false;
 
+// --temperature T [--top_p P]: every sequence samples with these (default greedy), so the
+// sampler's cost at a served setting shows in the step.
+SamplingRow bench_sampling;
+
 // A plan of removals only: the backend frees the rows and computes nothing.
 void ReleaseRows(Backend& backend) {
   StepPlan plan;
@@ -124,6 +128,8 @@ Timing TimeDecode(Backend& backend, int batch, int context, int steps, bool prof
     seq.start_pos = context - 1;
     seq.samples = true;
     seq.is_decode = true;
+    seq.sampling = bench_sampling;
+    seq.sampling.seed = id;
     plan.seqs.push_back(seq);
   }
   auto step = [&](bool timed) {
@@ -422,6 +428,8 @@ int DecodeBenchMain(int argc, char** argv) {
     }
     if (arg == "--fused_max_rows" && i + 1 < argc) fused_max_rows = std::atoi(argv[++i]);
     if (arg == "--cuda_profiler_step") cuda_profiler_step = true;
+    if (arg == "--temperature" && i + 1 < argc) bench_sampling.temperature = std::atof(argv[++i]);
+    if (arg == "--top_p" && i + 1 < argc) bench_sampling.top_p = std::atof(argv[++i]);
     if (arg == "--skinny_fusion" && i + 1 < argc) skinny_fusion = std::string(argv[++i]) != "off";
     if (arg == "--programmatic_attention" && i + 1 < argc) {
       programmatic_attention = std::string(argv[++i]) != "off";
