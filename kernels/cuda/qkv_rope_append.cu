@@ -5,21 +5,11 @@
 
 #include "gqa/kernels/paged_attention_cuda.h"
 #include "pdl.cuh"
+#include "rope_append.cuh"
 #include "vec.cuh"
 
 namespace gqa::kernels::cuda {
 namespace {
-
-// A value as the cache stores it: T, or an E4M3 byte of value / scale.
-template <typename T, typename KV>
-__device__ __forceinline__ void StoreKv(KV* dst, float value, const float* scales, int kv_head) {
-  if constexpr (sizeof(KV) == 1) {
-    const float scale = scales ? scales[kv_head] : 1.0f;
-    *reinterpret_cast<uint8_t*>(dst) = QuantizeE4M3(value, scale);
-  } else {
-    *dst = FromFloat<T>(value);
-  }
-}
 
 // One thread per (token, head, rotation pair) over query heads, then key heads, then value heads.
 template <typename T, typename KV>
@@ -37,27 +27,9 @@ __global__ void QkvRopeAppendKernel(const T* qkv, const int32_t* positions, cons
   const int token = int(i / (int64_t(half) * heads));
   const T* in = qkv + (size_t(token) * heads + head) * d;
   float x1 = ToFloat(in[pair]), x2 = ToFloat(in[pair + half]);
-  if (head < num_heads + kv_heads) {
-    float sin_a, cos_a;
-    sincosf(float(positions[token]) * inv_freq[pair], &sin_a, &cos_a);  // precise: large angles
-    const float r1 = x1 * cos_a - x2 * sin_a, r2 = x2 * cos_a + x1 * sin_a;
-    x1 = r1;
-    x2 = r2;
-  }
-  if (head < num_heads) {
-    T* dst = q_out + (size_t(token) * num_heads + head) * d;
-    dst[pair] = FromFloat<T>(x1);
-    dst[pair + half] = FromFloat<T>(x2);
-    return;
-  }
-  const int64_t slot = slots[token];
-  if (slot < 0) return;  // padding
-  const bool is_key = head < num_heads + kv_heads;
-  const int kv_head = is_key ? head - num_heads : head - num_heads - kv_heads;
-  KV* dst = (is_key ? cache.k : cache.v) + cache.Offset(slot, kv_head);
-  const float* scales = is_key ? cache.k_scale : cache.v_scale;
-  StoreKv<T>(dst + pair, x1, scales, kv_head);
-  StoreKv<T>(dst + pair + half, x2, scales, kv_head);
+  if (head < num_heads + kv_heads) RotatePair(x1, x2, positions[token], inv_freq[pair]);
+  StoreQkvPair<T>(head, pair, x1, x2, num_heads, q_out + size_t(token) * num_heads * d,
+                  slots[token], cache);
 }
 
 }  // namespace

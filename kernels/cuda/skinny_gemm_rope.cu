@@ -1,23 +1,13 @@
 // The skinny Q|K|V product with RoPE and the KV append in its epilogue: see skinny_gemm_cuda.h
 // (SkinnyGemmRopeAppend) and the kernel in skinny_gemm.cuh. The epilogue computes what
 // qkv_rope_append.cu computes from the product stored in T.
+#include "rope_append.cuh"
 #include "skinny_gemm.cuh"
 
 namespace gqa::kernels::cuda {
 namespace {
 
 using skinny::kRowsPerWarp;
-
-template <typename T, typename KV>
-__device__ __forceinline__ void StoreKvValue(KV* dst, float value, const float* scales,
-                                             int kv_head) {
-  if constexpr (sizeof(KV) == 1) {
-    const float scale = scales ? scales[kv_head] : 1.0f;
-    *reinterpret_cast<uint8_t*>(dst) = QuantizeE4M3(value, scale);
-  } else {
-    *dst = FromFloat<T>(value);
-  }
-}
 
 // Warp i computes rotation pair i: rows (head d + p, head d + p + d / 2) for head = i / (d / 2),
 // p = i % (d / 2), over the query heads, then the key heads, then the value heads.
@@ -38,7 +28,7 @@ struct RopeAppendEpilogue {
   __device__ __forceinline__ void Store(const int (&rows)[kRowsPerWarp], int m,
                                         const float (&acc)[kRowsPerWarp][M]) const {
     if (threadIdx.x % 32 != 0 || rows[0] >= n) return;
-    const int d = rope.cache.head_dim, half = d / 2, kv_heads = rope.cache.num_kv_heads;
+    const int d = rope.cache.head_dim, kv_heads = rope.cache.num_kv_heads;
     const int head = rows[0] / d, pair = rows[0] % d;
     const float b1 = bias ? ToFloat(bias[rows[0]]) : 0.0f;
     const float b2 = bias ? ToFloat(bias[rows[1]]) : 0.0f;
@@ -49,26 +39,10 @@ struct RopeAppendEpilogue {
       float x1 = ToFloat(FromFloat<T>(acc[0][t] + b1));
       float x2 = ToFloat(FromFloat<T>(acc[1][t] + b2));
       if (head < rope.num_heads + kv_heads) {
-        float sin_a, cos_a;
-        sincosf(float(rope.positions[t]) * rope.inv_freq[pair], &sin_a, &cos_a);
-        const float r1 = x1 * cos_a - x2 * sin_a, r2 = x2 * cos_a + x1 * sin_a;
-        x1 = r1;
-        x2 = r2;
+        RotatePair(x1, x2, rope.positions[t], rope.inv_freq[pair]);
       }
-      if (head < rope.num_heads) {
-        T* dst = rope.q_out + (size_t(t) * rope.num_heads + head) * d;
-        dst[pair] = FromFloat<T>(x1);
-        dst[pair + half] = FromFloat<T>(x2);
-        continue;
-      }
-      const int64_t slot = rope.slots[t];
-      if (slot < 0) continue;  // padding
-      const bool is_key = head < rope.num_heads + kv_heads;
-      const int kv_head = is_key ? head - rope.num_heads : head - rope.num_heads - kv_heads;
-      KV* dst = (is_key ? rope.cache.k : rope.cache.v) + rope.cache.Offset(slot, kv_head);
-      const float* scales = is_key ? rope.cache.k_scale : rope.cache.v_scale;
-      StoreKvValue<T>(dst + pair, x1, scales, kv_head);
-      StoreKvValue<T>(dst + pair + half, x2, scales, kv_head);
+      StoreQkvPair<T>(head, pair, x1, x2, rope.num_heads,
+                      rope.q_out + size_t(t) * rope.num_heads * d, rope.slots[t], rope.cache);
     }
   }
 };

@@ -45,6 +45,31 @@ ModelConfig Shape(int heads, int kv_heads, int head_dim) {
   return c;
 }
 
+// The options the tests here start from: their block size and pool.
+ServingOptions SmallOptions(int num_kv_blocks, int max_num_seqs, int max_num_batched_tokens,
+                            int max_model_len) {
+  ServingOptions o;
+  o.cache.block_size = kBlockSize;
+  o.cache.num_kv_blocks = num_kv_blocks;
+  o.scheduler.max_num_seqs = max_num_seqs;
+  o.scheduler.max_num_batched_tokens = max_num_batched_tokens;
+  o.scheduler.max_model_len = max_model_len;
+  return o;
+}
+
+// A bf16 CUDA backend over the checkpoint in `dir` with options `o`; null (and a test failure)
+// when it cannot be made.
+std::unique_ptr<Backend> GpuBackend(const std::filesystem::path& dir, ServingOptions o) {
+  auto ckpt = Checkpoint::Load(dir, LoadFormat::kSafetensors);
+  EXPECT_TRUE(ckpt.ok()) << ckpt.status();
+  if (!ckpt.ok()) return nullptr;
+  o.backend.kind = BackendKind::kCuda;
+  o.backend.dtype = "bfloat16";
+  auto backend = CreateBackend(o, o.backend.kind, std::move(*ckpt));
+  EXPECT_TRUE(backend.ok()) << backend.status();
+  return backend.ok() ? std::move(*backend) : nullptr;
+}
+
 struct Seq {
   uint64_t id = 0;
   std::vector<int32_t> tokens;
@@ -68,27 +93,17 @@ class Pair {
        int fused_norm_max_rows = CudaOptions().fused_norm_max_rows)
       : rng_(seed), tolerance_(logit_tolerance) {
     auto cpu_ckpt = Checkpoint::Load(dir, LoadFormat::kSafetensors);
-    auto gpu_ckpt = Checkpoint::Load(dir, LoadFormat::kSafetensors);
     EXPECT_TRUE(cpu_ckpt.ok()) << cpu_ckpt.status();
-    if (!cpu_ckpt.ok() || !gpu_ckpt.ok()) return;
-    ServingOptions o;
-    o.cache.block_size = kBlockSize;
-    o.cache.num_kv_blocks = kNumBlocks;
-    o.scheduler.max_num_seqs = 8;
-    o.scheduler.max_num_batched_tokens = 256;
-    o.scheduler.max_model_len = 512;
+    if (!cpu_ckpt.ok()) return;
+    ServingOptions o = SmallOptions(kNumBlocks, 8, 256, 512);
     o.cuda.enforce_eager = enforce_eager;
     o.cuda.fused_norm_max_rows = fused_norm_max_rows;
     o.cache.kv_cache_dtype = kv_cache_dtype;
     o.backend.kind = BackendKind::kCpu;
     auto cpu = CreateBackend(o, o.backend.kind, std::move(*cpu_ckpt));
-    o.backend.kind = BackendKind::kCuda;
-    o.backend.dtype = "bfloat16";
-    auto gpu = CreateBackend(o, o.backend.kind, std::move(*gpu_ckpt));
     EXPECT_TRUE(cpu.ok()) << cpu.status();
-    EXPECT_TRUE(gpu.ok()) << gpu.status();
     if (cpu.ok()) cpu_ = std::move(*cpu);
-    if (gpu.ok()) gpu_ = std::move(*gpu);
+    gpu_ = GpuBackend(dir, o);
     free_.resize(kNumBlocks);
     std::iota(free_.begin(), free_.end(), 0);
     std::shuffle(free_.begin(), free_.end(), rng_);
@@ -590,30 +605,19 @@ TEST(CudaBackendTest, ChunksOverSharedPrefixBlocks) {
 std::map<std::string, testing::EventCollector::Result> RunEngineOnGpu(
     const std::filesystem::path& dir, const ModelConfig& config, bool async, bool eager,
     int num_kv_blocks) {
-  auto ckpt = Checkpoint::Load(dir, LoadFormat::kSafetensors);
-  EXPECT_TRUE(ckpt.ok()) << ckpt.status();
-  if (!ckpt.ok()) return {};
-  ServingOptions o;
-  o.cache.block_size = kBlockSize;
-  o.cache.num_kv_blocks = num_kv_blocks;
-  o.scheduler.max_num_seqs = 8;
   // Room for every prompt at once: no prompt is cut into chunks at places that depend on what
   // else a step holds (in deterministic mode a chunk boundary may still move bf16 rounding).
-  o.scheduler.max_num_batched_tokens = 1024;
-  o.scheduler.max_model_len = 512;
+  ServingOptions o = SmallOptions(num_kv_blocks, 8, 1024, 512);
   o.cuda.enforce_eager = eager;
   o.backend.deterministic = true;
-  o.backend.kind = BackendKind::kCuda;
-  o.backend.dtype = "bfloat16";
-  auto backend = CreateBackend(o, o.backend.kind, std::move(*ckpt));
-  EXPECT_TRUE(backend.ok()) << backend.status();
-  if (!backend.ok()) return {};
+  std::unique_ptr<Backend> backend = GpuBackend(dir, o);
+  if (!backend) return {};
   EngineConfig ec;
   ec.scheduler = {kBlockSize, o.scheduler.max_num_seqs, o.scheduler.max_num_batched_tokens};
   ec.scheduler.async_scheduling = async;
   ec.limits = {config.vocab_size, o.scheduler.max_model_len};
   ec.step_profile_interval = 3;
-  Engine engine(ec, std::move(*backend), nullptr);
+  Engine engine(ec, std::move(backend), nullptr);
   engine.Start();
   testing::EventCollector c;
   const int n = 12;
@@ -642,23 +646,12 @@ std::vector<std::vector<float>> SingleTokenLogits(const std::filesystem::path& d
                                                   const std::string& kv_cache_dtype, int steps,
                                                   int vocab) {
   std::vector<std::vector<float>> logits;
-  auto checkpoint = Checkpoint::Load(dir, LoadFormat::kSafetensors);
-  EXPECT_TRUE(checkpoint.ok()) << checkpoint.status();
-  if (!checkpoint.ok()) return logits;
-  ServingOptions o;
-  o.cache.block_size = kBlockSize;
-  o.cache.num_kv_blocks = kNumBlocks;
+  ServingOptions o = SmallOptions(kNumBlocks, 4, 64, 128);
   o.cache.kv_cache_dtype = kv_cache_dtype;
-  o.scheduler.max_num_seqs = 4;
-  o.scheduler.max_num_batched_tokens = 64;
-  o.scheduler.max_model_len = 128;
   o.cuda.enforce_eager = enforce_eager;
   o.cuda.skinny_fusion = skinny_fusion;
-  o.backend.kind = BackendKind::kCuda;
-  o.backend.dtype = "bfloat16";
-  auto gpu = CreateBackend(o, o.backend.kind, std::move(*checkpoint));
-  EXPECT_TRUE(gpu.ok()) << gpu.status();
-  if (!gpu.ok()) return logits;
+  std::unique_ptr<Backend> gpu = GpuBackend(dir, o);
+  if (!gpu) return logits;
   std::vector<int32_t> tokens(20);
   for (int i = 0; i < 20; ++i) tokens[i] = (i * 37 + 11) % vocab;
   const std::vector<int32_t> one = {7};
@@ -672,9 +665,9 @@ std::vector<std::vector<float>> SingleTokenLogits(const std::filesystem::path& d
     return s;
   };
   auto run = [&](const StepPlan& plan) {
-    const absl::StatusOr<StepOutput> out = (*gpu)->ExecuteStep(plan);
+    const absl::StatusOr<StepOutput> out = gpu->ExecuteStep(plan);
     EXPECT_TRUE(out.ok()) << out.status();
-    auto host = (*gpu)->LogitsToHost();
+    auto host = gpu->LogitsToHost();
     EXPECT_TRUE(host.ok());
     if (!out.ok() || !host.ok()) return -1;
     logits.push_back(*host);
