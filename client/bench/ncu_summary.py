@@ -13,6 +13,9 @@ import sys
 
 rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
 steps = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+if len(rows) < 2:
+    sys.exit(f"ncu_summary.py: no ncu metric rows in {sys.argv[1]} (did the profiler collect "
+             "any kernel? with --profile-from-start off, the program must call cudaProfilerStart)")
 header = rows[0]
 at = {name: header.index(name) for name in ("ID", "Kernel Name", "Grid Size", "Metric Name",
                                             "Metric Unit", "Metric Value")}
