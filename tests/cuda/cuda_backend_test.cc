@@ -70,6 +70,19 @@ std::unique_ptr<Backend> GpuBackend(const std::filesystem::path& dir, ServingOpt
   return backend.ok() ? std::move(*backend) : nullptr;
 }
 
+// One sequence's chunk of a hand-made step plan.
+ScheduledSeq ScheduledChunk(uint64_t id, std::span<const int32_t> chunk, int start, bool samples,
+                            bool is_decode, int top_logprobs = -1) {
+  ScheduledSeq s;
+  s.seq_id = id;
+  s.chunk = chunk;
+  s.start_pos = start;
+  s.samples = samples;
+  s.is_decode = is_decode;
+  s.top_logprobs = top_logprobs;
+  return s;
+}
+
 struct Seq {
   uint64_t id = 0;
   std::vector<int32_t> tokens;
@@ -499,35 +512,27 @@ TEST(CudaBackendTest, LogprobsMatchTheCpuBackend) {
       }
     }
   };
-  auto seq = [](uint64_t id, std::span<const int32_t> chunk, int start, bool samples,
-                bool is_decode, int top_logprobs) {
-    ScheduledSeq s;
-    s.seq_id = id;
-    s.chunk = chunk;
-    s.start_pos = start;
-    s.samples = samples;
-    s.is_decode = is_decode;
-    s.top_logprobs = top_logprobs;
-    return s;
-  };
   const std::vector<int32_t> prompt_a = a;  // a's prompt logprobs target these
   // Step 1: a's first 6 tokens, every logits row (rows 1..6); b's prompt, sampled (row 0).
   {
     StepPlan plan;
     plan.tables.rows = {{1, 0, table_a}, {2, 0, table_b}};
-    plan.seqs.push_back(seq(1, std::span<const int32_t>(a).subspan(0, 6), 0, false, false, -1));
+    plan.seqs.push_back(
+        ScheduledChunk(1, std::span<const int32_t>(a).subspan(0, 6), 0, false, false, -1));
     plan.seqs.back().prompt_top_logprobs = 5;
     plan.seqs.back().prompt_logprobs_from = 1;
     plan.seqs.back().prompt = prompt_a;
-    plan.seqs.push_back(seq(2, b, 0, true, false, 20));
+    plan.seqs.push_back(ScheduledChunk(2, b, 0, true, false, 20));
     step(plan, 7, "prefill with every logits row");
   }
   b.push_back(int32_t(rng() % vocab));
   // Step 2: b decodes (row 0); a's last 5 tokens, the last sampled (row 1), the others 2..5.
   {
     StepPlan plan;
-    plan.seqs.push_back(seq(2, std::span<const int32_t>(b).subspan(3, 1), 3, true, true, 0));
-    plan.seqs.push_back(seq(1, std::span<const int32_t>(a).subspan(6, 5), 6, true, false, 20));
+    plan.seqs.push_back(
+        ScheduledChunk(2, std::span<const int32_t>(b).subspan(3, 1), 3, true, true, 0));
+    plan.seqs.push_back(
+        ScheduledChunk(1, std::span<const int32_t>(a).subspan(6, 5), 6, true, false, 20));
     plan.seqs.back().prompt_top_logprobs = 3;
     plan.seqs.back().prompt_logprobs_from = 7;
     plan.seqs.back().prompt = prompt_a;
@@ -538,18 +543,18 @@ TEST(CudaBackendTest, LogprobsMatchTheCpuBackend) {
   // Decode steps (CUDA graphs): both sampled.
   for (int i = 0; i < 4; ++i) {
     StepPlan plan;
-    plan.seqs.push_back(seq(1, std::span<const int32_t>(a).subspan(a.size() - 1, 1),
-                            int32_t(a.size() - 1), true, true, 20));
-    plan.seqs.push_back(seq(2, std::span<const int32_t>(b).subspan(b.size() - 1, 1),
-                            int32_t(b.size() - 1), true, true, 1));
+    plan.seqs.push_back(ScheduledChunk(1, std::span<const int32_t>(a).subspan(a.size() - 1, 1),
+                                       int32_t(a.size() - 1), true, true, 20));
+    plan.seqs.push_back(ScheduledChunk(2, std::span<const int32_t>(b).subspan(b.size() - 1, 1),
+                                       int32_t(b.size() - 1), true, true, 1));
     step(plan, 2, "decode " + std::to_string(i));
     a.push_back(int32_t(rng() % vocab));
     b.push_back(int32_t(rng() % vocab));
   }
   // No logprobs asked: none computed.
   StepPlan plain;
-  plain.seqs.push_back(seq(2, std::span<const int32_t>(b).subspan(b.size() - 1, 1),
-                           int32_t(b.size() - 1), true, true, -1));
+  plain.seqs.push_back(ScheduledChunk(2, std::span<const int32_t>(b).subspan(b.size() - 1, 1),
+                                      int32_t(b.size() - 1), true, true, -1));
   auto out = gpu.ExecuteStep(plain);
   ASSERT_TRUE(out.ok()) << out.status();
   EXPECT_TRUE(out->sampled_logprobs.empty() && out->prompt_logprobs.empty())
@@ -655,15 +660,6 @@ std::vector<std::vector<float>> SingleTokenLogits(const std::filesystem::path& d
   std::vector<int32_t> tokens(20);
   for (int i = 0; i < 20; ++i) tokens[i] = (i * 37 + 11) % vocab;
   const std::vector<int32_t> one = {7};
-  auto seq = [](uint64_t id, std::span<const int32_t> chunk, int start, bool is_decode) {
-    ScheduledSeq s;
-    s.seq_id = id;
-    s.chunk = chunk;
-    s.start_pos = start;
-    s.samples = true;
-    s.is_decode = is_decode;
-    return s;
-  };
   auto run = [&](const StepPlan& plan) {
     const absl::StatusOr<StepOutput> out = gpu->ExecuteStep(plan);
     EXPECT_TRUE(out.ok()) << out.status();
@@ -675,16 +671,17 @@ std::vector<std::vector<float>> SingleTokenLogits(const std::filesystem::path& d
   };
   StepPlan prompt;  // sequence 1: blocks 0-2, its 20-token prompt
   prompt.tables.rows.push_back({1, 0, {0, 1, 2}});
-  prompt.seqs.push_back(seq(1, tokens, 0, false));
+  prompt.seqs.push_back(ScheduledChunk(1, tokens, 0, true, false));
   tokens.push_back(run(prompt));
   StepPlan single;  // sequence 2: block 3, a prompt of one token (a one-token step, not a decode)
   single.tables.rows.push_back({2, 0, {3}});
-  single.seqs.push_back(seq(2, one, 0, false));
+  single.seqs.push_back(ScheduledChunk(2, one, 0, true, false));
   run(single);
   for (int i = 0; i < steps; ++i) {
     StepPlan decode;
     const int pos = int(tokens.size()) - 1;
-    decode.seqs.push_back(seq(1, std::span<const int32_t>(tokens).subspan(pos, 1), pos, true));
+    decode.seqs.push_back(
+        ScheduledChunk(1, std::span<const int32_t>(tokens).subspan(pos, 1), pos, true, true));
     tokens.push_back(run(decode));
   }
   return logits;
