@@ -292,7 +292,8 @@ double MatmulRate() {
 // over a cache of KV.
 template <typename KV = T>
 double TimePrefill(int kv_heads, int batch, int len, int context = 0, int key_splits = 1,
-                   int key_tiles_per_step = 0) {
+                   int key_tiles_per_step = 0,
+                   gqa::kernels::cuda::PrefillPath path = gqa::kernels::cuda::PrefillPath::kAuto) {
   if (context < len) context = len;
   const int blocks_per_seq = (context + kBlockSize - 1) / kBlockSize;
   const size_t pool = size_t(batch) * blocks_per_seq * kv_heads * kBlockSize * g_head_dim;
@@ -330,10 +331,11 @@ double TimePrefill(int kv_heads, int batch, int len, int context = 0, int key_sp
   args.scale = 1.0f / std::sqrt(float(g_head_dim));
   args.key_splits = key_splits;
   args.key_tiles_per_step = key_tiles_per_step;
+  args.path = path;
   args.num_query_tokens = batch * len;
   void* workspace = nullptr;
-  const size_t workspace_bytes = gqa::kernels::PrefillWorkspaceBytes(
-      args.num_query_tokens, kHeads, g_head_dim, key_splits);
+  const size_t workspace_bytes =
+      gqa::kernels::PrefillWorkspaceBytes(args.num_query_tokens, kHeads, g_head_dim, key_splits);
   if (workspace_bytes > 0) CHECK_CUDA(cudaMalloc(&workspace, workspace_bytes));
   args.workspace = workspace;
   const double seconds = MedianSeconds(
@@ -374,9 +376,10 @@ void PrefillTable(const std::string& peer) {
   std::vector<Shape> shapes = {
       {32, 1, 4096}, {8, 1, 4096}, {1, 1, 4096}, {8, 4, 2048}, {8, 1, 16384}};
   const auto peers = peer.empty() ? std::map<std::string, double>{} : RunPrefillPeer(peer, shapes);
-  std::printf("%3s %5s %6s | %9s %9s %8s %7s | %9s %7s | variants (16-key tiles per step): us%s\n",
-              "kv", "batch", "len", "ours_us", "floor_us", "TFLOP/s", "of_gemm", "sdpa_us",
-              "vs_sdpa", g_fp8 ? " | fp8_us fp8_vs_bf16" : "");
+  std::printf(
+      "%3s %5s %6s | %9s %9s %8s %7s | %9s %7s | variants (kernel + 16-key tiles per step): us%s\n",
+      "kv", "batch", "len", "ours_us", "floor_us", "TFLOP/s", "of_gemm", "sdpa_us", "vs_sdpa",
+      g_fp8 ? " | fp8_us fp8_vs_bf16" : "");
   for (const auto& s : shapes) {
     // Q.K^T and P.V over the causal half: 2 x 2 x len^2 / 2 x head_dim flops per head.
     const double flops = 2.0 * s.batch * kHeads * double(s.context) * s.context * g_head_dim;
@@ -387,9 +390,17 @@ void PrefillTable(const std::string& peer) {
     std::printf("%3d %5d %6d | %9.1f %9.1f %8.0f %6.0f%% | %9.1f %6.2fx |", s.kv_heads, s.batch,
                 s.context, us, flops / rate * 1e6, flops / us / 1e6,
                 100.0 * flops / rate / us * 1e6, sdpa, sdpa / us);
+    using gqa::kernels::cuda::PrefillPath;
     for (int key_tiles : {1, 2, 4}) {
-      std::printf(" %d:%.1f", key_tiles,
-                  TimePrefill(s.kv_heads, s.batch, s.context, 0, 1, key_tiles));
+      std::printf(
+          " mma%d:%.1f", key_tiles,
+          TimePrefill(s.kv_heads, s.batch, s.context, 0, 1, key_tiles, PrefillPath::kMmaSync));
+    }
+    for (int key_tiles : {4, 8}) {
+      if (!gqa::kernels::cuda::WarpgroupPrefillAvailable()) break;
+      std::printf(
+          " wg%d:%.1f", key_tiles,
+          TimePrefill(s.kv_heads, s.batch, s.context, 0, 1, key_tiles, PrefillPath::kWarpgroup));
     }
     if (g_fp8) {
       const double fp8_us = TimePrefill<Fp8>(s.kv_heads, s.batch, s.context);

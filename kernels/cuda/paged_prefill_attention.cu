@@ -6,6 +6,9 @@
 // cp.async pipeline and each warp runs the shared tile update on its rows. Warps skip tiles that
 // lie wholly after their rows' positions.
 //
+// On Hopper the warpgroup kernel (prefill_warpgroup.cu) takes every unsplit step of a 16-bit
+// cache; this one the rest (splits, FP8 caches, other GPUs) and what tests force onto it.
+//
 // Key splits (args.key_splits > 1, for a short chunk after a long cached prefix: see
 // gqa/kernels/prefill_selector.h): grid.x is (row tile, split); each block streams only its
 // split's share of the tiles its rows see and writes normalized partial rows with their
@@ -16,6 +19,7 @@
 #include "gqa/kernels/paged_attention_cuda.h"
 #include "gqa/kernels/prefill_selector.h"
 #include "pdl.cuh"
+#include "prefill_warpgroup.h"
 #include "split_merge.cuh"
 
 namespace gqa::kernels::cuda {
@@ -282,6 +286,15 @@ cudaError_t PagedPrefillAttention(const PrefillAttentionArgs<T, KV>& args, cudaS
        args.num_query_tokens <= 0 ||
        size_t(args.num_query_tokens) * args.key_splits > size_t(kPrefillSplitRows))) {
     return cudaErrorInvalidValue;
+  }
+  if (args.path == PrefillPath::kWarpgroup ||
+      (args.path == PrefillPath::kAuto && args.key_tiles_per_step == 0 && args.key_splits <= 1 &&
+       !kIsFp8<KV> && WarpgroupPrefillAvailable())) {
+    if constexpr (kIsFp8<KV>) {
+      return cudaErrorInvalidValue;  // the warpgroup kernel reads 16-bit caches only
+    } else {
+      return WarpgroupPrefillAttention<T>(args, stream);
+    }
   }
   switch (args.cache.head_dim) {
     case 64:

@@ -58,6 +58,12 @@ template <typename T, typename KV = T>
 cudaError_t PagedDecodeAttention(const DecodeAttentionArgs<T, KV>& args,
                                  const DecodeKernelChoice& choice, cudaStream_t stream);
 
+// Which prefill kernel runs. kAuto: the warpgroup kernel (wgmma, 128 rows per block, two
+// warpgroups) wherever it applies: a 16-bit cache, unsplit keys, a compute capability 9.0 GPU
+// and a build with sm_90a code; the mma.sync kernel otherwise. Forcing kWarpgroup where it does
+// not apply returns cudaErrorNotSupported (no GPU or build for it) or cudaErrorInvalidValue.
+enum class PrefillPath { kAuto, kMmaSync, kWarpgroup };
+
 template <typename T, typename KV = T>
 struct PrefillAttentionArgs {
   const T* q = nullptr;                   // [num_tokens, num_heads, head_dim]
@@ -76,20 +82,27 @@ struct PrefillAttentionArgs {
   int key_splits = 1;
   int num_query_tokens = 0;
   void* workspace = nullptr;
-  // The kernel variant: 16-key tiles per pipeline step (1, 2 or 4); 0 =
-  // PrefillKeyTilesPerStep(head_dim, key_splits). Tests and benchmarks set it.
+  // The kernel variant: 16-key tiles per pipeline step; 0 = the default. The mma.sync kernel
+  // builds 1, 2 or 4 (default PrefillKeyTilesPerStep(head_dim, key_splits)), the warpgroup
+  // kernel 4 or 8 (default 4). Tests and benchmarks set it.
   int key_tiles_per_step = 0;
+  PrefillPath path = PrefillPath::kAuto;
 };
 
 // Causal grouped-query attention of several query tokens per sequence over the paged cache
 // (prefill, chunked prefill, a prompt that extends cached tokens). Sequence s's queries are the
 // last query_start[s + 1] - query_start[s] positions of its context_lens[s]; each attends to
-// the keys at and before its own position. FlashAttention-style: a block takes 64 (query token,
-// group head) rows of one KV head, its warps 16 rows each, and streams 16-key tiles through
-// shared memory with an online softmax on tensor cores; no score matrix is ever stored.
-// head_dim 64 or 128; group size up to 64.
+// the keys at and before its own position. FlashAttention-style: a block takes rows (query token,
+// group head) of one KV head and streams K/V tiles through shared memory with an online softmax
+// on tensor cores; no score matrix is ever stored. The mma.sync kernel: 64 rows per block, 16
+// per warp. The warpgroup kernel (Hopper, args.path): 128 rows per block, 64 per warpgroup, the
+// products reading K and V from shared memory. head_dim 64 or 128; group size up to 64.
 template <typename T, typename KV = T>
 cudaError_t PagedPrefillAttention(const PrefillAttentionArgs<T, KV>& args, cudaStream_t stream);
+
+// True when the warpgroup prefill kernel can run on the current device: compute capability 9.0
+// and a build with sm_90a code.
+bool WarpgroupPrefillAvailable();
 
 // Writes each token's K and V into its slot of the paged cache (FP8: quantized).
 template <typename T, typename KV = T>
