@@ -28,6 +28,8 @@ namespace {
 using namespace attention;  // NOLINT: the shared tile building blocks
 
 constexpr int kRowsPerBlock = kWarps * 16;
+// kAuto takes the warpgroup kernel only once it has passed its tests on a GPU (not yet).
+constexpr bool kWarpgroupByDefault = false;
 static_assert(kRowsPerBlock == kPrefillRowsPerBlock, "the selector counts blocks of these rows");
 
 // D: head_dim; NK: 16-key tiles per pipeline step (the keys of one softmax step); S: stages;
@@ -288,8 +290,8 @@ cudaError_t PagedPrefillAttention(const PrefillAttentionArgs<T, KV>& args, cudaS
     return cudaErrorInvalidValue;
   }
   if (args.path == PrefillPath::kWarpgroup ||
-      (args.path == PrefillPath::kAuto && args.key_tiles_per_step == 0 && args.key_splits <= 1 &&
-       !kIsFp8<KV> && WarpgroupPrefillAvailable())) {
+      (args.path == PrefillPath::kAuto && kWarpgroupByDefault && args.key_tiles_per_step == 0 &&
+       args.key_splits <= 1 && !kIsFp8<KV> && WarpgroupPrefillAvailable())) {
     if constexpr (kIsFp8<KV>) {
       return cudaErrorInvalidValue;  // the warpgroup kernel reads 16-bit caches only
     } else {

@@ -58,10 +58,13 @@ template <typename T, typename KV = T>
 cudaError_t PagedDecodeAttention(const DecodeAttentionArgs<T, KV>& args,
                                  const DecodeKernelChoice& choice, cudaStream_t stream);
 
-// Which prefill kernel runs. kAuto: the warpgroup kernel (wgmma, 128 rows per block, two
-// warpgroups) wherever it applies: a 16-bit cache, unsplit keys, a compute capability 9.0 GPU
-// and a build with sm_90a code; the mma.sync kernel otherwise. Forcing kWarpgroup where it does
-// not apply returns cudaErrorNotSupported (no GPU or build for it) or cudaErrorInvalidValue.
+// Which prefill kernel runs. kWarpgroup: the Hopper kernel (wgmma, 128 rows per block, two
+// warpgroups), for a 16-bit cache, unsplit keys, a compute capability 9.0 GPU and a build with
+// sm_90a code; forced where it does not apply it returns cudaErrorNotSupported (no GPU or build
+// for it) or cudaErrorInvalidValue. kMmaSync: the mma.sync kernel (every GPU, splits, FP8).
+// kAuto: the mma.sync kernel until the warpgroup kernel has been checked on a GPU
+// (kWarpgroupByDefault in paged_prefill_attention.cu), then the warpgroup kernel wherever it
+// applies.
 enum class PrefillPath { kAuto, kMmaSync, kWarpgroup };
 
 template <typename T, typename KV = T>
