@@ -293,7 +293,8 @@ double MatmulRate() {
 template <typename KV = T>
 double TimePrefill(int kv_heads, int batch, int len, int context = 0, int key_splits = 1,
                    int key_tiles_per_step = 0,
-                   gqa::kernels::cuda::PrefillPath path = gqa::kernels::cuda::PrefillPath::kAuto) {
+                   gqa::kernels::cuda::PrefillPath path = gqa::kernels::cuda::PrefillPath::kAuto,
+                   int warpgroup_variant = 0) {
   if (context < len) context = len;
   const int blocks_per_seq = (context + kBlockSize - 1) / kBlockSize;
   const size_t pool = size_t(batch) * blocks_per_seq * kv_heads * kBlockSize * g_head_dim;
@@ -332,6 +333,7 @@ double TimePrefill(int kv_heads, int batch, int len, int context = 0, int key_sp
   args.key_splits = key_splits;
   args.key_tiles_per_step = key_tiles_per_step;
   args.path = path;
+  args.warpgroup_variant = warpgroup_variant;
   args.num_query_tokens = batch * len;
   void* workspace = nullptr;
   const size_t workspace_bytes =
@@ -396,11 +398,11 @@ void PrefillTable(const std::string& peer) {
           " mma%d:%.1f", key_tiles,
           TimePrefill(s.kv_heads, s.batch, s.context, 0, 1, key_tiles, PrefillPath::kMmaSync));
     }
-    for (int key_tiles : {4, 8}) {
-      if (!gqa::kernels::cuda::WarpgroupPrefillAvailable()) break;
-      std::printf(
-          " wg%d:%.1f", key_tiles,
-          TimePrefill(s.kv_heads, s.batch, s.context, 0, 1, key_tiles, PrefillPath::kWarpgroup));
+    for (int v = 1; v <= gqa::kernels::cuda::kWarpgroupPrefillVariants &&
+                    gqa::kernels::cuda::WarpgroupPrefillAvailable();
+         ++v) {
+      std::printf(" wg%d:%.1f", v,
+                  TimePrefill(s.kv_heads, s.batch, s.context, 0, 1, 0, PrefillPath::kWarpgroup, v));
     }
     if (g_fp8) {
       const double fp8_us = TimePrefill<Fp8>(s.kv_heads, s.batch, s.context);

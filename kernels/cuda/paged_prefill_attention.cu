@@ -28,8 +28,8 @@ namespace {
 using namespace attention;  // NOLINT: the shared tile building blocks
 
 constexpr int kRowsPerBlock = kWarps * 16;
-// kAuto takes the warpgroup kernel only once it has passed its tests on a GPU (not yet).
-constexpr bool kWarpgroupByDefault = false;
+// kAuto takes the warpgroup kernel where it applies.
+constexpr bool kWarpgroupByDefault = true;
 static_assert(kRowsPerBlock == kPrefillRowsPerBlock, "the selector counts blocks of these rows");
 
 // D: head_dim; NK: 16-key tiles per pipeline step (the keys of one softmax step); S: stages;

@@ -84,16 +84,14 @@ struct WarpgroupState {
 };
 
 // Online softmax over one step's scores s (keys tok0 + 64 * c + 8 * i + 2 * tig + e), masked to
-// [first[r], limit[r]) when `mask`; rescales the output and packs P as the A operand of P.V
-// (k16 slice kk: keys 16 * kk ...).
-template <typename T, int D, int NK>
+// [first[r], limit[r]) when `mask`: s becomes the unnormalized probabilities, the running max
+// and sum move on, and alphas[r] is the factor the output rows must be scaled by before this
+// step's P.V.
+template <int D, int NK>
 __device__ __forceinline__ void Softmax(float (&s)[NK / 64][32], int tok0, const int (&limit)[2],
                                         const int (&first)[2], bool mask, float scale_log2,
-                                        WarpgroupState<D>& st, uint32_t (&p)[NK / 16][4],
-                                        int lane) {
+                                        WarpgroupState<D>& st, float (&alphas)[2], int lane) {
   const int tig = lane % 4;
-  float alphas[2];
-  bool max_moved = false;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     float step_max = -INFINITY;
@@ -132,16 +130,25 @@ __device__ __forceinline__ void Softmax(float (&s)[NK / 64][32], int tok0, const
     st.sum[r] = st.sum[r] * alpha + step_sum;
     st.max[r] = new_max;
     alphas[r] = alpha;
-    max_moved |= alpha != 1.0f;
   }
-  if (__any_sync(0xffffffffu, max_moved)) {
+}
+
+// Scales the output rows by alphas (unconditionally: a branch here, around the products, would
+// serialize them).
+template <int D>
+__device__ __forceinline__ void RescaleOutput(WarpgroupState<D>& st, const float (&alphas)[2]) {
 #pragma unroll
-    for (int pn = 0; pn < D / kPanel; ++pn) {
+  for (int pn = 0; pn < D / kPanel; ++pn) {
 #pragma unroll
-      for (int i = 0; i < 32; ++i) st.out[pn][i] *= alphas[(i / 2) % 2];
-    }
+    for (int i = 0; i < 32; ++i) st.out[pn][i] *= alphas[(i / 2) % 2];
   }
-  // Two 8-key column tiles of the accumulator are the A layout of one 16-key slice.
+}
+
+// The probabilities as the A operand of P.V (k16 slice kk: keys 16 * kk ...): two 8-key column
+// tiles of the accumulator are the A layout of one 16-key slice.
+template <typename T, int NK>
+__device__ __forceinline__ void PackProbabilities(const float (&s)[NK / 64][32],
+                                                  uint32_t (&p)[NK / 16][4]) {
 #pragma unroll
   for (int kk = 0; kk < NK / 16; ++kk) {
     const float* a = &s[kk / 4][8 * (kk % 4)];
@@ -152,15 +159,14 @@ __device__ __forceinline__ void Softmax(float (&s)[NK / 64][32], int tok0, const
   }
 }
 
-// One step of one warpgroup: S = Q.K^T (NK / 64 products per 16 columns of the head), softmax,
-// O += P.V.
+// Issues S = Q.K^T for one warpgroup's 64 rows and the step's NK keys (NK / 64 products per 16
+// columns of the head) as one group of products; the caller waits for it.
 template <typename T, int D, int NK>
-__device__ __forceinline__ void AttendStep(const uint32_t (&q)[D / 16][4],
-                                           const unsigned char* stage, int tok0,
-                                           const int (&limit)[2], const int (&first)[2], bool mask,
-                                           float scale_log2, WarpgroupState<D>& st, int lane) {
+__device__ __forceinline__ void IssueScores(const uint32_t (&q)[D / 16][4],
+                                            const unsigned char* stage, float (&s)[NK / 64][32]) {
   using Layout = StepLayout<D, NK>;
-  float s[NK / 64][32];
+#pragma unroll
+  for (int c = 0; c < NK / 64; ++c) wgmma::PinRegisters(s[c]);
   wgmma::Fence();
 #pragma unroll
   for (int c = 0; c < NK / 64; ++c) {
@@ -173,13 +179,13 @@ __device__ __forceinline__ void AttendStep(const uint32_t (&q)[D / 16][4],
     }
   }
   wgmma::Commit();
-  wgmma::Wait<0>();
-#pragma unroll
-  for (int c = 0; c < NK / 64; ++c) wgmma::PinRegisters(s[c]);
+}
 
-  uint32_t p[NK / 16][4];
-  Softmax<T, D, NK>(s, tok0, limit, first, mask, scale_log2, st, p, lane);
-
+// Issues O += P.V for the step (P from Softmax) as one group of products.
+template <typename T, int D, int NK>
+__device__ __forceinline__ void IssueOutput(const uint32_t (&p)[NK / 16][4],
+                                            const unsigned char* stage, WarpgroupState<D>& st) {
+  using Layout = StepLayout<D, NK>;
 #pragma unroll
   for (int pn = 0; pn < D / kPanel; ++pn) wgmma::PinRegisters(st.out[pn]);
   wgmma::Fence();
@@ -194,12 +200,19 @@ __device__ __forceinline__ void AttendStep(const uint32_t (&q)[D / 16][4],
     }
   }
   wgmma::Commit();
+}
+
+// Waits for every product this warpgroup issued, and pins the registers they wrote.
+template <int D, int NK>
+__device__ __forceinline__ void WaitAll(float (&s)[NK / 64][32], WarpgroupState<D>& st) {
   wgmma::Wait<0>();
+#pragma unroll
+  for (int c = 0; c < NK / 64; ++c) wgmma::PinRegisters(s[c]);
 #pragma unroll
   for (int pn = 0; pn < D / kPanel; ++pn) wgmma::PinRegisters(st.out[pn]);
 }
 
-template <typename T, int D, int NK, int S>
+template <typename T, int D, int NK, int S, bool kOverlap>
 __global__ void __launch_bounds__(kBlockThreads, 1)
     WarpgroupPrefillKernel(PrefillAttentionArgs<T, T> args, int group) {
   using Layout = StepLayout<D, NK>;
@@ -266,29 +279,80 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   }
   warp_min = __reduce_min_sync(0xffffffffu, warp_min);
   warp_first_max = __reduce_max_sync(0xffffffffu, warp_first_max);
-  // The keys any row of this warpgroup sees (uniform across it: the products are collective).
+  // This warpgroup's steps: [wg_begin, wg_end) (uniform across it: the products are collective).
   const int wg_row0 = row0 + warpgroup * kWarpgroupRows;
   const int wg_last_row = min(wg_row0 + kWarpgroupRows, rows) - 1;
   const int wg_limit = wg_row0 < rows ? first_pos + wg_last_row / group + 1 : 0;
   const int wg_first = args.window > 0 ? max(0, first_pos + wg_row0 / group - args.window + 1) : 0;
+  const int wg_begin = max(first_step, wg_first / NK);
+  const int wg_end = min(num_steps, (wg_limit + NK - 1) / NK);
 
   WarpgroupState<D> st;
   st.Init();
   const float scale_log2 = args.scale * kLog2e;
-  for (int j = first_step; j < num_steps; ++j) {
-    CpAsyncWait<S - 2>();      // this thread's copies of step j landed
-    wgmma::FenceProxyAsync();  // ... and are visible to the products
-    __syncthreads();           // everyone's; and step j - 1's slot is free again
-    if (j + S - 1 < num_steps) {
-      LoadStep<T, D, NK>(args.cache, table_row, kv_head, (j + S - 1) * NK, end,
-                         stages + ((j + S - 1) % S) * Layout::kStageBytes);
+  auto stage_of = [&](int j) { return stages + (j % S) * Layout::kStageBytes; };
+  auto mask_of = [&](int tok0) { return tok0 + NK > warp_min || tok0 < warp_first_max; };
+  float scores[NK / 64][32];
+  uint32_t p[NK / 16][4];  // the probabilities of the step whose P.V is next
+  float alphas[2];         // ... and the output rows' factor before it
+  if constexpr (!kOverlap) {
+    // Each step: scores, softmax, output, each waited for; the other warpgroup's products fill
+    // the gaps.
+    for (int j = first_step; j < num_steps; ++j) {
+      CpAsyncWait<S - 2>();      // this thread's copies of step j landed
+      wgmma::FenceProxyAsync();  // ... and are visible to the products
+      __syncthreads();           // everyone's; and step j - 1's slot is free again
+      if (j + S - 1 < num_steps) {
+        LoadStep<T, D, NK>(args.cache, table_row, kv_head, (j + S - 1) * NK, end,
+                           stage_of(j + S - 1));
+      }
+      CpAsyncCommit();
+      if (j < wg_begin || j >= wg_end) continue;
+      IssueScores<T, D, NK>(q, stage_of(j), scores);
+      WaitAll<D, NK>(scores, st);
+      Softmax<D, NK>(scores, j * NK, limit, first, mask_of(j * NK), scale_log2, st, alphas, lane);
+      RescaleOutput(st, alphas);
+      PackProbabilities<T, NK>(scores, p);
+      IssueOutput<T, D, NK>(p, stage_of(j), st);
+      WaitAll<D, NK>(scores, st);
     }
-    CpAsyncCommit();
-    const int tok0 = j * NK;
-    if (tok0 < wg_limit && tok0 + NK > wg_first) {
-      AttendStep<T, D, NK>(q, stages + (j % S) * Layout::kStageBytes, tok0, limit, first,
-                           tok0 + NK > warp_min || tok0 < warp_first_max, scale_log2, st, lane);
+  } else {
+    // FlashAttention-3's intra-warpgroup pipelining. In step j the warpgroup issues step j's
+    // scores, then step j - 1's output product (its probabilities kept in p), and runs step j's
+    // softmax while that product runs. So a step keeps two slots: K of step j, V of step j - 1;
+    // the block refills the slot of step j - 2, S - 2 steps ahead. Both warpgroups run every
+    // step of the block (a step past a warpgroup's rows is masked whole: at most one step on
+    // the diagonal), so that no product sits in a branch.
+    CpAsyncWait<S - 2>();  // this thread's copies of the first step landed
+    wgmma::FenceProxyAsync();
+    __syncthreads();
+    IssueScores<T, D, NK>(q, stage_of(first_step), scores);
+    WaitAll<D, NK>(scores, st);
+    Softmax<D, NK>(scores, first_step * NK, limit, first, mask_of(first_step * NK), scale_log2, st,
+                   alphas, lane);
+    PackProbabilities<T, NK>(scores, p);
+    for (int j = first_step + 1; j < num_steps; ++j) {
+      CpAsyncWait<S - 3>();  // this thread's copies of step j landed
+      wgmma::FenceProxyAsync();
+      __syncthreads();  // everyone's copies landed; everyone finished step j - 2's products
+      if (j + S - 2 < num_steps) {
+        LoadStep<T, D, NK>(args.cache, table_row, kv_head, (j + S - 2) * NK, end,
+                           stage_of(j + S - 2));
+      }
+      CpAsyncCommit();
+      IssueScores<T, D, NK>(q, stage_of(j), scores);
+      RescaleOutput(st, alphas);
+      IssueOutput<T, D, NK>(p, stage_of(j - 1), st);
+      wgmma::Wait<1>();  // the scores, not yet the output product
+#pragma unroll
+      for (int c = 0; c < NK / 64; ++c) wgmma::PinRegisters(scores[c]);
+      Softmax<D, NK>(scores, j * NK, limit, first, mask_of(j * NK), scale_log2, st, alphas, lane);
+      WaitAll<D, NK>(scores, st);
+      PackProbabilities<T, NK>(scores, p);
     }
+    RescaleOutput(st, alphas);  // the last step's output product
+    IssueOutput<T, D, NK>(p, stage_of(num_steps - 1), st);
+    WaitAll<D, NK>(scores, st);
   }
   CpAsyncWait<0>();
 
@@ -314,28 +378,32 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   }
 }
 
-template <typename T, int D, int NK, int S>
+template <typename T, int D, int NK, int S, bool kOverlap>
 cudaError_t Launch(const PrefillAttentionArgs<T, T>& args, cudaStream_t stream) {
+  static_assert(!kOverlap || S >= 3, "the overlapped schedule keeps two steps landed");
   constexpr int kSmem = kBlockSmemBytes<D, NK, S>;
-  if (const cudaError_t e = AllowDynamicSmem<WarpgroupPrefillKernel<T, D, NK, S>>(kSmem);
-      e != cudaSuccess) {
-    return e;
-  }
+  constexpr auto kKernel = WarpgroupPrefillKernel<T, D, NK, S, kOverlap>;
+  if (const cudaError_t e = AllowDynamicSmem<kKernel>(kSmem); e != cudaSuccess) return e;
   const int group = args.num_heads / args.cache.num_kv_heads;
   const int row_tiles = (args.max_query_len * group + kBlockRows - 1) / kBlockRows;
   const dim3 grid(row_tiles, args.cache.num_kv_heads, args.num_seqs);
-  WarpgroupPrefillKernel<T, D, NK, S><<<grid, kBlockThreads, kSmem, stream>>>(args, group);
+  kKernel<<<grid, kBlockThreads, kSmem, stream>>>(args, group);
   return cudaGetLastError();
 }
 
+// The built variants (keys per step, stages, schedule), numbered as args.warpgroup_variant.
 template <typename T, int D>
 cudaError_t LaunchVariant(const PrefillAttentionArgs<T, T>& args, cudaStream_t stream) {
-  switch (args.key_tiles_per_step) {
+  switch (args.warpgroup_variant) {
+    case 1:
+      return Launch<T, D, 64, 3, false>(args, stream);
+    case 2:
+      return Launch<T, D, 128, 2, false>(args, stream);
     case 0:
+    case 3:
+      return Launch<T, D, 64, 3, true>(args, stream);
     case 4:
-      return Launch<T, D, 64, 3>(args, stream);
-    case 8:
-      return Launch<T, D, 128, 2>(args, stream);
+      return Launch<T, D, 64, 4, true>(args, stream);
     default:
       return cudaErrorInvalidValue;
   }

@@ -9,8 +9,8 @@
 namespace gqa::kernels::cuda {
 
 // A 16-bit cache, unsplit keys (args.key_splits <= 1), head_dim 64 or 128, group size up to 128;
-// args.key_tiles_per_step 0, 4 or 8. cudaErrorNotSupported where WarpgroupPrefillAvailable() is
-// false.
+// args.warpgroup_variant 0 to kWarpgroupPrefillVariants. cudaErrorNotSupported where
+// WarpgroupPrefillAvailable() is false.
 template <typename T>
 cudaError_t WarpgroupPrefillAttention(const PrefillAttentionArgs<T, T>& args, cudaStream_t stream);
 

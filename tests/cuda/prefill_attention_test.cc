@@ -92,17 +92,21 @@ void CheckPrefill(const PrefillShape& shape) {
   cpu::PagedAttention(ToFloats(q).data(), ref_view, query_start.data(), lens.data(), num_seqs,
                       shape.num_heads, args.scale, ref.data(), shape.window);
   // Every built variant: the mma.sync kernel at 16, 32 or 64 keys per step, and where it
-  // applies (a Hopper GPU, unsplit keys) the warpgroup kernel at 64 or 128.
+  // applies (a Hopper GPU, unsplit keys) each of the warpgroup kernel's.
   std::vector<std::pair<PrefillPath, int>> variants = {
       {PrefillPath::kMmaSync, 1}, {PrefillPath::kMmaSync, 2}, {PrefillPath::kMmaSync, 4}};
-  if (WarpgroupPrefillApplies(shape.key_splits)) {
-    variants.insert(variants.end(), {{PrefillPath::kWarpgroup, 4}, {PrefillPath::kWarpgroup, 8}});
+  for (int v = 1; v <= kWarpgroupPrefillVariants && WarpgroupPrefillApplies(shape.key_splits);
+       ++v) {
+    variants.emplace_back(PrefillPath::kWarpgroup, v);
   }
-  for (const auto& [path, key_tiles] : variants) {
-    SCOPED_TRACE(testing::Message() << (path == PrefillPath::kWarpgroup ? "warpgroup" : "mma.sync")
-                                    << " kernel, key tiles per step " << key_tiles);
+  for (const auto& [path, variant] : variants) {
+    const bool warpgroup = path == PrefillPath::kWarpgroup;
+    SCOPED_TRACE(testing::Message() << (warpgroup ? "warpgroup kernel, variant "
+                                                  : "mma.sync kernel, key tiles per step ")
+                                    << variant);
     args.path = path;
-    args.key_tiles_per_step = key_tiles;
+    args.key_tiles_per_step = warpgroup ? 0 : variant;
+    args.warpgroup_variant = warpgroup ? variant : 0;
     CUDA_OK(cudaMemset(out_d.ptr, 0xff, q.size() * sizeof(T)));
     // NaN-poisoned: a partial row the kernel forgets to write reaches the merge as NaN.
     CUDA_OK(cudaMemset(workspace.ptr, 0xff, workspace_bytes));
@@ -182,7 +186,7 @@ TEST(PrefillAttentionCuda, WarpgroupKernelRefusesSplitsAndFp8) {
   EXPECT_EQ(PagedPrefillAttention<__nv_bfloat16>(args, nullptr), cudaErrorInvalidValue);
   args.workspace = nullptr;
   args.key_splits = 1;
-  args.key_tiles_per_step = 2;  // a step of 32 keys: not built
+  args.warpgroup_variant = kWarpgroupPrefillVariants + 1;  // not built
   EXPECT_EQ(PagedPrefillAttention<__nv_bfloat16>(args, nullptr), cudaErrorInvalidValue);
   PrefillAttentionArgs<__nv_bfloat16, __nv_fp8_e4m3> fp8;
   fp8.num_seqs = 1;

@@ -62,10 +62,10 @@ cudaError_t PagedDecodeAttention(const DecodeAttentionArgs<T, KV>& args,
 // warpgroups), for a 16-bit cache, unsplit keys, a compute capability 9.0 GPU and a build with
 // sm_90a code; forced where it does not apply it returns cudaErrorNotSupported (no GPU or build
 // for it) or cudaErrorInvalidValue. kMmaSync: the mma.sync kernel (every GPU, splits, FP8).
-// kAuto: the mma.sync kernel until the warpgroup kernel has been checked on a GPU
-// (kWarpgroupByDefault in paged_prefill_attention.cu), then the warpgroup kernel wherever it
-// applies.
+// kAuto: the warpgroup kernel wherever it applies (kWarpgroupByDefault in
+// paged_prefill_attention.cu), the mma.sync kernel elsewhere.
 enum class PrefillPath { kAuto, kMmaSync, kWarpgroup };
+constexpr int kWarpgroupPrefillVariants = 4;
 
 template <typename T, typename KV = T>
 struct PrefillAttentionArgs {
@@ -85,11 +85,14 @@ struct PrefillAttentionArgs {
   int key_splits = 1;
   int num_query_tokens = 0;
   void* workspace = nullptr;
-  // The kernel variant: 16-key tiles per pipeline step; 0 = the default. The mma.sync kernel
-  // builds 1, 2 or 4 (default PrefillKeyTilesPerStep(head_dim, key_splits)), the warpgroup
-  // kernel 4 or 8 (default 4). Tests and benchmarks set it.
-  int key_tiles_per_step = 0;
+  // The kernel and its variant; tests and benchmarks set them. The mma.sync kernel's 16-key
+  // tiles per pipeline step: 1, 2 or 4 (0: PrefillKeyTilesPerStep(head_dim, key_splits)). The
+  // warpgroup kernel's variant, 1 to kWarpgroupPrefillVariants (0: the default): 64 keys per
+  // step in 3 stages; 128 keys in 2; 64 keys in 3 stages with the next step's scores computed
+  // during this step's softmax (the default); the same in 4 stages.
   PrefillPath path = PrefillPath::kAuto;
+  int key_tiles_per_step = 0;
+  int warpgroup_variant = 0;
 };
 
 // Causal grouped-query attention of several query tokens per sequence over the paged cache
