@@ -279,14 +279,6 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   }
   warp_min = __reduce_min_sync(0xffffffffu, warp_min);
   warp_first_max = __reduce_max_sync(0xffffffffu, warp_first_max);
-  // This warpgroup's steps: [wg_begin, wg_end) (uniform across it: the products are collective).
-  const int wg_row0 = row0 + warpgroup * kWarpgroupRows;
-  const int wg_last_row = min(wg_row0 + kWarpgroupRows, rows) - 1;
-  const int wg_limit = wg_row0 < rows ? first_pos + wg_last_row / group + 1 : 0;
-  const int wg_first = args.window > 0 ? max(0, first_pos + wg_row0 / group - args.window + 1) : 0;
-  const int wg_begin = max(first_step, wg_first / NK);
-  const int wg_end = min(num_steps, (wg_limit + NK - 1) / NK);
-
   WarpgroupState<D> st;
   st.Init();
   const float scale_log2 = args.scale * kLog2e;
@@ -297,7 +289,15 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   float alphas[2];         // ... and the output rows' factor before it
   if constexpr (!kOverlap) {
     // Each step: scores, softmax, output, each waited for; the other warpgroup's products fill
-    // the gaps.
+    // the gaps. A warpgroup skips the steps outside [wg_begin, wg_end), which its rows do not see
+    // (uniform across it: the products are collective).
+    const int wg_row0 = row0 + warpgroup * kWarpgroupRows;
+    const int wg_last_row = min(wg_row0 + kWarpgroupRows, rows) - 1;
+    const int wg_limit = wg_row0 < rows ? first_pos + wg_last_row / group + 1 : 0;
+    const int wg_first =
+        args.window > 0 ? max(0, first_pos + wg_row0 / group - args.window + 1) : 0;
+    const int wg_begin = max(first_step, wg_first / NK);
+    const int wg_end = min(num_steps, (wg_limit + NK - 1) / NK);
     for (int j = first_step; j < num_steps; ++j) {
       CpAsyncWait<S - 2>();      // this thread's copies of step j landed
       wgmma::FenceProxyAsync();  // ... and are visible to the products
