@@ -119,6 +119,23 @@ __device__ __forceinline__ void LoadTile(const PagedKvView<T>& cache, int block,
   }
 }
 
+// A prefill block's query rows row0 .. row0 + kRows - 1 (row r: query token r / group of the
+// sequence starting at q_begin, head kv_head * group + r % group) into shared memory as padded
+// rows of kRow<D>, by the block's kThreadsOf threads with cp.async; rows past `rows` are zeros.
+template <typename T, int D, int kRows, int kThreadsOf>
+__device__ __forceinline__ void LoadQueryRows(const T* q,  // [tokens, num_heads, D]
+                                              int q_begin, int num_heads, int kv_head, int group,
+                                              int row0, int rows, T* q_smem) {
+  for (int i = threadIdx.x; i < kRows * D / 8; i += kThreadsOf) {
+    const int r = row0 + i / (D / 8), col = (i % (D / 8)) * 8;
+    const bool valid = r < rows;
+    const size_t src =
+        valid ? (size_t(q_begin + r / group) * num_heads + kv_head * group + r % group) * D + col
+              : 0;
+    CpAsync16(q_smem + (i / (D / 8)) * kRow<D> + col, q + src, valid);
+  }
+}
+
 // Sixteen E4M3 values (one 16-byte chunk) as sixteen T, exactly (every E4M3 value is a bf16 and
 // an fp16 value), into two 16-byte chunks.
 template <typename T>

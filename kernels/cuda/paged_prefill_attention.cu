@@ -132,15 +132,8 @@ __global__ void __launch_bounds__(kThreads)
   SplitSteps(key_splits, split, max(1, kPrefillMinSplitTiles / NK), first_step, num_steps);
   const int32_t* table_row = args.cache.block_tables + size_t(seq) * args.cache.max_blocks_per_seq;
 
-  for (int i = threadIdx.x; i < kRowsPerBlock * D / 8; i += kThreads) {
-    const int r = row0 + i / (D / 8), col = (i % (D / 8)) * 8;
-    const bool valid = r < rows;
-    const size_t src =
-        valid
-            ? (size_t(q_begin + r / group) * args.num_heads + kv_head * group + r % group) * D + col
-            : 0;
-    CpAsync16(q_smem + (i / (D / 8)) * kRow<D> + col, args.q + src, valid);
-  }
+  LoadQueryRows<T, D, kRowsPerBlock, kThreads>(args.q, q_begin, args.num_heads, kv_head, group,
+                                               row0, rows, q_smem);
   CpAsyncCommit();
   auto load = [&](int j) {  // step j: NK tiles, each in its own part of a cache block
     KV* stage = stages + (j % S) * Layout::kStageElems;

@@ -237,15 +237,8 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   const int num_steps = last_pos / NK + 1;
   const int32_t* table_row = args.cache.block_tables + size_t(seq) * args.cache.max_blocks_per_seq;
 
-  for (int i = threadIdx.x; i < kBlockRows * D / 8; i += kBlockThreads) {
-    const int r = row0 + i / (D / 8), col = (i % (D / 8)) * 8;
-    const bool valid = r < rows;
-    const size_t src =
-        valid
-            ? (size_t(q_begin + r / group) * args.num_heads + kv_head * group + r % group) * D + col
-            : 0;
-    CpAsync16(q_smem + (i / (D / 8)) * kRow<D> + col, args.q + src, valid);
-  }
+  LoadQueryRows<T, D, kBlockRows, kBlockThreads>(args.q, q_begin, args.num_heads, kv_head, group,
+                                                 row0, rows, q_smem);
   CpAsyncCommit();
 #pragma unroll
   for (int j = first_step; j < first_step + S - 1; ++j) {

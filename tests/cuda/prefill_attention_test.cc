@@ -166,12 +166,11 @@ TEST(PrefillAttentionCuda, KeySplitsOverACachedPrefix) {
   }
 }
 
-// Group sizes the mma.sync kernel refuses (over 64 rows of a block) are not asked of either;
-// the warpgroup kernel refuses what it cannot run instead of computing it wrong.
-TEST(PrefillAttentionCuda, WarpgroupKernelRefusesSplitsAndFp8) {
-  REQUIRE_GPU();
-  if (!WarpgroupPrefillApplies(1)) GTEST_SKIP() << "needs a compute capability 9.0 GPU";
-  PrefillAttentionArgs<__nv_bfloat16> args;
+// The arguments of a one-token prefill forced onto the warpgroup kernel (nothing is read: every
+// request below is refused before a launch).
+template <typename KV>
+PrefillAttentionArgs<__nv_bfloat16, KV> ForcedWarpgroupArgs() {
+  PrefillAttentionArgs<__nv_bfloat16, KV> args;
   args.num_seqs = 1;
   args.max_query_len = 1;
   args.num_heads = 8;
@@ -179,6 +178,15 @@ TEST(PrefillAttentionCuda, WarpgroupKernelRefusesSplitsAndFp8) {
   args.cache.block_size = 16;
   args.cache.head_dim = 128;
   args.path = PrefillPath::kWarpgroup;
+  return args;
+}
+
+// Group sizes the mma.sync kernel refuses (over 64 rows of a block) are not asked of either;
+// the warpgroup kernel refuses what it cannot run instead of computing it wrong.
+TEST(PrefillAttentionCuda, WarpgroupKernelRefusesSplitsAndFp8) {
+  REQUIRE_GPU();
+  if (!WarpgroupPrefillApplies(1)) GTEST_SKIP() << "needs a compute capability 9.0 GPU";
+  auto args = ForcedWarpgroupArgs<__nv_bfloat16>();
   DeviceBuffer<float> workspace(1 << 16);  // a valid split request for the mma.sync kernel
   args.key_splits = 2;
   args.num_query_tokens = 1;
@@ -188,14 +196,7 @@ TEST(PrefillAttentionCuda, WarpgroupKernelRefusesSplitsAndFp8) {
   args.key_splits = 1;
   args.warpgroup_variant = kWarpgroupPrefillVariants + 1;  // not built
   EXPECT_EQ(PagedPrefillAttention<__nv_bfloat16>(args, nullptr), cudaErrorInvalidValue);
-  PrefillAttentionArgs<__nv_bfloat16, __nv_fp8_e4m3> fp8;
-  fp8.num_seqs = 1;
-  fp8.max_query_len = 1;
-  fp8.num_heads = 8;
-  fp8.cache.num_kv_heads = 2;
-  fp8.cache.block_size = 16;
-  fp8.cache.head_dim = 128;
-  fp8.path = PrefillPath::kWarpgroup;
+  const auto fp8 = ForcedWarpgroupArgs<__nv_fp8_e4m3>();
   EXPECT_EQ((PagedPrefillAttention<__nv_bfloat16, __nv_fp8_e4m3>(fp8, nullptr)),
             cudaErrorInvalidValue);
 }
