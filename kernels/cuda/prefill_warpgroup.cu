@@ -10,6 +10,8 @@
 // P re-packed from the accumulators as the A operand, both products reading K and V straight
 // from shared memory. A warpgroup skips the steps wholly after its rows' positions (or before
 // their window).
+#include <array>
+#include <atomic>
 #include <cstdint>
 
 #include "attention_tile.cuh"
@@ -54,11 +56,12 @@ __device__ __forceinline__ void LoadStep(const PagedKvView<T>& cache, const int3
     const int t = c / kChunksPerRow, chunk = c % kChunksPerRow;
     const int tok = tok0 + t;
     const int entry = min(tok / cache.block_size, cache.max_blocks_per_seq - 1);
-    const size_t src =
-        ((size_t(table_row[entry]) * cache.num_kv_heads + kv_head) * cache.block_size +
-         tok % cache.block_size) *
-            D +
-        chunk * 8;
+    // Past the context the table may hold -1 (unused entries): read nothing, from block 0.
+    const int block = tok < end ? table_row[entry] : 0;
+    const size_t src = ((size_t(block) * cache.num_kv_heads + kv_head) * cache.block_size +
+                        tok % cache.block_size) *
+                           D +
+                       chunk * 8;
     const int dst = (chunk / 8) * Layout::kPanelBytes + wgmma::SwizzledOffset(t, chunk % 8);
     CpAsync16(stage + dst, cache.k + src, tok < end);
     CpAsync16(stage + Layout::kOperandBytes + dst, cache.v + src, tok < end);
@@ -406,13 +409,21 @@ cudaError_t LaunchVariant(const PrefillAttentionArgs<T, T>& args, cudaStream_t s
 
 bool WarpgroupPrefillAvailable() {
 #if GQA_KERNELS_HAVE_SM90A
-  int device = 0, major = 0, minor = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+  static std::array<std::atomic<int>, 64> known{};  // per device: 0 unknown, 1 no, 2 yes
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return false;
+  const bool tracked = device < static_cast<int>(known.size());
+  if (tracked && known[device].load(std::memory_order_relaxed) != 0) {
+    return known[device].load(std::memory_order_relaxed) == 2;
+  }
+  int major = 0, minor = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
       cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
     return false;
   }
-  return major == 9 && minor == 0;
+  const bool hopper = major == 9 && minor == 0;
+  if (tracked) known[device].store(hopper ? 2 : 1, std::memory_order_relaxed);
+  return hopper;
 #else
   return false;
 #endif

@@ -8,7 +8,7 @@
 
 namespace gqa::kernels::cuda {
 
-// A 16-bit cache, unsplit keys (args.key_splits <= 1), head_dim 64 or 128, group size up to 128;
+// A 16-bit cache, unsplit keys (args.key_splits <= 1), head_dim 64 or 128, group size up to 64;
 // args.warpgroup_variant 0 to kWarpgroupPrefillVariants. cudaErrorNotSupported where
 // WarpgroupPrefillAvailable() is false.
 template <typename T>
