@@ -6,8 +6,8 @@
 // cp.async pipeline and each warp runs the shared tile update on its rows. Warps skip tiles that
 // lie wholly after their rows' positions.
 //
-// On Hopper the warpgroup kernel (prefill_warpgroup.cu) takes every unsplit step of a 16-bit
-// cache; this one the rest (splits, FP8 caches, other GPUs) and what tests force onto it.
+// The warpgroup kernel (prefill_warpgroup.cu) is to take every unsplit step of a 16-bit cache on
+// Hopper (kWarpgroupByDefault); this one the rest (splits, FP8 caches, other GPUs).
 //
 // Key splits (args.key_splits > 1, for a short chunk after a long cached prefix: see
 // gqa/kernels/prefill_selector.h): grid.x is (row tile, split); each block streams only its
@@ -28,8 +28,9 @@ namespace {
 using namespace attention;  // NOLINT: the shared tile building blocks
 
 constexpr int kRowsPerBlock = kWarps * 16;
-// kAuto takes the warpgroup kernel where it applies.
-constexpr bool kWarpgroupByDefault = true;
+// kAuto takes the warpgroup kernel where it applies once it has passed its tests on a GPU: it
+// has not yet run on one (every device request of the session that built it was refused).
+constexpr bool kWarpgroupByDefault = false;
 static_assert(kRowsPerBlock == kPrefillRowsPerBlock, "the selector counts blocks of these rows");
 
 // D: head_dim; NK: 16-key tiles per pipeline step (the keys of one softmax step); S: stages;
