@@ -186,7 +186,7 @@ class CudaBackend final : public Backend {
   // sums of squares the product before left in `sums`.
   k::SkinnyMmaFusion<T> NormalizedInput(const void* norm_weight, const float* sums) const {
     k::SkinnyMmaFusion<T> in;
-    in.norm_weight = static_cast<const T*>(norm_weight);
+    in.norm_weight = Typed(norm_weight);
     in.norm_sums_in = sums;
     in.norm_sum_blocks = NormSumBlocks();
     in.eps = config_.rms_norm_eps;
@@ -206,6 +206,14 @@ class CudaBackend final : public Backend {
   // Layer l's pools as the cache stores them (KV = T, or __nv_fp8_e4m3 with its scales).
   template <typename KV>
   kernels::PagedKvView<KV> Cache(int l) const;
+  // use(Cache<KV>(l)) with the KV of this backend's cache dtype.
+  template <typename Use>
+  absl::Status WithCache(int l, Use&& use) const {
+    if (spec_.cache_dtype == KvCacheDType::kFp8E4M3) return use(Cache<__nv_fp8_e4m3>(l));
+    return use(Cache<T>(l));
+  }
+  // A weight (stored untyped) as the compute type.
+  static const T* Typed(const void* weight) { return static_cast<const T*>(weight); }
   kernels::KvElement kv_element() const {
     return spec_.cache_dtype == KvCacheDType::kFp8E4M3 ? kernels::KvElement::kFp8E4M3
                                                        : kernels::KvElement::k16Bit;

@@ -27,10 +27,8 @@ kernels::PagedKvView<KV> CudaBackend<T>::Cache(int l) const {
 
 template <typename T>
 absl::Status CudaBackend<T>::Attention(int l, const StepShape& shape, bool qkv_appended) {
-  if (spec_.cache_dtype == KvCacheDType::kFp8E4M3) {
-    return AttentionOver(l, shape, Cache<__nv_fp8_e4m3>(l), qkv_appended);
-  }
-  return AttentionOver(l, shape, Cache<T>(l), qkv_appended);
+  return WithCache(l,
+                   [&](const auto& cache) { return AttentionOver(l, shape, cache, qkv_appended); });
 }
 
 template <typename T>
@@ -104,10 +102,9 @@ absl::Status CudaBackend<T>::Linear(const T* input, k::SkinnyInput kind, const v
   const bool silu = kind == k::SkinnyInput::kSiluGateUp;
   const int stride = silu ? 2 * k : k;
   if (m <= skinny_max_rows_ && SkinnyFits(m, k)) {
-    return cuda::CudaStatus(
-        k::SkinnyGemm<T, Out>(input, stride, kind, static_cast<const T*>(w),
-                              static_cast<const T*>(bias), m, n, k, y, device_->stream()),
-        "SkinnyGemm");
+    return cuda::CudaStatus(k::SkinnyGemm<T, Out>(input, stride, kind, Typed(w), Typed(bias), m, n,
+                                                  k, y, device_->stream()),
+                            "SkinnyGemm");
   }
   if (silu) {
     GQA_CUDA_RETURN_IF_ERROR(
@@ -128,8 +125,7 @@ absl::Status CudaBackend<T>::Layer(int l, const StepShape& shape) {
       Linear(act_.normed, kPlain, w.qkv, w.qkv_bias, n, c.q_size() + 2 * c.kv_size(), h, act_.qkv));
   RETURN_IF_ERROR(Attention(l, shape));
   RETURN_IF_ERROR(Linear(act_.attn, kPlain, w.o, w.o_bias, n, h, c.q_size(), act_.proj));
-  GQA_CUDA_RETURN_IF_ERROR(k::AddRmsNorm<T>(act_.proj, act_.residual,
-                                            static_cast<const T*>(w.post_norm), n, h,
+  GQA_CUDA_RETURN_IF_ERROR(k::AddRmsNorm<T>(act_.proj, act_.residual, Typed(w.post_norm), n, h,
                                             c.rms_norm_eps, act_.normed, stream));
   RETURN_IF_ERROR(
       Linear(act_.normed, kPlain, w.gate_up, w.gate_up_bias, n, 2 * inter, h, act_.gate_up));
@@ -137,9 +133,8 @@ absl::Status CudaBackend<T>::Layer(int l, const StepShape& shape) {
                          inter, act_.proj));
   const void* next_norm =
       l + 1 < c.num_layers ? weights_.layer(l + 1).input_norm : weights_.final_norm();
-  GQA_CUDA_RETURN_IF_ERROR(k::AddRmsNorm<T>(act_.proj, act_.residual,
-                                            static_cast<const T*>(next_norm), n, h, c.rms_norm_eps,
-                                            act_.normed, stream));
+  GQA_CUDA_RETURN_IF_ERROR(k::AddRmsNorm<T>(act_.proj, act_.residual, Typed(next_norm), n, h,
+                                            c.rms_norm_eps, act_.normed, stream));
   return absl::OkStatus();
 }
 
@@ -149,36 +144,35 @@ absl::Status CudaBackend<T>::FusedLayer(int l, const StepShape& shape) {
   const cuda::LayerWeights& w = weights_.layer(l);
   const int n = shape.num_tokens, h = c.hidden_size, inter = c.intermediate_size;
   cudaStream_t stream = device_->stream();
-  auto cast = [](const void* p) { return static_cast<const T*>(p); };
   // The input norm: layer 0's came from Launch's RmsNorm, later ones from the sums the
   // previous layer's down projection left.
   const k::SkinnyMmaFusion<T> qkv_in =
       l > 0 ? NormalizedInput(w.input_norm, act_.norm_sums_mlp) : k::SkinnyMmaFusion<T>{};
   const T* qkv_x = l > 0 ? act_.residual : act_.normed;
   const int qkv_n = c.q_size() + 2 * c.kv_size();
-  GQA_CUDA_RETURN_IF_ERROR(k::SkinnyMmaGemmFused<T>(qkv_x, h, cast(w.qkv), cast(w.qkv_bias), n,
+  GQA_CUDA_RETURN_IF_ERROR(k::SkinnyMmaGemmFused<T>(qkv_x, h, Typed(w.qkv), Typed(w.qkv_bias), n,
                                                     qkv_n, h, act_.qkv, qkv_in, skinny_workspace_,
                                                     stream));
   RETURN_IF_ERROR(Attention(l, shape));
   k::SkinnyMmaFusion<T> o_out;
   o_out.residual = act_.residual;
   o_out.norm_sums_out = act_.norm_sums_attn;
-  GQA_CUDA_RETURN_IF_ERROR(k::SkinnyMmaGemmFused<T>(act_.attn, c.q_size(), cast(w.o),
-                                                    cast(w.o_bias), n, h, c.q_size(), nullptr,
+  GQA_CUDA_RETURN_IF_ERROR(k::SkinnyMmaGemmFused<T>(act_.attn, c.q_size(), Typed(w.o),
+                                                    Typed(w.o_bias), n, h, c.q_size(), nullptr,
                                                     o_out, skinny_workspace_, stream));
   const k::SkinnyMmaFusion<T> gate_up_in = NormalizedInput(w.post_norm, act_.norm_sums_attn);
   GQA_CUDA_RETURN_IF_ERROR(
-      k::SkinnyMmaGemmFused<T>(act_.residual, h, cast(w.gate_up), cast(w.gate_up_bias), n,
+      k::SkinnyMmaGemmFused<T>(act_.residual, h, Typed(w.gate_up), Typed(w.gate_up_bias), n,
                                2 * inter, h, act_.gate_up, gate_up_in, skinny_workspace_, stream));
   k::SkinnyMmaFusion<T> down;
   down.silu_gate_up = true;
   down.residual = act_.residual;
   down.norm_sums_out = act_.norm_sums_mlp;
-  GQA_CUDA_RETURN_IF_ERROR(k::SkinnyMmaGemmFused<T>(act_.gate_up, 2 * inter, cast(w.down),
-                                                    cast(w.down_bias), n, h, inter, nullptr, down,
+  GQA_CUDA_RETURN_IF_ERROR(k::SkinnyMmaGemmFused<T>(act_.gate_up, 2 * inter, Typed(w.down),
+                                                    Typed(w.down_bias), n, h, inter, nullptr, down,
                                                     skinny_workspace_, stream));
   if (l + 1 == c.num_layers) {  // the final norm, for the logit rows
-    GQA_CUDA_RETURN_IF_ERROR(k::AddRmsNorm<T>(nullptr, act_.residual, cast(weights_.final_norm()),
+    GQA_CUDA_RETURN_IF_ERROR(k::AddRmsNorm<T>(nullptr, act_.residual, Typed(weights_.final_norm()),
                                               n, h, c.rms_norm_eps, act_.normed, stream));
   }
   return absl::OkStatus();
@@ -199,11 +193,11 @@ absl::Status CudaBackend<T>::SkinnyQkvRopeAppend(int l, const StepShape& shape,
   rope.q_out = act_.q;
   rope.cache = cache;
   const int h = c.hidden_size;
-  const k::SkinnyNorm<T> norm{static_cast<const T*>(w.input_norm), c.rms_norm_eps};
+  const k::SkinnyNorm<T> norm{Typed(w.input_norm), c.rms_norm_eps};
   return cuda::CudaStatus(
-      k::SkinnyGemmRopeAppend<T, KV>(act_.residual, h, norm, static_cast<const T*>(w.qkv),
-                                     static_cast<const T*>(w.qkv_bias), shape.num_tokens,
-                                     c.q_size() + 2 * c.kv_size(), h, rope, device_->stream()),
+      k::SkinnyGemmRopeAppend<T, KV>(act_.residual, h, norm, Typed(w.qkv), Typed(w.qkv_bias),
+                                     shape.num_tokens, c.q_size() + 2 * c.kv_size(), h, rope,
+                                     device_->stream()),
       "SkinnyGemmRopeAppend");
 }
 
@@ -213,28 +207,24 @@ absl::Status CudaBackend<T>::SkinnyFusedLayer(int l, const StepShape& shape) {
   const cuda::LayerWeights& w = weights_.layer(l);
   const int n = shape.num_tokens, h = c.hidden_size, inter = c.intermediate_size;
   cudaStream_t stream = device_->stream();
-  auto cast = [](const void* p) { return static_cast<const T*>(p); };
   constexpr auto kPlain = k::SkinnyInput::kPlain;
   // The QKV product holds the RoPE and the KV append, so the profiler's attention time (from
   // Attention) is the attention kernels' alone here.
-  if (spec_.cache_dtype == KvCacheDType::kFp8E4M3) {
-    RETURN_IF_ERROR(SkinnyQkvRopeAppend(l, shape, Cache<__nv_fp8_e4m3>(l)));
-  } else {
-    RETURN_IF_ERROR(SkinnyQkvRopeAppend(l, shape, Cache<T>(l)));
-  }
+  RETURN_IF_ERROR(
+      WithCache(l, [&](const auto& cache) { return SkinnyQkvRopeAppend(l, shape, cache); }));
   RETURN_IF_ERROR(Attention(l, shape, /*qkv_appended=*/true));
-  GQA_CUDA_RETURN_IF_ERROR(k::SkinnyGemmFused<T>(act_.attn, c.q_size(), kPlain, {}, cast(w.o),
-                                                 cast(w.o_bias), n, h, c.q_size(), nullptr,
+  GQA_CUDA_RETURN_IF_ERROR(k::SkinnyGemmFused<T>(act_.attn, c.q_size(), kPlain, {}, Typed(w.o),
+                                                 Typed(w.o_bias), n, h, c.q_size(), nullptr,
                                                  act_.residual, stream));
-  const k::SkinnyNorm<T> post_norm{cast(w.post_norm), c.rms_norm_eps};
+  const k::SkinnyNorm<T> post_norm{Typed(w.post_norm), c.rms_norm_eps};
   GQA_CUDA_RETURN_IF_ERROR(k::SkinnyGemmFused<T>(act_.residual, h, kPlain, post_norm,
-                                                 cast(w.gate_up), cast(w.gate_up_bias), n,
+                                                 Typed(w.gate_up), Typed(w.gate_up_bias), n,
                                                  2 * inter, h, act_.gate_up, nullptr, stream));
   GQA_CUDA_RETURN_IF_ERROR(
-      k::SkinnyGemmFused<T>(act_.gate_up, 2 * inter, k::SkinnyInput::kSiluGateUp, {}, cast(w.down),
-                            cast(w.down_bias), n, h, inter, nullptr, act_.residual, stream));
+      k::SkinnyGemmFused<T>(act_.gate_up, 2 * inter, k::SkinnyInput::kSiluGateUp, {}, Typed(w.down),
+                            Typed(w.down_bias), n, h, inter, nullptr, act_.residual, stream));
   if (l + 1 == c.num_layers) {  // the final norm, for the logit rows
-    GQA_CUDA_RETURN_IF_ERROR(k::AddRmsNorm<T>(nullptr, act_.residual, cast(weights_.final_norm()),
+    GQA_CUDA_RETURN_IF_ERROR(k::AddRmsNorm<T>(nullptr, act_.residual, Typed(weights_.final_norm()),
                                               n, h, c.rms_norm_eps, act_.normed, stream));
   }
   return absl::OkStatus();
@@ -247,14 +237,14 @@ absl::Status CudaBackend<T>::Launch(const StepShape& shape) {
   cudaStream_t stream = device_->stream();
   const int n = shape.num_tokens, h = c.hidden_size;
   GQA_CUDA_RETURN_IF_ERROR(inputs_.UpdateTables(shape, spec_.block_size, stream, act_.sampled));
-  GQA_CUDA_RETURN_IF_ERROR(k::EmbeddingGather<T>(static_cast<const T*>(weights_.embed()),
-                                                 in.token_ids, n, h, act_.residual, stream));
+  GQA_CUDA_RETURN_IF_ERROR(
+      k::EmbeddingGather<T>(Typed(weights_.embed()), in.token_ids, n, h, act_.residual, stream));
   if (skinny_fused(shape)) {  // each layer normalises its own input
     for (int l = 0; l < c.num_layers; ++l) RETURN_IF_ERROR(SkinnyFusedLayer(l, shape));
   } else {
     GQA_CUDA_RETURN_IF_ERROR(k::AddRmsNorm<T>(nullptr, act_.residual,
-                                              static_cast<const T*>(weights_.layer(0).input_norm),
-                                              n, h, c.rms_norm_eps, act_.normed, stream));
+                                              Typed(weights_.layer(0).input_norm), n, h,
+                                              c.rms_norm_eps, act_.normed, stream));
     for (int l = 0; l < c.num_layers; ++l) {
       RETURN_IF_ERROR(fused(shape) ? FusedLayer(l, shape) : Layer(l, shape));
     }
