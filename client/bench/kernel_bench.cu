@@ -132,7 +132,8 @@ using gqa::kernels::DecodeVariant;
 
 template <typename KV = T>
 double TimeDecode(const Shape& s, int sm_count, double* kv_bytes, int* splits, double* graph_us,
-                  int splits_override = 0, DecodeVariant variant = {0, 0, 0}) {
+                  int splits_override = 0, DecodeVariant variant = {0, 0, 0},
+                  int warpgroup_stages = 0) {
   constexpr bool kFp8 = sizeof(KV) == 1;
   const int blocks_per_seq = (s.context + kBlockSize - 1) / kBlockSize;
   const int num_blocks = s.batch * blocks_per_seq;
@@ -147,6 +148,11 @@ double TimeDecode(const Shape& s, int sm_count, double* kv_bytes, int* splits, d
     choice.warps = variant.warps;
     choice.stages = variant.stages;
     choice.key_tiles = variant.key_tiles;
+  }
+  if (warpgroup_stages > 0) {  // the Hopper warpgroup kernel, its own splits
+    choice = gqa::kernels::SelectWarpgroupDecodeKernel(
+        kHeads, s.kv_heads, g_head_dim, kBlockSize, s.batch, max_keys, sm_count, splits_override);
+    choice.stages = warpgroup_stages;
   }
   *splits = choice.num_splits;
   const int copies = int(std::clamp<double>(std::ceil(kRotateBytes / *kv_bytes), 1, 64));
@@ -590,6 +596,20 @@ int KernelBenchMain(int argc, char** argv) {
         s.kv_heads, s.batch, s.context, splits, eager_us, graph_us, floor_us,
         bytes / graph_us / 1e3, 100.0 * floor_us / graph_us, p.sdpa_eager, p.sdpa_graph,
         p.naive_graph, p.sdpa_graph / graph_us, p.sdpa_eager / eager_us);
+    if (!g_fp8 && gqa::kernels::cuda::WarpgroupPrefillAvailable()) {
+      // The Hopper warpgroup decode kernel on the same shape, 3 and 4 stages.
+      std::printf("%3s %5s %6s %6s |", "", "", "wg", "");
+      for (int stages : {3, 4}) {
+        double wg_bytes, wg_graph_us;
+        int wg_splits;
+        TimeDecode(s, prop.multiProcessorCount, &wg_bytes, &wg_splits, &wg_graph_us, 0, {0, 0, 0},
+                   stages);
+        std::printf(" s%d: %d splits %.1f us %.0f%% of copy %.2fx sdpa_gr %.2fx ours |", stages,
+                    wg_splits, wg_graph_us, 100.0 * floor_us / wg_graph_us,
+                    p.sdpa_graph / wg_graph_us, graph_us / wg_graph_us);
+      }
+      std::printf("\n");
+    }
     if (g_fp8) {  // the same shape over an FP8 cache: its floor is half the bytes
       double fp8_bytes, fp8_graph_us;
       int fp8_splits;

@@ -1,6 +1,7 @@
 #include "gqa/kernels/decode_selector.h"
 
 #include <algorithm>
+#include <string>
 
 namespace gqa::kernels {
 namespace {
@@ -38,39 +39,17 @@ DecodeKernelChoice Unsupported(std::string reason) {
 
 int CeilDiv(int a, int b) { return (a + b - 1) / b; }
 
-}  // namespace
-
-DecodeKernelChoice SelectDecodeKernel(int num_heads, int num_kv_heads, int head_dim, int block_size,
-                                      int num_seqs, int max_context_len, int sm_count,
-                                      int num_splits_override, KvElement kv) {
-  if (num_kv_heads <= 0 || num_heads % num_kv_heads != 0) {
-    return Unsupported("num_attention_heads must be a multiple of num_key_value_heads");
-  }
-  const int group = num_heads / num_kv_heads;
-  if (group > 32) return Unsupported("query heads per KV head (group size) above 32");
-  if (head_dim != 64 && head_dim != 128) return Unsupported("head_dim other than 64 or 128");
-  if (block_size % kDecodeTileTokens != 0) {
-    return Unsupported("KV block size that is not a multiple of 16");
-  }
-  DecodeKernelChoice c;
-  c.supported = true;
-  c.head_dim = head_dim;
-  c.query_tiles = group <= 16 ? 1 : 2;
-  const DecodeVariant variant = ChooseVariant(head_dim, group);
-  c.warps = variant.warps;
-  c.stages = variant.stages;
-  c.key_tiles = variant.key_tiles;
-  c.kv = kv;
-  if (!DecodeVariantBuilt(head_dim, c.query_tiles, variant, KvElementBytes(kv))) {
-    return Unsupported("no decode kernel variant fits shared memory for this cache element");
-  }
+// Sets c.num_splits and c.split_tokens for `base` (sequence, KV head) pairs of up to
+// max_context_len tokens, `blocks_per_sm` blocks filling each of `sm_count` multiprocessors.
+void ChooseSplits(DecodeKernelChoice& c, int group, int base, int blocks_per_sm,
+                  int max_context_len, int sm_count, int num_splits_override) {
   const int tiles = std::max(1, CeilDiv(max_context_len, kDecodeTileTokens));
   int splits = num_splits_override;
   if (splits <= 0) {
-    const int base = std::max(1, num_seqs * num_kv_heads);
+    base = std::max(1, base);
     // One wave of blocks: measured on an H200, more splits cost more in the merge than they
     // gain in parallelism (kernels/BENCHMARKS.md).
-    const int slots = std::max(1, sm_count) * BlocksPerSm(c.query_tiles, head_dim);
+    const int slots = std::max(1, sm_count) * blocks_per_sm;
     splits = std::max(1, slots / base);
     // Each split writes group x head_dim fp32 partial outputs that the merge reads back. When
     // the batch alone nearly fills the GPU, at least `group` tiles per split keeps that traffic
@@ -83,6 +62,72 @@ DecodeKernelChoice SelectDecodeKernel(int num_heads, int num_kv_heads, int head_
   const int split_tiles = CeilDiv(tiles, splits);
   c.num_splits = CeilDiv(tiles, split_tiles);
   c.split_tokens = split_tiles * kDecodeTileTokens;
+}
+
+// The shape checks both kernels share: "" when the shape is one they take.
+std::string ShapeProblem(int num_heads, int num_kv_heads, int head_dim, int block_size,
+                         int max_group) {
+  if (num_kv_heads <= 0 || num_heads % num_kv_heads != 0) {
+    return "num_attention_heads must be a multiple of num_key_value_heads";
+  }
+  if (num_heads / num_kv_heads > max_group) {
+    return "query heads per KV head (group size) above " + std::to_string(max_group);
+  }
+  if (head_dim != 64 && head_dim != 128) return "head_dim other than 64 or 128";
+  if (block_size % kDecodeTileTokens != 0) return "KV block size that is not a multiple of 16";
+  return "";
+}
+
+}  // namespace
+
+DecodeKernelChoice SelectDecodeKernel(int num_heads, int num_kv_heads, int head_dim, int block_size,
+                                      int num_seqs, int max_context_len, int sm_count,
+                                      int num_splits_override, KvElement kv) {
+  if (std::string problem = ShapeProblem(num_heads, num_kv_heads, head_dim, block_size, 32);
+      !problem.empty()) {
+    return Unsupported(std::move(problem));
+  }
+  const int group = num_heads / num_kv_heads;
+  DecodeKernelChoice c;
+  c.supported = true;
+  c.head_dim = head_dim;
+  c.query_tiles = group <= 16 ? 1 : 2;
+  const DecodeVariant variant = ChooseVariant(head_dim, group);
+  c.warps = variant.warps;
+  c.stages = variant.stages;
+  c.key_tiles = variant.key_tiles;
+  c.kv = kv;
+  if (!DecodeVariantBuilt(head_dim, c.query_tiles, variant, KvElementBytes(kv))) {
+    return Unsupported("no decode kernel variant fits shared memory for this cache element");
+  }
+  ChooseSplits(c, group, num_seqs * num_kv_heads, BlocksPerSm(c.query_tiles, head_dim),
+               max_context_len, sm_count, num_splits_override);
+  return c;
+}
+
+DecodeKernelChoice SelectWarpgroupDecodeKernel(int num_heads, int num_kv_heads, int head_dim,
+                                               int block_size, int num_seqs, int max_context_len,
+                                               int sm_count, int num_splits_override,
+                                               bool fixed_grid) {
+  if (std::string problem =
+          ShapeProblem(num_heads, num_kv_heads, head_dim, block_size, kWarpgroupDecodeMaxGroup);
+      !problem.empty()) {
+    return Unsupported(std::move(problem));
+  }
+  const int group = num_heads / num_kv_heads;
+  DecodeKernelChoice c;
+  c.supported = true;
+  c.warpgroup = true;
+  c.head_dim = head_dim;
+  c.query_tiles = 4;  // 64 rows
+  c.warps = 4;
+  c.stages = 3;
+  c.key_tiles = 4;
+  // 97 KB of shared memory at head_dim 128 (49 KB at 64): two blocks per multiprocessor. A
+  // prediction, not yet measured (kernels/BENCHMARKS.md step 23).
+  ChooseSplits(c, group, num_seqs * num_kv_heads, 2, max_context_len, sm_count,
+               num_splits_override);
+  if (fixed_grid) c.split_tokens = 0;
   return c;
 }
 

@@ -18,6 +18,7 @@
 #include <cstdint>
 
 #include "attention_tile.cuh"
+#include "decode_warpgroup.h"
 #include "gqa/kernels/paged_attention_cuda.h"
 #include "pdl.cuh"
 #include "vec.cuh"
@@ -67,7 +68,7 @@ __device__ __forceinline__ unsigned long long GlobalTimer() {
 }  // namespace
 }  // namespace gqa::kernels::cuda
 
-#include "split_merge.cuh"  // after the trace hooks it uses
+#include "decode_launch.cuh"  // after the trace hooks its merge uses
 
 namespace gqa::kernels::cuda {
 namespace {
@@ -113,22 +114,9 @@ __device__ __forceinline__ int PrefetchBlocks(const int32_t* table_row, int max_
   return entry < max_blocks ? table_row[entry] : 0;
 }
 
-// The first key a sequence's query (at position len - 1) sees: with a sliding window of
-// `window` > 0 tokens, len - window.
-__device__ __forceinline__ int FirstKey(int len, int window) {
-  return window > 0 ? max(0, len - window) : 0;
-}
-
 // The named barrier of one team of `threads` threads (ids 1.. : 0 is __syncthreads).
 __device__ __forceinline__ void TeamBarrier(int team, int threads) {
   asm volatile("bar.sync %0, %1;" ::"r"(team + 1), "r"(threads) : "memory");
-}
-
-// Tokens per split when a sequence cuts its own context of `len` tokens into at most
-// `num_splits` ranges of whole tiles, each at least kDecodeMinSplitTiles tiles long.
-__device__ __forceinline__ int SequenceSplitTokens(int len, int num_splits) {
-  const int tiles = (len + kTile - 1) / kTile;
-  return max(kDecodeMinSplitTiles, (tiles + num_splits - 1) / num_splits) * kTile;
 }
 
 // QT is the number of 16-row query tiles (group <= 16: 1, else 2). The block's W warps form
@@ -353,37 +341,10 @@ __global__ void __launch_bounds__(W * 32)
 template <typename T, typename KV, int D, int QT, int W, int S, int NK>
 cudaError_t LaunchDecode(const DecodeAttentionArgs<T, KV>& args, const DecodeKernelChoice& choice,
                          cudaStream_t stream) {
-  using Layout = Smem<D, QT, W, S, NK, KV>;
-  constexpr size_t kSmem = Layout::kBytes;
-  if (const cudaError_t e = AllowDynamicSmem<DecodeKernel<T, KV, D, QT, W, S, NK>>(int(kSmem));
-      e != cudaSuccess)
-    return e;
-  const int num_kv_heads = args.cache.num_kv_heads;
-  const int group = args.num_heads / num_kv_heads;
-  float* partial_out = static_cast<float*>(args.workspace);
-  const size_t rows = size_t(args.num_seqs) * args.num_heads * choice.num_splits;
-  float* partial_lse = partial_out ? partial_out + rows * D : nullptr;
-  if (choice.num_splits > 1 && partial_out == nullptr) return cudaErrorInvalidValue;
-  const dim3 grid(choice.num_splits, num_kv_heads, args.num_seqs);
-  // A plain launch unless asked (DecodeAttentionArgs::after_previous says when it pays).
-  if (args.after_previous) {
-    if (const cudaError_t e = LaunchAfterPrevious(
-            DecodeKernel<T, KV, D, QT, W, S, NK>, grid, dim3(Layout::kThreads), kSmem, stream, args,
-            group, choice.split_tokens, choice.num_splits, partial_out, partial_lse);
-        e != cudaSuccess) {
-      return e;
-    }
-  } else {
-    DecodeKernel<T, KV, D, QT, W, S, NK><<<grid, Layout::kThreads, kSmem, stream>>>(
-        args, group, choice.split_tokens, choice.num_splits, partial_out, partial_lse);
-  }
-  if (choice.num_splits == 1) return cudaGetLastError();
-  // Programmatic dependent launch (Hopper): the merge grid is scheduled while the decode grid
-  // runs and starts the moment it completes, instead of after a full launch gap.
-  return LaunchAfterPrevious(MergeSplitsKernel<T, D>, dim3(args.num_heads, args.num_seqs), dim3(D),
-                             0, stream, static_cast<const float*>(partial_out),
-                             static_cast<const float*>(partial_lse), args.num_heads,
-                             choice.num_splits, args.out);
+  constexpr size_t kSmem = Smem<D, QT, W, S, NK, KV>::kBytes;
+  constexpr auto kKernel = DecodeKernel<T, KV, D, QT, W, S, NK>;
+  if (const cudaError_t e = AllowDynamicSmem<kKernel>(int(kSmem)); e != cudaSuccess) return e;
+  return LaunchDecodeGrid<T, KV, D>(kKernel, W * 32, kSmem, args, choice, stream);
 }
 
 template <typename T, int D>
@@ -499,6 +460,13 @@ cudaError_t PagedDecodeAttention(const DecodeAttentionArgs<T, KV>& args,
                                  const DecodeKernelChoice& choice, cudaStream_t stream) {
   if (!choice.supported || args.num_seqs <= 0) return cudaErrorInvalidValue;
   if ((choice.kv == KvElement::kFp8E4M3) != kIsFp8<KV>) return cudaErrorInvalidValue;
+  if (choice.warpgroup) {
+    if constexpr (kIsFp8<KV>) {
+      return cudaErrorInvalidValue;  // the warpgroup kernel reads 16-bit caches only
+    } else {
+      return WarpgroupDecodeAttention<T>(args, choice, stream);
+    }
+  }
   if (choice.head_dim == 64) return LaunchDecodeHeadDim<T, KV, 64>(args, choice, stream);
   if (choice.head_dim == 128) return LaunchDecodeHeadDim<T, KV, 128>(args, choice, stream);
   return cudaErrorInvalidValue;

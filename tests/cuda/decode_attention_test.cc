@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <numeric>
 #include <random>
@@ -30,6 +31,17 @@ struct Shape {
   DecodeVariant variant{0, 0, 0};  // warps > 0: this kernel variant instead of the selector's
   int window = 0;                  // > 0: a sliding window
 };
+
+// Whether the warpgroup kernel runs here (Hopper, a build with sm_90a code); says once when not.
+bool WarpgroupDecodeApplies() {
+  const bool available = WarpgroupPrefillAvailable();
+  static const bool said = [&] {
+    if (!available) std::printf("[ NOTE ] no warpgroup decode kernel here: not checked\n");
+    return true;
+  }();
+  (void)said;
+  return available;
+}
 
 std::string Describe(const Shape& s) {
   std::string lens;
@@ -111,68 +123,91 @@ void CheckDecode(const Shape& shape) {
   q_buf.Upload(q);
   CUDA_OK(cudaMemset(out_buf.ptr, 0xff, q.size() * sizeof(T)));  // poisoned
 
-  int sm_count = 0;
-  CUDA_OK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, 0));
-  DecodeKernelChoice choice;
-  if (shape.fixed_grid) {
-    choice = SelectFixedGridDecodeKernel(shape.num_heads, kvh, d, bs, num_seqs, 8192, sm_count);
-    if (shape.num_splits > 0) choice.num_splits = shape.num_splits;
-  } else {
-    choice = SelectDecodeKernel(shape.num_heads, kvh, d, bs, num_seqs, max_len, sm_count,
-                                shape.num_splits);
-  }
-  ASSERT_TRUE(choice.supported) << choice.reason;
-  if (shape.variant.warps > 0) {
-    choice.warps = shape.variant.warps;
-    choice.stages = shape.variant.stages;
-    choice.key_tiles = shape.variant.key_tiles;
-  }
-  if (shape.num_splits > 0 && !shape.fixed_grid) {
-    EXPECT_EQ(choice.num_splits, std::min(shape.num_splits, (max_len + 15) / 16));
-  }
-  DeviceBuffer<unsigned char> workspace(
-      DecodeWorkspaceBytes(num_seqs, shape.num_heads, d, choice.num_splits));
-  DecodeAttentionArgs<T> args;
-  args.q = q_buf.ptr;
-  args.out = out_buf.ptr;
-  args.cache = cache;
-  args.context_lens = len_buf.ptr;
-  args.num_seqs = num_seqs;
-  args.num_heads = shape.num_heads;
-  args.scale = 1.0f / std::sqrt(float(d));
-  args.workspace = workspace.ptr;
-  args.window = shape.window;
-  CUDA_OK(cudaMemset(workspace.ptr, 0, workspace.size));  // once; launches leave it zeroed
-  CUDA_OK(PagedDecodeAttention<T>(args, choice, nullptr));
-  CUDA_OK(cudaDeviceSynchronize());
-  const std::vector<T> first = out_buf.Download();
-  // A second launch on the same workspace must give the same result (the split counters reset).
-  CUDA_OK(cudaMemset(out_buf.ptr, 0xff, q.size() * sizeof(T)));
-  CUDA_OK(PagedDecodeAttention<T>(args, choice, nullptr));
-  CUDA_OK(cudaDeviceSynchronize());
-  const std::vector<T> out = out_buf.Download();
-  size_t differ = 0;
-  for (size_t i = 0; i < out.size(); ++i) {
-    differ += std::memcmp(&out[i], &first[i], sizeof(T)) != 0;
-  }
-  EXPECT_EQ(differ, 0u) << "a second launch on the same workspace differs";
-
   std::vector<float> q_f(q.size()), ref(q.size());
   for (size_t i = 0; i < q.size(); ++i) q_f[i] = ToFloat(q[i]);
   std::vector<int32_t> query_start(num_seqs + 1);
   std::iota(query_start.begin(), query_start.end(), 0);
+  const float scale = 1.0f / std::sqrt(float(d));
   cpu::PagedAttention(q_f.data(), ref_view, query_start.data(), shape.lens.data(), num_seqs,
-                      shape.num_heads, args.scale, ref.data(), shape.window);
-  double num = 0, den = 0;
-  size_t non_finite = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    const double o = ToFloat(out[i]);
-    non_finite += !std::isfinite(o);
-    num += (o - ref[i]) * (o - ref[i]);
-    den += double(ref[i]) * ref[i];
+                      shape.num_heads, scale, ref.data(), shape.window);
+
+  // Launches one kernel choice twice on the same workspace and compares with the reference.
+  auto check = [&](const DecodeKernelChoice& choice) {
+    SCOPED_TRACE(choice.warpgroup ? "warpgroup kernel, " + std::to_string(choice.stages) + " stages"
+                                  : "mma.sync kernel");
+    DeviceBuffer<unsigned char> workspace(
+        DecodeWorkspaceBytes(num_seqs, shape.num_heads, d, choice.num_splits));
+    DecodeAttentionArgs<T> args;
+    args.q = q_buf.ptr;
+    args.out = out_buf.ptr;
+    args.cache = cache;
+    args.context_lens = len_buf.ptr;
+    args.num_seqs = num_seqs;
+    args.num_heads = shape.num_heads;
+    args.scale = scale;
+    args.workspace = workspace.ptr;
+    args.window = shape.window;
+    CUDA_OK(cudaMemset(out_buf.ptr, 0xff, q.size() * sizeof(T)));  // poisoned
+    CUDA_OK(cudaMemset(workspace.ptr, 0, workspace.size));         // once; launches leave it zeroed
+    CUDA_OK(PagedDecodeAttention<T>(args, choice, nullptr));
+    CUDA_OK(cudaDeviceSynchronize());
+    const std::vector<T> first = out_buf.Download();
+    // A second launch on the same workspace must give the same result.
+    CUDA_OK(cudaMemset(out_buf.ptr, 0xff, q.size() * sizeof(T)));
+    CUDA_OK(PagedDecodeAttention<T>(args, choice, nullptr));
+    CUDA_OK(cudaDeviceSynchronize());
+    const std::vector<T> out = out_buf.Download();
+    size_t differ = 0;
+    for (size_t i = 0; i < out.size(); ++i) {
+      differ += std::memcmp(&out[i], &first[i], sizeof(T)) != 0;
+    }
+    EXPECT_EQ(differ, 0u) << "a second launch on the same workspace differs";
+    double num = 0, den = 0;
+    size_t non_finite = 0;
+    for (size_t i = 0; i < ref.size(); ++i) {
+      const double o = ToFloat(out[i]);
+      non_finite += !std::isfinite(o);
+      num += (o - ref[i]) * (o - ref[i]);
+      den += double(ref[i]) * ref[i];
+    }
+    EXPECT_EQ(non_finite, 0u) << "outputs left unwritten or NaN";
+    EXPECT_LT(std::sqrt(num / den), Tolerance<T>()) << "splits " << choice.num_splits;
+  };
+
+  int sm_count = 0;
+  CUDA_OK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, 0));
+  const int grid_len = shape.fixed_grid ? 8192 : max_len;
+  const int splits = shape.fixed_grid ? 0 : shape.num_splits;
+  const int group = shape.num_heads / kvh;
+  if (group <= 32) {
+    DecodeKernelChoice choice =
+        SelectDecodeKernel(shape.num_heads, kvh, d, bs, num_seqs, grid_len, sm_count, splits);
+    ASSERT_TRUE(choice.supported) << choice.reason;
+    if (shape.fixed_grid) {
+      choice.split_tokens = 0;
+      if (shape.num_splits > 0) choice.num_splits = shape.num_splits;
+    }
+    if (shape.variant.warps > 0) {
+      choice.warps = shape.variant.warps;
+      choice.stages = shape.variant.stages;
+      choice.key_tiles = shape.variant.key_tiles;
+    }
+    if (shape.num_splits > 0 && !shape.fixed_grid) {
+      EXPECT_EQ(choice.num_splits, std::min(shape.num_splits, (max_len + 15) / 16));
+    }
+    check(choice);
   }
-  EXPECT_EQ(non_finite, 0u) << "outputs left unwritten or NaN";
-  EXPECT_LT(std::sqrt(num / den), Tolerance<T>()) << "splits " << choice.num_splits;
+  // The warpgroup kernel on the same inputs, each built stage count, wherever the GPU has it
+  // (the mma.sync variants' overrides do not apply to it).
+  if (shape.variant.warps > 0 || !WarpgroupDecodeApplies()) return;
+  for (const int stages : {3, 4}) {
+    DecodeKernelChoice choice = SelectWarpgroupDecodeKernel(
+        shape.num_heads, kvh, d, bs, num_seqs, grid_len, sm_count, splits, shape.fixed_grid);
+    ASSERT_TRUE(choice.supported) << choice.reason;
+    if (shape.fixed_grid && shape.num_splits > 0) choice.num_splits = shape.num_splits;
+    choice.stages = stages;
+    check(choice);
+  }
 }
 
 std::vector<int> Ragged(int n, int max_len) {
@@ -216,6 +251,34 @@ TEST(DecodeAttentionCuda, OddGroupsAndLargeBatches) {
   CheckDecode<__nv_bfloat16>({28, 4, 128, 16, Ragged(64, 2000)});  // group 7
   CheckDecode<__nv_bfloat16>({24, 1, 64, 16, Ragged(33, 5000)});   // group 24: two row tiles
   CheckDecode<__half>({32, 8, 128, 64, Ragged(128, 600)});
+  // Groups above 32: the warpgroup kernel only (64 rows, and 48 padded to 64).
+  CheckDecode<__nv_bfloat16>({64, 1, 128, 16, Ragged(16, 3000)});
+  CheckDecode<__half>({48, 1, 64, 32, Ragged(5, 5000), /*num_splits=*/6});
+  CheckDecode<__nv_bfloat16>({64, 2, 64, 16, {1, 4097, 300}, 0, true});
+}
+
+// The warpgroup kernel takes 16-bit caches and groups up to 64 only, and says so.
+TEST(DecodeAttentionCuda, WarpgroupKernelRefusesFp8AndLargeGroups) {
+  REQUIRE_GPU();
+  if (!WarpgroupDecodeApplies()) GTEST_SKIP() << "no warpgroup decode kernel here";
+  EXPECT_FALSE(SelectWarpgroupDecodeKernel(128, 1, 128, 16, 1, 100, 132).supported);
+  DecodeKernelChoice choice = SelectWarpgroupDecodeKernel(32, 1, 128, 16, 1, 100, 132);
+  ASSERT_TRUE(choice.supported) << choice.reason;
+  choice.kv = KvElement::kFp8E4M3;
+  DecodeAttentionArgs<__nv_bfloat16, __nv_fp8_e4m3> args;
+  args.num_seqs = 1;
+  args.num_heads = 32;
+  args.cache.num_kv_heads = 1;
+  args.cache.head_dim = 128;
+  EXPECT_EQ(PagedDecodeAttention(args, choice, nullptr), cudaErrorInvalidValue);
+  DecodeKernelChoice five_stages = SelectWarpgroupDecodeKernel(32, 1, 128, 16, 1, 100, 132);
+  five_stages.stages = 5;
+  DecodeAttentionArgs<__nv_bfloat16> args16;
+  args16.num_seqs = 1;
+  args16.num_heads = 32;
+  args16.cache.num_kv_heads = 1;
+  args16.cache.head_dim = 128;
+  EXPECT_EQ(PagedDecodeAttention(args16, five_stages, nullptr), cudaErrorInvalidValue);
 }
 
 // Every built kernel variant, not only the ones the selector picks today: ragged lengths, split
@@ -282,6 +345,11 @@ TEST(DecodeAttentionCuda, SmallForSanitizers) {
   CheckDecode<__nv_bfloat16>({32, 1, 64, 16, {300}, /*num_splits=*/1, false, {8, 3, 4}});
   CheckDecode<__nv_bfloat16>({32, 4, 64, 16, {400, 3}, /*num_splits=*/2, false, {4, 3, 2}});
   CheckDecode<__nv_bfloat16>({32, 1, 64, 16, {300, 20}, 0, true, {8, 3, 2}, /*window=*/50});
+  // The warpgroup kernel (every shape above without a variant runs it too): group 64, a window.
+  CheckDecode<__nv_bfloat16>({64, 1, 128, 16, {130, 7}, /*num_splits=*/2});
+  Shape windowed{32, 1, 128, 16, {300, 70}, 0, true};
+  windowed.window = 90;
+  CheckDecode<__nv_bfloat16>(windowed);
 }
 
 }  // namespace

@@ -30,6 +30,10 @@ struct DecodeKernelChoice {
   // needs), and a sequence's result depends only on its own length (deterministic mode).
   int split_tokens = 0;
   KvElement kv = KvElement::k16Bit;  // the cache the kernel reads
+  // The Hopper warpgroup kernel (SelectWarpgroupDecodeKernel) instead of the mma.sync one: one
+  // warpgroup (warps 4) holds the whole group, up to 64 query rows, and reads steps of 64 keys
+  // (key_tiles 4) through `stages` (3 or 4) swizzled shared-memory stages.
+  bool warpgroup = false;
 };
 
 constexpr int kDecodeTileTokens = 16;
@@ -88,6 +92,16 @@ constexpr bool DecodeVariantBuilt(int head_dim, int query_tiles, DecodeVariant v
   if (v.warps == 8 && query_tiles == 1) return false;
   return DecodeSharedBytes(head_dim, query_tiles, v, kv_bytes) <= size_t(227) * 1024;
 }
+
+// The warpgroup decode kernel's choice for the same shape (16-bit caches; head_dim 64 or 128;
+// groups up to kWarpgroupDecodeMaxGroup), with splits chosen as SelectDecodeKernel's for its own
+// blocks. It runs only where WarpgroupPrefillAvailable() (gqa/kernels/paged_attention_cuda.h).
+// fixed_grid: per-sequence splits (split_tokens 0), as SelectFixedGridDecodeKernel.
+constexpr int kWarpgroupDecodeMaxGroup = 64;
+DecodeKernelChoice SelectWarpgroupDecodeKernel(int num_heads, int num_kv_heads, int head_dim,
+                                               int block_size, int num_seqs, int max_context_len,
+                                               int sm_count, int num_splits_override = 0,
+                                               bool fixed_grid = false);
 
 // The per-sequence split choice (split_tokens = 0) for a fixed grid of up to `num_seqs`
 // sequences of up to `max_context_len` tokens: the number of splits SelectDecodeKernel picks for

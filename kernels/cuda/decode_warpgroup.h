@@ -1,0 +1,19 @@
+// The warpgroup (wgmma) decode attention kernel, Hopper only: what paged_decode_attention.cu
+// dispatches to when DecodeKernelChoice::warpgroup is set (SelectWarpgroupDecodeKernel).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "gqa/kernels/paged_attention_cuda.h"
+
+namespace gqa::kernels::cuda {
+
+// A 16-bit cache, head_dim 64 or 128, group size up to kWarpgroupDecodeMaxGroup, a choice from
+// SelectWarpgroupDecodeKernel (stages 3 or 4). cudaErrorNotSupported where
+// WarpgroupPrefillAvailable() (the same Hopper check) is false; cudaErrorInvalidValue for a
+// shape or choice it does not take.
+template <typename T>
+cudaError_t WarpgroupDecodeAttention(const DecodeAttentionArgs<T, T>& args,
+                                     const DecodeKernelChoice& choice, cudaStream_t stream);
+
+}  // namespace gqa::kernels::cuda

@@ -1,0 +1,272 @@
+// The building blocks of the warpgroup (wgmma) attention kernels, Hopper only: a pipeline step of
+// NK keys of K and V in 128-byte-swizzled panels, a warpgroup's running state for its 64 rows,
+// the online softmax on the score accumulators, the two products (S = Q.K^T, O += P.V, both
+// reading K and V from shared memory), and FlashAttention-3's intra-warpgroup schedule. Used by
+// the prefill kernel (prefill_warpgroup.cu) and the decode kernel (decode_warpgroup.cu).
+#pragma once
+
+#include <cfloat>
+#include <cstdint>
+
+#include "attention_tile.cuh"
+#include "gqa/kernels/paged_kv.h"
+#include "wgmma.cuh"
+
+namespace gqa::kernels::cuda::warpgroup_attention {
+
+using attention::kLog2e;
+using attention::kRow;
+using attention::LdMatrixX4;
+using attention::Pack;
+
+constexpr int kWarpgroupRows = 64;
+constexpr int kWarpgroupThreads = 128;
+constexpr int kPanel = 64;  // 16-bit columns per 128-byte swizzled panel
+
+// One pipeline stage of NK keys at head_dim D: K, then V, each D / 64 panels of NK rows of 128
+// bytes.
+template <int D, int NK>
+struct StepLayout {
+  static constexpr int kPanelBytes = NK * 128;
+  static constexpr int kOperandBytes = D / kPanel * kPanelBytes;
+  static constexpr int kStageBytes = 2 * kOperandBytes;
+};
+
+// The block's kThreads threads copy the K and V rows of keys tok0 .. tok0 + NK - 1 (whole 16-key
+// tiles, each in its cache block) into a stage: row t, 16-byte chunk c of the head goes to panel c
+// / 8, swizzled. Keys at or past `end` are zero-filled, so stale cache data never reaches P.V.
+template <typename T, int D, int NK, int kThreads>
+__device__ __forceinline__ void LoadStep(const PagedKvView<T>& cache, const int32_t* table_row,
+                                         int kv_head, int tok0, int end, unsigned char* stage) {
+  using Layout = StepLayout<D, NK>;
+  constexpr int kChunksPerRow = D / 8;
+  for (int c = threadIdx.x; c < NK * kChunksPerRow; c += kThreads) {
+    const int t = c / kChunksPerRow, chunk = c % kChunksPerRow;
+    const int tok = tok0 + t;
+    const int entry = min(tok / cache.block_size, cache.max_blocks_per_seq - 1);
+    // Past the context the table may hold -1 (unused entries): read nothing, from block 0.
+    const int block = tok < end ? table_row[entry] : 0;
+    const size_t src = ((size_t(block) * cache.num_kv_heads + kv_head) * cache.block_size +
+                        tok % cache.block_size) *
+                           D +
+                       chunk * 8;
+    const int dst = (chunk / 8) * Layout::kPanelBytes + wgmma::SwizzledOffset(t, chunk % 8);
+    CpAsync16(stage + dst, cache.k + src, tok < end);
+    CpAsync16(stage + Layout::kOperandBytes + dst, cache.v + src, tok < end);
+  }
+}
+
+// One warpgroup's running state: the output accumulators (one m64n64 product per 64 columns of
+// the head), and per thread rows g and g + 8 of its warp: the running max (log2 units) and this
+// thread's share of the running sum.
+template <int D>
+struct WarpgroupState {
+  float out[D / kPanel][32];
+  float max[2] = {-INFINITY, -INFINITY};
+  float sum[2] = {0.0f, 0.0f};
+
+  __device__ void Init() {
+#pragma unroll
+    for (int p = 0; p < D / kPanel; ++p) {
+#pragma unroll
+      for (int i = 0; i < 32; ++i) out[p][i] = 0.0f;
+    }
+  }
+};
+
+// Online softmax over one step's scores s (keys tok0 + 64 * c + 8 * i + 2 * tig + e), masked to
+// [first[r], limit[r]) when `mask`: s becomes the unnormalized probabilities, the running max
+// and sum move on, and alphas[r] is the factor the output rows must be scaled by before this
+// step's P.V.
+template <int D, int NK>
+__device__ __forceinline__ void Softmax(float (&s)[NK / 64][32], int tok0, const int (&limit)[2],
+                                        const int (&first)[2], bool mask, float scale_log2,
+                                        WarpgroupState<D>& st, float (&alphas)[2], int lane) {
+  const int tig = lane % 4;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float step_max = -INFINITY;
+#pragma unroll
+    for (int c = 0; c < NK / 64; ++c) {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& v = s[c][4 * i + 2 * r + e];
+          v *= scale_log2;
+          const int key = tok0 + 64 * c + 8 * i + 2 * tig + e;
+          if (mask && (key >= limit[r] || key < first[r])) v = -INFINITY;
+          step_max = fmaxf(step_max, v);
+        }
+      }
+    }
+    step_max = fmaxf(step_max, __shfl_xor_sync(0xffffffffu, step_max, 1));
+    step_max = fmaxf(step_max, __shfl_xor_sync(0xffffffffu, step_max, 2));
+    const float new_max = fmaxf(st.max[r], step_max);
+    const float base = new_max == -INFINITY ? 0.0f : new_max;
+    const float alpha = exp2f(st.max[r] - base);
+    float step_sum = 0.0f;
+#pragma unroll
+    for (int c = 0; c < NK / 64; ++c) {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& v = s[c][4 * i + 2 * r + e];
+          v = exp2f(v - base);
+          step_sum += v;
+        }
+      }
+    }
+    st.sum[r] = st.sum[r] * alpha + step_sum;
+    st.max[r] = new_max;
+    alphas[r] = alpha;
+  }
+}
+
+// Scales the output rows by alphas (unconditionally: a branch here, around the products, would
+// serialize them).
+template <int D>
+__device__ __forceinline__ void RescaleOutput(WarpgroupState<D>& st, const float (&alphas)[2]) {
+#pragma unroll
+  for (int pn = 0; pn < D / kPanel; ++pn) {
+#pragma unroll
+    for (int i = 0; i < 32; ++i) st.out[pn][i] *= alphas[(i / 2) % 2];
+  }
+}
+
+// The probabilities as the A operand of P.V (k16 slice kk: keys 16 * kk ...): two 8-key column
+// tiles of the accumulator are the A layout of one 16-key slice.
+template <typename T, int NK>
+__device__ __forceinline__ void PackProbabilities(const float (&s)[NK / 64][32],
+                                                  uint32_t (&p)[NK / 16][4]) {
+#pragma unroll
+  for (int kk = 0; kk < NK / 16; ++kk) {
+    const float* a = &s[kk / 4][8 * (kk % 4)];
+    p[kk][0] = Pack<T>(a[0], a[1]);
+    p[kk][1] = Pack<T>(a[2], a[3]);
+    p[kk][2] = Pack<T>(a[4], a[5]);
+    p[kk][3] = Pack<T>(a[6], a[7]);
+  }
+}
+
+// Issues S = Q.K^T for one warpgroup's 64 rows and the step's NK keys (NK / 64 products per 16
+// columns of the head) as one group of products; the caller waits for it.
+template <typename T, int D, int NK>
+__device__ __forceinline__ void IssueScores(const uint32_t (&q)[D / 16][4],
+                                            const unsigned char* stage, float (&s)[NK / 64][32]) {
+  using Layout = StepLayout<D, NK>;
+#pragma unroll
+  for (int c = 0; c < NK / 64; ++c) wgmma::PinRegisters(s[c]);
+  wgmma::Fence();
+#pragma unroll
+  for (int c = 0; c < NK / 64; ++c) {
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      // Keys 64c.. of panel kk / 4, columns 16 (kk % 4)..: 32 bytes per 16 columns.
+      const unsigned char* k =
+          stage + (kk / 4) * Layout::kPanelBytes + 64 * c * 128 + (kk % 4) * 32;
+      wgmma::MmaRegA<T, false>(s[c], q[kk], wgmma::SwizzledDescriptor(k), kk > 0);
+    }
+  }
+  wgmma::Commit();
+}
+
+// Issues O += P.V for the step (P from Softmax) as one group of products.
+template <typename T, int D, int NK>
+__device__ __forceinline__ void IssueOutput(const uint32_t (&p)[NK / 16][4],
+                                            const unsigned char* stage, WarpgroupState<D>& st) {
+  using Layout = StepLayout<D, NK>;
+#pragma unroll
+  for (int pn = 0; pn < D / kPanel; ++pn) wgmma::PinRegisters(st.out[pn]);
+  wgmma::Fence();
+  const unsigned char* v = stage + Layout::kOperandBytes;
+#pragma unroll
+  for (int kk = 0; kk < NK / 16; ++kk) {
+#pragma unroll
+    for (int pn = 0; pn < D / kPanel; ++pn) {
+      // Keys 16kk.. (rows of 128 bytes) of head panel pn.
+      const unsigned char* b = v + pn * Layout::kPanelBytes + kk * 16 * 128;
+      wgmma::MmaRegA<T, true>(st.out[pn], p[kk], wgmma::SwizzledDescriptor(b), true);
+    }
+  }
+  wgmma::Commit();
+}
+
+// Waits for every product this warpgroup issued, and pins the registers they wrote.
+template <int D, int NK>
+__device__ __forceinline__ void WaitAll(float (&s)[NK / 64][32], WarpgroupState<D>& st) {
+  wgmma::Wait<0>();
+#pragma unroll
+  for (int c = 0; c < NK / 64; ++c) wgmma::PinRegisters(s[c]);
+#pragma unroll
+  for (int pn = 0; pn < D / kPanel; ++pn) wgmma::PinRegisters(st.out[pn]);
+}
+
+// This warp's 16 query rows of a warpgroup's 64 (rows 16 * (warp % 4) ...) as the A fragments
+// of S = Q.K^T, from padded rows of kRow<D> in shared memory.
+template <int D>
+__device__ __forceinline__ void LoadQueryFragments(const void* q_smem, int warp_in_group, int lane,
+                                                   uint32_t (&q)[D / 16][4]) {
+  const auto* rows = static_cast<const uint16_t*>(q_smem);
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    LdMatrixX4(q[kk],
+               rows + (warp_in_group * 16 + lane % 16) * kRow<D> + kk * 16 + (lane / 16) * 8);
+  }
+}
+
+// FlashAttention-3's intra-warpgroup pipelining over the steps [first_step, num_steps) (at least
+// one) held in S stages (step j in slot j % S): in step j the warpgroup issues step j's scores,
+// then step j - 1's output product (its probabilities kept in p), and runs step j's softmax while
+// that product runs. So a step keeps two slots: K of step j, V of step j - 1; the block refills
+// the slot of step j - 2, S - 2 steps ahead. On entry steps first_step .. first_step + S - 2 are
+// in flight as the newest S - 1 cp.async groups (an empty group for a step past the end).
+// load(j) issues the copies of step j into its slot; softmax(scores, j, alphas) runs Softmax for
+// step j. Every thread of the block takes part (the block barriers), and every warpgroup runs
+// every step (no product may sit in a branch: ptxas would serialize them).
+template <typename T, int D, int NK, int S, typename LoadFn, typename SoftmaxFn>
+__device__ __forceinline__ void RunOverlappedSteps(const uint32_t (&q)[D / 16][4],
+                                                   const unsigned char* stages, int first_step,
+                                                   int num_steps, LoadFn&& load,
+                                                   SoftmaxFn&& softmax, WarpgroupState<D>& st) {
+  static_assert(S >= 3, "the overlapped schedule keeps two steps landed");
+  auto stage_of = [&](int j) { return stages + (j % S) * StepLayout<D, NK>::kStageBytes; };
+  float scores[NK / 64][32];
+  uint32_t p[NK / 16][4];  // the probabilities of the step whose P.V is next
+  float alphas[2];         // ... and the output rows' factor before it
+  CpAsyncWait<S - 2>();    // this thread's copies of the first step landed
+  wgmma::FenceProxyAsync();
+  __syncthreads();
+  IssueScores<T, D, NK>(q, stage_of(first_step), scores);
+  WaitAll<D, NK>(scores, st);
+  softmax(scores, first_step, alphas);
+  PackProbabilities<T, NK>(scores, p);
+  for (int j = first_step + 1; j < num_steps; ++j) {
+    CpAsyncWait<S - 3>();  // this thread's copies of step j landed
+    wgmma::FenceProxyAsync();
+    __syncthreads();  // everyone's copies landed; everyone finished step j - 2's products
+    if (j + S - 2 < num_steps) load(j + S - 2);
+    CpAsyncCommit();
+    IssueScores<T, D, NK>(q, stage_of(j), scores);
+    RescaleOutput(st, alphas);
+    IssueOutput<T, D, NK>(p, stage_of(j - 1), st);
+    wgmma::Wait<1>();  // the scores, not yet the output product
+#pragma unroll
+    for (int c = 0; c < NK / 64; ++c) wgmma::PinRegisters(scores[c]);
+    softmax(scores, j, alphas);
+    WaitAll<D, NK>(scores, st);
+    PackProbabilities<T, NK>(scores, p);
+  }
+  RescaleOutput(st, alphas);  // the last step's output product
+  IssueOutput<T, D, NK>(p, stage_of(num_steps - 1), st);
+  WaitAll<D, NK>(scores, st);
+}
+
+// The total of a row's running sum over the four threads that hold its columns.
+__device__ __forceinline__ float RowTotal(float partial) {
+  partial += __shfl_xor_sync(0xffffffffu, partial, 1);
+  return partial + __shfl_xor_sync(0xffffffffu, partial, 2);
+}
+
+}  // namespace gqa::kernels::cuda::warpgroup_attention
