@@ -9,6 +9,29 @@
 namespace gqa::kernels {
 namespace {
 
+// The warpgroup kernel's choice: groups up to 64, one warpgroup, 64-key steps, two blocks per
+// multiprocessor's worth of splits, per-sequence splits on a fixed grid.
+TEST(DecodeSelectorTest, WarpgroupKernelChoice) {
+  EXPECT_FALSE(SelectWarpgroupDecodeKernel(128, 1, 128, 16, 1, 100, 132).supported);  // group 128
+  EXPECT_FALSE(SelectWarpgroupDecodeKernel(32, 1, 96, 16, 1, 100, 132).supported);    // head_dim
+  EXPECT_FALSE(SelectWarpgroupDecodeKernel(32, 1, 128, 8, 1, 100, 132).supported);    // block 8
+  const auto mqa = SelectWarpgroupDecodeKernel(32, 1, 128, 16, 64, 2048, 132);
+  ASSERT_TRUE(mqa.supported) << mqa.reason;
+  EXPECT_TRUE(mqa.warpgroup);
+  EXPECT_EQ(mqa.warps, 4);
+  EXPECT_EQ(mqa.key_tiles * kDecodeTileTokens, 64);
+  EXPECT_EQ(mqa.stages, 3);
+  EXPECT_EQ(mqa.num_splits, 4);  // 264 block slots over 64 sequences, >= 32 tiles each
+  EXPECT_GT(mqa.split_tokens, 0);
+  const auto group64 = SelectWarpgroupDecodeKernel(64, 1, 64, 16, 1, 32768, 132);
+  ASSERT_TRUE(group64.supported) << group64.reason;
+  EXPECT_GT(group64.num_splits, 64);  // one sequence: splits fill the GPU
+  const auto fixed = SelectWarpgroupDecodeKernel(32, 1, 128, 16, 8, 8192, 132, 0, true);
+  EXPECT_EQ(fixed.split_tokens, 0);
+  EXPECT_EQ(fixed.num_splits, SelectWarpgroupDecodeKernel(32, 1, 128, 16, 8, 8192, 132).num_splits);
+  EXPECT_FALSE(SelectDecodeKernel(32, 1, 128, 16, 64, 2048, 132).warpgroup);
+}
+
 TEST(DecodeSelectorTest, RefusesWhatNoKernelRuns) {
   EXPECT_FALSE(SelectDecodeKernel(64, 1, 128, 16, 1, 100, 132).supported);  // group 64
   EXPECT_FALSE(SelectDecodeKernel(32, 8, 96, 16, 1, 100, 132).supported);   // head_dim 96
