@@ -407,6 +407,7 @@ int DecodeBenchMain(int argc, char** argv) {
   int fused_max_rows = CudaOptions().fused_norm_max_rows;
   bool skinny_fusion = CudaOptions().skinny_fusion;
   bool programmatic_attention = CudaOptions().programmatic_attention;
+  AttentionKernels attention_kernels = CudaOptions().attention_kernels;
   for (int i = 2; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--peer" && i + 1 < argc) peer = argv[++i];
@@ -431,6 +432,14 @@ int DecodeBenchMain(int argc, char** argv) {
     if (arg == "--temperature" && i + 1 < argc) bench_sampling.temperature = std::atof(argv[++i]);
     if (arg == "--top_p" && i + 1 < argc) bench_sampling.top_p = std::atof(argv[++i]);
     if (arg == "--skinny_fusion" && i + 1 < argc) skinny_fusion = std::string(argv[++i]) != "off";
+    if (arg == "--attention_kernels" && i + 1 < argc) {
+      const auto parsed = ParseAttentionKernels(argv[++i]);
+      if (!parsed.ok()) {
+        std::fprintf(stderr, "%s\n", std::string(parsed.status().message()).c_str());
+        return 2;
+      }
+      attention_kernels = *parsed;
+    }
     if (arg == "--programmatic_attention" && i + 1 < argc) {
       programmatic_attention = std::string(argv[++i]) != "off";
     }
@@ -486,6 +495,7 @@ int DecodeBenchMain(int argc, char** argv) {
     o.cuda.fused_norm_max_rows = fused_max_rows;
     o.cuda.skinny_fusion = skinny_fusion;
     o.cuda.programmatic_attention = programmatic_attention;
+    o.cuda.attention_kernels = attention_kernels;
     // The FP8 timings first (when asked), from their own backend: one holds the card at a time.
     std::vector<Timing> fp8_timings;
     if (fp8) {

@@ -26,6 +26,8 @@ ABSL_FLAG(std::string, async_scheduling, "auto",
           "schedule and launch step n+1 while step n runs, its sampled tokens fed on the device "
           "(the host's commit, detokenization, stops and streaming overlap the GPU): auto (on "
           "for the CUDA backend, off for the CPU backend), on, off");
+ABSL_FLAG(std::string, attention_kernels, "auto",
+          "GPU: auto, mma_sync (every GPU) or warpgroup (Hopper wgmma kernels where they apply)");
 ABSL_FLAG(std::string, host, "0.0.0.0", "address to listen on (gRPC and metrics)");
 ABSL_FLAG(int, port, 50051, "gRPC port (0 picks a free one)");
 ABSL_FLAG(int, metrics_port, 50052, "HTTP port for /metrics and /healthz (0 picks a free one)");
@@ -118,9 +120,11 @@ absl::StatusOr<BackendOptions> BackendFromFlags() {
   return b;
 }
 
-CudaOptions CudaFromFlags() {
+absl::StatusOr<CudaOptions> CudaFromFlags() {
   CudaOptions c;
   c.enforce_eager = absl::GetFlag(FLAGS_enforce_eager);
+  ASSIGN_OR_RETURN(c.attention_kernels,
+                   ParseAttentionKernels(absl::GetFlag(FLAGS_attention_kernels)));
   return c;
 }
 
@@ -156,7 +160,7 @@ absl::StatusOr<ServingOptions> ServingOptionsFromFlags() {
   o.scheduler = SchedulerFromFlags();
   ASSIGN_OR_RETURN(o.cache, CacheFromFlags());
   ASSIGN_OR_RETURN(o.backend, BackendFromFlags());
-  o.cuda = CudaFromFlags();
+  ASSIGN_OR_RETURN(o.cuda, CudaFromFlags());
   ASSIGN_OR_RETURN(o.service, ServiceFromFlags());
   return o;
 }

@@ -82,6 +82,14 @@ absl::StatusOr<AsyncScheduling> ParseAsyncScheduling(std::string_view value) {
       absl::StrCat("--async_scheduling=", std::string(value), ": expected auto, on or off"));
 }
 
+absl::StatusOr<AttentionKernels> ParseAttentionKernels(std::string_view value) {
+  if (value == "auto") return AttentionKernels::kAuto;
+  if (value == "mma_sync") return AttentionKernels::kMmaSync;
+  if (value == "warpgroup") return AttentionKernels::kWarpgroup;
+  return absl::InvalidArgumentError(absl::StrCat("--attention_kernels=", std::string(value),
+                                                 ": expected auto, mma_sync or warpgroup"));
+}
+
 bool UsesAsyncScheduling(const BackendOptions& backend, std::string_view backend_name) {
   switch (backend.async_scheduling) {
     case AsyncScheduling::kOn:

@@ -67,6 +67,16 @@ struct BackendOptions {
 // which computes its step on the engine thread (nothing to overlap).
 bool UsesAsyncScheduling(const BackendOptions& backend, std::string_view backend_name);
 
+// Which attention kernels the CUDA backend runs. kWarpgroup: the Hopper wgmma kernels
+// (kernels/cuda/prefill_warpgroup.cu, decode_warpgroup.cu) wherever they apply (compute
+// capability 9.0 and an sm_90a build; 16-bit caches; unsplit prefill keys; decode groups of 16
+// or more), the mma.sync kernels elsewhere. kMmaSync: the mma.sync kernels only. kAuto: the
+// measured default, the mma.sync kernels until the warpgroup kernels are measured faster.
+enum class AttentionKernels { kAuto, kMmaSync, kWarpgroup };
+
+// "auto", "mma_sync" or "warpgroup"; otherwise an error naming --attention_kernels.
+absl::StatusOr<AttentionKernels> ParseAttentionKernels(std::string_view value);
+
 // The CUDA backend alone.
 struct CudaOptions {
   int device_index = 0;
@@ -91,6 +101,7 @@ struct CudaOptions {
   // norm and SiLU kernels (not in deterministic mode); 0: never. Off: slower than the unfused
   // step on an H200 until the kernel itself is (docs/BENCHMARKS.md, step 6).
   int fused_norm_max_rows = 0;
+  AttentionKernels attention_kernels = AttentionKernels::kAuto;
 };
 
 // The front ends (gRPC, OpenAI-compatible HTTP, /metrics): ports, TLS, tokens, limits.

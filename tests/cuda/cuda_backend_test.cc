@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <numeric>
@@ -19,6 +20,7 @@
 #include "common/fake_backend.h"
 #include "common/test_checkpoint.h"
 #include "engine/engine.h"
+#include "gqa/kernels/paged_attention_cuda.h"
 #include "gqa/kernels/sampling.h"
 #include "model/checkpoint.h"
 
@@ -103,14 +105,14 @@ class Pair {
   // L2 error.
   Pair(const std::filesystem::path& dir, bool enforce_eager, uint64_t seed,
        const std::string& kv_cache_dtype = "auto", double logit_tolerance = kLogitTolerance,
-       int fused_norm_max_rows = CudaOptions().fused_norm_max_rows)
+       const CudaOptions& cuda = CudaOptions())
       : rng_(seed), tolerance_(logit_tolerance) {
     auto cpu_ckpt = Checkpoint::Load(dir, LoadFormat::kSafetensors);
     EXPECT_TRUE(cpu_ckpt.ok()) << cpu_ckpt.status();
     if (!cpu_ckpt.ok()) return;
     ServingOptions o = SmallOptions(kNumBlocks, 8, 256, 512);
+    o.cuda = cuda;
     o.cuda.enforce_eager = enforce_eager;
-    o.cuda.fused_norm_max_rows = fused_norm_max_rows;
     o.cache.kv_cache_dtype = kv_cache_dtype;
     o.backend.kind = BackendKind::kCpu;
     auto cpu = CreateBackend(o, o.backend.kind, std::move(*cpu_ckpt));
@@ -224,20 +226,22 @@ class Pair {
   std::vector<int32_t> free_;
 };
 
-// fused_norm_max_rows: the CUDA backend's steps of up to this many tokens run the layers with
-// the norms folded into the tensor-core skinny products (the default: 64); 0: never.
+// cuda: the CUDA backend's options (enforce_eager aside), e.g. fused_norm_max_rows (steps of up
+// to this many tokens run the layers with the norms folded into the tensor-core skinny products)
+// or attention_kernels.
 void CheckAgainstCpu(const ModelConfig& config, bool enforce_eager,
                      const std::string& kv_cache_dtype = "auto",
                      double logit_tolerance = kLogitTolerance,
-                     int fused_norm_max_rows = CudaOptions().fused_norm_max_rows) {
+                     const CudaOptions& cuda = CudaOptions()) {
   const uint64_t seed = std::random_device{}();
   SCOPED_TRACE(::testing::Message()
                << "heads " << config.num_heads << " kv " << config.num_kv_heads << " head_dim "
                << config.head_dim << " eager " << enforce_eager << " kv cache " << kv_cache_dtype
-               << " fused norms up to " << fused_norm_max_rows << " seed " << seed);
+               << " fused norms up to " << cuda.fused_norm_max_rows << " attention kernels "
+               << int(cuda.attention_kernels) << " seed " << seed);
   testing::TempDir dir;
   testing::WriteRandomCheckpoint(dir.path(), config, seed);
-  Pair pair(dir.path(), enforce_eager, seed, kv_cache_dtype, logit_tolerance, fused_norm_max_rows);
+  Pair pair(dir.path(), enforce_eager, seed, kv_cache_dtype, logit_tolerance, cuda);
   ASSERT_TRUE(pair.ok());
   const int a = pair.AddSeq(37, config.vocab_size);  // crosses two block boundaries
   const int b = pair.AddSeq(16, config.vocab_size);  // exactly one block
@@ -264,10 +268,30 @@ TEST(CudaBackendTest, MhaGqaMqaHeadDim64) {
 // docs/BENCHMARKS.md step 6); steps of more tokens take the unfused layers.
 TEST(CudaBackendTest, FusedNormsMatchTheCpuBackend) {
   REQUIRE_GPU();
-  CheckAgainstCpu(Shape(8, 2, 64), /*enforce_eager=*/false, "auto", kLogitTolerance,
-                  /*fused_norm_max_rows=*/64);
-  CheckAgainstCpu(Shape(8, 1, 128), /*enforce_eager=*/true, "auto", kLogitTolerance,
-                  /*fused_norm_max_rows=*/64);
+  CudaOptions fused;
+  fused.fused_norm_max_rows = 64;
+  CheckAgainstCpu(Shape(8, 2, 64), /*enforce_eager=*/false, "auto", kLogitTolerance, fused);
+  CheckAgainstCpu(Shape(8, 1, 128), /*enforce_eager=*/true, "auto", kLogitTolerance, fused);
+}
+
+// --attention_kernels warpgroup: the Hopper wgmma prefill and decode kernels in the served steps
+// (decode for groups of 16 and up), in graphs and eager, against the CPU backend. Where the GPU
+// or build has no such kernels the backend runs the mma.sync ones, and the test says so.
+TEST(CudaBackendTest, WarpgroupAttentionKernelsMatchTheCpuBackend) {
+  REQUIRE_GPU();
+  if (!kernels::cuda::WarpgroupPrefillAvailable()) {
+    std::printf("[ NOTE ] no warpgroup kernels on this GPU or build: the mma.sync ones ran\n");
+  }
+  CudaOptions warpgroup;
+  warpgroup.attention_kernels = AttentionKernels::kWarpgroup;
+  CheckAgainstCpu(Shape(32, 1, 128), /*enforce_eager=*/false, "auto", kLogitTolerance, warpgroup);
+  CheckAgainstCpu(Shape(16, 1, 64), /*enforce_eager=*/true, "auto", kLogitTolerance, warpgroup);
+  CheckAgainstCpu(Shape(8, 2, 64), /*enforce_eager=*/false, "auto", kLogitTolerance, warpgroup);
+  ModelConfig mistral = Shape(32, 2, 64);  // group 16, a window of 20 keys
+  mistral.architecture_name = "MistralForCausalLM";
+  mistral.architecture = Architecture::kMistral;
+  mistral.sliding_window = 20;
+  CheckAgainstCpu(mistral, false, "auto", kLogitTolerance, warpgroup);
 }
 
 TEST(CudaBackendTest, GqaAndMqaHeadDim128Eager) {

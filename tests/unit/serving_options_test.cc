@@ -185,6 +185,15 @@ TEST(AsyncSchedulingOption, AutoIsOnForTheGpuOnly) {
   EXPECT_EQ(*ParseAsyncScheduling("false"), AsyncScheduling::kOff);
 }
 
+TEST(AttentionKernelsOption, ParsesTheThreeNamesAndRefusesOthers) {
+  EXPECT_EQ(CudaOptions().attention_kernels, AttentionKernels::kAuto);
+  EXPECT_EQ(*ParseAttentionKernels("mma_sync"), AttentionKernels::kMmaSync);
+  EXPECT_EQ(*ParseAttentionKernels("warpgroup"), AttentionKernels::kWarpgroup);
+  const auto bad = ParseAttentionKernels("wgmma");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("--attention_kernels=wgmma"), std::string::npos);
+}
+
 ServingOptions Valid() {
   ServingOptions o;
   o.model.dir = "/models/llama";

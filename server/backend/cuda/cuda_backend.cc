@@ -31,10 +31,38 @@ int CudaBackend<T>::MaxDecodeWorkspaceRows() const {
 }
 
 template <typename T>
+bool CudaBackend<T>::UseWarpgroupAttention() const {
+  return options_.cuda.attention_kernels == AttentionKernels::kWarpgroup &&
+         kv_element() == kernels::KvElement::k16Bit && kernels::cuda::WarpgroupPrefillAvailable();
+}
+
+template <typename T>
+kernels::cuda::PrefillPath CudaBackend<T>::PrefillPathFor(int key_splits) const {
+  using kernels::cuda::PrefillPath;
+  switch (options_.cuda.attention_kernels) {
+    case AttentionKernels::kMmaSync:
+      return PrefillPath::kMmaSync;
+    case AttentionKernels::kWarpgroup:
+      return UseWarpgroupAttention() && key_splits <= 1 ? PrefillPath::kWarpgroup
+                                                        : PrefillPath::kMmaSync;
+    case AttentionKernels::kAuto:
+      break;
+  }
+  return PrefillPath::kAuto;  // the kernels' own default
+}
+
+template <typename T>
 kernels::DecodeKernelChoice CudaBackend<T>::DecodeChoice(int num_seqs) const {
   // Deterministic: the same splits whatever the batch, so they depend on the length alone.
   const int max_keys =
       kernels::DecodeKeysPerQuery(options_.max_model_len, config_.attention_window());
+  // The warpgroup kernel pays for its 64 rows from groups of 16 query heads per KV head up.
+  if (UseWarpgroupAttention() && config_.num_heads / config_.num_kv_heads >= 16) {
+    return kernels::SelectWarpgroupDecodeKernel(
+        config_.num_heads, config_.num_kv_heads, config_.head_dim, spec_.block_size,
+        options_.backend.deterministic ? 1 : num_seqs, max_keys, device_->sm_count(),
+        /*num_splits_override=*/0, /*fixed_grid=*/true);
+  }
   return kernels::SelectFixedGridDecodeKernel(
       config_.num_heads, config_.num_kv_heads, config_.head_dim, spec_.block_size,
       options_.backend.deterministic ? 1 : num_seqs, max_keys, device_->sm_count(), kv_element());

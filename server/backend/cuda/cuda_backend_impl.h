@@ -157,6 +157,10 @@ class CudaBackend final : public Backend {
   absl::StatusOr<cudaGraphExec_t> CaptureGraph(const StepShape& shape, GraphKind kind);
   int MaxDecodeWorkspaceRows() const;
   kernels::DecodeKernelChoice DecodeChoice(int num_seqs) const;
+  // --attention_kernels: whether the Hopper warpgroup kernels run where they apply (16-bit
+  // caches on a GPU and build that have them), and which prefill kernel `key_splits` allows.
+  bool UseWarpgroupAttention() const;
+  kernels::cuda::PrefillPath PrefillPathFor(int key_splits) const;
   // Every kernel of one step, in order, on the device stream.
   absl::Status Launch(const StepShape& shape);
   absl::Status Layer(int l, const StepShape& shape);

@@ -88,6 +88,7 @@ absl::Status CudaBackend<T>::AttentionOver(int l, const StepShape& shape,
     split_shape.sm_count = device_->sm_count();
     split_shape.deterministic = options_.backend.deterministic;  // splits would follow the batch
     args.key_splits = kernels::SelectPrefillKeySplits(split_shape);
+    args.path = PrefillPathFor(args.key_splits);
     args.workspace = act_.decode_workspace;
     GQA_CUDA_RETURN_IF_ERROR(k::PagedPrefillAttention<T>(args, stream));
   }
