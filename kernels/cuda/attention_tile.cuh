@@ -94,6 +94,9 @@ struct WarpState {
 template <typename T, int D, int kParts = 1, int kStageTiles = 1>
 __device__ __forceinline__ void LoadTile(const PagedKvView<T>& cache, int block, int kv_head,
                                          int tok0, int end, T* stage, int lane, int part = 0) {
+  // A tile wholly past the context copies nothing (zero-fill); its table entry may hold -1, so
+  // its addresses are formed from block 0 instead.
+  if (tok0 >= end) block = 0;
   const size_t base = ((size_t(block) * cache.num_kv_heads + kv_head) * cache.block_size +
                        tok0 % cache.block_size) *
                       D;
