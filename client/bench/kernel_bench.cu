@@ -21,6 +21,7 @@
 
 #include "gqa/kernels/paged_attention_cuda.h"
 #include "gqa/kernels/prefill_selector.h"
+#include "gqa/kernels/sampling_cuda.h"
 
 #ifdef GQA_DECODE_TRACE
 namespace gqa::kernels::cuda {
@@ -461,15 +462,69 @@ void PrefixChunkTable(double bandwidth, int sm_count) {
   }
 }
 
+// The sampler at batch 1 and 64 over a 128256-token vocabulary (Llama 3), random logits of a
+// language model's spread (normal, sd 3): SampleTokens (candidate list) beside the selections over
+// the whole vocabulary, and the floor of one read of the logits.
+void SamplingTable(double bandwidth) {
+  constexpr int kVocab = 128256;
+  std::printf(
+      "\nsampling, vocab %d, logits ~ N(0, 3^2); eager us per call (median of 100); "
+      "floor: one read of the logits at the copy bandwidth\n",
+      kVocab);
+  std::printf("%5s %-22s | %9s %9s %8s | %7s\n", "rows", "params", "list_us", "vocab_us",
+              "floor_us", "speedup");
+  struct Params {
+    const char* name;
+    gqa::kernels::SamplingRow row;
+  };
+  const Params params[] = {{"greedy", {0.0f, 1.0f, 0}},
+                           {"T 1", {1.0f, 1.0f, 0}},
+                           {"T 0.7 top_p 0.9", {0.7f, 0.9f, 0}},
+                           {"T 1 top_p 0.95 top_k 50", {1.0f, 0.95f, 50}}};
+  for (const int rows : {1, 64}) {
+    float* logits;
+    gqa::kernels::SamplingRow* rows_d;
+    int32_t* tokens;
+    CHECK_CUDA(cudaMalloc(&logits, size_t(rows) * kVocab * 4));
+    CHECK_CUDA(cudaMalloc(&rows_d, rows * sizeof(gqa::kernels::SamplingRow)));
+    CHECK_CUDA(cudaMalloc(&tokens, rows * 4));
+    std::vector<float> host(size_t(rows) * kVocab);
+    std::normal_distribution<float> normal(0.0f, 3.0f);
+    std::mt19937 rng(5);
+    for (auto& x : host) x = normal(rng);
+    CHECK_CUDA(cudaMemcpy(logits, host.data(), host.size() * 4, cudaMemcpyHostToDevice));
+    for (const Params& p : params) {
+      std::vector<gqa::kernels::SamplingRow> row_params(rows, p.row);
+      for (int r = 0; r < rows; ++r) row_params[r].step = r;  // a different draw per row
+      CHECK_CUDA(cudaMemcpy(rows_d, row_params.data(), rows * sizeof(row_params[0]),
+                            cudaMemcpyHostToDevice));
+      auto time = [&](auto sample) {
+        return 1e6 *
+               MedianSeconds(
+                   [&](int) { CHECK_CUDA(sample(logits, rows_d, rows, kVocab, tokens, nullptr)); },
+                   3, 100);
+      };
+      const double list_us = time(gqa::kernels::cuda::SampleTokens);
+      const double vocab_us = time(gqa::kernels::cuda::SampleTokensOverVocabulary);
+      const double floor_us = double(rows) * kVocab * 4 / bandwidth * 1e6;
+      std::printf("%5d %-22s | %9.1f %9.1f %8.2f | %6.1fx\n", rows, p.name, list_us, vocab_us,
+                  floor_us, vocab_us / list_us);
+    }
+    cudaFree(logits);
+    cudaFree(rows_d);
+    cudaFree(tokens);
+  }
+}
+
 }  // namespace
 
 int KernelBenchMain(int argc, char** argv) {
   if (argc < 2 || std::string(argv[1]) != "kernels") {
-    std::fprintf(
-        stderr,
-        "usage: gqa-bench kernels [--peer 'python3 client/bench/sdpa_peer.py'] "
-        "[--prefill] [--only kv,batch,ctx]... [--sweep-splits] [--variants] [--contiguous] "
-        "[--head_dim 64|128] [--window N] [--kv_cache_dtype bfloat16|fp8_e4m3]\n");
+    std::fprintf(stderr,
+                 "usage: gqa-bench kernels [--peer 'python3 client/bench/sdpa_peer.py'] "
+                 "[--prefill] [--sampling] [--only kv,batch,ctx]... [--sweep-splits] [--variants] "
+                 "[--contiguous] "
+                 "[--head_dim 64|128] [--window N] [--kv_cache_dtype bfloat16|fp8_e4m3]\n");
     return 2;
   }
   std::string peer;
@@ -624,8 +679,12 @@ int KernelBenchMain(int argc, char** argv) {
           graph_us / fp8_graph_us);
     }
   }
-  bool prefill = false;
-  for (int i = 2; i < argc; ++i) prefill |= std::string(argv[i]) == "--prefill";
+  bool prefill = false, sampling = false;
+  for (int i = 2; i < argc; ++i) {
+    prefill |= std::string(argv[i]) == "--prefill";
+    sampling |= std::string(argv[i]) == "--sampling";
+  }
+  if (sampling) SamplingTable(bandwidth);
   if (prefill) {
     PrefillTable(peer);
     PrefixChunkTable(bandwidth, prop.multiProcessorCount);

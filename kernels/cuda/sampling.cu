@@ -6,21 +6,44 @@
 // at which the running mass (most likely first) reaches top_p of the total, and the draw the key
 // at which it reaches u times the kept mass. Weights are exp((logit - max) / temperature) in
 // fixed point, summed with integer atomics, so the answer does not depend on thread timing.
+//
+// Without top-k, the selections run over a short candidate list instead of the vocabulary: one
+// pass sums the weights by power-of-two band (exactly, per thread then in a fixed order); every
+// token whose weight reaches the lowest band the wanted mass needs is a candidate (the tokens at
+// or above a weight are a prefix of the key order, so each cutoff lies among them), and one more
+// pass gathers them into shared memory. Where the mass reaches into the untracked bands or the
+// candidates overflow the list, the selections run over the whole vocabulary as before; the
+// answer is the same either way.
 #include <cfloat>
 #include <cstdint>
 
 #include "gqa/kernels/sampling_cuda.h"
+#include "pdl.cuh"
 
 namespace gqa::kernels::cuda {
 namespace {
 
-constexpr int kThreads = 1024;
+constexpr int kThreads = 512;
 constexpr float kFixedOne = 4294967296.0f;  // weight 1.0 in fixed point (2^32)
+// The candidate list: keys of the tokens at or above the needed weight band (64 KB).
+constexpr int kCandidateCapacity = 8192;
+// Weight bands tracked one by one: [2^b, 2^(b + 1)) for b = kLowestBand .. 32 (the top token's
+// weight is 2^32), i.e. down to 2^-15 of the top token's weight. Lighter tokens are one lump.
+constexpr int kLowestBand = 17;
+constexpr int kBands = 33 - kLowestBand;
 
 __device__ __forceinline__ uint64_t Key(float logit, int id) {
   uint32_t bits = __float_as_uint(logit);
   bits = (bits & 0x80000000u) ? ~bits : bits | 0x80000000u;  // order-preserving
   return (uint64_t(bits) << 32) | (0xffffffffu - uint32_t(id));
+}
+// The logit and the token id a key was made of.
+__device__ __forceinline__ float LogitOf(uint64_t key) {
+  const uint32_t bits = uint32_t(key >> 32);
+  return __uint_as_float((bits & 0x80000000u) ? bits & 0x7fffffffu : ~bits);
+}
+__device__ __forceinline__ int32_t IdOf(uint64_t key) {
+  return int32_t(0xffffffffu - uint32_t(key));
 }
 
 // Block-wide maximum; `lowest` is the identity, scratch holds 32 entries.
@@ -42,34 +65,46 @@ __device__ V BlockMax(V v, V lowest, V* scratch) {
   return v;
 }
 
-struct RowView {
-  const float* logits;
+// The keys the selections run over: the whole vocabulary of a row, or the candidate list.
+struct VocabularyKeys {
+  const float* logits;  // [vocab]
   int vocab;
+  __device__ int size() const { return vocab; }
+  __device__ uint64_t key(int i) const { return Key(logits[i], i); }
+};
+struct CandidateKeys {
+  const uint64_t* keys;  // shared memory [count]
+  int count;
+  __device__ int size() const { return count; }
+  __device__ uint64_t key(int i) const { return keys[i]; }
+};
+
+struct RowView {
   float max_logit;
   float inv_temperature;
   uint64_t floor_key;  // tokens with smaller keys are cut off (0: none)
 
-  __device__ uint64_t Weight(int i, bool count_only) const {
+  __device__ uint64_t Weight(uint64_t key, bool count_only) const {
     if (count_only) return 1;
-    return uint64_t(__expf((logits[i] - max_logit) * inv_temperature) * kFixedOne);
+    return uint64_t(__expf((LogitOf(key) - max_logit) * inv_temperature) * kFixedOne);
   }
 };
 
 // The key at which the running weight, most likely first, reaches `target` (>= 1), among keys
-// >= row.floor_key. *before receives the weight of the larger keys.
-__device__ uint64_t SelectByWeight(const RowView& row, uint64_t target, bool count_only,
-                                   unsigned long long* hist,  // smem [256]
-                                   uint64_t* before) {
-  __shared__ uint64_t s_prefix, s_remaining, s_before;
+// >= row.floor_key.
+template <typename Keys>
+__device__ uint64_t SelectByWeight(const Keys& keys, const RowView& row, uint64_t target,
+                                   bool count_only,
+                                   unsigned long long* hist) {  // smem [256]
+  __shared__ uint64_t s_prefix, s_remaining;
   uint64_t prefix = 0, mask = 0;
-  if (threadIdx.x == 0) s_before = 0;
   for (int shift = 56; shift >= 0; shift -= 8) {
     for (int b = threadIdx.x; b < 256; b += blockDim.x) hist[b] = 0;
     __syncthreads();
-    for (int i = threadIdx.x; i < row.vocab; i += blockDim.x) {
-      const uint64_t key = Key(row.logits[i], i);
+    for (int i = threadIdx.x; i < keys.size(); i += blockDim.x) {
+      const uint64_t key = keys.key(i);
       if (key < row.floor_key || (key & mask) != prefix) continue;
-      const uint64_t w = row.Weight(i, count_only);
+      const uint64_t w = row.Weight(key, count_only);
       if (w) atomicAdd(&hist[(key >> shift) & 255], (unsigned long long)w);
     }
     __syncthreads();
@@ -85,25 +120,25 @@ __device__ uint64_t SelectByWeight(const RowView& row, uint64_t target, bool cou
       }
       s_prefix = prefix | (uint64_t(digit) << shift);
       s_remaining = target - cumulative;
-      s_before += cumulative;
     }
     __syncthreads();
     prefix = s_prefix;
     target = s_remaining;
     mask |= uint64_t(255) << shift;
   }
-  *before = s_before;
   __syncthreads();
   return prefix;
 }
 
 // Total weight of keys >= row.floor_key.
-__device__ uint64_t TotalWeight(const RowView& row, unsigned long long* scratch) {
+template <typename Keys>
+__device__ uint64_t TotalWeight(const Keys& keys, const RowView& row, unsigned long long* scratch) {
   if (threadIdx.x == 0) *scratch = 0;
   __syncthreads();
   unsigned long long local = 0;
-  for (int i = threadIdx.x; i < row.vocab; i += blockDim.x) {
-    if (Key(row.logits[i], i) >= row.floor_key) local += row.Weight(i, false);
+  for (int i = threadIdx.x; i < keys.size(); i += blockDim.x) {
+    const uint64_t key = keys.key(i);
+    if (key >= row.floor_key) local += row.Weight(key, false);
   }
   atomicAdd(scratch, local);
   __syncthreads();
@@ -112,49 +147,147 @@ __device__ uint64_t TotalWeight(const RowView& row, unsigned long long* scratch)
   return total;
 }
 
+// The top-p cutoff (if any), then the draw, over `keys`; `total` is the weight of every key.
+template <typename Keys>
+__device__ uint64_t CutAndDraw(const Keys& keys, RowView row, uint64_t total, const SamplingRow& p,
+                               unsigned long long* hist) {
+  uint64_t kept = total;
+  if (p.top_p > 0.0f && p.top_p < 1.0f) {
+    const uint64_t wanted = uint64_t(ceil(double(p.top_p) * double(total)));
+    row.floor_key = SelectByWeight(keys, row, wanted > 0 ? wanted : 1, false, hist);
+    kept = TotalWeight(keys, row, hist);
+  }
+  const uint64_t draw = uint64_t(UniformForStep(p.seed, p.step) * double(kept)) + 1;
+  return SelectByWeight(keys, row, draw < kept ? draw : kept, false, hist);
+}
+
+// The row's total weight and its weight per tracked band (band_mass[b]: band kLowestBand + b),
+// each thread summing its own tokens, then the warps' sums in a fixed order: exact integers.
+__device__ uint64_t BandMasses(const VocabularyKeys& keys, const RowView& row,
+                               uint64_t* band_mass,    // smem [kBands]
+                               uint64_t* warp_sums) {  // smem [kThreads / 32][kBands + 1]
+  uint64_t mine[kBands + 1] = {};                      // the bands, then the total
+  for (int i = threadIdx.x; i < keys.size(); i += blockDim.x) {
+    const uint64_t w = row.Weight(keys.key(i), false);
+    mine[kBands] += w;
+    const int band = w ? 63 - __clzll(w) : -1;
+    if (band < kLowestBand) continue;  // most of a vocabulary: the lump
+#pragma unroll
+    for (int b = 0; b < kBands; ++b) mine[b] += band == kLowestBand + b ? w : 0;
+  }
+#pragma unroll
+  for (int b = 0; b <= kBands; ++b) {
+#pragma unroll
+    for (int o = 16; o > 0; o /= 2) mine[b] += __shfl_xor_sync(0xffffffffu, mine[b], o);
+  }
+  if (threadIdx.x % 32 == 0) {
+#pragma unroll
+    for (int b = 0; b <= kBands; ++b) warp_sums[(threadIdx.x / 32) * (kBands + 1) + b] = mine[b];
+  }
+  __syncthreads();
+  __shared__ uint64_t s_total;
+  if (threadIdx.x <= kBands) {
+    uint64_t sum = 0;
+    for (int w = 0; w < kThreads / 32; ++w) sum += warp_sums[w * (kBands + 1) + threadIdx.x];
+    if (threadIdx.x < kBands) band_mass[threadIdx.x] = sum;
+    if (threadIdx.x == kBands) s_total = sum;
+  }
+  __syncthreads();
+  return s_total;
+}
+
+// The tokens with weight >= min_weight into `list`; their count, or -1 past kCandidateCapacity.
+__device__ int GatherCandidates(const VocabularyKeys& keys, const RowView& row, uint64_t min_weight,
+                                uint64_t* list, int* count) {
+  if (threadIdx.x == 0) *count = 0;
+  __syncthreads();
+  const int lane = threadIdx.x % 32;
+  for (int base = 0; base < keys.size(); base += blockDim.x) {
+    const int i = base + threadIdx.x;
+    const uint64_t key = i < keys.size() ? keys.key(i) : 0;
+    const bool take = i < keys.size() && row.Weight(key, false) >= min_weight;
+    const unsigned takers = __ballot_sync(0xffffffffu, take);
+    int first = 0;
+    if (lane == 0 && takers) first = atomicAdd(count, __popc(takers));
+    first = __shfl_sync(0xffffffffu, first, 0);
+    const int slot = first + __popc(takers & ((1u << lane) - 1));
+    if (take && slot < kCandidateCapacity) list[slot] = key;
+  }
+  __syncthreads();
+  const int n = *count;
+  __syncthreads();
+  return n <= kCandidateCapacity ? n : -1;
+}
+
+// kCandidates false: every selection over the whole vocabulary (the reference of the list).
+template <bool kCandidates>
 __global__ void __launch_bounds__(kThreads)
     SampleKernel(const float* logits, const SamplingRow* params, int vocab, int32_t* tokens) {
+  extern __shared__ uint64_t candidates[];  // [kCandidateCapacity]
   __shared__ unsigned long long hist[256];
-  __shared__ float fscratch[32];
   __shared__ uint64_t kscratch[32];
+  __shared__ uint64_t band_mass[kBands];
+  __shared__ uint64_t warp_sums[kThreads / 32 * (kBands + 1)];
+  __shared__ int candidate_count;
   const SamplingRow p = params[blockIdx.x];
-  RowView row{logits + size_t(blockIdx.x) * vocab, vocab, 0.0f, 0.0f, 0};
+  const VocabularyKeys vocabulary{logits + size_t(blockIdx.x) * vocab, vocab};
   uint64_t best = 0;
-  for (int i = threadIdx.x; i < vocab; i += blockDim.x) best = max(best, Key(row.logits[i], i));
+  for (int i = threadIdx.x; i < vocab; i += blockDim.x) best = max(best, vocabulary.key(i));
   best = BlockMax<uint64_t>(best, 0, kscratch);
   if (p.temperature <= 0.0f || p.top_k == 1) {
-    if (threadIdx.x == 0) tokens[blockIdx.x] = int32_t(0xffffffffu - uint32_t(best));
+    if (threadIdx.x == 0) tokens[blockIdx.x] = IdOf(best);
     return;
   }
-  float local_max = -FLT_MAX;
-  for (int i = threadIdx.x; i < vocab; i += blockDim.x) local_max = fmaxf(local_max, row.logits[i]);
-  row.max_logit = BlockMax<float>(local_max, -FLT_MAX, fscratch);
-  row.inv_temperature = 1.0f / p.temperature;
-  uint64_t unused;
-  if (p.top_k > 0 && p.top_k < vocab) {
-    row.floor_key = SelectByWeight(row, uint64_t(p.top_k), true, hist, &unused);
+  RowView row{LogitOf(best), 1.0f / p.temperature, 0};  // the top key holds the largest logit
+  uint64_t key;
+  if (!kCandidates) {
+    key = CutAndDraw(vocabulary, row, TotalWeight(vocabulary, row, hist), p, hist);
+  } else if (p.top_k > 0 && p.top_k < vocab) {
+    row.floor_key = SelectByWeight(vocabulary, row, uint64_t(p.top_k), true, hist);
+    key = CutAndDraw(vocabulary, row, TotalWeight(vocabulary, row, hist), p, hist);
+  } else {
+    // The mass the first selection needs from the top: top_p of the total, or the draw.
+    const uint64_t total = BandMasses(vocabulary, row, band_mass, warp_sums);
+    const bool top_p = p.top_p > 0.0f && p.top_p < 1.0f;
+    const uint64_t draw = uint64_t(UniformForStep(p.seed, p.step) * double(total)) + 1;
+    const uint64_t needed = max(uint64_t(1), top_p ? uint64_t(ceil(double(p.top_p) * double(total)))
+                                                   : (draw < total ? draw : total));
+    uint64_t mass = 0;
+    int band = kBands;
+    while (band > 0 && mass < needed) mass += band_mass[--band];
+    int count = -1;
+    if (mass >= needed) {
+      count = GatherCandidates(vocabulary, row, uint64_t(1) << (kLowestBand + band), candidates,
+                               &candidate_count);
+    }
+    key = count >= 0 ? CutAndDraw(CandidateKeys{candidates, count}, row, total, p, hist)
+                     : CutAndDraw(vocabulary, row, total, p, hist);
   }
-  if (p.top_p > 0.0f && p.top_p < 1.0f) {
-    const uint64_t total = TotalWeight(row, hist);
-    const uint64_t wanted = uint64_t(ceil(double(p.top_p) * double(total)));
-    const uint64_t target = wanted > 0 ? wanted : 1;
-    row.floor_key = SelectByWeight(row, target, false, hist, &unused);
-  }
-  const uint64_t kept = TotalWeight(row, hist);
-  const uint64_t draw = uint64_t(UniformForStep(p.seed, p.step) * double(kept)) + 1;
-  const uint64_t target = draw < kept ? draw : kept;
-  const uint64_t key = SelectByWeight(row, target, false, hist, &unused);
-  if (threadIdx.x == 0) tokens[blockIdx.x] = int32_t(0xffffffffu - uint32_t(key));
+  if (threadIdx.x == 0) tokens[blockIdx.x] = IdOf(key);
+}
+
+template <bool kCandidates>
+cudaError_t LaunchSample(const float* logits, const SamplingRow* params, int rows, int vocab,
+                         int32_t* tokens, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  if (vocab <= 0) return cudaErrorInvalidValue;
+  constexpr int kSmem = kCandidates ? kCandidateCapacity * int(sizeof(uint64_t)) : 0;
+  constexpr auto kKernel = SampleKernel<kCandidates>;
+  if (const cudaError_t e = AllowDynamicSmem<kKernel>(kSmem); e != cudaSuccess) return e;
+  kKernel<<<rows, kThreads, kSmem, stream>>>(logits, params, vocab, tokens);
+  return cudaGetLastError();
 }
 
 }  // namespace
 
 cudaError_t SampleTokens(const float* logits, const SamplingRow* params, int rows, int vocab,
                          int32_t* tokens, cudaStream_t stream) {
-  if (rows == 0) return cudaSuccess;
-  if (vocab <= 0) return cudaErrorInvalidValue;
-  SampleKernel<<<rows, kThreads, 0, stream>>>(logits, params, vocab, tokens);
-  return cudaGetLastError();
+  return LaunchSample<true>(logits, params, rows, vocab, tokens, stream);
+}
+
+cudaError_t SampleTokensOverVocabulary(const float* logits, const SamplingRow* params, int rows,
+                                       int vocab, int32_t* tokens, cudaStream_t stream) {
+  return LaunchSample<false>(logits, params, rows, vocab, tokens, stream);
 }
 
 }  // namespace gqa::kernels::cuda

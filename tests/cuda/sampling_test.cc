@@ -3,6 +3,7 @@
 
 #include <map>
 #include <numeric>
+#include <set>
 
 #include "cuda_test_util.h"
 #include "gqa/kernels/sampling_cuda.h"
@@ -10,16 +11,18 @@
 namespace gqa::kernels::cuda {
 namespace {
 
-// Samples every row on the GPU.
+// Samples every row on the GPU (over_vocabulary: with SampleTokensOverVocabulary).
 std::vector<int32_t> GpuSample(const std::vector<float>& logits,
-                               const std::vector<SamplingRow>& rows, int vocab) {
+                               const std::vector<SamplingRow>& rows, int vocab,
+                               bool over_vocabulary = false) {
   DeviceBuffer<float> logits_d(logits.size());
   DeviceBuffer<SamplingRow> rows_d(rows.size());
   DeviceBuffer<int32_t> tokens_d(rows.size());
   logits_d.Upload(logits);
   rows_d.Upload(rows);
   cudaMemset(tokens_d.ptr, 0xff, rows.size() * sizeof(int32_t));
-  EXPECT_EQ(SampleTokens(logits_d.ptr, rows_d.ptr, int(rows.size()), vocab, tokens_d.ptr, nullptr),
+  const auto sample = over_vocabulary ? SampleTokensOverVocabulary : SampleTokens;
+  EXPECT_EQ(sample(logits_d.ptr, rows_d.ptr, int(rows.size()), vocab, tokens_d.ptr, nullptr),
             cudaSuccess);
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   return tokens_d.Download();
@@ -85,6 +88,44 @@ TEST(SamplingCuda, AgreesWithTheCpuSampler) {
   CheckAgreement(32000, {1.0f, 0.9f, 0}, 3.0f);
   CheckAgreement(128256, {0.8f, 0.95f, 40}, 4.0f);
   CheckAgreement(151936, {1.3f, 0.5f, 0}, 2.0f);
+  CheckAgreement(128256, {1.0f, 1.0f, 0}, 2.0f);   // temperature only: draws deep in the tail
+  CheckAgreement(128256, {0.7f, 0.9f, 0}, 6.0f);   // peaked: a few candidates
+  CheckAgreement(128256, {1.0f, 0.9f, 0}, 0.01f);  // flat: the candidate list overflows
+}
+
+// SampleTokens' candidate list gives, token for token, what the selections over the whole
+// vocabulary give: flat rows (the list overflows), peaked and in between, with and without top-p
+// and top-k, temperatures below and above 1, every draw position.
+TEST(SamplingCuda, CandidateListMatchesTheWholeVocabularyTokenForToken) {
+  REQUIRE_GPU();
+  for (const int vocab : {128256, 32000, 1000}) {
+    std::vector<float> logits;
+    std::vector<SamplingRow> rows;
+    const uint64_t seed = Rng()();
+    for (const float scale : {0.01f, 0.5f, 2.0f, 6.0f, 20.0f}) {
+      for (const float temperature : {0.3f, 1.0f, 1.7f}) {
+        for (const float top_p : {1.0f, 0.99f, 0.9f, 0.5f, 0.05f}) {
+          for (const int top_k : {0, 50}) {
+            const auto one = RandomLogits(1, vocab, scale);
+            for (int step = 0; step < 3; ++step) {
+              logits.insert(logits.end(), one.begin(), one.end());
+              rows.push_back({temperature, top_p, top_k});
+              rows.back().seed = seed;
+              rows.back().step = step;
+            }
+          }
+        }
+      }
+    }
+    SCOPED_TRACE(testing::Message() << "vocab " << vocab << " rows " << rows.size());
+    const auto fast = GpuSample(logits, rows, vocab);
+    const auto reference = GpuSample(logits, rows, vocab, /*over_vocabulary=*/true);
+    int differ = 0;
+    for (size_t i = 0; i < rows.size(); ++i) differ += fast[i] != reference[i];
+    EXPECT_EQ(differ, 0);
+    const std::set<int32_t> seen(fast.begin(), fast.end());  // not one constant token
+    EXPECT_GT(seen.size(), rows.size() / 8);
+  }
 }
 
 }  // namespace

@@ -22,6 +22,15 @@ cudaError_t SampleTokens(const float* logits,        // [rows, vocab]
                          int32_t* tokens,  // [rows]
                          cudaStream_t stream);
 
+// The same rule with every selection over the whole vocabulary instead of SampleTokens'
+// candidate list (kernels/cuda/sampling.cu): the reference the tests hold SampleTokens to, token
+// for token, and the baseline of its benchmark.
+cudaError_t SampleTokensOverVocabulary(const float* logits,        // [rows, vocab]
+                                       const SamplingRow* params,  // [rows], device memory
+                                       int rows, int vocab,
+                                       int32_t* tokens,  // [rows]
+                                       cudaStream_t stream);
+
 // One block per query: the row's log-sum-exp (max, then the sum of exponentials, reduced in a
 // fixed order) and its top_k tokens by (logit, lower id first) as one 64-bit key, so the result
 // is deterministic and matches cpu::ComputeLogprobs within float rounding. Launches nothing when
