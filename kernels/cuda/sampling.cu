@@ -196,16 +196,22 @@ __device__ uint64_t BandMasses(const VocabularyKeys& keys, const RowView& row,
   return s_total;
 }
 
-// The tokens with weight >= min_weight into `list`; their count, or -1 past kCandidateCapacity.
+// The tokens with weight >= min_weight into `list`; their count, or -1 past kCandidateCapacity or
+// when they are not a prefix of the key order (the weights' exp2 approximation would have to
+// fall somewhere as the logit rises: not expected, but then the list would not be exact).
 __device__ int GatherCandidates(const VocabularyKeys& keys, const RowView& row, uint64_t min_weight,
-                                uint64_t* list, int* count) {
+                                uint64_t* list, int* count,
+                                uint64_t* scratch) {  // smem [32]
   if (threadIdx.x == 0) *count = 0;
   __syncthreads();
   const int lane = threadIdx.x % 32;
+  uint64_t lowest_taken = ~uint64_t(0), highest_left = 0;
   for (int base = 0; base < keys.size(); base += blockDim.x) {
     const int i = base + threadIdx.x;
     const uint64_t key = i < keys.size() ? keys.key(i) : 0;
     const bool take = i < keys.size() && row.Weight(key, false) >= min_weight;
+    if (take) lowest_taken = min(lowest_taken, key);
+    if (!take && i < keys.size()) highest_left = max(highest_left, key);
     const unsigned takers = __ballot_sync(0xffffffffu, take);
     int first = 0;
     if (lane == 0 && takers) first = atomicAdd(count, __popc(takers));
@@ -213,10 +219,12 @@ __device__ int GatherCandidates(const VocabularyKeys& keys, const RowView& row, 
     const int slot = first + __popc(takers & ((1u << lane) - 1));
     if (take && slot < kCandidateCapacity) list[slot] = key;
   }
-  __syncthreads();
+  // ~max(~x) is min(x); BlockMax's barriers also order the count's atomics before the read.
+  const bool prefix =
+      BlockMax<uint64_t>(highest_left, 0, scratch) < ~BlockMax<uint64_t>(~lowest_taken, 0, scratch);
   const int n = *count;
   __syncthreads();
-  return n <= kCandidateCapacity ? n : -1;
+  return n <= kCandidateCapacity && prefix ? n : -1;
 }
 
 // kCandidates false: every selection over the whole vocabulary (the reference of the list).
@@ -240,10 +248,10 @@ __global__ void __launch_bounds__(kThreads)
   }
   RowView row{LogitOf(best), 1.0f / p.temperature, 0};  // the top key holds the largest logit
   uint64_t key;
-  if (!kCandidates) {
-    key = CutAndDraw(vocabulary, row, TotalWeight(vocabulary, row, hist), p, hist);
-  } else if (p.top_k > 0 && p.top_k < vocab) {
+  if (p.top_k > 0 && p.top_k < vocab) {
     row.floor_key = SelectByWeight(vocabulary, row, uint64_t(p.top_k), true, hist);
+    key = CutAndDraw(vocabulary, row, TotalWeight(vocabulary, row, hist), p, hist);
+  } else if (!kCandidates) {
     key = CutAndDraw(vocabulary, row, TotalWeight(vocabulary, row, hist), p, hist);
   } else {
     // The mass the first selection needs from the top: top_p of the total, or the draw.
@@ -258,7 +266,7 @@ __global__ void __launch_bounds__(kThreads)
     int count = -1;
     if (mass >= needed) {
       count = GatherCandidates(vocabulary, row, uint64_t(1) << (kLowestBand + band), candidates,
-                               &candidate_count);
+                               &candidate_count, kscratch);
     }
     key = count >= 0 ? CutAndDraw(CandidateKeys{candidates, count}, row, total, p, hist)
                      : CutAndDraw(vocabulary, row, total, p, hist);
