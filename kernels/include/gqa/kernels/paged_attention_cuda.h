@@ -62,8 +62,8 @@ cudaError_t PagedDecodeAttention(const DecodeAttentionArgs<T, KV>& args,
 // warpgroups), for a 16-bit cache, unsplit keys, a compute capability 9.0 GPU and a build with
 // sm_90a code; forced where it does not apply it returns cudaErrorNotSupported (no GPU or build
 // for it) or cudaErrorInvalidValue. kMmaSync: the mma.sync kernel (every GPU, splits, FP8).
-// kAuto: the mma.sync kernel until the warpgroup kernel has passed its tests on a GPU, then the
-// warpgroup kernel wherever it applies (kWarpgroupByDefault in paged_prefill_attention.cu).
+// kAuto: the warpgroup kernel wherever it applies, the mma.sync kernel elsewhere
+// (kWarpgroupByDefault in paged_prefill_attention.cu).
 enum class PrefillPath { kAuto, kMmaSync, kWarpgroup };
 constexpr int kWarpgroupPrefillVariants = 4;
 
