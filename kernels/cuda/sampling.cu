@@ -1,4 +1,5 @@
-// Token sampling on the GPU: one block per row. See sampling_cuda.h for the rule.
+// Token sampling on the GPU: one block per row, launched to start while the kernel before it
+// finishes (programmatic dependent launch). See sampling_cuda.h for the rule.
 //
 // Each token gets a 64-bit key, (orderable logit bits << 32) | ~id, so "larger key" means "more
 // likely, and lower id on equal logits". Every cutoff is a weighted radix select over the keys,
@@ -71,6 +72,15 @@ struct VocabularyKeys {
   int vocab;
   __device__ int size() const { return vocab; }
   __device__ uint64_t key(int i) const { return Key(logits[i], i); }
+  // The row as `head()` logits before its first 16-byte boundary (0-3), quads() float4s from
+  // there (body()), then vocab - tail() logits (0-3).
+  __device__ int head() const {
+    const int misaligned = int(reinterpret_cast<uintptr_t>(logits) % 16) / 4;
+    return min(vocab, (4 - misaligned) % 4);
+  }
+  __device__ int quads() const { return (vocab - head()) / 4; }
+  __device__ int tail() const { return head() + 4 * quads(); }
+  __device__ const float4* body() const { return reinterpret_cast<const float4*>(logits + head()); }
 };
 struct CandidateKeys {
   const uint64_t* keys;  // shared memory [count]
@@ -78,6 +88,42 @@ struct CandidateKeys {
   __device__ int size() const { return count; }
   __device__ uint64_t key(int i) const { return keys[i]; }
 };
+
+// Calls f(key) once for every key, each thread for its share, in no particular order: every
+// caller reduces with a maximum or exact integer sums, which do not depend on it. Over the
+// vocabulary, each thread keeps kLoadsInFlight 16-byte loads in flight (a scalar loop keeps one
+// 4-byte load per thread waiting on DRAM: one block per row then reads at ~10 GB/s).
+constexpr int kLoadsInFlight = 4;
+
+template <typename F>
+__device__ __forceinline__ void ForEachKey(const CandidateKeys& keys, F&& f) {
+  for (int i = threadIdx.x; i < keys.size(); i += blockDim.x) f(keys.key(i));
+}
+
+template <typename F>
+__device__ __forceinline__ void ForEachKey(const VocabularyKeys& keys, F&& f) {
+  const int head = keys.head(), quads = keys.quads(), tail = keys.tail();
+  if (int(threadIdx.x) < head) f(keys.key(threadIdx.x));
+  if (int(threadIdx.x) < keys.vocab - tail) f(keys.key(tail + threadIdx.x));
+  const float4* body = keys.body();  // [quads]
+  const auto four = [&](const float4& x, int q) {
+    const int id = head + 4 * q;
+    f(Key(x.x, id));
+    f(Key(x.y, id + 1));
+    f(Key(x.z, id + 2));
+    f(Key(x.w, id + 3));
+  };
+  const int stride = blockDim.x;
+  int q = threadIdx.x;
+  for (; q + (kLoadsInFlight - 1) * stride < quads; q += kLoadsInFlight * stride) {
+    float4 x[kLoadsInFlight];
+#pragma unroll
+    for (int u = 0; u < kLoadsInFlight; ++u) x[u] = __ldg(body + q + u * stride);
+#pragma unroll
+    for (int u = 0; u < kLoadsInFlight; ++u) four(x[u], q + u * stride);
+  }
+  for (; q < quads; q += stride) four(__ldg(body + q), q);
+}
 
 struct RowView {
   float max_logit;
@@ -101,12 +147,11 @@ __device__ uint64_t SelectByWeight(const Keys& keys, const RowView& row, uint64_
   for (int shift = 56; shift >= 0; shift -= 8) {
     for (int b = threadIdx.x; b < 256; b += blockDim.x) hist[b] = 0;
     __syncthreads();
-    for (int i = threadIdx.x; i < keys.size(); i += blockDim.x) {
-      const uint64_t key = keys.key(i);
-      if (key < row.floor_key || (key & mask) != prefix) continue;
+    ForEachKey(keys, [&](uint64_t key) {
+      if (key < row.floor_key || (key & mask) != prefix) return;
       const uint64_t w = row.Weight(key, count_only);
       if (w) atomicAdd(&hist[(key >> shift) & 255], (unsigned long long)w);
-    }
+    });
     __syncthreads();
     if (threadIdx.x == 0) {
       uint64_t cumulative = 0;
@@ -136,10 +181,9 @@ __device__ uint64_t TotalWeight(const Keys& keys, const RowView& row, unsigned l
   if (threadIdx.x == 0) *scratch = 0;
   __syncthreads();
   unsigned long long local = 0;
-  for (int i = threadIdx.x; i < keys.size(); i += blockDim.x) {
-    const uint64_t key = keys.key(i);
+  ForEachKey(keys, [&](uint64_t key) {
     if (key >= row.floor_key) local += row.Weight(key, false);
-  }
+  });
   atomicAdd(scratch, local);
   __syncthreads();
   const uint64_t total = *scratch;
@@ -167,14 +211,14 @@ __device__ uint64_t BandMasses(const VocabularyKeys& keys, const RowView& row,
                                uint64_t* band_mass,    // smem [kBands]
                                uint64_t* warp_sums) {  // smem [kThreads / 32][kBands + 1]
   uint64_t mine[kBands + 1] = {};                      // the bands, then the total
-  for (int i = threadIdx.x; i < keys.size(); i += blockDim.x) {
-    const uint64_t w = row.Weight(keys.key(i), false);
+  ForEachKey(keys, [&](uint64_t key) {
+    const uint64_t w = row.Weight(key, false);
     mine[kBands] += w;
     const int band = w ? 63 - __clzll(w) : -1;
-    if (band < kLowestBand) continue;  // most of a vocabulary: the lump
+    if (band < kLowestBand) return;  // most of a vocabulary: the lump
 #pragma unroll
     for (int b = 0; b < kBands; ++b) mine[b] += band == kLowestBand + b ? w : 0;
-  }
+  });
 #pragma unroll
   for (int b = 0; b <= kBands; ++b) {
 #pragma unroll
@@ -198,7 +242,10 @@ __device__ uint64_t BandMasses(const VocabularyKeys& keys, const RowView& row,
 
 // The tokens with weight >= min_weight into `list`; their count, or -1 past kCandidateCapacity or
 // when they are not a prefix of the key order (the weights' exp2 approximation would have to
-// fall somewhere as the logit rises: not expected, but then the list would not be exact).
+// fall somewhere as the logit rises: not expected, but then the list would not be exact). Each
+// warp reserves its lanes' slots with one atomic per key position, so every lane of the block
+// walks the same number of positions; the loads are ForEachKey's, 16 bytes and kLoadsInFlight
+// deep.
 __device__ int GatherCandidates(const VocabularyKeys& keys, const RowView& row, uint64_t min_weight,
                                 uint64_t* list, int* count,
                                 uint64_t* scratch) {  // smem [32]
@@ -206,18 +253,41 @@ __device__ int GatherCandidates(const VocabularyKeys& keys, const RowView& row, 
   __syncthreads();
   const int lane = threadIdx.x % 32;
   uint64_t lowest_taken = ~uint64_t(0), highest_left = 0;
-  for (int base = 0; base < keys.size(); base += blockDim.x) {
-    const int i = base + threadIdx.x;
-    const uint64_t key = i < keys.size() ? keys.key(i) : 0;
-    const bool take = i < keys.size() && row.Weight(key, false) >= min_weight;
+  // Called by every lane of the warp at once; `valid` false for a lane with no key here.
+  const auto offer = [&](uint64_t key, bool valid) {
+    const bool take = valid && row.Weight(key, false) >= min_weight;
     if (take) lowest_taken = min(lowest_taken, key);
-    if (!take && i < keys.size()) highest_left = max(highest_left, key);
+    if (!take && valid) highest_left = max(highest_left, key);
     const unsigned takers = __ballot_sync(0xffffffffu, take);
+    if (!takers) return;
     int first = 0;
-    if (lane == 0 && takers) first = atomicAdd(count, __popc(takers));
+    if (lane == 0) first = atomicAdd(count, __popc(takers));
     first = __shfl_sync(0xffffffffu, first, 0);
     const int slot = first + __popc(takers & ((1u << lane) - 1));
     if (take && slot < kCandidateCapacity) list[slot] = key;
+  };
+  const int head = keys.head(), quads = keys.quads(), tail = keys.tail();
+  const int t = threadIdx.x;
+  offer(t < head ? keys.key(t) : 0, t < head);
+  offer(t < keys.vocab - tail ? keys.key(tail + t) : 0, t < keys.vocab - tail);
+  const float4* body = keys.body();  // [quads]
+  const int stride = blockDim.x;
+  for (int base = 0; base < quads; base += kLoadsInFlight * stride) {
+    float4 x[kLoadsInFlight];
+#pragma unroll
+    for (int u = 0; u < kLoadsInFlight; ++u) {
+      const int q = base + u * stride + t;
+      x[u] = q < quads ? __ldg(body + q) : float4{};
+    }
+#pragma unroll
+    for (int u = 0; u < kLoadsInFlight; ++u) {
+      const int q = base + u * stride + t;
+      const int id = head + 4 * q;
+      offer(Key(x[u].x, id), q < quads);
+      offer(Key(x[u].y, id + 1), q < quads);
+      offer(Key(x[u].z, id + 2), q < quads);
+      offer(Key(x[u].w, id + 3), q < quads);
+    }
   }
   // ~max(~x) is min(x); BlockMax's barriers also order the count's atomics before the read.
   const bool prefix =
@@ -229,7 +299,7 @@ __device__ int GatherCandidates(const VocabularyKeys& keys, const RowView& row, 
 
 // kCandidates false: every selection over the whole vocabulary (the reference of the list).
 template <bool kCandidates>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 1)
     SampleKernel(const float* logits, const SamplingRow* params, int vocab, int32_t* tokens) {
   extern __shared__ uint64_t candidates[];  // [kCandidateCapacity]
   __shared__ unsigned long long hist[256];
@@ -237,10 +307,11 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ uint64_t band_mass[kBands];
   __shared__ uint64_t warp_sums[kThreads / 32 * (kBands + 1)];
   __shared__ int candidate_count;
+  WaitForPrevious();  // the logits, and the parameters a step may have updated on the device
   const SamplingRow p = params[blockIdx.x];
   const VocabularyKeys vocabulary{logits + size_t(blockIdx.x) * vocab, vocab};
   uint64_t best = 0;
-  for (int i = threadIdx.x; i < vocab; i += blockDim.x) best = max(best, vocabulary.key(i));
+  ForEachKey(vocabulary, [&](uint64_t key) { best = max(best, key); });
   best = BlockMax<uint64_t>(best, 0, kscratch);
   if (p.temperature <= 0.0f || p.top_k == 1) {
     if (threadIdx.x == 0) tokens[blockIdx.x] = IdOf(best);
@@ -282,8 +353,8 @@ cudaError_t LaunchSample(const float* logits, const SamplingRow* params, int row
   constexpr int kSmem = kCandidates ? kCandidateCapacity * int(sizeof(uint64_t)) : 0;
   constexpr auto kKernel = SampleKernel<kCandidates>;
   if (const cudaError_t e = AllowDynamicSmem<kKernel>(kSmem); e != cudaSuccess) return e;
-  kKernel<<<rows, kThreads, kSmem, stream>>>(logits, params, vocab, tokens);
-  return cudaGetLastError();
+  return LaunchAfterPrevious(kKernel, dim3(rows), dim3(kThreads), kSmem, stream, logits, params,
+                             vocab, tokens);
 }
 
 }  // namespace

@@ -376,7 +376,7 @@ TEST(HelpTest, ListsTheProgramsOwnFlags) {
   const std::vector<std::pair<std::string, std::vector<std::string>>> programs = {
       {ServerBin(), {"--port", "--metrics_port", "--drain_grace_seconds", "--model"}},
       {CliBin(), {"--server", "--max_new_tokens"}},
-      {GQA_MAKE_CHECKPOINT_BIN, {"--out", "--kv_heads"}}};
+      {MakeCheckpointBin(), {"--out", "--kv_heads"}}};
   for (const auto& [bin, flags] : programs) {
     for (const char* help : {"--help", "--helpshort"}) {
       auto [code, output] = RunCommand({bin, help});

@@ -63,6 +63,11 @@ std::string CliBin() {
   return bin ? bin : GQA_CLI_BIN;
 }
 
+std::string MakeCheckpointBin() {
+  const char* bin = std::getenv("GQA_MAKE_CHECKPOINT_BIN");
+  return bin ? bin : GQA_MAKE_CHECKPOINT_BIN;
+}
+
 std::string E2eBackend() {
   const char* backend = std::getenv("GQA_E2E_BACKEND");
   return backend && *backend ? backend : "cpu";

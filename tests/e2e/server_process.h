@@ -45,10 +45,11 @@ class ServerProcess {
   std::filesystem::path port_path_;
 };
 
-// The binaries under test: this build's, or $GQA_SERVER_BIN / $GQA_CLI_BIN (a packed copy on
-// the GPU machine).
+// The binaries under test: this build's, or $GQA_SERVER_BIN / $GQA_CLI_BIN /
+// $GQA_MAKE_CHECKPOINT_BIN (a packed copy on the GPU machine).
 std::string ServerBin();
 std::string CliBin();
+std::string MakeCheckpointBin();
 
 // The backend the tests run against: $GQA_E2E_BACKEND, or cpu.
 std::string E2eBackend();
