@@ -8,13 +8,13 @@
 // at which it reaches u times the kept mass. Weights are exp((logit - max) / temperature) in
 // fixed point, summed with integer atomics, so the answer does not depend on thread timing.
 //
-// Without top-k, the selections run over a short candidate list instead of the vocabulary: one
-// pass sums the weights by power-of-two band (exactly, per thread then in a fixed order); every
-// token whose weight reaches the lowest band the wanted mass needs is a candidate (the tokens at
-// or above a weight are a prefix of the key order, so each cutoff lies among them), and one more
-// pass gathers them into shared memory. Where the mass reaches into the untracked bands or the
-// candidates overflow the list, the selections run over the whole vocabulary as before; the
-// answer is the same either way.
+// The selections run over a short candidate list instead of the vocabulary: one pass sums the
+// weights and counts the tokens by power-of-two band (exactly, per thread then in a fixed order);
+// every token whose weight reaches the lowest band the first cutoff needs (the top_k tokens, or
+// the wanted mass) is a candidate (the tokens at or above a weight are a prefix of the key order,
+// so each cutoff lies among them), and one more pass gathers them into shared memory. Where the
+// cutoff reaches into the untracked bands or the candidates overflow the list, the selections
+// run over the whole vocabulary as before; the answer is the same either way.
 #include <cfloat>
 #include <cstdint>
 
@@ -70,7 +70,6 @@ __device__ V BlockMax(V v, V lowest, V* scratch) {
 struct VocabularyKeys {
   const float* logits;  // [vocab]
   int vocab;
-  __device__ int size() const { return vocab; }
   __device__ uint64_t key(int i) const { return Key(logits[i], i); }
   // The row as `head()` logits before its first 16-byte boundary (0-3), quads() float4s from
   // there (body()), then vocab - tail() logits (0-3).
@@ -136,39 +135,72 @@ struct RowView {
   }
 };
 
+constexpr int kWarps = kThreads / 32;
+
+// The digit (0-255) at which the running weight over `hist`'s bins, from bin 255 down, reaches
+// `target`, and the weight of the bins above it; digit 0 and the whole weight if none does.
+// Warp 0: each lane sums 8 bins, a scan over the lanes finds the lane the target falls in, and
+// that lane walks its own bins.
+__device__ void FindDigit(const unsigned long long* hist, uint64_t target, int* digit,
+                          uint64_t* above) {
+  if (threadIdx.x >= 32) return;
+  const int lane = threadIdx.x;
+  uint64_t bins[8], lane_weight = 0;  // bins 255 - 8 lane - i, most likely first
+#pragma unroll
+  for (int i = 0; i < 8; ++i) lane_weight += bins[i] = hist[255 - 8 * lane - i];
+  uint64_t through = lane_weight;  // the weight of lanes 0..lane
+#pragma unroll
+  for (int o = 1; o < 32; o *= 2) {
+    const uint64_t v = __shfl_up_sync(0xffffffffu, through, o);
+    if (lane >= o) through += v;
+  }
+  const unsigned reached = __ballot_sync(0xffffffffu, through >= target);
+  if (lane != (reached ? __ffs(reached) - 1 : 31)) return;
+  uint64_t cumulative = through - lane_weight;
+  int found = 0;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    if (cumulative + bins[i] >= target) {
+      found = 255 - 8 * lane - i;
+      break;
+    }
+    cumulative += bins[i];
+  }
+  *digit = found;
+  *above = cumulative;
+}
+
 // The key at which the running weight, most likely first, reaches `target` (>= 1), among keys
-// >= row.floor_key.
+// >= row.floor_key. Eight passes of one 8-bit digit: each warp fills its own histogram (the
+// candidates of a row share their top digits, so one shared histogram serialised every
+// thread's atomics on a bin or two), the warps' copies are summed into the first.
 template <typename Keys>
 __device__ uint64_t SelectByWeight(const Keys& keys, const RowView& row, uint64_t target,
                                    bool count_only,
-                                   unsigned long long* hist) {  // smem [256]
-  __shared__ uint64_t s_prefix, s_remaining;
+                                   unsigned long long* hist) {  // smem [kWarps][256]
+  __shared__ int s_digit;
+  __shared__ uint64_t s_above;
+  unsigned long long* warp_hist = hist + (threadIdx.x / 32) * 256;
   uint64_t prefix = 0, mask = 0;
   for (int shift = 56; shift >= 0; shift -= 8) {
-    for (int b = threadIdx.x; b < 256; b += blockDim.x) hist[b] = 0;
+    for (int b = threadIdx.x; b < kWarps * 256; b += blockDim.x) hist[b] = 0;
     __syncthreads();
     ForEachKey(keys, [&](uint64_t key) {
       if (key < row.floor_key || (key & mask) != prefix) return;
       const uint64_t w = row.Weight(key, count_only);
-      if (w) atomicAdd(&hist[(key >> shift) & 255], (unsigned long long)w);
+      if (w) atomicAdd(&warp_hist[(key >> shift) & 255], (unsigned long long)w);
     });
     __syncthreads();
-    if (threadIdx.x == 0) {
-      uint64_t cumulative = 0;
-      int digit = 0;
-      for (int b = 255; b >= 0; --b) {
-        if (cumulative + hist[b] >= target) {
-          digit = b;
-          break;
-        }
-        cumulative += hist[b];
-      }
-      s_prefix = prefix | (uint64_t(digit) << shift);
-      s_remaining = target - cumulative;
+    for (int b = threadIdx.x; b < 256; b += blockDim.x) {
+      unsigned long long sum = 0;
+      for (int w = 0; w < kWarps; ++w) sum += hist[w * 256 + b];
+      hist[b] = sum;
     }
     __syncthreads();
-    prefix = s_prefix;
-    target = s_remaining;
+    FindDigit(hist, target, &s_digit, &s_above);
+    __syncthreads();
+    prefix |= uint64_t(s_digit) << shift;
+    target -= s_above;
     mask |= uint64_t(255) << shift;
   }
   __syncthreads();
@@ -191,13 +223,15 @@ __device__ uint64_t TotalWeight(const Keys& keys, const RowView& row, unsigned l
   return total;
 }
 
-// The top-p cutoff (if any), then the draw, over `keys`; `total` is the weight of every key.
+// The top-k cutoff (top_k > 0), the top-p cutoff (if any), then the draw, over `keys`. `total`:
+// the weight of every key when the caller knows it, else 0.
 template <typename Keys>
-__device__ uint64_t CutAndDraw(const Keys& keys, RowView row, uint64_t total, const SamplingRow& p,
-                               unsigned long long* hist) {
-  uint64_t kept = total;
+__device__ uint64_t CutAndDraw(const Keys& keys, RowView row, int top_k, const SamplingRow& p,
+                               unsigned long long* hist, uint64_t total = 0) {
+  if (top_k > 0) row.floor_key = SelectByWeight(keys, row, uint64_t(top_k), true, hist);
+  uint64_t kept = total > 0 && top_k == 0 ? total : TotalWeight(keys, row, hist);
   if (p.top_p > 0.0f && p.top_p < 1.0f) {
-    const uint64_t wanted = uint64_t(ceil(double(p.top_p) * double(total)));
+    const uint64_t wanted = uint64_t(ceil(double(p.top_p) * double(kept)));
     row.floor_key = SelectByWeight(keys, row, wanted > 0 ? wanted : 1, false, hist);
     kept = TotalWeight(keys, row, hist);
   }
@@ -205,35 +239,54 @@ __device__ uint64_t CutAndDraw(const Keys& keys, RowView row, uint64_t total, co
   return SelectByWeight(keys, row, draw < kept ? draw : kept, false, hist);
 }
 
-// The row's total weight and its weight per tracked band (band_mass[b]: band kLowestBand + b),
-// each thread summing its own tokens, then the warps' sums in a fixed order: exact integers.
+// The row's total weight, and its weight and number of tokens per tracked band (band_mass[b],
+// band_count[b]: band kLowestBand + b), each thread summing its own tokens, then the warps' sums
+// in a fixed order: exact integers.
 __device__ uint64_t BandMasses(const VocabularyKeys& keys, const RowView& row,
-                               uint64_t* band_mass,    // smem [kBands]
-                               uint64_t* warp_sums) {  // smem [kThreads / 32][kBands + 1]
-  uint64_t mine[kBands + 1] = {};                      // the bands, then the total
+                               uint64_t* band_mass,     // smem [kBands]
+                               uint32_t* band_count,    // smem [kBands]
+                               uint64_t* warp_sums,     // smem [kWarps][kBands + 1]
+                               uint32_t* warp_counts) {  // smem [kWarps][kBands]
+  uint64_t mine[kBands + 1] = {};  // the bands, then the total
+  uint32_t count[kBands] = {};
   ForEachKey(keys, [&](uint64_t key) {
     const uint64_t w = row.Weight(key, false);
     mine[kBands] += w;
     const int band = w ? 63 - __clzll(w) : -1;
     if (band < kLowestBand) return;  // most of a vocabulary: the lump
 #pragma unroll
-    for (int b = 0; b < kBands; ++b) mine[b] += band == kLowestBand + b ? w : 0;
+    for (int b = 0; b < kBands; ++b) {
+      mine[b] += band == kLowestBand + b ? w : 0;
+      count[b] += band == kLowestBand + b;
+    }
   });
 #pragma unroll
   for (int b = 0; b <= kBands; ++b) {
 #pragma unroll
     for (int o = 16; o > 0; o /= 2) mine[b] += __shfl_xor_sync(0xffffffffu, mine[b], o);
   }
-  if (threadIdx.x % 32 == 0) {
 #pragma unroll
-    for (int b = 0; b <= kBands; ++b) warp_sums[(threadIdx.x / 32) * (kBands + 1) + b] = mine[b];
+  for (int b = 0; b < kBands; ++b) count[b] = __reduce_add_sync(0xffffffffu, count[b]);
+  if (threadIdx.x % 32 == 0) {
+    const int warp = threadIdx.x / 32;
+#pragma unroll
+    for (int b = 0; b <= kBands; ++b) warp_sums[warp * (kBands + 1) + b] = mine[b];
+#pragma unroll
+    for (int b = 0; b < kBands; ++b) warp_counts[warp * kBands + b] = count[b];
   }
   __syncthreads();
   __shared__ uint64_t s_total;
   if (threadIdx.x <= kBands) {
     uint64_t sum = 0;
-    for (int w = 0; w < kThreads / 32; ++w) sum += warp_sums[w * (kBands + 1) + threadIdx.x];
-    if (threadIdx.x < kBands) band_mass[threadIdx.x] = sum;
+    uint32_t tokens = 0;
+    for (int w = 0; w < kWarps; ++w) {
+      sum += warp_sums[w * (kBands + 1) + threadIdx.x];
+      if (threadIdx.x < kBands) tokens += warp_counts[w * kBands + threadIdx.x];
+    }
+    if (threadIdx.x < kBands) {
+      band_mass[threadIdx.x] = sum;
+      band_count[threadIdx.x] = tokens;
+    }
     if (threadIdx.x == kBands) s_total = sum;
   }
   __syncthreads();
@@ -302,10 +355,12 @@ template <bool kCandidates>
 __global__ void __launch_bounds__(kThreads, 1)
     SampleKernel(const float* logits, const SamplingRow* params, int vocab, int32_t* tokens) {
   extern __shared__ uint64_t candidates[];  // [kCandidateCapacity]
-  __shared__ unsigned long long hist[256];
+  __shared__ unsigned long long hist[kWarps * 256];
   __shared__ uint64_t kscratch[32];
   __shared__ uint64_t band_mass[kBands];
-  __shared__ uint64_t warp_sums[kThreads / 32 * (kBands + 1)];
+  __shared__ uint32_t band_count[kBands];
+  __shared__ uint64_t warp_sums[kWarps * (kBands + 1)];
+  __shared__ uint32_t warp_counts[kWarps * kBands];
   __shared__ int candidate_count;
   WaitForPrevious();  // the logits, and the parameters a step may have updated on the device
   const SamplingRow p = params[blockIdx.x];
@@ -317,31 +372,39 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (threadIdx.x == 0) tokens[blockIdx.x] = IdOf(best);
     return;
   }
-  RowView row{LogitOf(best), 1.0f / p.temperature, 0};  // the top key holds the largest logit
-  uint64_t key;
-  if (p.top_k > 0 && p.top_k < vocab) {
-    row.floor_key = SelectByWeight(vocabulary, row, uint64_t(p.top_k), true, hist);
-    key = CutAndDraw(vocabulary, row, TotalWeight(vocabulary, row, hist), p, hist);
-  } else if (!kCandidates) {
-    key = CutAndDraw(vocabulary, row, TotalWeight(vocabulary, row, hist), p, hist);
-  } else {
-    // The mass the first selection needs from the top: top_p of the total, or the draw.
-    const uint64_t total = BandMasses(vocabulary, row, band_mass, warp_sums);
-    const bool top_p = p.top_p > 0.0f && p.top_p < 1.0f;
-    const uint64_t draw = uint64_t(UniformForStep(p.seed, p.step) * double(total)) + 1;
-    const uint64_t needed = max(uint64_t(1), top_p ? uint64_t(ceil(double(p.top_p) * double(total)))
-                                                   : (draw < total ? draw : total));
-    uint64_t mass = 0;
-    int band = kBands;
-    while (band > 0 && mass < needed) mass += band_mass[--band];
-    int count = -1;
-    if (mass >= needed) {
-      count = GatherCandidates(vocabulary, row, uint64_t(1) << (kLowestBand + band), candidates,
-                               &candidate_count, kscratch);
-    }
-    key = count >= 0 ? CutAndDraw(CandidateKeys{candidates, count}, row, total, p, hist)
-                     : CutAndDraw(vocabulary, row, total, p, hist);
+  const RowView row{LogitOf(best), 1.0f / p.temperature, 0};  // the top key: the largest logit
+  const int top_k = p.top_k > 0 && p.top_k < vocab ? p.top_k : 0;
+  if (!kCandidates) {
+    const uint64_t key = CutAndDraw(vocabulary, row, top_k, p, hist);
+    if (threadIdx.x == 0) tokens[blockIdx.x] = IdOf(key);
+    return;
   }
+  // The lowest band the first selection needs from the top: top_k tokens, else top_p of the
+  // total mass, else the draw's.
+  const uint64_t total = BandMasses(vocabulary, row, band_mass, band_count, warp_sums, warp_counts);
+  const bool top_p = p.top_p > 0.0f && p.top_p < 1.0f;
+  const uint64_t draw = uint64_t(UniformForStep(p.seed, p.step) * double(total)) + 1;
+  const uint64_t needed =
+      top_k ? uint64_t(top_k)
+            : max(uint64_t(1), top_p ? uint64_t(ceil(double(p.top_p) * double(total)))
+                                     : (draw < total ? draw : total));
+  uint64_t reached = 0, listed = 0;
+  int band = kBands;
+  while (band > 0 && reached < needed) {
+    --band;
+    reached += top_k ? band_count[band] : band_mass[band];
+    listed += band_count[band];
+  }
+  int count = -1;
+  if (reached >= needed && listed <= kCandidateCapacity) {
+    count = GatherCandidates(vocabulary, row, uint64_t(1) << (kLowestBand + band), candidates,
+                             &candidate_count, kscratch);
+  }
+  // Without top-k, the list's total is the row's (every weight above the bands is in it).
+  const uint64_t key =
+      count >= 0 ? CutAndDraw(CandidateKeys{candidates, count}, row, top_k, p, hist,
+                              top_k ? 0 : total)
+                 : CutAndDraw(vocabulary, row, top_k, p, hist, top_k ? 0 : total);
   if (threadIdx.x == 0) tokens[blockIdx.x] = IdOf(key);
 }
 

@@ -205,7 +205,9 @@ void Engine::CollectAndUpdate(SubmittedStep& step, std::optional<SubmittedStep>*
       step.submitted.ok() ? backend_->CollectStep() : absl::StatusOr<StepOutput>(step.submitted);
   // The step's own time: from its schedule or, when it was queued behind the previous step on a
   // device that runs steps while the host works, from the end of that step (its collection),
-  // to its tokens emitted. It holds the step's device time and no other step's.
+  // to its tokens emitted. It holds the step's device time and no other step's, but for the
+  // host's wake-up: a queued step starts on the device when the one before it ends, and the host
+  // learns of that end (its collection) a few microseconds later.
   const Clock::time_point previous_collected = std::exchange(last_collect_end_, Clock::now());
   const Clock::time_point begin =
       backend_->SubmitReturnsEarly() ? std::max(step.start, previous_collected) : step.start;
