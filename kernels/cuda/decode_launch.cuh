@@ -21,16 +21,16 @@ __device__ __forceinline__ int FirstKey(int len, int window) {
 }
 
 // Tokens per split when a sequence cuts its own context of `len` tokens into at most
-// `num_splits` ranges of whole tiles, each at least kDecodeMinSplitTiles tiles long.
-__device__ __forceinline__ int SequenceSplitTokens(int len, int num_splits) {
+// `num_splits` ranges of whole tiles, each at least `min_tiles` tiles long.
+__device__ __forceinline__ int SequenceSplitTokens(int len, int num_splits, int min_tiles) {
   constexpr int kTile = kDecodeTileTokens;
   const int tiles = (len + kTile - 1) / kTile;
-  return max(kDecodeMinSplitTiles, (tiles + num_splits - 1) / num_splits) * kTile;
+  return max(min_tiles, (tiles + num_splits - 1) / num_splits) * kTile;
 }
 
 // Launches `kernel` on the grid (split, KV head, sequence) of `choice` with `threads` threads
 // and `smem` bytes of dynamic shared memory, then, with several splits, the merge. The kernel
-// takes (args, group, split_tokens, num_splits, partial_out, partial_lse).
+// takes (args, group, split_tokens, num_splits, min_split_tiles, partial_out, partial_lse).
 template <typename T, typename KV, int D, typename Kernel>
 cudaError_t LaunchDecodeGrid(Kernel kernel, int threads, size_t smem,
                              const DecodeAttentionArgs<T, KV>& args,
@@ -44,15 +44,15 @@ cudaError_t LaunchDecodeGrid(Kernel kernel, int threads, size_t smem,
   const dim3 grid(choice.num_splits, num_kv_heads, args.num_seqs);
   // A plain launch unless asked (DecodeAttentionArgs::after_previous says when it pays).
   if (args.after_previous) {
-    if (const cudaError_t e =
-            LaunchAfterPrevious(kernel, grid, dim3(threads), smem, stream, args, group,
-                                choice.split_tokens, choice.num_splits, partial_out, partial_lse);
+    if (const cudaError_t e = LaunchAfterPrevious(kernel, grid, dim3(threads), smem, stream, args,
+                                                  group, choice.split_tokens, choice.num_splits,
+                                                  choice.min_split_tiles, partial_out, partial_lse);
         e != cudaSuccess) {
       return e;
     }
   } else {
     kernel<<<grid, threads, smem, stream>>>(args, group, choice.split_tokens, choice.num_splits,
-                                            partial_out, partial_lse);
+                                            choice.min_split_tiles, partial_out, partial_lse);
   }
   if (choice.num_splits == 1) return cudaGetLastError();
   // Programmatic dependent launch (Hopper): the merge grid is scheduled while the decode grid

@@ -35,6 +35,7 @@ template <typename T, int D, int S>
 __global__ void __launch_bounds__(kWarpgroupThreads)
     WarpgroupDecodeKernel(DecodeAttentionArgs<T, T> args, int group, int split_tokens,
                           int num_splits,
+                          int min_split_tiles,   // split_tokens 0: the shortest split
                           float* partial_out,    // [num_seqs, num_heads, num_splits, D]
                           float* partial_lse) {  // [num_seqs, num_heads, num_splits], log2 units
   constexpr int NK = kStepKeys;
@@ -53,7 +54,9 @@ __global__ void __launch_bounds__(kWarpgroupThreads)
   const int len = args.context_lens[seq];
   const int first_key = FirstKey(len, args.window);
   const int start = first_key / kDecodeTileTokens * kDecodeTileTokens;
-  const int tokens = split_tokens > 0 ? split_tokens : SequenceSplitTokens(len - start, num_splits);
+  const int tokens = split_tokens > 0
+                         ? split_tokens
+                         : SequenceSplitTokens(len - start, num_splits, min_split_tiles);
   const int begin = start + split * tokens;
   const int end = min(len, begin + tokens);
   if (begin >= end) {  // a split past the sequence: empty for the merge

@@ -125,6 +125,7 @@ __device__ __forceinline__ void TeamBarrier(int team, int threads) {
 template <typename T, typename KV, int D, int QT, int W, int S, int NK>
 __global__ void __launch_bounds__(W * 32)
     DecodeKernel(DecodeAttentionArgs<T, KV> args, int group, int split_tokens, int num_splits,
+                 int min_split_tiles,   // split_tokens 0: the shortest per-sequence split
                  float* partial_out,    // [num_seqs, num_heads, num_splits, D]
                  float* partial_lse) {  // [num_seqs, num_heads, num_splits], log2 units
   using Layout = Smem<D, QT, W, S, NK, KV>;
@@ -190,7 +191,7 @@ __global__ void __launch_bounds__(W * 32)
     len = args.context_lens[seq];
     first_key = FirstKey(len, args.window);
     const int start = first_key / kTile * kTile;
-    const int tokens = SequenceSplitTokens(len - start, num_splits);
+    const int tokens = SequenceSplitTokens(len - start, num_splits, min_split_tiles);
     begin = start + split * tokens;
     if (split > 0 && begin >= len) {
       WaitForPrevious();  // the workspace may still be read by the previous step's merge

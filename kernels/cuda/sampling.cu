@@ -243,11 +243,11 @@ __device__ uint64_t CutAndDraw(const Keys& keys, RowView row, int top_k, const S
 // band_count[b]: band kLowestBand + b), each thread summing its own tokens, then the warps' sums
 // in a fixed order: exact integers.
 __device__ uint64_t BandMasses(const VocabularyKeys& keys, const RowView& row,
-                               uint64_t* band_mass,     // smem [kBands]
-                               uint32_t* band_count,    // smem [kBands]
-                               uint64_t* warp_sums,     // smem [kWarps][kBands + 1]
+                               uint64_t* band_mass,      // smem [kBands]
+                               uint32_t* band_count,     // smem [kBands]
+                               uint64_t* warp_sums,      // smem [kWarps][kBands + 1]
                                uint32_t* warp_counts) {  // smem [kWarps][kBands]
-  uint64_t mine[kBands + 1] = {};  // the bands, then the total
+  uint64_t mine[kBands + 1] = {};                        // the bands, then the total
   uint32_t count[kBands] = {};
   ForEachKey(keys, [&](uint64_t key) {
     const uint64_t w = row.Weight(key, false);
@@ -401,10 +401,9 @@ __global__ void __launch_bounds__(kThreads, 1)
                              &candidate_count, kscratch);
   }
   // Without top-k, the list's total is the row's (every weight above the bands is in it).
-  const uint64_t key =
-      count >= 0 ? CutAndDraw(CandidateKeys{candidates, count}, row, top_k, p, hist,
-                              top_k ? 0 : total)
-                 : CutAndDraw(vocabulary, row, top_k, p, hist, top_k ? 0 : total);
+  const uint64_t key = count >= 0 ? CutAndDraw(CandidateKeys{candidates, count}, row, top_k, p,
+                                               hist, top_k ? 0 : total)
+                                  : CutAndDraw(vocabulary, row, top_k, p, hist, top_k ? 0 : total);
   if (threadIdx.x == 0) tokens[blockIdx.x] = IdOf(key);
 }
 

@@ -30,6 +30,7 @@ struct Shape {
   bool fixed_grid = false;
   DecodeVariant variant{0, 0, 0};  // warps > 0: this kernel variant instead of the selector's
   int window = 0;                  // > 0: a sliding window
+  int min_split_tiles = 0;         // > 0: per-sequence splits at least this long (fixed grid)
 };
 
 // Whether the warpgroup kernel runs here (Hopper, a build with sm_90a code); says once when not.
@@ -52,6 +53,7 @@ std::string Describe(const Shape& s) {
          std::to_string(s.lens.size()) + " lens " + lens + "splits " +
          std::to_string(s.num_splits) + (s.fixed_grid ? " fixed grid" : "") +
          (s.window > 0 ? " window " + std::to_string(s.window) : "") +
+         (s.min_split_tiles > 0 ? " min split tiles " + std::to_string(s.min_split_tiles) : "") +
          (s.variant.warps > 0
               ? " variant " + std::to_string(s.variant.warps) + "x" +
                     std::to_string(s.variant.stages) + "x" + std::to_string(s.variant.key_tiles)
@@ -186,6 +188,7 @@ void CheckDecode(const Shape& shape) {
     if (shape.fixed_grid) {
       choice.split_tokens = 0;
       if (shape.num_splits > 0) choice.num_splits = shape.num_splits;
+      if (shape.min_split_tiles > 0) choice.min_split_tiles = shape.min_split_tiles;
     }
     if (shape.variant.warps > 0) {
       choice.warps = shape.variant.warps;
@@ -205,6 +208,9 @@ void CheckDecode(const Shape& shape) {
         shape.num_heads, kvh, d, bs, num_seqs, grid_len, sm_count, splits, shape.fixed_grid);
     ASSERT_TRUE(choice.supported) << choice.reason;
     if (shape.fixed_grid && shape.num_splits > 0) choice.num_splits = shape.num_splits;
+    if (shape.fixed_grid && shape.min_split_tiles > 0) {
+      choice.min_split_tiles = shape.min_split_tiles;
+    }
     choice.stages = stages;
     check(choice);
   }
@@ -228,6 +234,10 @@ void EveryGroupSize(int head_dim) {
     CheckDecode<T>({32, kv_heads, head_dim, 16, {1, 15, 129, 4097, 300}, 0, true});
     CheckDecode<T>({32, kv_heads, head_dim, 16, {1, 2, 5000, 17}, /*num_splits=*/40, true});
     CheckDecode<T>({32, kv_heads, head_dim, 16, {3, 8000}, /*num_splits=*/1, true});
+    // Deterministic mode's longer per-sequence splits.
+    Shape longer_splits{32, kv_heads, head_dim, 16, {1, 255, 257, 4097, 300}, 0, true};
+    longer_splits.min_split_tiles = kDecodeDeterministicMinSplitTiles;
+    CheckDecode<T>(longer_splits);
   }
 }
 
@@ -339,7 +349,6 @@ TEST(DecodeAttentionCuda, SmallForSanitizers) {
   CheckDecode<__nv_bfloat16>({32, 1, 64, 16, {33}});
   CheckDecode<__nv_bfloat16>({32, 1, 128, 16, {200, 5}, /*num_splits=*/2});  // teams of 2
   CheckDecode<__nv_bfloat16>({8, 2, 128, 16, {1, 300}, /*num_splits=*/4, true});
-  // 8 warps in 4 teams of 2, 6 stages: the MQA variant's barriers and stage reuse.
   // 8 warps in 4 teams of 2 with 6 stages; steps of 2 and 4 tiles; a partial last step.
   CheckDecode<__nv_bfloat16>({32, 1, 128, 16, {500, 37}, /*num_splits=*/2, false, {8, 6, 1}});
   CheckDecode<__nv_bfloat16>({32, 1, 64, 16, {300}, /*num_splits=*/1, false, {8, 3, 4}});

@@ -53,19 +53,25 @@ kernels::cuda::PrefillPath CudaBackend<T>::PrefillPathFor(int key_splits) const 
 
 template <typename T>
 kernels::DecodeKernelChoice CudaBackend<T>::DecodeChoice(int num_seqs) const {
-  // Deterministic: the same splits whatever the batch, so they depend on the length alone.
   const int max_keys =
       kernels::DecodeKeysPerQuery(options_.max_model_len, config_.attention_window());
-  // The warpgroup kernel pays for its 64 rows from groups of 16 query heads per KV head up.
-  if (UseWarpgroupAttention() && config_.num_heads / config_.num_kv_heads >= 16) {
-    return kernels::SelectWarpgroupDecodeKernel(
-        config_.num_heads, config_.num_kv_heads, config_.head_dim, spec_.block_size,
-        options_.backend.deterministic ? 1 : num_seqs, max_keys, device_->sm_count(),
-        /*num_splits_override=*/0, /*fixed_grid=*/true);
-  }
-  return kernels::SelectFixedGridDecodeKernel(
-      config_.num_heads, config_.num_kv_heads, config_.head_dim, spec_.block_size,
-      options_.backend.deterministic ? 1 : num_seqs, max_keys, device_->sm_count(), kv_element());
+  // --attention_kernels warpgroup: the wgmma kernel for groups of 16 query heads per KV head and
+  // up (its 64-row tiles hold them); below, and by default, the mma.sync kernel, which measured
+  // faster at every group (kernels/BENCHMARKS.md step 23: 0.95x at group 32 on an H100).
+  const bool deterministic = options_.backend.deterministic;
+  kernels::DecodeKernelChoice choice =
+      UseWarpgroupAttention() && config_.num_heads / config_.num_kv_heads >= 16
+          ? kernels::SelectWarpgroupDecodeKernel(
+                config_.num_heads, config_.num_kv_heads, config_.head_dim, spec_.block_size,
+                deterministic ? 1 : num_seqs, max_keys, device_->sm_count(),
+                /*num_splits_override=*/0, /*fixed_grid=*/true)
+          : kernels::SelectFixedGridDecodeKernel(
+                config_.num_heads, config_.num_kv_heads, config_.head_dim, spec_.block_size,
+                deterministic ? 1 : num_seqs, max_keys, device_->sm_count(), kv_element());
+  // Deterministic: the grid of a batch of one whatever the batch, so each sequence's splits
+  // depend on its length alone, and longer ones, so a large batch is not cut as finely.
+  if (deterministic) choice.min_split_tiles = kernels::kDecodeDeterministicMinSplitTiles;
+  return choice;
 }
 
 template <typename T>

@@ -11,6 +11,14 @@ namespace gqa::kernels {
 enum class KvElement { k16Bit, kFp8E4M3 };
 constexpr int KvElementBytes(KvElement kv) { return kv == KvElement::kFp8E4M3 ? 1 : 2; }
 
+constexpr int kDecodeTileTokens = 16;
+constexpr int kDecodeMaxSplits = 128;
+constexpr int kDecodeMinSplitTiles = 8;  // two 16-token tiles for each of 4 pipelines
+// Deterministic mode sizes its grid for a batch of one, so a large batch would cut every context
+// as finely as a lone sequence's: at 16 tiles (256 tokens) per split, an H100 split sweep
+// (docs/BENCHMARKS.md step 11) found batch 64 faster and batch 1 no slower than at 8.
+constexpr int kDecodeDeterministicMinSplitTiles = 16;
+
 struct DecodeKernelChoice {
   bool supported = false;
   std::string reason;   // why not, when unsupported
@@ -25,20 +33,17 @@ struct DecodeKernelChoice {
   int key_tiles = 1;
   int num_splits = 1;  // context ranges per (sequence, KV head), merged by log-sum-exp
   // Tokens per split, a multiple of 16. 0: each sequence cuts its own context into at most
-  // num_splits ranges of at least kDecodeMinSplitTiles tiles, and the splits past its end exit
+  // num_splits ranges of at least min_split_tiles tiles, and the splits past its end exit
   // early. Then the grid does not depend on the step's lengths (what a captured CUDA graph
   // needs), and a sequence's result depends only on its own length (deterministic mode).
   int split_tokens = 0;
+  int min_split_tiles = kDecodeMinSplitTiles;
   KvElement kv = KvElement::k16Bit;  // the cache the kernel reads
   // The Hopper warpgroup kernel (SelectWarpgroupDecodeKernel) instead of the mma.sync one: one
   // warpgroup (warps 4) holds the whole group, up to 64 query rows, and reads steps of 64 keys
   // (key_tiles 4) through `stages` (3 or 4) swizzled shared-memory stages.
   bool warpgroup = false;
 };
-
-constexpr int kDecodeTileTokens = 16;
-constexpr int kDecodeMaxSplits = 128;
-constexpr int kDecodeMinSplitTiles = 8;  // two 16-token tiles for each of 4 pipelines
 
 // The most keys one query reads in a context of up to max_context_len tokens: with a sliding
 // window of `window` > 0 keys, the window plus the partial tile it starts in (the decode kernel's
