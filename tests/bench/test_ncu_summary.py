@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""client/bench/ncu_summary.py on a hand-made ncu CSV (the columns and units ncu --csv writes):
-launches summed per kernel and grid, times and DRAM bytes in every unit converted, per step, and
-the bandwidth each kernel reached. Exits non-zero on any mismatch."""
+"""client/bench/ncu_summary.py on a hand-made ncu CSV (the columns and units ncu --csv writes, in
+the older spelling "usecond"/"Mbyte" and the newer "ns"/"MB"): launches summed per kernel (named
+by function and epilogue, "(anonymous namespace)" and "<unnamed>" alike) and grid, times and DRAM
+bytes in every unit converted, per step, the bandwidth each kernel reached, and the first
+launches in order. Exits non-zero on any mismatch."""
 import csv
 import io
 import os
@@ -33,7 +35,7 @@ def main():
     rows += launch(1, skinny, "(384, 1, 1)", ("2", "usecond"), ("12", "Mbyte"), ("0", "byte"))
     rows += launch(2, skinny, "(384, 1, 1)", ("3", "usecond"), ("8", "Mbyte"), ("0", "byte"))
     rows += launch(3, "void gqa::kernels::cuda::DecodeKernel<float>(Args)", "(4, 8, 1)",
-                   ("4,000", "nsecond"), ("1", "Mbyte"), ("1000", "Kbyte"))
+                   ("4,000", "ns"), ("1", "MB"), ("1000", "KB"))
     rows += launch(4, skinny, "(384, 1, 1)", ("2", "usecond"), ("12", "Mbyte"), ("0", "byte"))
     rows += launch(5, skinny, "(384, 1, 1)", ("3", "usecond"), ("8", "Mbyte"), ("0", "byte"))
     rows += launch(6, "void gqa::kernels::cuda::DecodeKernel<float>(Args)", "(4, 8, 1)",
@@ -46,12 +48,13 @@ def main():
     out = subprocess.run([sys.executable, SUMMARY, f.name, "2"], capture_output=True, text=True,
                          check=True).stdout
     os.unlink(f.name)
-    lines = out.splitlines()
+    table, _, launches = out.partition("\n\nfirst launches in order:\n")
+    lines = table.splitlines()
     failures = []
     if "per step: 9.0 us, 22.0 MB" not in lines[0]:
         failures.append(f"totals per step: {lines[0]}")
     # calls, us, share, MB, GB/s, kernel: most time first.
-    want = [["2.0", "5.0", "55.6%", "20.00", "4000", "SkinnyKernel", "grid", "(384, 1, 1)"],
+    want = [["2.0", "5.0", "55.6%", "20.00", "4000", "SkinnyKernel/StoreY", "grid", "(384, 1, 1)"],
             ["1.0", "4.0", "44.4%", "2.00", "500", "DecodeKernel", "grid", "(4, 8, 1)"]]
     for got, expected in zip(lines[1:], want):
         fields = got.split(None, 7)
@@ -60,6 +63,25 @@ def main():
             failures.append(f"row {got!r}, expected {expected}")
     if len(lines) != 3:
         failures.append(f"{len(lines) - 1} kernel rows, expected 2:\n{out}")
+    # Every launch (6 here, at most 24), in launch order: us, MB, GB/s, kernel.
+    order = [line.split("GB/s")[1].strip() for line in launches.splitlines() if line.strip()]
+    one_step = ["SkinnyKernel/StoreY grid (384, 1, 1)"] * 2 + ["DecodeKernel grid (4, 8, 1)"]
+    if order != one_step * 2:
+        failures.append(f"launch order: {order}")
+    if launches.splitlines()[0].split()[:4] != ["2.0", "us", "12.00", "MB"]:
+        failures.append(f"first launch: {launches.splitlines()[0]!r}")
+    # A kernel in "<unnamed>" namespaces (newer ncu) is named the same way.
+    unnamed = [HEADER] + launch(1, "void kernels::<unnamed>::SampleKernel<true>(const float *)",
+                                "(1, 1, 1)", ("17", "us"), ("0.5", "MB"), ("0", "B"))
+    text = io.StringIO()
+    csv.writer(text, quoting=csv.QUOTE_ALL).writerows(unnamed)
+    with tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False) as f:
+        f.write(text.getvalue())
+    out = subprocess.run([sys.executable, SUMMARY, f.name], capture_output=True, text=True,
+                         check=True).stdout
+    os.unlink(f.name)
+    if "SampleKernel grid (1, 1, 1)" not in out.splitlines()[1]:
+        failures.append(f"<unnamed> kernel: {out.splitlines()[1]!r}")
     if failures:
         print("\n".join(failures))
         sys.exit(1)
