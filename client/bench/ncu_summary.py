@@ -34,8 +34,9 @@ def scale(table, unit):
 
 
 def short_name(kernel):
-    """'void ns::<unnamed>::Foo<T, 3, Epilogue<T>>(Args)' -> 'Foo/Epilogue' (the last template
-    argument that is itself a template names a kernel's epilogue, which tells products apart)."""
+    """'void ns::<unnamed>::Foo<T, 3, Epilogue<T>>(Args)' -> 'Foo/Epilogue': the kernel's name,
+    and the last name in its template arguments that takes template arguments itself (the
+    skinny products' epilogue, which tells them apart; for Foo<A<B<int>>> it is B)."""
     for anonymous in ("(anonymous namespace)", "<unnamed>"):
         kernel = kernel.replace(anonymous, "anon")
     signature = kernel.split("(")[0]

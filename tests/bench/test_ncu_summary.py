@@ -80,8 +80,9 @@ def main():
     out = subprocess.run([sys.executable, SUMMARY, f.name], capture_output=True, text=True,
                          check=True).stdout
     os.unlink(f.name)
-    if "SampleKernel grid (1, 1, 1)" not in out.splitlines()[1]:
-        failures.append(f"<unnamed> kernel: {out.splitlines()[1]!r}")
+    if out.splitlines()[1].split()[1:4] != ["17.0", "100.0%", "0.50"] or \
+            "SampleKernel grid (1, 1, 1)" not in out.splitlines()[1]:
+        failures.append(f"<unnamed> kernel in us and MB: {out.splitlines()[1]!r}")
     if failures:
         print("\n".join(failures))
         sys.exit(1)

@@ -103,13 +103,13 @@ TEST_F(StepMetricsTest, OneRequestAloneReadsWhatTheRooflineSays) {
     EXPECT_LT(m("gqa_step_attention_seconds_sum" + label), m("gqa_step_device_seconds_sum" + label))
         << phase;
     // A step queued behind the one before it starts on the device when that one ends, which
-    // the host learns a wake-up later, when its wall time starts: allow that much per step
-    // (measured on an H100: 0.15 us over all steps; a step's device time counted twice, or in
-    // the wrong unit, is far beyond it).
-    const double wake_up_seconds = 50e-6;
+    // the host learns a wake-up later, when its wall time starts. Over a run of queued steps
+    // those leads cancel but for about one wake-up (each step's wall time begins a wake-up
+    // late and ends one late), so the sums may differ by a few: measured on an H100, 0.15 us.
+    // A step's device time counted twice, or in the wrong unit, is far beyond it.
+    const double wake_ups_seconds = 100e-6;
     EXPECT_LE(m("gqa_step_device_seconds_sum" + label),
-              m("gqa_step_duration_seconds_sum" + label) +
-                  wake_up_seconds * m("gqa_step_duration_seconds_count" + label))
+              m("gqa_step_duration_seconds_sum" + label) + wake_ups_seconds)
         << phase;
   }
 
