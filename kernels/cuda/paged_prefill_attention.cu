@@ -29,7 +29,7 @@ using namespace attention;  // NOLINT: the shared tile building blocks
 
 constexpr int kRowsPerBlock = kWarps * 16;
 // kAuto takes the warpgroup kernel where it applies: it passed its tests on an H100 and ran
-// 1.39-1.51x faster than this one there (kernels/BENCHMARKS.md step 22).
+// 1.29-1.51x faster than this one there (kernels/BENCHMARKS.md step 22).
 constexpr bool kWarpgroupByDefault = true;
 static_assert(kRowsPerBlock == kPrefillRowsPerBlock, "the selector counts blocks of these rows");
 

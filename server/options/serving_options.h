@@ -71,8 +71,8 @@ bool UsesAsyncScheduling(const BackendOptions& backend, std::string_view backend
 // (kernels/cuda/prefill_warpgroup.cu, decode_warpgroup.cu) wherever they apply (compute
 // capability 9.0 and an sm_90a build; 16-bit caches; unsplit prefill keys; decode groups of 16
 // or more), the mma.sync kernels elsewhere. kMmaSync: the mma.sync kernels only. kAuto: the
-// measured default: the warpgroup prefill kernel where it applies (1.4-1.5x the mma.sync one on
-// an H100), the mma.sync decode kernel (the warpgroup one measured 0.95x of it).
+// measured default: the warpgroup prefill kernel where it applies (1.29-1.51x the mma.sync one
+// on an H100), the mma.sync decode kernel (the warpgroup one measured 0.95x of it).
 enum class AttentionKernels { kAuto, kMmaSync, kWarpgroup };
 
 // "auto", "mma_sync" or "warpgroup"; otherwise an error naming --attention_kernels.
