@@ -92,8 +92,9 @@ __global__ void __launch_bounds__(kWarpgroupThreads)
   st.Init();
   const float scale_log2 = args.scale * kLog2e;
   const int limit[2] = {end, end}, first[2] = {first_key, first_key};
-  RunOverlappedSteps<T, D, NK, S>(
-      q, stages, 0, num_steps, load,
+  auto steps = MakeCpAsyncSteps<D, NK, S>(stages, 0, num_steps, load);
+  RunOverlappedSteps<T, D, NK>(
+      q, 0, num_steps, steps,
       [&](float(&s)[NK / 64][32], int j, float(&alphas)[2]) {
         const int tok0 = begin + j * NK;
         Softmax<D, NK>(s, tok0, limit, first, tok0 + NK > end || tok0 < first_key, scale_log2, st,

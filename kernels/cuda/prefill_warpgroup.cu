@@ -16,6 +16,7 @@
 
 #include "attention_tile.cuh"
 #include "pdl.cuh"
+#include "prefill_warpgroup.cuh"
 #include "prefill_warpgroup.h"
 #include "warpgroup_attention.cuh"
 #include "wgmma.cuh"
@@ -25,9 +26,8 @@ namespace {
 
 using namespace attention;            // NOLINT: Pack, kRow, kLog2e, kTile
 using namespace warpgroup_attention;  // NOLINT: the steps, softmax and products
+using namespace warpgroup_prefill;    // NOLINT: the block's rows, keys and store
 
-constexpr int kWarpgroups = 2;
-constexpr int kBlockRows = kWarpgroups * kWarpgroupRows;
 constexpr int kBlockThreads = kWarpgroups * kWarpgroupThreads;
 
 // The block's shared memory: 1024 bytes of alignment slack, S stages, the padded query rows
@@ -46,29 +46,21 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   T* q_smem = reinterpret_cast<T*>(stages + S * Layout::kStageBytes);
   const int kv_head = blockIdx.y, seq = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warpgroup = warp / 4;
-  const int q_begin = args.query_start[seq];
-  const int q_len = args.query_start[seq + 1] - q_begin;
-  const int rows = q_len * group;
-  const int row0 = (gridDim.x - 1 - blockIdx.x) * kBlockRows;  // longest tiles first
-  if (row0 >= rows) return;
-  const int end = args.context_lens[seq];
-  const int first_pos = end - q_len;  // position of the first query token
-  const int last_pos = first_pos + (min(row0 + kBlockRows, rows) - 1) / group;
-  const int block_first_key =
-      args.window > 0 ? max(0, first_pos + row0 / group - args.window + 1) : 0;
-  const int first_step = block_first_key / NK;
-  const int num_steps = last_pos / NK + 1;
+  const BlockRows b = LocateBlock<NK>(args, group);
+  if (b.empty) return;
+  const int first_step = b.first_step, num_steps = b.num_steps;
   const int32_t* table_row = args.cache.block_tables + size_t(seq) * args.cache.max_blocks_per_seq;
+  auto stage_of = [&](int j) { return stages + (j % S) * Layout::kStageBytes; };
+  auto load = [&](int j) {
+    LoadStep<T, D, NK, kBlockThreads>(args.cache, table_row, kv_head, j * NK, b.end, stage_of(j));
+  };
 
-  LoadQueryRows<T, D, kBlockRows, kBlockThreads>(args.q, q_begin, args.num_heads, kv_head, group,
-                                                 row0, rows, q_smem);
+  LoadQueryRows<T, D, kBlockRows, kBlockThreads>(args.q, b.q_begin, args.num_heads, kv_head, group,
+                                                 b.row0, b.rows, q_smem);
   CpAsyncCommit();
 #pragma unroll
   for (int j = first_step; j < first_step + S - 1; ++j) {
-    if (j < num_steps) {
-      LoadStep<T, D, NK, kBlockThreads>(args.cache, table_row, kv_head, j * NK, end,
-                                        stages + (j % S) * Layout::kStageBytes);
-    }
+    if (j < num_steps) load(j);
     CpAsyncCommit();
   }
   CpAsyncWait<S - 1>();  // the query rows
@@ -76,27 +68,14 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   uint32_t q[D / 16][4];  // this warp's 16 query rows as A fragments
   LoadQueryFragments<D>(q_smem + warpgroup * kWarpgroupRows * kRow<D>, warp % 4, lane, q);
 
-  // Keys visible to this thread's rows g and g + 8: up to and including the row's position, and
-  // with a sliding window from position - window + 1 on.
-  const int g = lane / 4;
-  int limit[2], first[2];
-  int warp_min = INT32_MAX, warp_first_max = 0;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int row = row0 + warp * 16 + g + r * 8;
-    const int pos = first_pos + row / group;
-    limit[r] = row < rows ? pos + 1 : 0;
-    first[r] = row < rows && args.window > 0 ? max(0, pos - args.window + 1) : 0;
-    warp_min = min(warp_min, limit[r]);
-    warp_first_max = max(warp_first_max, first[r]);
-  }
-  warp_min = __reduce_min_sync(0xffffffffu, warp_min);
-  warp_first_max = __reduce_max_sync(0xffffffffu, warp_first_max);
+  const RowKeys keys = KeysOfRows(b, group, args.window, warp, lane);
   WarpgroupState<D> st;
   st.Init();
   const float scale_log2 = args.scale * kLog2e;
-  auto stage_of = [&](int j) { return stages + (j % S) * Layout::kStageBytes; };
-  auto mask_of = [&](int tok0) { return tok0 + NK > warp_min || tok0 < warp_first_max; };
+  auto softmax = [&](float(&s)[NK / 64][32], int j, float(&alphas)[2]) {
+    Softmax<D, NK>(s, j * NK, keys.limit, keys.first, keys.NeedsMask(j * NK, NK), scale_log2, st,
+                   alphas, lane);
+  };
   if constexpr (!kOverlap) {
     float scores[NK / 64][32];
     uint32_t p[NK / 16][4];
@@ -104,26 +83,23 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     // Each step: scores, softmax, output, each waited for; the other warpgroup's products fill
     // the gaps. A warpgroup skips the steps outside [wg_begin, wg_end), which its rows do not see
     // (uniform across it: the products are collective).
-    const int wg_row0 = row0 + warpgroup * kWarpgroupRows;
-    const int wg_last_row = min(wg_row0 + kWarpgroupRows, rows) - 1;
-    const int wg_limit = wg_row0 < rows ? first_pos + wg_last_row / group + 1 : 0;
+    const int wg_row0 = b.row0 + warpgroup * kWarpgroupRows;
+    const int wg_last_row = min(wg_row0 + kWarpgroupRows, b.rows) - 1;
+    const int wg_limit = wg_row0 < b.rows ? b.first_pos + wg_last_row / group + 1 : 0;
     const int wg_first =
-        args.window > 0 ? max(0, first_pos + wg_row0 / group - args.window + 1) : 0;
+        args.window > 0 ? max(0, b.first_pos + wg_row0 / group - args.window + 1) : 0;
     const int wg_begin = max(first_step, wg_first / NK);
     const int wg_end = min(num_steps, (wg_limit + NK - 1) / NK);
     for (int j = first_step; j < num_steps; ++j) {
       CpAsyncWait<S - 2>();      // this thread's copies of step j landed
       wgmma::FenceProxyAsync();  // ... and are visible to the products
       __syncthreads();           // everyone's; and step j - 1's slot is free again
-      if (j + S - 1 < num_steps) {
-        LoadStep<T, D, NK, kBlockThreads>(args.cache, table_row, kv_head, (j + S - 1) * NK, end,
-                                          stage_of(j + S - 1));
-      }
+      if (j + S - 1 < num_steps) load(j + S - 1);
       CpAsyncCommit();
       if (j < wg_begin || j >= wg_end) continue;
       IssueScores<T, D, NK>(q, stage_of(j), scores);
       WaitAll<D, NK>(scores, st);
-      Softmax<D, NK>(scores, j * NK, limit, first, mask_of(j * NK), scale_log2, st, alphas, lane);
+      softmax(scores, j, alphas);
       RescaleOutput(st, alphas);
       PackProbabilities<T, NK>(scores, p);
       IssueOutput<T, D, NK>(p, stage_of(j), st);
@@ -133,37 +109,11 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     // FlashAttention-3's intra-warpgroup pipelining (RunOverlappedSteps). Both warpgroups run
     // every step of the block: a step past a warpgroup's rows is masked whole (at most one step
     // on the diagonal).
-    RunOverlappedSteps<T, D, NK, S>(
-        q, stages, first_step, num_steps,
-        [&](int j) {
-          LoadStep<T, D, NK, kBlockThreads>(args.cache, table_row, kv_head, j * NK, end,
-                                            stage_of(j));
-        },
-        [&](float(&s)[NK / 64][32], int j, float(&a)[2]) {
-          Softmax<D, NK>(s, j * NK, limit, first, mask_of(j * NK), scale_log2, st, a, lane);
-        },
-        st);
+    auto steps = MakeCpAsyncSteps<D, NK, S>(stages, first_step, num_steps, load);
+    RunOverlappedSteps<T, D, NK>(q, first_step, num_steps, steps, softmax, st);
   }
   CpAsyncWait<0>();
-
-  const int tig = lane % 4;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const float total = RowTotal(st.sum[r]);
-    const int row = row0 + warp * 16 + g + r * 8;
-    if (row >= rows) continue;
-    const float inv = total > 0.0f ? 1.0f / total : 0.0f;
-    T* dst = args.out +
-             (size_t(q_begin + row / group) * args.num_heads + kv_head * group + row % group) * D;
-#pragma unroll
-    for (int pn = 0; pn < D / kPanel; ++pn) {
-#pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        *reinterpret_cast<uint32_t*>(dst + pn * kPanel + 8 * i + 2 * tig) =
-            Pack<T>(st.out[pn][4 * i + 2 * r] * inv, st.out[pn][4 * i + 2 * r + 1] * inv);
-      }
-    }
-  }
+  StoreRows<T, D>(args, b, group, kv_head, st, warp, lane);
 }
 
 template <typename T, int D, int NK, int S, bool kOverlap>
@@ -187,7 +137,6 @@ cudaError_t LaunchVariant(const PrefillAttentionArgs<T, T>& args, cudaStream_t s
       return Launch<T, D, 64, 3, false>(args, stream);
     case 2:
       return Launch<T, D, 128, 2, false>(args, stream);
-    case 0:
     case 3:
       return Launch<T, D, 64, 3, true>(args, stream);
     case 4:
@@ -226,6 +175,14 @@ cudaError_t WarpgroupPrefillAttention(const PrefillAttentionArgs<T, T>& args, cu
   if (!WarpgroupPrefillAvailable()) return cudaErrorNotSupported;
   if (args.key_splits > 1 || args.num_heads / args.cache.num_kv_heads > kBlockRows) {
     return cudaErrorInvalidValue;
+  }
+  if (args.warpgroup_variant == 0) {  // the default
+    PrefillAttentionArgs<T, T> chosen = args;
+    chosen.warpgroup_variant = kDefaultWarpgroupPrefillVariant;
+    return ProducerWarpgroupPrefill<T>(chosen, stream);
+  }
+  if (args.warpgroup_variant >= kFirstProducerPrefillVariant) {
+    return ProducerWarpgroupPrefill<T>(args, stream);
   }
   switch (args.cache.head_dim) {
     case 64:

@@ -14,4 +14,15 @@ namespace gqa::kernels::cuda {
 template <typename T>
 cudaError_t WarpgroupPrefillAttention(const PrefillAttentionArgs<T, T>& args, cudaStream_t stream);
 
+// The variants from kFirstProducerPrefillVariant on: the same kernel with a producer warp that
+// copies K and V with TMA (prefill_warpgroup_tma.cu). Called by WarpgroupPrefillAttention, which
+// checks the device and the arguments; cudaErrorInvalidValue for a cache block size that is not
+// a multiple of 16.
+constexpr int kFirstProducerPrefillVariant = 5;
+// Variant 0 runs this one (128 keys per step in 3 stages): 1.59-1.74x variant 3 at head_dim 128,
+// 1.94-2.09x at 64, on an H100 (kernels/BENCHMARKS.md step 24).
+constexpr int kDefaultWarpgroupPrefillVariant = 6;
+template <typename T>
+cudaError_t ProducerWarpgroupPrefill(const PrefillAttentionArgs<T, T>& args, cudaStream_t stream);
+
 }  // namespace gqa::kernels::cuda

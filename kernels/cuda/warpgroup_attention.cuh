@@ -74,10 +74,20 @@ struct WarpgroupState {
   }
 };
 
-// Online softmax over one step's scores s (keys tok0 + 64 * c + 8 * i + 2 * tig + e), masked to
-// [first[r], limit[r]) when `mask`: s becomes the unnormalized probabilities, the running max
-// and sum move on, and alphas[r] is the factor the output rows must be scaled by before this
-// step's P.V.
+// 2^x in one multi-function unit instruction, subnormal results flushed to zero (exp2f adds a
+// range fix-up around it). The softmax only takes x <= 0, where the flush costs nothing.
+__device__ __forceinline__ float Exp2Fast(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// Online softmax over one step's raw scores s (keys tok0 + 64 * c + 8 * i + 2 * tig + e), masked
+// to [first[r], limit[r]) when `mask`: s becomes the unnormalized probabilities
+// 2^(s * scale_log2 - max), the running max (log2 units) and sum move on, and alphas[r] is the
+// factor the output rows must be scaled by before this step's P.V. The max is taken on the raw
+// scores (scale_log2 > 0 keeps their order), so each score costs one fused multiply-add before
+// its exponential.
 template <int D, int NK>
 __device__ __forceinline__ void Softmax(float (&s)[NK / 64][32], int tok0, const int (&limit)[2],
                                         const int (&first)[2], bool mask, float scale_log2,
@@ -93,7 +103,6 @@ __device__ __forceinline__ void Softmax(float (&s)[NK / 64][32], int tok0, const
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           float& v = s[c][4 * i + 2 * r + e];
-          v *= scale_log2;
           const int key = tok0 + 64 * c + 8 * i + 2 * tig + e;
           if (mask && (key >= limit[r] || key < first[r])) v = -INFINITY;
           step_max = fmaxf(step_max, v);
@@ -102,9 +111,9 @@ __device__ __forceinline__ void Softmax(float (&s)[NK / 64][32], int tok0, const
     }
     step_max = fmaxf(step_max, __shfl_xor_sync(0xffffffffu, step_max, 1));
     step_max = fmaxf(step_max, __shfl_xor_sync(0xffffffffu, step_max, 2));
-    const float new_max = fmaxf(st.max[r], step_max);
+    const float new_max = fmaxf(st.max[r], step_max * scale_log2);
     const float base = new_max == -INFINITY ? 0.0f : new_max;
-    const float alpha = exp2f(st.max[r] - base);
+    const float alpha = Exp2Fast(st.max[r] - base);
     float step_sum = 0.0f;
 #pragma unroll
     for (int c = 0; c < NK / 64; ++c) {
@@ -113,7 +122,7 @@ __device__ __forceinline__ void Softmax(float (&s)[NK / 64][32], int tok0, const
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           float& v = s[c][4 * i + 2 * r + e];
-          v = exp2f(v - base);
+          v = Exp2Fast(fmaf(v, scale_log2, -base));
           step_sum += v;
         }
       }
@@ -216,51 +225,81 @@ __device__ __forceinline__ void LoadQueryFragments(const void* q_smem, int warp_
   }
 }
 
-// FlashAttention-3's intra-warpgroup pipelining over the steps [first_step, num_steps) (at least
-// one) held in S stages (step j in slot j % S): in step j the warpgroup issues step j's scores,
-// then step j - 1's output product (its probabilities kept in p), and runs step j's softmax while
-// that product runs. So a step keeps two slots: K of step j, V of step j - 1; the block refills
-// the slot of step j - 2, S - 2 steps ahead. On entry steps first_step .. first_step + S - 2 are
-// in flight as the newest S - 1 cp.async groups (an empty group for a step past the end).
-// load(j) issues the copies of step j into its slot; softmax(scores, j, alphas) runs Softmax for
-// step j. Every thread of the block takes part (the block barriers), and every warpgroup runs
-// every step (no product may sit in a branch: ptxas would serialize them).
-template <typename T, int D, int NK, int S, typename LoadFn, typename SoftmaxFn>
-__device__ __forceinline__ void RunOverlappedSteps(const uint32_t (&q)[D / 16][4],
-                                                   const unsigned char* stages, int first_step,
-                                                   int num_steps, LoadFn&& load,
-                                                   SoftmaxFn&& softmax, WarpgroupState<D>& st) {
+// The steps of K and V the block copies with cp.async, every thread taking part, S - 2 steps
+// ahead of the products: step j in slot j % S. On entry steps first_step .. first_step + S - 2
+// are in flight as the newest S - 1 cp.async groups (an empty group for a step past the end).
+// load(j) issues the copies of step j into its slot. Acquire(j) waits for step j (block
+// barriers: every thread takes part) and refills the slot of step j - 2, whose products every
+// warpgroup finished before the barrier; Release has nothing to do.
+template <int D, int NK, int S, typename LoadFn>
+struct CpAsyncSteps {
   static_assert(S >= 3, "the overlapped schedule keeps two steps landed");
-  auto stage_of = [&](int j) { return stages + (j % S) * StepLayout<D, NK>::kStageBytes; };
+  unsigned char* stages;
+  int first_step;
+  int num_steps;
+  LoadFn load;
+
+  __device__ unsigned char* Stage(int j) const {
+    return stages + (j % S) * StepLayout<D, NK>::kStageBytes;
+  }
+  __device__ void Acquire(int j) {
+    if (j == first_step) {
+      CpAsyncWait<S - 2>();  // this thread's copies of the first step landed
+    } else {
+      CpAsyncWait<S - 3>();  // this thread's copies of step j landed
+    }
+    wgmma::FenceProxyAsync();
+    __syncthreads();  // everyone's copies landed; everyone finished step j - 2's products
+    if (j == first_step) return;
+    if (j + S - 2 < num_steps) load(j + S - 2);
+    CpAsyncCommit();
+  }
+  __device__ void Release(int) const {}
+};
+
+template <int D, int NK, int S, typename LoadFn>
+__device__ CpAsyncSteps<D, NK, S, LoadFn> MakeCpAsyncSteps(unsigned char* stages, int first_step,
+                                                           int num_steps, LoadFn load) {
+  return {stages, first_step, num_steps, load};
+}
+
+// FlashAttention-3's intra-warpgroup pipelining over the steps [first_step, num_steps) (at least
+// one): in step j the warpgroup issues step j's scores, then step j - 1's output product (its
+// probabilities kept in p), and runs step j's softmax while that product runs. So a step keeps
+// two slots: K of step j, V of step j - 1. `steps` holds them (CpAsyncSteps, or the producer
+// warp's in prefill_warpgroup_tma.cu): steps.Stage(j) is step j's slot, steps.Acquire(j) returns
+// once step j's K and V are there and visible to the products, steps.Release(j) says this thread's
+// products that read step j's slot are done. softmax(scores, j, alphas) runs Softmax for step j.
+// Every warpgroup runs every step (no product may sit in a branch: ptxas would serialize them).
+template <typename T, int D, int NK, typename Steps, typename SoftmaxFn>
+__device__ __forceinline__ void RunOverlappedSteps(const uint32_t (&q)[D / 16][4], int first_step,
+                                                   int num_steps, Steps& steps, SoftmaxFn&& softmax,
+                                                   WarpgroupState<D>& st) {
   float scores[NK / 64][32];
   uint32_t p[NK / 16][4];  // the probabilities of the step whose P.V is next
   float alphas[2];         // ... and the output rows' factor before it
-  CpAsyncWait<S - 2>();    // this thread's copies of the first step landed
-  wgmma::FenceProxyAsync();
-  __syncthreads();
-  IssueScores<T, D, NK>(q, stage_of(first_step), scores);
+  steps.Acquire(first_step);
+  IssueScores<T, D, NK>(q, steps.Stage(first_step), scores);
   WaitAll<D, NK>(scores, st);
   softmax(scores, first_step, alphas);
   PackProbabilities<T, NK>(scores, p);
   for (int j = first_step + 1; j < num_steps; ++j) {
-    CpAsyncWait<S - 3>();  // this thread's copies of step j landed
-    wgmma::FenceProxyAsync();
-    __syncthreads();  // everyone's copies landed; everyone finished step j - 2's products
-    if (j + S - 2 < num_steps) load(j + S - 2);
-    CpAsyncCommit();
-    IssueScores<T, D, NK>(q, stage_of(j), scores);
+    steps.Acquire(j);
+    IssueScores<T, D, NK>(q, steps.Stage(j), scores);
     RescaleOutput(st, alphas);
-    IssueOutput<T, D, NK>(p, stage_of(j - 1), st);
+    IssueOutput<T, D, NK>(p, steps.Stage(j - 1), st);
     wgmma::Wait<1>();  // the scores, not yet the output product
 #pragma unroll
     for (int c = 0; c < NK / 64; ++c) wgmma::PinRegisters(scores[c]);
     softmax(scores, j, alphas);
     WaitAll<D, NK>(scores, st);
+    steps.Release(j - 1);
     PackProbabilities<T, NK>(scores, p);
   }
   RescaleOutput(st, alphas);  // the last step's output product
-  IssueOutput<T, D, NK>(p, stage_of(num_steps - 1), st);
+  IssueOutput<T, D, NK>(p, steps.Stage(num_steps - 1), st);
   WaitAll<D, NK>(scores, st);
+  steps.Release(num_steps - 1);
 }
 
 // The total of a row's running sum over the four threads that hold its columns.

@@ -75,6 +75,20 @@ __device__ __forceinline__ void FenceProxyAsync() {
 #endif
 }
 
+// Moves this warpgroup's registers per thread to N (kIncrease: up, waiting for the registers
+// another warpgroup released; else down, releasing them). Every thread of the warpgroup calls it.
+template <bool kIncrease, int N>
+__device__ __forceinline__ void SetMaxRegisters() {
+  static_assert(N % 8 == 0 && N >= 24 && N <= 256, "setmaxnreg takes 24 .. 256 in steps of 8");
+#if GQA_WGMMA_ENABLED
+  if constexpr (kIncrease) {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+  } else {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+  }
+#endif
+}
+
 // Keeps the compiler from moving reads or writes of accumulator registers across the products'
 // issue and wait (the products write them asynchronously).
 template <int N>

@@ -1,0 +1,117 @@
+// What the two warpgroup prefill kernels share (prefill_warpgroup.cu: every thread copies with
+// cp.async; prefill_warpgroup_tma.cu: a producer warp copies with TMA): where a block's rows and
+// keys are, which keys each thread's rows see, and the store of the finished rows.
+//
+// A row is one (query token, head of the group) pair; a block takes kBlockRows of them of one KV
+// head and sequence, in two warpgroups of 64, the row tiles longest-first (the last tile of a
+// causal prompt sees the most keys).
+#pragma once
+
+#include <climits>
+#include <cstdint>
+
+#include "gqa/kernels/paged_attention_cuda.h"
+#include "warpgroup_attention.cuh"
+
+namespace gqa::kernels::cuda::warpgroup_prefill {
+
+using warpgroup_attention::kPanel;
+using warpgroup_attention::kWarpgroupRows;
+using warpgroup_attention::RowTotal;
+using warpgroup_attention::WarpgroupState;
+
+constexpr int kWarpgroups = 2;
+constexpr int kBlockRows = kWarpgroups * warpgroup_attention::kWarpgroupRows;
+
+// Where this block's rows and keys are; `empty` when the row tile is past the sequence's rows.
+struct BlockRows {
+  int q_begin;     // the sequence's first query token
+  int rows;        // the sequence's rows (query tokens x group)
+  int row0;        // this block's first row
+  int end;         // the sequence's length (keys 0 .. end - 1)
+  int first_pos;   // position of the first query token
+  int first_step;  // the steps of NK keys the block's rows see: [first_step, num_steps)
+  int num_steps;
+  bool empty;
+};
+
+template <int NK, typename T>
+__device__ __forceinline__ BlockRows LocateBlock(const PrefillAttentionArgs<T, T>& args,
+                                                 int group) {
+  BlockRows b;
+  const int seq = blockIdx.z;
+  b.q_begin = args.query_start[seq];
+  const int q_len = args.query_start[seq + 1] - b.q_begin;
+  b.rows = q_len * group;
+  b.row0 = (gridDim.x - 1 - blockIdx.x) * kBlockRows;  // longest tiles first
+  b.empty = b.row0 >= b.rows;
+  b.end = args.context_lens[seq];
+  b.first_pos = b.end - q_len;
+  const int last_pos = b.first_pos + (min(b.row0 + kBlockRows, b.rows) - 1) / group;
+  const int block_first_key =
+      args.window > 0 ? max(0, b.first_pos + b.row0 / group - args.window + 1) : 0;
+  b.first_step = block_first_key / NK;
+  b.num_steps = last_pos / NK + 1;
+  return b;
+}
+
+// The keys this thread's rows g and g + 8 of warp `warp` see: [first[r], limit[r]), up to and
+// including the row's position and, with a sliding window, from position - window + 1 on; and
+// the warp's narrowest bounds, to tell the steps that need no mask.
+struct RowKeys {
+  int limit[2];
+  int first[2];
+  int warp_min_limit;
+  int warp_max_first;
+
+  // Whether the keys tok0 .. tok0 + nk - 1 need the mask for some row of the warp.
+  __device__ bool NeedsMask(int tok0, int nk) const {
+    return tok0 + nk > warp_min_limit || tok0 < warp_max_first;
+  }
+};
+
+__device__ __forceinline__ RowKeys KeysOfRows(const BlockRows& b, int group, int window, int warp,
+                                              int lane) {
+  RowKeys k;
+  k.warp_min_limit = INT32_MAX;
+  k.warp_max_first = 0;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = b.row0 + warp * 16 + lane / 4 + r * 8;
+    const int pos = b.first_pos + row / group;
+    k.limit[r] = row < b.rows ? pos + 1 : 0;
+    k.first[r] = row < b.rows && window > 0 ? max(0, pos - window + 1) : 0;
+    k.warp_min_limit = min(k.warp_min_limit, k.limit[r]);
+    k.warp_max_first = max(k.warp_max_first, k.first[r]);
+  }
+  k.warp_min_limit = __reduce_min_sync(0xffffffffu, k.warp_min_limit);
+  k.warp_max_first = __reduce_max_sync(0xffffffffu, k.warp_max_first);
+  return k;
+}
+
+// Writes this thread's two rows of warp `warp`, normalized, to args.out.
+template <typename T, int D>
+__device__ __forceinline__ void StoreRows(const PrefillAttentionArgs<T, T>& args,
+                                          const BlockRows& b, int group, int kv_head,
+                                          const WarpgroupState<D>& st, int warp, int lane) {
+  const int g = lane / 4, tig = lane % 4;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const float total = RowTotal(st.sum[r]);
+    const int row = b.row0 + warp * 16 + g + r * 8;
+    if (row >= b.rows) continue;
+    const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+    T* dst = args.out +
+             (size_t(b.q_begin + row / group) * args.num_heads + kv_head * group + row % group) * D;
+#pragma unroll
+    for (int pn = 0; pn < D / kPanel; ++pn) {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        *reinterpret_cast<uint32_t*>(dst + pn * kPanel + 8 * i + 2 * tig) = attention::Pack<T>(
+            st.out[pn][4 * i + 2 * r] * inv, st.out[pn][4 * i + 2 * r + 1] * inv);
+      }
+    }
+  }
+}
+
+}  // namespace gqa::kernels::cuda::warpgroup_prefill
