@@ -134,7 +134,7 @@ using gqa::kernels::DecodeVariant;
 template <typename KV = T>
 double TimeDecode(const Shape& s, int sm_count, double* kv_bytes, int* splits, double* graph_us,
                   int splits_override = 0, DecodeVariant variant = {0, 0, 0},
-                  int warpgroup_stages = 0) {
+                  int warpgroup_stages = 0, bool producer = false) {
   constexpr bool kFp8 = sizeof(KV) == 1;
   const int blocks_per_seq = (s.context + kBlockSize - 1) / kBlockSize;
   const int num_blocks = s.batch * blocks_per_seq;
@@ -154,6 +154,7 @@ double TimeDecode(const Shape& s, int sm_count, double* kv_bytes, int* splits, d
     choice = gqa::kernels::SelectWarpgroupDecodeKernel(
         kHeads, s.kv_heads, g_head_dim, kBlockSize, s.batch, max_keys, sm_count, splits_override);
     choice.stages = warpgroup_stages;
+    choice.producer = producer;
   }
   *splits = choice.num_splits;
   const int copies = int(std::clamp<double>(std::ceil(kRotateBytes / *kv_bytes), 1, 64));
@@ -652,16 +653,20 @@ int KernelBenchMain(int argc, char** argv) {
         bytes / graph_us / 1e3, 100.0 * floor_us / graph_us, p.sdpa_eager, p.sdpa_graph,
         p.naive_graph, p.sdpa_graph / graph_us, p.sdpa_eager / eager_us);
     if (!g_fp8 && gqa::kernels::cuda::WarpgroupPrefillAvailable()) {
-      // The Hopper warpgroup decode kernel on the same shape, 3 and 4 stages.
+      // The Hopper warpgroup decode kernel on the same shape, 3 and 4 stages, copying with
+      // cp.async (s) or with a producer warp's TMA (p).
       std::printf("%3s %5s %6s %6s |", "", "", "wg", "");
-      for (int stages : {3, 4}) {
-        double wg_bytes, wg_graph_us;
-        int wg_splits;
-        TimeDecode(s, prop.multiProcessorCount, &wg_bytes, &wg_splits, &wg_graph_us, 0, {0, 0, 0},
-                   stages);
-        std::printf(" s%d: %d splits %.1f us %.0f%% of copy %.2fx sdpa_gr %.2fx ours |", stages,
-                    wg_splits, wg_graph_us, 100.0 * floor_us / wg_graph_us,
-                    p.sdpa_graph / wg_graph_us, graph_us / wg_graph_us);
+      for (bool producer : {false, true}) {
+        for (int stages : {3, 4}) {
+          double wg_bytes, wg_graph_us;
+          int wg_splits;
+          TimeDecode(s, prop.multiProcessorCount, &wg_bytes, &wg_splits, &wg_graph_us, 0, {0, 0, 0},
+                     stages, producer);
+          std::printf(" %c%d: %d splits %.1f us %.0f%% of copy %.2fx sdpa_gr %.2fx ours |",
+                      producer ? 'p' : 's', stages, wg_splits, wg_graph_us,
+                      100.0 * floor_us / wg_graph_us, p.sdpa_graph / wg_graph_us,
+                      graph_us / wg_graph_us);
+        }
       }
       std::printf("\n");
     }

@@ -30,11 +30,13 @@ __device__ __forceinline__ int SequenceSplitTokens(int len, int num_splits, int 
 
 // Launches `kernel` on the grid (split, KV head, sequence) of `choice` with `threads` threads
 // and `smem` bytes of dynamic shared memory, then, with several splits, the merge. The kernel
-// takes (args, group, split_tokens, num_splits, min_split_tiles, partial_out, partial_lse).
-template <typename T, typename KV, int D, typename Kernel>
+// takes (lead..., args, group, split_tokens, num_splits, min_split_tiles, partial_out,
+// partial_lse).
+template <typename T, typename KV, int D, typename Kernel, typename... Lead>
 cudaError_t LaunchDecodeGrid(Kernel kernel, int threads, size_t smem,
                              const DecodeAttentionArgs<T, KV>& args,
-                             const DecodeKernelChoice& choice, cudaStream_t stream) {
+                             const DecodeKernelChoice& choice, cudaStream_t stream,
+                             const Lead&... lead) {
   const int num_kv_heads = args.cache.num_kv_heads;
   const int group = args.num_heads / num_kv_heads;
   float* partial_out = static_cast<float*>(args.workspace);
@@ -44,15 +46,16 @@ cudaError_t LaunchDecodeGrid(Kernel kernel, int threads, size_t smem,
   const dim3 grid(choice.num_splits, num_kv_heads, args.num_seqs);
   // A plain launch unless asked (DecodeAttentionArgs::after_previous says when it pays).
   if (args.after_previous) {
-    if (const cudaError_t e = LaunchAfterPrevious(kernel, grid, dim3(threads), smem, stream, args,
-                                                  group, choice.split_tokens, choice.num_splits,
-                                                  choice.min_split_tiles, partial_out, partial_lse);
+    if (const cudaError_t e = LaunchAfterPrevious(
+            kernel, grid, dim3(threads), smem, stream, lead..., args, group, choice.split_tokens,
+            choice.num_splits, choice.min_split_tiles, partial_out, partial_lse);
         e != cudaSuccess) {
       return e;
     }
   } else {
-    kernel<<<grid, threads, smem, stream>>>(args, group, choice.split_tokens, choice.num_splits,
-                                            choice.min_split_tiles, partial_out, partial_lse);
+    kernel<<<grid, threads, smem, stream>>>(lead..., args, group, choice.split_tokens,
+                                            choice.num_splits, choice.min_split_tiles, partial_out,
+                                            partial_lse);
   }
   if (choice.num_splits == 1) return cudaGetLastError();
   // Programmatic dependent launch (Hopper): the merge grid is scheduled while the decode grid

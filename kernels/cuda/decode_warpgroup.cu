@@ -14,6 +14,7 @@
 
 #include "attention_tile.cuh"
 #include "decode_launch.cuh"
+#include "decode_warpgroup.cuh"
 #include "decode_warpgroup.h"
 #include "pdl.cuh"
 #include "warpgroup_attention.cuh"
@@ -23,9 +24,8 @@ namespace gqa::kernels::cuda {
 namespace {
 
 using namespace warpgroup_attention;  // NOLINT: the steps, softmax and products
+using namespace warpgroup_decode;     // NOLINT: the split's keys and the store
 using attention::LoadQueryRows;
-
-constexpr int kStepKeys = 64;
 
 // 1024 bytes of alignment slack, then S stages (the query rows borrow the last one).
 template <int D, int S>
@@ -50,24 +50,13 @@ __global__ void __launch_bounds__(kWarpgroupThreads)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   WaitForPrevious();  // the queries, the cache and the lengths come from the kernels before
 
-  // Keys begin .. end - 1: the split's range of the window's tiles (or the whole context).
-  const int len = args.context_lens[seq];
-  const int first_key = FirstKey(len, args.window);
-  const int start = first_key / kDecodeTileTokens * kDecodeTileTokens;
-  const int tokens = split_tokens > 0
-                         ? split_tokens
-                         : SequenceSplitTokens(len - start, num_splits, min_split_tiles);
-  const int begin = start + split * tokens;
-  const int end = min(len, begin + tokens);
-  if (begin >= end) {  // a split past the sequence: empty for the merge
-    for (int i = threadIdx.x; num_splits > 1 && i < group * D; i += kWarpgroupThreads) {
-      const size_t head = size_t(seq) * args.num_heads + kv_head * group + i / D;
-      partial_out[(head * num_splits + split) * D + i % D] = 0.0f;
-      if (i % D == 0) partial_lse[head * num_splits + split] = -INFINITY;
-    }
+  const SplitKeys keys = KeysOfSplit(args, seq, split, split_tokens, num_splits, min_split_tiles);
+  const int begin = keys.begin, end = keys.end, num_steps = keys.num_steps;
+  if (num_steps == 0) {  // a split past the sequence: empty for the merge
+    WriteEmptySplit<T, D>(args, seq, kv_head, group, split, num_splits, kWarpgroupThreads,
+                          partial_out, partial_lse);
     return;
   }
-  const int num_steps = (end - begin + NK - 1) / NK;
   const int32_t* table_row = args.cache.block_tables + size_t(seq) * args.cache.max_blocks_per_seq;
   auto stage_of = [&](int j) { return stages + (j % S) * Layout::kStageBytes; };
   auto load = [&](int j) {
@@ -91,6 +80,7 @@ __global__ void __launch_bounds__(kWarpgroupThreads)
   WarpgroupState<D> st;
   st.Init();
   const float scale_log2 = args.scale * kLog2e;
+  const int first_key = keys.first_key;
   const int limit[2] = {end, end}, first[2] = {first_key, first_key};
   auto steps = MakeCpAsyncSteps<D, NK, S>(stages, 0, num_steps, load);
   RunOverlappedSteps<T, D, NK>(
@@ -103,40 +93,8 @@ __global__ void __launch_bounds__(kWarpgroupThreads)
       st);
   CpAsyncWait<0>();
 
-  const int g = lane / 4, tig = lane % 4;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const float total = RowTotal(st.sum[r]);
-    const int row = warp * 16 + g + r * 8;
-    if (row >= group) continue;
-    const float inv = total > 0.0f ? 1.0f / total : 0.0f;
-    const size_t head = size_t(seq) * args.num_heads + kv_head * group + row;
-    if (num_splits == 1) {
-      T* dst = args.out + head * D;
-#pragma unroll
-      for (int pn = 0; pn < D / kPanel; ++pn) {
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-          *reinterpret_cast<uint32_t*>(dst + pn * kPanel + 8 * i + 2 * tig) =
-              Pack<T>(st.out[pn][4 * i + 2 * r] * inv, st.out[pn][4 * i + 2 * r + 1] * inv);
-        }
-      }
-    } else {
-      float* dst = partial_out + (head * num_splits + split) * D;
-#pragma unroll
-      for (int pn = 0; pn < D / kPanel; ++pn) {
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-          *reinterpret_cast<float2*>(dst + pn * kPanel + 8 * i + 2 * tig) =
-              make_float2(st.out[pn][4 * i + 2 * r] * inv, st.out[pn][4 * i + 2 * r + 1] * inv);
-        }
-      }
-      if (tig == 0) {
-        partial_lse[head * num_splits + split] =
-            total > 0.0f ? st.max[r] + log2f(total) : -INFINITY;
-      }
-    }
-  }
+  StoreRows<T, D>(args, st, seq, kv_head, group, split, num_splits, partial_out, partial_lse, warp,
+                  lane);
 }
 
 template <typename T, int D, int S>
@@ -172,6 +130,7 @@ cudaError_t WarpgroupDecodeAttention(const DecodeAttentionArgs<T, T>& args,
       group > kWarpgroupDecodeMaxGroup) {
     return cudaErrorInvalidValue;
   }
+  if (choice.producer) return ProducerWarpgroupDecode<T>(args, choice, stream);
   switch (args.cache.head_dim) {
     case 64:
       return LaunchStages<T, 64>(args, choice, stream);

@@ -16,4 +16,11 @@ template <typename T>
 cudaError_t WarpgroupDecodeAttention(const DecodeAttentionArgs<T, T>& args,
                                      const DecodeKernelChoice& choice, cudaStream_t stream);
 
+// choice.producer: the same kernel with a producer warp that copies K and V with TMA
+// (decode_warpgroup_tma.cu). Called by WarpgroupDecodeAttention, which checks the device, the
+// shape and the choice; cudaErrorInvalidValue for a cache block size not a multiple of 16.
+template <typename T>
+cudaError_t ProducerWarpgroupDecode(const DecodeAttentionArgs<T, T>& args,
+                                    const DecodeKernelChoice& choice, cudaStream_t stream);
+
 }  // namespace gqa::kernels::cuda

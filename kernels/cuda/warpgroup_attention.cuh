@@ -263,6 +263,26 @@ __device__ CpAsyncSteps<D, NK, S, LoadFn> MakeCpAsyncSteps(unsigned char* stages
   return {stages, first_step, num_steps, load};
 }
 
+// This warp's 16 query rows as the A fragments of S = Q.K^T (mma.sync's m16n8k16 A layout:
+// fragment r + 2 h is row g + 8 r, columns 8 h + 2 tig and the next), straight from global
+// memory: row_of(i) is the warp's row i (0 .. 15) as D values, or nullptr for zeros.
+template <int D, typename RowFn>
+__device__ __forceinline__ void LoadQueryFragmentsFromGlobal(RowFn&& row_of, int lane,
+                                                             uint32_t (&q)[D / 16][4]) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const auto* src = row_of(lane / 4 + 8 * r);
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int col = kk * 16 + 8 * h + 2 * (lane % 4);
+        q[kk][r + 2 * h] = src != nullptr ? *reinterpret_cast<const uint32_t*>(src + col) : 0u;
+      }
+    }
+  }
+}
+
 // FlashAttention-3's intra-warpgroup pipelining over the steps [first_step, num_steps) (at least
 // one): in step j the warpgroup issues step j's scores, then step j - 1's output product (its
 // probabilities kept in p), and runs step j's softmax while that product runs. So a step keeps

@@ -135,7 +135,8 @@ void CheckDecode(const Shape& shape) {
 
   // Launches one kernel choice twice on the same workspace and compares with the reference.
   auto check = [&](const DecodeKernelChoice& choice) {
-    SCOPED_TRACE(choice.warpgroup ? "warpgroup kernel, " + std::to_string(choice.stages) + " stages"
+    SCOPED_TRACE(choice.warpgroup ? "warpgroup kernel, " + std::to_string(choice.stages) +
+                                        " stages" + (choice.producer ? ", producer warp" : "")
                                   : "mma.sync kernel");
     DeviceBuffer<unsigned char> workspace(
         DecodeWorkspaceBytes(num_seqs, shape.num_heads, d, choice.num_splits));
@@ -203,16 +204,19 @@ void CheckDecode(const Shape& shape) {
   // The warpgroup kernel on the same inputs, each built stage count, wherever the GPU has it
   // (the mma.sync variants' overrides do not apply to it).
   if (shape.variant.warps > 0 || !WarpgroupDecodeApplies()) return;
-  for (const int stages : {3, 4}) {
-    DecodeKernelChoice choice = SelectWarpgroupDecodeKernel(
-        shape.num_heads, kvh, d, bs, num_seqs, grid_len, sm_count, splits, shape.fixed_grid);
-    ASSERT_TRUE(choice.supported) << choice.reason;
-    if (shape.fixed_grid && shape.num_splits > 0) choice.num_splits = shape.num_splits;
-    if (shape.fixed_grid && shape.min_split_tiles > 0) {
-      choice.min_split_tiles = shape.min_split_tiles;
+  for (const bool producer : {false, true}) {
+    for (const int stages : {3, 4}) {
+      DecodeKernelChoice choice = SelectWarpgroupDecodeKernel(
+          shape.num_heads, kvh, d, bs, num_seqs, grid_len, sm_count, splits, shape.fixed_grid);
+      ASSERT_TRUE(choice.supported) << choice.reason;
+      if (shape.fixed_grid && shape.num_splits > 0) choice.num_splits = shape.num_splits;
+      if (shape.fixed_grid && shape.min_split_tiles > 0) {
+        choice.min_split_tiles = shape.min_split_tiles;
+      }
+      choice.stages = stages;
+      choice.producer = producer;
+      check(choice);
     }
-    choice.stages = stages;
-    check(choice);
   }
 }
 

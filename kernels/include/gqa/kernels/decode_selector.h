@@ -43,6 +43,9 @@ struct DecodeKernelChoice {
   // warpgroup (warps 4) holds the whole group, up to 64 query rows, and reads steps of 64 keys
   // (key_tiles 4) through `stages` (3 or 4) swizzled shared-memory stages.
   bool warpgroup = false;
+  // With warpgroup: a producer warp copies the steps with TMA (bulk tensor copies of whole
+  // cache tiles into the swizzled slots, mbarriers) while the warpgroup computes.
+  bool producer = false;
 };
 
 // The most keys one query reads in a context of up to max_context_len tokens: with a sliding
