@@ -115,6 +115,17 @@ TEST(PrefillSelectorTest, AShortChunkAfterALongPrefixSplitsAFullPromptDoesNot) {
   chunk.max_query_len = chunk.num_query_tokens = 512;
   chunk.max_context = 8192;
   EXPECT_EQ(SelectPrefillKeySplits(chunk), 2);
+  // Where the unsplit path is the warpgroup kernel: 16 blocks of 128 rows x 8 KV heads = 128,
+  // about a wave of 132 multiprocessors, run unsplit; the 100-token hit (4 x 8 = 32 such
+  // blocks, under half the multiprocessors) still splits.
+  PrefillShapeForSplits wg_chunk = chunk;
+  wg_chunk.warpgroup_unsplit = true;
+  EXPECT_EQ(SelectPrefillKeySplits(wg_chunk), 1);
+  PrefillShapeForSplits wg_hit = hit;
+  wg_hit.warpgroup_unsplit = true;
+  EXPECT_EQ(SelectPrefillKeySplits(wg_hit), 8);
+  wg_chunk.max_query_len = wg_chunk.num_query_tokens = 256;  // 8 x 8 = 64 blocks < 66
+  EXPECT_EQ(SelectPrefillKeySplits(wg_chunk), 4);
   PrefillShapeForSplits full = hit;  // the whole 2,100-token prompt: 1,056 blocks
   full.max_query_len = full.num_query_tokens = 2100;
   EXPECT_EQ(SelectPrefillKeySplits(full), 1);

@@ -33,15 +33,29 @@ struct PrefillShapeForSplits {
   int num_kv_heads = 1;
   int sm_count = 1;
   bool deterministic = false;  // splits would depend on the batch: never split
+  // The unsplit path is the Hopper warpgroup kernel (blocks of kPrefillWarpgroupRowsPerBlock
+  // rows, 1.6-2x the mma.sync kernel per block); the split path stays the mma.sync one.
+  bool warpgroup_unsplit = false;
 };
+
+constexpr int kPrefillWarpgroupRowsPerBlock = 128;
 
 // 1 (no split) or the key ranges per block: when the step launches fewer than two blocks per
 // multiprocessor, enough ranges for about three (the fastest of 2-16 forced splits on an H200,
 // kernels/BENCHMARKS.md step 19),
 // no range shorter than kPrefillMinSplitTiles tiles of the longest context, and no more
-// (token, split) rows than the workspace holds.
+// (token, split) rows than the workspace holds. Where the unsplit path is the warpgroup kernel,
+// only when its blocks fill less than half the multiprocessors: on an H100 a 512-token chunk
+// over 8,192 keys (128 of its blocks) ran 2.6x faster unsplit than in 2 mma.sync splits, and
+// 100-token chunks (32 blocks or fewer) 1.0-1.4x faster split (kernels/BENCHMARKS.md step 24).
 constexpr int SelectPrefillKeySplits(const PrefillShapeForSplits& s) {
   if (s.deterministic || s.max_query_len <= 0 || s.num_query_tokens <= 0) return 1;
+  if (s.warpgroup_unsplit) {
+    const long rows = long(s.max_query_len) * s.group;
+    const long wg_blocks = (rows + kPrefillWarpgroupRowsPerBlock - 1) /
+                           kPrefillWarpgroupRowsPerBlock * s.num_kv_heads * s.num_seqs;
+    if (2 * wg_blocks >= s.sm_count) return 1;
+  }
   const int row_blocks =
       (s.max_query_len * s.group + kPrefillRowsPerBlock - 1) / kPrefillRowsPerBlock;
   const long blocks = long(row_blocks) * s.num_kv_heads * s.num_seqs;
