@@ -19,8 +19,8 @@ cudaError_t WarpgroupPrefillAttention(const PrefillAttentionArgs<T, T>& args, cu
 // checks the device and the arguments; cudaErrorInvalidValue for a cache block size that is not
 // a multiple of 16.
 constexpr int kFirstProducerPrefillVariant = 5;
-// Variant 0 runs this one (128 keys per step in 3 stages): 1.59-1.74x variant 3 at head_dim 128,
-// 1.94-2.09x at 64, on an H100 (kernels/BENCHMARKS.md step 24).
+// Variant 0 runs this one (128 keys per step in 3 stages): 1.6-1.75x variant 3 (the default
+// before it) at head_dim 128 and 64 on an H100 (kernels/BENCHMARKS.md step 24).
 constexpr int kDefaultWarpgroupPrefillVariant = 6;
 template <typename T>
 cudaError_t ProducerWarpgroupPrefill(const PrefillAttentionArgs<T, T>& args, cudaStream_t stream);
