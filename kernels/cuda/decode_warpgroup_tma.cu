@@ -131,7 +131,10 @@ cudaError_t LaunchStages(const DecodeAttentionArgs<T, T>& args, const DecodeKern
 template <typename T>
 cudaError_t ProducerWarpgroupDecode(const DecodeAttentionArgs<T, T>& args,
                                     const DecodeKernelChoice& choice, cudaStream_t stream) {
-  if (args.cache.block_size % kTileKeys != 0) return cudaErrorInvalidValue;
+  // A copied tile starts at a split's first key and must not cross a cache block.
+  if (args.cache.block_size % kTileKeys != 0 || choice.split_tokens % kTileKeys != 0) {
+    return cudaErrorInvalidValue;
+  }
   switch (args.cache.head_dim) {
     case 64:
       return LaunchStages<T, 64>(args, choice, stream);

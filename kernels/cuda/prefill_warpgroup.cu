@@ -179,7 +179,11 @@ cudaError_t WarpgroupPrefillAttention(const PrefillAttentionArgs<T, T>& args, cu
   if (args.warpgroup_variant == 0) {  // the default
     PrefillAttentionArgs<T, T> chosen = args;
     chosen.warpgroup_variant = kDefaultWarpgroupPrefillVariant;
-    return ProducerWarpgroupPrefill<T>(chosen, stream);
+    const cudaError_t e = ProducerWarpgroupPrefill<T>(chosen, stream);
+    // A driver without tensor maps: the cp.async schedule (variant 3) instead.
+    if (e != cudaErrorNotSupported) return e;
+    chosen.warpgroup_variant = 3;
+    return WarpgroupPrefillAttention<T>(chosen, stream);
   }
   if (args.warpgroup_variant >= kFirstProducerPrefillVariant) {
     return ProducerWarpgroupPrefill<T>(args, stream);

@@ -105,6 +105,7 @@ __device__ __forceinline__ void FillStep(const CUtensorMap& k_map, const CUtenso
   __syncwarp();
   if (lane < copied_tiles) {
     const int tok = tok0 + lane * kTileKeys;
+    // The pool row, an int: pools up to 2^31 rows of head_dim values, as the map declares.
     const int row =
         (table_row[tok / cache.block_size] * cache.num_kv_heads + kv_head) * cache.block_size +
         tok % cache.block_size;

@@ -86,8 +86,8 @@ __device__ __forceinline__ float Exp2Fast(float x) {
 // to [first[r], limit[r]) when `mask`: s becomes the unnormalized probabilities
 // 2^(s * scale_log2 - max), the running max (log2 units) and sum move on, and alphas[r] is the
 // factor the output rows must be scaled by before this step's P.V. The max is taken on the raw
-// scores (scale_log2 > 0 keeps their order), so each score costs one fused multiply-add before
-// its exponential.
+// scores (scale_log2 > 0 keeps their order; every caller's scale is 1 / sqrt(head_dim)), so each
+// score costs one fused multiply-add before its exponential.
 template <int D, int NK>
 __device__ __forceinline__ void Softmax(float (&s)[NK / 64][32], int tok0, const int (&limit)[2],
                                         const int (&first)[2], bool mask, float scale_log2,
