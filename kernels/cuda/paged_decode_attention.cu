@@ -116,7 +116,7 @@ __device__ __forceinline__ int PrefetchBlocks(const int32_t* table_row, int max_
 
 // The named barrier of one team of `threads` threads (ids 1.. : 0 is __syncthreads).
 __device__ __forceinline__ void TeamBarrier(int team, int threads) {
-  asm volatile("bar.sync %0, %1;" ::"r"(team + 1), "r"(threads) : "memory");
+  NamedBarrierSync(team + 1, threads);
 }
 
 // QT is the number of 16-row query tiles (group <= 16: 1, else 2). The block's W warps form

@@ -11,7 +11,9 @@
 // producer's arrival and the TMA bytes), `empty` when all 256 consumer threads finished the
 // products that read it. So the consumers never issue a copy or meet at a block barrier inside the
 // loop, and the producer runs up to S steps ahead. The query fragments come straight from global
-// memory into registers (no shared memory for them).
+// memory into registers (no shared memory for them). Variants 7 and 8 add FlashAttention-3's
+// ping-pong of the two consumer warpgroups (PingPongTurns), and 8 one m64n128 product per score
+// chain.
 #include <cuda.h>
 
 #include <cstdint>
@@ -43,7 +45,7 @@ constexpr int kBlockThreads = kConsumerThreads + kWarpgroupThreads;
 // (40 x 128 + 232 x 256 <= 64k; the kernel starts with 65536 / 384 rounded down, 168).
 constexpr int kProducerRegisters = 40;
 constexpr int kConsumerRegisters = 232;
-template <typename T, int D, int NK, int S>
+template <typename T, int D, int NK, int S, bool kPingPong, bool kWideScores>
 __global__ void __launch_bounds__(kBlockThreads, 1)
     ProducerPrefillKernel(const __grid_constant__ CUtensorMap k_map,
                           const __grid_constant__ CUtensorMap v_map,
@@ -84,19 +86,24 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   st.Init();
   const float scale_log2 = args.scale * kLog2e;
   ConsumerSteps<D, NK, S> steps{slots, b.first_step};
-  RunOverlappedSteps<T, D, NK>(
-      q, b.first_step, b.num_steps, steps,
-      [&](float(&s)[NK / 64][32], int j, float(&alphas)[2]) {
-        Softmax<D, NK>(s, j * NK, keys.limit, keys.first, keys.NeedsMask(j * NK, NK), scale_log2,
-                       st, alphas, lane);
-      },
-      st);
+  auto softmax = [&](float(&s)[NK / 64][32], int j, float(&alphas)[2]) {
+    Softmax<D, NK>(s, j * NK, keys.limit, keys.first, keys.NeedsMask(j * NK, NK), scale_log2, st,
+                   alphas, lane);
+  };
+  if constexpr (kPingPong) {
+    const PingPongTurns turns{warp / 4};
+    turns.Start();
+    RunOverlappedSteps<T, D, NK, kWideScores>(q, b.first_step, b.num_steps, steps, softmax, st,
+                                              turns);
+  } else {
+    RunOverlappedSteps<T, D, NK, kWideScores>(q, b.first_step, b.num_steps, steps, softmax, st);
+  }
   StoreRows<T, D>(args, b, group, kv_head, st, warp, lane);
 }
 
-template <typename T, int D, int NK, int S>
+template <typename T, int D, int NK, int S, bool kPingPong = false, bool kWideScores = false>
 cudaError_t Launch(const PrefillAttentionArgs<T, T>& args, cudaStream_t stream) {
-  constexpr auto kKernel = ProducerPrefillKernel<T, D, NK, S>;
+  constexpr auto kKernel = ProducerPrefillKernel<T, D, NK, S, kPingPong, kWideScores>;
   if (const cudaError_t e = AllowDynamicSmem<kKernel>(kSmemBytes<D, NK, S>); e != cudaSuccess) {
     return e;
   }
@@ -117,6 +124,10 @@ cudaError_t LaunchVariant(const PrefillAttentionArgs<T, T>& args, cudaStream_t s
       return Launch<T, D, 64, 4>(args, stream);
     case kFirstProducerPrefillVariant + 1:
       return Launch<T, D, 128, 3>(args, stream);
+    case kFirstProducerPrefillVariant + 2:  // the two warpgroups' products in turns
+      return Launch<T, D, 128, 3, true>(args, stream);
+    case kFirstProducerPrefillVariant + 3:  // ... and each score chain one m64n128 product
+      return Launch<T, D, 128, 3, true, true>(args, stream);
     default:
       return cudaErrorInvalidValue;
   }

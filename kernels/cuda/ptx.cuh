@@ -45,6 +45,15 @@ __device__ __forceinline__ uint4 LoadStreaming16(const void* gmem, bool valid) {
   return v;
 }
 
+// Named barriers (ids 1-15; 0 is __syncthreads): `threads` (a multiple of 32) threads in all,
+// some of which only arrive, the others arrive and wait.
+__device__ __forceinline__ void NamedBarrierSync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void NamedBarrierArrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
 // d += a (16x16, row) * b (16x8, col); fp32 accumulate.
 template <typename T>
 __device__ __forceinline__ void Mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,

@@ -159,23 +159,35 @@ __device__ __forceinline__ void PackProbabilities(const float (&s)[NK / 64][32],
   }
 }
 
-// Issues S = Q.K^T for one warpgroup's 64 rows and the step's NK keys (NK / 64 products per 16
-// columns of the head) as one group of products; the caller waits for it.
-template <typename T, int D, int NK>
+// Issues S = Q.K^T for one warpgroup's 64 rows and the step's NK keys as one group of products:
+// NK / 64 chains of m64n64 products per 16 columns of the head, or with kWide (NK 128) one chain
+// of m64n128 products, which read each A fragment once for all 128 keys. The caller waits.
+template <typename T, int D, int NK, bool kWide = false>
 __device__ __forceinline__ void IssueScores(const uint32_t (&q)[D / 16][4],
                                             const unsigned char* stage, float (&s)[NK / 64][32]) {
   using Layout = StepLayout<D, NK>;
+  static_assert(!kWide || NK == 128, "the wide chain covers 128 keys");
 #pragma unroll
   for (int c = 0; c < NK / 64; ++c) wgmma::PinRegisters(s[c]);
   wgmma::Fence();
-#pragma unroll
-  for (int c = 0; c < NK / 64; ++c) {
+  if constexpr (kWide) {
+    // s[c][j] is column tile 8 c + j / 4 of the m64n128 accumulator: the same registers in order.
+    float(&wide)[64] = reinterpret_cast<float(&)[64]>(s);
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
-      // Keys 64c.. of panel kk / 4, columns 16 (kk % 4)..: 32 bytes per 16 columns.
-      const unsigned char* k =
-          stage + (kk / 4) * Layout::kPanelBytes + 64 * c * 128 + (kk % 4) * 32;
-      wgmma::MmaRegA<T, false>(s[c], q[kk], wgmma::SwizzledDescriptor(k), kk > 0);
+      const unsigned char* k = stage + (kk / 4) * Layout::kPanelBytes + (kk % 4) * 32;
+      wgmma::MmaRegAWide<T>(wide, q[kk], wgmma::SwizzledDescriptor(k), kk > 0);
+    }
+  } else {
+#pragma unroll
+    for (int c = 0; c < NK / 64; ++c) {
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        // Keys 64c.. of panel kk / 4, columns 16 (kk % 4)..: 32 bytes per 16 columns.
+        const unsigned char* k =
+            stage + (kk / 4) * Layout::kPanelBytes + 64 * c * 128 + (kk % 4) * 32;
+        wgmma::MmaRegA<T, false>(s[c], q[kk], wgmma::SwizzledDescriptor(k), kk > 0);
+      }
     }
   }
   wgmma::Commit();
@@ -283,31 +295,65 @@ __device__ __forceinline__ void LoadQueryFragmentsFromGlobal(RowFn&& row_of, int
   }
 }
 
+// Whose turn it is to issue products. NoTurns: every warpgroup issues when it is ready.
+struct NoTurns {
+  __device__ void Start() const {}
+  __device__ void Take() const {}
+  __device__ void Pass(bool) const {}
+};
+
+// FlashAttention-3's ping-pong between a block's two consumer warpgroups: each issues its
+// products in turn (Take waits for the other to have issued, Pass lets it go), so one's softmax
+// runs while the other's products hold the tensor cores. Named barriers kFirstBarrier (the
+// turns of warpgroup 0) and kFirstBarrier + 1 (of warpgroup 1), 256 threads each: the waiting
+// warpgroup syncs, the other arrives. Warpgroup 1 lets warpgroup 0 start and passes its last
+// turn to no one, so every arrival meets a wait. Both warpgroups run the same steps.
+struct PingPongTurns {
+  static constexpr int kFirstBarrier = 1;
+  static constexpr int kThreads = 2 * kWarpgroupThreads;
+  int warpgroup;  // 0 or 1
+
+  __device__ void Start() const {
+    if (warpgroup == 1) NamedBarrierArrive(kFirstBarrier, kThreads);
+  }
+  __device__ void Take() const { NamedBarrierSync(kFirstBarrier + warpgroup, kThreads); }
+  __device__ void Pass(bool last) const {
+    if (!(last && warpgroup == 1)) NamedBarrierArrive(kFirstBarrier + 1 - warpgroup, kThreads);
+  }
+};
+
 // FlashAttention-3's intra-warpgroup pipelining over the steps [first_step, num_steps) (at least
 // one): in step j the warpgroup issues step j's scores, then step j - 1's output product (its
 // probabilities kept in p), and runs step j's softmax while that product runs. So a step keeps
 // two slots: K of step j, V of step j - 1. `steps` holds them (CpAsyncSteps, or the producer
-// warp's in prefill_warpgroup_tma.cu): steps.Stage(j) is step j's slot, steps.Acquire(j) returns
+// warp's in producer_steps.cuh): steps.Stage(j) is step j's slot, steps.Acquire(j) returns
 // once step j's K and V are there and visible to the products, steps.Release(j) says this thread's
 // products that read step j's slot are done. softmax(scores, j, alphas) runs Softmax for step j.
-// Every warpgroup runs every step (no product may sit in a branch: ptxas would serialize them).
-template <typename T, int D, int NK, typename Steps, typename SoftmaxFn>
+// `turns` orders the issue of the products between warpgroups (NoTurns or PingPongTurns; the
+// caller has called Start). Every warpgroup runs every step (no product may sit in a branch:
+// ptxas would serialize them). kWideScores: the scores as one m64n128 chain (NK 128).
+template <typename T, int D, int NK, bool kWideScores = false, typename Steps, typename SoftmaxFn,
+          typename Turns = NoTurns>
 __device__ __forceinline__ void RunOverlappedSteps(const uint32_t (&q)[D / 16][4], int first_step,
                                                    int num_steps, Steps& steps, SoftmaxFn&& softmax,
-                                                   WarpgroupState<D>& st) {
+                                                   WarpgroupState<D>& st, Turns turns = {}) {
   float scores[NK / 64][32];
   uint32_t p[NK / 16][4];  // the probabilities of the step whose P.V is next
   float alphas[2];         // ... and the output rows' factor before it
   steps.Acquire(first_step);
-  IssueScores<T, D, NK>(q, steps.Stage(first_step), scores);
+  turns.Take();
+  IssueScores<T, D, NK, kWideScores>(q, steps.Stage(first_step), scores);
+  turns.Pass(false);
   WaitAll<D, NK>(scores, st);
   softmax(scores, first_step, alphas);
   PackProbabilities<T, NK>(scores, p);
   for (int j = first_step + 1; j < num_steps; ++j) {
     steps.Acquire(j);
-    IssueScores<T, D, NK>(q, steps.Stage(j), scores);
+    turns.Take();
+    IssueScores<T, D, NK, kWideScores>(q, steps.Stage(j), scores);
     RescaleOutput(st, alphas);
     IssueOutput<T, D, NK>(p, steps.Stage(j - 1), st);
+    turns.Pass(false);
     wgmma::Wait<1>();  // the scores, not yet the output product
 #pragma unroll
     for (int c = 0; c < NK / 64; ++c) wgmma::PinRegisters(scores[c]);
@@ -317,7 +363,9 @@ __device__ __forceinline__ void RunOverlappedSteps(const uint32_t (&q)[D / 16][4
     PackProbabilities<T, NK>(scores, p);
   }
   RescaleOutput(st, alphas);  // the last step's output product
+  turns.Take();
   IssueOutput<T, D, NK>(p, steps.Stage(num_steps - 1), st);
+  turns.Pass(true);
   WaitAll<D, NK>(scores, st);
   steps.Release(num_steps - 1);
 }

@@ -137,4 +137,49 @@ __device__ __forceinline__ void MmaRegA(float (&d)[32], const uint32_t (&a)[4], 
 
 #undef GQA_WGMMA_M64N64K16_REG_A
 
+// One m64n128k16 product with A in registers and B K-major (kTransB false: 128 rows of N by 16
+// of K, 8-row groups 1024 bytes apart), for element type TYPE: the accumulator of 128 columns,
+// d[4 * i + e] for column tiles i = 0 .. 15 (the m64n64 layout, continued).
+#define GQA_WGMMA_M64N128K16_REG_A(TYPE)                                                           \
+  asm volatile(                                                                                    \
+      "{\n"                                                                                        \
+      ".reg .pred p;\n"                                                                            \
+      "setp.ne.b32 p, %69, 0;\n"                                                                   \
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32." TYPE "." TYPE                                 \
+      " "                                                                                          \
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, "     \
+      "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, " \
+      "%37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, " \
+      "%55, %56, %57, %58, %59, %60, %61, %62, %63}, "                                             \
+      "{%64, %65, %66, %67}, %68, p, 1, 1, 0;\n"                                                   \
+      "}\n"                                                                                        \
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),        \
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),    \
+        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), \
+        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), \
+        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), \
+        "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), \
+        "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), \
+        "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), \
+        "+f"(d[63])                                                                                \
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(int(accumulate)))
+
+// d (64 x 128, fp32) (+)= a (64 x 16, registers) * b (16 x 128, K-major in shared memory).
+template <typename T>
+__device__ __forceinline__ void MmaRegAWide(float (&d)[64], const uint32_t (&a)[4], uint64_t b_desc,
+                                            bool accumulate) {
+#if GQA_WGMMA_ENABLED
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    GQA_WGMMA_M64N128K16_REG_A("bf16");
+  } else {
+    GQA_WGMMA_M64N128K16_REG_A("f16");
+  }
+#else
+  __trap();
+#endif
+}
+
+#undef GQA_WGMMA_M64N128K16_REG_A
+
 }  // namespace gqa::kernels::cuda::wgmma
