@@ -106,11 +106,13 @@ cudaError_t Launch(const DecodeAttentionArgs<T, T>& args, const DecodeKernelChoi
   constexpr int kSmem = kSmemBytes<D, kStepKeys, S>;
   constexpr auto kKernel = ProducerDecodeKernel<T, D, S>;
   if (const cudaError_t e = AllowDynamicSmem<kKernel>(kSmem); e != cudaSuccess) return e;
-  CUtensorMap k_map, v_map;
-  if (const cudaError_t e = EncodeKvPoolMap(&k_map, args.cache.k, D); e != cudaSuccess) return e;
-  if (const cudaError_t e = EncodeKvPoolMap(&v_map, args.cache.v, D); e != cudaSuccess) return e;
-  return LaunchDecodeGrid<T, T, D>(kKernel, kBlockThreads, kSmem, args, choice, stream, k_map,
-                                   v_map);
+  KvPoolMaps maps;
+  if (const cudaError_t e = EncodeKvPoolMaps(&maps, args.cache.k, args.cache.v, D);
+      e != cudaSuccess) {
+    return e;
+  }
+  return LaunchDecodeGrid<T, T, D>(kKernel, kBlockThreads, kSmem, args, choice, stream, maps.k,
+                                   maps.v);
 }
 
 template <typename T, int D>

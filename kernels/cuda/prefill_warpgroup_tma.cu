@@ -107,13 +107,15 @@ cudaError_t Launch(const PrefillAttentionArgs<T, T>& args, cudaStream_t stream) 
   if (const cudaError_t e = AllowDynamicSmem<kKernel>(kSmemBytes<D, NK, S>); e != cudaSuccess) {
     return e;
   }
-  CUtensorMap k_map, v_map;
-  if (const cudaError_t e = EncodeKvPoolMap(&k_map, args.cache.k, D); e != cudaSuccess) return e;
-  if (const cudaError_t e = EncodeKvPoolMap(&v_map, args.cache.v, D); e != cudaSuccess) return e;
+  KvPoolMaps maps;
+  if (const cudaError_t e = EncodeKvPoolMaps(&maps, args.cache.k, args.cache.v, D);
+      e != cudaSuccess) {
+    return e;
+  }
   const int group = args.num_heads / args.cache.num_kv_heads;
   const int row_tiles = (args.max_query_len * group + kBlockRows - 1) / kBlockRows;
   const dim3 grid(row_tiles, args.cache.num_kv_heads, args.num_seqs);
-  kKernel<<<grid, kBlockThreads, kSmemBytes<D, NK, S>, stream>>>(k_map, v_map, args, group);
+  kKernel<<<grid, kBlockThreads, kSmemBytes<D, NK, S>, stream>>>(maps.k, maps.v, args, group);
   return cudaGetLastError();
 }
 

@@ -45,4 +45,12 @@ cudaError_t EncodeKvPoolMap(CUtensorMap* map, const void* pool, int head_dim) {
   return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
+cudaError_t EncodeKvPoolMaps(KvPoolMaps* maps, const void* k_pool, const void* v_pool,
+                             int head_dim) {
+  if (const cudaError_t e = EncodeKvPoolMap(&maps->k, k_pool, head_dim); e != cudaSuccess) {
+    return e;
+  }
+  return EncodeKvPoolMap(&maps->v, v_pool, head_dim);
+}
+
 }  // namespace gqa::kernels::cuda

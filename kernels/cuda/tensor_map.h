@@ -15,6 +15,14 @@ namespace gqa::kernels::cuda {
 // not a multiple of 64.
 cudaError_t EncodeKvPoolMap(CUtensorMap* map, const void* pool, int head_dim);
 
+// The maps of a K pool and a V pool.
+struct KvPoolMaps {
+  CUtensorMap k;
+  CUtensorMap v;
+};
+cudaError_t EncodeKvPoolMaps(KvPoolMaps* maps, const void* k_pool, const void* v_pool,
+                             int head_dim);
+
 // The box EncodeKvPoolMap's maps copy.
 constexpr int kKvMapBoxRows = 16;
 constexpr int kKvMapBoxColumns = 64;
