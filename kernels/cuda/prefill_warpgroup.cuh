@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "gqa/kernels/paged_attention_cuda.h"
+#include "gqa/kernels/prefill_selector.h"
 #include "warpgroup_attention.cuh"
 
 namespace gqa::kernels::cuda::warpgroup_prefill {
@@ -22,6 +23,8 @@ using warpgroup_attention::WarpgroupState;
 
 constexpr int kWarpgroups = 2;
 constexpr int kBlockRows = kWarpgroups * warpgroup_attention::kWarpgroupRows;
+static_assert(kBlockRows == kPrefillWarpgroupRowsPerBlock,
+              "the key-split selector counts these blocks");
 
 // Where this block's rows and keys are; `empty` when the row tile is past the sequence's rows.
 struct BlockRows {
