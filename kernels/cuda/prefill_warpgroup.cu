@@ -44,10 +44,10 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   unsigned char* stages = reinterpret_cast<unsigned char*>(
       (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
   T* q_smem = reinterpret_cast<T*>(stages + S * Layout::kStageBytes);
-  const int kv_head = blockIdx.y, seq = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warpgroup = warp / 4;
   const BlockRows b = LocateBlock<NK>(args, group);
   if (b.empty) return;
+  const int kv_head = b.kv_head, seq = b.seq;
   const int first_step = b.first_step, num_steps = b.num_steps;
   const int32_t* table_row = args.cache.block_tables + size_t(seq) * args.cache.max_blocks_per_seq;
   auto stage_of = [&](int j) { return stages + (j % S) * Layout::kStageBytes; };
@@ -123,8 +123,7 @@ cudaError_t Launch(const PrefillAttentionArgs<T, T>& args, cudaStream_t stream) 
   constexpr auto kKernel = WarpgroupPrefillKernel<T, D, NK, S, kOverlap>;
   if (const cudaError_t e = AllowDynamicSmem<kKernel>(kSmem); e != cudaSuccess) return e;
   const int group = args.num_heads / args.cache.num_kv_heads;
-  const int row_tiles = (args.max_query_len * group + kBlockRows - 1) / kBlockRows;
-  const dim3 grid(row_tiles, args.cache.num_kv_heads, args.num_seqs);
+  const dim3 grid = PrefillGrid(args, group);
   kKernel<<<grid, kBlockThreads, kSmem, stream>>>(args, group);
   return cudaGetLastError();
 }

@@ -3,8 +3,9 @@
 // keys are, which keys each thread's rows see, and the store of the finished rows.
 //
 // A row is one (query token, head of the group) pair; a block takes kBlockRows of them of one KV
-// head and sequence, in two warpgroups of 64, the row tiles longest-first (the last tile of a
-// causal prompt sees the most keys).
+// head and sequence, in two warpgroups of 64. The grid's x is (row tile, KV head) with the heads
+// inner and the tiles longest-first across every head (the last tile of a causal prompt sees the
+// most keys), so the last blocks to start are the shortest of all.
 #pragma once
 
 #include <climits>
@@ -26,8 +27,17 @@ constexpr int kBlockRows = kWarpgroups * warpgroup_attention::kWarpgroupRows;
 static_assert(kBlockRows == kPrefillWarpgroupRowsPerBlock,
               "the key-split selector counts these blocks");
 
+// The grid of LocateBlock: x = row tiles x KV heads, z = sequences.
+template <typename T>
+inline dim3 PrefillGrid(const PrefillAttentionArgs<T, T>& args, int group) {
+  const int row_tiles = (args.max_query_len * group + kBlockRows - 1) / kBlockRows;
+  return dim3(unsigned(row_tiles) * unsigned(args.cache.num_kv_heads), 1, unsigned(args.num_seqs));
+}
+
 // Where this block's rows and keys are; `empty` when the row tile is past the sequence's rows.
 struct BlockRows {
+  int kv_head;
+  int seq;
   int q_begin;     // the sequence's first query token
   int rows;        // the sequence's rows (query tokens x group)
   int row0;        // this block's first row
@@ -42,13 +52,16 @@ template <int NK, typename T>
 __device__ __forceinline__ BlockRows LocateBlock(const PrefillAttentionArgs<T, T>& args,
                                                  int group) {
   BlockRows b;
-  const int seq = blockIdx.z;
-  b.q_begin = args.query_start[seq];
-  const int q_len = args.query_start[seq + 1] - b.q_begin;
+  const int num_kv_heads = args.cache.num_kv_heads;
+  const int row_tiles = gridDim.x / num_kv_heads;
+  b.kv_head = blockIdx.x % num_kv_heads;
+  b.seq = blockIdx.z;
+  b.q_begin = args.query_start[b.seq];
+  const int q_len = args.query_start[b.seq + 1] - b.q_begin;
   b.rows = q_len * group;
-  b.row0 = (gridDim.x - 1 - blockIdx.x) * kBlockRows;  // longest tiles first
+  b.row0 = (row_tiles - 1 - int(blockIdx.x / num_kv_heads)) * kBlockRows;  // longest tiles first
   b.empty = b.row0 >= b.rows;
-  b.end = args.context_lens[seq];
+  b.end = args.context_lens[b.seq];
   b.first_pos = b.end - q_len;
   const int last_pos = b.first_pos + (min(b.row0 + kBlockRows, b.rows) - 1) / group;
   const int block_first_key =

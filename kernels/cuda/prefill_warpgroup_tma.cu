@@ -53,10 +53,10 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   static_assert(S >= 3, "the overlapped schedule holds two steps while the next one lands");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const Slots<D, NK, S> slots(smem_raw);
-  const int kv_head = blockIdx.y, seq = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const BlockRows b = LocateBlock<NK>(args, group);
   if (b.empty) return;
+  const int kv_head = b.kv_head, seq = b.seq;
   if (threadIdx.x == 0) slots.Init(kConsumerThreads);
   __syncthreads();
   const int32_t* table_row = args.cache.block_tables + size_t(seq) * args.cache.max_blocks_per_seq;
@@ -113,8 +113,7 @@ cudaError_t Launch(const PrefillAttentionArgs<T, T>& args, cudaStream_t stream) 
     return e;
   }
   const int group = args.num_heads / args.cache.num_kv_heads;
-  const int row_tiles = (args.max_query_len * group + kBlockRows - 1) / kBlockRows;
-  const dim3 grid(row_tiles, args.cache.num_kv_heads, args.num_seqs);
+  const dim3 grid = PrefillGrid(args, group);
   kKernel<<<grid, kBlockThreads, kSmemBytes<D, NK, S>, stream>>>(maps.k, maps.v, args, group);
   return cudaGetLastError();
 }
