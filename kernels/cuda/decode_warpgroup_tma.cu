@@ -69,7 +69,7 @@ __global__ void __launch_bounds__(kBlockThreads, kBlocksPerSm)
       const int32_t* table_row =
           args.cache.block_tables + size_t(seq) * args.cache.max_blocks_per_seq;
       Produce<T, D, NK, S>(k_map, v_map, args.cache, table_row, kv_head, keys.begin, 0,
-                           keys.num_steps, keys.end, slots, lane);
+                           keys.num_steps, keys.end, slots, 0, lane);
     }
     return;
   }

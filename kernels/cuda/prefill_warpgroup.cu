@@ -45,7 +45,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
       (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
   T* q_smem = reinterpret_cast<T*>(stages + S * Layout::kStageBytes);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warpgroup = warp / 4;
-  const BlockRows b = LocateBlock<NK>(args, group);
+  const BlockRows b = LocateBlock<NK>(args, group, blockIdx.x);
   if (b.empty) return;
   const int kv_head = b.kv_head, seq = b.seq;
   const int first_step = b.first_step, num_steps = b.num_steps;
@@ -123,8 +123,7 @@ cudaError_t Launch(const PrefillAttentionArgs<T, T>& args, cudaStream_t stream) 
   constexpr auto kKernel = WarpgroupPrefillKernel<T, D, NK, S, kOverlap>;
   if (const cudaError_t e = AllowDynamicSmem<kKernel>(kSmem); e != cudaSuccess) return e;
   const int group = args.num_heads / args.cache.num_kv_heads;
-  const dim3 grid = PrefillGrid(args, group);
-  kKernel<<<grid, kBlockThreads, kSmem, stream>>>(args, group);
+  kKernel<<<PrefillWorkItems(args, group), kBlockThreads, kSmem, stream>>>(args, group);
   return cudaGetLastError();
 }
 

@@ -3,9 +3,9 @@
 // keys are, which keys each thread's rows see, and the store of the finished rows.
 //
 // A row is one (query token, head of the group) pair; a block takes kBlockRows of them of one KV
-// head and sequence, in two warpgroups of 64. The grid's x is (row tile, KV head) with the heads
-// inner and the tiles longest-first across every head (the last tile of a causal prompt sees the
-// most keys), so the last blocks to start are the shortest of all.
+// head and sequence, in two warpgroups of 64. The blocks' work items (PrefillWorkItems) run the
+// row tiles longest-first across every head and sequence (the last tile of a causal prompt sees
+// the most keys), so the last to start are the shortest of all.
 #pragma once
 
 #include <climits>
@@ -27,14 +27,31 @@ constexpr int kBlockRows = kWarpgroups * warpgroup_attention::kWarpgroupRows;
 static_assert(kBlockRows == kPrefillWarpgroupRowsPerBlock,
               "the key-split selector counts these blocks");
 
-// The grid of LocateBlock: x = row tiles x KV heads, z = sequences.
+// The work items of a launch, one per block tile: (row tile, sequence, KV head), the heads
+// inner, then the sequences, the row tiles longest-first (the last tile of the longest prompt
+// first). LocateBlock takes one.
 template <typename T>
-inline dim3 PrefillGrid(const PrefillAttentionArgs<T, T>& args, int group) {
+inline int PrefillWorkItems(const PrefillAttentionArgs<T, T>& args, int group) {
   const int row_tiles = (args.max_query_len * group + kBlockRows - 1) / kBlockRows;
-  return dim3(unsigned(row_tiles) * unsigned(args.cache.num_kv_heads), 1, unsigned(args.num_seqs));
+  return row_tiles * args.cache.num_kv_heads * args.num_seqs;
 }
 
-// Where this block's rows and keys are; `empty` when the row tile is past the sequence's rows.
+// The work items a block takes: its own (a grid of PrefillWorkItems blocks), or, persistent (a
+// grid of at most one block per multiprocessor), one per round in a snake order: round r gives
+// the grid items r G .. r G + G - 1, forwards in even rounds and backwards in odd ones, so
+// every block's items add up to about the same keys. Item(r) >= count: no more items.
+template <bool kPersistent>
+struct BlockItems {
+  int count;
+
+  __device__ int Item(int round) const {
+    if constexpr (!kPersistent) return round == 0 ? int(blockIdx.x) : count;
+    const int g = gridDim.x;
+    return round * g + ((round & 1) ? g - 1 - int(blockIdx.x) : int(blockIdx.x));
+  }
+};
+
+// Where a work item's rows and keys are; `empty` when its row tile is past the sequence's rows.
 struct BlockRows {
   int kv_head;
   int seq;
@@ -49,17 +66,18 @@ struct BlockRows {
 };
 
 template <int NK, typename T>
-__device__ __forceinline__ BlockRows LocateBlock(const PrefillAttentionArgs<T, T>& args,
-                                                 int group) {
+__device__ __forceinline__ BlockRows LocateBlock(const PrefillAttentionArgs<T, T>& args, int group,
+                                                 int item) {
   BlockRows b;
-  const int num_kv_heads = args.cache.num_kv_heads;
-  const int row_tiles = gridDim.x / num_kv_heads;
-  b.kv_head = blockIdx.x % num_kv_heads;
-  b.seq = blockIdx.z;
+  const int row_tiles = (args.max_query_len * group + kBlockRows - 1) / kBlockRows;
+  b.kv_head = item % args.cache.num_kv_heads;
+  const int rest = item / args.cache.num_kv_heads;
+  b.seq = rest % args.num_seqs;
+  const int rank = rest / args.num_seqs;  // 0: the longest tile
   b.q_begin = args.query_start[b.seq];
   const int q_len = args.query_start[b.seq + 1] - b.q_begin;
   b.rows = q_len * group;
-  b.row0 = (row_tiles - 1 - int(blockIdx.x / num_kv_heads)) * kBlockRows;  // longest tiles first
+  b.row0 = (row_tiles - 1 - rank) * kBlockRows;
   b.empty = b.row0 >= b.rows;
   b.end = args.context_lens[b.seq];
   b.first_pos = b.end - q_len;

@@ -13,10 +13,14 @@
 // loop, and the producer runs up to S steps ahead. The query fragments come straight from global
 // memory into registers (no shared memory for them). Variants 7 and 8 add FlashAttention-3's
 // ping-pong of the two consumer warpgroups (PingPongTurns), and 8 one m64n128 product per score
-// chain.
+// chain. Variants 9 and 10 are 6 and 7 persistent: one block per multiprocessor takes work
+// items in turn, so the producer copies an item's first steps while the consumers store the
+// last item's rows and load the next one's queries.
 #include <cuda.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "attention_tile.cuh"
 #include "pdl.cuh"
@@ -45,65 +49,92 @@ constexpr int kBlockThreads = kConsumerThreads + kWarpgroupThreads;
 // (40 x 128 + 232 x 256 <= 64k; the kernel starts with 65536 / 384 rounded down, 168).
 constexpr int kProducerRegisters = 40;
 constexpr int kConsumerRegisters = 232;
-template <typename T, int D, int NK, int S, bool kPingPong, bool kWideScores>
-__global__ void __launch_bounds__(kBlockThreads, 1)
-    ProducerPrefillKernel(const __grid_constant__ CUtensorMap k_map,
-                          const __grid_constant__ CUtensorMap v_map,
-                          PrefillAttentionArgs<T, T> args, int group) {
-  static_assert(S >= 3, "the overlapped schedule holds two steps while the next one lands");
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  const Slots<D, NK, S> slots(smem_raw);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const BlockRows b = LocateBlock<NK>(args, group);
-  if (b.empty) return;
-  const int kv_head = b.kv_head, seq = b.seq;
-  if (threadIdx.x == 0) slots.Init(kConsumerThreads);
-  __syncthreads();
-  const int32_t* table_row = args.cache.block_tables + size_t(seq) * args.cache.max_blocks_per_seq;
-
-  if (warp >= kConsumerWarps) {  // the producer warpgroup
-    wgmma::SetMaxRegisters<false, kProducerRegisters>();
-    if (warp == kConsumerWarps) {
-      Produce<T, D, NK, S>(k_map, v_map, args.cache, table_row, kv_head, 0, b.first_step,
-                           b.num_steps, b.end, slots, lane);
-    }
-    return;
-  }
-
-  wgmma::SetMaxRegisters<true, kConsumerRegisters>();
+// The consumer warpgroups' part of a work item: its query fragments from global memory, the
+// overlapped steps from slots `filled` on, the store of its rows.
+template <typename T, int D, int NK, int S, bool kWideScores, typename Turns>
+__device__ __forceinline__ void ConsumeItem(const PrefillAttentionArgs<T, T>& args, int group,
+                                            const BlockRows& b, const Slots<D, NK, S>& slots,
+                                            int filled, Turns turns, int warp, int lane) {
   uint32_t q[D / 16][4];
   LoadQueryFragmentsFromGlobal<D>(
       [&](int r) -> const T* {
         const int row = b.row0 + warp * 16 + r;
         if (row >= b.rows) return nullptr;
-        return args.q +
-               (size_t(b.q_begin + row / group) * args.num_heads + kv_head * group + row % group) *
-                   D;
+        return args.q + (size_t(b.q_begin + row / group) * args.num_heads + b.kv_head * group +
+                         row % group) *
+                            D;
       },
       lane, q);
   const RowKeys keys = KeysOfRows(b, group, args.window, warp, lane);
   WarpgroupState<D> st;
   st.Init();
   const float scale_log2 = args.scale * kLog2e;
-  ConsumerSteps<D, NK, S> steps{slots, b.first_step};
+  ConsumerSteps<D, NK, S> steps{slots, b.first_step, filled};
   auto softmax = [&](float(&s)[NK / 64][32], int j, float(&alphas)[2]) {
     Softmax<D, NK>(s, j * NK, keys.limit, keys.first, keys.NeedsMask(j * NK, NK), scale_log2, st,
                    alphas, lane);
   };
-  if constexpr (kPingPong) {
-    const PingPongTurns turns{warp / 4};
-    turns.Start();
-    RunOverlappedSteps<T, D, NK, kWideScores>(q, b.first_step, b.num_steps, steps, softmax, st,
-                                              turns);
-  } else {
-    RunOverlappedSteps<T, D, NK, kWideScores>(q, b.first_step, b.num_steps, steps, softmax, st);
-  }
-  StoreRows<T, D>(args, b, group, kv_head, st, warp, lane);
+  RunOverlappedSteps<T, D, NK, kWideScores>(q, b.first_step, b.num_steps, steps, softmax, st,
+                                            turns);
+  StoreRows<T, D>(args, b, group, b.kv_head, st, warp, lane);
 }
 
-template <typename T, int D, int NK, int S, bool kPingPong = false, bool kWideScores = false>
+// kPersistent: a grid of one block per multiprocessor, each taking BlockItems' items in turn;
+// the producer fills the next item's first slots while the consumers finish the last one.
+template <typename T, int D, int NK, int S, bool kPingPong, bool kWideScores, bool kPersistent>
+__global__ void __launch_bounds__(kBlockThreads, 1)
+    ProducerPrefillKernel(const __grid_constant__ CUtensorMap k_map,
+                          const __grid_constant__ CUtensorMap v_map,
+                          PrefillAttentionArgs<T, T> args, int group, int num_items) {
+  static_assert(S >= 3, "the overlapped schedule holds two steps while the next one lands");
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const Slots<D, NK, S> slots(smem_raw);
+  const BlockItems<kPersistent> items{num_items};
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (threadIdx.x == 0) slots.Init(kConsumerThreads);
+  __syncthreads();
+
+  if (warp >= kConsumerWarps) {  // the producer warpgroup
+    wgmma::SetMaxRegisters<false, kProducerRegisters>();
+    if (warp != kConsumerWarps) return;
+    int filled = 0;
+    for (int round = 0, item; (item = items.Item(round)) < items.count; ++round) {
+      const BlockRows b = LocateBlock<NK>(args, group, item);
+      if (b.empty) continue;
+      const int32_t* table_row =
+          args.cache.block_tables + size_t(b.seq) * args.cache.max_blocks_per_seq;
+      filled = Produce<T, D, NK, S>(k_map, v_map, args.cache, table_row, b.kv_head, 0, b.first_step,
+                                    b.num_steps, b.end, slots, filled, lane);
+    }
+    return;
+  }
+
+  wgmma::SetMaxRegisters<true, kConsumerRegisters>();
+  using Turns = std::conditional_t<kPingPong, PingPongTurns, NoTurns>;
+  Turns turns{};
+  if constexpr (kPingPong) turns.warpgroup = warp / 4;
+  turns.Start();
+  int filled = 0;
+  for (int round = 0, item; (item = items.Item(round)) < items.count; ++round) {
+    const BlockRows b = LocateBlock<NK>(args, group, item);
+    if (b.empty) continue;
+    ConsumeItem<T, D, NK, S, kWideScores>(args, group, b, slots, filled, turns, warp, lane);
+    filled += b.num_steps - b.first_step;
+  }
+  turns.Finish();
+}
+
+// The multiprocessors of the current device (the persistent grid's size).
+inline cudaError_t MultiprocessorCount(int* count) {
+  int device = 0;
+  if (const cudaError_t e = cudaGetDevice(&device); e != cudaSuccess) return e;
+  return cudaDeviceGetAttribute(count, cudaDevAttrMultiProcessorCount, device);
+}
+
+template <typename T, int D, int NK, int S, bool kPingPong = false, bool kWideScores = false,
+          bool kPersistent = false>
 cudaError_t Launch(const PrefillAttentionArgs<T, T>& args, cudaStream_t stream) {
-  constexpr auto kKernel = ProducerPrefillKernel<T, D, NK, S, kPingPong, kWideScores>;
+  constexpr auto kKernel = ProducerPrefillKernel<T, D, NK, S, kPingPong, kWideScores, kPersistent>;
   if (const cudaError_t e = AllowDynamicSmem<kKernel>(kSmemBytes<D, NK, S>); e != cudaSuccess) {
     return e;
   }
@@ -113,8 +144,15 @@ cudaError_t Launch(const PrefillAttentionArgs<T, T>& args, cudaStream_t stream) 
     return e;
   }
   const int group = args.num_heads / args.cache.num_kv_heads;
-  const dim3 grid = PrefillGrid(args, group);
-  kKernel<<<grid, kBlockThreads, kSmemBytes<D, NK, S>, stream>>>(maps.k, maps.v, args, group);
+  const int num_items = PrefillWorkItems(args, group);
+  int blocks = num_items;
+  if constexpr (kPersistent) {
+    int sm_count = 0;
+    if (const cudaError_t e = MultiprocessorCount(&sm_count); e != cudaSuccess) return e;
+    blocks = std::min(num_items, sm_count);  // one block per multiprocessor (its registers)
+  }
+  kKernel<<<blocks, kBlockThreads, kSmemBytes<D, NK, S>, stream>>>(maps.k, maps.v, args, group,
+                                                                   num_items);
   return cudaGetLastError();
 }
 
@@ -129,6 +167,10 @@ cudaError_t LaunchVariant(const PrefillAttentionArgs<T, T>& args, cudaStream_t s
       return Launch<T, D, 128, 3, true>(args, stream);
     case kFirstProducerPrefillVariant + 3:  // ... and each score chain one m64n128 product
       return Launch<T, D, 128, 3, true, true>(args, stream);
+    case kFirstProducerPrefillVariant + 4:  // variant 6, persistent
+      return Launch<T, D, 128, 3, false, false, true>(args, stream);
+    case kFirstProducerPrefillVariant + 5:  // variant 7, persistent
+      return Launch<T, D, 128, 3, true, false, true>(args, stream);
     default:
       return cudaErrorInvalidValue;
   }

@@ -54,16 +54,19 @@ struct Slots {
   }
 };
 
-// The slots as RunOverlappedSteps reads them: the block's step first_step + i sits in slot
-// i % S, in that slot's (i / S)-th use.
+// The slots as RunOverlappedSteps reads them: with `filled` steps of earlier work items before
+// (a persistent block's), the block's step first_step + i is its (filled + i)-th: it sits in slot
+// (filled + i) % S, in that slot's ((filled + i) / S)-th use.
 template <int D, int NK, int S>
 struct ConsumerSteps {
   Slots<D, NK, S> slots;
   int first_step;
+  int filled = 0;
 
-  __device__ int Slot(int j) const { return (j - first_step) % S; }
+  __device__ int Index(int j) const { return filled + j - first_step; }
+  __device__ int Slot(int j) const { return Index(j) % S; }
   __device__ unsigned char* Stage(int j) const { return slots.Stage(Slot(j)); }
-  __device__ void Acquire(int j) { tma::Wait(&slots.full[Slot(j)], ((j - first_step) / S) & 1); }
+  __device__ void Acquire(int j) { tma::Wait(&slots.full[Slot(j)], (Index(j) / S) & 1); }
   __device__ void Release(int j) { tma::Arrive(&slots.empty[Slot(j)]); }
 };
 
@@ -119,18 +122,21 @@ __device__ __forceinline__ void FillStep(const CUtensorMap& k_map, const CUtenso
 }
 
 // The producer warp's loop: fills the slots with steps first_step .. num_steps - 1 (keys
-// key0 + NK j ..), each slot once the consumers released its previous step.
+// key0 + NK j ..), each slot once the consumers released its previous step; `filled` steps of
+// earlier work items went before. Returns the steps filled, these included.
 template <typename T, int D, int NK, int S>
-__device__ __forceinline__ void Produce(const CUtensorMap& k_map, const CUtensorMap& v_map,
-                                        const PagedKvView<T>& cache, const int32_t* table_row,
-                                        int kv_head, int key0, int first_step, int num_steps,
-                                        int end, const Slots<D, NK, S>& slots, int lane) {
-  for (int i = 0; first_step + i < num_steps; ++i) {
-    const int slot = i % S;
-    if (i >= S) tma::Wait(&slots.empty[slot], (i / S - 1) & 1);
-    FillStep<T, D, NK>(k_map, v_map, cache, table_row, kv_head, key0 + (first_step + i) * NK, end,
+__device__ __forceinline__ int Produce(const CUtensorMap& k_map, const CUtensorMap& v_map,
+                                       const PagedKvView<T>& cache, const int32_t* table_row,
+                                       int kv_head, int key0, int first_step, int num_steps,
+                                       int end, const Slots<D, NK, S>& slots, int filled,
+                                       int lane) {
+  for (int j = first_step; j < num_steps; ++j, ++filled) {
+    const int slot = filled % S;
+    if (filled >= S) tma::Wait(&slots.empty[slot], (filled / S - 1) & 1);
+    FillStep<T, D, NK>(k_map, v_map, cache, table_row, kv_head, key0 + j * NK, end,
                        slots.Stage(slot), &slots.full[slot], lane);
   }
+  return filled;
 }
 
 }  // namespace gqa::kernels::cuda::producer_steps

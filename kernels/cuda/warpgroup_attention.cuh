@@ -299,15 +299,17 @@ __device__ __forceinline__ void LoadQueryFragmentsFromGlobal(RowFn&& row_of, int
 struct NoTurns {
   __device__ void Start() const {}
   __device__ void Take() const {}
-  __device__ void Pass(bool) const {}
+  __device__ void Pass() const {}
+  __device__ void Finish() const {}
 };
 
 // FlashAttention-3's ping-pong between a block's two consumer warpgroups: each issues its
 // products in turn (Take waits for the other to have issued, Pass lets it go), so one's softmax
 // runs while the other's products hold the tensor cores. Named barriers kFirstBarrier (the
 // turns of warpgroup 0) and kFirstBarrier + 1 (of warpgroup 1), 256 threads each: the waiting
-// warpgroup syncs, the other arrives. Warpgroup 1 lets warpgroup 0 start and passes its last
-// turn to no one, so every arrival meets a wait. Both warpgroups run the same steps.
+// warpgroup syncs, the other arrives. Warpgroup 1 lets warpgroup 0 start, and warpgroup 0 takes
+// warpgroup 1's last turn in Finish, so every arrival meets a wait. Both warpgroups run the same
+// steps.
 struct PingPongTurns {
   static constexpr int kFirstBarrier = 1;
   static constexpr int kThreads = 2 * kWarpgroupThreads;
@@ -317,8 +319,12 @@ struct PingPongTurns {
     if (warpgroup == 1) NamedBarrierArrive(kFirstBarrier, kThreads);
   }
   __device__ void Take() const { NamedBarrierSync(kFirstBarrier + warpgroup, kThreads); }
-  __device__ void Pass(bool last) const {
-    if (!(last && warpgroup == 1)) NamedBarrierArrive(kFirstBarrier + 1 - warpgroup, kThreads);
+  __device__ void Pass() const { NamedBarrierArrive(kFirstBarrier + 1 - warpgroup, kThreads); }
+  // After the last turn: warpgroup 1's last Pass (or Start) is still pending; warpgroup 0 takes
+  // it, so no arrival outlives the block (and a persistent block's next item starts as after
+  // Start).
+  __device__ void Finish() const {
+    if (warpgroup == 0) Take();
   }
 };
 
@@ -330,8 +336,9 @@ struct PingPongTurns {
 // once step j's K and V are there and visible to the products, steps.Release(j) says this thread's
 // products that read step j's slot are done. softmax(scores, j, alphas) runs Softmax for step j.
 // `turns` orders the issue of the products between warpgroups (NoTurns or PingPongTurns; the
-// caller has called Start). Every warpgroup runs every step (no product may sit in a branch:
-// ptxas would serialize them). kWideScores: the scores as one m64n128 chain (NK 128).
+// caller calls Start before the first call and Finish after the last). Every warpgroup runs every
+// step (no product may sit in a branch: ptxas would serialize them). kWideScores: the scores as one
+// m64n128 chain (NK 128).
 template <typename T, int D, int NK, bool kWideScores = false, typename Steps, typename SoftmaxFn,
           typename Turns = NoTurns>
 __device__ __forceinline__ void RunOverlappedSteps(const uint32_t (&q)[D / 16][4], int first_step,
@@ -343,7 +350,7 @@ __device__ __forceinline__ void RunOverlappedSteps(const uint32_t (&q)[D / 16][4
   steps.Acquire(first_step);
   turns.Take();
   IssueScores<T, D, NK, kWideScores>(q, steps.Stage(first_step), scores);
-  turns.Pass(false);
+  turns.Pass();
   WaitAll<D, NK>(scores, st);
   softmax(scores, first_step, alphas);
   PackProbabilities<T, NK>(scores, p);
@@ -353,7 +360,7 @@ __device__ __forceinline__ void RunOverlappedSteps(const uint32_t (&q)[D / 16][4
     IssueScores<T, D, NK, kWideScores>(q, steps.Stage(j), scores);
     RescaleOutput(st, alphas);
     IssueOutput<T, D, NK>(p, steps.Stage(j - 1), st);
-    turns.Pass(false);
+    turns.Pass();
     wgmma::Wait<1>();  // the scores, not yet the output product
 #pragma unroll
     for (int c = 0; c < NK / 64; ++c) wgmma::PinRegisters(scores[c]);
@@ -365,7 +372,7 @@ __device__ __forceinline__ void RunOverlappedSteps(const uint32_t (&q)[D / 16][4
   RescaleOutput(st, alphas);  // the last step's output product
   turns.Take();
   IssueOutput<T, D, NK>(p, steps.Stage(num_steps - 1), st);
-  turns.Pass(true);
+  turns.Pass();
   WaitAll<D, NK>(scores, st);
   steps.Release(num_steps - 1);
 }

@@ -138,6 +138,15 @@ TEST(PrefillAttentionCuda, LongPromptAndOddGroup) {
   CheckPrefill<__nv_bfloat16>({8, 2, 128, 16, {1030}, {3}});
   CheckPrefill<__half>({12, 4, 128, 16, {300, 1, 77}, {0, 500, 16}});  // group 3
 }
+// More work items than any GPU's multiprocessors (35 row tiles x 8 KV heads x 3 sequences), so
+// each block of the persistent variants takes several, empty ones included (the shorter
+// sequences' longest tiles), with and without a window.
+TEST(PrefillAttentionCuda, PersistentBlocksTakeManyItems) {
+  REQUIRE_GPU();
+  CheckPrefill<__nv_bfloat16>({32, 8, 128, 16, {1100, 700, 50}, {0, 300, 20}});
+  CheckPrefill<__half>({32, 8, 64, 32, {1100, 700, 50}, {0, 300, 20}, /*window=*/200});
+}
+
 // A sliding window over prompts and chunks after a cached prefix: windows shorter than a tile,
 // across tiles, longer than the context; every group size in a 64-row block.
 TEST(PrefillAttentionCuda, SlidingWindow) {

@@ -65,7 +65,7 @@ cudaError_t PagedDecodeAttention(const DecodeAttentionArgs<T, KV>& args,
 // kAuto: the warpgroup kernel wherever it applies, the mma.sync kernel elsewhere
 // (kWarpgroupByDefault in paged_prefill_attention.cu).
 enum class PrefillPath { kAuto, kMmaSync, kWarpgroup };
-constexpr int kWarpgroupPrefillVariants = 8;
+constexpr int kWarpgroupPrefillVariants = 10;
 
 template <typename T, typename KV = T>
 struct PrefillAttentionArgs {
@@ -91,8 +91,8 @@ struct PrefillAttentionArgs {
   // step in 3 stages; 128 keys in 2; 64 keys in 3 stages with the next step's scores computed
   // during this step's softmax; the same in 4 stages; the same schedule with a producer warp
   // copying K and V by TMA, 64 keys in 4 stages; 128 keys in 3 (the default); the same with the
-  // two warpgroups issuing their products in turns (ping-pong); and with one m64n128 product
-  // per score chain.
+  // two warpgroups issuing their products in turns (ping-pong); with one m64n128 product per
+  // score chain; and the default and the ping-pong persistent (one block per multiprocessor).
   PrefillPath path = PrefillPath::kAuto;
   int key_tiles_per_step = 0;
   int warpgroup_variant = 0;
