@@ -27,7 +27,7 @@ int main(int argc, char** argv) {
                "[--only MODEL:KV:BATCH:CTX]... [--steps N] [--eager] [--deterministic] "
                "[--skinny_max_rows N] [--tensor_core_max_rows N] "
                "[--fused_max_rows N] [--skinny_fusion on|off] [--programmatic_attention on|off] "
-               "[--cuda_profiler_step] [--temperature T] [--top_p P] "
+               "[--cuda_profiler_step] [--cuda_profiler_prefill] [--temperature T] [--top_p P] "
                "[--attention_kernels auto|mma_sync|warpgroup]\n"
                "       gqa-bench gemm [--only 1b|8b|PRODUCT] [--rows M,M,...]\n"
                "       gqa-bench engine [--batch 64] [--prompt 2048] [--new_tokens 192]\n"

@@ -91,6 +91,8 @@ BenchRows bench_rows;
 // warm-up, for a profiler started with collection off (`ncu --profile-from-start off ...`):
 // every kernel of one served step and nothing of the startup.
 bool cuda_profiler_step = false;
+// --cuda_profiler_prefill: the same for one step of the 2048-token prefill (after three).
+bool cuda_profiler_prefill = false;
 
 // --temperature T [--top_p P]: every sequence samples with these (default greedy), so the
 // sampler's cost at a served setting shows in the step.
@@ -177,8 +179,11 @@ double TimePrefill(Backend& backend, int length) {
     seq.chunk = tokens;
     seq.samples = true;
     plan.seqs.push_back(seq);
+    const bool profiled = cuda_profiler_prefill && i == 3;
+    if (profiled) cudaProfilerStart();
     const auto start = Clock::now();
     if (auto out = backend.ExecuteStep(plan); !out.ok()) Die(out.status());
+    if (profiled) cudaProfilerStop();
     if (i >= 3)
       ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - start).count());
   }
@@ -429,6 +434,7 @@ int DecodeBenchMain(int argc, char** argv) {
     }
     if (arg == "--fused_max_rows" && i + 1 < argc) fused_max_rows = std::atoi(argv[++i]);
     if (arg == "--cuda_profiler_step") cuda_profiler_step = true;
+    if (arg == "--cuda_profiler_prefill") cuda_profiler_prefill = true;
     if (arg == "--temperature" && i + 1 < argc) bench_sampling.temperature = std::atof(argv[++i]);
     if (arg == "--top_p" && i + 1 < argc) bench_sampling.top_p = std::atof(argv[++i]);
     if (arg == "--skinny_fusion" && i + 1 < argc) skinny_fusion = std::string(argv[++i]) != "off";
