@@ -442,7 +442,9 @@ void PrefixChunkTable(double bandwidth, int sm_count) {
     shape.group = kHeads / r.kv_heads;
     shape.num_kv_heads = r.kv_heads;
     shape.sm_count = sm_count;
-    shape.warpgroup_unsplit = gqa::kernels::cuda::WarpgroupPrefillAvailable();
+    shape.warpgroup_unsplit =
+        gqa::kernels::cuda::WarpgroupPrefillRunsUnsplit(gqa::kernels::cuda::PrefillPath::kAuto,
+                                                        /*fp8_cache=*/false);
     const int splits = gqa::kernels::SelectPrefillKeySplits(shape);
     const double bytes = 2.0 * r.context * r.kv_heads * g_head_dim * sizeof(T);
     const double floor_us = bytes / bandwidth * 1e6;

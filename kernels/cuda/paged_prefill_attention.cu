@@ -269,6 +269,19 @@ cudaError_t LaunchPrefillVariant(const PrefillAttentionArgs<T, KV>& args, cudaSt
 
 }  // namespace
 
+bool WarpgroupPrefillRunsUnsplit(PrefillPath path, bool fp8_cache) {
+  switch (path) {
+    case PrefillPath::kMmaSync:
+      return false;
+    case PrefillPath::kAuto:
+      if (!kWarpgroupByDefault) return false;
+      break;
+    case PrefillPath::kWarpgroup:
+      break;
+  }
+  return !fp8_cache && WarpgroupPrefillAvailable();
+}
+
 template <typename T, typename KV>
 cudaError_t PagedPrefillAttention(const PrefillAttentionArgs<T, KV>& args, cudaStream_t stream) {
   if (args.num_seqs <= 0 || args.max_query_len <= 0) return cudaSuccess;
@@ -284,8 +297,8 @@ cudaError_t PagedPrefillAttention(const PrefillAttentionArgs<T, KV>& args, cudaS
     return cudaErrorInvalidValue;
   }
   if (args.path == PrefillPath::kWarpgroup ||
-      (args.path == PrefillPath::kAuto && kWarpgroupByDefault && args.key_tiles_per_step == 0 &&
-       args.key_splits <= 1 && !kIsFp8<KV> && WarpgroupPrefillAvailable())) {
+      (args.key_tiles_per_step == 0 && args.key_splits <= 1 &&
+       WarpgroupPrefillRunsUnsplit(args.path, kIsFp8<KV>))) {
     if constexpr (kIsFp8<KV>) {
       return cudaErrorInvalidValue;  // the warpgroup kernel reads 16-bit caches only
     } else {

@@ -87,9 +87,8 @@ absl::Status CudaBackend<T>::AttentionOver(int l, const StepShape& shape,
     split_shape.num_kv_heads = c.num_kv_heads;
     split_shape.sm_count = device_->sm_count();
     split_shape.deterministic = options_.backend.deterministic;  // splits would follow the batch
-    split_shape.warpgroup_unsplit = options_.cuda.attention_kernels != AttentionKernels::kMmaSync &&
-                                    kv_element() == kernels::KvElement::k16Bit &&
-                                    kernels::cuda::WarpgroupPrefillAvailable();
+    split_shape.warpgroup_unsplit = kernels::cuda::WarpgroupPrefillRunsUnsplit(
+        PrefillPathFor(/*key_splits=*/1), kv_element() != kernels::KvElement::k16Bit);
     args.key_splits = kernels::SelectPrefillKeySplits(split_shape);
     args.path = PrefillPathFor(args.key_splits);
     args.workspace = act_.decode_workspace;

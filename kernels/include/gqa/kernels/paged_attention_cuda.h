@@ -113,6 +113,11 @@ cudaError_t PagedPrefillAttention(const PrefillAttentionArgs<T, KV>& args, cudaS
 // and a build with sm_90a code.
 bool WarpgroupPrefillAvailable();
 
+// True when an unsplit prefill (key_splits <= 1, key_tiles_per_step 0) asked of `path` runs on
+// the warpgroup kernel on the current device: PagedPrefillAttention's dispatch, which the key-split
+// selector's PrefillShapeForSplits::warpgroup_unsplit must follow.
+bool WarpgroupPrefillRunsUnsplit(PrefillPath path, bool fp8_cache);
+
 // Writes each token's K and V into its slot of the paged cache (FP8: quantized).
 template <typename T, typename KV = T>
 cudaError_t PagedKvAppend(const T* k,            // [num_tokens, num_kv_heads, head_dim]

@@ -34,7 +34,8 @@ struct PrefillShapeForSplits {
   int sm_count = 1;
   bool deterministic = false;  // splits would depend on the batch: never split
   // The unsplit path is the Hopper warpgroup kernel (blocks of kPrefillWarpgroupRowsPerBlock
-  // rows, 1.6-2x the mma.sync kernel per block); the split path stays the mma.sync one.
+  // rows, 1.6-2x the mma.sync kernel per block); the split path stays the mma.sync one. Set it
+  // from cuda::WarpgroupPrefillRunsUnsplit (gqa/kernels/paged_attention_cuda.h).
   bool warpgroup_unsplit = false;
 };
 
