@@ -87,12 +87,9 @@ __device__ __forceinline__ void FillStep(const CUtensorMap& k_map, const CUtenso
     const int tok = tok0 + t;
     uint4 k = {0, 0, 0, 0}, v = {0, 0, 0, 0};
     if (tok < end) {
-      const size_t src =
-          ((size_t(table_row[tok / cache.block_size]) * cache.num_kv_heads + kv_head) *
-               cache.block_size +
-           tok % cache.block_size) *
-              D +
-          chunk * 8;
+      const int64_t slot =
+          int64_t(table_row[tok / cache.block_size]) * cache.block_size + tok % cache.block_size;
+      const size_t src = cache.Offset(slot, kv_head) + chunk * 8;
       k = *reinterpret_cast<const uint4*>(cache.k + src);
       v = *reinterpret_cast<const uint4*>(cache.v + src);
     }
