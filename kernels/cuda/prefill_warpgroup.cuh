@@ -51,7 +51,8 @@ struct BlockItems {
   }
 };
 
-// Where a work item's rows and keys are; `empty` when its row tile is past the sequence's rows.
+// Where a work item's rows and keys are; `empty` when its row tile is past the sequence's rows
+// (or sees no key).
 struct BlockRows {
   int kv_head;
   int seq;
@@ -86,6 +87,9 @@ __device__ __forceinline__ BlockRows LocateBlock(const PrefillAttentionArgs<T, T
       args.window > 0 ? max(0, b.first_pos + b.row0 / group - args.window + 1) : 0;
   b.first_step = block_first_key / NK;
   b.num_steps = last_pos / NK + 1;
+  // No keys: a context shorter than its chunk (not a valid call). Skipped rather than waited
+  // for, since the producer would copy nothing.
+  b.empty = b.empty || b.num_steps <= b.first_step;
   return b;
 }
 

@@ -140,11 +140,14 @@ TEST(PrefillAttentionCuda, LongPromptAndOddGroup) {
 }
 // More work items than any GPU's multiprocessors (35 row tiles x 8 KV heads x 3 sequences), so
 // each block of the persistent variants takes several, empty ones included (the shorter
-// sequences' longest tiles), with and without a window.
+// sequences' longest tiles), with and without a window; and a partial round in each direction.
 TEST(PrefillAttentionCuda, PersistentBlocksTakeManyItems) {
   REQUIRE_GPU();
   CheckPrefill<__nv_bfloat16>({32, 8, 128, 16, {1100, 700, 50}, {0, 300, 20}});
   CheckPrefill<__half>({32, 8, 64, 32, {1100, 700, 50}, {0, 300, 20}, /*window=*/200});
+  // 136 items (17 x 8): on a 132-multiprocessor GPU the second round, taken backwards, is the
+  // partial one, so the lowest blocks stop after one item.
+  CheckPrefill<__nv_bfloat16>({32, 8, 128, 16, {540}, {0}});
 }
 
 // A sliding window over prompts and chunks after a cached prefix: windows shorter than a tile,
