@@ -65,7 +65,11 @@ cudaError_t PagedDecodeAttention(const DecodeAttentionArgs<T, KV>& args,
 // kAuto: the warpgroup kernel wherever it applies, the mma.sync kernel elsewhere
 // (kWarpgroupByDefault in paged_prefill_attention.cu).
 enum class PrefillPath { kAuto, kMmaSync, kWarpgroup };
-constexpr int kWarpgroupPrefillVariants = 10;
+constexpr int kWarpgroupPrefillVariants = 12;
+// Variants 11 and 12 (three consumer warpgroups) exist at head_dim 64 only.
+constexpr bool WarpgroupPrefillVariantBuilt(int variant, int head_dim) {
+  return variant <= 10 || head_dim == 64;
+}
 
 template <typename T, typename KV = T>
 struct PrefillAttentionArgs {
@@ -92,7 +96,9 @@ struct PrefillAttentionArgs {
   // next step's scores computed during this step's softmax; the same in 4 stages; the same
   // schedule with a producer warp copying K and V by TMA, 64 keys in 4 stages; 128 keys in 3;
   // the same with the two warpgroups issuing their products in turns (ping-pong, 7); with one
-  // m64n128 product per score chain; and 6 and 7 persistent (one block per multiprocessor).
+  // m64n128 product per score chain; 6 and 7 persistent (one block per multiprocessor); and, at
+  // head_dim 64, three consumer warpgroups (192 rows per block) at 64 keys per step in 4 slots,
+  // and that persistent.
   PrefillPath path = PrefillPath::kAuto;
   int key_tiles_per_step = 0;
   int warpgroup_variant = 0;
