@@ -2,10 +2,10 @@
 // cp.async; prefill_warpgroup_tma.cu: a producer warp copies with TMA): where a block's rows and
 // keys are, which keys each thread's rows see, and the store of the finished rows.
 //
-// A row is one (query token, head of the group) pair; a block takes kBlockRows of them of one KV
-// head and sequence, in two warpgroups of 64. The blocks' work items (PrefillWorkItems) run the
-// row tiles longest-first across every head and sequence (the last tile of a causal prompt sees
-// the most keys), so the last to start are the shortest of all.
+// A row is one (query token, head of the group) pair; a block takes kBlockRows of them (or the
+// kRows its kernel passes) of one KV head and sequence, in warpgroups of 64. The blocks' work items
+// (PrefillWorkItems) run the row tiles longest-first across every head and sequence (the last tile
+// of a causal prompt sees the most keys), so the last to start are the shortest of all.
 #pragma once
 
 #include <climits>

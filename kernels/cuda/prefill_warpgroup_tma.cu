@@ -1,14 +1,15 @@
 // Causal grouped-query prefill attention on Hopper with a producer warp: the warpgroup kernel of
-// prefill_warpgroup.cu (two warpgroups of 64 rows, wgmma products reading K and V from
+// prefill_warpgroup.cu (warpgroups of 64 rows, wgmma products reading K and V from
 // 128-byte-swizzled shared memory, FlashAttention-3's overlapped schedule), with its copies
 // taken off the warps that compute.
 //
-// Block: two consumer warpgroups and a producer warpgroup (384 threads) of which one warp works.
+// Block: two consumer warpgroups (three in variants 11 and 12, BlockShape) and a producer
+// warpgroup, of which one warp works.
 // The producer fills S slots of NK keys of K and V: whole 16-key cache tiles with the bulk tensor
 // copy engine (TMA, one box of 16 rows x 64 values per tile, panel and tensor; tensor_map.h), a
 // tile that reaches past the sequence's length with plain loads and zeros (stale cache slots must
 // never reach P.V). Each slot has two barriers: `full` completes when the slot's copies landed (the
-// producer's arrival and the TMA bytes), `empty` when all 256 consumer threads finished the
+// producer's arrival and the TMA bytes), `empty` when every consumer thread finished the
 // products that read it. So the consumers never issue a copy or meet at a block barrier inside the
 // loop, and the producer runs up to S steps ahead. The query fragments come straight from global
 // memory into registers (no shared memory for them). Variants 7 and 8 add FlashAttention-3's
@@ -47,7 +48,7 @@ using namespace producer_steps;       // NOLINT: the producer's slots and copies
 // down, 168; W = 3, FlashAttention-3's 192-row tile at head_dim 64: 32 x 128 + 160 x 384).
 // ptxas fits the consumers' code into the launch's registers (168, or 128 at W = 3) and the
 // producer's into its setmaxnreg share: at W = 3, 128 keys per step spill (156 bytes) and 64
-// do not, and a 24-register producer spills.
+// do not, and the producer spills at 24 registers but not at 32.
 template <int W>
 struct BlockShape {
   static constexpr int kConsumerThreads = W * kWarpgroupThreads;

@@ -68,7 +68,7 @@ enum class PrefillPath { kAuto, kMmaSync, kWarpgroup };
 constexpr int kWarpgroupPrefillVariants = 12;
 // Variants 11 and 12 (three consumer warpgroups) exist at head_dim 64 only.
 constexpr bool WarpgroupPrefillVariantBuilt(int variant, int head_dim) {
-  return variant <= 10 || head_dim == 64;
+  return variant >= 1 && variant <= kWarpgroupPrefillVariants && (variant <= 10 || head_dim == 64);
 }
 
 template <typename T, typename KV = T>
