@@ -409,6 +409,7 @@ void PrefillTable(const std::string& peer) {
     for (int v = 1; v <= gqa::kernels::cuda::kWarpgroupPrefillVariants &&
                     gqa::kernels::cuda::WarpgroupPrefillAvailable();
          ++v) {
+      if (!gqa::kernels::cuda::WarpgroupPrefillVariantBuilt(v, g_head_dim)) continue;
       std::printf(" wg%d:%.1f", v,
                   TimePrefill(s.kv_heads, s.batch, s.context, 0, 1, 0, PrefillPath::kWarpgroup, v));
     }

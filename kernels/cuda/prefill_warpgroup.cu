@@ -176,7 +176,7 @@ cudaError_t WarpgroupPrefillAttention(const PrefillAttentionArgs<T, T>& args, cu
   }
   if (args.warpgroup_variant == 0) {  // the default
     PrefillAttentionArgs<T, T> chosen = args;
-    chosen.warpgroup_variant = kDefaultWarpgroupPrefillVariant;
+    chosen.warpgroup_variant = DefaultWarpgroupPrefillVariant(args.cache.head_dim);
     const cudaError_t e = ProducerWarpgroupPrefill<T>(chosen, stream);
     // A driver without tensor maps: the cp.async schedule (variant 3) instead.
     if (e != cudaErrorNotSupported) return e;

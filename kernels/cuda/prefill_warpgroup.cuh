@@ -2,10 +2,10 @@
 // cp.async; prefill_warpgroup_tma.cu: a producer warp copies with TMA): where a block's rows and
 // keys are, which keys each thread's rows see, and the store of the finished rows.
 //
-// A row is one (query token, head of the group) pair; a block takes kBlockRows of them of one KV
-// head and sequence, in two warpgroups of 64. The blocks' work items (PrefillWorkItems) run the
-// row tiles longest-first across every head and sequence (the last tile of a causal prompt sees
-// the most keys), so the last to start are the shortest of all.
+// A row is one (query token, head of the group) pair; a block takes kBlockRows of them (or the
+// kRows its kernel passes) of one KV head and sequence, in warpgroups of 64. The blocks' work items
+// (PrefillWorkItems) run the row tiles longest-first across every head and sequence (the last tile
+// of a causal prompt sees the most keys), so the last to start are the shortest of all.
 #pragma once
 
 #include <climits>
@@ -30,9 +30,9 @@ static_assert(kBlockRows == kPrefillWarpgroupRowsPerBlock,
 // The work items of a launch, one per block tile: (row tile, sequence, KV head), the heads
 // inner, then the sequences, the row tiles longest-first (the last tile of the longest prompt
 // first). LocateBlock takes one.
-template <typename T>
+template <int kRows = kBlockRows, typename T>
 inline int PrefillWorkItems(const PrefillAttentionArgs<T, T>& args, int group) {
-  const int row_tiles = (args.max_query_len * group + kBlockRows - 1) / kBlockRows;
+  const int row_tiles = (args.max_query_len * group + kRows - 1) / kRows;
   return row_tiles * args.cache.num_kv_heads * args.num_seqs;
 }
 
@@ -66,11 +66,11 @@ struct BlockRows {
   bool empty;
 };
 
-template <int NK, typename T>
+template <int NK, int kRows = kBlockRows, typename T>
 __device__ __forceinline__ BlockRows LocateBlock(const PrefillAttentionArgs<T, T>& args, int group,
                                                  int item) {
   BlockRows b;
-  const int row_tiles = (args.max_query_len * group + kBlockRows - 1) / kBlockRows;
+  const int row_tiles = (args.max_query_len * group + kRows - 1) / kRows;
   b.kv_head = item % args.cache.num_kv_heads;
   const int rest = item / args.cache.num_kv_heads;
   b.seq = rest % args.num_seqs;
@@ -78,11 +78,11 @@ __device__ __forceinline__ BlockRows LocateBlock(const PrefillAttentionArgs<T, T
   b.q_begin = args.query_start[b.seq];
   const int q_len = args.query_start[b.seq + 1] - b.q_begin;
   b.rows = q_len * group;
-  b.row0 = (row_tiles - 1 - rank) * kBlockRows;
+  b.row0 = (row_tiles - 1 - rank) * kRows;
   b.empty = b.row0 >= b.rows;
   b.end = args.context_lens[b.seq];
   b.first_pos = b.end - q_len;
-  const int last_pos = b.first_pos + (min(b.row0 + kBlockRows, b.rows) - 1) / group;
+  const int last_pos = b.first_pos + (min(b.row0 + kRows, b.rows) - 1) / group;
   const int block_first_key =
       args.window > 0 ? max(0, b.first_pos + b.row0 / group - args.window + 1) : 0;
   b.first_step = block_first_key / NK;

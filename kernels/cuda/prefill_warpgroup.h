@@ -19,9 +19,11 @@ cudaError_t WarpgroupPrefillAttention(const PrefillAttentionArgs<T, T>& args, cu
 // checks the device and the arguments; cudaErrorInvalidValue for a cache block size that is not
 // a multiple of 16.
 constexpr int kFirstProducerPrefillVariant = 5;
-// Variant 0 runs this one (128 keys per step in 3 stages): 1.6-1.75x variant 3 (the default
-// before it) at head_dim 128 and 64 on an H100 (kernels/BENCHMARKS.md step 24).
-constexpr int kDefaultWarpgroupPrefillVariant = 6;
+// What variant 0 runs: at head_dim 128 variant 7 (128 keys per step in 3 stages, the two
+// consumer warpgroups in turns), at 64 variant 10 (the same, persistent), the fastest on an H100
+// on every row of `gqa-bench kernels --prefill` at their head_dim (kernels/BENCHMARKS.md steps
+// 26 and 28).
+constexpr int DefaultWarpgroupPrefillVariant(int head_dim) { return head_dim == 64 ? 10 : 7; }
 template <typename T>
 cudaError_t ProducerWarpgroupPrefill(const PrefillAttentionArgs<T, T>& args, cudaStream_t stream);
 

@@ -1,14 +1,15 @@
 // Causal grouped-query prefill attention on Hopper with a producer warp: the warpgroup kernel of
-// prefill_warpgroup.cu (two warpgroups of 64 rows, wgmma products reading K and V from
+// prefill_warpgroup.cu (warpgroups of 64 rows, wgmma products reading K and V from
 // 128-byte-swizzled shared memory, FlashAttention-3's overlapped schedule), with its copies
 // taken off the warps that compute.
 //
-// Block: two consumer warpgroups and a producer warpgroup (384 threads) of which one warp works.
+// Block: two consumer warpgroups (three in variants 11 and 12, BlockShape) and a producer
+// warpgroup, of which one warp works.
 // The producer fills S slots of NK keys of K and V: whole 16-key cache tiles with the bulk tensor
 // copy engine (TMA, one box of 16 rows x 64 values per tile, panel and tensor; tensor_map.h), a
 // tile that reaches past the sequence's length with plain loads and zeros (stale cache slots must
 // never reach P.V). Each slot has two barriers: `full` completes when the slot's copies landed (the
-// producer's arrival and the TMA bytes), `empty` when all 256 consumer threads finished the
+// producer's arrival and the TMA bytes), `empty` when every consumer thread finished the
 // products that read it. So the consumers never issue a copy or meet at a block barrier inside the
 // loop, and the producer runs up to S steps ahead. The query fragments come straight from global
 // memory into registers (no shared memory for them). Variants 7 and 8 add FlashAttention-3's
@@ -40,15 +41,28 @@ using namespace warpgroup_attention;  // NOLINT: the steps, softmax and products
 using namespace warpgroup_prefill;    // NOLINT: the block's rows, keys and store
 using namespace producer_steps;       // NOLINT: the producer's slots and copies
 
-constexpr int kConsumerThreads = kWarpgroups * kWarpgroupThreads;
-constexpr int kConsumerWarps = kConsumerThreads / 32;
-// + a producer warpgroup, of which one warp copies: a block's registers are granted in whole
-// warpgroups, so the idle warps cost nothing that a 9-warp block would not.
-constexpr int kBlockThreads = kConsumerThreads + kWarpgroupThreads;
-// The registers per thread after the split: the producer hands its share to the consumers
-// (40 x 128 + 232 x 256 <= 64k; the kernel starts with 65536 / 384 rounded down, 168).
-constexpr int kProducerRegisters = 40;
-constexpr int kConsumerRegisters = 232;
+// A block of W consumer warpgroups (W x 64 rows) and a producer warpgroup, of which one warp
+// copies: a block's registers are granted in whole warpgroups, so the idle warps cost nothing
+// that one more warp would not. The producer hands its registers to the consumers with
+// setmaxnreg (W = 2: 40 x 128 + 232 x 256 <= 64k, the kernel starting at 65536 / 384 rounded
+// down, 168; W = 3, FlashAttention-3's 192-row tile at head_dim 64: 32 x 128 + 160 x 384).
+// ptxas fits the consumers' code into the launch's registers (168, or 128 at W = 3) and the
+// producer's into its setmaxnreg share: at W = 3, 128 keys per step spill (156 bytes) and 64
+// do not, and the producer spills at 24 registers but not at 32.
+template <int W>
+struct BlockShape {
+  static constexpr int kConsumerThreads = W * kWarpgroupThreads;
+  static constexpr int kConsumerWarps = kConsumerThreads / 32;
+  static constexpr int kThreads = kConsumerThreads + kWarpgroupThreads;
+  static constexpr int kRows = W * kWarpgroupRows;
+  static constexpr int kProducerRegisters = W == 2 ? 40 : 32;
+  static constexpr int kConsumerRegisters = W == 2 ? 232 : 160;
+  static_assert(W == 2 || W == 3, "two or three consumer warpgroups");
+  static_assert(kProducerRegisters * kWarpgroupThreads + kConsumerRegisters * kConsumerThreads <=
+                    65536,
+                "the register file");
+};
+
 // The consumer warpgroups' part of a work item: its query fragments from global memory, the
 // overlapped steps from slots `filled` on, the store of its rows.
 template <typename T, int D, int NK, int S, bool kWideScores, typename Turns>
@@ -81,25 +95,29 @@ __device__ __forceinline__ void ConsumeItem(const PrefillAttentionArgs<T, T>& ar
 
 // kPersistent: a grid of one block per multiprocessor, each taking BlockItems' items in turn;
 // the producer fills the next item's first slots while the consumers finish the last one.
-template <typename T, int D, int NK, int S, bool kPingPong, bool kWideScores, bool kPersistent>
-__global__ void __launch_bounds__(kBlockThreads, 1)
+// W: consumer warpgroups (BlockShape).
+template <typename T, int D, int NK, int S, bool kPingPong, bool kWideScores, bool kPersistent,
+          int W>
+__global__ void __launch_bounds__(BlockShape<W>::kThreads, 1)
     ProducerPrefillKernel(const __grid_constant__ CUtensorMap k_map,
                           const __grid_constant__ CUtensorMap v_map,
                           PrefillAttentionArgs<T, T> args, int group, int num_items) {
   static_assert(S >= 3, "the overlapped schedule holds two steps while the next one lands");
+  static_assert(!kPingPong || W == 2, "the ping-pong takes turns between two warpgroups");
+  using Shape = BlockShape<W>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const Slots<D, NK, S> slots(smem_raw);
   const BlockItems<kPersistent> items{num_items};
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (threadIdx.x == 0) slots.Init(kConsumerThreads);
+  if (threadIdx.x == 0) slots.Init(Shape::kConsumerThreads);
   __syncthreads();
 
-  if (warp >= kConsumerWarps) {  // the producer warpgroup
-    wgmma::SetMaxRegisters<false, kProducerRegisters>();
-    if (warp != kConsumerWarps) return;
+  if (warp >= Shape::kConsumerWarps) {  // the producer warpgroup
+    wgmma::SetMaxRegisters<false, Shape::kProducerRegisters>();
+    if (warp != Shape::kConsumerWarps) return;
     int filled = 0;
     for (int round = 0, item; (item = items.Item(round)) < items.count; ++round) {
-      const BlockRows b = LocateBlock<NK>(args, group, item);
+      const BlockRows b = LocateBlock<NK, Shape::kRows>(args, group, item);
       if (b.empty) continue;
       const int32_t* table_row =
           args.cache.block_tables + size_t(b.seq) * args.cache.max_blocks_per_seq;
@@ -109,14 +127,14 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     return;
   }
 
-  wgmma::SetMaxRegisters<true, kConsumerRegisters>();
+  wgmma::SetMaxRegisters<true, Shape::kConsumerRegisters>();
   using Turns = std::conditional_t<kPingPong, PingPongTurns, NoTurns>;
   Turns turns{};
   if constexpr (kPingPong) turns.warpgroup = warp / 4;
   turns.Start();
   int filled = 0;
   for (int round = 0, item; (item = items.Item(round)) < items.count; ++round) {
-    const BlockRows b = LocateBlock<NK>(args, group, item);
+    const BlockRows b = LocateBlock<NK, Shape::kRows>(args, group, item);
     if (b.empty) continue;
     ConsumeItem<T, D, NK, S, kWideScores>(args, group, b, slots, filled, turns, warp, lane);
     filled += b.num_steps - b.first_step;
@@ -132,9 +150,11 @@ inline cudaError_t MultiprocessorCount(int* count) {
 }
 
 template <typename T, int D, int NK, int S, bool kPingPong = false, bool kWideScores = false,
-          bool kPersistent = false>
+          bool kPersistent = false, int W = 2>
 cudaError_t Launch(const PrefillAttentionArgs<T, T>& args, cudaStream_t stream) {
-  constexpr auto kKernel = ProducerPrefillKernel<T, D, NK, S, kPingPong, kWideScores, kPersistent>;
+  using Shape = BlockShape<W>;
+  constexpr auto kKernel =
+      ProducerPrefillKernel<T, D, NK, S, kPingPong, kWideScores, kPersistent, W>;
   if (const cudaError_t e = AllowDynamicSmem<kKernel>(kSmemBytes<D, NK, S>); e != cudaSuccess) {
     return e;
   }
@@ -144,15 +164,15 @@ cudaError_t Launch(const PrefillAttentionArgs<T, T>& args, cudaStream_t stream) 
     return e;
   }
   const int group = args.num_heads / args.cache.num_kv_heads;
-  const int num_items = PrefillWorkItems(args, group);
+  const int num_items = PrefillWorkItems<Shape::kRows>(args, group);
   int blocks = num_items;
   if constexpr (kPersistent) {
     int sm_count = 0;
     if (const cudaError_t e = MultiprocessorCount(&sm_count); e != cudaSuccess) return e;
     blocks = std::min(num_items, sm_count);  // one block per multiprocessor (its registers)
   }
-  kKernel<<<blocks, kBlockThreads, kSmemBytes<D, NK, S>, stream>>>(maps.k, maps.v, args, group,
-                                                                   num_items);
+  kKernel<<<blocks, Shape::kThreads, kSmemBytes<D, NK, S>, stream>>>(maps.k, maps.v, args, group,
+                                                                     num_items);
   return cudaGetLastError();
 }
 
@@ -171,6 +191,13 @@ cudaError_t LaunchVariant(const PrefillAttentionArgs<T, T>& args, cudaStream_t s
       return Launch<T, D, 128, 3, false, false, true>(args, stream);
     case kFirstProducerPrefillVariant + 5:  // variant 7, persistent
       return Launch<T, D, 128, 3, true, false, true>(args, stream);
+    case kFirstProducerPrefillVariant + 6:  // three consumer warpgroups (192 rows), head_dim 64,
+                                            // 64 keys per step in 4 slots
+      if constexpr (D == 64) return Launch<T, D, 64, 4, false, false, false, 3>(args, stream);
+      return cudaErrorInvalidValue;
+    case kFirstProducerPrefillVariant + 7:  // ... persistent
+      if constexpr (D == 64) return Launch<T, D, 64, 4, false, false, true, 3>(args, stream);
+      return cudaErrorInvalidValue;
     default:
       return cudaErrorInvalidValue;
   }

@@ -2,6 +2,7 @@
 // into their own buffer, the keys and values into their slots of the paged cache. One pass over
 // the projection instead of a rope pass and an append pass.
 #include <cstdint>
+#include <type_traits>
 
 #include "gqa/kernels/paged_attention_cuda.h"
 #include "pdl.cuh"
@@ -11,25 +12,67 @@
 namespace gqa::kernels::cuda {
 namespace {
 
-// One thread per (token, head, rotation pair) over query heads, then key heads, then value heads.
-template <typename T, typename KV>
-__global__ void QkvRopeAppendKernel(const T* qkv, const int32_t* positions, const float* inv_freq,
-                                    const int64_t* slots, int tokens, int num_heads, T* q_out,
-                                    PagedKvView<KV> cache) {
-  WaitForPrevious();  // qkv comes from the projection before
+constexpr int kThreads = 128;
+
+// kPairs consecutive rotation pairs of one head's row: (x1[k], x2[k]) = (row[p0 + k],
+// row[p0 + k + half]), read 2 kPairs bytes at a time.
+template <typename T, int kPairs>
+struct PairRun {
+  float x1[kPairs], x2[kPairs];
+
+  __device__ void Load(const T* row, int p0, int half) {
+    using Raw = std::conditional_t<kPairs == 4, uint2, T>;
+    const Raw a = *reinterpret_cast<const Raw*>(row + p0);
+    const Raw b = *reinterpret_cast<const Raw*>(row + p0 + half);
+#pragma unroll
+    for (int k = 0; k < kPairs; ++k) {
+      x1[k] = ToFloat(reinterpret_cast<const T*>(&a)[k]);
+      x2[k] = ToFloat(reinterpret_cast<const T*>(&b)[k]);
+    }
+  }
+};
+
+// One block per token: the rotations of its position once into shared memory ([2, half]
+// floats), then runs of kPairs rotation pairs over query heads, then key heads, then value heads.
+template <typename T, typename KV, int kPairs>
+__global__ void __launch_bounds__(kThreads)
+    QkvRopeAppendKernel(const T* qkv, const int32_t* positions, const float* inv_freq,
+                        const int64_t* slots, int num_heads, T* q_out, PagedKvView<KV> cache) {
+  extern __shared__ float rotation[];  // sin [half], cos [half]
+  WaitForPrevious();                   // qkv comes from the projection before
   AllowNext();
+  const int token = blockIdx.x;
   const int d = cache.head_dim, half = d / 2, kv_heads = cache.num_kv_heads;
   const int heads = num_heads + 2 * kv_heads;
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= int64_t(tokens) * heads * half) return;
-  const int pair = int(i % half);
-  const int head = int((i / half) % heads);
-  const int token = int(i / (int64_t(half) * heads));
-  const T* in = qkv + (size_t(token) * heads + head) * d;
-  float x1 = ToFloat(in[pair]), x2 = ToFloat(in[pair + half]);
-  if (head < num_heads + kv_heads) RotatePair(x1, x2, positions[token], inv_freq[pair]);
-  StoreQkvPair<T>(head, pair, x1, x2, num_heads, q_out + size_t(token) * num_heads * d,
-                  slots[token], cache);
+  for (int p = threadIdx.x; p < half; p += kThreads) {
+    RotationOf(positions[token], inv_freq[p], &rotation[p], &rotation[half + p]);
+  }
+  __syncthreads();
+  const T* row = qkv + size_t(token) * heads * d;
+  T* q_row = q_out + size_t(token) * num_heads * d;
+  const int64_t slot = slots[token];
+  const int runs_per_head = half / kPairs;
+  for (int r = threadIdx.x; r < heads * runs_per_head; r += kThreads) {
+    const int head = r / runs_per_head, p0 = r % runs_per_head * kPairs;
+    PairRun<T, kPairs> run;
+    run.Load(row + size_t(head) * d, p0, half);
+    const bool rotates = head < num_heads + kv_heads;
+#pragma unroll
+    for (int k = 0; k < kPairs; ++k) {
+      if (rotates) Rotate(run.x1[k], run.x2[k], rotation[p0 + k], rotation[half + p0 + k]);
+      StoreQkvPair<T>(head, p0 + k, run.x1[k], run.x2[k], num_heads, q_row, slot, cache);
+    }
+  }
+}
+
+template <typename T, typename KV, int kPairs>
+cudaError_t Launch(const T* qkv, const int32_t* positions, const float* inv_freq,
+                   const int64_t* slots, int num_tokens, int num_heads, T* q_out,
+                   const PagedKvView<KV>& cache, cudaStream_t stream) {
+  const size_t smem = size_t(cache.head_dim) * sizeof(float);
+  return LaunchAfterPrevious(QkvRopeAppendKernel<T, KV, kPairs>, dim3(unsigned(num_tokens)),
+                             dim3(kThreads), smem, stream, qkv, positions, inv_freq, slots,
+                             num_heads, q_out, cache);
 }
 
 }  // namespace
@@ -38,14 +81,14 @@ template <typename T, typename KV>
 cudaError_t QkvRopeAppend(const T* qkv, const int32_t* positions, const float* inv_freq,
                           const int64_t* slots, int num_tokens, int num_heads, T* q_out,
                           const PagedKvView<KV>& cache, cudaStream_t stream) {
-  if (cache.head_dim % 2 != 0) return cudaErrorInvalidValue;
-  const int64_t n =
-      int64_t(num_tokens) * (num_heads + 2 * cache.num_kv_heads) * (cache.head_dim / 2);
-  if (n == 0) return cudaSuccess;
-  const int threads = 256;
-  return LaunchAfterPrevious(QkvRopeAppendKernel<T, KV>,
-                             dim3(unsigned((n + threads - 1) / threads)), dim3(threads), 0, stream,
-                             qkv, positions, inv_freq, slots, num_tokens, num_heads, q_out, cache);
+  if (cache.head_dim % 2 != 0 || cache.head_dim > 1024) return cudaErrorInvalidValue;
+  if (num_tokens <= 0) return cudaSuccess;
+  // Runs of 4 pairs: 8-byte reads where the half head and the rows keep them aligned.
+  const bool runs_of_4 = cache.head_dim % 8 == 0 && reinterpret_cast<uintptr_t>(qkv) % 8 == 0;
+  return runs_of_4 ? Launch<T, KV, 4>(qkv, positions, inv_freq, slots, num_tokens, num_heads, q_out,
+                                      cache, stream)
+                   : Launch<T, KV, 1>(qkv, positions, inv_freq, slots, num_tokens, num_heads, q_out,
+                                      cache, stream);
 }
 
 #define GQA_INSTANTIATE(T, KV)                                                                    \

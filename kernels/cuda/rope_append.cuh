@@ -10,13 +10,26 @@
 
 namespace gqa::kernels::cuda {
 
+// The sine and cosine of the angle position * inv_freq.
+__device__ __forceinline__ void RotationOf(int32_t position, float inv_freq, float* sin_a,
+                                           float* cos_a) {
+  sincosf(float(position) * inv_freq, sin_a, cos_a);  // precise: large angles
+}
+
+// (x1, x2) rotated by an angle of that sine and cosine, with the roundings spelled out so every
+// caller computes the same bits.
+__device__ __forceinline__ void Rotate(float& x1, float& x2, float sin_a, float cos_a) {
+  const float r1 = __fmaf_rn(x1, cos_a, -__fmul_rn(x2, sin_a));
+  const float r2 = __fmaf_rn(x2, cos_a, __fmul_rn(x1, sin_a));
+  x1 = r1;
+  x2 = r2;
+}
+
 // (x1, x2) rotated by position * inv_freq (rotate-half RoPE, as ApplyRope).
 __device__ __forceinline__ void RotatePair(float& x1, float& x2, int32_t position, float inv_freq) {
   float sin_a, cos_a;
-  sincosf(float(position) * inv_freq, &sin_a, &cos_a);  // precise: large angles
-  const float r1 = x1 * cos_a - x2 * sin_a, r2 = x2 * cos_a + x1 * sin_a;
-  x1 = r1;
-  x2 = r2;
+  RotationOf(position, inv_freq, &sin_a, &cos_a);
+  Rotate(x1, x2, sin_a, cos_a);
 }
 
 // A value as the cache stores it: T, or an E4M3 byte of value / scale.

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 
+#include "gqa/kernels/paged_attention_cuda.h"
 #include "tensor_map.h"
 
 namespace gqa::kernels::cuda {
@@ -24,6 +25,8 @@ PFN_cuTensorMapEncodeTiled_v12000 EncodeTiled() {
 }
 
 }  // namespace
+
+bool TensorMapsAvailable() { return EncodeTiled() != nullptr; }
 
 cudaError_t EncodeKvPoolMap(CUtensorMap* map, const void* pool, int head_dim) {
   if (reinterpret_cast<uintptr_t>(pool) % 16 != 0 || head_dim <= 0 ||

@@ -275,8 +275,8 @@ TEST(CudaBackendTest, FusedNormsMatchTheCpuBackend) {
 }
 
 // --attention_kernels warpgroup: the Hopper wgmma prefill and decode kernels in the served steps
-// (decode for groups of 16 and up), in graphs and eager, against the CPU backend. Where the GPU
-// or build has no such kernels the backend runs the mma.sync ones, and the test says so.
+// (as auto runs them there), in graphs and eager, against the CPU backend. Where the GPU or
+// build has no such kernels the backend runs the mma.sync ones, and the test says so.
 TEST(CudaBackendTest, WarpgroupAttentionKernelsMatchTheCpuBackend) {
   REQUIRE_GPU();
   if (!kernels::cuda::WarpgroupPrefillAvailable()) {
@@ -292,6 +292,17 @@ TEST(CudaBackendTest, WarpgroupAttentionKernelsMatchTheCpuBackend) {
   mistral.architecture = Architecture::kMistral;
   mistral.sliding_window = 20;
   CheckAgainstCpu(mistral, false, "auto", kLogitTolerance, warpgroup);
+}
+
+// --attention_kernels mma_sync: the mma.sync prefill and decode kernels, which every GPU runs
+// (and auto takes for FP8 caches and before Hopper).
+TEST(CudaBackendTest, MmaSyncAttentionKernelsMatchTheCpuBackend) {
+  REQUIRE_GPU();
+  CudaOptions mma_sync;
+  mma_sync.attention_kernels = AttentionKernels::kMmaSync;
+  CheckAgainstCpu(Shape(32, 1, 128), /*enforce_eager=*/false, "auto", kLogitTolerance, mma_sync);
+  CheckAgainstCpu(Shape(8, 2, 64), /*enforce_eager=*/true, "auto", kLogitTolerance, mma_sync);
+  CheckAgainstCpu(Shape(8, 8, 128), /*enforce_eager=*/false, "auto", kLogitTolerance, mma_sync);
 }
 
 TEST(CudaBackendTest, GqaAndMqaHeadDim128Eager) {

@@ -97,7 +97,9 @@ void CheckPrefill(const PrefillShape& shape) {
       {PrefillPath::kMmaSync, 1}, {PrefillPath::kMmaSync, 2}, {PrefillPath::kMmaSync, 4}};
   for (int v = 1; v <= kWarpgroupPrefillVariants && WarpgroupPrefillApplies(shape.key_splits);
        ++v) {
-    variants.emplace_back(PrefillPath::kWarpgroup, v);
+    if (WarpgroupPrefillVariantBuilt(v, shape.head_dim)) {
+      variants.emplace_back(PrefillPath::kWarpgroup, v);
+    }
   }
   for (const auto& [path, variant] : variants) {
     const bool warpgroup = path == PrefillPath::kWarpgroup;
@@ -137,6 +139,8 @@ TEST(PrefillAttentionCuda, LongPromptAndOddGroup) {
   REQUIRE_GPU();
   CheckPrefill<__nv_bfloat16>({8, 2, 128, 16, {1030}, {3}});
   CheckPrefill<__half>({12, 4, 128, 16, {300, 1, 77}, {0, 500, 16}});  // group 3
+  // group 5 at head_dim 64: 192-row tiles (variants 11, 12) start inside a token's heads
+  CheckPrefill<__nv_bfloat16>({20, 4, 64, 16, {300, 1, 77}, {0, 500, 16}});
 }
 // More work items than any GPU's multiprocessors (35 row tiles x 8 KV heads x 3 sequences), so
 // each block of the persistent variants takes several, empty ones included (the shorter
@@ -207,6 +211,9 @@ TEST(PrefillAttentionCuda, WarpgroupKernelRefusesSplitsAndFp8) {
   args.workspace = nullptr;
   args.key_splits = 1;
   args.warpgroup_variant = kWarpgroupPrefillVariants + 1;  // not built
+  EXPECT_EQ(PagedPrefillAttention<__nv_bfloat16>(args, nullptr), cudaErrorInvalidValue);
+  args.warpgroup_variant = 12;  // head_dim 64 only; these args are 128
+  ASSERT_FALSE(WarpgroupPrefillVariantBuilt(args.warpgroup_variant, args.cache.head_dim));
   EXPECT_EQ(PagedPrefillAttention<__nv_bfloat16>(args, nullptr), cudaErrorInvalidValue);
   const auto fp8 = ForcedWarpgroupArgs<__nv_fp8_e4m3>();
   EXPECT_EQ((PagedPrefillAttention<__nv_bfloat16, __nv_fp8_e4m3>(fp8, nullptr)),

@@ -81,6 +81,7 @@ TEST(QkvRopeAppendCuda, Bf16AndFp16Shapes) {
   CheckQkvRopeAppend<__nv_bfloat16>(5, 32, 1, 64, 16);
   CheckQkvRopeAppend<__nv_bfloat16>(100, 8, 8, 64, 32);
   CheckQkvRopeAppend<__half>(33, 12, 4, 128, 16);
+  CheckQkvRopeAppend<__nv_bfloat16>(7, 4, 2, 36, 16);  // one pair per run (36 % 8 != 0)
 }
 
 }  // namespace

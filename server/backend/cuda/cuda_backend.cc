@@ -52,15 +52,25 @@ kernels::cuda::PrefillPath CudaBackend<T>::PrefillPathFor(int key_splits) const 
 }
 
 template <typename T>
+bool CudaBackend<T>::UseWarpgroupDecode() const {
+  return options_.cuda.attention_kernels != AttentionKernels::kMmaSync &&
+         kv_element() == kernels::KvElement::k16Bit && kernels::cuda::WarpgroupPrefillAvailable() &&
+         (config_.head_dim == 64 || config_.head_dim == 128) &&
+         config_.num_heads / config_.num_kv_heads <= kernels::kWarpgroupDecodeMaxGroup;
+}
+
+template <typename T>
 kernels::DecodeKernelChoice CudaBackend<T>::DecodeChoice(int num_seqs) const {
   const int max_keys =
       kernels::DecodeKeysPerQuery(options_.max_model_len, config_.attention_window());
-  // --attention_kernels warpgroup: the wgmma kernel for groups of 16 query heads per KV head and
-  // up (its 64-row tiles hold them); below, and by default, the mma.sync kernel, which measured
-  // faster at every group (kernels/BENCHMARKS.md step 23: 0.95x at group 32 on an H100).
+  // On Hopper with a 16-bit cache, by default: the warpgroup kernel with a producer warp (TMA
+  // copies, 3 slots), which measured 1.04-1.22x the mma.sync kernel on every row of `gqa-bench
+  // kernels`, every group from 1 to 32, at head_dim 128 and 64 (kernels/BENCHMARKS.md step 25);
+  // its cp.async variant where the driver has no tensor maps or the cache blocks are not
+  // multiples of 16 tokens. Elsewhere, and with --attention_kernels mma_sync, the mma.sync kernel.
   const bool deterministic = options_.backend.deterministic;
   kernels::DecodeKernelChoice choice =
-      UseWarpgroupAttention() && config_.num_heads / config_.num_kv_heads >= 16
+      UseWarpgroupDecode()
           ? kernels::SelectWarpgroupDecodeKernel(
                 config_.num_heads, config_.num_kv_heads, config_.head_dim, spec_.block_size,
                 deterministic ? 1 : num_seqs, max_keys, device_->sm_count(),
@@ -68,6 +78,9 @@ kernels::DecodeKernelChoice CudaBackend<T>::DecodeChoice(int num_seqs) const {
           : kernels::SelectFixedGridDecodeKernel(
                 config_.num_heads, config_.num_kv_heads, config_.head_dim, spec_.block_size,
                 deterministic ? 1 : num_seqs, max_keys, device_->sm_count(), kv_element());
+  if (choice.warpgroup) {
+    choice.producer = kernels::cuda::TensorMapsAvailable() && spec_.block_size % 16 == 0;
+  }
   // Deterministic: the grid of a batch of one whatever the batch, so each sequence's splits
   // depend on its length alone, and longer ones, so a large batch is not cut as finely.
   if (deterministic) choice.min_split_tiles = kernels::kDecodeDeterministicMinSplitTiles;

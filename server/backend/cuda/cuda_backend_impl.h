@@ -160,6 +160,8 @@ class CudaBackend final : public Backend {
   // --attention_kernels: whether the Hopper warpgroup kernels run where they apply (16-bit
   // caches on a GPU and build that have them), and which prefill kernel `key_splits` allows.
   bool UseWarpgroupAttention() const;
+  // Decode on the warpgroup kernel (Hopper, a 16-bit cache, head_dim 64 or 128).
+  bool UseWarpgroupDecode() const;
   kernels::cuda::PrefillPath PrefillPathFor(int key_splits) const;
   // Every kernel of one step, in order, on the device stream.
   absl::Status Launch(const StepShape& shape);

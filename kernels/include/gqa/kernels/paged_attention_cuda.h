@@ -65,7 +65,11 @@ cudaError_t PagedDecodeAttention(const DecodeAttentionArgs<T, KV>& args,
 // kAuto: the warpgroup kernel wherever it applies, the mma.sync kernel elsewhere
 // (kWarpgroupByDefault in paged_prefill_attention.cu).
 enum class PrefillPath { kAuto, kMmaSync, kWarpgroup };
-constexpr int kWarpgroupPrefillVariants = 10;
+constexpr int kWarpgroupPrefillVariants = 12;
+// Variants 11 and 12 (three consumer warpgroups) exist at head_dim 64 only.
+constexpr bool WarpgroupPrefillVariantBuilt(int variant, int head_dim) {
+  return variant >= 1 && variant <= kWarpgroupPrefillVariants && (variant <= 10 || head_dim == 64);
+}
 
 template <typename T, typename KV = T>
 struct PrefillAttentionArgs {
@@ -87,12 +91,14 @@ struct PrefillAttentionArgs {
   void* workspace = nullptr;
   // The kernel and its variant; tests and benchmarks set them. The mma.sync kernel's 16-key
   // tiles per pipeline step: 1, 2 or 4 (0: PrefillKeyTilesPerStep(head_dim, key_splits)). The
-  // warpgroup kernel's variant, 1 to kWarpgroupPrefillVariants (0: the default): 64 keys per
-  // step in 3 stages; 128 keys in 2; 64 keys in 3 stages with the next step's scores computed
-  // during this step's softmax; the same in 4 stages; the same schedule with a producer warp
-  // copying K and V by TMA, 64 keys in 4 stages; 128 keys in 3 (the default); the same with the
-  // two warpgroups issuing their products in turns (ping-pong); with one m64n128 product per
-  // score chain; and the default and the ping-pong persistent (one block per multiprocessor).
+  // warpgroup kernel's variant, 1 to kWarpgroupPrefillVariants (0: the default, 7 at head_dim
+  // 128 and 10 at 64): 64 keys per step in 3 stages; 128 keys in 2; 64 keys in 3 stages with the
+  // next step's scores computed during this step's softmax; the same in 4 stages; the same
+  // schedule with a producer warp copying K and V by TMA, 64 keys in 4 stages; 128 keys in 3;
+  // the same with the two warpgroups issuing their products in turns (ping-pong, 7); with one
+  // m64n128 product per score chain; 6 and 7 persistent (one block per multiprocessor); and, at
+  // head_dim 64, three consumer warpgroups (192 rows per block) at 64 keys per step in 4 slots,
+  // and that persistent.
   PrefillPath path = PrefillPath::kAuto;
   int key_tiles_per_step = 0;
   int warpgroup_variant = 0;
@@ -112,6 +118,9 @@ cudaError_t PagedPrefillAttention(const PrefillAttentionArgs<T, KV>& args, cudaS
 // True when the warpgroup prefill kernel can run on the current device: compute capability 9.0
 // and a build with sm_90a code.
 bool WarpgroupPrefillAvailable();
+
+// True when the driver encodes tensor maps (the producer-warp kernels' TMA copies need them).
+bool TensorMapsAvailable();
 
 // True when an unsplit prefill (key_splits <= 1, key_tiles_per_step 0) asked of `path` runs on
 // the warpgroup kernel on the current device: PagedPrefillAttention's dispatch, which the key-split
