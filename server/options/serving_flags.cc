@@ -27,7 +27,8 @@ ABSL_FLAG(std::string, async_scheduling, "auto",
           "(the host's commit, detokenization, stops and streaming overlap the GPU): auto (on "
           "for the CUDA backend, off for the CPU backend), on, off");
 ABSL_FLAG(std::string, attention_kernels, "auto",
-          "GPU: auto, mma_sync (every GPU) or warpgroup (Hopper wgmma kernels where they apply)");
+          "GPU: auto or warpgroup (Hopper wgmma kernels where they apply, mma.sync elsewhere), "
+          "or mma_sync (the mma.sync kernels only, every GPU)");
 ABSL_FLAG(std::string, host, "0.0.0.0", "address to listen on (gRPC and metrics)");
 ABSL_FLAG(int, port, 50051, "gRPC port (0 picks a free one)");
 ABSL_FLAG(int, metrics_port, 50052, "HTTP port for /metrics and /healthz (0 picks a free one)");

@@ -67,12 +67,12 @@ struct BackendOptions {
 // which computes its step on the engine thread (nothing to overlap).
 bool UsesAsyncScheduling(const BackendOptions& backend, std::string_view backend_name);
 
-// Which attention kernels the CUDA backend runs. kWarpgroup: the Hopper wgmma kernels
-// (kernels/cuda/prefill_warpgroup.cu, decode_warpgroup.cu) wherever they apply (compute
-// capability 9.0 and an sm_90a build; 16-bit caches; unsplit prefill keys; decode groups of 16
-// or more), the mma.sync kernels elsewhere. kMmaSync: the mma.sync kernels only. kAuto: the
-// measured default: the warpgroup prefill kernel where it applies (1.29-1.51x the mma.sync one
-// on an H100), the mma.sync decode kernel (the warpgroup one measured 0.95x of it).
+// Which attention kernels the CUDA backend runs. kAuto and kWarpgroup: the Hopper wgmma kernels
+// (kernels/cuda/prefill_warpgroup*.cu, decode_warpgroup*.cu) wherever they apply (compute
+// capability 9.0 and an sm_90a build; 16-bit caches; unsplit prefill keys; decode at head_dim 64
+// or 128), the mma.sync kernels elsewhere: what measured faster on an H100 (kernels/BENCHMARKS.md
+// steps 24-29). kAuto leaves the prefill choice to the kernels' own dispatch; kWarpgroup forces
+// it. kMmaSync: the mma.sync kernels only (every GPU).
 enum class AttentionKernels { kAuto, kMmaSync, kWarpgroup };
 
 // "auto", "mma_sync" or "warpgroup"; otherwise an error naming --attention_kernels.
