@@ -27,13 +27,19 @@ constexpr int kBlockRows = kWarpgroups * warpgroup_attention::kWarpgroupRows;
 static_assert(kBlockRows == kPrefillWarpgroupRowsPerBlock,
               "the key-split selector counts these blocks");
 
+// Row tiles of kRows rows per (sequence, KV head): the longest query's.
+template <int kRows, typename T>
+__host__ __device__ __forceinline__ int PrefillRowTiles(const PrefillAttentionArgs<T, T>& args,
+                                                        int group) {
+  return (args.max_query_len * group + kRows - 1) / kRows;
+}
+
 // The work items of a launch, one per block tile: (row tile, sequence, KV head), the heads
 // inner, then the sequences, the row tiles longest-first (the last tile of the longest prompt
 // first). LocateBlock takes one.
 template <int kRows = kBlockRows, typename T>
 inline int PrefillWorkItems(const PrefillAttentionArgs<T, T>& args, int group) {
-  const int row_tiles = (args.max_query_len * group + kRows - 1) / kRows;
-  return row_tiles * args.cache.num_kv_heads * args.num_seqs;
+  return PrefillRowTiles<kRows>(args, group) * args.cache.num_kv_heads * args.num_seqs;
 }
 
 // The work items a block takes: its own (a grid of PrefillWorkItems blocks), or, persistent (a
@@ -70,7 +76,7 @@ template <int NK, int kRows = kBlockRows, typename T>
 __device__ __forceinline__ BlockRows LocateBlock(const PrefillAttentionArgs<T, T>& args, int group,
                                                  int item) {
   BlockRows b;
-  const int row_tiles = (args.max_query_len * group + kRows - 1) / kRows;
+  const int row_tiles = PrefillRowTiles<kRows>(args, group);
   b.kv_head = item % args.cache.num_kv_heads;
   const int rest = item / args.cache.num_kv_heads;
   b.seq = rest % args.num_seqs;
@@ -79,7 +85,6 @@ __device__ __forceinline__ BlockRows LocateBlock(const PrefillAttentionArgs<T, T
   const int q_len = args.query_start[b.seq + 1] - b.q_begin;
   b.rows = q_len * group;
   b.row0 = (row_tiles - 1 - rank) * kRows;
-  b.empty = b.row0 >= b.rows;
   b.end = args.context_lens[b.seq];
   b.first_pos = b.end - q_len;
   const int last_pos = b.first_pos + (min(b.row0 + kRows, b.rows) - 1) / group;
@@ -87,9 +92,9 @@ __device__ __forceinline__ BlockRows LocateBlock(const PrefillAttentionArgs<T, T
       args.window > 0 ? max(0, b.first_pos + b.row0 / group - args.window + 1) : 0;
   b.first_step = block_first_key / NK;
   b.num_steps = last_pos / NK + 1;
-  // No keys: a context shorter than its chunk (not a valid call). Skipped rather than waited
-  // for, since the producer would copy nothing.
-  b.empty = b.empty || b.num_steps <= b.first_step;
+  // Past the sequence's rows, or no keys (a context shorter than its chunk, not a valid call):
+  // skipped rather than waited for, since the producer would copy nothing.
+  b.empty = b.row0 >= b.rows || b.num_steps <= b.first_step;
   return b;
 }
 

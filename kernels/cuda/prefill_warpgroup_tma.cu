@@ -46,9 +46,9 @@ using namespace producer_steps;       // NOLINT: the producer's slots and copies
 // that one more warp would not. The producer hands its registers to the consumers with
 // setmaxnreg (W = 2: 40 x 128 + 232 x 256 <= 64k, the kernel starting at 65536 / 384 rounded
 // down, 168; W = 3, FlashAttention-3's 192-row tile at head_dim 64: 32 x 128 + 160 x 384).
-// ptxas fits the consumers' code into the launch's registers (168, or 128 at W = 3) and the
-// producer's into its setmaxnreg share: at W = 3, 128 keys per step spill (156 bytes) and 64
-// do not, and the producer spills at 24 registers but not at 32.
+// At W = 3, 128 keys per step spill 156 bytes in the consumers and 64 do not, and the producer
+// spills at 24 registers but not at 32 (kernels/BENCHMARKS.md steps 30 and 31 on how ptxas
+// budgets each side).
 template <int W>
 struct BlockShape {
   static constexpr int kConsumerThreads = W * kWarpgroupThreads;

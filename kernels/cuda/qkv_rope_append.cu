@@ -18,6 +18,7 @@ constexpr int kThreads = 128;
 // row[p0 + k + half]), read 2 kPairs bytes at a time.
 template <typename T, int kPairs>
 struct PairRun {
+  static_assert(kPairs == 1 || kPairs == 4, "one value, or 4 in 8 bytes");
   float x1[kPairs], x2[kPairs];
 
   __device__ void Load(const T* row, int p0, int half) {

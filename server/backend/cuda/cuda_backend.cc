@@ -66,8 +66,8 @@ kernels::DecodeKernelChoice CudaBackend<T>::DecodeChoice(int num_seqs) const {
   // On Hopper with a 16-bit cache, by default: the warpgroup kernel with a producer warp (TMA
   // copies, 3 slots), which measured 1.04-1.22x the mma.sync kernel on every row of `gqa-bench
   // kernels`, every group from 1 to 32, at head_dim 128 and 64 (kernels/BENCHMARKS.md step 25);
-  // its cp.async variant where the driver has no tensor maps or the cache blocks are not
-  // multiples of 16 tokens. Elsewhere, and with --attention_kernels mma_sync, the mma.sync kernel.
+  // its cp.async variant where the driver has no tensor maps. Elsewhere, and with
+  // --attention_kernels mma_sync, the mma.sync kernel.
   const bool deterministic = options_.backend.deterministic;
   kernels::DecodeKernelChoice choice =
       UseWarpgroupDecode()
@@ -78,9 +78,8 @@ kernels::DecodeKernelChoice CudaBackend<T>::DecodeChoice(int num_seqs) const {
           : kernels::SelectFixedGridDecodeKernel(
                 config_.num_heads, config_.num_kv_heads, config_.head_dim, spec_.block_size,
                 deterministic ? 1 : num_seqs, max_keys, device_->sm_count(), kv_element());
-  if (choice.warpgroup) {
-    choice.producer = kernels::cuda::TensorMapsAvailable() && spec_.block_size % 16 == 0;
-  }
+  // (The selector takes only cache blocks of whole 16-key tiles, what the TMA copies need.)
+  if (choice.warpgroup) choice.producer = kernels::cuda::TensorMapsAvailable();
   // Deterministic: the grid of a batch of one whatever the batch, so each sequence's splits
   // depend on its length alone, and longer ones, so a large batch is not cut as finely.
   if (deterministic) choice.min_split_tiles = kernels::kDecodeDeterministicMinSplitTiles;
