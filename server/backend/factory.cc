@@ -4,6 +4,7 @@
 #include "backend/cpu/cpu_backend.h"
 #include "common/status_macros.h"
 #include "gqa/kernels/cpu_ops.h"
+#include "model/tensor_parallel.h"
 #include "spdlog/spdlog.h"
 #if GQA_WITH_CUDA
 #include "backend/cuda/cuda_backend.h"
@@ -75,14 +76,46 @@ int ServedMaxModelLen(const SchedulerOptions& scheduler, const ModelConfig& c) {
   return len;
 }
 
+absl::Status CheckTensorParallelPlacement(int world_size, BackendKind kind,
+                                          const ModelConfig& config, int visible_gpus) {
+  if (world_size == 1) return absl::OkStatus();
+  const std::string flag = absl::StrCat("--tensor_parallel_size ", world_size);
+  if (kind != BackendKind::kCuda) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, ": the CPU backend runs one rank (tensor parallelism needs the CUDA ",
+                     "backend and as many GPUs)"));
+  }
+  if (absl::Status s = CheckTensorParallelSize(config, world_size); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--", s.message()));
+  }
+  if (world_size > visible_gpus) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        flag, ": only ", visible_gpus, visible_gpus == 1 ? " GPU" : " GPUs", " visible"));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const ServingOptions& o, BackendKind kind,
                                                        std::shared_ptr<const Checkpoint> ckpt) {
+  const int world_size = o.backend.tensor_parallel_size;
   switch (kind) {
     case BackendKind::kCpu:
+      RETURN_IF_ERROR(CheckTensorParallelPlacement(world_size, kind, ckpt->config(), 0));
       return CreateCpu(o, std::move(ckpt));
     case BackendKind::kCuda: {
 #if GQA_WITH_CUDA
-      CudaBackendOptions c{o.scheduler, o.cache, o.backend, o.cuda};
+      if (world_size > 1) {
+        ASSIGN_OR_RETURN(const int visible, CudaDeviceCount());
+        RETURN_IF_ERROR(CheckTensorParallelPlacement(world_size, kind, ckpt->config(), visible));
+        return absl::UnimplementedError(
+            absl::StrCat("--tensor_parallel_size ", world_size,
+                         ": the tensor-parallel runtime is not built yet"));
+      }
+      CudaBackendOptions c;
+      c.scheduler = o.scheduler;
+      c.cache = o.cache;
+      c.backend = o.backend;
+      c.cuda = o.cuda;
       ASSIGN_OR_RETURN(c.dtype, ServingDType(o.backend.dtype, ckpt->config().dtype));
       ASSIGN_OR_RETURN(c.kv_cache_dtype, ParseKvCacheDType(o.cache.kv_cache_dtype, c.dtype));
       c.max_model_len = ServedMaxModelLen(o.scheduler, ckpt->config());

@@ -27,6 +27,12 @@ int ServedMaxModelLen(const SchedulerOptions& scheduler, const ModelConfig& conf
 // as `stored`: auto keeps a 16-bit checkpoint's type and takes bfloat16 for float32.
 absl::StatusOr<DType> ServingDType(std::string_view option, DType stored);
 
+// Whether `world_size` ranks (--tensor_parallel_size) can serve `config` on the resolved backend
+// `kind` with `visible_gpus` GPUs: OK, or the one-line refusal naming the flag (the CPU backend
+// runs one rank; CheckTensorParallelSize's reasons; more ranks than visible GPUs).
+absl::Status CheckTensorParallelPlacement(int world_size, BackendKind kind,
+                                          const ModelConfig& config, int visible_gpus);
+
 // Builds the backend `kind` names (resolved: not kAuto) from the tree's scheduler, cache, backend
 // and CUDA parts (validated: ValidateServingOptions).
 absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(

@@ -29,6 +29,11 @@ ABSL_FLAG(std::string, async_scheduling, "auto",
 ABSL_FLAG(std::string, attention_kernels, "auto",
           "GPU: auto or warpgroup (Hopper wgmma kernels where they apply, mma.sync elsewhere), "
           "or mma_sync (the mma.sync kernels only, every GPU)");
+ABSL_FLAG(int, tensor_parallel_size, 1,
+          "GPUs to split the model across (tensor parallelism, one process, rank r on GPU r, "
+          "NCCL all-reduces): 1 (one GPU), or a number that divides the attention heads and the "
+          "intermediate size and divides or is a multiple of the KV heads. Above 1 it has not "
+          "yet run on a machine with several GPUs (docs/tensor-parallel.md)");
 ABSL_FLAG(std::string, host, "0.0.0.0", "address to listen on (gRPC and metrics)");
 ABSL_FLAG(int, port, 50051, "gRPC port (0 picks a free one)");
 ABSL_FLAG(int, metrics_port, 50052, "HTTP port for /metrics and /healthz (0 picks a free one)");
@@ -118,6 +123,7 @@ absl::StatusOr<BackendOptions> BackendFromFlags() {
   b.cpu_threads = absl::GetFlag(FLAGS_cpu_threads);
   b.step_profile_interval = absl::GetFlag(FLAGS_step_profile_interval);
   ASSIGN_OR_RETURN(b.async_scheduling, ParseAsyncScheduling(absl::GetFlag(FLAGS_async_scheduling)));
+  b.tensor_parallel_size = absl::GetFlag(FLAGS_tensor_parallel_size);
   return b;
 }
 

@@ -57,6 +57,14 @@ absl::Status ValidateCompute(const ServingOptions& o) {
     return Refuse(absl::StrCat("--step_profile_interval must be >= 0, got ",
                                o.backend.step_profile_interval));
   }
+  if (o.backend.tensor_parallel_size < 1) {
+    return Refuse(
+        absl::StrCat("--tensor_parallel_size ", o.backend.tensor_parallel_size, " must be >= 1"));
+  }
+  if (o.backend.kind == BackendKind::kCpu && o.backend.tensor_parallel_size > 1) {
+    return Refuse(absl::StrCat("--tensor_parallel_size ", o.backend.tensor_parallel_size,
+                               ": the CPU backend runs one rank (use --backend cuda)"));
+  }
   if (o.cache.block_size < 1 || o.scheduler.max_num_seqs < 1 ||
       o.scheduler.max_num_batched_tokens < 1) {
     return Refuse("--block_size, --max_num_seqs and --max_num_batched_tokens must be >= 1");

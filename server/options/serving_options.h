@@ -60,6 +60,10 @@ struct BackendOptions {
   int cpu_threads = 0;             // CPU backend threads (0: all cores)
   int step_profile_interval = 16;  // one step in this many timed on the device (0: never)
   AsyncScheduling async_scheduling = AsyncScheduling::kAuto;
+  // GPUs the model is split across (docs/tensor-parallel.md): rank r on GPU r, one engine over
+  // them. 1: the single-GPU backend. More needs the CUDA backend, a split the model's shape
+  // allows (CheckTensorParallelSize) and that many visible GPUs, checked when the backend is made.
+  int tensor_parallel_size = 1;
 };
 
 // Whether the engine over the backend named `backend_name` ("cpu", "cuda") schedules ahead:
@@ -103,6 +107,10 @@ struct CudaOptions {
   // step on an H200 until the kernel itself is (docs/BENCHMARKS.md, step 6).
   int fused_norm_max_rows = 0;
   AttentionKernels attention_kernels = AttentionKernels::kAuto;
+  // Tests only (no flag): with tensor_parallel_size 1, serve through the tensor-parallel runtime
+  // anyway (TensorParallelBackend over one rank with a one-rank NCCL communicator), so that the
+  // runtime can run on a machine of one GPU.
+  bool tensor_parallel_runtime_at_one_rank = false;
 };
 
 // The front ends (gRPC, OpenAI-compatible HTTP, /metrics): ports, TLS, tokens, limits.

@@ -53,6 +53,7 @@ TEST_F(FlagsTest, EachFlagFillsItsPart) {
        {"cpu_threads", "3"},
        {"step_profile_interval", "0"},
        {"async_scheduling", "off"},
+       {"tensor_parallel_size", "4"},
        {"enforce_eager", "true"},
        {"host", "127.0.0.1"},
        {"port", "1"},
@@ -95,6 +96,7 @@ TEST_F(FlagsTest, EachFlagFillsItsPart) {
   EXPECT_EQ(o->backend.cpu_threads, 3);
   EXPECT_EQ(o->backend.step_profile_interval, 0);
   EXPECT_EQ(o->backend.async_scheduling, AsyncScheduling::kOff);
+  EXPECT_EQ(o->backend.tensor_parallel_size, 4);
 
   EXPECT_TRUE(o->cuda.enforce_eager);
   EXPECT_EQ(o->cuda.device_index, 0);
@@ -117,6 +119,7 @@ TEST_F(FlagsTest, EachFlagFillsItsPart) {
   EXPECT_EQ(s.max_streams_per_connection, 4);
   EXPECT_EQ(s.default_max_new_tokens, 8);
   EXPECT_EQ(s.drain_grace_seconds, 1);
+  o->backend.tensor_parallel_size = 1;  // --backend cpu runs one rank
   EXPECT_TRUE(ValidateServingOptions(*o).ok()) << ValidateServingOptions(*o);
 }
 
@@ -138,6 +141,8 @@ TEST_F(FlagsTest, DefaultsAreTheTreesDefaults) {
   EXPECT_EQ(o->cache.kv_cache_dtype, d.cache.kv_cache_dtype);
   EXPECT_EQ(o->cache.enable_prefix_caching, d.cache.enable_prefix_caching);
   EXPECT_EQ(o->backend.kind, d.backend.kind);
+  EXPECT_EQ(o->backend.tensor_parallel_size, d.backend.tensor_parallel_size);
+  EXPECT_EQ(d.backend.tensor_parallel_size, 1);
   EXPECT_EQ(o->backend.dtype, d.backend.dtype);
   EXPECT_EQ(o->backend.deterministic, d.backend.deterministic);
   EXPECT_EQ(o->backend.step_profile_interval, d.backend.step_profile_interval);
@@ -246,6 +251,15 @@ TEST(ValidateServingOptions, RefusesNamingTheFlag) {
        "--gpu_memory_utilization 0 must be in (0, 1]"},
       {[](ServingOptions& o) { o.backend.step_profile_interval = -1; },
        "--step_profile_interval must be >= 0, got -1"},
+      {[](ServingOptions& o) { o.backend.tensor_parallel_size = 0; },
+       "--tensor_parallel_size 0 must be >= 1"},
+      {[](ServingOptions& o) { o.backend.tensor_parallel_size = -2; },
+       "--tensor_parallel_size -2 must be >= 1"},
+      {[](ServingOptions& o) {
+         o.backend.kind = BackendKind::kCpu;
+         o.backend.tensor_parallel_size = 2;
+       },
+       "--tensor_parallel_size 2: the CPU backend runs one rank (use --backend cuda)"},
       {[](ServingOptions& o) { o.cache.block_size = 0; },
        "--block_size, --max_num_seqs and --max_num_batched_tokens must be >= 1"},
       {[](ServingOptions& o) { o.scheduler.max_num_seqs = 0; },
@@ -260,6 +274,58 @@ TEST(ValidateServingOptions, RefusesNamingTheFlag) {
     EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << c.message;
     EXPECT_EQ(status.message(), c.message);
   }
+}
+
+TEST(ValidateServingOptions, AcceptsTensorParallelRanksOnTheGpuOrAuto) {
+  ServingOptions o = Valid();
+  o.backend.tensor_parallel_size = 8;
+  EXPECT_TRUE(ValidateServingOptions(o).ok());  // auto: the factory checks the GPUs
+  o.backend.kind = BackendKind::kCuda;
+  EXPECT_TRUE(ValidateServingOptions(o).ok());
+}
+
+// The checks that need the model and the machine, made when the backend is created: one line
+// each, naming --tensor_parallel_size.
+TEST(CheckTensorParallelPlacement, RefusesWhatCannotBeSplitOrPlaced) {
+  ModelConfig c = testing::TinyConfig(/*kv_heads=*/2);
+  c.num_heads = 8;
+  c.intermediate_size = 512;
+  EXPECT_TRUE(CheckTensorParallelPlacement(1, BackendKind::kCpu, c, 0).ok());
+  EXPECT_TRUE(CheckTensorParallelPlacement(1, BackendKind::kCuda, c, 1).ok());
+  EXPECT_TRUE(CheckTensorParallelPlacement(2, BackendKind::kCuda, c, 2).ok());
+  EXPECT_TRUE(CheckTensorParallelPlacement(8, BackendKind::kCuda, c, 8).ok());  // KV replicated
+  EXPECT_EQ(CheckTensorParallelPlacement(2, BackendKind::kCuda, c, 1).message(),
+            "--tensor_parallel_size 2: only 1 GPU visible");
+  EXPECT_EQ(CheckTensorParallelPlacement(4, BackendKind::kCuda, c, 3).message(),
+            "--tensor_parallel_size 4: only 3 GPUs visible");
+  EXPECT_EQ(CheckTensorParallelPlacement(3, BackendKind::kCuda, c, 8).message(),
+            "--tensor_parallel_size 3 does not divide num_attention_heads 8");
+  c.num_heads = 12;
+  c.num_kv_heads = 4;
+  EXPECT_EQ(CheckTensorParallelPlacement(6, BackendKind::kCuda, c, 8).message(),
+            "--tensor_parallel_size 6 and num_key_value_heads 4: one must divide the other (KV "
+            "heads are split, or replicated on tensor_parallel_size / num_key_value_heads ranks "
+            "each)");
+  const absl::Status cpu = CheckTensorParallelPlacement(2, BackendKind::kCpu, c, 0);
+  EXPECT_EQ(cpu.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(cpu.message(),
+            "--tensor_parallel_size 2: the CPU backend runs one rank (tensor parallelism needs "
+            "the CUDA backend and as many GPUs)");
+}
+
+// --backend auto that resolved to the CPU (no GPU) refuses more than one rank at creation.
+TEST(CreateBackendFromTheTree, RefusesTensorParallelRanksOnTheCpu) {
+  testing::TempDir dir;
+  testing::WriteRandomCheckpoint(dir.path(), testing::TinyConfig());
+  auto ckpt = Checkpoint::Load(dir.path(), LoadFormat::kSafetensors);
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  ServingOptions o = Valid();
+  o.backend.tensor_parallel_size = 2;
+  auto backend = CreateBackend(o, BackendKind::kCpu, std::move(*ckpt));
+  ASSERT_FALSE(backend.ok());
+  EXPECT_EQ(backend.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(backend.status().message().find("--tensor_parallel_size 2: the CPU backend runs one"),
+            std::string::npos);
 }
 
 // The factory takes the tree's parts as they are: the cache part sizes the pool, the scheduler

@@ -576,6 +576,12 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackendWithRandomWeights(
   return Create(options, config, nullptr);
 }
 
+absl::StatusOr<int> CudaDeviceCount() {
+  int count = 0;
+  RETURN_IF_ERROR(cuda::CudaStatus(cudaGetDeviceCount(&count), "cudaGetDeviceCount"));
+  return count;
+}
+
 absl::StatusOr<std::string> CudaDeviceName(int device_index) {
   if (device_index != 0) return absl::UnimplementedError("only GPU 0 is used");
   return cuda::FirstGpuName();

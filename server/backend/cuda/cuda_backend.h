@@ -44,4 +44,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackendWithRandomWeights(
 // The name of the GPU the backend would use, or why there is none.
 absl::StatusOr<std::string> CudaDeviceName(int device_index = 0);
 
+// How many GPUs this process sees (CUDA_VISIBLE_DEVICES applied), or why it cannot tell.
+absl::StatusOr<int> CudaDeviceCount();
+
 }  // namespace gqa
