@@ -1,0 +1,124 @@
+#include "backend/cuda/collectives.h"
+
+#include "absl/strings/str_cat.h"
+#include "backend/cuda/device.h"
+#include "common/status_macros.h"
+
+#if GQA_WITH_NCCL
+#include <nccl.h>
+#endif
+
+namespace gqa::cuda {
+
+#if GQA_WITH_NCCL
+namespace {
+
+absl::StatusOr<ncclDataType_t> NcclType(DType dtype) {
+  switch (dtype) {
+    case DType::kBF16:
+      return ncclBfloat16;
+    case DType::kF16:
+      return ncclFloat16;
+    case DType::kF32:
+      return ncclFloat32;
+  }
+  return absl::InvalidArgumentError(absl::StrCat("NCCL collectives take bf16, fp16 or fp32, not ",
+                                                 std::string(DTypeName(dtype))));
+}
+
+}  // namespace
+
+absl::Status NcclStatus(int result, const char* what) {
+  if (result == ncclSuccess) return absl::OkStatus();
+  return absl::InternalError(
+      absl::StrCat(what, ": ", ncclGetErrorString(static_cast<ncclResult_t>(result))));
+}
+
+absl::Status RankCollectives::AllReduceSum(void* buf, size_t count, DType dtype,
+                                           cudaStream_t stream) const {
+  ASSIGN_OR_RETURN(const ncclDataType_t type, NcclType(dtype));
+  return NcclStatus(ncclAllReduce(buf, buf, count, type, ncclSum, comm_, stream), "ncclAllReduce");
+}
+
+absl::Status RankCollectives::AllGather(const void* send, void* recv, size_t count_per_rank,
+                                        DType dtype, cudaStream_t stream) const {
+  ASSIGN_OR_RETURN(const ncclDataType_t type, NcclType(dtype));
+  return NcclStatus(ncclAllGather(send, recv, count_per_rank, type, comm_, stream),
+                    "ncclAllGather");
+}
+
+absl::StatusOr<int64_t> RankCollectives::AllReduceMin(int64_t value, int64_t* scratch,
+                                                      cudaStream_t stream) const {
+  GQA_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(scratch, &value, sizeof value, cudaMemcpyHostToDevice, stream));
+  RETURN_IF_ERROR(NcclStatus(ncclAllReduce(scratch, scratch, 1, ncclInt64, ncclMin, comm_, stream),
+                             "ncclAllReduce (min)"));
+  GQA_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(&value, scratch, sizeof value, cudaMemcpyDeviceToHost, stream));
+  GQA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+  return value;
+}
+
+absl::StatusOr<std::unique_ptr<NcclCommunicators>> NcclCommunicators::Create(int world_size) {
+  if (world_size < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("NCCL: ", world_size, " ranks"));
+  }
+  auto owner = std::unique_ptr<NcclCommunicators>(new NcclCommunicators());
+  std::vector<ncclComm_t> comms(world_size, nullptr);
+  // devlist null: devices 0..world_size-1, rank r on device r.
+  RETURN_IF_ERROR(
+      NcclStatus(ncclCommInitAll(comms.data(), world_size, nullptr), "ncclCommInitAll"));
+  owner->comms_ = std::move(comms);
+  for (int r = 0; r < world_size; ++r) owner->ranks_.emplace_back(owner->comms_[r], r, world_size);
+  return owner;
+}
+
+void NcclCommunicators::Abort() {
+  if (aborted_) return;
+  aborted_ = true;
+  for (ncclComm_t comm : comms_) ncclCommAbort(comm);
+}
+
+NcclCommunicators::~NcclCommunicators() {
+  if (aborted_ || comms_.empty()) return;
+  // One thread holds every rank: their finalizations go in one group (NCCL's rule for a thread
+  // that manages several communicators), then each is freed.
+  ncclGroupStart();
+  for (ncclComm_t comm : comms_) ncclCommFinalize(comm);
+  ncclGroupEnd();
+  for (ncclComm_t comm : comms_) ncclCommDestroy(comm);
+}
+
+#else  // no NCCL in this build
+
+absl::Status NcclStatus(int result, const char* what) {
+  if (result == 0) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat(what, ": NCCL error ", result));
+}
+
+namespace {
+absl::Status NoNccl() {
+  return absl::FailedPreconditionError(
+      "tensor parallelism: this build has no NCCL (configure with NCCL in the CUDA toolkit, or "
+      "-DGQA_NCCL_LIBRARY=... -DGQA_NCCL_INCLUDE_DIR=...)");
+}
+}  // namespace
+
+absl::Status RankCollectives::AllReduceSum(void*, size_t, DType, cudaStream_t) const {
+  return NoNccl();
+}
+absl::Status RankCollectives::AllGather(const void*, void*, size_t, DType, cudaStream_t) const {
+  return NoNccl();
+}
+absl::StatusOr<int64_t> RankCollectives::AllReduceMin(int64_t, int64_t*, cudaStream_t) const {
+  return NoNccl();
+}
+absl::StatusOr<std::unique_ptr<NcclCommunicators>> NcclCommunicators::Create(int) {
+  return NoNccl();
+}
+void NcclCommunicators::Abort() { aborted_ = true; }
+NcclCommunicators::~NcclCommunicators() = default;
+
+#endif
+
+}  // namespace gqa::cuda
