@@ -111,6 +111,22 @@ __global__ void EmbeddingKernel(const T* table, const int32_t* ids, int tokens, 
 }
 
 template <typename T>
+__global__ void EmbeddingVocabSliceKernel(const T* table, const int32_t* ids, int tokens,
+                                          int hidden, int vocab_begin, int vocab_end, T* out) {
+  const int chunks = hidden / 8;
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= int64_t(tokens) * chunks) return;
+  const int token = int(i / chunks), c = int(i % chunks) * 8;
+  const int id = ids[token];
+  T* dst = out + size_t(token) * hidden + c;
+  if (id >= vocab_begin && id < vocab_end) {
+    Vec8<T>::Load(table + size_t(id - vocab_begin) * hidden + c).Store(dst);
+  } else {
+    for (int j = 0; j < 8; ++j) dst[j] = FromFloat<T>(0.0f);
+  }
+}
+
+template <typename T>
 __global__ void FillUniformKernel(T* p, size_t n, float lo, float hi, uint64_t seed) {
   for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += size_t(gridDim.x) * blockDim.x) {
@@ -172,6 +188,17 @@ cudaError_t EmbeddingGather(const T* table, const int32_t* ids, int tokens, int 
   return cudaGetLastError();
 }
 
+template <typename T>
+cudaError_t EmbeddingGatherVocabSlice(const T* table, const int32_t* ids, int tokens, int hidden,
+                                      int vocab_begin, int vocab_end, T* out, cudaStream_t stream) {
+  if (hidden % 8 != 0) return cudaErrorInvalidValue;
+  const int64_t n = int64_t(tokens) * (hidden / 8);
+  if (n == 0) return cudaSuccess;
+  EmbeddingVocabSliceKernel<T>
+      <<<Blocks(n, 256), 256, 0, stream>>>(table, ids, tokens, hidden, vocab_begin, vocab_end, out);
+  return cudaGetLastError();
+}
+
 cudaError_t CheckKernelsRunHere() {
   cudaFuncAttributes attributes;
   return cudaFuncGetAttributes(&attributes, EmbeddingKernel<__nv_bfloat16>);
@@ -185,12 +212,14 @@ cudaError_t FillUniform(T* p, size_t n, float lo, float hi, uint64_t seed, cudaS
   return cudaGetLastError();
 }
 
-#define GQA_INSTANTIATE(T)                                                                       \
-  template cudaError_t AddRmsNorm<T>(const T*, T*, const T*, int, int, float, T*, cudaStream_t); \
-  template cudaError_t ApplyRope<T>(T*, T*, const int32_t*, const float*, int, int, int, int,    \
-                                    cudaStream_t);                                               \
-  template cudaError_t SiluMul<T>(const T*, const T*, int, int, int, T*, cudaStream_t);          \
-  template cudaError_t EmbeddingGather<T>(const T*, const int32_t*, int, int, T*, cudaStream_t); \
+#define GQA_INSTANTIATE(T)                                                                        \
+  template cudaError_t AddRmsNorm<T>(const T*, T*, const T*, int, int, float, T*, cudaStream_t);  \
+  template cudaError_t ApplyRope<T>(T*, T*, const int32_t*, const float*, int, int, int, int,     \
+                                    cudaStream_t);                                                \
+  template cudaError_t SiluMul<T>(const T*, const T*, int, int, int, T*, cudaStream_t);           \
+  template cudaError_t EmbeddingGather<T>(const T*, const int32_t*, int, int, T*, cudaStream_t);  \
+  template cudaError_t EmbeddingGatherVocabSlice<T>(const T*, const int32_t*, int, int, int, int, \
+                                                    T*, cudaStream_t);                            \
   template cudaError_t FillUniform<T>(T*, size_t, float, float, uint64_t, cudaStream_t);
 GQA_INSTANTIATE(__nv_bfloat16)
 GQA_INSTANTIATE(__half)

@@ -102,6 +102,49 @@ void CheckSiluMulAndEmbedding(int rows, int dim, int vocab) {
   EXPECT_EQ(ToFloats(emb_d.Download()), emb_ref);
 }
 
+// A tensor-parallel rank's embedding: its vocabulary rows [begin, end) of the table, zeros for
+// the other ids; the ranks' outputs summed are the whole gather.
+template <typename T>
+void CheckEmbeddingVocabSlices(int rows, int dim, int vocab, int ranks) {
+  const auto table = RandomVector<T>(size_t(vocab) * dim);
+  std::vector<int32_t> ids(rows);
+  std::uniform_int_distribution<int> id(0, vocab - 1);
+  for (auto& i : ids) i = id(Rng());
+  DeviceBuffer<int32_t> ids_d(rows);
+  ids_d.Upload(ids);
+  std::vector<float> sum(size_t(rows) * dim, 0.0f), whole(sum.size());
+  cpu::EmbeddingGather(ToFloats(table).data(), ids.data(), rows, dim, whole.data());
+  const int each = (vocab + ranks - 1) / ranks;
+  for (int r = 0; r < ranks; ++r) {
+    const int begin = std::min(vocab, r * each), end = std::min(vocab, begin + each);
+    const std::vector<T> slice(table.begin() + size_t(begin) * dim,
+                               table.begin() + size_t(end) * dim);
+    DeviceBuffer<T> slice_d(slice.size()), out_d(size_t(rows) * dim);
+    slice_d.Upload(slice);
+    CUDA_OK(cudaMemset(out_d.ptr, 0xff, out_d.size * sizeof(T)));
+    CUDA_OK(EmbeddingGatherVocabSlice<T>(slice_d.ptr, ids_d.ptr, rows, dim, begin, end, out_d.ptr,
+                                         nullptr));
+    CUDA_OK(cudaDeviceSynchronize());
+    const std::vector<float> out = ToFloats(out_d.Download());
+    for (int t = 0; t < rows; ++t) {
+      const bool mine = ids[t] >= begin && ids[t] < end;
+      for (int c = 0; c < dim; ++c) {
+        const size_t i = size_t(t) * dim + c;
+        ASSERT_EQ(out[i], mine ? whole[i] : 0.0f) << "rank " << r << " token " << t;
+        sum[i] += out[i];
+      }
+    }
+  }
+  EXPECT_EQ(sum, whole);
+}
+
+TEST(ElementwiseCuda, EmbeddingVocabSlicesSumToTheWholeGather) {
+  REQUIRE_GPU();
+  CheckEmbeddingVocabSlices<__nv_bfloat16>(37, 256, 322, 4);  // the last slice narrower
+  CheckEmbeddingVocabSlices<__half>(5, 64, 100, 2);
+  CheckEmbeddingVocabSlices<__nv_bfloat16>(9, 128, 1000, 1);  // one rank: the whole table
+}
+
 TEST(ElementwiseCuda, AddRmsNorm) {
   REQUIRE_GPU();
   for (int dim : {64, 4096, 5120, 8192}) {

@@ -108,7 +108,7 @@ absl::Status CudaBackend<T>::AllocateActivations() {
     act_.gate_up = b.Take<T>(t * 2 * c.intermediate_size);
     act_.mlp = b.Take<T>(t * c.intermediate_size);
     act_.logit_hidden = b.Take<T>(s * h);
-    act_.logits = b.Take<float>(s * c.vocab_size);
+    act_.logits = b.Take<float>(s * full_vocab_);
     act_.sampled = b.Take<int32_t>(s);
     act_.logprobs_queries = b.Take<kernels::LogprobsQuery>(s);
     act_.logprobs_results = b.Take<kernels::LogprobsResult>(s);
@@ -116,6 +116,12 @@ absl::Status CudaBackend<T>::AllocateActivations() {
     act_.decode_workspace = b.Take<std::byte>(workspace);
     act_.norm_sums_attn = b.Take<float>(NormSumBlocks() * kernels::kSkinnyMmaMaxRows);
     act_.norm_sums_mlp = b.Take<float>(NormSumBlocks() * kernels::kSkinnyMmaMaxRows);
+    if (tensor_parallel()) {  // last, so that the single-GPU layout is as it was
+      const size_t per_rank = size_t(s) * VocabPerRank();
+      act_.rank_logits = b.Take<float>(per_rank);
+      act_.gathered_logits = b.Take<float>(size_t(shard_.world_size) * per_rank);
+      act_.agree_scratch = b.Take<int64_t>(1);
+    }
     return b.bytes();
   };
   auto memory = DeviceMemory::Allocate(carve(nullptr), "activations");
@@ -154,6 +160,10 @@ absl::Status CudaBackend<T>::AllocateKvCache() {
     }
   }
   blocks = std::min<int64_t>(blocks, (int64_t(1) << 31) / spec_.block_size - 1);
+  if (tensor_parallel()) {  // one block table serves every rank: the smallest pool's blocks
+    ASSIGN_OR_RETURN(blocks,
+                     collectives_->AllReduceMin(blocks, act_.agree_scratch, device_->stream()));
+  }
   if (blocks < 1) return absl::InvalidArgumentError("the KV cache holds not even one block");
   spec_.num_blocks = static_cast<int>(blocks);
   auto memory = DeviceMemory::Allocate(spec_.total_bytes(), "the KV cache");
@@ -170,14 +180,19 @@ template <typename T>
 absl::Status CudaBackend<T>::UploadKvScales(const Checkpoint* checkpoint) {
   if (spec_.cache_dtype != KvCacheDType::kFp8E4M3) return absl::OkStatus();
   KvScales scales = UnitKvScales(config_);
+  // The scales' heads: this rank's (unit scales), or the checkpoint's, of which it takes its own.
+  size_t all_heads = config_.num_kv_heads, first = 0;
   if (checkpoint) {
     ASSIGN_OR_RETURN(scales, LoadKvScales(*checkpoint));
+    all_heads = checkpoint->config().num_kv_heads;
+    first = shard_.kv_heads.begin;
   }
   const size_t heads = config_.num_kv_heads;
   std::vector<float> packed;  // [layers][k, v][kv_heads]
   for (int l = 0; l < config_.num_layers; ++l) {
-    packed.insert(packed.end(), scales.k.begin() + l * heads, scales.k.begin() + (l + 1) * heads);
-    packed.insert(packed.end(), scales.v.begin() + l * heads, scales.v.begin() + (l + 1) * heads);
+    const size_t at = l * all_heads + first;
+    packed.insert(packed.end(), scales.k.begin() + at, scales.k.begin() + at + heads);
+    packed.insert(packed.end(), scales.v.begin() + at, scales.v.begin() + at + heads);
   }
   ASSIGN_OR_RETURN(kv_scale_memory_,
                    DeviceMemory::Allocate(packed.size() * sizeof(float), "the KV cache scales"));
@@ -291,11 +306,11 @@ absl::Status CudaBackend<T>::Init(const Checkpoint* checkpoint) {
         device_->name(), " is ", cc / 10, ".", cc % 10));
   }
   if (checkpoint) {
-    ASSIGN_OR_RETURN(weights_,
-                     cuda::DeviceWeights::Upload(*checkpoint, options_.dtype, {}, *device_));
-  } else {
-    ASSIGN_OR_RETURN(
-        weights_, cuda::DeviceWeights::Random(c, options_.dtype, options_.random_seed, *device_));
+    ASSIGN_OR_RETURN(weights_, cuda::DeviceWeights::Upload(*checkpoint, options_.dtype,
+                                                           options_.shard, *device_));
+  } else {  // each rank its own random slice (rank 0's seed is the single GPU's)
+    const uint64_t seed = options_.random_seed + (uint64_t(shard_.rank) << 32);
+    ASSIGN_OR_RETURN(weights_, cuda::DeviceWeights::Random(c, options_.dtype, seed, *device_));
   }
   max_tokens_ =
       std::max(options_.scheduler.max_num_batched_tokens, options_.scheduler.max_num_seqs);
@@ -303,7 +318,9 @@ absl::Status CudaBackend<T>::Init(const Checkpoint* checkpoint) {
                          ? 0
                          : std::clamp(options_.cuda.skinny_gemm_max_rows, 0, k::kSkinnyGemmMaxRows);
   // Every product of a layer must fit the skinny kernel for the fused layer.
-  skinny_fusion_ = options_.cuda.skinny_fusion && skinny_max_rows_ > 0 &&
+  // Never under tensor parallelism: the fused kernels add a product into the residual, and a
+  // rank's product is a partial sum that must be all-reduced first.
+  skinny_fusion_ = !tensor_parallel() && options_.cuda.skinny_fusion && skinny_max_rows_ > 0 &&
                    SkinnyFits(skinny_max_rows_, std::max(c.hidden_size, c.intermediate_size)) &&
                    SkinnyFits(skinny_max_rows_, c.q_size());
   spec_ = KvCacheSpec{
@@ -323,9 +340,10 @@ absl::Status CudaBackend<T>::Init(const Checkpoint* checkpoint) {
   gemm.sm_count = device_->sm_count();
   gemm_ = std::make_unique<cuda::Gemm>(
       device_.get(), options_.dtype == DType::kBF16 ? CUDA_R_16BF : CUDA_R_16F, gemm);
-  fused_max_rows_ = options_.backend.deterministic ? 0
-                                                   : std::clamp(options_.cuda.fused_norm_max_rows,
-                                                                0, kernels::kSkinnyMmaMaxRows);
+  fused_max_rows_ =
+      options_.backend.deterministic || tensor_parallel()
+          ? 0
+          : std::clamp(options_.cuda.fused_norm_max_rows, 0, kernels::kSkinnyMmaMaxRows);
   if (fused_max_rows_ > 0 || gemm.skinny_mma_max_m > 0) {
     ASSIGN_OR_RETURN(skinny_workspace_, gemm_->SkinnyMmaWorkspace());
   }
@@ -350,7 +368,22 @@ template <typename T>
 absl::StatusOr<std::unique_ptr<Backend>> CudaBackend<T>::Create(const CudaBackendOptions& options,
                                                                 const ModelConfig& config,
                                                                 const Checkpoint* checkpoint) {
-  auto backend = std::unique_ptr<CudaBackend<T>>(new CudaBackend<T>(options, config));
+  const cuda::Shard shard = options.shard;
+  if (shard.world_size > 1 && options.collectives == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("CUDA backend rank ", shard.rank, " of ",
+                                                   shard.world_size, ": no communicator"));
+  }
+  ASSIGN_OR_RETURN(const TensorParallelShard plan,
+                   PlanTensorParallelShard(config, shard.rank, shard.world_size));
+  const ModelConfig local = cuda::ShardConfig(config, plan);
+  if (local.vocab_size < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor_parallel_size ", shard.world_size, ": vocab_size ", config.vocab_size,
+                     " leaves rank ", shard.rank, " no vocabulary rows (",
+                     (config.vocab_size + shard.world_size - 1) / shard.world_size, " per rank)"));
+  }
+  auto backend =
+      std::unique_ptr<CudaBackend<T>>(new CudaBackend<T>(options, local, plan, config.vocab_size));
   RETURN_IF_ERROR(backend->Init(checkpoint));
   return std::unique_ptr<Backend>(std::move(backend));
 }
@@ -458,9 +491,9 @@ template <typename T>
 absl::Status CudaBackend<T>::LaunchSampling(const StepShape& shape, int slot) {
   const int n = shape.num_samples;
   cudaStream_t stream = device_->stream();
-  RETURN_IF_ERROR(Check(cuda::CudaStatus(k::SampleTokens(act_.logits, inputs_.device().sampling, n,
-                                                         config_.vocab_size, act_.sampled, stream),
-                                         "SampleTokens")));
+  RETURN_IF_ERROR(Check(cuda::CudaStatus(
+      k::SampleTokens(act_.logits, inputs_.device().sampling, n, full_vocab_, act_.sampled, stream),
+      "SampleTokens")));
   if (profiling_) {
     RETURN_IF_ERROR(Check(cuda::CudaStatus(profiler_.RecordStepEnd(stream), "profiler: step end")));
   }
@@ -503,9 +536,9 @@ absl::StatusOr<std::vector<LogprobsResult>> CudaBackend<T>::Logprobs(
                                             options_.scheduler.max_num_seqs));
   }
   for (const LogprobsQuery& q : queries) {
-    if (q.row < 0 || q.row >= logit_rows_ || q.token < 0 || q.token >= config_.vocab_size) {
+    if (q.row < 0 || q.row >= logit_rows_ || q.token < 0 || q.token >= full_vocab_) {
       return absl::InternalError(absl::StrCat("logprobs: row ", q.row, " token ", q.token,
-                                              " outside ", logit_rows_, " x ", config_.vocab_size,
+                                              " outside ", logit_rows_, " x ", full_vocab_,
                                               " logits"));
     }
   }
@@ -516,8 +549,8 @@ absl::StatusOr<std::vector<LogprobsResult>> CudaBackend<T>::Logprobs(
                                        n * sizeof(LogprobsQuery), cudaMemcpyHostToDevice, stream),
                        "copy logprobs queries")));
   RETURN_IF_ERROR(
-      Check(cuda::CudaStatus(k::ComputeLogprobs(act_.logits, act_.logprobs_queries, n,
-                                                config_.vocab_size, act_.logprobs_results, stream),
+      Check(cuda::CudaStatus(k::ComputeLogprobs(act_.logits, act_.logprobs_queries, n, full_vocab_,
+                                                act_.logprobs_results, stream),
                              "ComputeLogprobs")));
   // Only the requested numbers cross: at most 20 alternatives per query.
   RETURN_IF_ERROR(Check(
@@ -530,7 +563,7 @@ absl::StatusOr<std::vector<LogprobsResult>> CudaBackend<T>::Logprobs(
 
 template <typename T>
 absl::StatusOr<std::vector<float>> CudaBackend<T>::LogitsToHost() {
-  std::vector<float> logits(size_t(logit_rows_) * config_.vocab_size);
+  std::vector<float> logits(size_t(logit_rows_) * full_vocab_);
   RETURN_IF_ERROR(Check(
       cuda::CudaStatus(cudaMemcpyAsync(logits.data(), act_.logits, logits.size() * sizeof(float),
                                        cudaMemcpyDeviceToHost, device_->stream()),

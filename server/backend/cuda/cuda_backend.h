@@ -13,10 +13,15 @@
 
 #include "absl/status/statusor.h"
 #include "backend/backend.h"
+#include "backend/cuda/shard.h"
 #include "model/checkpoint.h"
 #include "options/serving_options.h"
 
 namespace gqa {
+
+namespace cuda {
+class RankCollectives;
+}
 
 // The options tree's parts the GPU uses, and what the factory resolves from them and the model.
 struct CudaBackendOptions {
@@ -30,6 +35,15 @@ struct CudaBackendOptions {
   KvCacheDType kv_cache_dtype = KvCacheDType::kCompute;
   int max_model_len = 4096;
   uint64_t random_seed = 0;  // CreateCudaBackendWithRandomWeights
+  // Tensor parallelism: this backend's rank of shard.world_size (its GPU is
+  // cuda.device_index), with its slices of the weights and its heads' KV pool; collectives is
+  // its rank's communicator (backend/cuda/collectives.h), not owned. Null (the default, and
+  // always at world size 1 outside TensorParallelBackend): the single-GPU backend, unchanged.
+  // Set (also at world size 1, through the runtime): the unfused layers with the partial sums
+  // of O and down all-reduced before they meet the residual, the vocabulary split, and the
+  // logits gathered whole before sampling.
+  cuda::Shard shard;
+  cuda::RankCollectives* collectives = nullptr;
 };
 
 // Loads `checkpoint` onto GPU `options.cuda.device_index`. Fails with one clear message when no GPU

@@ -17,6 +17,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "backend/cuda/collectives.h"
 #include "backend/cuda/device.h"
 #include "backend/cuda/gemm.h"
 #include "backend/cuda/step_inputs.h"
@@ -33,6 +34,7 @@
 #include "gqa/kernels/sampling_cuda.h"
 #include "gqa/kernels/skinny_gemm_cuda.h"
 #include "gqa/kernels/skinny_mma_plan.h"
+#include "model/tensor_parallel.h"
 #include "spdlog/spdlog.h"
 
 namespace gqa::cuda_backend_internal {
@@ -44,7 +46,8 @@ using cuda::StepShape;
 
 constexpr uint64_t kGraphReserveBytes = 256ull << 20;  // left free for graphs and the allocator
 
-// Activations for the largest step: [max_tokens, ...] rows, logits for max_seqs rows.
+// Activations for the largest step: [max_tokens, ...] rows, logits for max_seqs rows. Sizes are
+// the rank's (ShardConfig), but for the logits, which are the whole vocabulary's.
 template <typename T>
 struct Activations {
   T* residual;                                // [max_tokens, hidden]
@@ -56,7 +59,7 @@ struct Activations {
   T* gate_up;                                 // [max_tokens, 2 intermediate]
   T* mlp;                                     // [max_tokens, intermediate]
   T* logit_hidden;                            // [max_seqs, hidden]
-  float* logits;                              // [max_seqs, vocab]
+  float* logits;                              // [max_seqs, vocab] (the whole vocabulary)
   int32_t* sampled;                           // [max_seqs]
   kernels::LogprobsQuery* logprobs_queries;   // [max_seqs]
   kernels::LogprobsResult* logprobs_results;  // [max_seqs]
@@ -66,6 +69,13 @@ struct Activations {
   // block and after the MLP ([ceil(hidden / 64)][kSkinnyMmaMaxRows] each).
   float* norm_sums_attn;
   float* norm_sums_mlp;
+  // Tensor parallelism only (null otherwise): this rank's vocabulary slice of the logits, with
+  // room for vocab_per_rank columns (the last rank's slice may be narrower); every rank's slices
+  // as the all-gather lays them, block q holding rows x (rank q's slice width) contiguous values
+  // at q * rows * vocab_per_rank; and 8 bytes for AllReduceMin.
+  float* rank_logits;      // [max_seqs, vocab_per_rank]
+  float* gathered_logits;  // [world_size, max_seqs * vocab_per_rank]
+  int64_t* agree_scratch;  // [1]
 };
 
 // The graph capture sizes: 1, 2, 4, 8, then multiples of 8 up to max_num_seqs.
@@ -82,6 +92,7 @@ inline std::vector<int> CaptureSizes(int max_seqs) {
 template <typename T>
 class CudaBackend final : public Backend {
  public:
+  // `config` is the whole model's; options.shard picks this backend's slice of it.
   static absl::StatusOr<std::unique_ptr<Backend>> Create(const CudaBackendOptions& options,
                                                          const ModelConfig& config,
                                                          const Checkpoint* checkpoint);
@@ -124,8 +135,27 @@ class CudaBackend final : public Backend {
  private:
   // Also capture each decode graph with timing events (ProfileNextStep replays that copy).
   bool step_profiling() const { return options_.backend.step_profile_interval > 0; }
-  CudaBackend(const CudaBackendOptions& options, const ModelConfig& config)
-      : options_(options), config_(config), tables_(1, 1) {}
+  CudaBackend(const CudaBackendOptions& options, const ModelConfig& local_config,
+              const TensorParallelShard& shard, int full_vocab)
+      : options_(options),
+        config_(local_config),
+        shard_(shard),
+        full_vocab_(full_vocab),
+        collectives_(options.collectives),
+        tables_(1, 1) {}
+  // Running as a rank of the tensor-parallel runtime (even of one): the unfused layers with
+  // their partial sums all-reduced, the vocabulary split and the logits gathered.
+  bool tensor_parallel() const { return collectives_ != nullptr; }
+  // Columns of each rank's logits slice in the all-gather: ceil(vocab / world_size).
+  int VocabPerRank() const { return (full_vocab_ + shard_.world_size - 1) / shard_.world_size; }
+  // Tensor parallelism: buf = the sum over the ranks of buf (rows of the serving dtype); a
+  // no-op on the single-GPU backend.
+  absl::Status SumAcrossRanks(T* buf,  // [count]
+                              size_t count);
+  // Tensor parallelism: this rank's embedding rows (zeros for the others' tokens), summed.
+  absl::Status EmbedAcrossRanks(int num_tokens);
+  // Tensor parallelism: act_.logits' `rows` rows = every rank's act_.rank_logits slice.
+  absl::Status GatherLogits(int rows);
   absl::Status Init(const Checkpoint* checkpoint);
   // A step submitted and not collected: where its sampled tokens land, or its whole output.
   struct SubmittedStep {
@@ -228,7 +258,10 @@ class CudaBackend final : public Backend {
   absl::Status Check(absl::Status status);
 
   CudaBackendOptions options_;
-  ModelConfig config_;
+  ModelConfig config_;  // this rank's shapes (ShardConfig); the whole model's at world size 1
+  TensorParallelShard shard_;  // which heads, intermediate columns and vocabulary rows
+  int full_vocab_ = 0;         // the whole model's vocabulary (the logits' columns)
+  cuda::RankCollectives* collectives_ = nullptr;  // not owned; null: the single-GPU backend
   KvCacheSpec spec_;
   std::unique_ptr<cuda::CudaDevice> device_;
   cuda::DeviceWeights weights_;

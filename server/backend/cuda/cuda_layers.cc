@@ -1,6 +1,7 @@
 // One step's kernels of the CUDA backend: the embedding, the layers (unfused, with fused norms
 // on the tensor-core products, or fused into the CUDA-core products for one-token steps),
-// attention and the products. The class is in cuda_backend_impl.h.
+// attention and the products; as a tensor-parallel rank, the unfused layers with their
+// collectives. The class is in cuda_backend_impl.h.
 #include "backend/cuda/cuda_backend_impl.h"
 
 namespace gqa::cuda_backend_internal {
@@ -128,12 +129,14 @@ absl::Status CudaBackend<T>::Layer(int l, const StepShape& shape) {
       Linear(act_.normed, kPlain, w.qkv, w.qkv_bias, n, c.q_size() + 2 * c.kv_size(), h, act_.qkv));
   RETURN_IF_ERROR(Attention(l, shape));
   RETURN_IF_ERROR(Linear(act_.attn, kPlain, w.o, w.o_bias, n, h, c.q_size(), act_.proj));
+  RETURN_IF_ERROR(SumAcrossRanks(act_.proj, size_t(n) * h));  // a partial sum per rank
   GQA_CUDA_RETURN_IF_ERROR(k::AddRmsNorm<T>(act_.proj, act_.residual, Typed(w.post_norm), n, h,
                                             c.rms_norm_eps, act_.normed, stream));
   RETURN_IF_ERROR(
       Linear(act_.normed, kPlain, w.gate_up, w.gate_up_bias, n, 2 * inter, h, act_.gate_up));
   RETURN_IF_ERROR(Linear(act_.gate_up, k::SkinnyInput::kSiluGateUp, w.down, w.down_bias, n, h,
                          inter, act_.proj));
+  RETURN_IF_ERROR(SumAcrossRanks(act_.proj, size_t(n) * h));
   const void* next_norm =
       l + 1 < c.num_layers ? weights_.layer(l + 1).input_norm : weights_.final_norm();
   GQA_CUDA_RETURN_IF_ERROR(k::AddRmsNorm<T>(act_.proj, act_.residual, Typed(next_norm), n, h,
@@ -240,8 +243,12 @@ absl::Status CudaBackend<T>::Launch(const StepShape& shape) {
   cudaStream_t stream = device_->stream();
   const int n = shape.num_tokens, h = c.hidden_size;
   GQA_CUDA_RETURN_IF_ERROR(inputs_.UpdateTables(shape, spec_.block_size, stream, act_.sampled));
-  GQA_CUDA_RETURN_IF_ERROR(
-      k::EmbeddingGather<T>(Typed(weights_.embed()), in.token_ids, n, h, act_.residual, stream));
+  if (tensor_parallel()) {
+    RETURN_IF_ERROR(EmbedAcrossRanks(n));
+  } else {
+    GQA_CUDA_RETURN_IF_ERROR(
+        k::EmbeddingGather<T>(Typed(weights_.embed()), in.token_ids, n, h, act_.residual, stream));
+  }
   if (skinny_fused(shape)) {  // each layer normalises its own input
     for (int l = 0; l < c.num_layers; ++l) RETURN_IF_ERROR(SkinnyFusedLayer(l, shape));
   } else {
@@ -255,8 +262,51 @@ absl::Status CudaBackend<T>::Launch(const StepShape& shape) {
   // The wanted rows only, then the vocabulary projection in fp32.
   GQA_CUDA_RETURN_IF_ERROR(k::EmbeddingGather<T>(act_.normed, in.logit_rows, shape.num_logit_rows,
                                                  h, act_.logit_hidden, stream));
-  return Linear(act_.logit_hidden, k::SkinnyInput::kPlain, weights_.lm_head(), nullptr,
-                shape.num_logit_rows, c.vocab_size, h, act_.logits);
+  if (!tensor_parallel()) {
+    return Linear(act_.logit_hidden, k::SkinnyInput::kPlain, weights_.lm_head(), nullptr,
+                  shape.num_logit_rows, c.vocab_size, h, act_.logits);
+  }
+  // This rank's vocabulary rows of the lm_head, then every rank's columns of the logits.
+  RETURN_IF_ERROR(Linear(act_.logit_hidden, k::SkinnyInput::kPlain, weights_.lm_head(), nullptr,
+                         shape.num_logit_rows, c.vocab_size, h, act_.rank_logits));
+  return GatherLogits(shape.num_logit_rows);
+}
+
+template <typename T>
+absl::Status CudaBackend<T>::SumAcrossRanks(T* buf, size_t count) {
+  if (!tensor_parallel()) return absl::OkStatus();
+  return collectives_->AllReduceSum(buf, count, options_.dtype, device_->stream());
+}
+
+template <typename T>
+absl::Status CudaBackend<T>::EmbedAcrossRanks(int num_tokens) {
+  const int h = config_.hidden_size;
+  GQA_CUDA_RETURN_IF_ERROR(k::EmbeddingGatherVocabSlice<T>(
+      Typed(weights_.embed()), inputs_.device().token_ids, num_tokens, h, shard_.vocab.begin,
+      shard_.vocab.end, act_.residual, device_->stream()));
+  return SumAcrossRanks(act_.residual, size_t(num_tokens) * h);
+}
+
+template <typename T>
+absl::Status CudaBackend<T>::GatherLogits(int rows) {
+  if (rows == 0) return absl::OkStatus();
+  cudaStream_t stream = device_->stream();
+  const size_t per_rank = VocabPerRank();
+  // Every rank sends rows x per_rank values (the last rank's slice may be narrower: its extra
+  // values are never read).
+  RETURN_IF_ERROR(collectives_->AllGather(act_.rank_logits, act_.gathered_logits,
+                                          size_t(rows) * per_rank, DType::kF32, stream));
+  for (int q = 0; q < shard_.world_size; ++q) {
+    const size_t begin = std::min<size_t>(full_vocab_, q * per_rank);
+    const size_t width = std::min<size_t>(full_vocab_, begin + per_rank) - begin;
+    if (width == 0) continue;
+    // Rank q's block: [rows, width] contiguous; into columns [begin, begin + width) of logits.
+    const float* block = act_.gathered_logits + size_t(q) * rows * per_rank;
+    GQA_CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(
+        act_.logits + begin, size_t(full_vocab_) * sizeof(float), block, width * sizeof(float),
+        width * sizeof(float), rows, cudaMemcpyDeviceToDevice, stream));
+  }
+  return absl::OkStatus();
 }
 
 template class CudaBackend<__nv_bfloat16>;

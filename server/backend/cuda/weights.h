@@ -8,19 +8,15 @@
 
 #include "absl/status/statusor.h"
 #include "backend/cuda/device.h"
+#include "backend/cuda/shard.h"
 #include "model/checkpoint.h"
 #include "model/tensor_parallel.h"
 
 namespace gqa::cuda {
 
-// This process's share of a tensor-parallel model (model/tensor_parallel.h says which slices):
-// Upload takes only rank's rows of Q, K, V, gate, up, embedding and lm_head, its columns of O
-// and down, and the row-parallel biases on rank 0 only (zeros elsewhere). The forward pass and
-// its collectives do not exist yet: the backend uploads world_size 1.
-struct Shard {
-  int rank = 0;
-  int world_size = 1;
-};
+// A Shard's upload (Upload below) takes only its rank's rows of Q, K, V, gate, up, embedding and
+// lm_head, its columns of O and down, and the row-parallel biases on rank 0 only (zeros
+// elsewhere), so that the all-reduce after O and down adds them once.
 
 // Pointers into DeviceWeights' allocation, elements of the serving dtype.
 struct LayerWeights {

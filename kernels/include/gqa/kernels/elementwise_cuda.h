@@ -45,6 +45,16 @@ cudaError_t EmbeddingGather(const T* table,      // [vocab, hidden]
                             T* out,  // [tokens, hidden]
                             cudaStream_t stream);
 
+// A tensor-parallel rank's share of the embedding: out[t] = table[ids[t] - vocab_begin] for ids
+// in [vocab_begin, vocab_end) (the rows this rank holds), zeros for every other id, so that the
+// sum over ranks (an all-reduce) is the whole embedding. hidden must be a multiple of 8.
+template <typename T>
+cudaError_t EmbeddingGatherVocabSlice(const T* table,      // [vocab_end - vocab_begin, hidden]
+                                      const int32_t* ids,  // [tokens], of the whole vocabulary
+                                      int tokens, int hidden, int vocab_begin, int vocab_end,
+                                      T* out,  // [tokens, hidden]
+                                      cudaStream_t stream);
+
 // cudaSuccess when this build's kernels can run on the current GPU; an error (usually
 // cudaErrorNoKernelImageForDevice) when they were not compiled for its architecture.
 cudaError_t CheckKernelsRunHere();
