@@ -8,6 +8,7 @@
 #include "spdlog/spdlog.h"
 #if GQA_WITH_CUDA
 #include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/tensor_parallel_backend.h"
 #endif
 
 namespace gqa {
@@ -107,9 +108,6 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const ServingOptions& o, 
       if (world_size > 1) {
         ASSIGN_OR_RETURN(const int visible, CudaDeviceCount());
         RETURN_IF_ERROR(CheckTensorParallelPlacement(world_size, kind, ckpt->config(), visible));
-        return absl::UnimplementedError(
-            absl::StrCat("--tensor_parallel_size ", world_size,
-                         ": the tensor-parallel runtime is not built yet"));
       }
       CudaBackendOptions c;
       c.scheduler = o.scheduler;
@@ -119,6 +117,9 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const ServingOptions& o, 
       ASSIGN_OR_RETURN(c.dtype, ServingDType(o.backend.dtype, ckpt->config().dtype));
       ASSIGN_OR_RETURN(c.kv_cache_dtype, ParseKvCacheDType(o.cache.kv_cache_dtype, c.dtype));
       c.max_model_len = ServedMaxModelLen(o.scheduler, ckpt->config());
+      if (world_size > 1 || o.cuda.tensor_parallel_runtime_at_one_rank) {
+        return CreateTensorParallelBackend(c, std::move(ckpt));
+      }
       return CreateCudaBackend(c, std::move(ckpt));
 #else
       break;

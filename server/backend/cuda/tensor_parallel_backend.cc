@@ -1,0 +1,270 @@
+#include "backend/cuda/tensor_parallel_backend.h"
+
+#include <cuda_runtime.h>
+
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "backend/cuda/collectives.h"
+#include "common/status_macros.h"
+#include "model/tensor_parallel.h"
+#include "spdlog/spdlog.h"
+
+namespace gqa {
+namespace {
+
+// One rank's thread: it makes its GPU current, then runs the tasks given to it in order. Every
+// CUDA and NCCL call of a rank is made here (the communicators' abort aside).
+class RankThread {
+ public:
+  explicit RankThread(int device) : thread_([this, device] { Loop(device); }) {}
+  ~RankThread() {
+    {
+      std::lock_guard lock(mu_);
+      stopping_ = true;
+    }
+    ready_.notify_one();
+    thread_.join();
+  }
+  RankThread(const RankThread&) = delete;
+  RankThread& operator=(const RankThread&) = delete;
+
+  void Post(std::function<void()> task) {
+    {
+      std::lock_guard lock(mu_);
+      tasks_.push_back(std::move(task));
+    }
+    ready_.notify_one();
+  }
+
+ private:
+  void Loop(int device) {
+    const cudaError_t selected = cudaSetDevice(device);
+    for (;;) {
+      std::function<void()> task;
+      {
+        std::unique_lock lock(mu_);
+        ready_.wait(lock, [&] { return stopping_ || !tasks_.empty(); });
+        if (tasks_.empty()) return;  // stopping, and nothing left to run
+        task = std::move(tasks_.front());
+        tasks_.pop_front();
+      }
+      if (selected != cudaSuccess) {
+        spdlog::error("rank thread: cudaSetDevice({}): {}", device, cudaGetErrorString(selected));
+      }
+      task();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable ready_;
+  std::deque<std::function<void()>> tasks_;
+  bool stopping_ = false;
+  std::thread thread_;  // last: started once the members above exist
+};
+
+class TensorParallelBackend final : public Backend {
+ public:
+  static absl::StatusOr<std::unique_ptr<Backend>> Create(const CudaBackendOptions& options,
+                                                         const ModelConfig& config,
+                                                         std::shared_ptr<const Checkpoint> ckpt);
+  ~TensorParallelBackend() override {
+    // Each rank is freed on its own thread (its device current), then the communicators.
+    if (!threads_.empty()) {
+      (void)OnEveryRank([this](int r) {
+        ranks_[r].reset();
+        return absl::OkStatus();
+      });
+    }
+    threads_.clear();
+    communicators_.reset();
+  }
+
+  std::string_view name() const override { return "cuda"; }
+  std::string device_name() const override {
+    return absl::StrCat(world_size(), " x ", ranks_[0]->device_name());
+  }
+  // Rank 0's pool: every rank has as many blocks (they agree on the smallest), each holding
+  // its own KV heads.
+  const KvCacheSpec& kv_spec() const override { return ranks_[0]->kv_spec(); }
+  std::vector<std::pair<std::string, uint64_t>> memory_by_kind() const override {
+    std::vector<std::pair<std::string, uint64_t>> kinds = ranks_[0]->memory_by_kind();
+    for (auto& [kind, bytes] : kinds) {
+      kind = absl::StrCat(kind, " per rank (", world_size(), " ranks)");
+    }
+    return kinds;
+  }
+  bool broken() const override {
+    if (broken_) return true;
+    for (const auto& rank : ranks_) {
+      if (rank && rank->broken()) return true;
+    }
+    return false;
+  }
+  uint64_t weight_bytes_per_step() const override { return ranks_[0]->weight_bytes_per_step(); }
+  absl::StatusOr<double> MeasureReadBandwidth() override {  // rank 0's, measured at creation
+    return ranks_[0]->MeasureReadBandwidth();
+  }
+  void ProfileNextStep() override {
+    (void)OnEveryRank([this](int r) {
+      ranks_[r]->ProfileNextStep();
+      return absl::OkStatus();
+    });
+  }
+  std::optional<StepTiming> LastStepTiming() const override { return ranks_[0]->LastStepTiming(); }
+
+  absl::StatusOr<StepOutput> ExecuteStep(const StepPlan& plan) override {
+    RETURN_IF_ERROR(SubmitStep(plan));
+    return CollectStep();
+  }
+  bool SubmitReturnsEarly() const override { return true; }
+  absl::Status SubmitStep(const StepPlan& plan) override {
+    RETURN_IF_ERROR(RefuseWhenBroken());
+    return OnEveryRank([&](int r) { return ranks_[r]->SubmitStep(plan); });
+  }
+  absl::StatusOr<StepOutput> CollectStep() override {
+    RETURN_IF_ERROR(RefuseWhenBroken());
+    std::vector<StepOutput> outputs(world_size());
+    RETURN_IF_ERROR(OnEveryRank([&](int r) -> absl::Status {
+      ASSIGN_OR_RETURN(outputs[r], ranks_[r]->CollectStep());
+      return absl::OkStatus();
+    }));
+    RETURN_IF_ERROR(CheckRanksAgree(outputs));
+    return std::move(outputs[0]);
+  }
+  absl::StatusOr<std::vector<float>> LogitsToHost() override {
+    absl::StatusOr<std::vector<float>> logits;
+    RETURN_IF_ERROR(OnRankZero([&] {
+      logits = ranks_[0]->LogitsToHost();
+      return logits.status();
+    }));
+    return logits;
+  }
+
+ private:
+  int world_size() const { return static_cast<int>(ranks_.size()); }
+  absl::Status RefuseWhenBroken() const {
+    if (!broken()) return absl::OkStatus();
+    return absl::InternalError("a tensor-parallel rank failed: the ranks are out of step");
+  }
+  // Runs task(r) on every rank's thread at once and waits for all. The first failure (lowest
+  // rank among those that failed) is returned, naming its rank, and marks this backend broken;
+  // the communicators are aborted as soon as one rank fails, so that ranks waiting in a
+  // collective for it return (with an error) instead of hanging.
+  absl::Status OnEveryRank(const std::function<absl::Status(int)>& task);
+  absl::Status OnRankZero(const std::function<absl::Status()>& task) {
+    return OnEveryRank([&](int r) { return r == 0 ? task() : absl::OkStatus(); });
+  }
+  // Every rank sampled the same tokens (their logits are the same after the gather, and so
+  // are their sampling inputs): a difference would leave the ranks' sequences apart.
+  absl::Status CheckRanksAgree(const std::vector<StepOutput>& outputs);
+
+  std::unique_ptr<cuda::NcclCommunicators> communicators_;
+  std::vector<std::unique_ptr<Backend>> ranks_;       // rank r on GPU r, used on threads_[r] only
+  std::vector<std::unique_ptr<RankThread>> threads_;  // freed before the communicators
+  bool broken_ = false;
+};
+
+absl::Status TensorParallelBackend::OnEveryRank(const std::function<absl::Status(int)>& task) {
+  const int n = static_cast<int>(threads_.size());
+  std::mutex mu;
+  std::condition_variable changed;
+  std::vector<absl::Status> results(n);
+  int done = 0, failed = 0;
+  for (int r = 0; r < n; ++r) {
+    threads_[r]->Post([&, r] {
+      absl::Status status = task(r);
+      std::lock_guard lock(mu);
+      failed += !status.ok();
+      results[r] = std::move(status);
+      ++done;
+      changed.notify_one();
+    });
+  }
+  std::unique_lock lock(mu);
+  bool aborted = false;
+  while (done < n) {
+    changed.wait(lock, [&] { return done == n || (failed > 0 && !aborted); });
+    if (done < n && failed > 0 && !aborted) {
+      aborted = true;
+      lock.unlock();
+      spdlog::error("a tensor-parallel rank failed: aborting the NCCL communicators");
+      if (communicators_) communicators_->Abort();
+      lock.lock();
+    }
+  }
+  for (int r = 0; r < n; ++r) {
+    if (results[r].ok()) continue;
+    broken_ = true;
+    if (communicators_ && !aborted) communicators_->Abort();  // the others may wait on it later
+    return absl::Status(results[r].code(),
+                        absl::StrCat("rank ", r, " of ", n, ": ", results[r].message()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status TensorParallelBackend::CheckRanksAgree(const std::vector<StepOutput>& outputs) {
+  for (int r = 1; r < world_size(); ++r) {
+    if (outputs[r].sampled == outputs[0].sampled) continue;
+    broken_ = true;
+    return absl::InternalError(
+        absl::StrCat("tensor-parallel ranks 0 and ", r, " sampled different tokens"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> TensorParallelBackend::Create(
+    const CudaBackendOptions& options, const ModelConfig& config,
+    std::shared_ptr<const Checkpoint> ckpt) {
+  const int n = options.backend.tensor_parallel_size;
+  RETURN_IF_ERROR(CheckTensorParallelSize(config, n));
+  auto backend = std::unique_ptr<TensorParallelBackend>(new TensorParallelBackend());
+  ASSIGN_OR_RETURN(backend->communicators_, cuda::NcclCommunicators::Create(n));
+  backend->ranks_.resize(n);
+  for (int r = 0; r < n; ++r) backend->threads_.push_back(std::make_unique<RankThread>(r));
+  // At once: each rank's start-up runs collectives (its KV pool's size, the graphs' warm-up
+  // steps) that wait for every other rank.
+  TensorParallelBackend* tp = backend.get();
+  const absl::Status made = tp->OnEveryRank([&](int r) -> absl::Status {
+    CudaBackendOptions rank = options;
+    rank.cuda.device_index = r;
+    rank.shard = {r, n};
+    rank.collectives = tp->communicators_->rank(r);
+    ASSIGN_OR_RETURN(tp->ranks_[r], ckpt ? CreateCudaBackend(rank, ckpt)
+                                         : CreateCudaBackendWithRandomWeights(rank, config));
+    return absl::OkStatus();
+  });
+  if (!made.ok()) {
+    return absl::Status(made.code(),
+                        absl::StrCat("tensor parallelism over ", n, " GPUs: ", made.message()));
+  }
+  for (int r = 1; r < n; ++r) {
+    if (tp->ranks_[r]->kv_spec().num_blocks != tp->ranks_[0]->kv_spec().num_blocks) {
+      return absl::InternalError(
+          absl::StrCat("tensor-parallel rank ", r, " holds ", tp->ranks_[r]->kv_spec().num_blocks,
+                       " KV blocks, rank 0 ", tp->ranks_[0]->kv_spec().num_blocks));
+    }
+  }
+  spdlog::info("tensor parallelism: {} ranks on {}, NCCL", n, tp->device_name());
+  return std::unique_ptr<Backend>(std::move(backend));
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateTensorParallelBackend(
+    const CudaBackendOptions& options, std::shared_ptr<const Checkpoint> checkpoint) {
+  const ModelConfig config = checkpoint->config();
+  return TensorParallelBackend::Create(options, config, std::move(checkpoint));
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateTensorParallelBackendWithRandomWeights(
+    const CudaBackendOptions& options, const ModelConfig& config) {
+  return TensorParallelBackend::Create(options, config, nullptr);
+}
+
+}  // namespace gqa
