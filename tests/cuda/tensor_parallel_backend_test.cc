@@ -1,0 +1,294 @@
+// The tensor-parallel runtime (TensorParallelBackend over NCCL, docs/tensor-parallel.md) on
+// random checkpoints, stepped in lockstep with the single-GPU CUDA backend:
+// - one rank through the runtime (a one-rank communicator: every all-reduce, the vocabulary
+//   split, the logits' all-gather, in CUDA graphs and eagerly) gives bit for bit the single
+//   GPU's logits and tokens in deterministic mode, and within the bf16 tolerance otherwise;
+//   this runs on one GPU;
+// - 2 and 4 ranks (MHA, GQA, MQA with replicated KV heads, head_dim 64 and 128, biases added
+//   once, a vocabulary that does not split evenly) against one GPU: logits within the bf16
+//   tolerance, greedy tokens equal except where the reference nearly ties. These skip, saying
+//   so, where fewer GPUs are visible.
+// Skips without a GPU.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <span>
+
+#include "backend/factory.h"
+#include "common/test_checkpoint.h"
+#include "model/checkpoint.h"
+
+namespace gqa {
+namespace {
+
+constexpr int kBlockSize = 16;
+constexpr int kNumBlocks = 96;
+constexpr double kLogitTolerance = 0.03;  // relative L2 error of a row of logits, bf16
+
+int VisibleGpus() {
+  int count = 0;
+  return cudaGetDeviceCount(&count) == cudaSuccess ? count : 0;
+}
+
+#define REQUIRE_GPUS(n)                                     \
+  if (const int visible = VisibleGpus(); visible < (n))     \
+  GTEST_SKIP() << "needs " << (n) << " GPU(s), " << visible \
+               << " visible: this tensor-parallel test did NOT run"
+
+ModelConfig Shape(int heads, int kv_heads, int head_dim) {
+  ModelConfig c = testing::TinyConfig(kv_heads, DType::kBF16);
+  c.num_heads = heads;
+  c.head_dim = head_dim;
+  c.hidden_size = 256;
+  c.intermediate_size = 512;
+  c.vocab_size = 320;
+  c.num_layers = 3;
+  return c;
+}
+
+// How a backend under test is made: its ranks, and the runtime even at one rank.
+struct Ranks {
+  int world_size = 1;
+  bool runtime = false;  // one rank through TensorParallelBackend
+};
+
+std::unique_ptr<Backend> MakeBackend(const std::filesystem::path& dir, Ranks ranks,
+                                     bool enforce_eager, bool deterministic) {
+  auto ckpt = Checkpoint::Load(dir, LoadFormat::kSafetensors);
+  EXPECT_TRUE(ckpt.ok()) << ckpt.status();
+  if (!ckpt.ok()) return nullptr;
+  ServingOptions o;
+  o.cache.block_size = kBlockSize;
+  o.cache.num_kv_blocks = kNumBlocks;
+  o.scheduler.max_num_seqs = 8;
+  o.scheduler.max_num_batched_tokens = 256;
+  o.scheduler.max_model_len = 512;
+  o.backend.kind = BackendKind::kCuda;
+  o.backend.dtype = "bfloat16";
+  o.backend.deterministic = deterministic;
+  o.backend.tensor_parallel_size = ranks.world_size;
+  o.cuda.enforce_eager = enforce_eager;
+  o.cuda.tensor_parallel_runtime_at_one_rank = ranks.runtime;
+  auto backend = CreateBackend(o, o.backend.kind, std::move(*ckpt));
+  EXPECT_TRUE(backend.ok()) << backend.status();
+  return backend.ok() ? std::move(*backend) : nullptr;
+}
+
+struct Seq {
+  uint64_t id = 0;
+  std::vector<int32_t> tokens;
+  std::vector<int32_t> blocks;
+  int computed = 0;
+  int prompt_len = 0;
+  int blocks_sent = 0;
+};
+
+struct Chunk {
+  int seq;
+  int tokens;  // to compute this step
+};
+
+enum class Compare { kBitwise, kTolerance };
+
+// Two backends over the same checkpoint, given the same steps (block tables as deltas); each
+// sequence continues with the reference's greedy token.
+class Lockstep {
+ public:
+  Lockstep(std::unique_ptr<Backend> reference, std::unique_ptr<Backend> tested, Compare compare,
+           uint64_t seed)
+      : reference_(std::move(reference)),
+        tested_(std::move(tested)),
+        compare_(compare),
+        rng_(seed) {
+    free_.resize(kNumBlocks);
+    std::iota(free_.begin(), free_.end(), 0);
+    std::shuffle(free_.begin(), free_.end(), rng_);
+  }
+  bool ok() const { return reference_ && tested_; }
+  Backend& tested() { return *tested_; }
+
+  int AddSeq(int prompt_len, int vocab) {
+    Seq s;
+    s.id = seqs_.size() + 1;
+    std::uniform_int_distribution<int> id(0, vocab - 1);
+    for (int i = 0; i < prompt_len; ++i) s.tokens.push_back(id(rng_));
+    s.prompt_len = prompt_len;
+    seqs_.push_back(std::move(s));
+    return static_cast<int>(seqs_.size()) - 1;
+  }
+
+  void Step(const std::vector<Chunk>& chunks, const std::string& what) {
+    SCOPED_TRACE(what);
+    StepPlan plan;
+    std::vector<int> sampling;
+    for (const Chunk& c : chunks) {
+      Seq& s = seqs_[c.seq];
+      while (static_cast<int>(s.blocks.size()) * kBlockSize < s.computed + c.tokens) {
+        s.blocks.push_back(free_.back());
+        free_.pop_back();
+      }
+      if (static_cast<int>(s.blocks.size()) > s.blocks_sent) {
+        plan.tables.rows.push_back(
+            {s.id, s.blocks_sent,
+             std::vector<int32_t>(s.blocks.begin() + s.blocks_sent, s.blocks.end())});
+        s.blocks_sent = static_cast<int>(s.blocks.size());
+      }
+      const int num_tokens = static_cast<int>(s.tokens.size());
+      ScheduledSeq seq;
+      seq.seq_id = s.id;
+      seq.chunk = std::span<const int32_t>(s.tokens).subspan(s.computed, c.tokens);
+      seq.start_pos = s.computed;
+      seq.samples = s.computed + c.tokens == num_tokens;
+      seq.is_decode = IsDecodeChunk(c.tokens, s.computed, num_tokens, num_tokens - s.prompt_len);
+      plan.seqs.push_back(seq);
+      if (seq.samples) sampling.push_back(c.seq);
+    }
+    const absl::StatusOr<StepOutput> want_tokens = reference_->ExecuteStep(plan);
+    const absl::StatusOr<StepOutput> got_tokens = tested_->ExecuteStep(plan);
+    ASSERT_TRUE(want_tokens.ok()) << want_tokens.status();
+    ASSERT_TRUE(got_tokens.ok()) << got_tokens.status();
+    auto want = reference_->LogitsToHost();
+    auto got = tested_->LogitsToHost();
+    ASSERT_TRUE(want.ok() && got.ok());
+    ASSERT_EQ(want->size(), got->size());
+    ASSERT_EQ(got_tokens->sampled.size(), sampling.size());
+    if (compare_ == Compare::kBitwise) {
+      EXPECT_EQ(std::memcmp(want->data(), got->data(), want->size() * sizeof(float)), 0)
+          << "logits differ";
+      EXPECT_EQ(want_tokens->sampled, got_tokens->sampled);
+    }
+    const size_t vocab = sampling.empty() ? 0 : want->size() / sampling.size();
+    for (size_t r = 0; r < sampling.size(); ++r) {
+      const float* ref = want->data() + r * vocab;
+      const float* out = got->data() + r * vocab;
+      double num = 0, den = 0;
+      for (size_t v = 0; v < vocab; ++v) {
+        num += (out[v] - ref[v]) * double(out[v] - ref[v]);
+        den += double(ref[v]) * ref[v];
+      }
+      EXPECT_LT(std::sqrt(num / den), kLogitTolerance) << "row " << r;
+      const int ref_top = int(std::max_element(ref, ref + vocab) - ref);
+      const int out_top = int(std::max_element(out, out + vocab) - out);
+      if (ref_top != out_top) {  // allowed only where the reference itself nearly ties
+        const double rms = std::sqrt(den / vocab);
+        EXPECT_LT(ref[ref_top] - ref[out_top], kLogitTolerance * rms * 4)
+            << "greedy token differs: row " << r << " reference " << ref_top << " tested "
+            << out_top;
+      }
+      // The tested backend's sampler agrees with its own (gathered) logits.
+      EXPECT_EQ(got_tokens->sampled[r], out_top) << "row " << r;
+      seqs_[sampling[r]].tokens.push_back(ref_top);
+    }
+    for (const Chunk& c : chunks) seqs_[c.seq].computed += c.tokens;
+  }
+
+ private:
+  std::unique_ptr<Backend> reference_, tested_;
+  Compare compare_;
+  std::mt19937 rng_;
+  std::vector<Seq> seqs_;
+  std::vector<int32_t> free_;
+};
+
+// Prefill, chunked prefill, mixed steps, decode batches of 1 to 3 (graphs where not eager).
+void RunSteps(Lockstep& pair, int vocab) {
+  const int a = pair.AddSeq(37, vocab);  // crosses two block boundaries
+  const int b = pair.AddSeq(16, vocab);  // exactly one block
+  const int c = pair.AddSeq(5, vocab);
+  pair.Step({{a, 37}, {b, 10}}, "prefill a, first chunk of b");
+  pair.Step({{a, 1}, {b, 6}, {c, 5}}, "mixed: a decodes, b and c prefill");
+  for (int i = 0; i < 8; ++i) pair.Step({{a, 1}, {b, 1}, {c, 1}}, "decode " + std::to_string(i));
+  const int d = pair.AddSeq(70, vocab);
+  pair.Step({{c, 1}, {d, 70}, {a, 1}}, "mixed, decode rows not first");
+  for (int i = 0; i < 4; ++i) pair.Step({{d, 1}, {a, 1}}, "decode pair " + std::to_string(i));
+  for (int i = 0; i < 4; ++i) pair.Step({{b, 1}}, "decode alone " + std::to_string(i));
+}
+
+// `ranks` against the single-GPU backend on a fresh random checkpoint of `config`.
+void CheckAgainstOneGpu(const ModelConfig& config, Ranks ranks, bool enforce_eager,
+                        bool deterministic, Compare compare) {
+  const uint64_t seed = std::random_device{}();
+  SCOPED_TRACE(::testing::Message()
+               << "ranks " << ranks.world_size << (ranks.runtime ? " (runtime)" : "") << " heads "
+               << config.num_heads << " kv " << config.num_kv_heads << " head_dim "
+               << config.head_dim << " vocab " << config.vocab_size << " eager " << enforce_eager
+               << " deterministic " << deterministic << " seed " << seed);
+  testing::TempDir dir;
+  testing::WriteRandomCheckpoint(dir.path(), config, seed);
+  Lockstep pair(MakeBackend(dir.path(), {1, false}, enforce_eager, deterministic),
+                MakeBackend(dir.path(), ranks, enforce_eager, deterministic), compare, seed);
+  ASSERT_TRUE(pair.ok());
+  if (ranks.world_size > 1 || ranks.runtime) {
+    EXPECT_EQ(pair.tested().device_name().rfind(std::to_string(ranks.world_size) + " x ", 0), 0u)
+        << pair.tested().device_name();
+  }
+  RunSteps(pair, config.vocab_size);
+}
+
+TEST(TensorParallelRuntimeTest, OneRankIsTheSingleGpuBitForBitInDeterministicMode) {
+  REQUIRE_GPUS(1);
+  const Ranks one{1, true};
+  CheckAgainstOneGpu(Shape(8, 2, 64), one, /*enforce_eager=*/false, true, Compare::kBitwise);
+  CheckAgainstOneGpu(Shape(8, 1, 128), one, /*enforce_eager=*/true, true, Compare::kBitwise);
+}
+
+// Default options: the single GPU fuses its one-token layers and tunes its products; the
+// runtime's unfused layers agree within the bf16 tolerance.
+TEST(TensorParallelRuntimeTest, OneRankMatchesTheSingleGpuWithDefaultOptions) {
+  REQUIRE_GPUS(1);
+  const Ranks one{1, true};
+  CheckAgainstOneGpu(Shape(8, 8, 64), one, false, false, Compare::kTolerance);
+  CheckAgainstOneGpu(Shape(8, 2, 128), one, false, false, Compare::kTolerance);
+}
+
+TEST(TensorParallelRuntimeTest, RefusesMoreRanksThanVisibleGpus) {
+  REQUIRE_GPUS(1);
+  const int visible = VisibleGpus();
+  testing::TempDir dir;
+  const ModelConfig c = Shape(16, 16, 64);
+  testing::WriteRandomCheckpoint(dir.path(), c, 1);
+  auto ckpt = Checkpoint::Load(dir.path(), LoadFormat::kSafetensors);
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  ServingOptions o;
+  o.backend.tensor_parallel_size = 2 * visible;
+  const auto backend = CreateBackend(o, BackendKind::kCuda, std::move(*ckpt));
+  ASSERT_FALSE(backend.ok());
+  EXPECT_EQ(backend.status().message(),
+            absl::StrCat("--tensor_parallel_size ", 2 * visible, ": only ", visible,
+                         visible == 1 ? " GPU" : " GPUs", " visible"));
+}
+
+void CheckShapesAt(int world_size) {
+  const Ranks ranks{world_size, false};
+  for (bool eager : {false, true}) {
+    CheckAgainstOneGpu(Shape(8, 8, 64), ranks, eager, false, Compare::kTolerance);   // MHA
+    CheckAgainstOneGpu(Shape(8, 2, 128), ranks, eager, false, Compare::kTolerance);  // GQA
+    CheckAgainstOneGpu(Shape(8, 1, 64), ranks, eager, false, Compare::kTolerance);   // MQA
+  }
+  CheckAgainstOneGpu(Shape(8, 1, 128), ranks, false, true, Compare::kTolerance);  // deterministic
+  // Llama's attention_bias and mlp_bias (O and down biases added once, by rank 0), tied
+  // embeddings, and a vocabulary the ranks do not split evenly (the last slice narrower).
+  ModelConfig biased = Shape(8, 2, 64);
+  biased.qkv_bias = biased.o_bias = biased.mlp_bias = true;
+  biased.tie_word_embeddings = true;
+  biased.vocab_size = 322;
+  CheckAgainstOneGpu(biased, ranks, false, false, Compare::kTolerance);
+}
+
+TEST(TensorParallelRuntimeTest, TwoRanksMatchOneGpu) {
+  REQUIRE_GPUS(2);
+  CheckShapesAt(2);
+}
+
+TEST(TensorParallelRuntimeTest, FourRanksMatchOneGpu) {
+  REQUIRE_GPUS(4);
+  CheckShapesAt(4);
+}
+
+}  // namespace
+}  // namespace gqa
