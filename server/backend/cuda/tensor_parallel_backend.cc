@@ -2,71 +2,18 @@
 
 #include <cuda_runtime.h>
 
-#include <condition_variable>
-#include <deque>
 #include <functional>
-#include <mutex>
-#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "backend/cuda/collectives.h"
+#include "backend/rank_threads.h"
 #include "common/status_macros.h"
 #include "model/tensor_parallel.h"
 #include "spdlog/spdlog.h"
 
 namespace gqa {
 namespace {
-
-// One rank's thread: it makes its GPU current, then runs the tasks given to it in order. Every
-// CUDA and NCCL call of a rank is made here (the communicators' abort aside).
-class RankThread {
- public:
-  explicit RankThread(int device) : thread_([this, device] { Loop(device); }) {}
-  ~RankThread() {
-    {
-      std::lock_guard lock(mu_);
-      stopping_ = true;
-    }
-    ready_.notify_one();
-    thread_.join();
-  }
-  RankThread(const RankThread&) = delete;
-  RankThread& operator=(const RankThread&) = delete;
-
-  void Post(std::function<void()> task) {
-    {
-      std::lock_guard lock(mu_);
-      tasks_.push_back(std::move(task));
-    }
-    ready_.notify_one();
-  }
-
- private:
-  void Loop(int device) {
-    const cudaError_t selected = cudaSetDevice(device);
-    for (;;) {
-      std::function<void()> task;
-      {
-        std::unique_lock lock(mu_);
-        ready_.wait(lock, [&] { return stopping_ || !tasks_.empty(); });
-        if (tasks_.empty()) return;  // stopping, and nothing left to run
-        task = std::move(tasks_.front());
-        tasks_.pop_front();
-      }
-      if (selected != cudaSuccess) {
-        spdlog::error("rank thread: cudaSetDevice({}): {}", device, cudaGetErrorString(selected));
-      }
-      task();
-    }
-  }
-
-  std::mutex mu_;
-  std::condition_variable ready_;
-  std::deque<std::function<void()>> tasks_;
-  bool stopping_ = false;
-  std::thread thread_;  // last: started once the members above exist
-};
 
 class TensorParallelBackend final : public Backend {
  public:
@@ -75,13 +22,13 @@ class TensorParallelBackend final : public Backend {
                                                          std::shared_ptr<const Checkpoint> ckpt);
   ~TensorParallelBackend() override {
     // Each rank is freed on its own thread (its device current), then the communicators.
-    if (!threads_.empty()) {
+    if (threads_) {
       (void)OnEveryRank([this](int r) {
         ranks_[r].reset();
         return absl::OkStatus();
       });
     }
-    threads_.clear();
+    threads_.reset();
     communicators_.reset();
   }
 
@@ -152,11 +99,17 @@ class TensorParallelBackend final : public Backend {
     if (!broken()) return absl::OkStatus();
     return absl::InternalError("a tensor-parallel rank failed: the ranks are out of step");
   }
-  // Runs task(r) on every rank's thread at once and waits for all. The first failure (lowest
-  // rank among those that failed) is returned, naming its rank, and marks this backend broken;
-  // the communicators are aborted as soon as one rank fails, so that ranks waiting in a
-  // collective for it return (with an error) instead of hanging.
-  absl::Status OnEveryRank(const std::function<absl::Status(int)>& task);
+  // Runs task(r) on every rank's thread at once and waits for all. A failure (the first rank's to
+  // fail, named) marks this backend broken; the communicators are aborted as soon as one rank
+  // fails, so that ranks waiting in a collective for it return (with an error) instead of hanging.
+  absl::Status OnEveryRank(const std::function<absl::Status(int)>& task) {
+    const absl::Status status = threads_->OnEveryRank(task, [this] {
+      spdlog::error("a tensor-parallel rank failed: aborting the NCCL communicators");
+      if (communicators_) communicators_->Abort();
+    });
+    if (!status.ok()) broken_ = true;
+    return status;
+  }
   absl::Status OnRankZero(const std::function<absl::Status()>& task) {
     return OnEveryRank([&](int r) { return r == 0 ? task() : absl::OkStatus(); });
   }
@@ -165,48 +118,10 @@ class TensorParallelBackend final : public Backend {
   absl::Status CheckRanksAgree(const std::vector<StepOutput>& outputs);
 
   std::unique_ptr<cuda::NcclCommunicators> communicators_;
-  std::vector<std::unique_ptr<Backend>> ranks_;       // rank r on GPU r, used on threads_[r] only
-  std::vector<std::unique_ptr<RankThread>> threads_;  // freed before the communicators
+  std::vector<std::unique_ptr<Backend>> ranks_;  // rank r on GPU r, used on thread r only
+  std::unique_ptr<RankThreads> threads_;         // freed before the communicators
   bool broken_ = false;
 };
-
-absl::Status TensorParallelBackend::OnEveryRank(const std::function<absl::Status(int)>& task) {
-  const int n = static_cast<int>(threads_.size());
-  std::mutex mu;
-  std::condition_variable changed;
-  std::vector<absl::Status> results(n);
-  int done = 0, failed = 0;
-  for (int r = 0; r < n; ++r) {
-    threads_[r]->Post([&, r] {
-      absl::Status status = task(r);
-      std::lock_guard lock(mu);
-      failed += !status.ok();
-      results[r] = std::move(status);
-      ++done;
-      changed.notify_one();
-    });
-  }
-  std::unique_lock lock(mu);
-  bool aborted = false;
-  while (done < n) {
-    changed.wait(lock, [&] { return done == n || (failed > 0 && !aborted); });
-    if (done < n && failed > 0 && !aborted) {
-      aborted = true;
-      lock.unlock();
-      spdlog::error("a tensor-parallel rank failed: aborting the NCCL communicators");
-      if (communicators_) communicators_->Abort();
-      lock.lock();
-    }
-  }
-  for (int r = 0; r < n; ++r) {
-    if (results[r].ok()) continue;
-    broken_ = true;
-    if (communicators_ && !aborted) communicators_->Abort();  // the others may wait on it later
-    return absl::Status(results[r].code(),
-                        absl::StrCat("rank ", r, " of ", n, ": ", results[r].message()));
-  }
-  return absl::OkStatus();
-}
 
 absl::Status TensorParallelBackend::CheckRanksAgree(const std::vector<StepOutput>& outputs) {
   for (int r = 1; r < world_size(); ++r) {
@@ -226,7 +141,13 @@ absl::StatusOr<std::unique_ptr<Backend>> TensorParallelBackend::Create(
   auto backend = std::unique_ptr<TensorParallelBackend>(new TensorParallelBackend());
   ASSIGN_OR_RETURN(backend->communicators_, cuda::NcclCommunicators::Create(n));
   backend->ranks_.resize(n);
-  for (int r = 0; r < n; ++r) backend->threads_.push_back(std::make_unique<RankThread>(r));
+  // Each thread makes its GPU current first; every CUDA and NCCL call of rank r is made on
+  // thread r (the communicators' abort aside).
+  backend->threads_ = std::make_unique<RankThreads>(n, [](int r) {
+    if (const cudaError_t e = cudaSetDevice(r); e != cudaSuccess) {
+      spdlog::error("rank {}: cudaSetDevice: {}", r, cudaGetErrorString(e));
+    }
+  });
   // At once: each rank's start-up runs collectives (its KV pool's size, the graphs' warm-up
   // steps) that wait for every other rank.
   TensorParallelBackend* tp = backend.get();

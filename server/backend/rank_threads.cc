@@ -1,0 +1,86 @@
+#include "backend/rank_threads.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace gqa {
+
+RankThreads::Worker::Worker(int rank, const std::function<void(int)>& on_start)
+    : thread_([this, rank, on_start] { Loop(rank, on_start); }) {}
+
+RankThreads::Worker::~Worker() {
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+  }
+  ready_.notify_one();
+  thread_.join();
+}
+
+void RankThreads::Worker::Post(std::function<void()> task) {
+  {
+    std::lock_guard lock(mu_);
+    tasks_.push_back(std::move(task));
+  }
+  ready_.notify_one();
+}
+
+void RankThreads::Worker::Loop(int rank, std::function<void(int)> on_start) {
+  if (on_start) on_start(rank);
+  for (;;) {
+    std::function<void()> task;
+    {
+      std::unique_lock lock(mu_);
+      ready_.wait(lock, [&] { return stopping_ || !tasks_.empty(); });
+      if (tasks_.empty()) return;  // stopping, and nothing left to run
+      task = std::move(tasks_.front());
+      tasks_.pop_front();
+    }
+    task();
+  }
+}
+
+RankThreads::RankThreads(int n, std::function<void(int)> on_start) {
+  for (int r = 0; r < n; ++r) workers_.push_back(std::make_unique<Worker>(r, on_start));
+}
+
+RankThreads::~RankThreads() {
+  workers_.clear();  // each finishes its queue and joins
+}
+
+absl::Status RankThreads::OnEveryRank(const std::function<absl::Status(int)>& task,
+                                      const std::function<void()>& on_failure) {
+  const int n = size();
+  std::mutex mu;
+  std::condition_variable changed;
+  std::vector<absl::Status> results(n);
+  int done = 0, failed = 0;
+  int first_failed = -1;  // the rank whose failure came first: the cause, the others' its echo
+  for (int r = 0; r < n; ++r) {
+    workers_[r]->Post([&, r] {
+      absl::Status status = task(r);
+      std::lock_guard lock(mu);
+      if (!status.ok() && failed++ == 0) first_failed = r;
+      results[r] = std::move(status);
+      ++done;
+      changed.notify_one();
+    });
+  }
+  bool failure_handled = false;
+  std::unique_lock lock(mu);
+  for (;;) {
+    changed.wait(lock, [&] { return done == n || (failed > 0 && !failure_handled); });
+    if (failed > 0 && !failure_handled) {
+      failure_handled = true;
+      lock.unlock();
+      if (on_failure) on_failure();
+      lock.lock();
+    }
+    if (done == n) break;
+  }
+  if (first_failed < 0) return absl::OkStatus();
+  const absl::Status& cause = results[first_failed];
+  return absl::Status(cause.code(),
+                      absl::StrCat("rank ", first_failed, " of ", n, ": ", cause.message()));
+}
+
+}  // namespace gqa

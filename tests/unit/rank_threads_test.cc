@@ -1,0 +1,123 @@
+// The tensor-parallel runtime's threads (backend/rank_threads.h), on the host: each rank's tasks
+// run on its own thread after its start hook, in order; the first failure is named and the abort
+// hook runs once, soon enough to release a rank that waits on the failed one (as a collective
+// would), so that a failing rank fails the step instead of hanging it.
+#include "backend/rank_threads.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+
+namespace gqa {
+namespace {
+
+TEST(RankThreads, EachRankRunsOnItsOwnThreadAfterItsStartHook) {
+  std::mutex mu;
+  std::vector<std::thread::id> started(3);
+  RankThreads threads(3, [&](int r) {
+    std::lock_guard lock(mu);
+    started[r] = std::this_thread::get_id();
+  });
+  ASSERT_EQ(threads.size(), 3);
+  std::vector<std::thread::id> ran(3);
+  int aborts = 0;
+  const absl::Status status = threads.OnEveryRank(
+      [&](int r) {
+        ran[r] = std::this_thread::get_id();
+        return absl::OkStatus();
+      },
+      [&] { ++aborts; });
+  EXPECT_TRUE(status.ok()) << status;
+  EXPECT_EQ(aborts, 0);
+  EXPECT_EQ(ran, started);
+  EXPECT_EQ(std::set<std::thread::id>(ran.begin(), ran.end()).size(), 3u);
+  EXPECT_EQ(std::count(ran.begin(), ran.end(), std::this_thread::get_id()), 0);
+}
+
+TEST(RankThreads, RunsEveryRankAtOnce) {
+  // Each rank waits until every rank has started: run one after another, this would hang.
+  RankThreads threads(4, nullptr);
+  std::atomic<int> arrived = 0;
+  const absl::Status status = threads.OnEveryRank(
+      [&](int) {
+        ++arrived;
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+        while (arrived < 4 && std::chrono::steady_clock::now() < deadline)
+          std::this_thread::yield();
+        return arrived == 4 ? absl::OkStatus() : absl::DeadlineExceededError("alone");
+      },
+      nullptr);
+  EXPECT_TRUE(status.ok()) << status;
+}
+
+TEST(RankThreads, TasksOfOneRankRunInOrder) {
+  RankThreads threads(2, nullptr);
+  std::vector<std::vector<int>> seen(2);
+  for (int step = 0; step < 20; ++step) {
+    ASSERT_TRUE(threads
+                    .OnEveryRank(
+                        [&](int r) {
+                          seen[r].push_back(step);
+                          return absl::OkStatus();
+                        },
+                        nullptr)
+                    .ok());
+  }
+  for (const auto& steps : seen) {
+    ASSERT_EQ(steps.size(), 20u);
+    for (int i = 0; i < 20; ++i) EXPECT_EQ(steps[i], i);
+  }
+}
+
+TEST(RankThreads, NamesTheFailedRankAndAbortsOnce) {
+  RankThreads threads(3, nullptr);
+  int aborts = 0;
+  const absl::Status status = threads.OnEveryRank(
+      [](int r) {
+        return r != 2 ? absl::OkStatus() : absl::InternalError(absl::StrCat("broke ", r));
+      },
+      [&] { ++aborts; });
+  EXPECT_EQ(status.code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(status.message(), "rank 2 of 3: broke 2");
+  EXPECT_EQ(aborts, 1);
+}
+
+// Rank 0 waits (as in a collective) for rank 1, which fails instead of joining: the abort hook
+// releases rank 0, and the step fails with rank 1's error (the cause, not rank 0's echo of it)
+// rather than hanging.
+TEST(RankThreads, TheAbortHookReleasesARankWaitingOnTheFailedOne) {
+  RankThreads threads(2, nullptr);
+  std::mutex mu;
+  std::condition_variable cv;
+  bool aborted = false;
+  const absl::Status status = threads.OnEveryRank(
+      [&](int r) -> absl::Status {
+        if (r == 1) return absl::UnavailableError("rank 1 never joined");
+        std::unique_lock lock(mu);
+        if (!cv.wait_for(lock, std::chrono::seconds(30), [&] { return aborted; })) {
+          return absl::DeadlineExceededError("never released");
+        }
+        return absl::AbortedError("collective aborted");
+      },
+      [&] {
+        std::lock_guard lock(mu);
+        aborted = true;
+        cv.notify_all();
+      });
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(status.message(), "rank 1 of 2: rank 1 never joined");
+  EXPECT_TRUE(aborted);
+}
+
+}  // namespace
+}  // namespace gqa
