@@ -112,6 +112,11 @@ ServerProcess::ServerProcess(const std::filesystem::path& model_dir,
   if (const char* kv = std::getenv("GQA_E2E_KV_CACHE_DTYPE"); kv && *kv) {
     argv.push_back(std::string("--kv_cache_dtype=") + kv);
   }
+  // GQA_E2E_TENSOR_PARALLEL_SIZE=2 splits every server's model across that many GPUs (with
+  // GQA_E2E_BACKEND=cuda, on a machine with as many; the demo model splits in 2, not 4).
+  if (const char* tp = std::getenv("GQA_E2E_TENSOR_PARALLEL_SIZE"); tp && *tp) {
+    argv.push_back(std::string("--tensor_parallel_size=") + tp);
+  }
   argv.insert(argv.end(), extra_args.begin(), extra_args.end());
   pid_ = Spawn(argv, log_path_);
   if (until == Until::kServing) {
