@@ -599,6 +599,18 @@ int KernelBenchMain(int argc, char** argv) {
         std::printf("  %d:%.1f", splits, graph_us);
       }
       std::printf("\n");
+      if (!gqa::kernels::cuda::WarpgroupPrefillAvailable()) continue;
+      // The producer-warp warpgroup kernel (p3, served on Hopper), its own split counts.
+      std::printf("  p3:");
+      for (int forced : {1, 2, 4, 8, 16, 32, 64, 128}) {
+        if (forced * 64 > s.context) break;
+        double bytes, graph_us;
+        int splits;
+        TimeDecode(s, prop.multiProcessorCount, &bytes, &splits, &graph_us, forced, {0, 0, 0},
+                   /*warpgroup_stages=*/3, /*producer=*/true);
+        std::printf("  %d:%.1f", splits, graph_us);
+      }
+      std::printf("\n");
     }
     return 0;
   }
