@@ -28,7 +28,7 @@ int main(int argc, char** argv) {
                "[--skinny_max_rows N] [--tensor_core_max_rows N] "
                "[--fused_max_rows N] [--skinny_fusion on|off] [--programmatic_attention on|off] "
                "[--cuda_profiler_step] [--cuda_profiler_prefill] [--temperature T] [--top_p P] "
-               "[--attention_kernels auto|mma_sync|warpgroup]\n"
+               "[--attention_kernels auto|mma_sync|warpgroup] [--tensor_parallel_size N]\n"
                "       gqa-bench gemm [--only 1b|8b|PRODUCT] [--rows M,M,...]\n"
                "       gqa-bench engine [--batch 64] [--prompt 2048] [--new_tokens 192]\n"
                "       gqa-bench profile [--interval 16] [--steps 200]\n");

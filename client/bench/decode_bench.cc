@@ -19,11 +19,14 @@
 #include <vector>
 
 #include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/tensor_parallel_backend.h"
+#include "backend/cuda/weights.h"
 #include "backend/roofline.h"
 #include "copy_bandwidth.h"
 #include "engine/engine.h"
 #include "metrics/engine_metrics.h"
 #include "model/config.h"
+#include "model/tensor_parallel.h"
 
 namespace gqa {
 namespace {
@@ -60,6 +63,14 @@ ModelConfig ModelShape(const std::string& model, int kv_heads) {
 double FloorBytes(const ModelConfig& c, int batch, int context, int kv_element_bytes = 2) {
   const double kv_bytes = double(batch) * context * 2 * c.num_layers * c.kv_size();
   return double(WeightBytesPerStep(c, 2)) + kv_element_bytes * kv_bytes;
+}
+
+// The bytes one rank of `world_size` reads in a step (its slices of the weights and its KV heads:
+// one replica each when the ranks outnumber the KV heads), the tensor-parallel row's floor.
+double RankFloorBytes(const ModelConfig& c, int world_size, int batch, int context) {
+  const auto plan = PlanTensorParallelShard(c, /*rank=*/0, world_size);
+  if (!plan.ok()) return NAN;
+  return FloorBytes(cuda::ShardConfig(c, *plan), batch, context);
 }
 
 [[noreturn]] void Die(const absl::Status& status) {
@@ -407,6 +418,7 @@ int DecodeBenchMain(int argc, char** argv) {
   std::vector<Row> only;
   bool eager = false, deterministic = false, fp8 = false;
   int steps = 50;
+  int tensor_parallel_size = 0;  // 0: no tensor-parallel rows
   int skinny_max_rows = CudaOptions().skinny_gemm_max_rows;
   int tensor_core_max_rows = CudaOptions().tensor_core_gemm_max_rows;
   int fused_max_rows = CudaOptions().fused_norm_max_rows;
@@ -418,6 +430,9 @@ int DecodeBenchMain(int argc, char** argv) {
     if (arg == "--peer" && i + 1 < argc) peer = argv[++i];
     if (arg == "--steps" && i + 1 < argc) steps = std::atoi(argv[++i]);
     if (arg == "--eager") eager = true;
+    if (arg == "--tensor_parallel_size" && i + 1 < argc) {
+      tensor_parallel_size = std::atoi(argv[++i]);
+    }
     if (arg == "--deterministic") deterministic = true;
     if (arg == "--kv_cache_dtype" && i + 1 < argc) {
       const std::string value = argv[++i];
@@ -517,6 +532,21 @@ int DecodeBenchMain(int argc, char** argv) {
         }
       }
     }
+    // The tensor-parallel timings (when asked), from their own ranks, before the one-GPU backend.
+    std::vector<Timing> tp_timings;
+    if (tensor_parallel_size > 0) {
+      CudaBackendOptions tp_options = o;
+      tp_options.backend.tensor_parallel_size = tensor_parallel_size;
+      auto tp_backend = CreateTensorParallelBackendWithRandomWeights(tp_options, config);
+      if (!tp_backend.ok()) {
+        std::printf("%5s %3d tp %d: %s\n", key.first.c_str(), key.second, tensor_parallel_size,
+                    std::string(tp_backend.status().message()).c_str());
+      } else {
+        for (const Row& r : group) {
+          tp_timings.push_back(TimeDecode(**tp_backend, r.batch, r.context, steps));
+        }
+      }
+    }
     auto backend = CreateCudaBackendWithRandomWeights(o, config);
     if (!backend.ok()) {
       std::printf("%5s %3d: %s\n", key.first.c_str(), key.second,
@@ -548,6 +578,17 @@ int DecodeBenchMain(int argc, char** argv) {
             "bf16 step\n",
             "", "", "", "fp8", f.step_ms, f.device_ms, fp8_floor_ms, 100 * fp8_floor_ms / f.step_ms,
             r.batch / f.step_ms * 1e3, t.step_ms / f.step_ms);
+      }
+      if (i < tp_timings.size() && tp_timings[i].fits) {
+        const Timing& p = tp_timings[i];
+        const double rank_floor_ms =
+            RankFloorBytes(config, tensor_parallel_size, r.batch, r.context) / bandwidth * 1e3;
+        std::printf(
+            "%5s %3s %5s %5s | %8.3f %8.3f %8.3f %6.1f%% %9.0f | tp %d: %.2fx the one-GPU step "
+            "(floor: one rank's bytes)\n",
+            "", "", "", "tp", p.step_ms, p.device_ms, rank_floor_ms,
+            100 * rank_floor_ms / p.step_ms, r.batch / p.step_ms * 1e3, tensor_parallel_size,
+            t.step_ms / p.step_ms);
       }
       std::fflush(stdout);
     }
