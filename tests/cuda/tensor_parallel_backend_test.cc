@@ -249,17 +249,20 @@ TEST(TensorParallelRuntimeTest, OneRankMatchesTheSingleGpuWithDefaultOptions) {
 TEST(TensorParallelRuntimeTest, RefusesMoreRanksThanVisibleGpus) {
   REQUIRE_GPUS(1);
   const int visible = VisibleGpus();
+  // A model that 2 x visible ranks could split, so that the GPU count is the only refusal.
+  const int ranks = 2 * visible;
   testing::TempDir dir;
-  const ModelConfig c = Shape(16, 16, 64);
+  ModelConfig c = Shape(ranks, ranks, 64);
+  c.intermediate_size = 64 * ranks;
   testing::WriteRandomCheckpoint(dir.path(), c, 1);
   auto ckpt = Checkpoint::Load(dir.path(), LoadFormat::kSafetensors);
   ASSERT_TRUE(ckpt.ok()) << ckpt.status();
   ServingOptions o;
-  o.backend.tensor_parallel_size = 2 * visible;
+  o.backend.tensor_parallel_size = ranks;
   const auto backend = CreateBackend(o, BackendKind::kCuda, std::move(*ckpt));
   ASSERT_FALSE(backend.ok());
   EXPECT_EQ(backend.status().message(),
-            absl::StrCat("--tensor_parallel_size ", 2 * visible, ": only ", visible,
+            absl::StrCat("--tensor_parallel_size ", ranks, ": only ", visible,
                          visible == 1 ? " GPU" : " GPUs", " visible"));
 }
 
@@ -276,7 +279,7 @@ void CheckShapesAt(int world_size) {
   ModelConfig biased = Shape(8, 2, 64);
   biased.qkv_bias = biased.o_bias = biased.mlp_bias = true;
   biased.tie_word_embeddings = true;
-  biased.vocab_size = 322;
+  biased.vocab_size = 323;  // 162 + 161 at two ranks, 81 x 3 + 80 at four
   CheckAgainstOneGpu(biased, ranks, false, false, Compare::kTolerance);
 }
 

@@ -142,6 +142,7 @@ absl::Status CudaBackend<T>::AllocateKvCache() {
   KvCacheSpec probe = spec_;
   probe.num_blocks = 1;
   int64_t blocks = options_.cache.num_kv_blocks;
+  absl::Status no_room;  // the weights and activations leave no memory for the pool
   if (blocks <= 0 && options_.cache.kv_cache_bytes > 0) {
     blocks = options_.cache.kv_cache_bytes / probe.bytes_per_block();
   } else if (blocks <= 0) {
@@ -151,7 +152,7 @@ absl::Status CudaBackend<T>::AllocateKvCache() {
                           double(total - free) - double(kGraphReserveBytes);
     blocks = budget > 0 ? int64_t(budget / probe.bytes_per_block()) : 0;
     if (blocks < 1) {
-      return absl::ResourceExhaustedError(absl::StrCat(
+      no_room = absl::ResourceExhaustedError(absl::StrCat(
           "the model does not fit on ", device_->name(), ": weights ",
           weights_.bytes() / 1073741824.0, " GiB and activations ",
           activation_memory_.bytes() / 1073741824.0, " GiB leave no room for a KV cache within ",
@@ -159,11 +160,14 @@ absl::Status CudaBackend<T>::AllocateKvCache() {
           total / 1073741824.0, " GiB"));
     }
   }
-  blocks = std::min<int64_t>(blocks, (int64_t(1) << 31) / spec_.block_size - 1);
+  blocks = std::clamp<int64_t>(blocks, 0, (int64_t(1) << 31) / spec_.block_size - 1);
   if (tensor_parallel()) {  // one block table serves every rank: the smallest pool's blocks
+    // Every rank reaches this collective, also one with no room: they all refuse together
+    // after it rather than leave the others waiting in it.
     ASSIGN_OR_RETURN(blocks,
                      collectives_->AllReduceMin(blocks, act_.agree_scratch, device_->stream()));
   }
+  if (!no_room.ok()) return no_room;
   if (blocks < 1) return absl::InvalidArgumentError("the KV cache holds not even one block");
   spec_.num_blocks = static_cast<int>(blocks);
   auto memory = DeviceMemory::Allocate(spec_.total_bytes(), "the KV cache");
