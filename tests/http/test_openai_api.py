@@ -652,12 +652,25 @@ def test_loadgen(args, work):
             reports = {}
             for proto, extra in (("grpc", []), ("http", [f"--http_url=http://127.0.0.1:"
                                                          f"{server.http_port}"])):
-                out = work / f"{model}-{proto}.json"
-                subprocess.run([args.loadgen, f"--server={server.grpc}", "--concurrency=4",
-                                "--num_requests=8", "--input_len=8", f"--output_len={kTokens}",
-                                f"--metrics_url={server.metrics}", f"--json={out}", *extra],
-                               check=False, capture_output=True, timeout=120)
-                reports[proto] = json.loads(out.read_text()) if out.exists() else {}
+                # A second run only where the first streamed nothing apart (TPOT 0) or never
+                # batched: on a 2-core machine busy with other builds the delivery thread can lag
+                # through all 64 steps of this tiny model and merge them. Broken streaming or
+                # batching fails both runs.
+                for attempt in (1, 2):
+                    out = work / f"{model}-{proto}-{attempt}.json"
+                    subprocess.run([args.loadgen, f"--server={server.grpc}", "--concurrency=4",
+                                    "--num_requests=8", "--input_len=8",
+                                    f"--output_len={kTokens}", f"--metrics_url={server.metrics}",
+                                    f"--json={out}", *extra],
+                                   check=False, capture_output=True, timeout=120)
+                    r = json.loads(out.read_text()) if out.exists() else {}
+                    reports[proto] = r
+                    if (r.get("tpot_s", {}).get("mean", 0) > 0
+                            and r.get("server", {}).get("decode_mean_batch", 0) > 1):
+                        break
+                    if attempt == 1:
+                        print(f"note {model}: gqa-loadgen over {proto}: TPOT 0 or mean batch <= 1 "
+                              "on the first run; running it again", flush=True)
             for proto, r in reports.items():
                 check(r.get("completed") == 8 and r.get("output_tokens") == 8 * kTokens,
                       f"{model}: gqa-loadgen over {proto}: 8 requests of {kTokens} tokens "
