@@ -1,5 +1,7 @@
 #include "backend/cuda/collectives.h"
 
+#include <cstdlib>
+
 #include "absl/strings/str_cat.h"
 #include "backend/cuda/device.h"
 #include "common/status_macros.h"
@@ -64,6 +66,11 @@ absl::StatusOr<std::unique_ptr<NcclCommunicators>> NcclCommunicators::Create(int
     return absl::InvalidArgumentError(absl::StrCat("NCCL: ", world_size, " ranks"));
   }
   auto owner = std::unique_ptr<NcclCommunicators>(new NcclCommunicators());
+  // Connect every peer now rather than at a communicator's first collective of a kind (NCCL
+  // 2.22+; an operator's own setting wins): the first collectives then set nothing up inside a
+  // decode graph's capture, and NCCL's buffers are already allocated when each rank sizes its
+  // KV pool from the free memory.
+  setenv("NCCL_RUNTIME_CONNECT", "0", /*overwrite=*/0);
   std::vector<ncclComm_t> comms(world_size, nullptr);
   // devlist null: devices 0..world_size-1, rank r on device r.
   RETURN_IF_ERROR(
