@@ -49,6 +49,7 @@ RankThreads::~RankThreads() {
 
 absl::Status RankThreads::OnEveryRank(const std::function<absl::Status(int)>& task,
                                       const std::function<void()>& on_failure) {
+  std::lock_guard one_call(one_call_);
   const int n = size();
   std::mutex mu;
   std::condition_variable changed;

@@ -32,7 +32,8 @@ class RankThreads {
   // on_failure() runs once, on the calling thread, as soon as that is seen (possibly while other
   // ranks still run: it must make them return); then the status of the rank that failed first
   // (the cause: ranks released by the hook fail after it) is returned, its message prefixed
-  // "rank r of n: ". OK when every rank returned OK.
+  // "rank r of n: ". OK when every rank returned OK. Calls from several threads run one after
+  // another, so every rank sees the same tasks in the same order (its collectives match).
   absl::Status OnEveryRank(const std::function<absl::Status(int rank)>& task,
                            const std::function<void()>& on_failure);
 
@@ -53,6 +54,7 @@ class RankThreads {
     std::thread thread_;  // last: started once the members above exist
   };
   std::vector<std::unique_ptr<Worker>> workers_;
+  std::mutex one_call_;  // held through each OnEveryRank
 };
 
 }  // namespace gqa

@@ -119,5 +119,34 @@ TEST(RankThreads, TheAbortHookReleasesARankWaitingOnTheFailedOne) {
   EXPECT_TRUE(aborted);
 }
 
+// Two threads calling at once (the engine and, say, a profiling request): each call reaches
+// every rank whole, so all ranks see the calls in one order, as their collectives must.
+TEST(RankThreads, CallsFromTwoThreadsReachEveryRankInOneOrder) {
+  constexpr int kRanks = 4, kCallsPerThread = 200;
+  RankThreads threads(kRanks, [](int) {});
+  std::mutex mu;
+  std::vector<std::vector<int>> seen(kRanks);  // per rank: the calls' ids in the order run
+  auto caller = [&](int first_id) {
+    for (int i = 0; i < kCallsPerThread; ++i) {
+      const int id = first_id + i;
+      ASSERT_TRUE(threads
+                      .OnEveryRank(
+                          [&, id](int r) {
+                            std::this_thread::yield();
+                            std::lock_guard lock(mu);
+                            seen[r].push_back(id);
+                            return absl::OkStatus();
+                          },
+                          [] {})
+                      .ok());
+    }
+  };
+  std::thread a(caller, 0), b(caller, 100000);
+  a.join();
+  b.join();
+  ASSERT_EQ(seen[0].size(), 2u * kCallsPerThread);
+  for (int r = 1; r < kRanks; ++r) EXPECT_EQ(seen[r], seen[0]) << "rank " << r;
+}
+
 }  // namespace
 }  // namespace gqa

@@ -36,15 +36,25 @@ absl::Status NcclStatus(int result, const char* what) {
       absl::StrCat(what, ": ", ncclGetErrorString(static_cast<ncclResult_t>(result))));
 }
 
+absl::Status RankCollectives::Usable() const {
+  if (!aborted_->load()) return absl::OkStatus();
+  return absl::AbortedError(absl::StrCat("NCCL rank ", rank_, " of ", world_size_,
+                                         ": the communicators were aborted after a rank failed"));
+}
+
 absl::Status RankCollectives::AllReduceSum(void* buf, size_t count, DType dtype,
                                            cudaStream_t stream) const {
   ASSIGN_OR_RETURN(const ncclDataType_t type, NcclType(dtype));
+  std::lock_guard<std::mutex> lock(*call_lock_);
+  RETURN_IF_ERROR(Usable());
   return NcclStatus(ncclAllReduce(buf, buf, count, type, ncclSum, comm_, stream), "ncclAllReduce");
 }
 
 absl::Status RankCollectives::AllGather(const void* send, void* recv, size_t count_per_rank,
                                         DType dtype, cudaStream_t stream) const {
   ASSIGN_OR_RETURN(const ncclDataType_t type, NcclType(dtype));
+  std::lock_guard<std::mutex> lock(*call_lock_);
+  RETURN_IF_ERROR(Usable());
   return NcclStatus(ncclAllGather(send, recv, count_per_rank, type, comm_, stream),
                     "ncclAllGather");
 }
@@ -53,8 +63,13 @@ absl::StatusOr<int64_t> RankCollectives::AllReduceMin(int64_t value, int64_t* sc
                                                       cudaStream_t stream) const {
   GQA_CUDA_RETURN_IF_ERROR(
       cudaMemcpyAsync(scratch, &value, sizeof value, cudaMemcpyHostToDevice, stream));
-  RETURN_IF_ERROR(NcclStatus(ncclAllReduce(scratch, scratch, 1, ncclInt64, ncclMin, comm_, stream),
-                             "ncclAllReduce (min)"));
+  {  // the lock only around the call: never across the wait below, which an abort may end
+    std::lock_guard<std::mutex> lock(*call_lock_);
+    RETURN_IF_ERROR(Usable());
+    RETURN_IF_ERROR(
+        NcclStatus(ncclAllReduce(scratch, scratch, 1, ncclInt64, ncclMin, comm_, stream),
+                   "ncclAllReduce (min)"));
+  }
   GQA_CUDA_RETURN_IF_ERROR(
       cudaMemcpyAsync(&value, scratch, sizeof value, cudaMemcpyDeviceToHost, stream));
   GQA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
@@ -76,14 +91,20 @@ absl::StatusOr<std::unique_ptr<NcclCommunicators>> NcclCommunicators::Create(int
   RETURN_IF_ERROR(
       NcclStatus(ncclCommInitAll(comms.data(), world_size, nullptr), "ncclCommInitAll"));
   owner->comms_ = std::move(comms);
-  for (int r = 0; r < world_size; ++r) owner->ranks_.emplace_back(owner->comms_[r], r, world_size);
+  for (int r = 0; r < world_size; ++r) {
+    owner->call_locks_.push_back(std::make_unique<std::mutex>());
+    owner->ranks_.emplace_back(owner->comms_[r], r, world_size, owner->call_locks_[r].get(),
+                               &owner->aborted_);
+  }
   return owner;
 }
 
 void NcclCommunicators::Abort() {
-  if (aborted_) return;
-  aborted_ = true;
-  for (ncclComm_t comm : comms_) ncclCommAbort(comm);
+  if (aborted_.exchange(true)) return;
+  for (size_t r = 0; r < comms_.size(); ++r) {
+    std::lock_guard<std::mutex> lock(*call_locks_[r]);
+    ncclCommAbort(comms_[r]);
+  }
 }
 
 NcclCommunicators::~NcclCommunicators() {
@@ -124,6 +145,7 @@ absl::StatusOr<std::unique_ptr<NcclCommunicators>> NcclCommunicators::Create(int
   return NoNccl();
 }
 void NcclCommunicators::Abort() { aborted_ = true; }
+absl::Status RankCollectives::Usable() const { return NoNccl(); }
 NcclCommunicators::~NcclCommunicators() = default;
 
 #endif

@@ -6,9 +6,11 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -25,8 +27,15 @@ namespace gqa::cuda {
 // (it is also captured into a CUDA graph when the stream is capturing).
 class RankCollectives {
  public:
-  RankCollectives(ncclComm_t comm, int rank, int world_size)
-      : comm_(comm), rank_(rank), world_size_(world_size) {}
+  // `call_lock` is held across each NCCL call on `comm` (and across its abort); once `aborted`
+  // is set every call fails at once instead of touching the freed communicator.
+  RankCollectives(ncclComm_t comm, int rank, int world_size, std::mutex* call_lock,
+                  const std::atomic<bool>* aborted)
+      : comm_(comm),
+        rank_(rank),
+        world_size_(world_size),
+        call_lock_(call_lock),
+        aborted_(aborted) {}
   int rank() const { return rank_; }
   int world_size() const { return world_size_; }
 
@@ -44,9 +53,14 @@ class RankCollectives {
                                        cudaStream_t stream) const;
 
  private:
+  // OK, or why no collective may start: the communicators were aborted. Call with call_lock_.
+  absl::Status Usable() const;
+
   ncclComm_t comm_;
   int rank_;
   int world_size_;
+  std::mutex* call_lock_;             // the owner's, one per communicator
+  const std::atomic<bool>* aborted_;  // the owner's
 };
 
 // The owner of N communicators over GPUs 0..N-1: made by ncclCommInitAll (from one thread: it
@@ -61,17 +75,19 @@ class NcclCommunicators {
   int world_size() const { return static_cast<int>(comms_.size()); }
   RankCollectives* rank(int r) { return &ranks_[r]; }
   // ncclCommAbort on every communicator: stops collectives that wait for a rank that failed
-  // (their streams then report errors instead of hanging). Afterwards every collective fails;
-  // the destructor frees nothing more. Called from the thread that owns this object, while the
-  // rank threads may be waiting on their streams.
+  // (their streams then report errors instead of hanging). Each communicator is aborted under its
+  // call lock, so no rank thread is inside an NCCL call on it; afterwards every collective fails
+  // at once, and the destructor frees nothing more. Called from any thread, while the rank
+  // threads may be waiting on their streams.
   void Abort();
-  bool aborted() const { return aborted_; }
+  bool aborted() const { return aborted_.load(); }
 
  private:
   NcclCommunicators() = default;
   std::vector<ncclComm_t> comms_;
+  std::vector<std::unique_ptr<std::mutex>> call_locks_;  // one per communicator
   std::vector<RankCollectives> ranks_;
-  bool aborted_ = false;
+  std::atomic<bool> aborted_{false};
 };
 
 // "what: <ncclGetErrorString>" as INTERNAL; OK for ncclSuccess (`result` is an ncclResult_t).
