@@ -53,13 +53,19 @@ void LogLoaded(const ServingOptions& so, const ModelConfig& c, const Backend& ba
   const KvCacheSpec& kv = backend.kv_spec();
   const uint64_t capacity = kv.token_capacity();
   const uint64_t blocks_per_seq = (max_model_len + kv.block_size - 1) / kv.block_size;
+  // Tensor parallelism: each rank's pool holds only its KV heads, so the MiB are one rank's.
+  const int ranks = so.backend.tensor_parallel_size;
+  const std::string per_rank =
+      ranks > 1 ? absl::StrCat(" on each of ", ranks, " ranks, ", kv.num_kv_heads, " kv heads each")
+                : "";
   spdlog::info(
       "serving {} ({}): {} layers, {} heads, {} kv heads (group {}), head_dim {}, {}; "
-      "kv cache {} blocks x {} tokens = {} tokens ({:.1f} MiB {}, {} max-length sequences of {}); "
+      "kv cache {} blocks x {} tokens = {} tokens ({:.1f} MiB {}{}, {} max-length sequences of "
+      "{}); "
       "prefix caching {}; async scheduling {}; backend {} on {}; grpc :{}, metrics :{}",
       so.model.dir, c.architecture_name, c.num_layers, c.num_heads, c.num_kv_heads, c.group_size(),
       c.head_dim, DTypeTorchName(c.dtype), kv.num_blocks, kv.block_size, capacity,
-      kv.total_bytes() / 1048576.0, kv.cache_dtype_name(), kv.num_blocks / blocks_per_seq,
+      kv.total_bytes() / 1048576.0, kv.cache_dtype_name(), per_rank, kv.num_blocks / blocks_per_seq,
       max_model_len, so.cache.enable_prefix_caching ? "on" : "off",
       UsesAsyncScheduling(so.backend, backend.name()) ? "on" : "off", backend.name(),
       backend.device_name(), grpc_port, metrics_port);
