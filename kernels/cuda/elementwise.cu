@@ -100,19 +100,11 @@ __global__ void SiluMulKernel(const T* gate, const T* up, int rows, int dim, int
   }
 }
 
+// out[t] = table[ids[t] - vocab_begin] for ids in [vocab_begin, vocab_end), zeros otherwise (a
+// tensor-parallel rank's rows; the whole table is [0, INT32_MAX)).
 template <typename T>
 __global__ void EmbeddingKernel(const T* table, const int32_t* ids, int tokens, int hidden,
-                                T* out) {
-  const int chunks = hidden / 8;
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= int64_t(tokens) * chunks) return;
-  const int token = int(i / chunks), c = int(i % chunks) * 8;
-  Vec8<T>::Load(table + size_t(ids[token]) * hidden + c).Store(out + size_t(token) * hidden + c);
-}
-
-template <typename T>
-__global__ void EmbeddingVocabSliceKernel(const T* table, const int32_t* ids, int tokens,
-                                          int hidden, int vocab_begin, int vocab_end, T* out) {
+                                int vocab_begin, int vocab_end, T* out) {
   const int chunks = hidden / 8;
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= int64_t(tokens) * chunks) return;
@@ -179,24 +171,20 @@ cudaError_t SiluMul(const T* gate, const T* up, int rows, int dim, int in_stride
 }
 
 template <typename T>
-cudaError_t EmbeddingGather(const T* table, const int32_t* ids, int tokens, int hidden, T* out,
-                            cudaStream_t stream) {
-  if (hidden % 8 != 0) return cudaErrorInvalidValue;
-  const int64_t n = int64_t(tokens) * (hidden / 8);
-  if (n == 0) return cudaSuccess;
-  EmbeddingKernel<T><<<Blocks(n, 256), 256, 0, stream>>>(table, ids, tokens, hidden, out);
-  return cudaGetLastError();
-}
-
-template <typename T>
 cudaError_t EmbeddingGatherVocabSlice(const T* table, const int32_t* ids, int tokens, int hidden,
                                       int vocab_begin, int vocab_end, T* out, cudaStream_t stream) {
   if (hidden % 8 != 0) return cudaErrorInvalidValue;
   const int64_t n = int64_t(tokens) * (hidden / 8);
   if (n == 0) return cudaSuccess;
-  EmbeddingVocabSliceKernel<T>
+  EmbeddingKernel<T>
       <<<Blocks(n, 256), 256, 0, stream>>>(table, ids, tokens, hidden, vocab_begin, vocab_end, out);
   return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t EmbeddingGather(const T* table, const int32_t* ids, int tokens, int hidden, T* out,
+                            cudaStream_t stream) {
+  return EmbeddingGatherVocabSlice(table, ids, tokens, hidden, 0, INT32_MAX, out, stream);
 }
 
 cudaError_t CheckKernelsRunHere() {
