@@ -19,6 +19,7 @@
 #include "backend/roofline.h"
 #include "common/fake_backend.h"
 #include "common/test_checkpoint.h"
+#include "cuda/chunk_plans.h"
 #include "engine/engine.h"
 #include "gqa/kernels/paged_attention_cuda.h"
 #include "gqa/kernels/sampling.h"
@@ -26,6 +27,8 @@
 
 namespace gqa {
 namespace {
+
+using testing::Chunk;
 
 bool HaveGpu() {
   int count = 0;
@@ -85,20 +88,6 @@ ScheduledSeq ScheduledChunk(uint64_t id, std::span<const int32_t> chunk, int sta
   return s;
 }
 
-struct Seq {
-  uint64_t id = 0;
-  std::vector<int32_t> tokens;
-  std::vector<int32_t> blocks;
-  int computed = 0;
-  int prompt_len = 0;
-  int blocks_sent = 0;  // blocks the backends' tables hold (the deltas send the rest)
-};
-
-struct Chunk {
-  int seq;
-  int tokens;  // to compute this step
-};
-
 class Pair {
  public:
   // kv_cache_dtype: both backends' --kv_cache_dtype; logit_tolerance: the rows' allowed relative
@@ -126,7 +115,7 @@ class Pair {
   bool ok() const { return cpu_ && gpu_; }
 
   int AddSeq(int prompt_len, int vocab) {
-    Seq s;
+    testing::PlannedSeq s;
     s.id = seqs_.size() + 1;
     std::uniform_int_distribution<int> id(0, vocab - 1);
     for (int i = 0; i < prompt_len; ++i) s.tokens.push_back(id(rng_));
@@ -134,14 +123,14 @@ class Pair {
     seqs_.push_back(std::move(s));
     return static_cast<int>(seqs_.size()) - 1;
   }
-  Seq& seq(int i) { return seqs_[i]; }
+  testing::PlannedSeq& seq(int i) { return seqs_[i]; }
 
   // Prefix caching: a new sequence whose first `blocks` blocks are those of sequence `from`
   // (computed, shared, never written again), then `suffix_len` tokens of its own.
   int AddSharingSeq(int from, int blocks, int suffix_len, int vocab) {
-    Seq s;
+    testing::PlannedSeq s;
     s.id = seqs_.size() + 1;
-    const Seq& f = seqs_[from];
+    const testing::PlannedSeq& f = seqs_[from];
     s.tokens.assign(f.tokens.begin(), f.tokens.begin() + blocks * kBlockSize);
     s.blocks.assign(f.blocks.begin(), f.blocks.begin() + blocks);
     s.computed = blocks * kBlockSize;
@@ -157,30 +146,8 @@ class Pair {
   // the logits.
   void Step(const std::vector<Chunk>& chunks, const std::string& what) {
     SCOPED_TRACE(what);
-    StepPlan plan;
     std::vector<int> sampling;
-    for (const Chunk& c : chunks) {
-      Seq& s = seqs_[c.seq];
-      while (static_cast<int>(s.blocks.size()) * kBlockSize < s.computed + c.tokens) {
-        s.blocks.push_back(free_.back());
-        free_.pop_back();
-      }
-      if (static_cast<int>(s.blocks.size()) > s.blocks_sent) {
-        plan.tables.rows.push_back(
-            {s.id, s.blocks_sent,
-             std::vector<int32_t>(s.blocks.begin() + s.blocks_sent, s.blocks.end())});
-        s.blocks_sent = static_cast<int>(s.blocks.size());
-      }
-      const int num_tokens = static_cast<int>(s.tokens.size());
-      ScheduledSeq seq;
-      seq.seq_id = s.id;
-      seq.chunk = std::span<const int32_t>(s.tokens).subspan(s.computed, c.tokens);
-      seq.start_pos = s.computed;
-      seq.samples = s.computed + c.tokens == num_tokens;
-      seq.is_decode = IsDecodeChunk(c.tokens, s.computed, num_tokens, num_tokens - s.prompt_len);
-      plan.seqs.push_back(seq);
-      if (seq.samples) sampling.push_back(c.seq);
-    }
+    const StepPlan plan = testing::PlanChunks(seqs_, chunks, free_, kBlockSize, &sampling);
     ASSERT_TRUE(cpu_->ExecuteStep(plan).ok());
     const absl::StatusOr<StepOutput> sampled = gpu_->ExecuteStep(plan);
     ASSERT_TRUE(sampled.ok()) << sampled.status();
@@ -222,7 +189,7 @@ class Pair {
   std::mt19937 rng_;
   double tolerance_;
   std::unique_ptr<Backend> cpu_, gpu_;
-  std::vector<Seq> seqs_;
+  std::vector<testing::PlannedSeq> seqs_;
   std::vector<int32_t> free_;
 };
 

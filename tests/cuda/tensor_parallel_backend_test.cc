@@ -21,10 +21,13 @@
 
 #include "backend/factory.h"
 #include "common/test_checkpoint.h"
+#include "cuda/chunk_plans.h"
 #include "model/checkpoint.h"
 
 namespace gqa {
 namespace {
+
+using testing::Chunk;
 
 constexpr int kBlockSize = 16;
 constexpr int kNumBlocks = 96;
@@ -79,20 +82,6 @@ std::unique_ptr<Backend> MakeBackend(const std::filesystem::path& dir, Ranks ran
   return backend.ok() ? std::move(*backend) : nullptr;
 }
 
-struct Seq {
-  uint64_t id = 0;
-  std::vector<int32_t> tokens;
-  std::vector<int32_t> blocks;
-  int computed = 0;
-  int prompt_len = 0;
-  int blocks_sent = 0;
-};
-
-struct Chunk {
-  int seq;
-  int tokens;  // to compute this step
-};
-
 enum class Compare { kBitwise, kTolerance };
 
 // Two backends over the same checkpoint, given the same steps (block tables as deltas); each
@@ -113,7 +102,7 @@ class Lockstep {
   Backend& tested() { return *tested_; }
 
   int AddSeq(int prompt_len, int vocab) {
-    Seq s;
+    testing::PlannedSeq s;
     s.id = seqs_.size() + 1;
     std::uniform_int_distribution<int> id(0, vocab - 1);
     for (int i = 0; i < prompt_len; ++i) s.tokens.push_back(id(rng_));
@@ -124,30 +113,8 @@ class Lockstep {
 
   void Step(const std::vector<Chunk>& chunks, const std::string& what) {
     SCOPED_TRACE(what);
-    StepPlan plan;
     std::vector<int> sampling;
-    for (const Chunk& c : chunks) {
-      Seq& s = seqs_[c.seq];
-      while (static_cast<int>(s.blocks.size()) * kBlockSize < s.computed + c.tokens) {
-        s.blocks.push_back(free_.back());
-        free_.pop_back();
-      }
-      if (static_cast<int>(s.blocks.size()) > s.blocks_sent) {
-        plan.tables.rows.push_back(
-            {s.id, s.blocks_sent,
-             std::vector<int32_t>(s.blocks.begin() + s.blocks_sent, s.blocks.end())});
-        s.blocks_sent = static_cast<int>(s.blocks.size());
-      }
-      const int num_tokens = static_cast<int>(s.tokens.size());
-      ScheduledSeq seq;
-      seq.seq_id = s.id;
-      seq.chunk = std::span<const int32_t>(s.tokens).subspan(s.computed, c.tokens);
-      seq.start_pos = s.computed;
-      seq.samples = s.computed + c.tokens == num_tokens;
-      seq.is_decode = IsDecodeChunk(c.tokens, s.computed, num_tokens, num_tokens - s.prompt_len);
-      plan.seqs.push_back(seq);
-      if (seq.samples) sampling.push_back(c.seq);
-    }
+    const StepPlan plan = testing::PlanChunks(seqs_, chunks, free_, kBlockSize, &sampling);
     const absl::StatusOr<StepOutput> want_tokens = reference_->ExecuteStep(plan);
     const absl::StatusOr<StepOutput> got_tokens = tested_->ExecuteStep(plan);
     ASSERT_TRUE(want_tokens.ok()) << want_tokens.status();
@@ -191,7 +158,7 @@ class Lockstep {
   std::unique_ptr<Backend> reference_, tested_;
   Compare compare_;
   std::mt19937 rng_;
-  std::vector<Seq> seqs_;
+  std::vector<testing::PlannedSeq> seqs_;
   std::vector<int32_t> free_;
 };
 
