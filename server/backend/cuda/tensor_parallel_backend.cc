@@ -39,12 +39,10 @@ class TensorParallelBackend final : public Backend {
   // Rank 0's pool: every rank has as many blocks (they agree on the smallest), each holding
   // its own KV heads.
   const KvCacheSpec& kv_spec() const override { return ranks_[0]->kv_spec(); }
+  // Rank 0's, under the single GPU's kinds (so the metric's label values stay the same): one
+  // GPU's memory, as each rank holds about as much.
   std::vector<std::pair<std::string, uint64_t>> memory_by_kind() const override {
-    std::vector<std::pair<std::string, uint64_t>> kinds = ranks_[0]->memory_by_kind();
-    for (auto& [kind, bytes] : kinds) {
-      kind = absl::StrCat(kind, " per rank (", world_size(), " ranks)");
-    }
-    return kinds;
+    return ranks_[0]->memory_by_kind();
   }
   bool broken() const override {
     if (broken_) return true;
