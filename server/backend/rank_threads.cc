@@ -4,7 +4,7 @@
 
 namespace gqa {
 
-RankThreads::Worker::Worker(int rank, const std::function<void(int)>& on_start)
+RankThreads::Worker::Worker(int rank, const std::function<absl::Status(int)>& on_start)
     : thread_([this, rank, on_start] { Loop(rank, on_start); }) {}
 
 RankThreads::Worker::~Worker() {
@@ -24,8 +24,8 @@ void RankThreads::Worker::Post(std::function<void()> task) {
   ready_.notify_one();
 }
 
-void RankThreads::Worker::Loop(int rank, std::function<void(int)> on_start) {
-  if (on_start) on_start(rank);
+void RankThreads::Worker::Loop(int rank, std::function<absl::Status(int)> on_start) {
+  if (on_start) start_status_ = on_start(rank);
   for (;;) {
     std::function<void()> task;
     {
@@ -39,13 +39,26 @@ void RankThreads::Worker::Loop(int rank, std::function<void(int)> on_start) {
   }
 }
 
-RankThreads::RankThreads(int n, std::function<void(int)> on_start) {
+RankThreads::RankThreads(int n, std::function<absl::Status(int)> on_start,
+                         std::chrono::milliseconds failure_grace)
+    : failure_grace_(failure_grace) {
   for (int r = 0; r < n; ++r) workers_.push_back(std::make_unique<Worker>(r, on_start));
 }
 
 RankThreads::~RankThreads() {
   workers_.clear();  // each finishes its queue and joins
 }
+
+namespace {
+
+bool AllAlike(const std::vector<absl::Status>& results) {
+  for (const absl::Status& s : results) {
+    if (s.ok() || s != results.front()) return false;
+  }
+  return true;
+}
+
+}  // namespace
 
 absl::Status RankThreads::OnEveryRank(const std::function<absl::Status(int)>& task,
                                       const std::function<void()>& on_failure) {
@@ -57,8 +70,9 @@ absl::Status RankThreads::OnEveryRank(const std::function<absl::Status(int)>& ta
   int done = 0, failed = 0;
   int first_failed = -1;  // the rank whose failure came first: the cause, the others' its echo
   for (int r = 0; r < n; ++r) {
-    workers_[r]->Post([&, r] {
-      absl::Status status = task(r);
+    Worker* worker = workers_[r].get();
+    worker->Post([&, r, worker] {
+      absl::Status status = worker->start_status().ok() ? task(r) : worker->start_status();
       std::lock_guard lock(mu);
       if (!status.ok() && failed++ == 0) first_failed = r;
       results[r] = std::move(status);
@@ -66,19 +80,18 @@ absl::Status RankThreads::OnEveryRank(const std::function<absl::Status(int)>& ta
       changed.notify_one();
     });
   }
-  bool failure_handled = false;
   std::unique_lock lock(mu);
-  for (;;) {
-    changed.wait(lock, [&] { return done == n || (failed > 0 && !failure_handled); });
-    if (failed > 0 && !failure_handled) {
-      failure_handled = true;
-      lock.unlock();
-      if (on_failure) on_failure();
-      lock.lock();
-    }
-    if (done == n) break;
+  changed.wait(lock, [&] { return done == n || failed > 0; });
+  const bool all_done = changed.wait_for(lock, failure_grace_, [&] { return done == n; });
+  if (failed == 0) return absl::OkStatus();
+  if (all_done && AllAlike(results)) {
+    const absl::Status& every = results.front();
+    return absl::Status(every.code(), absl::StrCat("every rank of ", n, ": ", every.message()));
   }
-  if (first_failed < 0) return absl::OkStatus();
+  lock.unlock();
+  if (on_failure) on_failure();
+  lock.lock();
+  changed.wait(lock, [&] { return done == n; });
   const absl::Status& cause = results[first_failed];
   return absl::Status(cause.code(),
                       absl::StrCat("rank ", first_failed, " of ", n, ": ", cause.message()));

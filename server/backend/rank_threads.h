@@ -1,10 +1,11 @@
 // One thread per tensor-parallel rank (docs/tensor-parallel.md), and the one way the runtime
-// drives them: the same task on every rank at once, waited for, with the first failure
-// reported and an abort hook run as soon as a rank fails (a rank blocked in a collective on the
-// failed one is released by it, instead of hanging the step). Host logic only: the CUDA
-// runtime's TensorParallelBackend makes each thread's GPU current in `on_start`.
+// drives them: the same task on every rank at once, waited for. A failure that leaves the ranks
+// out of step runs an abort hook (a rank blocked in a collective on the failed one is released
+// by it, instead of hanging the step); a failure every rank returned alike does not. Host logic
+// only: the CUDA runtime's TensorParallelBackend makes each thread's GPU current in `on_start`.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -19,8 +20,12 @@ namespace gqa {
 
 class RankThreads {
  public:
-  // Starts `n` threads; thread r runs on_start(r) before any task.
-  RankThreads(int n, std::function<void(int rank)> on_start);
+  static constexpr std::chrono::milliseconds kDefaultFailureGrace{2000};
+  // Starts `n` threads; thread r runs on_start(r) before any task. A rank whose on_start failed
+  // runs no task: each returns that failure instead. failure_grace: how long, after a rank
+  // fails, the others have to finish before the ranks count as out of step (OnEveryRank).
+  RankThreads(int n, std::function<absl::Status(int rank)> on_start,
+              std::chrono::milliseconds failure_grace = kDefaultFailureGrace);
   // Runs the tasks already given, then joins.
   ~RankThreads();
   RankThreads(const RankThreads&) = delete;
@@ -28,12 +33,17 @@ class RankThreads {
 
   int size() const { return static_cast<int>(workers_.size()); }
 
-  // Runs task(r) on thread r for every rank at once and waits for all. When a rank fails,
-  // on_failure() runs once, on the calling thread, as soon as that is seen (possibly while other
-  // ranks still run: it must make them return); then the status of the rank that failed first
-  // (the cause: ranks released by the hook fail after it) is returned, its message prefixed
-  // "rank r of n: ". OK when every rank returned OK. Calls from several threads run one after
-  // another, so every rank sees the same tasks in the same order (its collectives match).
+  // Runs task(r) on thread r for every rank at once and waits for all; OK when every rank
+  // returned OK. Calls from several threads run one after another, so every rank sees the same
+  // tasks in the same order (its collectives match).
+  //
+  // When a rank fails, the others get failure_grace to finish. If they all did, and all failed
+  // alike (same code and message: the same refusal at the same point, so no collective is left
+  // half-joined), that status is returned, prefixed "every rank of n: ", and nothing else
+  // happens: the ranks are still in step. Otherwise on_failure() runs once, on the calling
+  // thread (possibly while ranks still run: it must make them return), then the status of the
+  // rank that failed first (the cause: ranks released by the hook fail after it) is returned,
+  // prefixed "rank r of n: ".
   absl::Status OnEveryRank(const std::function<absl::Status(int rank)>& task,
                            const std::function<void()>& on_failure);
 
@@ -41,19 +51,23 @@ class RankThreads {
   // One thread and its queue of tasks, run in order.
   class Worker {
    public:
-    Worker(int rank, const std::function<void(int)>& on_start);
+    Worker(int rank, const std::function<absl::Status(int)>& on_start);
     ~Worker();
     void Post(std::function<void()> task);
+    // on_start's result; read only by tasks (they run on this worker's thread, after it).
+    const absl::Status& start_status() const { return start_status_; }
 
    private:
-    void Loop(int rank, std::function<void(int)> on_start);
+    void Loop(int rank, std::function<absl::Status(int)> on_start);
     std::mutex mu_;
     std::condition_variable ready_;
     std::deque<std::function<void()>> tasks_;
     bool stopping_ = false;
-    std::thread thread_;  // last: started once the members above exist
+    absl::Status start_status_;  // written by the thread before its first task
+    std::thread thread_;         // last: started once the members above exist
   };
   std::vector<std::unique_ptr<Worker>> workers_;
+  std::chrono::milliseconds failure_grace_;
   std::mutex one_call_;  // held through each OnEveryRank
 };
 

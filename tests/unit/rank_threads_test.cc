@@ -1,7 +1,8 @@
 // The tensor-parallel runtime's threads (backend/rank_threads.h), on the host: each rank's tasks
 // run on its own thread after its start hook, in order; the first failure is named and the abort
 // hook runs once, soon enough to release a rank that waits on the failed one (as a collective
-// would), so that a failing rank fails the step instead of hanging it.
+// would), so that a failing rank fails the step instead of hanging it; a failure every rank
+// returns alike runs no abort (the ranks are still in step).
 #include "backend/rank_threads.h"
 
 #include <gtest/gtest.h>
@@ -27,6 +28,7 @@ TEST(RankThreads, EachRankRunsOnItsOwnThreadAfterItsStartHook) {
   RankThreads threads(3, [&](int r) {
     std::lock_guard lock(mu);
     started[r] = std::this_thread::get_id();
+    return absl::OkStatus();
   });
   ASSERT_EQ(threads.size(), 3);
   std::vector<std::thread::id> ran(3);
@@ -96,7 +98,7 @@ TEST(RankThreads, NamesTheFailedRankAndAbortsOnce) {
 // releases rank 0, and the step fails with rank 1's error (the cause, not rank 0's echo of it)
 // rather than hanging.
 TEST(RankThreads, TheAbortHookReleasesARankWaitingOnTheFailedOne) {
-  RankThreads threads(2, nullptr);
+  RankThreads threads(2, nullptr, std::chrono::milliseconds(50));
   std::mutex mu;
   std::condition_variable cv;
   bool aborted = false;
@@ -119,11 +121,64 @@ TEST(RankThreads, TheAbortHookReleasesARankWaitingOnTheFailedOne) {
   EXPECT_TRUE(aborted);
 }
 
+// Every rank refuses the same thing at the same point (as every rank would a bad step plan,
+// before any collective): the call fails with that refusal and no abort, and the next call runs.
+TEST(RankThreads, AFailureEveryRankReturnsAlikeRunsNoAbort) {
+  RankThreads threads(3, nullptr);
+  int aborts = 0;
+  const absl::Status status = threads.OnEveryRank(
+      [](int) { return absl::InvalidArgumentError("chunk 2 of the plan: no such sequence"); },
+      [&] { ++aborts; });
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(status.message(), "every rank of 3: chunk 2 of the plan: no such sequence");
+  EXPECT_EQ(aborts, 0);
+  EXPECT_TRUE(threads.OnEveryRank([](int) { return absl::OkStatus(); }, [&] { ++aborts; }).ok());
+  EXPECT_EQ(aborts, 0);
+}
+
+// Failures that differ (by message, or by code) mean the ranks parted: abort, name the first.
+TEST(RankThreads, FailuresThatDifferAbort) {
+  RankThreads threads(2, nullptr);
+  int aborts = 0;
+  const absl::Status status = threads.OnEveryRank(
+      [](int r) { return absl::InternalError(absl::StrCat("rank ", r, "'s own error")); },
+      [&] { ++aborts; });
+  EXPECT_EQ(status.code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(aborts, 1);
+  const absl::Status codes = threads.OnEveryRank(
+      [](int r) {
+        return r == 0 ? absl::InternalError("same text") : absl::UnavailableError("same text");
+      },
+      [&] { ++aborts; });
+  EXPECT_FALSE(codes.ok());
+  EXPECT_EQ(aborts, 2);
+}
+
+// A rank whose start hook failed (cudaSetDevice, in the CUDA runtime) runs no task: each call
+// returns its start failure, named, while the other ranks ran theirs (so the ranks are apart).
+TEST(RankThreads, ARankWhoseStartFailedReturnsThatFailure) {
+  RankThreads threads(2, [](int r) {
+    return r == 1 ? absl::InternalError("cudaSetDevice(1): invalid device ordinal")
+                  : absl::OkStatus();
+  });
+  std::atomic<int> ran_on_1 = 0;
+  int aborts = 0;
+  const absl::Status status = threads.OnEveryRank(
+      [&](int r) {
+        if (r == 1) ++ran_on_1;
+        return absl::OkStatus();
+      },
+      [&] { ++aborts; });
+  EXPECT_EQ(status.message(), "rank 1 of 2: cudaSetDevice(1): invalid device ordinal");
+  EXPECT_EQ(ran_on_1, 0);
+  EXPECT_EQ(aborts, 1);
+}
+
 // Two threads calling at once (the engine and, say, a profiling request): each call reaches
 // every rank whole, so all ranks see the calls in one order, as their collectives must.
 TEST(RankThreads, CallsFromTwoThreadsReachEveryRankInOneOrder) {
   constexpr int kRanks = 4, kCallsPerThread = 200;
-  RankThreads threads(kRanks, [](int) {});
+  RankThreads threads(kRanks, [](int) { return absl::OkStatus(); });
   std::mutex mu;
   std::vector<std::vector<int>> seen(kRanks);  // per rank: the calls' ids in the order run
   auto caller = [&](int first_id) {

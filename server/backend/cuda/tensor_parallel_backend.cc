@@ -97,16 +97,17 @@ class TensorParallelBackend final : public Backend {
     if (!broken()) return absl::OkStatus();
     return absl::InternalError("a tensor-parallel rank failed: the ranks are out of step");
   }
-  // Runs task(r) on every rank's thread at once and waits for all. A failure (the first rank's to
-  // fail, named) marks this backend broken; the communicators are aborted as soon as one rank
-  // fails, so that ranks waiting in a collective for it return (with an error) instead of hanging.
+  // Runs task(r) on every rank's thread at once and waits for all (RankThreads::OnEveryRank).
+  // A failure every rank returned alike (the same refusal, before the ranks could part) fails
+  // the call and nothing more, as on one GPU. Any other failure leaves the ranks out of step:
+  // the communicators are aborted, so that ranks waiting in a collective for the failed one
+  // return (with an error) instead of hanging, and the backend is broken.
   absl::Status OnEveryRank(const std::function<absl::Status(int)>& task) {
-    const absl::Status status = threads_->OnEveryRank(task, [this] {
+    return threads_->OnEveryRank(task, [this] {
       spdlog::error("a tensor-parallel rank failed: aborting the NCCL communicators");
+      broken_ = true;
       if (communicators_) communicators_->Abort();
     });
-    if (!status.ok()) broken_ = true;
-    return status;
   }
   absl::Status OnRankZero(const std::function<absl::Status()>& task) {
     return OnEveryRank([&](int r) { return r == 0 ? task() : absl::OkStatus(); });
@@ -141,10 +142,11 @@ absl::StatusOr<std::unique_ptr<Backend>> TensorParallelBackend::Create(
   backend->ranks_.resize(n);
   // Each thread makes its GPU current first; every CUDA and NCCL call of rank r is made on
   // thread r (the communicators' abort aside).
-  backend->threads_ = std::make_unique<RankThreads>(n, [](int r) {
+  backend->threads_ = std::make_unique<RankThreads>(n, [](int r) -> absl::Status {
     if (const cudaError_t e = cudaSetDevice(r); e != cudaSuccess) {
-      spdlog::error("rank {}: cudaSetDevice: {}", r, cudaGetErrorString(e));
+      return absl::InternalError(absl::StrCat("cudaSetDevice(", r, "): ", cudaGetErrorString(e)));
     }
+    return absl::OkStatus();
   });
   // At once: each rank's start-up runs collectives (its KV pool's size, the graphs' warm-up
   // steps) that wait for every other rank.
