@@ -1,5 +1,7 @@
 #include "backend/rank_threads.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 
 namespace gqa {
@@ -61,12 +63,14 @@ bool AllAlike(const std::vector<absl::Status>& results) {
 }  // namespace
 
 absl::Status RankThreads::OnEveryRank(const std::function<absl::Status(int)>& task,
-                                      const std::function<void()>& on_failure) {
+                                      const std::function<void()>& on_failure,
+                                      std::chrono::milliseconds deadline) {
   std::lock_guard one_call(one_call_);
   const int n = size();
   std::mutex mu;
   std::condition_variable changed;
   std::vector<absl::Status> results(n);
+  std::vector<bool> finished(n, false);
   int done = 0, failed = 0;
   int first_failed = -1;  // the rank whose failure came first: the cause, the others' its echo
   for (int r = 0; r < n; ++r) {
@@ -76,22 +80,38 @@ absl::Status RankThreads::OnEveryRank(const std::function<absl::Status(int)>& ta
       std::lock_guard lock(mu);
       if (!status.ok() && failed++ == 0) first_failed = r;
       results[r] = std::move(status);
+      finished[r] = true;
       ++done;
       changed.notify_one();
     });
   }
   std::unique_lock lock(mu);
-  changed.wait(lock, [&] { return done == n || failed > 0; });
-  const bool all_done = changed.wait_for(lock, failure_grace_, [&] { return done == n; });
-  if (failed == 0) return absl::OkStatus();
+  const auto ended_or_failed = [&] { return done == n || failed > 0; };
+  bool in_time = true;
+  if (deadline == kNoDeadline) {
+    changed.wait(lock, ended_or_failed);
+  } else {
+    in_time = changed.wait_for(lock, deadline, ended_or_failed);
+  }
+  const bool all_done =
+      in_time && changed.wait_for(lock, failure_grace_, [&] { return done == n; });
+  if (in_time && failed == 0) return absl::OkStatus();
   if (all_done && AllAlike(results)) {
     const absl::Status& every = results.front();
     return absl::Status(every.code(), absl::StrCat("every rank of ", n, ": ", every.message()));
   }
+  // Named now, before the abort releases it: the first rank still running at the deadline.
+  const int hung =
+      in_time ? -1 : int(std::find(finished.begin(), finished.end(), false) - finished.begin());
   lock.unlock();
   if (on_failure) on_failure();
   lock.lock();
   changed.wait(lock, [&] { return done == n; });
+  if (hung >= 0) {
+    return absl::DeadlineExceededError(
+        absl::StrCat("rank ", hung, " of ", n, " did not finish within ", deadline.count() / 1000.0,
+                     " s (a hung collective or kernel); the communicators were aborted"));
+  }
   const absl::Status& cause = results[first_failed];
   return absl::Status(cause.code(),
                       absl::StrCat("rank ", first_failed, " of ", n, ": ", cause.message()));

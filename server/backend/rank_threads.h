@@ -21,6 +21,7 @@ namespace gqa {
 class RankThreads {
  public:
   static constexpr std::chrono::milliseconds kDefaultFailureGrace{2000};
+  static constexpr std::chrono::milliseconds kNoDeadline{0};
   // Starts `n` threads; thread r runs on_start(r) before any task. A rank whose on_start failed
   // runs no task: each returns that failure instead. failure_grace: how long, after a rank
   // fails, the others have to finish before the ranks count as out of step (OnEveryRank).
@@ -44,8 +45,13 @@ class RankThreads {
   // thread (possibly while ranks still run: it must make them return), then the status of the
   // rank that failed first (the cause: ranks released by the hook fail after it) is returned,
   // prefixed "rank r of n: ".
+  //
+  // deadline (a watchdog; kNoDeadline: none): when the ranks have neither all finished nor any
+  // failed by then, one is hung (a collective whose peer never came, a kernel that never ends):
+  // on_failure() runs as above and DEADLINE_EXCEEDED names the first rank still running.
   absl::Status OnEveryRank(const std::function<absl::Status(int rank)>& task,
-                           const std::function<void()>& on_failure);
+                           const std::function<void()>& on_failure,
+                           std::chrono::milliseconds deadline = kNoDeadline);
 
  private:
   // One thread and its queue of tasks, run in order.

@@ -174,6 +174,46 @@ TEST(RankThreads, ARankWhoseStartFailedReturnsThatFailure) {
   EXPECT_EQ(aborts, 1);
 }
 
+// The watchdog: rank 1 waits forever (a collective whose peer never came) and nothing fails; at
+// the deadline the abort hook releases it and the call fails naming it, instead of hanging.
+TEST(RankThreads, ADeadlineAbortsAHungRankAndNamesIt) {
+  RankThreads threads(2, nullptr);
+  std::mutex mu;
+  std::condition_variable cv;
+  bool aborted = false;
+  const absl::Status status = threads.OnEveryRank(
+      [&](int r) -> absl::Status {
+        if (r == 0) return absl::OkStatus();
+        std::unique_lock lock(mu);
+        if (!cv.wait_for(lock, std::chrono::seconds(30), [&] { return aborted; })) {
+          return absl::InternalError("never released");
+        }
+        return absl::AbortedError("collective aborted");
+      },
+      [&] {
+        std::lock_guard lock(mu);
+        aborted = true;
+        cv.notify_all();
+      },
+      std::chrono::milliseconds(100));
+  EXPECT_EQ(status.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(status.message(),
+            "rank 1 of 2 did not finish within 0.1 s (a hung collective or kernel); the "
+            "communicators were aborted");
+  EXPECT_TRUE(aborted);
+}
+
+// A deadline that every rank meets changes nothing.
+TEST(RankThreads, ADeadlineMetRunsNoAbort) {
+  RankThreads threads(3, nullptr);
+  int aborts = 0;
+  EXPECT_TRUE(threads
+                  .OnEveryRank([](int) { return absl::OkStatus(); }, [&] { ++aborts; },
+                               std::chrono::seconds(10))
+                  .ok());
+  EXPECT_EQ(aborts, 0);
+}
+
 // Two threads calling at once (the engine and, say, a profiling request): each call reaches
 // every rank whole, so all ranks see the calls in one order, as their collectives must.
 TEST(RankThreads, CallsFromTwoThreadsReachEveryRankInOneOrder) {

@@ -2,6 +2,7 @@
 
 #include <cuda_runtime.h>
 
+#include <chrono>
 #include <functional>
 #include <vector>
 
@@ -15,6 +16,11 @@
 namespace gqa {
 namespace {
 
+// The watchdog on every call after start-up: a step (a prefill chunk of 16k tokens of a 70B
+// model takes seconds) that has not ended on every rank by then has a rank hung in a collective.
+// Start-up (loading weights, capturing graphs) has none.
+constexpr std::chrono::milliseconds kStepDeadline = std::chrono::seconds(60);
+
 class TensorParallelBackend final : public Backend {
  public:
   static absl::StatusOr<std::unique_ptr<Backend>> Create(const CudaBackendOptions& options,
@@ -23,10 +29,12 @@ class TensorParallelBackend final : public Backend {
   ~TensorParallelBackend() override {
     // Each rank is freed on its own thread (its device current), then the communicators.
     if (threads_) {
-      (void)OnEveryRank([this](int r) {
-        ranks_[r].reset();
-        return absl::OkStatus();
-      });
+      (void)OnEveryRank(
+          [this](int r) {
+            ranks_[r].reset();
+            return absl::OkStatus();
+          },
+          RankThreads::kNoDeadline);
     }
     threads_.reset();
     communicators_.reset();
@@ -99,15 +107,20 @@ class TensorParallelBackend final : public Backend {
   }
   // Runs task(r) on every rank's thread at once and waits for all (RankThreads::OnEveryRank).
   // A failure every rank returned alike (the same refusal, before the ranks could part) fails
-  // the call and nothing more, as on one GPU. Any other failure leaves the ranks out of step:
-  // the communicators are aborted, so that ranks waiting in a collective for the failed one
-  // return (with an error) instead of hanging, and the backend is broken.
-  absl::Status OnEveryRank(const std::function<absl::Status(int)>& task) {
-    return threads_->OnEveryRank(task, [this] {
-      spdlog::error("a tensor-parallel rank failed: aborting the NCCL communicators");
-      broken_ = true;
-      if (communicators_) communicators_->Abort();
-    });
+  // the call and nothing more, as on one GPU. Any other failure, or ranks still running at the
+  // deadline (a hung collective), leave the ranks out of step: the communicators are aborted,
+  // so that ranks waiting in a collective return (with an error) instead of hanging, and the
+  // backend is broken.
+  absl::Status OnEveryRank(const std::function<absl::Status(int)>& task,
+                           std::chrono::milliseconds deadline = kStepDeadline) {
+    return threads_->OnEveryRank(
+        task,
+        [this] {
+          spdlog::error("a tensor-parallel rank failed: aborting the NCCL communicators");
+          broken_ = true;
+          if (communicators_) communicators_->Abort();
+        },
+        deadline);
   }
   absl::Status OnRankZero(const std::function<absl::Status()>& task) {
     return OnEveryRank([&](int r) { return r == 0 ? task() : absl::OkStatus(); });
@@ -151,15 +164,17 @@ absl::StatusOr<std::unique_ptr<Backend>> TensorParallelBackend::Create(
   // At once: each rank's start-up runs collectives (its KV pool's size, the graphs' warm-up
   // steps) that wait for every other rank.
   TensorParallelBackend* tp = backend.get();
-  const absl::Status made = tp->OnEveryRank([&](int r) -> absl::Status {
-    CudaBackendOptions rank = options;
-    rank.cuda.device_index = r;
-    rank.shard = {r, n};
-    rank.collectives = tp->communicators_->rank(r);
-    ASSIGN_OR_RETURN(tp->ranks_[r], ckpt ? CreateCudaBackend(rank, ckpt)
-                                         : CreateCudaBackendWithRandomWeights(rank, config));
-    return absl::OkStatus();
-  });
+  const absl::Status made = tp->OnEveryRank(
+      [&](int r) -> absl::Status {
+        CudaBackendOptions rank = options;
+        rank.cuda.device_index = r;
+        rank.shard = {r, n};
+        rank.collectives = tp->communicators_->rank(r);
+        ASSIGN_OR_RETURN(tp->ranks_[r], ckpt ? CreateCudaBackend(rank, ckpt)
+                                             : CreateCudaBackendWithRandomWeights(rank, config));
+        return absl::OkStatus();
+      },
+      RankThreads::kNoDeadline);
   if (!made.ok()) {
     return absl::Status(made.code(),
                         absl::StrCat("tensor parallelism over ", n, " GPUs: ", made.message()));
