@@ -210,6 +210,7 @@ EngineConfig MakeEngineConfig(const ServingOptions& so, const LoadedModel& model
   ec.cost = {b.weight_bytes_per_step(), KvBytesPerToken(b.kv_spec()),
              model.config.attention_window()};
   ec.step_profile_interval = so.backend.step_profile_interval;
+  ec.step_timeout = std::chrono::seconds(StepTimeoutSeconds(so.backend, b.name()));
   return ec;
 }
 
@@ -322,12 +323,14 @@ int RunServer(const ServingOptions& so) {
   spdlog::info("listening: grpc :{}, metrics :{}, http :{}; loading {} for the {} backend on {}",
                grpc_port, *metrics_port, http_port, so.model.dir, BackendKindName(*kind), device);
 
-  // A device error that the GPU cannot recover from: stop answering and exit, so that an
-  // orchestrator restarts the process.
+  // A device error that the GPU cannot recover from, or a step hung past --step_timeout_seconds:
+  // stop answering and exit, so that an orchestrator restarts the process.
   auto on_broken = [&serving, &health] {
     serving.store(false);
     health.SetServing(false);
-    spdlog::critical("the GPU is in an unrecoverable error state: exiting");
+    spdlog::critical(
+        "the backend cannot serve any more (an unrecoverable GPU error or a hung "
+        "step): exiting");
     std::_Exit(3);
   };
   absl::StatusOr<LoadedModel> model = LoadModel(so, *kind, metrics, on_broken);

@@ -39,7 +39,16 @@ Engine::Engine(const EngineConfig& config, std::unique_ptr<Backend> backend,
                                                   .block_size = config.scheduler.block_size,
                                                   .salt = config.scheduler.prefix_cache_salt}),
       scheduler_(config.scheduler, &allocator_,
-                 StopRules{config.eos_token_ids, config.limits.max_model_len}) {}
+                 StopRules{config.eos_token_ids, config.limits.max_model_len}) {
+  if (config_.step_timeout.count() > 0) {
+    watchdog_ = std::make_unique<StepWatchdog>(
+        config_.step_timeout, [this](const std::string& what, std::chrono::milliseconds limit) {
+          spdlog::critical("the backend's {} has not returned in {} s: it is hung", what,
+                           limit.count() / 1000.0);
+          if (config_.on_backend_broken) config_.on_backend_broken();
+        });
+  }
+}
 
 Engine::~Engine() { StopThread(); }
 
@@ -196,13 +205,27 @@ std::optional<Engine::SubmittedStep> Engine::ScheduleAndSubmit() {
   step.profiled =
       interval > 0 && std::uniform_int_distribution<int>(0, interval - 1)(profile_rng_) == 0;
   if (step.profiled) backend_->ProfileNextStep();
-  step.submitted = backend_->SubmitStep(step.out.plan);
+  step.submitted = SubmitWatched(step.out.plan);
   return step;
+}
+
+absl::Status Engine::SubmitWatched(const StepPlan& plan) {
+  if (watchdog_) watchdog_->Begin("SubmitStep");
+  absl::Status submitted = backend_->SubmitStep(plan);
+  if (watchdog_) watchdog_->End();
+  return submitted;
+}
+
+absl::StatusOr<StepOutput> Engine::CollectWatched() {
+  if (watchdog_) watchdog_->Begin("CollectStep");
+  absl::StatusOr<StepOutput> collected = backend_->CollectStep();
+  if (watchdog_) watchdog_->End();
+  return collected;
 }
 
 void Engine::CollectAndUpdate(SubmittedStep& step, std::optional<SubmittedStep>* next) {
   absl::StatusOr<StepOutput> result =
-      step.submitted.ok() ? backend_->CollectStep() : absl::StatusOr<StepOutput>(step.submitted);
+      step.submitted.ok() ? CollectWatched() : absl::StatusOr<StepOutput>(step.submitted);
   // The step's own time: from its schedule or, when it was queued behind the previous step on a
   // device that runs steps while the host works, from the end of that step (its collection),
   // to its tokens emitted. It holds the step's device time and no other step's, but for the
@@ -223,7 +246,7 @@ void Engine::CollectAndUpdate(SubmittedStep& step, std::optional<SubmittedStep>*
   // The step behind it shares its sequences: it is collected (its results dropped) and fails too.
   const SchedulerOutput* behind = nullptr;
   if (next != nullptr && next->has_value()) {
-    if ((*next)->submitted.ok()) (void)backend_->CollectStep();
+    if ((*next)->submitted.ok()) (void)CollectWatched();
     behind = &(*next)->out;
   }
   FailStep(step.out, result.status(), behind);

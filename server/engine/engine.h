@@ -27,6 +27,7 @@
 #include "engine/event_delivery.h"
 #include "engine/scheduler.h"
 #include "engine/step_stats.h"
+#include "engine/step_watchdog.h"
 #include "engine/validation.h"
 
 namespace gqa {
@@ -44,9 +45,13 @@ struct EngineConfig {
   // One step in this many (at random) is timed on the device (attention and whole step);
   // 1: every step; 0: never.
   int step_profile_interval = 16;
-  // Called on the engine thread after a failed step left the backend unusable (a sticky GPU
-  // error); the server stops serving and exits. May be empty.
+  // Called after a failed step left the backend unusable (a sticky GPU error), on the engine
+  // thread, or by the watchdog (step_timeout) on its own; the server stops serving and exits.
+  // May be empty.
   std::function<void()> on_backend_broken;
+  // The watchdog: a backend call (a step's submit or collect) still running after this long is
+  // hung, and on_backend_broken runs (engine/step_watchdog.h). 0: no watchdog.
+  std::chrono::milliseconds step_timeout{0};
 };
 
 class Engine {
@@ -94,6 +99,9 @@ class Engine {
   void AsyncStep();
   // Schedules a step and submits it; nullopt when there is nothing to run.
   std::optional<SubmittedStep> ScheduleAndSubmit();
+  // The backend's step calls, under the watchdog when there is one.
+  absl::Status SubmitWatched(const StepPlan& plan);
+  absl::StatusOr<StepOutput> CollectWatched();
   // Collects `step` (the oldest submitted) and updates it; `next`, when given, is in flight
   // behind it (a failure fails both, and `next` is reset).
   void CollectAndUpdate(SubmittedStep& step, std::optional<SubmittedStep>* next);
@@ -131,6 +139,7 @@ class Engine {
   std::optional<SubmittedStep> in_flight_step_;          // engine thread only (async)
   Clock::time_point last_collect_end_;                   // engine thread only (async)
   EventDelivery delivery_;
+  std::unique_ptr<StepWatchdog> watchdog_;  // when config_.step_timeout > 0
   std::thread thread_;
 };
 

@@ -29,6 +29,9 @@ ABSL_FLAG(std::string, async_scheduling, "auto",
 ABSL_FLAG(std::string, attention_kernels, "auto",
           "GPU: auto or warpgroup (Hopper wgmma kernels where they apply, mma.sync elsewhere), "
           "or mma_sync (the mma.sync kernels only, every GPU)");
+ABSL_FLAG(int, step_timeout_seconds, -1,
+          "a step the backend has not finished in this many seconds is hung: the server stops "
+          "serving and exits (-1: 120 on a GPU, none on the CPU; 0: none)");
 ABSL_FLAG(int, tensor_parallel_size, 1,
           "GPUs to split the model across (tensor parallelism, one process, rank r on GPU r, "
           "NCCL all-reduces): 1 (one GPU), or a number that divides the attention heads and the "
@@ -124,6 +127,7 @@ absl::StatusOr<BackendOptions> BackendFromFlags() {
   b.step_profile_interval = absl::GetFlag(FLAGS_step_profile_interval);
   ASSIGN_OR_RETURN(b.async_scheduling, ParseAsyncScheduling(absl::GetFlag(FLAGS_async_scheduling)));
   b.tensor_parallel_size = absl::GetFlag(FLAGS_tensor_parallel_size);
+  b.step_timeout_seconds = absl::GetFlag(FLAGS_step_timeout_seconds);
   return b;
 }
 

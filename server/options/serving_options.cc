@@ -57,6 +57,10 @@ absl::Status ValidateCompute(const ServingOptions& o) {
     return Refuse(absl::StrCat("--step_profile_interval must be >= 0, got ",
                                o.backend.step_profile_interval));
   }
+  if (o.backend.step_timeout_seconds < -1) {
+    return Refuse(absl::StrCat("--step_timeout_seconds must be >= 0 (or -1: auto), got ",
+                               o.backend.step_timeout_seconds));
+  }
   if (o.backend.tensor_parallel_size < 1) {
     return Refuse(
         absl::StrCat("--tensor_parallel_size ", o.backend.tensor_parallel_size, " must be >= 1"));
@@ -108,6 +112,11 @@ bool UsesAsyncScheduling(const BackendOptions& backend, std::string_view backend
       break;
   }
   return backend_name == "cuda";
+}
+
+int StepTimeoutSeconds(const BackendOptions& backend, std::string_view backend_name) {
+  if (backend.step_timeout_seconds >= 0) return backend.step_timeout_seconds;
+  return backend_name == "cuda" ? 120 : 0;
 }
 
 std::string_view BackendKindName(BackendKind kind) {

@@ -64,7 +64,15 @@ struct BackendOptions {
   // them. 1: the single-GPU backend. More needs the CUDA backend, a split the model's shape
   // allows (CheckTensorParallelSize) and that many visible GPUs, checked when the backend is made.
   int tensor_parallel_size = 1;
+  // The engine's watchdog (engine/step_watchdog.h): a step call still running after this many
+  // seconds is hung, and the server exits. -1: auto (StepTimeoutSeconds); 0: none.
+  int step_timeout_seconds = -1;
 };
+
+// The watchdog's limit in seconds (0: none) over the backend named `backend_name`: auto is 120
+// on the GPU (a step takes milliseconds to a few seconds there) and none on the CPU (a large
+// model's prefill chunk may take minutes).
+int StepTimeoutSeconds(const BackendOptions& backend, std::string_view backend_name);
 
 // Whether the engine over the backend named `backend_name` ("cpu", "cuda") schedules ahead:
 // auto is on for the GPU, whose steps run while the host works, and off for the CPU backend,

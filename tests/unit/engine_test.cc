@@ -210,6 +210,78 @@ TEST(EngineFailureTest, AFailedStepKeepsItsStatusCode) {
   EXPECT_EQ(c.results()["a"].error_code, absl::StatusCode::kResourceExhausted);
 }
 
+// A backend whose step `hang_at` (counted from 1) never ends until Release(): a hung kernel or
+// collective.
+class HangingBackend final : public testing::FakeBackendBase {
+ public:
+  explicit HangingBackend(int hang_at) : hang_at_(hang_at) {}
+  void Release() {
+    {
+      std::lock_guard lock(mu_);
+      released_ = true;
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  absl::StatusOr<StepOutput> Run(const StepPlan& plan) override {
+    if (++step_ == hang_at_) {
+      std::unique_lock lock(mu_);
+      cv_.wait(lock, [&] { return released_; });
+    }
+    return FixedTokens(plan, 5);
+  }
+  const int hang_at_;
+  int step_ = 0;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool released_ = false;
+};
+
+// The watchdog: a step that never returns calls on_backend_broken (the server exits in it)
+// after step_timeout, instead of leaving the server up and serving nothing.
+TEST(EngineFailureTest, AHungStepCallsOnBackendBrokenAfterTheStepTimeout) {
+  auto backend = std::make_unique<HangingBackend>(3);
+  HangingBackend* hanging = backend.get();
+  std::atomic<int> broken_calls{0};
+  EngineConfig config;
+  config.scheduler = {4, 64, 256};
+  config.limits = {128, 512};
+  config.on_backend_broken = [&] { ++broken_calls; };
+  config.step_timeout = std::chrono::milliseconds(200);
+  Engine engine(config, std::move(backend), nullptr);
+  Collector c;
+  ASSERT_TRUE(engine.Submit(FakeRequest("a", 10, c)).ok());
+  const auto start = std::chrono::steady_clock::now();
+  engine.Start();
+  const auto deadline = start + std::chrono::seconds(10);
+  while (broken_calls.load() == 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_EQ(broken_calls.load(), 1);
+  EXPECT_GE(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(200));
+  hanging->Release();  // so that the engine can stop
+  c.WaitFor(1);
+  EXPECT_EQ(broken_calls.load(), 1) << "once only";
+}
+
+// Steps that end in time never trip it.
+TEST(EngineFailureTest, StepsWithinTheStepTimeoutRunAsBefore) {
+  std::atomic<int> broken_calls{0};
+  EngineConfig config;
+  config.scheduler = {4, 64, 256};
+  config.limits = {128, 512};
+  config.on_backend_broken = [&] { ++broken_calls; };
+  config.step_timeout = std::chrono::seconds(30);
+  Engine engine(config, std::make_unique<FakeBackend>(std::vector<int>{}, false), nullptr);
+  Collector c;
+  ASSERT_TRUE(engine.Submit(FakeRequest("a", 20, c)).ok());
+  engine.Start();
+  c.WaitFor(1);
+  EXPECT_EQ(c.results()["a"].tokens, std::vector<int32_t>(20, 5));
+  EXPECT_EQ(broken_calls.load(), 0);
+}
+
 TEST(EngineFailureTest, AStickyFailureCallsOnBackendBroken) {
   std::atomic<int> broken_calls{0};
   auto engine = FakeEngine(std::make_unique<FakeBackend>(std::vector<int>{2}, true), nullptr,
