@@ -238,7 +238,7 @@ absl::StatusOr<LoadedModel> LoadModel(const ServingOptions& so, BackendKind kind
   if (!backend.ok()) return backend.status();
   Backend& b = **backend;
   metrics.SetModelInfo(model.config, b.kv_spec(), std::string(b.name()), b.device_name(),
-                       b.memory_by_kind());
+                       b.memory_by_kind(), b.tensor_parallel_size());
   // A metric never stops serving: without a bandwidth the roofline series stay empty.
   if (absl::StatusOr<double> bandwidth = b.MeasureReadBandwidth(); bandwidth.ok()) {
     metrics.SetDeviceBandwidth(*bandwidth);

@@ -36,6 +36,9 @@ class Backend {
   virtual const KvCacheSpec& kv_spec() const = 0;
   // Device memory by kind (weights, kv, workspace, graphs), in bytes; empty on the CPU.
   virtual std::vector<std::pair<std::string, uint64_t>> memory_by_kind() const { return {}; }
+  // GPUs the model is split across (--tensor_parallel_size). Above 1, kv_spec() and
+  // memory_by_kind() are one rank's: its KV heads, its pool, its GPU's memory.
+  virtual int tensor_parallel_size() const { return 1; }
   // True after an error that leaves the device unusable: the process should exit and be
   // restarted. Every later step fails.
   virtual bool broken() const { return false; }

@@ -186,7 +186,8 @@ Counter* EngineMetrics::RequestsRejected(const std::string& reason) {
 
 void EngineMetrics::SetModelInfo(const ModelConfig& c, const KvCacheSpec& kv,
                                  const std::string& backend, const std::string& device,
-                                 const std::vector<std::pair<std::string, uint64_t>>& memory) {
+                                 const std::vector<std::pair<std::string, uint64_t>>& memory,
+                                 int tensor_parallel_size) {
   auto s = [](auto v) { return std::to_string(v); };
   registry_
       .AddGauge("gqa_model_info", "The loaded model (value is always 1).",
@@ -214,6 +215,11 @@ void EngineMetrics::SetModelInfo(const ModelConfig& c, const KvCacheSpec& kv,
                 "the pool.",
                 {{"block_size", s(kv.block_size)}, {"num_gpu_blocks", s(kv.num_blocks)}})
       ->Set(1);
+  registry_
+      .AddGauge("gqa_tensor_parallel_size",
+                "GPUs the model is split across (--tensor_parallel_size). Above 1, the KV pool "
+                "gauges and gqa_gpu_memory_bytes are one rank's (each rank holds as much).")
+      ->Set(tensor_parallel_size);
   kv_cache_blocks->Set(kv.num_blocks);
   kv_cache_blocks_deprecated->Set(kv.num_blocks);
   for (const auto& [kind, bytes] : memory) {

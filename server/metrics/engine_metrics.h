@@ -28,7 +28,8 @@ struct EngineMetrics : EngineObserver {
   // gqa_gpu_memory_bytes{kind}.
   void SetModelInfo(const ModelConfig& config, const KvCacheSpec& kv, const std::string& backend,
                     const std::string& device = "cpu",
-                    const std::vector<std::pair<std::string, uint64_t>>& memory_by_kind = {});
+                    const std::vector<std::pair<std::string, uint64_t>>& memory_by_kind = {},
+                    int tensor_parallel_size = 1);
 
   // The memory bandwidth the roofline divides by (bytes/s), measured once at startup.
   void SetDeviceBandwidth(double bytes_per_second);

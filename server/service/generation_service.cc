@@ -350,6 +350,8 @@ grpc::Status GenerationService::ModelInfoMessage(pb::ModelInfo* info) {
   info->set_backend(std::string(engine->backend_name()));
   info->set_device(engine->backend().device_name());
   info->set_compute_dtype(std::string(DTypeTorchName(kv.dtype)));
+  info->set_tensor_parallel_size(engine->backend().tensor_parallel_size());
+  info->set_kv_heads_per_rank(kv.num_kv_heads);
   info->set_model_path(info_.model_path);
   for (int id : c.eos_token_ids) info->add_eos_token_ids(id);
   info->set_has_tokenizer(info_.tokenizer != nullptr);

@@ -5,6 +5,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <iostream>
@@ -310,6 +312,12 @@ TEST_F(ServerTest, ModelInfo) {
   EXPECT_GT(info.kv_blocks_total(), 0u);
   EXPECT_EQ(info.backend(), E2eBackend());
   EXPECT_EQ(info.dtype(), "float32");
+  // GQA_E2E_TENSOR_PARALLEL_SIZE splits the model: each rank's pool holds its share of the
+  // 2 KV heads (one replicated head past 2 ranks).
+  const char* tp_env = std::getenv("GQA_E2E_TENSOR_PARALLEL_SIZE");
+  const uint32_t tp = tp_env && *tp_env ? uint32_t(std::atoi(tp_env)) : 1u;
+  EXPECT_EQ(info.tensor_parallel_size(), tp);
+  EXPECT_EQ(info.kv_heads_per_rank(), std::max(2u / tp, 1u));
   if (E2eBackend() == "cpu") {
     EXPECT_EQ(info.device(), "cpu");
     EXPECT_EQ(info.compute_dtype(), "float32");

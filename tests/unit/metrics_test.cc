@@ -50,14 +50,29 @@ TEST(MetricsTest, ExportsTheModelServerProtocolGauges) {
   metrics.SetModelInfo(testing::TinyConfig(), kv, "cpu");
   metrics.OnOccupancy({.running = 3, .waiting = 5, .kv_usage_ratio = 0.25});
   const std::string text = r.RenderText();
-  for (const char* line :
-       {"# TYPE gqa_requests_waiting gauge\ngqa_requests_waiting 5\n",
-        "# TYPE gqa_requests_running gauge\ngqa_requests_running 3\n",
-        "# TYPE gqa_kv_cache_usage_ratio gauge\ngqa_kv_cache_usage_ratio 0.25\n",
-        "# TYPE gqa_cache_config_info gauge\n"
-        "gqa_cache_config_info{block_size=\"16\",num_gpu_blocks=\"1234\"} 1\n"}) {
+  for (const char* line : {"# TYPE gqa_requests_waiting gauge\ngqa_requests_waiting 5\n",
+                           "# TYPE gqa_requests_running gauge\ngqa_requests_running 3\n",
+                           "# TYPE gqa_kv_cache_usage_ratio gauge\ngqa_kv_cache_usage_ratio 0.25\n",
+                           "# TYPE gqa_cache_config_info gauge\n"
+                           "gqa_cache_config_info{block_size=\"16\",num_gpu_blocks=\"1234\"} 1\n",
+                           "# TYPE gqa_tensor_parallel_size gauge\ngqa_tensor_parallel_size 1\n"}) {
     EXPECT_NE(text.find(line), std::string::npos) << line << "\nin\n" << text;
   }
+}
+
+// Under tensor parallelism the gauge says how many GPUs hold the model (the pool gauges and
+// gqa_gpu_memory_bytes being one rank's).
+TEST(MetricsTest, ExportsTheTensorParallelSize) {
+  MetricsRegistry r;
+  EngineMetrics metrics(r);
+  KvCacheSpec kv;
+  kv.block_size = 16;
+  kv.num_blocks = 100;
+  metrics.SetModelInfo(testing::TinyConfig(), kv, "cuda", "2 x NVIDIA H100 80GB HBM3",
+                       {{"weights", 1000}}, 2);
+  const std::string text = r.RenderText();
+  EXPECT_NE(text.find("\ngqa_tensor_parallel_size 2\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("gqa_gpu_memory_bytes{kind=\"weights\"} 1000\n"), std::string::npos) << text;
 }
 
 TEST(MetricsTest, BucketBoundsAreShortestRoundTripDecimals) {

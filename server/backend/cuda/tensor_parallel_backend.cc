@@ -52,6 +52,7 @@ class TensorParallelBackend final : public Backend {
   std::vector<std::pair<std::string, uint64_t>> memory_by_kind() const override {
     return ranks_[0]->memory_by_kind();
   }
+  int tensor_parallel_size() const override { return world_size(); }
   bool broken() const override {
     if (broken_) return true;
     for (const auto& rank : ranks_) {
