@@ -54,6 +54,7 @@ TEST_F(FlagsTest, EachFlagFillsItsPart) {
        {"step_profile_interval", "0"},
        {"async_scheduling", "off"},
        {"tensor_parallel_size", "4"},
+       {"step_timeout_seconds", "30"},
        {"enforce_eager", "true"},
        {"host", "127.0.0.1"},
        {"port", "1"},
@@ -97,6 +98,8 @@ TEST_F(FlagsTest, EachFlagFillsItsPart) {
   EXPECT_EQ(o->backend.step_profile_interval, 0);
   EXPECT_EQ(o->backend.async_scheduling, AsyncScheduling::kOff);
   EXPECT_EQ(o->backend.tensor_parallel_size, 4);
+  EXPECT_EQ(o->backend.step_timeout_seconds, 30);
+  EXPECT_EQ(StepTimeoutSeconds(o->backend, "cpu"), 30);
 
   EXPECT_TRUE(o->cuda.enforce_eager);
   EXPECT_EQ(o->cuda.device_index, 0);
@@ -176,6 +179,17 @@ TEST_F(FlagsTest, TextThatDoesNotParseNamesItsFlag) {
   }
 }
 
+// The watchdog: auto is 120 s on the GPU and none on the CPU (a large model's prefill chunk may
+// take minutes there); 0 turns it off anywhere.
+TEST(StepTimeoutOption, AutoIs120SecondsOnTheGpuAndNoneOnTheCpu) {
+  BackendOptions b;
+  EXPECT_EQ(b.step_timeout_seconds, -1);
+  EXPECT_EQ(StepTimeoutSeconds(b, "cuda"), 120);
+  EXPECT_EQ(StepTimeoutSeconds(b, "cpu"), 0);
+  b.step_timeout_seconds = 0;
+  EXPECT_EQ(StepTimeoutSeconds(b, "cuda"), 0);
+}
+
 // auto: on where the device runs while the host works (the GPU), off on the CPU backend.
 TEST(AsyncSchedulingOption, AutoIsOnForTheGpuOnly) {
   BackendOptions b;
@@ -251,6 +265,8 @@ TEST(ValidateServingOptions, RefusesNamingTheFlag) {
        "--gpu_memory_utilization 0 must be in (0, 1]"},
       {[](ServingOptions& o) { o.backend.step_profile_interval = -1; },
        "--step_profile_interval must be >= 0, got -1"},
+      {[](ServingOptions& o) { o.backend.step_timeout_seconds = -2; },
+       "--step_timeout_seconds must be >= 0 (or -1: auto), got -2"},
       {[](ServingOptions& o) { o.backend.tensor_parallel_size = 0; },
        "--tensor_parallel_size 0 must be >= 1"},
       {[](ServingOptions& o) { o.backend.tensor_parallel_size = -2; },
