@@ -151,11 +151,13 @@ TEST_F(EngineTest, DrainFinishesRunningRequestsAndRefusesNewOnes) {
 }
 
 std::unique_ptr<Engine> FakeEngine(std::unique_ptr<Backend> backend, EngineMetrics* metrics,
-                                   std::function<void()> on_broken = {}) {
+                                   std::function<void()> on_broken = {},
+                                   std::chrono::milliseconds step_timeout = {}) {
   EngineConfig config;
   config.scheduler = {4, 64, 256};
   config.limits = {128, 512};
   config.on_backend_broken = std::move(on_broken);
+  config.step_timeout = step_timeout;
   return std::make_unique<Engine>(config, std::move(backend), metrics);  // not started yet
 }
 
@@ -244,16 +246,12 @@ TEST(EngineFailureTest, AHungStepCallsOnBackendBrokenAfterTheStepTimeout) {
   auto backend = std::make_unique<HangingBackend>(3);
   HangingBackend* hanging = backend.get();
   std::atomic<int> broken_calls{0};
-  EngineConfig config;
-  config.scheduler = {4, 64, 256};
-  config.limits = {128, 512};
-  config.on_backend_broken = [&] { ++broken_calls; };
-  config.step_timeout = std::chrono::milliseconds(200);
-  Engine engine(config, std::move(backend), nullptr);
+  auto engine = FakeEngine(
+      std::move(backend), nullptr, [&] { ++broken_calls; }, std::chrono::milliseconds(200));
   Collector c;
-  ASSERT_TRUE(engine.Submit(FakeRequest("a", 10, c)).ok());
+  ASSERT_TRUE(engine->Submit(FakeRequest("a", 10, c)).ok());
   const auto start = std::chrono::steady_clock::now();
-  engine.Start();
+  engine->Start();
   const auto deadline = start + std::chrono::seconds(10);
   while (broken_calls.load() == 0 && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
@@ -268,15 +266,12 @@ TEST(EngineFailureTest, AHungStepCallsOnBackendBrokenAfterTheStepTimeout) {
 // Steps that end in time never trip it.
 TEST(EngineFailureTest, StepsWithinTheStepTimeoutRunAsBefore) {
   std::atomic<int> broken_calls{0};
-  EngineConfig config;
-  config.scheduler = {4, 64, 256};
-  config.limits = {128, 512};
-  config.on_backend_broken = [&] { ++broken_calls; };
-  config.step_timeout = std::chrono::seconds(30);
-  Engine engine(config, std::make_unique<FakeBackend>(std::vector<int>{}, false), nullptr);
+  auto engine = FakeEngine(
+      std::make_unique<FakeBackend>(std::vector<int>{}, false), nullptr, [&] { ++broken_calls; },
+      std::chrono::seconds(30));
   Collector c;
-  ASSERT_TRUE(engine.Submit(FakeRequest("a", 20, c)).ok());
-  engine.Start();
+  ASSERT_TRUE(engine->Submit(FakeRequest("a", 20, c)).ok());
+  engine->Start();
   c.WaitFor(1);
   EXPECT_EQ(c.results()["a"].tokens, std::vector<int32_t>(20, 5));
   EXPECT_EQ(broken_calls.load(), 0);

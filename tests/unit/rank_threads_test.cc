@@ -22,6 +22,33 @@
 namespace gqa {
 namespace {
 
+// A stand-in for a collective a rank waits in until the communicators are aborted: Wait()
+// blocks until Abort() (the abort hook) and then fails as an aborted NCCL call would.
+class AbortableWait {
+ public:
+  absl::Status Wait() {
+    std::unique_lock lock(mu_);
+    if (!cv_.wait_for(lock, std::chrono::seconds(30), [&] { return aborted_; })) {
+      return absl::InternalError("never released");
+    }
+    return absl::AbortedError("collective aborted");
+  }
+  void Abort() {
+    std::lock_guard lock(mu_);
+    aborted_ = true;
+    cv_.notify_all();
+  }
+  bool aborted() {
+    std::lock_guard lock(mu_);
+    return aborted_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool aborted_ = false;
+};
+
 TEST(RankThreads, EachRankRunsOnItsOwnThreadAfterItsStartHook) {
   std::mutex mu;
   std::vector<std::thread::id> started(3);
@@ -99,26 +126,16 @@ TEST(RankThreads, NamesTheFailedRankAndAbortsOnce) {
 // rather than hanging.
 TEST(RankThreads, TheAbortHookReleasesARankWaitingOnTheFailedOne) {
   RankThreads threads(2, nullptr, std::chrono::milliseconds(50));
-  std::mutex mu;
-  std::condition_variable cv;
-  bool aborted = false;
+  AbortableWait collective;
   const absl::Status status = threads.OnEveryRank(
       [&](int r) -> absl::Status {
         if (r == 1) return absl::UnavailableError("rank 1 never joined");
-        std::unique_lock lock(mu);
-        if (!cv.wait_for(lock, std::chrono::seconds(30), [&] { return aborted; })) {
-          return absl::DeadlineExceededError("never released");
-        }
-        return absl::AbortedError("collective aborted");
+        return collective.Wait();
       },
-      [&] {
-        std::lock_guard lock(mu);
-        aborted = true;
-        cv.notify_all();
-      });
+      [&] { collective.Abort(); });
   EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(status.message(), "rank 1 of 2: rank 1 never joined");
-  EXPECT_TRUE(aborted);
+  EXPECT_TRUE(collective.aborted());
 }
 
 // Every rank refuses the same thing at the same point (as every rank would a bad step plan,
@@ -178,29 +195,15 @@ TEST(RankThreads, ARankWhoseStartFailedReturnsThatFailure) {
 // the deadline the abort hook releases it and the call fails naming it, instead of hanging.
 TEST(RankThreads, ADeadlineAbortsAHungRankAndNamesIt) {
   RankThreads threads(2, nullptr);
-  std::mutex mu;
-  std::condition_variable cv;
-  bool aborted = false;
-  const absl::Status status = threads.OnEveryRank(
-      [&](int r) -> absl::Status {
-        if (r == 0) return absl::OkStatus();
-        std::unique_lock lock(mu);
-        if (!cv.wait_for(lock, std::chrono::seconds(30), [&] { return aborted; })) {
-          return absl::InternalError("never released");
-        }
-        return absl::AbortedError("collective aborted");
-      },
-      [&] {
-        std::lock_guard lock(mu);
-        aborted = true;
-        cv.notify_all();
-      },
-      std::chrono::milliseconds(100));
+  AbortableWait collective;
+  const absl::Status status =
+      threads.OnEveryRank([&](int r) { return r == 0 ? absl::OkStatus() : collective.Wait(); },
+                          [&] { collective.Abort(); }, std::chrono::milliseconds(100));
   EXPECT_EQ(status.code(), absl::StatusCode::kDeadlineExceeded);
   EXPECT_EQ(status.message(),
             "rank 1 of 2 did not finish within 0.1 s (a hung collective or kernel); the "
             "communicators were aborted");
-  EXPECT_TRUE(aborted);
+  EXPECT_TRUE(collective.aborted());
 }
 
 // A deadline that every rank meets changes nothing.
