@@ -22,6 +22,7 @@
 #include "backend/cuda/tensor_parallel_backend.h"
 #include "backend/cuda/weights.h"
 #include "backend/roofline.h"
+#include "collectives_bench.h"
 #include "copy_bandwidth.h"
 #include "engine/engine.h"
 #include "metrics/engine_metrics.h"
@@ -71,6 +72,19 @@ double RankFloorBytes(const ModelConfig& c, int world_size, int batch, int conte
   const auto plan = PlanTensorParallelShard(c, /*rank=*/0, world_size);
   if (!plan.ok()) return NAN;
   return FloorBytes(cuda::ShardConfig(c, *plan), batch, context);
+}
+
+// Under a tensor-parallel row: its collectives alone, and their share of the step.
+void PrintStepCollectives(const absl::StatusOr<bench::StepCollectivesTiming>& c, double step_ms) {
+  if (!c.ok()) {
+    std::printf("%27s | collectives alone: %s\n", "", std::string(c.status().message()).c_str());
+    return;
+  }
+  std::printf(
+      "%27s | collectives alone: %.3f ms per step, %.1f%% of it (%d all-reduces of %.1f "
+      "KB, an all-gather of %.1f KB per rank; one graph)\n",
+      "", c->ms, 100 * c->ms / step_ms, c->all_reduces, c->all_reduce_bytes / 1e3,
+      c->all_gather_bytes / 1e3);
 }
 
 [[noreturn]] void Die(const absl::Status& status) {
@@ -547,6 +561,15 @@ int DecodeBenchMain(int argc, char** argv) {
         }
       }
     }
+    // The same steps' collectives alone (the tensor-parallel backend freed: their own
+    // communicators and buffers).
+    std::vector<absl::StatusOr<bench::StepCollectivesTiming>> tp_collectives;
+    if (tensor_parallel_size > 0) {
+      for (const Row& r : group) {
+        tp_collectives.push_back(
+            bench::TimeStepCollectives(config, o.dtype, tensor_parallel_size, r.batch, 50));
+      }
+    }
     auto backend = CreateCudaBackendWithRandomWeights(o, config);
     if (!backend.ok()) {
       std::printf("%5s %3d: %s\n", key.first.c_str(), key.second,
@@ -589,6 +612,7 @@ int DecodeBenchMain(int argc, char** argv) {
             "", "", "", "tp", p.step_ms, p.device_ms, rank_floor_ms,
             100 * rank_floor_ms / p.step_ms, r.batch / p.step_ms * 1e3, tensor_parallel_size,
             t.step_ms / p.step_ms);
+        PrintStepCollectives(tp_collectives[i], p.step_ms);
       }
       std::fflush(stdout);
     }
