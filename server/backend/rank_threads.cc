@@ -42,8 +42,9 @@ void RankThreads::Worker::Loop(int rank, std::function<absl::Status(int)> on_sta
 }
 
 RankThreads::RankThreads(int n, std::function<absl::Status(int)> on_start,
+                         std::function<uint64_t(int)> progress,
                          std::chrono::milliseconds failure_grace)
-    : failure_grace_(failure_grace) {
+    : progress_(std::move(progress)), failure_grace_(failure_grace) {
   for (int r = 0; r < n; ++r) workers_.push_back(std::make_unique<Worker>(r, on_start));
 }
 
@@ -51,37 +52,38 @@ RankThreads::~RankThreads() {
   workers_.clear();  // each finishes its queue and joins
 }
 
-namespace {
-
-bool AllAlike(const std::vector<absl::Status>& results) {
-  for (const absl::Status& s : results) {
-    if (s.ok() || s != results.front()) return false;
-  }
-  return true;
-}
-
-}  // namespace
-
 absl::Status RankThreads::OnEveryRank(const std::function<absl::Status(int)>& task,
                                       const std::function<void()>& on_failure,
                                       std::chrono::milliseconds deadline) {
   std::lock_guard one_call(one_call_);
   const int n = size();
+  // Shared with the workers' tasks below; every return path first waits for all of them.
   std::mutex mu;
   std::condition_variable changed;
   std::vector<absl::Status> results(n);
+  std::vector<uint64_t> progress(n, 0);
   std::vector<bool> finished(n, false);
   int done = 0, failed = 0;
   int first_failed = -1;  // the rank whose failure came first: the cause, the others' its echo
+  int first_done = -1;    // what every other rank is compared with
+  bool apart = false;     // two ranks ended differently (status or progress): not alike
   for (int r = 0; r < n; ++r) {
     Worker* worker = workers_[r].get();
     worker->Post([&, r, worker] {
       absl::Status status = worker->start_status().ok() ? task(r) : worker->start_status();
+      const uint64_t reached = progress_ ? progress_(r) : 0;  // on the rank's own thread
       std::lock_guard lock(mu);
       if (!status.ok() && failed++ == 0) first_failed = r;
+      if (first_done < 0) {
+        first_done = r;
+      } else if (status != results[first_done] || reached != progress[first_done]) {
+        apart = true;
+      }
       results[r] = std::move(status);
+      progress[r] = reached;
       finished[r] = true;
       ++done;
+      // Under the lock: the waiter may return (and `changed` go) as soon as it sees done == n.
       changed.notify_one();
     });
   }
@@ -93,10 +95,12 @@ absl::Status RankThreads::OnEveryRank(const std::function<absl::Status(int)>& ta
   } else {
     in_time = changed.wait_for(lock, deadline, ended_or_failed);
   }
-  const bool all_done =
-      in_time && changed.wait_for(lock, failure_grace_, [&] { return done == n; });
-  if (in_time && failed == 0) return absl::OkStatus();
-  if (all_done && AllAlike(results)) {
+  if (in_time && failed == 0) return absl::OkStatus();  // every rank ended, none failed
+  // A rank failed: the others get the grace to end alike, unless two already ended differently.
+  const bool alike = in_time &&
+                     changed.wait_for(lock, failure_grace_, [&] { return done == n || apart; }) &&
+                     done == n && !apart;
+  if (alike) {
     const absl::Status& every = results.front();
     return absl::Status(every.code(), absl::StrCat("every rank of ", n, ": ", every.message()));
   }

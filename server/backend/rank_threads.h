@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <deque>
 #include <functional>
 #include <memory>
@@ -23,9 +24,13 @@ class RankThreads {
   static constexpr std::chrono::milliseconds kDefaultFailureGrace{2000};
   static constexpr std::chrono::milliseconds kNoDeadline{0};
   // Starts `n` threads; thread r runs on_start(r) before any task. A rank whose on_start failed
-  // runs no task: each returns that failure instead. failure_grace: how long, after a rank
-  // fails, the others have to finish before the ranks count as out of step (OnEveryRank).
+  // runs no task: each returns that failure instead. progress(r), when given, is read on rank r's
+  // thread after each of its tasks: how far the rank has gone in what must stay in step across
+  // ranks (the CUDA runtime: the collectives it issued); ranks whose progress differs are never
+  // alike. failure_grace: how long, after a rank fails, the others have to end alike
+  // (OnEveryRank).
   RankThreads(int n, std::function<absl::Status(int rank)> on_start,
+              std::function<uint64_t(int rank)> progress = nullptr,
               std::chrono::milliseconds failure_grace = kDefaultFailureGrace);
   // Runs the tasks already given, then joins.
   ~RankThreads();
@@ -38,13 +43,15 @@ class RankThreads {
   // returned OK. Calls from several threads run one after another, so every rank sees the same
   // tasks in the same order (its collectives match).
   //
-  // When a rank fails, the others get failure_grace to finish. If they all did, and all failed
-  // alike (same code and message: the same refusal at the same point, so no collective is left
-  // half-joined), that status is returned, prefixed "every rank of n: ", and nothing else
-  // happens: the ranks are still in step. Otherwise on_failure() runs once, on the calling
-  // thread (possibly while ranks still run: it must make them return), then the status of the
-  // rank that failed first (the cause: ranks released by the hook fail after it) is returned,
-  // prefixed "rank r of n: ".
+  // When a rank fails, the others get failure_grace to end. If they all failed alike (same code
+  // and message, and the same progress: the same refusal at the same point, so no collective is
+  // left half-joined), that status is returned, prefixed "every rank of n: ", and nothing else
+  // happens: the ranks are still in step. Otherwise (two ranks ended differently, which ends the
+  // grace at once, or a rank still runs after it) on_failure() runs once, on the calling thread,
+  // without any lock but the one serializing the calls (so it must not call OnEveryRank), possibly
+  // while ranks still run (it must make them return); then the status of the rank that failed
+  // first (the cause: ranks released by the hook fail after it) is returned, prefixed
+  // "rank r of n: ".
   //
   // deadline (a watchdog; kNoDeadline: none): when the ranks have neither all finished nor any
   // failed by then, one is hung (a collective whose peer never came, a kernel that never ends):
@@ -73,6 +80,7 @@ class RankThreads {
     std::thread thread_;         // last: started once the members above exist
   };
   std::vector<std::unique_ptr<Worker>> workers_;
+  std::function<uint64_t(int)> progress_;  // may be empty
   std::chrono::milliseconds failure_grace_;
   std::mutex one_call_;  // held through each OnEveryRank
 };

@@ -10,6 +10,7 @@
 #include <map>
 #include <mutex>
 #include <random>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "backend/cpu/cpu_backend.h"
@@ -212,11 +213,12 @@ TEST(EngineFailureTest, AFailedStepKeepsItsStatusCode) {
   EXPECT_EQ(c.results()["a"].error_code, absl::StatusCode::kResourceExhausted);
 }
 
-// A backend whose step `hang_at` (counted from 1) never ends until Release(): a hung kernel or
-// collective.
-class HangingBackend final : public testing::FakeBackendBase {
+// A backend whose steps each take `step_delay`, and whose step `hang_at` (counted from 1; 0:
+// none) never ends until Release(): a hung kernel or collective.
+class StallingBackend final : public testing::FakeBackendBase {
  public:
-  explicit HangingBackend(int hang_at) : hang_at_(hang_at) {}
+  StallingBackend(int hang_at, std::chrono::milliseconds step_delay)
+      : hang_at_(hang_at), step_delay_(step_delay) {}
   void Release() {
     {
       std::lock_guard lock(mu_);
@@ -227,6 +229,7 @@ class HangingBackend final : public testing::FakeBackendBase {
 
  private:
   absl::StatusOr<StepOutput> Run(const StepPlan& plan) override {
+    std::this_thread::sleep_for(step_delay_);
     if (++step_ == hang_at_) {
       std::unique_lock lock(mu_);
       cv_.wait(lock, [&] { return released_; });
@@ -234,6 +237,7 @@ class HangingBackend final : public testing::FakeBackendBase {
     return FixedTokens(plan, 5);
   }
   const int hang_at_;
+  const std::chrono::milliseconds step_delay_;
   int step_ = 0;
   std::mutex mu_;
   std::condition_variable cv_;
@@ -243,8 +247,8 @@ class HangingBackend final : public testing::FakeBackendBase {
 // The watchdog: a step that never returns calls on_backend_broken (the server exits in it)
 // after step_timeout, instead of leaving the server up and serving nothing.
 TEST(EngineFailureTest, AHungStepCallsOnBackendBrokenAfterTheStepTimeout) {
-  auto backend = std::make_unique<HangingBackend>(3);
-  HangingBackend* hanging = backend.get();
+  auto backend = std::make_unique<StallingBackend>(3, std::chrono::milliseconds(0));
+  StallingBackend* hanging = backend.get();
   std::atomic<int> broken_calls{0};
   auto engine = FakeEngine(
       std::move(backend), nullptr, [&] { ++broken_calls; }, std::chrono::milliseconds(200));
@@ -263,17 +267,19 @@ TEST(EngineFailureTest, AHungStepCallsOnBackendBrokenAfterTheStepTimeout) {
   EXPECT_EQ(broken_calls.load(), 1) << "once only";
 }
 
-// Steps that end in time never trip it.
-TEST(EngineFailureTest, StepsWithinTheStepTimeoutRunAsBefore) {
+// Steps that end in time never trip it: 20 steps of 20 ms under a 200 ms limit (their sum
+// twice it), then the engine idle for three limits.
+TEST(EngineFailureTest, StepsWithinTheStepTimeoutAndIdleTimeNeverTripIt) {
   std::atomic<int> broken_calls{0};
   auto engine = FakeEngine(
-      std::make_unique<FakeBackend>(std::vector<int>{}, false), nullptr, [&] { ++broken_calls; },
-      std::chrono::seconds(30));
+      std::make_unique<StallingBackend>(0, std::chrono::milliseconds(20)), nullptr,
+      [&] { ++broken_calls; }, std::chrono::milliseconds(200));
   Collector c;
   ASSERT_TRUE(engine->Submit(FakeRequest("a", 20, c)).ok());
   engine->Start();
   c.WaitFor(1);
   EXPECT_EQ(c.results()["a"].tokens, std::vector<int32_t>(20, 5));
+  std::this_thread::sleep_for(std::chrono::milliseconds(600));
   EXPECT_EQ(broken_calls.load(), 0);
 }
 

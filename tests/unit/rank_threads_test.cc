@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
 namespace gqa {
@@ -125,8 +126,9 @@ TEST(RankThreads, NamesTheFailedRankAndAbortsOnce) {
 // releases rank 0, and the step fails with rank 1's error (the cause, not rank 0's echo of it)
 // rather than hanging.
 TEST(RankThreads, TheAbortHookReleasesARankWaitingOnTheFailedOne) {
-  RankThreads threads(2, nullptr, std::chrono::milliseconds(50));
+  RankThreads threads(2, nullptr, nullptr, std::chrono::milliseconds(50));
   AbortableWait collective;
+  const auto start = std::chrono::steady_clock::now();
   const absl::Status status = threads.OnEveryRank(
       [&](int r) -> absl::Status {
         if (r == 1) return absl::UnavailableError("rank 1 never joined");
@@ -136,6 +138,71 @@ TEST(RankThreads, TheAbortHookReleasesARankWaitingOnTheFailedOne) {
   EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(status.message(), "rank 1 of 2: rank 1 never joined");
   EXPECT_TRUE(collective.aborted());
+  // Released after the 50 ms grace, not after AbortableWait's own 30 s.
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+}
+
+// Rank 0 fails, rank 1 succeeds, rank 2 waits in a collective: two ranks ended differently, so
+// the abort comes at once, without waiting out the (here 30 s) grace.
+TEST(RankThreads, RanksThatEndedDifferentlyAbortWithoutWaitingOutTheGrace) {
+  RankThreads threads(3, nullptr, nullptr, std::chrono::seconds(30));
+  AbortableWait collective;
+  const auto start = std::chrono::steady_clock::now();
+  const absl::Status status = threads.OnEveryRank(
+      [&](int r) -> absl::Status {
+        if (r == 0) return absl::InternalError("rank 0 broke");
+        if (r == 1) return absl::OkStatus();
+        return collective.Wait();
+      },
+      [&] { collective.Abort(); });
+  EXPECT_EQ(status.message(), "rank 0 of 3: rank 0 broke");
+  EXPECT_TRUE(collective.aborted());
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+}
+
+// The grace, both ways: a rank failing alike 100 ms after the others, within a 2 s grace, runs
+// no abort; the same 300 ms late, past a 50 ms grace, aborts (it may be stuck, for all the
+// waiter knows).
+TEST(RankThreads, ALateAlikeFailureCountsOnlyWithinTheGrace) {
+  const auto late_alike = [](int r, std::chrono::milliseconds late) {
+    if (r == 1) std::this_thread::sleep_for(late);
+    return absl::InvalidArgumentError("refused");
+  };
+  {
+    RankThreads threads(2, nullptr, nullptr, std::chrono::seconds(2));
+    int aborts = 0;
+    const absl::Status status = threads.OnEveryRank(
+        [&](int r) { return late_alike(r, std::chrono::milliseconds(100)); }, [&] { ++aborts; });
+    EXPECT_EQ(status.message(), "every rank of 2: refused");
+    EXPECT_EQ(aborts, 0);
+  }
+  {
+    RankThreads threads(2, nullptr, nullptr, std::chrono::milliseconds(50));
+    int aborts = 0;
+    const absl::Status status = threads.OnEveryRank(
+        [&](int r) { return late_alike(r, std::chrono::milliseconds(300)); }, [&] { ++aborts; });
+    EXPECT_EQ(status.message(), "rank 0 of 2: refused");
+    EXPECT_EQ(aborts, 1);
+  }
+}
+
+// The same status from ranks at different points (progress: in the CUDA runtime, the
+// collectives each queued) is not alike: one may have left a collective half-joined.
+TEST(RankThreads, AlikeStatusesAtDifferentProgressAbort) {
+  std::vector<uint64_t> queued = {7, 9};
+  RankThreads threads(2, nullptr, [&](int r) { return queued[r]; });
+  int aborts = 0;
+  const absl::Status status = threads.OnEveryRank(
+      [](int) { return absl::InternalError("ncclAllReduce: unhandled system error"); },
+      [&] { ++aborts; });
+  EXPECT_EQ(aborts, 1);
+  EXPECT_TRUE(absl::StartsWith(status.message(), "rank ")) << status;
+  queued = {9, 9};
+  const absl::Status alike = threads.OnEveryRank(
+      [](int) { return absl::InternalError("ncclAllReduce: unhandled system error"); },
+      [&] { ++aborts; });
+  EXPECT_EQ(aborts, 1);
+  EXPECT_EQ(alike.message(), "every rank of 2: ncclAllReduce: unhandled system error");
 }
 
 // Every rank refuses the same thing at the same point (as every rank would a bad step plan,
@@ -204,6 +271,17 @@ TEST(RankThreads, ADeadlineAbortsAHungRankAndNamesIt) {
             "rank 1 of 2 did not finish within 0.1 s (a hung collective or kernel); the "
             "communicators were aborted");
   EXPECT_TRUE(collective.aborted());
+}
+
+// A failure before the deadline is that failure, not DEADLINE_EXCEEDED.
+TEST(RankThreads, AFailureBeforeTheDeadlineIsReportedAsItself) {
+  RankThreads threads(2, nullptr, nullptr, std::chrono::milliseconds(50));
+  AbortableWait collective;
+  const absl::Status status = threads.OnEveryRank(
+      [&](int r) { return r == 0 ? absl::UnavailableError("gone") : collective.Wait(); },
+      [&] { collective.Abort(); }, std::chrono::seconds(10));
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(status.message(), "rank 0 of 2: gone");
 }
 
 // A deadline that every rank meets changes nothing.

@@ -47,6 +47,7 @@ absl::Status RankCollectives::AllReduceSum(void* buf, size_t count, DType dtype,
   ASSIGN_OR_RETURN(const ncclDataType_t type, NcclType(dtype));
   std::lock_guard<std::mutex> lock(*call_lock_);
   RETURN_IF_ERROR(Usable());
+  ++queued_;
   return NcclStatus(ncclAllReduce(buf, buf, count, type, ncclSum, comm_, stream), "ncclAllReduce");
 }
 
@@ -55,6 +56,7 @@ absl::Status RankCollectives::AllGather(const void* send, void* recv, size_t cou
   ASSIGN_OR_RETURN(const ncclDataType_t type, NcclType(dtype));
   std::lock_guard<std::mutex> lock(*call_lock_);
   RETURN_IF_ERROR(Usable());
+  ++queued_;
   return NcclStatus(ncclAllGather(send, recv, count_per_rank, type, comm_, stream),
                     "ncclAllGather");
 }
@@ -66,6 +68,7 @@ absl::StatusOr<int64_t> RankCollectives::AllReduceMin(int64_t value, int64_t* sc
   {  // the lock only around the call: never across the wait below, which an abort may end
     std::lock_guard<std::mutex> lock(*call_lock_);
     RETURN_IF_ERROR(Usable());
+    ++queued_;
     RETURN_IF_ERROR(
         NcclStatus(ncclAllReduce(scratch, scratch, 1, ncclInt64, ncclMin, comm_, stream),
                    "ncclAllReduce (min)"));

@@ -38,6 +38,11 @@ class RankCollectives {
         aborted_(aborted) {}
   int rank() const { return rank_; }
   int world_size() const { return world_size_; }
+  // Collectives this rank has queued, each call and each replay of a graph holding some
+  // (NoteGraphLaunch): how far it has gone, which RankThreads compares across ranks before it
+  // calls a failure that every rank returned "alike". Read and written by the rank's thread only.
+  uint64_t collectives_queued() const { return queued_; }
+  void NoteGraphLaunch() const { ++queued_; }
 
   // buf = the sum of every rank's buf, in place, in `dtype` (kBF16, kF16 or kF32).
   absl::Status AllReduceSum(void* buf,  // [count] of dtype
@@ -61,6 +66,7 @@ class RankCollectives {
   int world_size_;
   std::mutex* call_lock_;             // the owner's, one per communicator
   const std::atomic<bool>* aborted_;  // the owner's
+  mutable uint64_t queued_ = 0;       // see collectives_queued()
 };
 
 // The owner of N communicators over GPUs 0..N-1: made by ncclCommInitAll (from one thread: it

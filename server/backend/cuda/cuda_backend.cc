@@ -483,6 +483,7 @@ absl::StatusOr<StepShape> CudaBackend<T>::Forward(const StepPlan& plan) {
   }
   if (padded > 0) {
     const auto& graphs = profiling_ ? profiled_graphs_ : graphs_;
+    if (tensor_parallel()) collectives_->NoteGraphLaunch();  // the graph holds the step's
     RETURN_IF_ERROR(Check(cuda::CudaStatus(cudaGraphLaunch(graphs.at(padded), device_->stream()),
                                            "cudaGraphLaunch")));
   } else {

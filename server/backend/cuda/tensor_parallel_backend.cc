@@ -2,8 +2,10 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <chrono>
 #include <functional>
+#include <optional>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -11,15 +13,22 @@
 #include "backend/rank_threads.h"
 #include "common/status_macros.h"
 #include "model/tensor_parallel.h"
+#include "options/serving_options.h"
 #include "spdlog/spdlog.h"
 
 namespace gqa {
 namespace {
 
-// The watchdog on every call after start-up: a step (a prefill chunk of 16k tokens of a 70B
-// model takes seconds) that has not ended on every rank by then has a rank hung in a collective.
-// Start-up (loading weights, capturing graphs) has none.
-constexpr std::chrono::milliseconds kStepDeadline = std::chrono::seconds(60);
+// The ranks' watchdog on every call after start-up: a step (a prefill chunk of 16k tokens of a
+// 70B model takes seconds) that has not ended on every rank by then has a rank hung in a
+// collective. Half the engine's --step_timeout_seconds (auto: 60 of 120 s), so that the ranks'
+// abort fails the step cleanly before the engine's watchdog exits the process; none when that is
+// off. Start-up (loading weights, capturing graphs) has none.
+std::chrono::milliseconds RankStepDeadline(const BackendOptions& backend) {
+  const int engine_seconds = StepTimeoutSeconds(backend, "cuda");
+  if (engine_seconds <= 0) return RankThreads::kNoDeadline;
+  return std::chrono::milliseconds(int64_t(engine_seconds) * 500);
+}
 
 class TensorParallelBackend final : public Backend {
  public:
@@ -113,7 +122,7 @@ class TensorParallelBackend final : public Backend {
   // so that ranks waiting in a collective return (with an error) instead of hanging, and the
   // backend is broken.
   absl::Status OnEveryRank(const std::function<absl::Status(int)>& task,
-                           std::chrono::milliseconds deadline = kStepDeadline) {
+                           std::optional<std::chrono::milliseconds> deadline = std::nullopt) {
     return threads_->OnEveryRank(
         task,
         [this] {
@@ -121,7 +130,7 @@ class TensorParallelBackend final : public Backend {
           broken_ = true;
           if (communicators_) communicators_->Abort();
         },
-        deadline);
+        deadline.value_or(step_deadline_));
   }
   absl::Status OnRankZero(const std::function<absl::Status()>& task) {
     return OnEveryRank([&](int r) { return r == 0 ? task() : absl::OkStatus(); });
@@ -133,7 +142,9 @@ class TensorParallelBackend final : public Backend {
   std::unique_ptr<cuda::NcclCommunicators> communicators_;
   std::vector<std::unique_ptr<Backend>> ranks_;  // rank r on GPU r, used on thread r only
   std::unique_ptr<RankThreads> threads_;         // freed before the communicators
-  bool broken_ = false;
+  // Set by the abort hook (on the calling thread) and read by any thread (broken()).
+  std::atomic<bool> broken_{false};
+  std::chrono::milliseconds step_deadline_ = RankThreads::kNoDeadline;
 };
 
 absl::Status TensorParallelBackend::CheckRanksAgree(const std::vector<StepOutput>& outputs) {
@@ -156,12 +167,18 @@ absl::StatusOr<std::unique_ptr<Backend>> TensorParallelBackend::Create(
   backend->ranks_.resize(n);
   // Each thread makes its GPU current first; every CUDA and NCCL call of rank r is made on
   // thread r (the communicators' abort aside).
-  backend->threads_ = std::make_unique<RankThreads>(n, [](int r) -> absl::Status {
-    if (const cudaError_t e = cudaSetDevice(r); e != cudaSuccess) {
-      return absl::InternalError(absl::StrCat("cudaSetDevice(", r, "): ", cudaGetErrorString(e)));
-    }
-    return absl::OkStatus();
-  });
+  cuda::NcclCommunicators* communicators = backend->communicators_.get();
+  backend->threads_ = std::make_unique<RankThreads>(
+      n,
+      [](int r) -> absl::Status {
+        if (const cudaError_t e = cudaSetDevice(r); e != cudaSuccess) {
+          return absl::InternalError(
+              absl::StrCat("cudaSetDevice(", r, "): ", cudaGetErrorString(e)));
+        }
+        return absl::OkStatus();
+      },
+      [communicators](int r) { return communicators->rank(r)->collectives_queued(); });
+  backend->step_deadline_ = RankStepDeadline(options.backend);
   // At once: each rank's start-up runs collectives (its KV pool's size, the graphs' warm-up
   // steps) that wait for every other rank.
   TensorParallelBackend* tp = backend.get();
