@@ -19,6 +19,7 @@
 #include "backend/roofline.h"
 #include "common/fake_backend.h"
 #include "common/test_checkpoint.h"
+#include "cuda/backend_test_setup.h"
 #include "cuda/chunk_plans.h"
 #include "engine/engine.h"
 #include "gqa/kernels/paged_attention_cuda.h"
@@ -29,50 +30,16 @@ namespace gqa {
 namespace {
 
 using testing::Chunk;
+using testing::GpuBackend;
+using testing::kBlockSize;
+using testing::kLogitTolerance;
+using testing::kNumBlocks;
+using testing::Shape;
+using testing::SmallOptions;
 
 bool HaveGpu() {
   int count = 0;
   return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
-}
-
-constexpr int kBlockSize = 16;
-constexpr int kNumBlocks = 96;
-constexpr double kLogitTolerance = 0.03;  // relative L2 error of a row of logits, bf16
-
-ModelConfig Shape(int heads, int kv_heads, int head_dim) {
-  ModelConfig c = testing::TinyConfig(kv_heads, DType::kBF16);
-  c.num_heads = heads;
-  c.head_dim = head_dim;
-  c.hidden_size = 256;
-  c.intermediate_size = 512;
-  c.vocab_size = 320;
-  c.num_layers = 3;
-  return c;
-}
-
-// The options the tests here start from: their block size and pool.
-ServingOptions SmallOptions(int num_kv_blocks, int max_num_seqs, int max_num_batched_tokens,
-                            int max_model_len) {
-  ServingOptions o;
-  o.cache.block_size = kBlockSize;
-  o.cache.num_kv_blocks = num_kv_blocks;
-  o.scheduler.max_num_seqs = max_num_seqs;
-  o.scheduler.max_num_batched_tokens = max_num_batched_tokens;
-  o.scheduler.max_model_len = max_model_len;
-  return o;
-}
-
-// A bf16 CUDA backend over the checkpoint in `dir` with options `o`; null (and a test failure)
-// when it cannot be made.
-std::unique_ptr<Backend> GpuBackend(const std::filesystem::path& dir, ServingOptions o) {
-  auto ckpt = Checkpoint::Load(dir, LoadFormat::kSafetensors);
-  EXPECT_TRUE(ckpt.ok()) << ckpt.status();
-  if (!ckpt.ok()) return nullptr;
-  o.backend.kind = BackendKind::kCuda;
-  o.backend.dtype = "bfloat16";
-  auto backend = CreateBackend(o, o.backend.kind, std::move(*ckpt));
-  EXPECT_TRUE(backend.ok()) << backend.status();
-  return backend.ok() ? std::move(*backend) : nullptr;
 }
 
 // One sequence's chunk of a hand-made step plan.

@@ -21,6 +21,7 @@
 
 #include "backend/factory.h"
 #include "common/test_checkpoint.h"
+#include "cuda/backend_test_setup.h"
 #include "cuda/chunk_plans.h"
 #include "model/checkpoint.h"
 
@@ -28,10 +29,12 @@ namespace gqa {
 namespace {
 
 using testing::Chunk;
-
-constexpr int kBlockSize = 16;
-constexpr int kNumBlocks = 96;
-constexpr double kLogitTolerance = 0.03;  // relative L2 error of a row of logits, bf16
+using testing::GpuBackend;
+using testing::kBlockSize;
+using testing::kLogitTolerance;
+using testing::kNumBlocks;
+using testing::Shape;
+using testing::SmallOptions;
 
 int VisibleGpus() {
   int count = 0;
@@ -43,17 +46,6 @@ int VisibleGpus() {
   GTEST_SKIP() << "needs " << (n) << " GPU(s), " << visible \
                << " visible: this tensor-parallel test did NOT run"
 
-ModelConfig Shape(int heads, int kv_heads, int head_dim) {
-  ModelConfig c = testing::TinyConfig(kv_heads, DType::kBF16);
-  c.num_heads = heads;
-  c.head_dim = head_dim;
-  c.hidden_size = 256;
-  c.intermediate_size = 512;
-  c.vocab_size = 320;
-  c.num_layers = 3;
-  return c;
-}
-
 // How a backend under test is made: its ranks, and the runtime even at one rank.
 struct Ranks {
   int world_size = 1;
@@ -62,24 +54,12 @@ struct Ranks {
 
 std::unique_ptr<Backend> MakeBackend(const std::filesystem::path& dir, Ranks ranks,
                                      bool enforce_eager, bool deterministic) {
-  auto ckpt = Checkpoint::Load(dir, LoadFormat::kSafetensors);
-  EXPECT_TRUE(ckpt.ok()) << ckpt.status();
-  if (!ckpt.ok()) return nullptr;
-  ServingOptions o;
-  o.cache.block_size = kBlockSize;
-  o.cache.num_kv_blocks = kNumBlocks;
-  o.scheduler.max_num_seqs = 8;
-  o.scheduler.max_num_batched_tokens = 256;
-  o.scheduler.max_model_len = 512;
-  o.backend.kind = BackendKind::kCuda;
-  o.backend.dtype = "bfloat16";
+  ServingOptions o = SmallOptions(kNumBlocks, 8, 256, 512);
   o.backend.deterministic = deterministic;
   o.backend.tensor_parallel_size = ranks.world_size;
   o.cuda.enforce_eager = enforce_eager;
   o.cuda.tensor_parallel_runtime_at_one_rank = ranks.runtime;
-  auto backend = CreateBackend(o, o.backend.kind, std::move(*ckpt));
-  EXPECT_TRUE(backend.ok()) << backend.status();
-  return backend.ok() ? std::move(*backend) : nullptr;
+  return GpuBackend(dir, o);
 }
 
 enum class Compare { kBitwise, kTolerance };
