@@ -22,8 +22,9 @@ absl::Status Cuda(cudaError_t e, const char* what) {
 // What one step moves, in elements.
 struct StepShape {
   int all_reduces = 0;
-  size_t hidden_count = 0;  // batch x hidden, per all-reduce
-  size_t gather_count = 0;  // batch x ceil(vocab / world_size), each rank's part
+  size_t hidden_count = 0;   // batch x hidden, per all-reduce
+  size_t gather_bytes = 0;   // each rank's part: batch keys, or batch x ceil(vocab / world_size)
+  bool gather_keys = false;  // fp32 logits
   DType dtype = DType::kBF16;
 };
 
@@ -35,9 +36,7 @@ class RankState {
     for (cudaEvent_t e : {start_, stop_}) {
       if (e) cudaEventDestroy(e);
     }
-    for (void* p : {hidden_, static_cast<void*>(logits_), static_cast<void*>(gathered_)}) {
-      cudaFree(p);
-    }
+    for (void* p : {hidden_, gather_send_, gathered_}) cudaFree(p);
     if (stream_) cudaStreamDestroy(stream_);
   }
 
@@ -47,12 +46,11 @@ class RankState {
     RETURN_IF_ERROR(Cuda(cudaEventCreate(&stop_), "event"));
     RETURN_IF_ERROR(
         Cuda(cudaMalloc(&hidden_, shape.hidden_count * DTypeSize(shape.dtype)), "cudaMalloc"));
-    RETURN_IF_ERROR(Cuda(cudaMalloc(&logits_, shape.gather_count * sizeof(float)), "cudaMalloc"));
-    RETURN_IF_ERROR(Cuda(cudaMalloc(&gathered_, shape.gather_count * world_size * sizeof(float)),
-                         "cudaMalloc"));
+    RETURN_IF_ERROR(Cuda(cudaMalloc(&gather_send_, shape.gather_bytes), "cudaMalloc"));
+    RETURN_IF_ERROR(Cuda(cudaMalloc(&gathered_, shape.gather_bytes * world_size), "cudaMalloc"));
     RETURN_IF_ERROR(
         Cuda(cudaMemset(hidden_, 0, shape.hidden_count * DTypeSize(shape.dtype)), "cudaMemset"));
-    return Cuda(cudaMemset(logits_, 0, shape.gather_count * sizeof(float)), "cudaMemset");
+    return Cuda(cudaMemset(gather_send_, 0, shape.gather_bytes), "cudaMemset");
   }
 
   // Captures the step's collectives (every rank captures at once: NCCL needs all of them).
@@ -93,26 +91,34 @@ class RankState {
     for (int i = 0; i < shape.all_reduces; ++i) {
       RETURN_IF_ERROR(c.AllReduceSum(hidden_, shape.hidden_count, shape.dtype, stream_));
     }
-    return c.AllGather(logits_, gathered_, shape.gather_count, DType::kF32, stream_);
+    if (shape.gather_keys) {
+      return c.AllGatherKeys(static_cast<const uint64_t*>(gather_send_),
+                             static_cast<uint64_t*>(gathered_), shape.gather_bytes / 8, stream_);
+    }
+    return c.AllGather(gather_send_, gathered_, shape.gather_bytes / sizeof(float), DType::kF32,
+                       stream_);
   }
 
   cudaStream_t stream_ = nullptr;
   cudaEvent_t start_ = nullptr, stop_ = nullptr;
-  void* hidden_ = nullptr;     // [batch, hidden] of dtype
-  float* logits_ = nullptr;    // [batch, ceil(vocab / world_size)]
-  float* gathered_ = nullptr;  // [world_size, batch, ceil(vocab / world_size)]
+  void* hidden_ = nullptr;       // [batch, hidden] of dtype
+  void* gather_send_ = nullptr;  // [batch] keys, or [batch, ceil(vocab / world_size)] fp32
+  void* gathered_ = nullptr;     // [world_size, that]
   cudaGraphExec_t graph_ = nullptr;
 };
 
 }  // namespace
 
 absl::StatusOr<StepCollectivesTiming> TimeStepCollectives(const ModelConfig& config, DType dtype,
-                                                          int world_size, int batch, int replays) {
-  const StepShape shape{
-      .all_reduces = 2 * config.num_layers + 1,
-      .hidden_count = size_t(batch) * config.hidden_size,
-      .gather_count = size_t(batch) * ((config.vocab_size + world_size - 1) / world_size),
-      .dtype = dtype};
+                                                          int world_size, int batch, bool greedy,
+                                                          int replays) {
+  const size_t vocab_per_rank = (config.vocab_size + world_size - 1) / world_size;
+  const StepShape shape{.all_reduces = 2 * config.num_layers + 1,
+                        .hidden_count = size_t(batch) * config.hidden_size,
+                        .gather_bytes = greedy ? size_t(batch) * sizeof(uint64_t)
+                                               : size_t(batch) * vocab_per_rank * sizeof(float),
+                        .gather_keys = greedy,
+                        .dtype = dtype};
   ASSIGN_OR_RETURN(auto communicators, cuda::NcclCommunicators::Create(world_size));
   std::vector<std::unique_ptr<RankState>> ranks(world_size);
   std::vector<double> ms(world_size);
@@ -137,7 +143,7 @@ absl::StatusOr<StepCollectivesTiming> TimeStepCollectives(const ModelConfig& con
   return StepCollectivesTiming{.ms = *std::max_element(ms.begin(), ms.end()),
                                .all_reduces = shape.all_reduces,
                                .all_reduce_bytes = shape.hidden_count * DTypeSize(dtype),
-                               .all_gather_bytes = shape.gather_count * sizeof(float)};
+                               .all_gather_bytes = shape.gather_bytes};
 }
 
 }  // namespace gqa::bench

@@ -1,10 +1,11 @@
 // The collectives of one tensor-parallel decode step, timed alone on `world_size` GPUs (issue
 // 20's "all-reduce time per step"): the embedding's all-reduce and two per layer (after O and
-// after down), each of batch x hidden values in the compute dtype, and the lm_head's all-gather
-// of batch x ceil(vocab / world_size) fp32 logits per rank: what the CUDA backend's rank issues
-// (docs/tensor-parallel.md). Captured into one CUDA graph per rank, as the served decode step
-// captures them, and replayed. `gqa-bench decode --tensor_parallel_size N` prints it under each
-// tensor-parallel row.
+// after down), each of batch x hidden values in the compute dtype, then the sampling's
+// all-gather: greedy, each row's best key (8 bytes per row per rank), else the whole logits
+// (batch x ceil(vocab / world_size) fp32 values per rank): what the CUDA backend's rank issues
+// (docs/tensor-parallel.md). Captured into one CUDA graph per rank and replayed (the served
+// step replays the all-reduces in its graph and issues the sampling's all-gather after it).
+// `gqa-bench decode --tensor_parallel_size N` prints it under each tensor-parallel row.
 #pragma once
 
 #include <cstddef>
@@ -23,6 +24,7 @@ struct StepCollectivesTiming {
 };
 
 absl::StatusOr<StepCollectivesTiming> TimeStepCollectives(const ModelConfig& config, DType dtype,
-                                                          int world_size, int batch, int replays);
+                                                          int world_size, int batch, bool greedy,
+                                                          int replays);
 
 }  // namespace gqa::bench

@@ -566,8 +566,8 @@ int DecodeBenchMain(int argc, char** argv) {
     std::vector<absl::StatusOr<bench::StepCollectivesTiming>> tp_collectives;
     if (tensor_parallel_size > 0) {
       for (const Row& r : group) {
-        tp_collectives.push_back(
-            bench::TimeStepCollectives(config, o.dtype, tensor_parallel_size, r.batch, 50));
+        tp_collectives.push_back(bench::TimeStepCollectives(
+            config, o.dtype, tensor_parallel_size, r.batch, kernels::IsGreedy(bench_sampling), 50));
       }
     }
     auto backend = CreateCudaBackendWithRandomWeights(o, config);

@@ -17,7 +17,7 @@ int32_t Argmax(const float* logits, int vocab) {
 }  // namespace
 
 int32_t SampleToken(const float* logits, int vocab, const SamplingRow& params) {
-  if (params.temperature <= 0.0f || params.top_k == 1) return Argmax(logits, vocab);
+  if (IsGreedy(params)) return Argmax(logits, vocab);
   std::vector<int32_t> order(vocab);
   std::iota(order.begin(), order.end(), 0);
   // Most likely first; equal logits by token id, so the order is fully determined.

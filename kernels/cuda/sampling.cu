@@ -70,7 +70,8 @@ __device__ V BlockMax(V v, V lowest, V* scratch) {
 struct VocabularyKeys {
   const float* logits;  // [vocab]
   int vocab;
-  __device__ uint64_t key(int i) const { return Key(logits[i], i); }
+  int first_id = 0;  // the token id of logits[0] (a tensor-parallel rank's vocabulary slice)
+  __device__ uint64_t key(int i) const { return Key(logits[i], first_id + i); }
   // The row as `head()` logits before its first 16-byte boundary (0-3), quads() float4s from
   // there (body()), then vocab - tail() logits (0-3).
   __device__ int head() const {
@@ -106,7 +107,7 @@ __device__ __forceinline__ void ForEachKey(const VocabularyKeys& keys, F&& f) {
   if (int(threadIdx.x) < keys.vocab - tail) f(keys.key(tail + threadIdx.x));
   const float4* body = keys.body();  // [quads]
   const auto four = [&](const float4& x, int q) {
-    const int id = head + 4 * q;
+    const int id = keys.first_id + head + 4 * q;
     f(Key(x.x, id));
     f(Key(x.y, id + 1));
     f(Key(x.z, id + 2));
@@ -335,7 +336,7 @@ __device__ int GatherCandidates(const VocabularyKeys& keys, const RowView& row, 
 #pragma unroll
     for (int u = 0; u < kLoadsInFlight; ++u) {
       const int q = base + u * stride + t;
-      const int id = head + 4 * q;
+      const int id = keys.first_id + head + 4 * q;
       offer(Key(x[u].x, id), q < quads);
       offer(Key(x[u].y, id + 1), q < quads);
       offer(Key(x[u].z, id + 2), q < quads);
@@ -368,7 +369,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint64_t best = 0;
   ForEachKey(vocabulary, [&](uint64_t key) { best = max(best, key); });
   best = BlockMax<uint64_t>(best, 0, kscratch);
-  if (p.temperature <= 0.0f || p.top_k == 1) {
+  if (IsGreedy(p)) {
     if (threadIdx.x == 0) tokens[blockIdx.x] = IdOf(best);
     return;
   }
@@ -419,7 +420,49 @@ cudaError_t LaunchSample(const float* logits, const SamplingRow* params, int row
                              vocab, tokens);
 }
 
+// One block per row: the largest key of the row's slice of the vocabulary (0 for an empty
+// slice, smaller than any token's key).
+__global__ void __launch_bounds__(kThreads)
+    BestKeysOfSliceKernel(const float* logits, int slice_vocab, int first_id, uint64_t* best_keys) {
+  __shared__ uint64_t scratch[32];
+  WaitForPrevious();
+  const VocabularyKeys slice{logits + size_t(blockIdx.x) * slice_vocab, slice_vocab, first_id};
+  uint64_t best = 0;
+  ForEachKey(slice, [&](uint64_t key) { best = max(best, key); });
+  best = BlockMax<uint64_t>(best, 0, scratch);
+  if (threadIdx.x == 0) best_keys[blockIdx.x] = best;
+}
+
+// One thread per row: the largest of the ranks' keys, in rank order (a maximum: any order).
+__global__ void TokensFromBestKeysKernel(const uint64_t* rank_best_keys, int ranks, int rows,
+                                         int32_t* tokens) {
+  WaitForPrevious();
+  const int row = blockIdx.x * blockDim.x + threadIdx.x;
+  if (row >= rows) return;
+  uint64_t best = 0;
+  for (int r = 0; r < ranks; ++r) best = max(best, rank_best_keys[size_t(r) * rows + row]);
+  tokens[row] = IdOf(best);
+}
+
 }  // namespace
+
+cudaError_t BestKeysOfSlice(const float* logits, int rows, int slice_vocab, int first_id,
+                            uint64_t* best_keys, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  if (slice_vocab < 0 || first_id < 0) return cudaErrorInvalidValue;
+  return LaunchAfterPrevious(BestKeysOfSliceKernel, dim3(rows), dim3(kThreads), 0, stream, logits,
+                             slice_vocab, first_id, best_keys);
+}
+
+cudaError_t TokensFromBestKeys(const uint64_t* rank_best_keys, int ranks, int rows, int32_t* tokens,
+                               cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  if (ranks <= 0) return cudaErrorInvalidValue;
+  constexpr int kRowsPerBlock = 128;
+  return LaunchAfterPrevious(TokensFromBestKeysKernel,
+                             dim3((rows + kRowsPerBlock - 1) / kRowsPerBlock), dim3(kRowsPerBlock),
+                             0, stream, rank_best_keys, ranks, rows, tokens);
+}
 
 cudaError_t SampleTokens(const float* logits, const SamplingRow* params, int rows, int vocab,
                          int32_t* tokens, cudaStream_t stream) {

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <map>
 #include <numeric>
 #include <set>
@@ -141,6 +142,60 @@ TEST(SamplingCuda, CandidateListMatchesTheWholeVocabularyTokenForToken) {
     EXPECT_EQ(differ, 0);
     const std::set<int32_t> seen(fast.begin(), fast.end());  // not one constant token
     EXPECT_GT(seen.size(), std::min<size_t>(vocab - 1, rows.size() / 8));
+  }
+}
+
+// Tensor-parallel greedy sampling on one GPU: the vocabulary cut into the ranks' slices as the
+// CUDA backend cuts it (ceil(vocab / ranks) each, the last narrower or empty), each slice's best
+// keys as a rank computes them, the ranks' keys back to back as the all-gather leaves them; the
+// tokens are SampleTokens' greedy tokens over the whole rows, ties across slices included.
+std::vector<int32_t> TokensFromSlices(const std::vector<float>& logits, int rows, int vocab,
+                                      int ranks) {
+  const int per_rank = (vocab + ranks - 1) / ranks;
+  DeviceBuffer<uint64_t> rank_keys(size_t(ranks) * rows);
+  for (int q = 0; q < ranks; ++q) {
+    const int begin = std::min(vocab, q * per_rank);
+    const int width = std::min(vocab, begin + per_rank) - begin;
+    std::vector<float> slice;  // [rows, width]
+    for (int r = 0; r < rows; ++r) {
+      const float* row = logits.data() + size_t(r) * vocab + begin;
+      slice.insert(slice.end(), row, row + width);
+    }
+    DeviceBuffer<float> slice_d(slice.size());
+    slice_d.Upload(slice);
+    EXPECT_EQ(
+        BestKeysOfSlice(slice_d.ptr, rows, width, begin, rank_keys.ptr + size_t(q) * rows, nullptr),
+        cudaSuccess);
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  }
+  DeviceBuffer<int32_t> tokens(rows);
+  cudaMemset(tokens.ptr, 0xff, rows * sizeof(int32_t));
+  EXPECT_EQ(TokensFromBestKeys(rank_keys.ptr, ranks, rows, tokens.ptr, nullptr), cudaSuccess);
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  return tokens.Download();
+}
+
+TEST(SamplingCuda, RanksBestKeysGiveTheWholeVocabularyGreedyToken) {
+  REQUIRE_GPU();
+  for (const int vocab : {128256, 50257, 1001, 7, 5}) {
+    const int rows = 200;  // more than one block of TokensFromBestKeys
+    auto logits = RandomLogits(rows, vocab, 3.0f);
+    // Ties of the maximum across slices (the lowest id wins), the very last token, one row of
+    // equal logits, and a maximum of -inf.
+    logits[size_t(1) * vocab] = logits[size_t(1) * vocab + vocab - 1] = 1e4f;
+    logits[size_t(2) * vocab + vocab / 2] = logits[size_t(2) * vocab + vocab - 1] = 1e4f;
+    logits[size_t(3) * vocab + vocab - 1] = 1e4f;
+    std::fill_n(logits.begin() + size_t(4) * vocab, vocab, 0.5f);
+    std::fill_n(logits.begin() + size_t(5) * vocab, vocab, -INFINITY);
+    const std::vector<SamplingRow> greedy(rows);  // temperature 0
+    const auto whole = GpuSample(logits, greedy, vocab);
+    EXPECT_EQ(whole[1], 0);
+    EXPECT_EQ(whole[2], vocab / 2);
+    EXPECT_EQ(whole[4], 0);
+    for (const int ranks : {1, 2, 3, 4, 8}) {
+      SCOPED_TRACE(testing::Message() << "vocab " << vocab << " ranks " << ranks);
+      EXPECT_EQ(TokensFromSlices(logits, rows, vocab, ranks), whole);
+    }
   }
 }
 

@@ -8,6 +8,8 @@
 //   once, a vocabulary that does not split evenly) against one GPU: logits within the bf16
 //   tolerance, greedy tokens equal except where the reference nearly ties. These skip, saying
 //   so, where fewer GPUs are visible.
+// Greedy steps exchange each rank's best token (the logits are gathered only when LogitsToHost
+// asks); steps sampled with a temperature gather the logits whole first: both are run.
 // Skips without a GPU.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
@@ -64,16 +66,18 @@ std::unique_ptr<Backend> MakeBackend(const std::filesystem::path& dir, Ranks ran
 
 enum class Compare { kBitwise, kTolerance };
 
-// Two backends over the same checkpoint, given the same steps (block tables as deltas); each
-// sequence continues with the reference's greedy token.
+// Two backends over the same checkpoint, given the same steps (block tables as deltas), every
+// sampling row sampled with `sampling` (greedy by default); each sequence continues with the
+// reference's token.
 class Lockstep {
  public:
   Lockstep(std::unique_ptr<Backend> reference, std::unique_ptr<Backend> tested, Compare compare,
-           uint64_t seed)
+           uint64_t seed, SamplingRow sampling)
       : reference_(std::move(reference)),
         tested_(std::move(tested)),
         compare_(compare),
-        rng_(seed) {
+        rng_(seed),
+        sampling_(sampling) {
     free_.resize(kNumBlocks);
     std::iota(free_.begin(), free_.end(), 0);
     std::shuffle(free_.begin(), free_.end(), rng_);
@@ -94,7 +98,13 @@ class Lockstep {
   void Step(const std::vector<Chunk>& chunks, const std::string& what) {
     SCOPED_TRACE(what);
     std::vector<int> sampling;
-    const StepPlan plan = testing::PlanChunks(seqs_, chunks, free_, kBlockSize, &sampling);
+    StepPlan plan = testing::PlanChunks(seqs_, chunks, free_, kBlockSize, &sampling);
+    for (ScheduledSeq& s : plan.seqs) {
+      s.sampling = sampling_;
+      s.sampling.step = steps_;
+    }
+    ++steps_;
+    const bool greedy = kernels::IsGreedy(sampling_);
     const absl::StatusOr<StepOutput> want_tokens = reference_->ExecuteStep(plan);
     const absl::StatusOr<StepOutput> got_tokens = tested_->ExecuteStep(plan);
     ASSERT_TRUE(want_tokens.ok()) << want_tokens.status();
@@ -127,9 +137,12 @@ class Lockstep {
             << "greedy token differs: row " << r << " reference " << ref_top << " tested "
             << out_top;
       }
-      // The tested backend's sampler agrees with its own (gathered) logits.
-      EXPECT_EQ(got_tokens->sampled[r], out_top) << "row " << r;
-      seqs_[sampling[r]].tokens.push_back(ref_top);
+      if (greedy) {  // the ranks' exchanged best token is the argmax of the gathered logits
+        EXPECT_EQ(got_tokens->sampled[r], out_top) << "row " << r;
+      }
+      EXPECT_GE(got_tokens->sampled[r], 0);
+      EXPECT_LT(got_tokens->sampled[r], int(vocab));
+      seqs_[sampling[r]].tokens.push_back(greedy ? ref_top : want_tokens->sampled[r]);
     }
     for (const Chunk& c : chunks) seqs_[c.seq].computed += c.tokens;
   }
@@ -140,6 +153,8 @@ class Lockstep {
   std::mt19937 rng_;
   std::vector<testing::PlannedSeq> seqs_;
   std::vector<int32_t> free_;
+  SamplingRow sampling_;
+  int steps_ = 0;
 };
 
 // Prefill, chunked prefill, mixed steps, decode batches of 1 to 3 (graphs where not eager).
@@ -158,17 +173,20 @@ void RunSteps(Lockstep& pair, int vocab) {
 
 // `ranks` against the single-GPU backend on a fresh random checkpoint of `config`.
 void CheckAgainstOneGpu(const ModelConfig& config, Ranks ranks, bool enforce_eager,
-                        bool deterministic, Compare compare) {
+                        bool deterministic, Compare compare, SamplingRow sampling = {}) {
   const uint64_t seed = std::random_device{}();
+  sampling.seed = seed;
   SCOPED_TRACE(::testing::Message()
                << "ranks " << ranks.world_size << (ranks.runtime ? " (runtime)" : "") << " heads "
                << config.num_heads << " kv " << config.num_kv_heads << " head_dim "
                << config.head_dim << " vocab " << config.vocab_size << " eager " << enforce_eager
-               << " deterministic " << deterministic << " seed " << seed);
+               << " deterministic " << deterministic << " temperature " << sampling.temperature
+               << " seed " << seed);
   testing::TempDir dir;
   testing::WriteRandomCheckpoint(dir.path(), config, seed);
   Lockstep pair(MakeBackend(dir.path(), {1, false}, enforce_eager, deterministic),
-                MakeBackend(dir.path(), ranks, enforce_eager, deterministic), compare, seed);
+                MakeBackend(dir.path(), ranks, enforce_eager, deterministic), compare, seed,
+                sampling);
   ASSERT_TRUE(pair.ok());
   if (ranks.world_size > 1 || ranks.runtime) {
     EXPECT_EQ(pair.tested().device_name().rfind(std::to_string(ranks.world_size) + " x ", 0), 0u)
@@ -182,6 +200,17 @@ TEST(TensorParallelRuntimeTest, OneRankIsTheSingleGpuBitForBitInDeterministicMod
   const Ranks one{1, true};
   CheckAgainstOneGpu(Shape(8, 2, 64), one, /*enforce_eager=*/false, true, Compare::kBitwise);
   CheckAgainstOneGpu(Shape(8, 1, 128), one, /*enforce_eager=*/true, true, Compare::kBitwise);
+}
+
+// Sampled with a temperature (the whole logits gathered, then the sampler): the same tokens as
+// the single GPU, whose logits are the same bit for bit.
+TEST(TensorParallelRuntimeTest, OneRankSamplesAsTheSingleGpuWithATemperature) {
+  REQUIRE_GPUS(1);
+  const Ranks one{1, true};
+  const SamplingRow warm{.temperature = 0.8f, .top_p = 0.9f, .top_k = 0};
+  CheckAgainstOneGpu(Shape(8, 2, 64), one, /*enforce_eager=*/false, true, Compare::kBitwise, warm);
+  CheckAgainstOneGpu(Shape(8, 8, 128), one, /*enforce_eager=*/true, true, Compare::kBitwise,
+                     {.temperature = 1.3f, .top_p = 1.0f, .top_k = 40});
 }
 
 // Default options: the single GPU fuses its one-token layers and tunes its products; the
@@ -221,6 +250,9 @@ void CheckShapesAt(int world_size) {
     CheckAgainstOneGpu(Shape(8, 1, 64), ranks, eager, false, Compare::kTolerance);   // MQA
   }
   CheckAgainstOneGpu(Shape(8, 1, 128), ranks, false, true, Compare::kTolerance);  // deterministic
+  // Sampled with a temperature: the logits gathered whole for the sampler.
+  CheckAgainstOneGpu(Shape(8, 2, 64), ranks, false, false, Compare::kTolerance,
+                     {.temperature = 0.9f, .top_p = 0.95f, .top_k = 0});
   // Llama's attention_bias and mlp_bias (O and down biases added once, by rank 0), tied
   // embeddings, and a vocabulary the ranks do not split evenly (the last slice narrower).
   ModelConfig biased = Shape(8, 2, 64);

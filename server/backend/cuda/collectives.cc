@@ -54,10 +54,21 @@ absl::Status RankCollectives::AllReduceSum(void* buf, size_t count, DType dtype,
 absl::Status RankCollectives::AllGather(const void* send, void* recv, size_t count_per_rank,
                                         DType dtype, cudaStream_t stream) const {
   ASSIGN_OR_RETURN(const ncclDataType_t type, NcclType(dtype));
+  return AllGatherOf(send, recv, count_per_rank, type, stream);
+}
+
+absl::Status RankCollectives::AllGatherKeys(const uint64_t* send, uint64_t* recv,
+                                            size_t count_per_rank, cudaStream_t stream) const {
+  return AllGatherOf(send, recv, count_per_rank, ncclUint64, stream);
+}
+
+absl::Status RankCollectives::AllGatherOf(const void* send, void* recv, size_t count_per_rank,
+                                          int nccl_type, cudaStream_t stream) const {
   std::lock_guard<std::mutex> lock(*call_lock_);
   RETURN_IF_ERROR(Usable());
   ++queued_;
-  return NcclStatus(ncclAllGather(send, recv, count_per_rank, type, comm_, stream),
+  return NcclStatus(ncclAllGather(send, recv, count_per_rank,
+                                  static_cast<ncclDataType_t>(nccl_type), comm_, stream),
                     "ncclAllGather");
 }
 
@@ -139,6 +150,10 @@ absl::Status RankCollectives::AllReduceSum(void*, size_t, DType, cudaStream_t) c
   return NoNccl();
 }
 absl::Status RankCollectives::AllGather(const void*, void*, size_t, DType, cudaStream_t) const {
+  return NoNccl();
+}
+absl::Status RankCollectives::AllGatherKeys(const uint64_t*, uint64_t*, size_t,
+                                            cudaStream_t) const {
   return NoNccl();
 }
 absl::StatusOr<int64_t> RankCollectives::AllReduceMin(int64_t, int64_t*, cudaStream_t) const {

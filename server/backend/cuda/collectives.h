@@ -51,6 +51,10 @@ class RankCollectives {
   absl::Status AllGather(const void* send,  // [count_per_rank] of dtype
                          void* recv,        // [world_size, count_per_rank] of dtype
                          size_t count_per_rank, DType dtype, cudaStream_t stream) const;
+  // recv = every rank's keys, back to back in rank order (unsigned 64-bit: the samplers' keys).
+  absl::Status AllGatherKeys(const uint64_t* send,  // [count_per_rank]
+                             uint64_t* recv,        // [world_size, count_per_rank]
+                             size_t count_per_rank, cudaStream_t stream) const;
   // The smallest of every rank's `value`, through `scratch` (8 device bytes), waited for: ranks
   // that sized something alike on their own (their KV pools) agree on one size.
   absl::StatusOr<int64_t> AllReduceMin(int64_t value,
@@ -60,6 +64,9 @@ class RankCollectives {
  private:
   // OK, or why no collective may start: the communicators were aborted. Call with call_lock_.
   absl::Status Usable() const;
+  // The all-gathers, with nccl_type an ncclDataType_t (nccl.h stays out of this header).
+  absl::Status AllGatherOf(const void* send, void* recv, size_t count_per_rank, int nccl_type,
+                           cudaStream_t stream) const;
 
   ncclComm_t comm_;
   int rank_;

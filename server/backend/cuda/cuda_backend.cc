@@ -7,6 +7,18 @@
 
 namespace gqa {
 namespace cuda_backend_internal {
+namespace {
+
+// Every sampling row of the step greedy, and no logprobs (which read whole logits rows).
+bool EveryRowGreedy(const StepPlan& plan) {
+  if (plan.wants_logprobs()) return false;
+  for (const ScheduledSeq& s : plan.seqs) {
+    if (s.samples && !kernels::IsGreedy(s.sampling)) return false;
+  }
+  return true;
+}
+
+}  // namespace
 
 template <typename T>
 absl::Status CudaBackend<T>::Check(absl::Status status) {
@@ -120,6 +132,8 @@ absl::Status CudaBackend<T>::AllocateActivations() {
       const size_t per_rank = size_t(s) * VocabPerRank();
       act_.rank_logits = b.Take<float>(per_rank);
       act_.gathered_logits = b.Take<float>(size_t(shard_.world_size) * per_rank);
+      act_.rank_best_keys = b.Take<uint64_t>(s);
+      act_.gathered_best_keys = b.Take<uint64_t>(size_t(shard_.world_size) * s);
       act_.agree_scratch = b.Take<int64_t>(1);
     }
     return b.bytes();
@@ -425,7 +439,8 @@ absl::Status CudaBackend<T>::SubmitStep(const StepPlan& plan) {
     step.profiled = false;
   } else {
     step.done.reset();
-    if (absl::Status launched = LaunchSampling(shape, step.slot); !launched.ok()) {
+    if (absl::Status launched = LaunchSampling(shape, step.slot, EveryRowGreedy(plan));
+        !launched.ok()) {
       step.done = launched;
     }
   }
@@ -451,7 +466,7 @@ absl::StatusOr<StepOutput> CudaBackend<T>::CollectStep() {
 template <typename T>
 absl::StatusOr<StepOutput> CudaBackend<T>::CompleteStep(const StepPlan& plan,
                                                         const StepShape& shape, int slot) {
-  RETURN_IF_ERROR(LaunchSampling(shape, slot));
+  RETURN_IF_ERROR(LaunchSampling(shape, slot, /*greedy_only=*/false));  // logprobs: whole rows
   StepOutput out;
   ASSIGN_OR_RETURN(out.sampled, WaitForSampled(slot, shape.num_samples));
   last_timing_.reset();
@@ -477,6 +492,7 @@ absl::StatusOr<StepShape> CudaBackend<T>::Forward(const StepPlan& plan) {
   RETURN_IF_ERROR(Check(inputs_.Upload(device_->stream())));
   // A padded (graph) step has only sampling rows, then the inert rows' logits.
   logit_rows_ = padded > 0 ? shape.num_samples : shape.num_logit_rows;
+  logits_gathered_ = !tensor_parallel();
   if (profiling_) {
     RETURN_IF_ERROR(Check(
         cuda::CudaStatus(profiler_.RecordStepStart(device_->stream()), "profiler: step start")));
@@ -493,12 +509,20 @@ absl::StatusOr<StepShape> CudaBackend<T>::Forward(const StepPlan& plan) {
 }
 
 template <typename T>
-absl::Status CudaBackend<T>::LaunchSampling(const StepShape& shape, int slot) {
+absl::Status CudaBackend<T>::LaunchSampling(const StepShape& shape, int slot, bool greedy_only) {
   const int n = shape.num_samples;
   cudaStream_t stream = device_->stream();
-  RETURN_IF_ERROR(Check(cuda::CudaStatus(
-      k::SampleTokens(act_.logits, inputs_.device().sampling, n, full_vocab_, act_.sampled, stream),
-      "SampleTokens")));
+  if (tensor_parallel() && greedy_only) {
+    RETURN_IF_ERROR(Check(SampleGreedyAcrossRanks(n)));
+  } else {
+    if (!logits_gathered_) {
+      RETURN_IF_ERROR(Check(GatherLogits(logit_rows_)));
+      logits_gathered_ = true;
+    }
+    RETURN_IF_ERROR(Check(cuda::CudaStatus(k::SampleTokens(act_.logits, inputs_.device().sampling,
+                                                           n, full_vocab_, act_.sampled, stream),
+                                           "SampleTokens")));
+  }
   if (profiling_) {
     RETURN_IF_ERROR(Check(cuda::CudaStatus(profiler_.RecordStepEnd(stream), "profiler: step end")));
   }
@@ -568,6 +592,10 @@ absl::StatusOr<std::vector<LogprobsResult>> CudaBackend<T>::Logprobs(
 
 template <typename T>
 absl::StatusOr<std::vector<float>> CudaBackend<T>::LogitsToHost() {
+  if (!logits_gathered_) {  // a collective: every rank calls this at once (TensorParallelBackend)
+    RETURN_IF_ERROR(Check(GatherLogits(logit_rows_)));
+    logits_gathered_ = true;
+  }
   std::vector<float> logits(size_t(logit_rows_) * full_vocab_);
   RETURN_IF_ERROR(Check(
       cuda::CudaStatus(cudaMemcpyAsync(logits.data(), act_.logits, logits.size() * sizeof(float),

@@ -72,10 +72,13 @@ struct Activations {
   // Tensor parallelism only (null otherwise): this rank's vocabulary slice of the logits, with
   // room for vocab_per_rank columns (the last rank's slice may be narrower); every rank's slices
   // as the all-gather lays them, block q holding rows x (rank q's slice width) contiguous values
-  // at q * rows * vocab_per_rank; and 8 bytes for AllReduceMin.
-  float* rank_logits;      // [max_seqs, vocab_per_rank]
-  float* gathered_logits;  // [world_size, max_seqs * vocab_per_rank]
-  int64_t* agree_scratch;  // [1]
+  // at q * rows * vocab_per_rank; each sampling row's best key in this rank's slice, and every
+  // rank's (greedy steps: kernels::cuda::BestKeysOfSlice); and 8 bytes for AllReduceMin.
+  float* rank_logits;            // [max_seqs, vocab_per_rank]
+  float* gathered_logits;        // [world_size, max_seqs * vocab_per_rank]
+  uint64_t* rank_best_keys;      // [max_seqs]
+  uint64_t* gathered_best_keys;  // [world_size, rows sampled] (room for max_seqs rows)
+  int64_t* agree_scratch;        // [1]
 };
 
 // The graph capture sizes: 1, 2, 4, 8, then multiples of 8 up to max_num_seqs.
@@ -156,6 +159,9 @@ class CudaBackend final : public Backend {
   absl::Status EmbedAcrossRanks(int num_tokens);
   // Tensor parallelism: act_.logits' `rows` rows = every rank's act_.rank_logits slice.
   absl::Status GatherLogits(int rows);
+  // Tensor parallelism, every row greedy: act_.sampled's `rows` tokens from every rank's best
+  // key per row (8 bytes per row per rank cross; the logits are never gathered whole).
+  absl::Status SampleGreedyAcrossRanks(int rows);
   absl::Status Init(const Checkpoint* checkpoint);
   // A step submitted and not collected: where its sampled tokens land, or its whole output.
   struct SubmittedStep {
@@ -168,8 +174,11 @@ class CudaBackend final : public Backend {
   // The step's launches (a graph replay for a decode-only step), up to the logits.
   absl::StatusOr<StepShape> Forward(const StepPlan& plan);
   // Samples one token per sampling row of the step just launched into act_.sampled and queues
-  // their copy to sampled_host_'s `slot`, then records the slot's event.
-  absl::Status LaunchSampling(const StepShape& shape, int slot);
+  // their copy to sampled_host_'s `slot`, then records the slot's event. Under tensor
+  // parallelism a step whose rows are all greedy (`greedy_only`) exchanges each rank's best
+  // token; any other gathers the logits whole first (what sampling with a temperature and
+  // logprobs read).
+  absl::Status LaunchSampling(const StepShape& shape, int slot, bool greedy_only);
   // Waits for `slot`'s copy (and so for its step).
   absl::StatusOr<std::vector<int32_t>> WaitForSampled(int slot, int num_samples);
   // The profiled step's timing, once it has completed; nullopt (and a warning) when unreadable.
@@ -282,6 +291,9 @@ class CudaBackend final : public Backend {
   std::map<int, cudaGraphExec_t> profiled_graphs_;  // the same, with the profiler's events
   uint64_t graph_bytes_ = 0;
   int logit_rows_ = 0;  // rows of act_.logits computed by the last Forward
+  // Tensor parallelism: whether act_.logits holds the last step's rows (gathered for its
+  // sampling, or since by LogitsToHost); a greedy step leaves only each rank's slice.
+  bool logits_gathered_ = true;
   // Async scheduling: steps submitted and not collected (at most kMaxStepsInFlight), each with
   // its page-locked rows for the sampled tokens and an event recorded after their copy.
   std::deque<SubmittedStep> submitted_;

@@ -266,10 +266,10 @@ absl::Status CudaBackend<T>::Launch(const StepShape& shape) {
     return Linear(act_.logit_hidden, k::SkinnyInput::kPlain, weights_.lm_head(), nullptr,
                   shape.num_logit_rows, c.vocab_size, h, act_.logits);
   }
-  // This rank's vocabulary rows of the lm_head, then every rank's columns of the logits.
-  RETURN_IF_ERROR(Linear(act_.logit_hidden, k::SkinnyInput::kPlain, weights_.lm_head(), nullptr,
-                         shape.num_logit_rows, c.vocab_size, h, act_.rank_logits));
-  return GatherLogits(shape.num_logit_rows);
+  // This rank's vocabulary rows of the lm_head; the sampling exchanges what it needs
+  // (LaunchSampling).
+  return Linear(act_.logit_hidden, k::SkinnyInput::kPlain, weights_.lm_head(), nullptr,
+                shape.num_logit_rows, c.vocab_size, h, act_.rank_logits);
 }
 
 template <typename T>
@@ -306,6 +306,21 @@ absl::Status CudaBackend<T>::GatherLogits(int rows) {
         act_.logits + begin, size_t(full_vocab_) * sizeof(float), block, width * sizeof(float),
         width * sizeof(float), rows, cudaMemcpyDeviceToDevice, stream));
   }
+  return absl::OkStatus();
+}
+
+template <typename T>
+absl::Status CudaBackend<T>::SampleGreedyAcrossRanks(int rows) {
+  if (rows == 0) return absl::OkStatus();
+  cudaStream_t stream = device_->stream();
+  // This rank's logits: [rows, its slice width], token ids from its first vocabulary row.
+  GQA_CUDA_RETURN_IF_ERROR(k::BestKeysOfSlice(act_.rank_logits, rows, config_.vocab_size,
+                                              int(shard_.vocab.begin), act_.rank_best_keys,
+                                              stream));
+  RETURN_IF_ERROR(
+      collectives_->AllGatherKeys(act_.rank_best_keys, act_.gathered_best_keys, rows, stream));
+  GQA_CUDA_RETURN_IF_ERROR(k::TokensFromBestKeys(act_.gathered_best_keys, shard_.world_size, rows,
+                                                 act_.sampled, stream));
   return absl::OkStatus();
 }
 

@@ -21,6 +21,11 @@ struct SamplingRow {
   uint64_t step = 0;  // index of the token being generated
 };
 
+// Greedy: the argmax, lowest id on ties (temperature 0, or top_k 1), whatever top_p and the seed.
+GQA_SAMPLING_HD inline bool IsGreedy(const SamplingRow& row) {
+  return row.temperature <= 0.0f || row.top_k == 1;
+}
+
 GQA_SAMPLING_HD inline uint64_t SamplingMix(uint64_t z) {
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;

@@ -31,6 +31,21 @@ cudaError_t SampleTokensOverVocabulary(const float* logits,        // [rows, voc
                                        int32_t* tokens,  // [rows]
                                        cudaStream_t stream);
 
+// Greedy sampling under tensor parallelism, the logits never gathered whole: each rank ranks the
+// tokens of its vocabulary slice as SampleTokens does, by (logit, lower id first) as one 64-bit
+// key with the slice's global ids, and keeps each row's largest key (BestKeysOfSlice); the
+// ranks all-gather those keys (8 bytes per row per rank) and the largest of a row is its token
+// (TokensFromBestKeys): the whole vocabulary's argmax, lowest id on ties, the token SampleTokens
+// picks for a greedy row, bit for bit.
+cudaError_t BestKeysOfSlice(const float* logits,  // [rows, slice_vocab], token ids from first_id
+                            int rows, int slice_vocab, int first_id,
+                            uint64_t* best_keys,  // [rows]; 0 where slice_vocab is 0
+                            cudaStream_t stream);
+cudaError_t TokensFromBestKeys(const uint64_t* rank_best_keys,  // [ranks, rows]
+                               int ranks, int rows,
+                               int32_t* tokens,  // [rows]
+                               cudaStream_t stream);
+
 // One block per query: the row's log-sum-exp (max, then the sum of exponentials, reduced in a
 // fixed order) and its top_k tokens by (logit, lower id first) as one 64-bit key, so the result
 // is deterministic and matches cpu::ComputeLogprobs within float rounding. Launches nothing when
