@@ -100,11 +100,15 @@ class TensorParallelBackend final : public Backend {
     RETURN_IF_ERROR(CheckRanksAgree(outputs));
     return std::move(outputs[0]);
   }
+  // Every rank at once: after a greedy step each holds only its vocabulary slice, and gathering
+  // the rows is a collective. Rank 0's copy is returned.
   absl::StatusOr<std::vector<float>> LogitsToHost() override {
     absl::StatusOr<std::vector<float>> logits;
-    RETURN_IF_ERROR(OnRankZero([&] {
-      logits = ranks_[0]->LogitsToHost();
-      return logits.status();
+    RETURN_IF_ERROR(OnEveryRank([&](int r) -> absl::Status {
+      absl::StatusOr<std::vector<float>> rank_logits = ranks_[r]->LogitsToHost();
+      if (!rank_logits.ok()) return rank_logits.status();
+      if (r == 0) logits = std::move(rank_logits);
+      return absl::OkStatus();
     }));
     return logits;
   }
@@ -131,9 +135,6 @@ class TensorParallelBackend final : public Backend {
           if (communicators_) communicators_->Abort();
         },
         deadline.value_or(step_deadline_));
-  }
-  absl::Status OnRankZero(const std::function<absl::Status()>& task) {
-    return OnEveryRank([&](int r) { return r == 0 ? task() : absl::OkStatus(); });
   }
   // Every rank sampled the same tokens (their logits are the same after the gather, and so
   // are their sampling inputs): a difference would leave the ranks' sequences apart.
