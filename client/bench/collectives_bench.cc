@@ -24,7 +24,7 @@ struct StepShape {
   int all_reduces = 0;
   size_t hidden_count = 0;   // batch x hidden, per all-reduce
   size_t gather_bytes = 0;   // each rank's part: batch keys, or batch x ceil(vocab / world_size)
-  bool gather_keys = false;  // fp32 logits
+  bool gather_keys = false;  // true: 64-bit keys (greedy), false: fp32 logits
   DType dtype = DType::kBF16;
 };
 

@@ -4,7 +4,8 @@
 // all-gather: greedy, each row's best key (8 bytes per row per rank), else the whole logits
 // (batch x ceil(vocab / world_size) fp32 values per rank): what the CUDA backend's rank issues
 // (docs/tensor-parallel.md). Captured into one CUDA graph per rank and replayed (the served
-// step replays the all-reduces in its graph and issues the sampling's all-gather after it).
+// step replays the all-reduces in its graph and issues the sampling's all-gather after it,
+// eagerly, with a kernel on either side: a few launches more than this measures).
 // `gqa-bench decode --tensor_parallel_size N` prints it under each tensor-parallel row.
 #pragma once
 

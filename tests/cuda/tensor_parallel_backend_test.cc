@@ -139,6 +139,12 @@ class Lockstep {
       }
       if (greedy) {  // the ranks' exchanged best token is the argmax of the gathered logits
         EXPECT_EQ(got_tokens->sampled[r], out_top) << "row " << r;
+      } else if (sampling_.top_k > 0) {  // sampled from this step's logits, not stale ones
+        const int32_t token = got_tokens->sampled[r];
+        const int above =
+            int(std::count_if(out, out + vocab, [&](float x) { return x > out[token]; }));
+        EXPECT_LT(above, sampling_.top_k)
+            << "row " << r << ": token " << token << " is outside the row's top_k";
       }
       EXPECT_GE(got_tokens->sampled[r], 0);
       EXPECT_LT(got_tokens->sampled[r], int(vocab));
@@ -252,7 +258,7 @@ void CheckShapesAt(int world_size) {
   CheckAgainstOneGpu(Shape(8, 1, 128), ranks, false, true, Compare::kTolerance);  // deterministic
   // Sampled with a temperature: the logits gathered whole for the sampler.
   CheckAgainstOneGpu(Shape(8, 2, 64), ranks, false, false, Compare::kTolerance,
-                     {.temperature = 0.9f, .top_p = 0.95f, .top_k = 0});
+                     {.temperature = 0.9f, .top_p = 0.95f, .top_k = 8});
   // Llama's attention_bias and mlp_bias (O and down biases added once, by rank 0), tied
   // embeddings, and a vocabulary the ranks do not split evenly (the last slice narrower).
   ModelConfig biased = Shape(8, 2, 64);
