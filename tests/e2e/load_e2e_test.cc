@@ -210,13 +210,21 @@ TEST_F(LoadTest, SigtermWithFiftyInFlightDrainsThemAndRefusesNewOnes) {
   for (size_t i = 0; i < shapes.size(); ++i) {
     clients.emplace_back([&, i] {
       Shape long_shape = shapes[i];
-      long_shape.max_new_tokens = 200;
-      results[i] = Call(*server.Stub(), ToRequest(long_shape, "drain-" + std::to_string(i)), -1);
+      // Long enough to be in flight until the last is admitted (a GPU steps the tiny model in
+      // about a millisecond), with no early end at a random model's EOS; prompts are under 64
+      // tokens of the 512 the model holds.
+      long_shape.max_new_tokens = E2eBackend() == "cpu" ? 200 : 400;
+      pb::GenerateRequest request = ToRequest(long_shape, "drain-" + std::to_string(i));
+      request.mutable_stopping()->set_ignore_eos(true);
+      results[i] = Call(*server.Stub(), request, -1);
     });
   }
-  ASSERT_TRUE(WaitFor([&] {  // all 50 admitted
+  // All 50 admitted (EXPECT: on a failure the clients are still joined below).
+  EXPECT_TRUE(WaitFor([&] {
     return server.Metric("gqa_requests_running") + server.Metric("gqa_requests_waiting") == 50;
-  })) << server.Metric("gqa_requests_running");
+  })) << server.Metric("gqa_requests_running")
+      << " running, " << server.Metric("gqa_requests_finished_total{finish_reason=\"stop\"}")
+      << " stopped";
   const auto signalled = std::chrono::steady_clock::now();
   kill(server.pid(), SIGTERM);
   // New calls are refused once draining (or cannot connect once the process is gone).
