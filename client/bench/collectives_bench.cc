@@ -93,7 +93,8 @@ class RankState {
     }
     if (shape.gather_keys) {
       return c.AllGatherKeys(static_cast<const uint64_t*>(gather_send_),
-                             static_cast<uint64_t*>(gathered_), shape.gather_bytes / 8, stream_);
+                             static_cast<uint64_t*>(gathered_),
+                             shape.gather_bytes / sizeof(uint64_t), stream_);
     }
     return c.AllGather(gather_send_, gathered_, shape.gather_bytes / sizeof(float), DType::kF32,
                        stream_);

@@ -439,8 +439,9 @@ absl::Status CudaBackend<T>::SubmitStep(const StepPlan& plan) {
     step.profiled = false;
   } else {
     step.done.reset();
-    if (absl::Status launched = LaunchSampling(shape, step.slot, EveryRowGreedy(plan));
-        !launched.ok()) {
+    // Only a rank asks (the single GPU samples its whole logits either way).
+    const bool greedy_only = tensor_parallel() && EveryRowGreedy(plan);
+    if (absl::Status launched = LaunchSampling(shape, step.slot, greedy_only); !launched.ok()) {
       step.done = launched;
     }
   }
